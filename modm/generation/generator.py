@@ -1,0 +1,134 @@
+"""Full generation and refinement through diffusers' own pipelines (no patched copies).
+
+A `DiffusionGenerator` holds one loaded text-to-image pipeline and its image-to-image twin built from the same
+components (`AutoPipelineForImage2Image.from_pipe` shares the weights). Outputs are deterministic by seed: the noise
+comes from a seeded CPU `torch.Generator`, which gives the same draws on every device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from modm.config.schema import ModelSpec
+from modm.models.loading import load_pipeline
+
+
+class InvalidRequestError(ValueError):
+    """A generation request this model cannot serve; the message names the field and value."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    seed: int
+    guidance_scale: float | None = None  # None: the model spec's default
+
+
+def size_multiple(pipe) -> int:
+    """Pixels per latent patch: image sides must be a multiple of this for the denoiser."""
+    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
+    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    config = getattr(denoiser, "config", None)
+    patch = getattr(config, "patch_size", None)
+    if patch is None:  # U-Nets downsample once per block but the last
+        blocks = getattr(config, "block_out_channels", (1,))
+        patch = 2 ** (len(blocks) - 1)
+    return vae_factor * int(patch)
+
+
+class DiffusionGenerator:
+    """txt2img and img2img on one model; `name` is its role in the system ("large" or "small")."""
+
+    def __init__(self, pipe, spec: ModelSpec, name: str):
+        from diffusers import AutoPipelineForImage2Image
+
+        self.pipe = pipe
+        self.spec = spec
+        self.name = name
+        self.refine_pipe = AutoPipelineForImage2Image.from_pipe(pipe)
+        self.refine_pipe.set_progress_bar_config(disable=True)
+        self.size_multiple = size_multiple(pipe)
+        self._txt2img_kwargs = _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length})
+        self._img2img_kwargs = _supported_kwargs(self.refine_pipe, {"max_sequence_length": spec.max_sequence_length})
+        # Some img2img pipelines (SD3) take the output size as arguments rather than from the image.
+        self._img2img_takes_size = bool(_supported_kwargs(self.refine_pipe, {"height": 0, "width": 0}))
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, name: str, *, device: torch.device | None = None) -> "DiffusionGenerator":
+        return cls(load_pipeline(spec, device=device), spec, name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.device
+
+    def check_request(self, req: GenerationRequest) -> None:
+        if not isinstance(req.prompt, str) or not req.prompt.strip():
+            raise InvalidRequestError("prompt must be a non-empty string")
+        for side, value in (("width", req.width), ("height", req.height)):
+            if value <= 0 or value % self.size_multiple:
+                raise InvalidRequestError(
+                    f"{side}={value} must be a positive multiple of {self.size_multiple} for model {self.name!r}")
+            if value > self.spec.max_size:
+                raise InvalidRequestError(f"{side}={value} exceeds the largest size {self.spec.max_size} of "
+                                          f"model {self.name!r}")
+        if req.steps <= 0:
+            raise InvalidRequestError(f"steps={req.steps} must be positive")
+
+    def _common(self, req: GenerationRequest) -> dict:
+        return {
+            "prompt": req.prompt,
+            "num_inference_steps": req.steps,
+            "guidance_scale": self.spec.guidance_scale if req.guidance_scale is None else req.guidance_scale,
+            "generator": torch.Generator("cpu").manual_seed(req.seed),
+        }
+
+    @torch.inference_mode()
+    def txt2img(self, req: GenerationRequest) -> Image.Image:
+        """Full generation: all req.steps denoising steps from noise."""
+        self.check_request(req)
+        out = self.pipe(height=req.height, width=req.width, **self._common(req), **self._txt2img_kwargs)
+        return out.images[0]
+
+    @torch.inference_mode()
+    def img2img(self, req: GenerationRequest, image: Image.Image, strength: float) -> Image.Image:
+        """Refinement: re-noise `image` to strength and run the last int(steps * strength) steps."""
+        self.check_request(req)
+        if not 0.0 < strength <= 1.0:
+            raise InvalidRequestError(f"strength={strength} must be in (0, 1]")
+        image = image.convert("RGB")
+        if image.size != (req.width, req.height):
+            image = image.resize((req.width, req.height), Image.Resampling.BICUBIC)
+        size = {"height": req.height, "width": req.width} if self._img2img_takes_size else {}
+        out = self.refine_pipe(image=image, strength=strength, **size, **self._common(req), **self._img2img_kwargs)
+        return out.images[0]
+
+    @torch.inference_mode()
+    def measure_step_cost_s(self, size: int, *, steps: tuple[int, int] = (2, 6), repeats: int = 3) -> float:
+        """Seconds per denoising step at size x size (guidance included), from two step counts so that text
+        encoding and set-up cancel; VAE decoding is skipped."""
+        def run(n: int) -> float:
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.pipe(prompt="a dog riding a bike", height=size, width=size, num_inference_steps=n,
+                          guidance_scale=self.spec.guidance_scale, output_type="latent",
+                          generator=torch.Generator("cpu").manual_seed(0), **self._txt2img_kwargs)
+                best = min(best, time.perf_counter() - start)
+            return best
+
+        run(steps[0])  # warm-up
+        low, high = run(steps[0]), run(steps[1])
+        return max(high - low, 0.0) / (steps[1] - steps[0])
+
+
+def _supported_kwargs(pipe, candidates: dict) -> dict:
+    params = inspect.signature(type(pipe).__call__).parameters
+    return {k: v for k, v in candidates.items() if k in params}

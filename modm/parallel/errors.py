@@ -1,0 +1,22 @@
+"""Errors raised by parallel inference. All bad-input errors are `ValueError` subclasses so callers can catch them
+the ordinary way; rendezvous failures are `RuntimeError`s because they are about the environment, not the input."""
+
+from __future__ import annotations
+
+__all__ = ["ParallelConfigError", "PatchSplitError", "UnsupportedModelError", "RendezvousError"]
+
+
+class ParallelConfigError(ValueError):
+    """A parallel setting that cannot work (world size vs method, stride, CFG split...)."""
+
+
+class PatchSplitError(ValueError):
+    """The latent cannot be cut into equal row stripes at every resolution level of the model."""
+
+
+class UnsupportedModelError(ValueError):
+    """The model (or one of its layers) has a class or option the parallel wrappers do not handle."""
+
+
+class RendezvousError(RuntimeError):
+    """The process group could not be formed within the timeout (a rank is missing or unreachable)."""
