@@ -17,7 +17,8 @@ class CacheError(Exception):
 class CacheCorruptError(CacheError):
     """The cache directory cannot be used as it is: foreign, corrupt, or written by another format version.
 
-    Raised while opening, before anything in the directory is changed.
+    Raised while opening, before anything in the directory is changed (and by get_png if a live entry's file
+    was removed by hand).
     """
 
     def __init__(self, path: str | Path, problem: str):

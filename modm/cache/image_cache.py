@@ -1,0 +1,362 @@
+"""ImageCache: final images + embeddings + metadata, tenant-scoped top-1 retrieval, FIFO eviction, persistence.
+
+Ray-free and model-free: callers pass L2-normalised float32 embeddings in (CLIP image embeddings in MoDM mode,
+prompt embeddings in text->text mode). All public methods may be called from several threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from modm.cache.constants import HNSW_HYSTERESIS_FRACTION, TOMBSTONE_REBUILD_FRACTION
+from modm.cache.errors import CacheClosedError, CacheCorruptError, EntryNotFoundError
+from modm.cache.index import IndexKind, NamespaceIndex
+from modm.cache.journal import StoredRows, recover, write_rows
+from modm.cache.layout import CacheLayout, DirectoryLock, atomic_write_bytes
+from modm.cache.records import (
+    CacheEntry,
+    Match,
+    NewEntry,
+    check_embedding,
+    check_embeddings,
+    check_k,
+    check_namespaces,
+    check_png,
+    check_text,
+)
+from modm.config.schema import CacheConfig
+
+__all__ = ["CacheStats", "ImageCache", "NamespaceStats"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NamespaceStats:
+    entries: int
+    index_kind: IndexKind
+    tombstones: int     # evicted vectors still in an HNSW graph (always 0 for exact search)
+    hnsw_builds: int
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    directory: str
+    dim: int
+    capacity: int
+    entries: int
+    next_id: int
+    namespaces: dict[str, NamespaceStats]
+    pending_segments: int    # journal segments not yet folded into a snapshot
+    # Counters since this ImageCache was opened.
+    admissions: int
+    evictions: int
+    queries: int
+    matches: int             # queries that found any entry in their namespaces (the hit threshold is policy's)
+    compactions: int
+
+
+class ImageCache:
+    """A persistent cache of generated images in `config.directory`, searchable by embedding per tenant.
+
+    Opening recovers the last committed state (see `modm.cache.journal`); a foreign, corrupt or mismatched
+    directory raises CacheCorruptError (CacheDimensionError for another embedding size) before anything in it
+    changes. Only one ImageCache may have a directory open at a time (CacheLockedError otherwise).
+
+    `tombstone_rebuild_fraction` and `hnsw_hysteresis_fraction` are candidates for CacheConfig fields.
+    """
+
+    def __init__(self, config: CacheConfig, dim: int, *, clock: Callable[[], float] = time.time,
+                 tombstone_rebuild_fraction: float = TOMBSTONE_REBUILD_FRACTION,
+                 hnsw_hysteresis_fraction: float = HNSW_HYSTERESIS_FRACTION):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if not 0.0 <= hnsw_hysteresis_fraction < 1.0:
+            raise ValueError(f"hnsw_hysteresis_fraction must be in [0, 1), got {hnsw_hysteresis_fraction}")
+        self.config = config
+        self.dim = dim
+        self._clock = clock
+        self._index_options = dict(
+            hnsw_min_entries=config.hnsw_min_entries,
+            hnsw_exit_entries=math.floor(config.hnsw_min_entries * (1.0 - hnsw_hysteresis_fraction)),
+            hnsw_m=config.hnsw_m, hnsw_ef_search=config.hnsw_ef_search,
+            hnsw_ef_construction=config.hnsw_ef_construction,
+            tombstone_rebuild_fraction=tombstone_rebuild_fraction)
+        self._lock = threading.RLock()             # guards every field below
+        self._compaction_lock = threading.Lock()   # one snapshot write at a time, outside self._lock
+        self._entries: OrderedDict[int, CacheEntry] = OrderedDict()  # live entries, oldest first
+        self._indexes: dict[str, NamespaceIndex] = {}
+        self._closed = False
+        self._admissions = self._evictions = self._queries = self._matches = self._compactions = 0
+        self._admissions_pending = 0  # admissions since the last snapshot capture
+
+        self._layout = CacheLayout(config.directory)
+        self._layout.open_or_create(dim)
+        self._directory_lock = DirectoryLock(self._layout.lock)
+        self._directory_lock.acquire()
+        try:
+            recovered = recover(self._layout, dim, config.capacity)
+            self._next_id = recovered.next_id
+            self._evicted_below = recovered.evicted_below
+            self._pending_segments = recovered.pending_segments
+            self._insert(recovered.entries, recovered.vectors)
+            if recovered.changed or recovered.pending_segments:
+                self.compact()
+        except BaseException:
+            self._directory_lock.release()
+            raise
+        logger.info("cache: opened %s with %d entries in %d namespaces", self._layout.root, len(self._entries),
+                    len(self._indexes))
+
+    # --------------------------------------------------------------------------------------------- admission
+    def add(self, png_bytes: bytes, embedding: np.ndarray, *, prompt: str, tenant: str, source_model: str,
+            k: int) -> CacheEntry:
+        """Admit one final image. Durable when this returns; evicts the globally oldest entries beyond capacity.
+
+        `embedding` is the (dim,) L2-normalised float32 vector the entry is retrieved by; `k` is 0 for a full
+        generation and the skipped steps for a refined hit.
+        """
+        item = NewEntry(png_bytes=png_bytes, embedding=embedding, prompt=prompt, tenant=tenant,
+                        source_model=source_model, k=k)
+        return self.add_many([item])[0]
+
+    def add_many(self, items: Sequence[NewEntry]) -> list[CacheEntry]:
+        """Admit several images with one commit (one journal segment). All are checked before any is written."""
+        checked = [self._check_new(item, position) for position, item in enumerate(items)]
+        if not checked:
+            return []
+        with self._lock:
+            self._check_open()
+            now = float(self._clock())
+            first_id = self._next_id
+            self._next_id += len(checked)  # burnt if the write below fails; ids only need to be increasing
+            entries = [CacheEntry(id=first_id + i, tenant=tenant, prompt=prompt, created_at=now,
+                                  source_model=source_model, k=k)
+                       for i, (_, _, prompt, tenant, source_model, k) in enumerate(checked)]
+            vectors = np.concatenate([vector for _, vector, *_ in checked])
+            overflow = max(0, len(self._entries) + len(entries) - self.config.capacity)
+            evicted_below = self._watermark_after(entries, overflow)
+            written = []
+            try:
+                for entry, (png, *_) in zip(entries, checked):
+                    path = self._layout.image_path(entry.id)
+                    atomic_write_bytes(path, png)
+                    written.append(path)
+                rows = StoredRows(entries=entries, vectors=vectors, next_id=entries[-1].id + 1,
+                                  evicted_below=evicted_below)
+                write_rows(self._layout.segment_path(first_id, entries[-1].id), rows, self.dim)  # commit point
+            except BaseException:
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
+            self._pending_segments += 1
+            self._admissions += len(entries)
+            self._admissions_pending += len(entries)
+            self._insert(entries, vectors)
+            self._evict_oldest(overflow)
+            self._evicted_below = evicted_below
+            compaction_due = self._admissions_pending >= self.config.compact_every
+        if compaction_due:
+            try:
+                self._compact(only_if_due=True)
+            except Exception:  # the admission itself is committed; the journal simply stays longer
+                logger.exception("cache: compaction of %s failed; will retry", self._layout.root)
+        return entries
+
+    def _check_new(self, item: NewEntry, position: int) -> tuple:
+        if not isinstance(item, NewEntry):
+            raise ValueError(f"items[{position}] must be a NewEntry, got {type(item).__name__}")
+        return (check_png(item.png_bytes), check_embedding(item.embedding, self.dim),
+                check_text(item.prompt, "prompt"), check_text(item.tenant, "tenant"),
+                check_text(item.source_model, "source_model"), check_k(item.k))
+
+    def _watermark_after(self, new_entries: list[CacheEntry], overflow: int) -> int:
+        """Lowest live id once `overflow` of the oldest entries (existing first, then new) are evicted."""
+        if overflow == 0:
+            return self._evicted_below
+        if overflow < len(self._entries):
+            for position, entry_id in enumerate(self._entries):
+                if position == overflow:
+                    return entry_id
+        return new_entries[overflow - len(self._entries)].id
+
+    # ------------------------------------------------------------------------------------------------- query
+    def query(self, embedding: np.ndarray, namespaces: Sequence[str]) -> Match | None:
+        """Top-1 entry by inner product among entries whose tenant is in `namespaces`; None if there are none."""
+        return self.query_batch(check_embedding(embedding, self.dim), [namespaces])[0]
+
+    def query_batch(self, embeddings: np.ndarray, namespaces: Sequence[Sequence[str]]) -> list[Match | None]:
+        """Top-1 for each row of (n, dim) `embeddings`, row i searching only the tenants in `namespaces[i]`."""
+        queries = check_embeddings(embeddings, self.dim)
+        if isinstance(namespaces, str) or len(namespaces) != len(queries):
+            raise ValueError(f"namespaces must hold one sequence of tenant names per query row "
+                             f"({len(queries)}), got {namespaces!r:.80}")
+        scopes = [check_namespaces(scope) for scope in namespaces]
+        best_scores = np.full(len(queries), -np.inf, dtype=np.float32)
+        best_ids = np.full(len(queries), -1, dtype=np.int64)
+        with self._lock:
+            self._check_open()
+            for namespace in dict.fromkeys(ns for scope in scopes for ns in scope):
+                index = self._indexes.get(namespace)
+                if index is None:
+                    continue
+                rows = np.array([i for i, scope in enumerate(scopes) if namespace in scope])
+                scores, ids = index.search(queries[rows])
+                better = (ids >= 0) & (scores > best_scores[rows])
+                best_scores[rows[better]] = scores[better]
+                best_ids[rows[better]] = ids[better]
+            matches = [Match(entry_id=int(i), score=float(s), entry=self._entries[int(i)]) if i >= 0 else None
+                       for s, i in zip(best_scores, best_ids)]
+            self._queries += len(matches)
+            self._matches += sum(m is not None for m in matches)
+        return matches
+
+    # ------------------------------------------------------------------------------------------------ access
+    def get_png(self, entry_id: int) -> bytes:
+        """The PNG bytes of a live entry. EntryNotFoundError if it was evicted since a query returned it: treat
+        that as a miss."""
+        with self._lock:
+            self._check_open()
+            if entry_id not in self._entries:
+                raise EntryNotFoundError(entry_id)
+            path = self._layout.image_path(entry_id)
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                raise CacheCorruptError(path, f"the image of live entry {entry_id} was removed") from None
+
+    def get_entry(self, entry_id: int) -> CacheEntry:
+        with self._lock:
+            if entry_id not in self._entries:
+                raise EntryNotFoundError(entry_id)
+            return self._entries[entry_id]
+
+    def get_embedding(self, entry_id: int) -> np.ndarray:
+        with self._lock:
+            entry = self.get_entry(entry_id)
+            return self._indexes[entry.tenant].vector(entry_id).copy()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __contains__(self, entry_id: object) -> bool:
+        with self._lock:
+            return entry_id in self._entries
+
+    def entries(self) -> list[CacheEntry]:
+        """Live entries, oldest first (the order FIFO evicts them in)."""
+        with self._lock:
+            return list(self._entries.values())
+
+    def namespaces(self) -> list[str]:
+        with self._lock:
+            return list(self._indexes)
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            namespaces = {name: NamespaceStats(entries=len(index), index_kind=index.kind,
+                                               tombstones=index.tombstones, hnsw_builds=index.hnsw_builds)
+                          for name, index in self._indexes.items()}
+            return CacheStats(directory=str(self._layout.root), dim=self.dim, capacity=self.config.capacity,
+                              entries=len(self._entries), next_id=self._next_id, namespaces=namespaces,
+                              pending_segments=self._pending_segments, admissions=self._admissions,
+                              evictions=self._evictions, queries=self._queries, matches=self._matches,
+                              compactions=self._compactions)
+
+    # ----------------------------------------------------------------------------------------------- durable
+    def compact(self) -> None:
+        """Write a snapshot of every live entry and delete the journal segments and snapshots it supersedes.
+
+        The snapshot is captured under the lock but written outside it, so queries and admissions continue.
+        """
+        self._compact(only_if_due=False)
+
+    def _compact(self, *, only_if_due: bool) -> None:
+        with self._compaction_lock:
+            with self._lock:
+                self._check_open()
+                if only_if_due and self._admissions_pending < self.config.compact_every:
+                    return  # another thread compacted while this one waited
+                entries = list(self._entries.values())
+                vectors = (np.stack([self._indexes[e.tenant].vector(e.id) for e in entries]) if entries
+                           else np.empty((0, self.dim), dtype=np.float32))
+                rows = StoredRows(entries=entries, vectors=vectors, next_id=self._next_id,
+                                  evicted_below=self._evicted_below)
+                folded_segments, folded_admissions = self._pending_segments, self._admissions_pending
+            write_rows(self._layout.snapshot_path(rows.next_id), rows, self.dim)
+            # Segments below next_id are in the snapshot; later ones were committed after the capture.
+            for (_, last_id), path in self._layout.list_segments():
+                if last_id < rows.next_id:
+                    path.unlink(missing_ok=True)
+            for next_id, path in self._layout.list_snapshots():
+                if next_id < rows.next_id:
+                    path.unlink(missing_ok=True)
+            with self._lock:
+                self._pending_segments -= folded_segments
+                self._admissions_pending -= folded_admissions
+                self._compactions += 1
+
+    def close(self) -> None:
+        """Fold the journal into a snapshot (so the next open is fast) and release the directory."""
+        with self._lock:
+            if self._closed:
+                return
+            compaction_due = self._pending_segments > 0
+        try:
+            if compaction_due:
+                self.compact()
+        finally:
+            with self._lock:
+                self._closed = True
+                self._directory_lock.release()
+
+    def __enter__(self) -> ImageCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------ memory
+    def _insert(self, entries: Sequence[CacheEntry], vectors: np.ndarray) -> None:
+        by_tenant: dict[str, list[int]] = {}
+        for row, entry in enumerate(entries):
+            self._entries[entry.id] = entry
+            by_tenant.setdefault(entry.tenant, []).append(row)
+        for tenant, rows in by_tenant.items():
+            index = self._indexes.get(tenant)
+            if index is None:
+                index = self._indexes[tenant] = NamespaceIndex(self.dim, **self._index_options)
+            ids = np.array([entries[r].id for r in rows], dtype=np.int64)
+            index.add(ids, np.ascontiguousarray(vectors[rows], dtype=np.float32))
+
+    def _evict_oldest(self, count: int) -> None:
+        if count <= 0:
+            return
+        evicted = [self._entries.popitem(last=False)[1] for _ in range(count)]
+        by_tenant: dict[str, list[int]] = {}
+        for entry in evicted:
+            by_tenant.setdefault(entry.tenant, []).append(entry.id)
+        for tenant, ids in by_tenant.items():
+            index = self._indexes[tenant]
+            index.remove(ids)
+            if not len(index):
+                del self._indexes[tenant]  # tenants come and go; keep no empty indexes around
+        for entry in evicted:
+            try:
+                self._layout.image_path(entry.id).unlink(missing_ok=True)
+            except OSError:  # harmless: the next open removes orphan images
+                logger.warning("cache: could not delete evicted image %d", entry.id, exc_info=True)
+        self._evictions += count
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(f"the cache at {self._layout.root} is closed")
