@@ -1,0 +1,62 @@
+"""SLO sweep: the same workload at several Poisson rates against one server, and the SLO-attainment-vs-rate plot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from loadgen.config import ArrivalConfig, ArrivalKind, RunConfig
+from loadgen.plots import plot_slo_vs_rate
+from loadgen.report import RunSummary
+from loadgen.runner import prepare_workload, resolve_reference_latency, run_async
+
+__all__ = ["SweepResult", "run_sweep", "sweep_async"]
+
+
+@dataclass
+class SweepResult:
+    name: str
+    reference_latency_s: float | None
+    points: list[tuple[float, RunSummary]]  # (rate req/min, summary), in increasing rate
+    plot_path: Path | None = None
+
+
+async def sweep_async(
+    base: RunConfig, rates_per_min: Sequence[float], *, transport: httpx.AsyncBaseTransport | None = None
+) -> SweepResult:
+    """Run ``base`` once per rate (Poisson arrivals). The reference latency is resolved once and shared, so every
+    point is judged against the same SLO. Each point goes to ``out_dir/rate_<r>``; the plot to ``out_dir``."""
+    rates = sorted(float(r) for r in rates_per_min)
+    if not rates or rates[0] <= 0:
+        raise ValueError(f"sweep rates must be positive req/min, got {list(rates_per_min)}")
+    trace, _ = prepare_workload(base)
+    reference = await resolve_reference_latency(base, trace, transport=transport)
+    points = []
+    for rate in rates:
+        config = base.model_copy(update={
+            "name": f"{base.name}@{rate:g}",
+            "arrival": ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=rate),
+            "reference_latency_s": reference,
+            "out_dir": None if base.out_dir is None else Path(base.out_dir) / f"rate_{rate:g}",
+        })
+        artifacts = await run_async(config, transport=transport)
+        points.append((rate, artifacts.summary))
+    result = SweepResult(name=base.name, reference_latency_s=reference, points=points)
+    if base.out_dir is not None:
+        out_dir = Path(base.out_dir)
+        result.plot_path = plot_slo_vs_rate({base.name: points}, out_dir / "slo_vs_rate.png")
+        (out_dir / "sweep.json").write_text(json.dumps(
+            {"name": base.name, "reference_latency_s": reference,
+             "points": [{"rate_per_min": r, "summary": s.model_dump(mode="json")} for r, s in points]},
+            indent=2,
+        ))
+    return result
+
+
+def run_sweep(base: RunConfig, rates_per_min: Sequence[float]) -> SweepResult:
+    return asyncio.run(sweep_async(base, rates_per_min))
