@@ -103,12 +103,13 @@ def check_embeddings(embeddings: object, dim: int, what: str = "embeddings") -> 
 
 def check_embedding(embedding: object, dim: int, what: str = "embedding") -> np.ndarray:
     """One embedding of shape (dim,) or (1, dim), returned as a (1, dim) float32 array."""
-    array = np.asarray(embedding) if not isinstance(embedding, np.ndarray) else embedding
-    if array.ndim == 1:
-        array = array[None, :]
-    elif not (array.ndim == 2 and array.shape[0] == 1):
+    try:
+        array = np.asarray(embedding)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} is not an array: {err}") from None
+    if array.shape not in ((dim,), (1, dim)):
         raise ValueError(f"{what} must have shape ({dim},), got {array.shape}")
-    return check_embeddings(array, dim, what)
+    return check_embeddings(array.reshape(1, dim), dim, what)
 
 
 def check_namespaces(namespaces: object) -> tuple[str, ...]:

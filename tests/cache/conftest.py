@@ -1,0 +1,28 @@
+"""Fixtures of the cache tests: a fresh directory per test and caches that are closed after it."""
+
+from __future__ import annotations
+
+import pytest
+from cache_testkit import DIM, make_config
+
+from modm.cache import ImageCache
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def open_cache(cache_dir):
+    """open_cache(**config_overrides) -> an ImageCache on `cache_dir`, closed when the test ends."""
+    opened = []
+
+    def _open(directory=None, dim: int = DIM, **overrides) -> ImageCache:
+        cache = ImageCache(make_config(directory or cache_dir, **overrides), dim)
+        opened.append(cache)
+        return cache
+
+    yield _open
+    for cache in opened:
+        cache.close()
