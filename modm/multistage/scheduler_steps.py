@@ -9,18 +9,51 @@ comparing t directly.
 from __future__ import annotations
 
 import torch
-from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from modm.multistage.boundaries import StageBoundaries
+from modm.multistage.schedules import (
+    DiscreteDDPMSchedule,
+    EDMSchedule,
+    FlowMatchingSchedule,
+    VPContinuousSchedule,
+)
 
-__all__ = ["UnsupportedSchedulerError", "model_timestep_boundaries", "stage_per_step", "stage_start_steps"]
+__all__ = [
+    "UnsupportedSchedulerError",
+    "matching_scheduler",
+    "model_timestep_boundaries",
+    "stage_per_step",
+    "stage_start_steps",
+]
 
 _EDM_SCHEDULERS = (EDMEulerScheduler, EDMDPMSolverMultistepScheduler)
 
 
 class UnsupportedSchedulerError(ValueError):
     """A scheduler whose noise levels this module cannot read."""
+
+
+def matching_scheduler(schedule) -> SchedulerMixin:
+    """The diffusers sampler that discretises schedule (VP-SDE β 0.1→20 ≈ DDPM's linear 1e-4→0.02 over 1000)."""
+    if isinstance(schedule, DiscreteDDPMSchedule):
+        return DDIMScheduler(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start,
+                             beta_end=schedule.beta_end, beta_schedule=schedule.beta_schedule.value)
+    if isinstance(schedule, VPContinuousSchedule):
+        steps = 1000
+        return DDIMScheduler(num_train_timesteps=steps, beta_start=schedule.beta_min / steps,
+                             beta_end=schedule.beta_max / steps, beta_schedule="linear")
+    if isinstance(schedule, EDMSchedule):
+        return EDMEulerScheduler(sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max, rho=schedule.rho)
+    if isinstance(schedule, FlowMatchingSchedule):
+        return FlowMatchEulerDiscreteScheduler(shift=1.0)
+    raise UnsupportedSchedulerError(f"no matching diffusers scheduler for {type(schedule).__name__}")
 
 
 def _ddpm_log_snr(scheduler: SchedulerMixin, timesteps: torch.Tensor) -> torch.Tensor:

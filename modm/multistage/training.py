@@ -1,0 +1,158 @@
+"""Stage-sampled training (one stage per step) and the FLOPs each training step costs.
+
+Each step draws one stage from a configurable distribution, then a batch of timesteps inside that stage only, so
+the step runs the shared encoder and a single decoder — the paper's recipe (DPM-Solver: uniform over stages). A
+unified U-Net is the same trainer with a one-stage model. FLOPs are counted with `torch.utils.flop_counter` on one
+forward + backward per stage (they depend only on shapes) and accumulated per step.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+import torch
+from diffusers import DDPMScheduler
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.flop_counter import FlopCounterMode
+
+from modm.multistage.unet import MultiStageUNet
+
+__all__ = [
+    "StageSampledTrainer",
+    "StageSampling",
+    "StageValidationSet",
+    "TrainConfig",
+    "make_stage_validation",
+    "stage_probabilities",
+    "stage_timestep_ranges",
+]
+
+
+class StageSampling(str, Enum):
+    UNIFORM = "uniform"   # every stage 1/n (the paper's DPM-Solver variant; oversamples narrow stages)
+    TIME = "time"         # ∝ the stage's share of timesteps: the same marginal t as a unified model
+    WEIGHTS = "weights"   # the explicit stage_weights
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(default=64, gt=0, description="Images per training step.")
+    learning_rate: float = Field(default=2e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    stage_sampling: StageSampling = Field(default=StageSampling.UNIFORM, description="How the step's stage is drawn.")
+    stage_weights: tuple[float, ...] | None = Field(
+        default=None, description="Relative stage probabilities, low-noise stage first (stage_sampling=weights).")
+    seed: int = Field(default=0, description="Seed of batches, stages, timesteps and noise.")
+
+    @model_validator(mode="after")
+    def _weights(self) -> "TrainConfig":
+        if (self.stage_sampling is StageSampling.WEIGHTS) != (self.stage_weights is not None):
+            raise ValueError("stage_weights must be given exactly when stage_sampling is 'weights'")
+        if self.stage_weights is not None and (any(w < 0 for w in self.stage_weights) or
+                                               sum(self.stage_weights) <= 0):
+            raise ValueError(f"stage_weights must be non-negative with a positive sum, got {self.stage_weights}")
+        return self
+
+
+def stage_timestep_ranges(boundaries, num_train_timesteps: int) -> list[tuple[int, int]]:
+    """Integer timesteps [lo, hi) of each stage under routing k = #{b ≤ t}."""
+    edges = [0] + [math.ceil(b) for b in boundaries] + [num_train_timesteps]
+    ranges = list(zip(edges[:-1], edges[1:]))
+    for k, (lo, hi) in enumerate(ranges):
+        if not 0 <= lo < hi <= num_train_timesteps:
+            raise ValueError(f"stage {k} has no training timesteps: [{lo}, {hi}) from boundaries {list(boundaries)}")
+    return ranges
+
+
+def stage_probabilities(config: TrainConfig, ranges: list[tuple[int, int]]) -> torch.Tensor:
+    if config.stage_sampling is StageSampling.UNIFORM:
+        weights = torch.ones(len(ranges), dtype=torch.float64)
+    elif config.stage_sampling is StageSampling.TIME:
+        weights = torch.tensor([hi - lo for lo, hi in ranges], dtype=torch.float64)
+    else:
+        if len(config.stage_weights) != len(ranges):
+            raise ValueError(f"{len(config.stage_weights)} stage_weights for a model with {len(ranges)} stages")
+        weights = torch.tensor(config.stage_weights, dtype=torch.float64)
+    return weights / weights.sum()
+
+
+class StageValidationSet(BaseModel):
+    """Fixed (x0, ε, t) per stage, so losses of different models and checkpoints are comparable."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    images: list[torch.Tensor]
+    noise: list[torch.Tensor]
+    timesteps: list[torch.Tensor]
+
+
+def make_stage_validation(data: torch.Tensor, ranges: list[tuple[int, int]], per_stage: int,
+                          seed: int) -> StageValidationSet:
+    generator = torch.Generator().manual_seed(seed)
+    images, noise, timesteps = [], [], []
+    for lo, hi in ranges:
+        index = torch.randint(0, len(data), (per_stage,), generator=generator)
+        images.append(data[index])
+        noise.append(torch.randn(data[index].shape, generator=generator))
+        timesteps.append(torch.randint(lo, hi, (per_stage,), generator=generator))
+    return StageValidationSet(images=images, noise=noise, timesteps=timesteps)
+
+
+class StageSampledTrainer:
+    """ε-prediction training of a MultiStageUNet on data (N, C, H, W) in [-1, 1], one stage per step."""
+
+    def __init__(self, model: MultiStageUNet, scheduler: DDPMScheduler, data: torch.Tensor, config: TrainConfig):
+        if len(data) == 0:
+            raise ValueError("the training set is empty")
+        self.model, self.scheduler, self.data, self.config = model, scheduler, data, config
+        self.ranges = stage_timestep_ranges(model.config.stage_boundaries, scheduler.config.num_train_timesteps)
+        self.probabilities = stage_probabilities(config, self.ranges)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self._step_flops = [self._measure_step_flops(k) for k in range(len(self.ranges))]
+        self.total_flops = 0
+        self.steps_per_stage = [0] * len(self.ranges)
+
+    def _loss(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        noisy = self.scheduler.add_noise(images, noise, timesteps)
+        return torch.nn.functional.mse_loss(self.model(noisy, timesteps).sample, noise)
+
+    def _measure_step_flops(self, stage: int) -> int:
+        lo, _ = self.ranges[stage]
+        images = self.data[: self.config.batch_size]
+        images = images.repeat((math.ceil(self.config.batch_size / len(images)),) + (1,) * (images.ndim - 1))
+        images = images[: self.config.batch_size]
+        timesteps = torch.full((self.config.batch_size,), lo, dtype=torch.long)
+        with FlopCounterMode(display=False) as counter:
+            self._loss(images, torch.zeros_like(images), timesteps).backward()
+        self.model.zero_grad(set_to_none=True)
+        return int(counter.get_total_flops())
+
+    def step_flops(self, stage: int) -> int:
+        """FLOPs of one training step (forward + backward) in stage."""
+        return self._step_flops[stage]
+
+    def step(self) -> tuple[int, float]:
+        """One optimiser step on one stage; returns (stage, loss)."""
+        stage = int(torch.multinomial(self.probabilities, 1, generator=self.generator))
+        lo, hi = self.ranges[stage]
+        index = torch.randint(0, len(self.data), (self.config.batch_size,), generator=self.generator)
+        images = self.data[index]
+        noise = torch.randn(images.shape, generator=self.generator)
+        timesteps = torch.randint(lo, hi, (self.config.batch_size,), generator=self.generator)
+        loss = self._loss(images, noise, timesteps)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.total_flops += self._step_flops[stage]
+        self.steps_per_stage[stage] += 1
+        return stage, loss.item()
+
+    @torch.no_grad()
+    def validation_losses(self, validation: StageValidationSet) -> list[float]:
+        """Mean ε-MSE on each stage's fixed validation samples."""
+        return [float(self._loss(x, n, t)) for x, n, t in
+                zip(validation.images, validation.noise, validation.timesteps)]
