@@ -119,9 +119,12 @@ async def send_load(
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     started_unix_s = time.time()
-    async with make_http_client(config, transport=transport) as http:
+    # Stats get their own connection pool: a saturated request pool must not starve (or be delayed by) the polls.
+    stats_config = config.model_copy(update={"max_in_flight": 2})
+    async with make_http_client(config, transport=transport) as http, \
+            make_http_client(stats_config, transport=transport) as stats_http:
         run = _Run(trace, config, http)
-        poller = StatsPoller(http, config.stats_poll_period_s, run.clock) if config.stats_poll_period_s else None
+        poller = StatsPoller(stats_http, config.stats_poll_period_s, run.clock) if config.stats_poll_period_s else None
         poll_task = asyncio.create_task(poller.run()) if poller else None
         tasks: set[asyncio.Task] = set()
         if offsets_s is None:

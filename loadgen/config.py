@@ -74,8 +74,8 @@ class TraceConfig(_Strict):
     start_row: int | None = Field(
         None,
         ge=0,
-        description="First measured row. None = the format's default: 50,000 for DiffusionDB (MoDM), else 0. "
-        "The warm-up rows are the `warm_up` rows just before it.",
+        description="First measured row. None = the format's default: 50,000 for DiffusionDB (MoDM), else right "
+        "after the warm-up rows. The warm-up rows are the `warm_up` rows just before it.",
     )
     prompt_column: str = Field("prompt", min_length=1, description="Prompt column of a TSV/CSV table.")
     mjhq_categories: int = Field(

@@ -57,7 +57,7 @@ def load_trace(config: TraceConfig) -> list[TraceRequest]:
         if config.start_row not in (None, 0):
             raise ValueError(f"MJHQ traces take the tail of each category; start_row={config.start_row} is not used")
         return read_mjhq_json(config.path, config.n_requests, warm_up=config.warm_up, categories=config.mjhq_categories)
-    start = config.start_row or 0
+    start = config.warm_up if config.start_row is None else config.start_row
     if fmt is TraceFormat.TABLE:
         rows = read_prompt_table(config.path, prompt_column=config.prompt_column)
     else:
