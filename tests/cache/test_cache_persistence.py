@@ -94,6 +94,15 @@ def test_reopen_with_smaller_then_larger_capacity(cache_dir):
         assert add_seeded(cache, 8).id == 8
 
 
+def test_evictions_in_the_journal_stay_evicted_when_capacity_grows(open_cache, cache_dir, tmp_path, caplog):
+    cache = open_cache(capacity=3, compact_every=1000)
+    _fill(cache, range(6))  # entries 0-2 were evicted but are still in journal segments
+    copy = crash_copy(cache_dir, tmp_path)
+    with ImageCache(make_config(copy, capacity=100), DIM) as recovered:
+        assert [e.id for e in recovered.entries()] == [3, 4, 5]
+    assert "have no PNG" not in caplog.text  # known evicted from the FIFO watermark, not from missing files
+
+
 def test_missing_png_of_a_committed_entry_drops_only_that_entry(cache_dir, caplog):
     with ImageCache(make_config(cache_dir), DIM) as cache:
         _fill(cache, range(4))
