@@ -71,12 +71,14 @@ class ImageCache:
     directory raises CacheCorruptError (CacheDimensionError for another embedding size) before anything in it
     changes. Only one ImageCache may have a directory open at a time (CacheLockedError otherwise).
 
+    Every admission is fsynced before `add` returns (`durable=True`). `durable=False` keeps the cache consistent
+    when the process dies but not across a power loss; it is for tests and scratch caches. `durable`,
     `tombstone_rebuild_fraction` and `hnsw_hysteresis_fraction` are candidates for CacheConfig fields.
     """
 
     def __init__(self, config: CacheConfig, dim: int, *, clock: Callable[[], float] = time.time,
                  tombstone_rebuild_fraction: float = TOMBSTONE_REBUILD_FRACTION,
-                 hnsw_hysteresis_fraction: float = HNSW_HYSTERESIS_FRACTION):
+                 hnsw_hysteresis_fraction: float = HNSW_HYSTERESIS_FRACTION, durable: bool = True):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if not 0.0 <= hnsw_hysteresis_fraction < 1.0:
@@ -84,6 +86,7 @@ class ImageCache:
         self.config = config
         self.dim = dim
         self._clock = clock
+        self._durable = durable
         self._index_options = dict(
             hnsw_min_entries=config.hnsw_min_entries,
             hnsw_exit_entries=math.floor(config.hnsw_min_entries * (1.0 - hnsw_hysteresis_fraction)),
@@ -148,11 +151,12 @@ class ImageCache:
             try:
                 for entry, (png, *_) in zip(entries, checked):
                     path = self._layout.image_path(entry.id)
-                    atomic_write_bytes(path, png)
+                    atomic_write_bytes(path, png, durable=self._durable)
                     written.append(path)
                 rows = StoredRows(entries=entries, vectors=vectors, next_id=entries[-1].id + 1,
                                   evicted_below=evicted_below)
-                write_rows(self._layout.segment_path(first_id, entries[-1].id), rows, self.dim)  # commit point
+                segment = self._layout.segment_path(first_id, entries[-1].id)
+                write_rows(segment, rows, self.dim, durable=self._durable)  # the commit point
             except BaseException:
                 for path in written:
                     path.unlink(missing_ok=True)
@@ -292,7 +296,7 @@ class ImageCache:
                 rows = StoredRows(entries=entries, vectors=vectors, next_id=self._next_id,
                                   evicted_below=self._evicted_below)
                 folded_segments, folded_admissions = self._pending_segments, self._admissions_pending
-            write_rows(self._layout.snapshot_path(rows.next_id), rows, self.dim)
+            write_rows(self._layout.snapshot_path(rows.next_id), rows, self.dim, durable=self._durable)
             # Segments below next_id are in the snapshot; later ones were committed after the capture.
             for (_, last_id), path in self._layout.list_segments():
                 if last_id < rows.next_id:

@@ -58,8 +58,8 @@ class StoredRows:
     evicted_below: int           # FIFO watermark: ids below it had been evicted when the file was written
 
 
-def write_rows(path: Path, rows: StoredRows, dim: int) -> None:
-    """Atomically write `rows` as one parquet file at `path`."""
+def write_rows(path: Path, rows: StoredRows, dim: int, *, durable: bool = True) -> None:
+    """Atomically write `rows` as one parquet file at `path` (fsynced if `durable`)."""
     vectors = np.ascontiguousarray(rows.vectors, dtype=np.float32).reshape(len(rows.entries), dim)
     columns = [
         pa.array([e.id for e in rows.entries], type=pa.int64()),
@@ -73,7 +73,7 @@ def write_rows(path: Path, rows: StoredRows, dim: int) -> None:
     metadata = {_META_FORMAT_VERSION: str(FORMAT_VERSION), _META_DIM: str(dim),
                 _META_NEXT_ID: str(rows.next_id), _META_EVICTED_BELOW: str(rows.evicted_below)}
     table = pa.Table.from_arrays(columns, schema=entry_schema(dim).with_metadata(metadata))
-    atomic_write(path, lambda f: pq.write_table(table, f))
+    atomic_write(path, lambda f: pq.write_table(table, f), durable=durable)
 
 
 def read_rows(path: Path, dim: int) -> StoredRows:

@@ -162,23 +162,29 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through `write(file)` so that it appears complete or not at all."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, durable: bool = True) -> None:
+    """Write `path` through `write(file)` so that it appears complete or not at all.
+
+    The tmp-then-rename alone survives the death of the process; `durable` adds the fsyncs that make it survive
+    a power loss or kernel crash too (several milliseconds per write on a busy disk).
+    """
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(data), durable=durable)
 
 
 def _matching(directory: Path, pattern: re.Pattern, key: Callable) -> list:

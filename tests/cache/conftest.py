@@ -15,11 +15,14 @@ def cache_dir(tmp_path):
 
 @pytest.fixture
 def open_cache(cache_dir):
-    """open_cache(**config_overrides) -> an ImageCache on `cache_dir`, closed when the test ends."""
+    """open_cache(**config_overrides) -> an ImageCache on `cache_dir`, closed when the test ends.
+
+    Without fsync by default: the crash tests kill processes, which fsync does not guard against anyway.
+    """
     opened = []
 
-    def _open(directory=None, dim: int = DIM, **overrides) -> ImageCache:
-        cache = ImageCache(make_config(directory or cache_dir, **overrides), dim)
+    def _open(directory=None, dim: int = DIM, durable: bool = False, **overrides) -> ImageCache:
+        cache = ImageCache(make_config(directory or cache_dir, **overrides), dim, durable=durable)
         opened.append(cache)
         return cache
 

@@ -1,0 +1,129 @@
+"""The vector index: exact below hnsw_min_entries, HNSW at or above, tombstones, switching, threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from cache_testkit import DIM, add_seeded, near_duplicate, unit_vector
+
+from modm.cache import IndexKind
+from modm.cache.index import NamespaceIndex
+
+
+def _near_duplicate_queries(ids, cosine=0.9):
+    return np.stack([near_duplicate(unit_vector(i), cosine, seed=7_000 + i) for i in ids])
+
+
+def test_hnsw_returns_the_same_top1_as_exact_search(open_cache, tmp_path):
+    exact = open_cache(directory=tmp_path / "exact", capacity=400)
+    hnsw = open_cache(directory=tmp_path / "hnsw", capacity=400, hnsw_min_entries=50, hnsw_m=16)
+    for seed in range(300):
+        add_seeded(exact, seed, tenant=("alice", "bob")[seed % 7 == 0])
+        add_seeded(hnsw, seed, tenant=("alice", "bob")[seed % 7 == 0])
+    assert hnsw.stats().namespaces["alice"].index_kind is IndexKind.HNSW  # 257 entries
+    assert hnsw.stats().namespaces["bob"].index_kind is IndexKind.FLAT    # 43 entries
+    assert exact.stats().namespaces["alice"].index_kind is IndexKind.FLAT
+
+    queries = _near_duplicate_queries(range(300))
+    scopes = [["alice", "bob"]] * 300
+    from_exact, from_hnsw = exact.query_batch(queries, scopes), hnsw.query_batch(queries, scopes)
+    assert [m.entry_id for m in from_hnsw] == [m.entry_id for m in from_exact] == list(range(300))
+    np.testing.assert_allclose([m.score for m in from_hnsw], [m.score for m in from_exact], atol=1e-5)
+
+
+def test_hnsw_never_returns_evicted_entries_and_rebuilds_past_the_tombstone_fraction(open_cache):
+    cache = open_cache(capacity=100, hnsw_min_entries=40, hnsw_m=16)
+    for seed in range(260):
+        add_seeded(cache, seed)
+    stats = cache.stats().namespaces["alice"]
+    assert stats.index_kind is IndexKind.HNSW and stats.entries == 100
+    assert stats.hnsw_builds >= 2  # the switch plus at least one tombstone rebuild
+    assert stats.tombstones <= 0.25 * (100 + stats.tombstones)
+
+    evicted = cache.query_batch(np.stack([unit_vector(i) for i in range(160)]), [["alice"]] * 160)
+    assert all(m.entry_id >= 160 for m in evicted)  # even an evicted entry's own embedding finds a live one
+    live = cache.query_batch(_near_duplicate_queries(range(160, 260)), [["alice"]] * 100)
+    assert [m.entry_id for m in live] == list(range(160, 260))
+
+
+def test_namespace_switches_back_to_exact_below_the_hysteresis_band(open_cache):
+    cache = open_cache(capacity=40, hnsw_min_entries=20)  # HNSW from 20, back to exact below 18
+    kinds = []
+    for seed in range(40):
+        add_seeded(cache, seed, tenant="alice")
+    kinds.append(cache.stats().namespaces["alice"].index_kind)
+    for seed in range(40, 62):  # bob's admissions evict alice's oldest entries one by one
+        add_seeded(cache, seed, tenant="bob")
+        kinds.append(cache.stats().namespaces["alice"].index_kind)
+    alice_sizes = list(range(40, 17, -1))
+    assert kinds[0] is IndexKind.HNSW
+    for size, kind in zip(alice_sizes, kinds):
+        assert kind is (IndexKind.HNSW if size >= 18 else IndexKind.FLAT), size
+    assert cache.stats().namespaces["bob"].index_kind is IndexKind.HNSW  # 22 entries
+    assert cache.query(unit_vector(30), ["alice"]).entry_id == 30
+
+
+def test_reopen_builds_hnsw_directly(open_cache, cache_dir):
+    cache = open_cache(capacity=200, hnsw_min_entries=30)
+    for seed in range(60):
+        add_seeded(cache, seed)
+    cache.close()
+    reopened = open_cache(capacity=200, hnsw_min_entries=30)
+    stats = reopened.stats().namespaces["alice"]
+    assert (stats.index_kind, stats.hnsw_builds, stats.tombstones) == (IndexKind.HNSW, 1, 0)
+    assert [m.entry_id for m in reopened.query_batch(_near_duplicate_queries(range(60)), [["alice"]] * 60)] \
+        == list(range(60))
+
+
+def test_namespace_index_contract():
+    index = NamespaceIndex(DIM, hnsw_min_entries=3, hnsw_exit_entries=2, hnsw_m=8, hnsw_ef_search=16,
+                           hnsw_ef_construction=16, tombstone_rebuild_fraction=0.5)
+    scores, ids = index.search(unit_vector(0)[None])
+    assert ids.tolist() == [-1] and np.isneginf(scores).all()
+    index.add(np.array([5, 6], dtype=np.int64), np.stack([unit_vector(5), unit_vector(6)]))
+    with pytest.raises(ValueError, match="entry id 5 is already in the index"):
+        index.add(np.array([5], dtype=np.int64), unit_vector(5)[None])
+    index.add(np.array([7], dtype=np.int64), unit_vector(7)[None])
+    assert index.kind is IndexKind.HNSW
+    index.remove([6])
+    assert (index.kind, index.tombstones, len(index)) == (IndexKind.HNSW, 1, 2)
+    assert index.search(unit_vector(6)[None])[1][0] in (5, 7)
+    index.remove([5])
+    assert index.kind is IndexKind.FLAT and index.tombstones == 0
+    assert index.search(unit_vector(7)[None])[1].tolist() == [7]
+    with pytest.raises(ValueError, match="hnsw_exit_entries"):
+        NamespaceIndex(DIM, hnsw_min_entries=3, hnsw_exit_entries=4, hnsw_m=8, hnsw_ef_search=16,
+                       hnsw_ef_construction=16, tombstone_rebuild_fraction=0.5)
+
+
+def test_concurrent_admissions_and_queries(open_cache):
+    cache = open_cache(capacity=50, hnsw_min_entries=20, compact_every=16)
+    errors = []
+
+    def admit(worker):
+        try:
+            for i in range(30):
+                add_seeded(cache, 1_000 * worker + i, tenant=f"t{worker % 2}")
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    def search():
+        try:
+            for i in range(150):
+                cache.query(unit_vector(i), ["t0", "t1"])
+        except Exception as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=admit, args=(w,)) for w in range(4)] + [threading.Thread(target=search)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    entries = cache.entries()
+    assert len(entries) == 50 and [e.id for e in entries] == list(range(70, 120))
+    for entry in entries:
+        seed = int(entry.prompt.split()[-1])
+        assert cache.query(unit_vector(seed), [entry.tenant]).entry_id == entry.id
