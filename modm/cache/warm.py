@@ -81,23 +81,8 @@ def warm_from_folder(cache: ImageCache, folder: str | os.PathLike, embed_fn: Emb
         logger.warning("warm: %d images exceed the cache capacity %d; FIFO keeps the last %d by name",
                        len(images), cache.config.capacity, cache.config.capacity)
     added, skipped = 0, []
-    for start in range(0, len(images), batch_size):
-        batch: list[tuple[Image.Image, bytes, str]] = []
-        for path in images[start:start + batch_size]:
-            prompt = prompt_for_image(path)
-            if prompt is None:
-                logger.warning("warm: skipping %s: no prompt in a sidecar or the file name", path)
-                skipped.append(path.name)
-                continue
-            try:
-                image, png = _load_png(path)
-            except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
-                logger.warning("warm: skipping unreadable image %s: %s", path, err)
-                skipped.append(path.name)
-                continue
-            batch.append((image, png, prompt))
-        if not batch:
-            continue
+
+    def admit(batch: list[tuple[Image.Image, bytes, str]]) -> int:
         embeddings = np.asarray(embed_fn([b[0] for b in batch], [b[2] for b in batch]))
         if embeddings.shape != (len(batch), cache.dim):
             raise ValueError(f"embed_fn returned shape {embeddings.shape} for {len(batch)} images; expected "
@@ -105,7 +90,27 @@ def warm_from_folder(cache: ImageCache, folder: str | os.PathLike, embed_fn: Emb
         cache.add_many([NewEntry(png_bytes=png, embedding=vector, prompt=prompt, tenant=tenant,
                                  source_model=source_model, k=0)
                         for (_, png, prompt), vector in zip(batch, embeddings)])
-        added += len(batch)
+        return len(batch)
+
+    batch: list[tuple[Image.Image, bytes, str]] = []
+    for path in images:
+        prompt = prompt_for_image(path)
+        if prompt is None:
+            logger.warning("warm: skipping %s: no prompt in a sidecar or the file name", path)
+            skipped.append(path.name)
+            continue
+        try:
+            image, png = _load_png(path)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
+            logger.warning("warm: skipping unreadable image %s: %s", path, err)
+            skipped.append(path.name)
+            continue
+        batch.append((image, png, prompt))
+        if len(batch) == batch_size:
+            added += admit(batch)
+            batch = []
+    if batch:
+        added += admit(batch)
     report = WarmReport(added=added, skipped=len(skipped), skipped_files=tuple(skipped),
                         ignored=len(files) - len(images))
     logger.info("warm: %s -> %s", folder, report)
