@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_args(p_sweep)
     _add_client_args(p_sweep)
     p_sweep.add_argument("--rates", required=True, help="comma-separated req/min, e.g. 2,4,6,8")
+    p_sweep.add_argument("--shared-tenant", action="store_true",
+                         help="send every point as the same tenant (default: one tenant per point, so each point "
+                         "starts with a cold cache)")
     return parser
 
 
@@ -212,7 +215,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError(f"--rates must be comma-separated numbers, got {args.rates!r}") from None
     config = _run_config(args, ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=rates[0] if rates else 1.0))
     _wait_ready(config, args.wait_ready_s)
-    result = run_sweep(config, rates)
+    result = run_sweep(config, rates, isolate_tenants=not args.shared_tenant)
     for rate, summary in result.points:
         slo = "  ".join(f"{k} {v:.1%}" for k, v in summary.slo_attainment.items()) or "no reference latency"
         thr = "-" if summary.throughput_req_per_min is None else f"{summary.throughput_req_per_min:.2f}"

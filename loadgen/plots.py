@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from loadgen.records import Outcome, RequestRecord, StatsSample
 from loadgen.report import RunSummary
@@ -34,7 +35,9 @@ def plot_latency_cdf(
     if reference_latency_s is not None:
         for m in slo_multipliers:
             ax.axvline(m * reference_latency_s, color="grey", linestyle="--", linewidth=0.8)
-            ax.text(m * reference_latency_s, 0.02, f" {m:g}x SLO", color="grey", fontsize=8)
+            ax.text(m * reference_latency_s, 0.5, f"{m:g}x SLO ", color="grey", fontsize=8, rotation=90,
+                    ha="right", va="center")
+        ax.set_xlim(left=0, right=max(ax.get_xlim()[1], max(slo_multipliers) * reference_latency_s * 1.05))
     ax.set_xlabel("latency (s, arrival to image)")
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.02)
@@ -86,8 +89,10 @@ def plot_timeline(
     sampled = [s for s in stats if s.large is not None or s.small is not None]
     if sampled:
         t = [s.t_s for s in sampled]
-        bottom.step(t, [s.large or 0 for s in sampled], where="post", label="large replicas")
-        bottom.step(t, [s.small or 0 for s in sampled], where="post", label="small replicas")
+        bottom.step(t, [s.large or 0 for s in sampled], where="post", label="large replicas", linewidth=2.5)
+        bottom.step(t, [s.small or 0 for s in sampled], where="post", label="small replicas", linestyle="--")
+        bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
+        bottom.set_ylim(bottom=0)
         bottom.legend(fontsize=8)
     else:
         bottom.text(0.5, 0.5, "no allocation reported by /v1/stats", ha="center", va="center",

@@ -27,10 +27,19 @@ class SweepResult:
 
 
 async def sweep_async(
-    base: RunConfig, rates_per_min: Sequence[float], *, transport: httpx.AsyncBaseTransport | None = None
+    base: RunConfig,
+    rates_per_min: Sequence[float],
+    *,
+    isolate_tenants: bool = True,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> SweepResult:
     """Run ``base`` once per rate (Poisson arrivals). The reference latency is resolved once and shared, so every
-    point is judged against the same SLO. Each point goes to ``out_dir/rate_<r>``; the plot to ``out_dir``."""
+    point is judged against the same SLO. Each point goes to ``out_dir/rate_<r>``; the plot to ``out_dir``.
+
+    The server keeps its cache between points, so a later point would replay prompts the cache already holds. With
+    ``isolate_tenants`` each point sends its own tenant id (``<tenant or name>@<rate>``); the server scopes its cache
+    per tenant, so every point starts cold, as MoDM's per-rate runs do. Turn it off for a server without tenants.
+    """
     rates = sorted(float(r) for r in rates_per_min)
     if not rates or rates[0] <= 0:
         raise ValueError(f"sweep rates must be positive req/min, got {list(rates_per_min)}")
@@ -41,6 +50,8 @@ async def sweep_async(
         config = base.model_copy(update={
             "name": f"{base.name}@{rate:g}",
             "arrival": ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=rate),
+            "client": base.client.model_copy(update={"tenant": f"{base.client.tenant or base.name}@{rate:g}"})
+            if isolate_tenants else base.client,
             "reference_latency_s": reference,
             "out_dir": None if base.out_dir is None else Path(base.out_dir) / f"rate_{rate:g}",
         })
@@ -58,5 +69,5 @@ async def sweep_async(
     return result
 
 
-def run_sweep(base: RunConfig, rates_per_min: Sequence[float]) -> SweepResult:
-    return asyncio.run(sweep_async(base, rates_per_min))
+def run_sweep(base: RunConfig, rates_per_min: Sequence[float], *, isolate_tenants: bool = True) -> SweepResult:
+    return asyncio.run(sweep_async(base, rates_per_min, isolate_tenants=isolate_tenants))

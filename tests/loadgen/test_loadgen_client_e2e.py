@@ -170,6 +170,9 @@ def test_cli_run_report_compare_sweep(make_server, tmp_path, capsys):
     assert (tmp_path / "sweep" / "slo_vs_rate.png").exists() and (tmp_path / "sweep" / "rate_1200").is_dir()
     points = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"]
     assert [p["rate_per_min"] for p in points] == [600.0, 1200.0]
+    # Each point is its own tenant, so the second point does not find the first one's prompts in the cache.
+    assert {"sweep@600", "sweep@1200"} <= set(modm.state.tenants)
+    assert points[1]["summary"]["hit_rate"] < 0.9
 
     assert main(["run", "--trace", str(tmp_path / "nope.tsv"), "--url", modm.url, "--out", str(tmp_path / "x"),
                  "--rate", "5"]) == 2
