@@ -224,6 +224,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_validation_error(error: dict) -> str:
+    where = ".".join(map(str, error["loc"]))
+    return f"{where}: {error['msg']} (got {error['input']!r:.80})" if where else error["msg"]
+
+
 _COMMANDS = {"run": _cmd_run, "report": _cmd_report, "compare": _cmd_compare, "sweep": _cmd_sweep}
 
 
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ValidationError as err:
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        details = "; ".join(_describe_validation_error(e) for e in err.errors())
         print(f"modm-loadgen {args.command}: invalid settings: {details}", file=sys.stderr)
     except (ValueError, TimeoutError, RuntimeError) as err:
         print(f"modm-loadgen {args.command}: error: {err}", file=sys.stderr)

@@ -28,10 +28,12 @@ def plot_latency_cdf(
     """Empirical CDF of successful, measured latencies per run, with the SLO thresholds as vertical lines."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
+    plotted = 0
     for name, records in runs.items():
         latencies = np.sort([r.latency_s for r in records if r.outcome is Outcome.OK and not r.warm_up])
         if latencies.size:
             ax.step(latencies, np.arange(1, latencies.size + 1) / latencies.size, where="post", label=name)
+            plotted += 1
     if reference_latency_s is not None:
         for m in slo_multipliers:
             ax.axvline(m * reference_latency_s, color="grey", linestyle="--", linewidth=0.8)
@@ -42,8 +44,10 @@ def plot_latency_cdf(
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    if runs:
+    if plotted:
         ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no successful requests", ha="center", va="center", transform=ax.transAxes, color="grey")
     return _save(fig, path)
 
 
