@@ -97,7 +97,7 @@ def read_rows(path: Path, dim: int) -> StoredRows:
         raise CacheCorruptError(path, f"format version {version}; this modm reads version {FORMAT_VERSION} only")
     if any(column.null_count for column in table.columns):
         raise CacheCorruptError(path, "null values in a column that must not have any")
-    data = table.to_pydict()
+    data = table.drop_columns(["embedding"]).to_pydict()  # embeddings stay numpy, never Python floats
     embedding = table.column("embedding").combine_chunks()
     vectors = np.ascontiguousarray(embedding.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     vectors = vectors.reshape(table.num_rows, dim)
