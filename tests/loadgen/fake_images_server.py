@@ -3,7 +3,7 @@
 It behaves like a tiny MoDM: a per-tenant list of previous prompts, word-overlap (Jaccard) similarity as the score,
 MoDM-style score -> k steps, hits served "by the small model" faster than misses, and ``replicas`` requests at once.
 Knobs make it fail the ways a real server does: stop answering after N requests, answer slowly, or return errors
-for prompts that start with "!429" / "!500". It binds 127.0.0.1 only, on a free port, in a background thread.
+for prompts that start with "!429" / "!500", or an image-less 200 for "!empty". It binds 127.0.0.1 only, on a free port, in a background thread.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ class FakeImagesServer:
             return _error(429, "queue full", "overloaded", headers={"Retry-After": "2"})
         if body["prompt"].startswith("!500"):
             return _error(500, "model crashed", "server_error")
+        if body["prompt"].startswith("!empty"):  # a 200 that breaks the contract
+            return web.json_response({"created": 0, "data": []})
         self.state.requests += 1
         if self.settings.stop_answering_after is not None and self.state.requests > self.settings.stop_answering_after:
             await self._closing.wait()  # a server that stopped answering: the connection stays open, silent

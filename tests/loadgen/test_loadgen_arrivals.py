@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from loadgen import ArrivalConfig, ArrivalKind, TraceRequest, arrival_offsets, worker_seed
+from loadgen import (
+    ArrivalConfig,
+    ArrivalKind,
+    ClientConfig,
+    RunConfig,
+    SessionConfig,
+    TraceConfig,
+    TraceRequest,
+    arrival_offsets,
+    prepare_workload,
+    worker_seed,
+)
 from loadgen.arrivals import (
     fluctuating_offsets,
     poisson_offsets,
@@ -98,3 +109,18 @@ def test_arrival_offsets_dispatch_and_config_rules():
         ArrivalConfig(kind=ArrivalKind.RAMP)
     with pytest.raises(ValidationError, match="below min_rate_per_min"):
         ArrivalConfig(kind=ArrivalKind.RAMP, min_rate_per_min=5, max_rate_per_min=1)
+
+
+def test_workers_split_one_session_workload_with_their_own_seeds():
+    def config(worker_id: int) -> RunConfig:
+        return RunConfig(trace=TraceConfig(path="/work/shared/data/diffusiondb_prompts_10k.tsv", n_requests=90),
+                         sessions=SessionConfig(), arrival=ArrivalConfig(rate_per_min=30.0),
+                         client=ClientConfig(url="http://127.0.0.1:1"), seed=11, n_workers=3, worker_id=worker_id)
+
+    whole, _ = prepare_workload(config(0).model_copy(update={"n_workers": 1}))
+    parts = [prepare_workload(config(w)) for w in range(3)]
+    assert [r for w in range(3) for r in parts[w][0]] == [r for w in range(3) for r in whole[w::3]]
+    assert prepare_workload(config(1))[1].tolist() == parts[1][1].tolist()  # reproducible per worker
+    assert parts[0][1].tolist() != parts[1][1].tolist()
+    with pytest.raises(ValidationError, match="worker_id=3 must be below n_workers=3"):
+        config(3)

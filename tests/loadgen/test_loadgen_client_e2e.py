@@ -131,9 +131,11 @@ def test_connection_refused_stops_after_consecutive_failures():
 
 def test_http_errors_are_recorded_with_message_and_retry_after(make_server):
     server = make_server(require_key="s3cret")
-    trace = [TraceRequest(prompt=p, source_row=i) for i, p in enumerate(["!429 busy", "!500 crash", "fine", ""])]
+    prompts = ["!429 busy", "!500 crash", "fine", "", "!empty"]
+    trace = [TraceRequest(prompt=p, source_row=i) for i, p in enumerate(prompts)]
     result = run_load(trace, client(server.url, api_key="s3cret"), offsets_s=None)
-    busy, crash, fine, empty = result.records
+    busy, crash, fine, empty, imageless = result.records
+    assert imageless.outcome is Outcome.BAD_RESPONSE and "no b64_json image" in imageless.error
     assert (busy.outcome, busy.status, busy.retry_after_s) == (Outcome.HTTP_ERROR, 429, 2.0)
     assert crash.error == "HTTP 500: server_error: model crashed"
     assert fine.outcome is Outcome.OK and fine.hit is False and fine.model == "large"
