@@ -24,3 +24,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """The tiny offline zoo, built once per test session (deterministic)."""
+    from modm.models import build_tiny_zoo
+
+    return build_tiny_zoo(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from modm.config import EmbedderConfig
+    from modm.embedding import build_embedder
+
+    return build_embedder(EmbedderConfig(kind="minilm", device="cpu"))

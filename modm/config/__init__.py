@@ -6,6 +6,7 @@ from modm.config.schema import (
     CacheConfig,
     Dtype,
     EmbedderConfig,
+    EmbedderKind,
     KRule,
     ModelsConfig,
     ModelSpec,
@@ -13,12 +14,13 @@ from modm.config.schema import (
     MonitorMode,
     PolicyConfig,
     RequestLimits,
+    Retrieval,
     SystemConfig,
     SystemMode,
 )
 
 __all__ = [
-    "Admission", "CacheConfig", "ConfigError", "Dtype", "EmbedderConfig", "KRule", "MINILM_TEXT_TABLE",
+    "Admission", "CacheConfig", "ConfigError", "Dtype", "EmbedderConfig", "EmbedderKind", "KRule", "MINILM_TEXT_TABLE",
     "MODM_CLIP_TABLE", "ModelSpec", "ModelsConfig", "MonitorConfig", "MonitorMode", "PolicyConfig",
-    "RequestLimits", "SystemConfig", "SystemMode", "config_from_dict", "load_config",
+    "RequestLimits", "Retrieval", "SystemConfig", "SystemMode", "config_from_dict", "load_config",
 ]

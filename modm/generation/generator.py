@@ -111,7 +111,7 @@ class DiffusionGenerator:
         return out.images[0]
 
     @torch.inference_mode()
-    def measure_step_cost_s(self, size: int, *, steps: tuple[int, int] = (2, 6), repeats: int = 3) -> float:
+    def measure_step_cost_s(self, size: int, *, steps: tuple[int, int] = (2, 12), repeats: int = 3) -> float:
         """Seconds per denoising step at size x size (guidance included), from two step counts so that text
         encoding and set-up cancel; VAE decoding is skipped."""
         def run(n: int) -> float:

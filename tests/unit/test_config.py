@@ -1,0 +1,70 @@
+import pytest
+
+from modm.config import ConfigError, SystemMode, config_from_dict, load_config
+from modm.demo import default_config_path
+
+BASE = {"models": {"large": {"source": "a"}, "small": {"source": "b"}}}
+
+
+def with_(**overrides):
+    data = {**BASE, **overrides}
+    return data
+
+
+def test_embedded_default_config_is_valid():
+    cfg = load_config(default_config_path())
+    assert cfg.mode is SystemMode.MODM
+    assert cfg.embedder.kind.value == "minilm"
+    assert cfg.policy.k_table[0].min_score > cfg.policy.k_table[-1].min_score
+
+
+def test_defaults_are_modm_paper_constants():
+    cfg = config_from_dict(BASE)
+    assert [(r.min_score, r.k) for r in cfg.policy.k_table] == [(0.30, 30), (0.29, 25), (0.28, 15), (0.27, 10),
+                                                                 (0.25, 5)]
+    assert (cfg.monitor.kp, cfg.monitor.ki, cfg.monitor.kd) == (0.6, 0.05, 0.05)
+    assert cfg.monitor.window_s == 180 and cfg.policy.total_steps == 50
+
+
+@pytest.mark.parametrize("data, field, value", [
+    (with_(models={"large": {"source": "a", "dtype": "float8"}, "small": {"source": "b"}}), "models.large.dtype",
+     "float8"),
+    (with_(policy={"k_table": [{"min_score": 0.3, "k": 10}, {"min_score": 0.2, "k": 20}]}), "policy", "k=10"),
+    (with_(policy={"k_table": [{"min_score": 0.2, "k": 20}, {"min_score": 0.3, "k": 10}]}), "policy", "0.2"),
+    (with_(policy={"k_table": "nope"}), "policy.k_table", "nope"),
+    (with_(cache={"capacity": 0}), "cache.capacity", "0"),
+    (with_(cache={"admission": "cache-some"}), "cache.admission", "cache-some"),
+    (with_(monitor={"gpu_budget": 1, "min_small": 1}), "monitor", "min_small=1"),
+    (with_(models={"large": {"source": "a", "device": "gpu"}, "small": {"source": "b"}}), "models.large.device",
+     "gpu"),
+    (with_(bogus=1), "bogus", "1"),
+    (with_(embedder={"kind": "minilm", "retrieval": "text-image"}), "embedder", "image tower"),
+])
+def test_errors_name_field_and_value(data, field, value):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    message = str(err.value)
+    assert field in message and value in message, message
+
+
+def test_modm_mode_needs_a_small_model():
+    with pytest.raises(ConfigError, match="models.small"):
+        config_from_dict({"models": {"large": {"source": "a"}}})
+    assert config_from_dict({"mode": "vanilla", "models": {"large": {"source": "a"}}}).models.small is None
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed", encoding="utf-8")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42", encoding="utf-8")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(binary)
