@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modm.multistage.schedules import NoiseSchedule
 
@@ -34,19 +34,23 @@ def check_ordered_boundaries(values, *, low: float, high: float, what: str) -> t
     return values
 
 
-class StageBoundaries(BaseModel):
-    """Boundaries t_1 < … < t_{n-1}; stage k covers [t_k, t_{k+1}) with t_0 = 0 and t_n = 1 (stage 0 = low noise)."""
+@dataclass(frozen=True)
+class StageBoundaries:
+    """Boundaries t_1 < … < t_{n-1}; stage k covers [t_k, t_{k+1}) with t_0 = 0 and t_n = 1 (stage 0 = low noise).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Attributes:
+        t: boundaries in t ∈ (0, 1), strictly increasing.
+        schedule: the schedule they were found on (needed to express them as noise levels).
+        method: how they were chosen.
+    """
 
-    t: tuple[float, ...] = Field(description="Boundaries in t ∈ (0, 1), strictly increasing.")
-    schedule: NoiseSchedule = Field(description="The schedule the boundaries were found on.")
-    method: SplitMethod = Field(description="How the boundaries were chosen.")
+    t: tuple[float, ...]
+    schedule: NoiseSchedule
+    method: SplitMethod
 
-    @model_validator(mode="after")
-    def _ordered(self) -> "StageBoundaries":
-        check_ordered_boundaries(self.t, low=0.0, high=1.0, what="boundary t")
-        return self
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "t", check_ordered_boundaries(self.t, low=0.0, high=1.0, what="boundary t"))
+        object.__setattr__(self, "method", SplitMethod(self.method))
 
     @property
     def num_stages(self) -> int:

@@ -9,6 +9,8 @@ t2 = the smallest τ whose running mean of S1 over t_k ≥ τ is ≥ α.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,13 +48,14 @@ class ClusteringConfig(BaseModel):
     data_chunk: int = Field(default=DEFAULT_DATA_CHUNK, gt=0, description="Dataset rows per logsumexp chunk.")
 
 
-class ClusteringResult(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+@dataclass(frozen=True)
+class ClusteringResult:
+    """The boundaries and the Monte Carlo curves behind them (t sorted; S0, S1 in the same order)."""
 
     boundaries: StageBoundaries
-    t: tuple[float, ...] = Field(description="The Monte Carlo t_k, sorted.")
-    s0: tuple[float, ...] = Field(description="D(ε*_t, ε*_0) for each sorted t_k.")
-    s1: tuple[float, ...] = Field(description="D(ε*_t, ε*_1) for each sorted t_k.")
+    t: tuple[float, ...]
+    s0: tuple[float, ...]
+    s1: tuple[float, ...]
 
 
 def pixel_similarity(eps_a: torch.Tensor, eps_b: torch.Tensor, eta: float) -> torch.Tensor:
