@@ -1,0 +1,21 @@
+"""Parallel inference for diffusion denoisers on torch.distributed (NCCL on GPUs, gloo on CPU). Ray-free.
+
+    cfg = ParallelConfig(method="distrifusion", world_size=2, warmup_steps=4)
+    ctx = init_parallel(cfg, rank=rank, world_size=2, init_method="tcp://127.0.0.1:29500", device="cpu")
+    image = ParallelPipeline(pipe, ctx)(prompt, generator=torch.Generator().manual_seed(0)).images[0]
+    ctx.destroy()
+"""
+
+from modm.parallel.config import GroupNormMode, ParallelConfig, ParallelMethod
+from modm.parallel.context import ParallelContext, backend_for_device, init_parallel
+from modm.parallel.errors import ParallelConfigError, PatchSplitError, RendezvousError, UnsupportedModelError
+from modm.parallel.partition import balanced_contiguous_split, check_patch_divisible, rank_layout, row_range
+from modm.parallel.pipeline import ParallelDenoiser, ParallelPipeline, parallelize_denoiser
+
+__all__ = [
+    "ParallelConfig", "ParallelMethod", "GroupNormMode",
+    "ParallelContext", "init_parallel", "backend_for_device",
+    "ParallelPipeline", "ParallelDenoiser", "parallelize_denoiser",
+    "ParallelConfigError", "PatchSplitError", "UnsupportedModelError", "RendezvousError",
+    "balanced_contiguous_split", "check_patch_divisible", "rank_layout", "row_range",
+]

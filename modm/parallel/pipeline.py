@@ -1,0 +1,95 @@
+"""Run a standard diffusers pipeline with a parallel denoiser; generation code stays diffusers' own.
+
+Every rank runs the same pipeline call (text encoders, scheduler and VAE are replicated and cheap next to the
+denoiser); the parallel denoiser returns the full prediction on every rank, so every rank returns the same image.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+from torch import nn
+
+from modm.parallel.asyncdiff import AsyncDiffModel
+from modm.parallel.config import ParallelMethod
+from modm.parallel.context import ParallelContext
+from modm.parallel.distrifusion import wrap_naive_patch, wrap_sd3_transformer, wrap_unet
+from modm.parallel.errors import ParallelConfigError, UnsupportedModelError
+
+__all__ = ["ParallelDenoiser", "parallelize_denoiser", "ParallelPipeline"]
+
+
+class ParallelDenoiser(Protocol):
+    """What every parallel method attaches to a denoiser."""
+
+    def begin_call(self) -> None: ...
+    def end_call(self) -> None: ...
+    def remove(self) -> None: ...
+
+
+class _Unchanged:
+    """method=none: the denoiser runs as is."""
+
+    def begin_call(self) -> None:
+        pass
+
+    def end_call(self) -> None:
+        pass
+
+    def remove(self) -> None:
+        pass
+
+
+def parallelize_denoiser(model: nn.Module, ctx: ParallelContext,
+                         timesteps: Callable[[], torch.Tensor] | None = None) -> ParallelDenoiser:
+    """Attach `ctx.config.method` to a UNet2DConditionModel or SD3Transformer2DModel, in place.
+
+    `timesteps` returns the scheduler's current timesteps (AsyncDiff stride 2 runs components one step ahead).
+    """
+    method = ctx.config.method
+    if not isinstance(model, (UNet2DConditionModel, SD3Transformer2DModel)):
+        raise UnsupportedModelError(f"parallel inference supports UNet2DConditionModel and SD3Transformer2DModel, "
+                                    f"got {type(model).__name__}")
+    if method is ParallelMethod.NONE:
+        return _Unchanged()
+    if method is ParallelMethod.NAIVE_PATCH:
+        return wrap_naive_patch(model, ctx)
+    if method is ParallelMethod.DISTRIFUSION:
+        return wrap_unet(model, ctx) if isinstance(model, UNet2DConditionModel) else wrap_sd3_transformer(model, ctx)
+    if method is ParallelMethod.ASYNCDIFF:
+        return AsyncDiffModel(model, ctx, timesteps=timesteps)
+    raise ParallelConfigError(f"unknown parallel method {method!r}")
+
+
+class ParallelPipeline:
+    """A diffusers text-to-image pipeline (SD, SDXL, SD3) whose denoiser runs on all ranks of `ctx`.
+
+    Call it exactly like the pipeline. With more than one rank, pass a seeded `generator` (or `latents`) so all ranks
+    start from the same noise.
+    """
+
+    def __init__(self, pipe, ctx: ParallelContext):
+        denoiser_name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        denoiser = getattr(pipe, denoiser_name, None)
+        if denoiser is None:
+            raise UnsupportedModelError(f"{type(pipe).__name__} has neither a unet nor a transformer")
+        self.pipe = pipe.to(ctx.device)
+        self.ctx = ctx
+        self.denoiser_name = denoiser_name
+        self.parallel = parallelize_denoiser(denoiser, ctx, timesteps=lambda: self.pipe.scheduler.timesteps)
+
+    def __call__(self, *args, **kwargs) -> Any:
+        if self.ctx.world_size > 1 and kwargs.get("generator") is None and kwargs.get("latents") is None:
+            raise ParallelConfigError("pass a seeded `generator` (or `latents`) so every rank starts from the same "
+                                      "noise")
+        self.parallel.begin_call()
+        try:
+            return self.pipe(*args, **kwargs)
+        finally:
+            self.parallel.end_call()
+
+    def remove(self) -> None:
+        """Give the pipeline its original denoiser back."""
+        self.parallel.remove()
