@@ -1,0 +1,303 @@
+"""The discrete-event simulator: GPU workers, the router's queues, the monitor's windows, one event heap.
+
+Time only advances through events: a request arrives (retrieval decides hit/miss and k with the run's hit model),
+becomes ready after the router's overhead, waits in its queue (routing.plan_dispatch matches queues to idle
+workers), occupies a worker for profile.service_s(model, k), and its completion may admit its output to the cache.
+Every `monitor.window_s` the live `GlobalMonitor` turns the window's R, H and P(k) into a new large/small split;
+worker i should run the large model iff i < N_large (MoDM's allocation list), and a worker whose model changes
+finishes its current request first, then is unavailable for the new model's load time.
+
+Equal-time events run in a fixed order (completions, switches, ready, monitor, arrivals; then by insertion), so a
+run is a pure function of its config, workload and hit model.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import IntEnum
+
+import faiss
+import numpy as np
+
+from modm.config.schema import SystemMode
+from modm.policy import GlobalMonitor, KTable, RetrievalDecision, WindowStats
+from modm.sim.config import SimConfig
+from modm.sim.hits import FifoImageCache, HitModel, NoCache, ParametricHits, check_embeddings
+from modm.sim.nirvana import NirvanaLatentCache
+from modm.sim.profiles import ModelRole
+from modm.sim.results import MonitorDecision, SimResult, WorkerSwitch
+from modm.sim.routing import QueueKind, RoutingPolicy, plan_dispatch, queue_for
+from modm.sim.workload import Workload
+from loadgen.records import StatsSample
+
+__all__ = ["Simulator", "build_hit_model", "simulate"]
+
+_ROLE_CODE = {ModelRole.LARGE: 0, ModelRole.SMALL: 1}
+
+
+class _Event(IntEnum):
+    COMPLETE = 0
+    SWITCHED = 1
+    READY = 2
+    MONITOR = 3
+    ARRIVAL = 4  # closed-loop releases; open-loop arrivals are read from the offsets array
+
+
+class _State(IntEnum):
+    IDLE = 0
+    BUSY = 1
+    SWITCHING = 2
+
+
+@contextmanager
+def _single_threaded_faiss() -> Iterator[None]:
+    """One query at a time gains nothing from OpenMP, and on shared cores its threads cost 20x."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def build_hit_model(config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None) -> HitModel:
+    """The hit model `config` asks for: no cache (vanilla), parametric, or retrieval over `embeddings`."""
+    total_steps = config.policy.total_steps
+    if config.system is SystemMode.VANILLA:
+        return NoCache()
+    if config.parametric is not None:
+        return ParametricHits(workload.n_requests, config.parametric.hit_rate, config.parametric.k_mix, total_steps,
+                              np.random.default_rng(config.seed))
+    if embeddings is None:
+        raise ValueError(f"system {config.system.value!r} retrieves over prompt embeddings: pass embeddings "
+                         "(one row per request) or configure the parametric hit model")
+    embeddings = check_embeddings(embeddings, workload.n_requests)
+    if config.system is SystemMode.NIRVANA:
+        return NirvanaLatentCache(embeddings, config.nirvana_capacity_prompts, KTable.nirvana(total_steps))
+    return FifoImageCache(embeddings, config.cache_capacity, KTable.from_config(config.policy), config.admission)
+
+
+class Simulator:
+    def __init__(self, config: SimConfig, workload: Workload, hit_model: HitModel):
+        self.config = config
+        self.workload = workload
+        self.hits = hit_model
+        self.profile = config.profile
+        self.total_steps = config.policy.total_steps
+        self.routing = RoutingPolicy.for_system(config.system, config.monitor.mode)
+        n, g = workload.n_requests, config.n_gpus
+        # Per request.
+        self.arrival_s = np.full(n, np.nan)
+        self.start_s = np.full(n, np.nan)
+        self.end_s = np.full(n, np.nan)
+        self.hit = np.zeros(n, dtype=bool)
+        self.k = np.zeros(n, dtype=np.int16)
+        self.score = np.full(n, np.nan, dtype=np.float32)
+        self.served_by = np.full(n, -1, dtype=np.int8)
+        self.completions = np.zeros(n, dtype=np.int32)
+        self._decisions: dict[int, RetrievalDecision] = {}  # requests in the system
+        # Per worker.
+        self.monitor: GlobalMonitor | None = None
+        if config.system is SystemMode.MODM:
+            self.monitor = GlobalMonitor(config.monitor_config(), initial_large=config.monitor_initial_large)
+            n_large = self.monitor.current.large
+        else:
+            n_large = g
+        self.assigned = [ModelRole.LARGE if w < n_large else ModelRole.SMALL for w in range(g)]
+        self.loaded = list(self.assigned)  # models are loaded before time 0
+        self.loading: list[ModelRole | None] = [None] * g  # the model a switching worker is loading
+        self.state = [_State.IDLE] * g
+        self.idle: dict[ModelRole, list[int]] = {
+            role: [w for w in reversed(range(g)) if self.loaded[w] is role] for role in ModelRole}
+        self.n_small_assigned = g - n_large
+        # Queues, events, window counters.
+        self.queues: dict[QueueKind, deque[int]] = {kind: deque() for kind in QueueKind}
+        self.heap: list[tuple[float, int, int, int]] = []  # (time, event kind, sequence, payload)
+        self._sequence = 0
+        self.now = 0.0
+        self.events = 0
+        self._window = {"requests": 0, "hits": 0, "k": {}}
+        self._totals = {"requests": 0, "hits": 0}
+        self.stats: list[StatsSample] = []
+        self.decisions_log: list[MonitorDecision] = []
+        self.switches: list[WorkerSwitch] = []
+
+    # ------------------------------------------------------------------------------------------------ events
+    def _push(self, t: float, kind: _Event, payload: int) -> None:
+        heapq.heappush(self.heap, (t, int(kind), self._sequence, payload))
+        self._sequence += 1
+
+    def run(self) -> SimResult:
+        wall_start = time.perf_counter()
+        with _single_threaded_faiss():
+            self._loop()
+        wall_s = time.perf_counter() - wall_start
+        return SimResult(config=self.config, workload=self.workload, arrival_s=self.arrival_s,
+                         start_s=self.start_s, end_s=self.end_s, hit=self.hit, k=self.k, score=self.score,
+                         served_by=self.served_by, completions=self.completions, stats=self.stats,
+                         monitor_decisions=self.decisions_log, switches=self.switches, events=self.events,
+                         wall_s=wall_s)
+
+    def _loop(self) -> None:
+        wl = self.workload
+        offsets = wl.offsets_s
+        n = wl.n_requests
+        if offsets is None:  # closed loop: the first `concurrency` requests go out at time 0
+            for i in range(min(wl.concurrency, n)):
+                self._push(0.0, _Event.ARRIVAL, i)
+            released = min(wl.concurrency, n)
+        else:
+            released = 0
+        self._sample_stats()
+        if n:
+            self._push(self.config.monitor.window_s, _Event.MONITOR, 0)
+        next_arrival = 0  # open loop: index of the next offset to read
+        arrived = 0
+        while True:
+            t_next = offsets[next_arrival] if offsets is not None and next_arrival < n else math.inf
+            if self.heap and self.heap[0][0] <= t_next:
+                t, kind, _, payload = heapq.heappop(self.heap)
+            elif t_next < math.inf:
+                t, kind, payload = t_next, _Event.ARRIVAL, next_arrival
+                next_arrival += 1
+            else:
+                break
+            self.now = t
+            self.events += 1
+            if kind == _Event.COMPLETE:
+                self._complete(payload)
+                if offsets is None and released < n:
+                    self._push(t, _Event.ARRIVAL, released)  # that client sends its next request
+                    released += 1
+            elif kind == _Event.ARRIVAL:
+                self._arrive(payload)
+                arrived += 1
+            elif kind == _Event.READY:
+                self._enqueue(payload)
+            elif kind == _Event.SWITCHED:
+                self._switched(payload)
+            elif kind == _Event.MONITOR:
+                self._monitor_tick()
+                if arrived < n:  # after the last arrival a window says nothing new: stop ticking
+                    self._push(t + self.config.monitor.window_s, _Event.MONITOR, 0)
+            self._dispatch()
+        self._sample_stats()
+
+    # ---------------------------------------------------------------------------------------------- requests
+    def _arrive(self, request: int) -> None:
+        self.arrival_s[request] = self.now
+        decision = self.hits.decide(request)
+        self._decisions[request] = decision
+        self.hit[request] = decision.hit
+        self.k[request] = decision.k
+        if decision.score is not None:
+            self.score[request] = decision.score
+        window = self._window
+        window["requests"] += 1
+        self._totals["requests"] += 1
+        if decision.hit:
+            window["hits"] += 1
+            self._totals["hits"] += 1
+            window["k"][decision.k] = window["k"].get(decision.k, 0) + 1
+        if self.profile.router_s > 0:
+            self._push(self.now + self.profile.router_s, _Event.READY, request)
+        else:
+            self._enqueue(request)
+
+    def _enqueue(self, request: int) -> None:
+        self.queues[queue_for(self.routing, bool(self.hit[request]))].append(request)
+
+    def _dispatch(self) -> None:
+        shared = self.routing is RoutingPolicy.LARGE_ONLY
+        misses = self.queues[QueueKind.SHARED if shared else QueueKind.MISS]
+        hits = self.queues[QueueKind.HIT]
+        plan = plan_dispatch(self.routing, idle_large=len(self.idle[ModelRole.LARGE]),
+                             idle_small=len(self.idle[ModelRole.SMALL]), waiting_misses=len(misses),
+                             waiting_hits=len(hits), small_replicas=self.n_small_assigned)
+        for _ in range(plan.misses_to_large):
+            self._start(self.idle[ModelRole.LARGE].pop(), misses.popleft())
+        for _ in range(plan.hits_to_large):
+            self._start(self.idle[ModelRole.LARGE].pop(), hits.popleft())
+        for _ in range(plan.hits_to_small):
+            self._start(self.idle[ModelRole.SMALL].pop(), hits.popleft())
+
+    def _start(self, worker: int, request: int) -> None:
+        role = self.loaded[worker]
+        self.state[worker] = _State.BUSY
+        self.start_s[request] = self.now
+        self.served_by[request] = _ROLE_CODE[role]
+        service = self.profile.service_s(role, int(self.k[request]), self.total_steps)
+        self._push(self.now + service, _Event.COMPLETE, worker * self.workload.n_requests + request)
+
+    def _complete(self, worker_request: int) -> None:
+        worker, request = divmod(worker_request, self.workload.n_requests)
+        self.end_s[request] = self.now
+        self.completions[request] += 1
+        role = self.loaded[worker]
+        self.hits.complete(request, self._decisions.pop(request), from_large_model=role is ModelRole.LARGE)
+        self._become_available(worker)
+
+    # ----------------------------------------------------------------------------------------------- workers
+    def _become_available(self, worker: int) -> None:
+        target = self.assigned[worker]
+        if self.loaded[worker] is target:
+            self.state[worker] = _State.IDLE
+            self.idle[target].append(worker)
+            return
+        self.state[worker] = _State.SWITCHING
+        self.loading[worker] = target
+        self.switches.append(WorkerSwitch(t_s=self.now, worker=worker, to_model=target.value))
+        self._push(self.now + self.profile.switch_s(target), _Event.SWITCHED, worker)
+
+    def _switched(self, worker: int) -> None:
+        self.loaded[worker] = self.loading[worker]
+        self.loading[worker] = None
+        self._become_available(worker)  # idle, or switch again if the allocation moved meanwhile
+
+    def _reassign(self, n_large: int) -> None:
+        for worker, current in enumerate(self.assigned):
+            target = ModelRole.LARGE if worker < n_large else ModelRole.SMALL
+            if target is current:
+                continue
+            self.assigned[worker] = target
+            if self.state[worker] is _State.IDLE:
+                self.idle[self.loaded[worker]].remove(worker)
+                self._become_available(worker)
+        self.n_small_assigned = self.config.n_gpus - n_large
+
+    # ----------------------------------------------------------------------------------------------- monitor
+    def _monitor_tick(self) -> None:
+        window = self._window
+        if self.monitor is not None:
+            stats = WindowStats(request_rate=window["requests"] / self.config.monitor.window_s * 60.0,
+                                hit_rate=window["hits"] / window["requests"] if window["requests"] else 0.0,
+                                k_mix=dict(window["k"]), total_steps=self.total_steps)
+            allocation = self.monitor.step(stats, self.profile.throughput())
+            self.decisions_log.append(MonitorDecision(
+                t_s=self.now, request_rate=stats.request_rate, hit_rate=stats.hit_rate,
+                k_mix={str(k): v for k, v in sorted(stats.k_mix.items())}, target_large=allocation.target,
+                large=allocation.large, small=allocation.small, feasible=allocation.feasible))
+            self._reassign(allocation.large)
+        self._sample_stats()
+        self._window = {"requests": 0, "hits": 0, "k": {}}
+
+    def _sample_stats(self) -> None:
+        n_large = sum(role is ModelRole.LARGE for role in self.assigned)
+        totals = self._totals
+        self.stats.append(StatsSample(
+            t_s=self.now, requests=totals["requests"], hits=totals["hits"],
+            hit_rate=totals["hits"] / totals["requests"] if totals["requests"] else None,
+            large=n_large, small=self.config.n_gpus - n_large,
+            k_mix_json=json.dumps({str(k): v for k, v in sorted(self._window["k"].items())}),
+            queue_depths_json=json.dumps({kind.value: len(q) for kind, q in self.queues.items()})))
+
+
+def simulate(config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None) -> SimResult:
+    """Build the hit model for `config` and run the simulation."""
+    return Simulator(config, workload, build_hit_model(config, workload, embeddings)).run()

@@ -1,0 +1,116 @@
+"""Workloads for the simulator, built by the load generator's own pieces so a simulated run and a measured run
+see the same requests in the same order at the same offsets.
+
+`build_workload` is `loadgen.prepare_workload` for one load-generator worker without a server URL;
+`workload_from_run` rebuilds the exact workload of a recorded loadgen run (its RunConfig is stored in the
+records file), which is what a simulator-vs-measurement comparison needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loadgen import (
+    ArrivalConfig,
+    ArrivalKind,
+    RunConfig,
+    SessionConfig,
+    TraceConfig,
+    TraceRequest,
+    apply_session_model,
+    arrival_offsets,
+    fluctuating_offsets,
+    load_run,
+    load_trace,
+    poisson_offsets,
+    prepare_workload,
+    sigmoid_ramp_offsets,
+)
+from loadgen.arrivals import worker_rng
+
+__all__ = ["Workload", "build_workload", "synthetic_workload", "workload_from_run"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests in send order. Open loop: `offsets_s[i]` is when request i arrives. Closed loop (offsets_s None):
+    `concurrency` clients, each sending its next request when its previous one completes."""
+
+    name: str
+    n_requests: int
+    warm_up: np.ndarray                       # (n,) bool: excluded from every reported number
+    offsets_s: np.ndarray | None
+    concurrency: int = 1
+    trace: list[TraceRequest] | None = None   # prompts and session labels; None for synthetic workloads
+    arrival: ArrivalConfig | None = None
+
+    def __post_init__(self):
+        if self.warm_up.shape != (self.n_requests,):
+            raise ValueError(f"warm_up has shape {self.warm_up.shape}, expected ({self.n_requests},)")
+        if self.offsets_s is not None:
+            if self.offsets_s.shape != (self.n_requests,):
+                raise ValueError(f"offsets_s has shape {self.offsets_s.shape}, expected ({self.n_requests},)")
+            if self.n_requests and (np.any(np.diff(self.offsets_s) < 0) or self.offsets_s[0] < 0):
+                raise ValueError("arrival offsets must be non-negative and sorted")
+        elif self.concurrency < 1:
+            raise ValueError(f"a closed-loop workload needs concurrency >= 1, got {self.concurrency}")
+        if self.trace is not None and len(self.trace) != self.n_requests:
+            raise ValueError(f"trace has {len(self.trace)} requests, expected {self.n_requests}")
+
+    @property
+    def prompts(self) -> list[str] | None:
+        return None if self.trace is None else [r.prompt for r in self.trace]
+
+    @classmethod
+    def from_trace(cls, name: str, trace: list[TraceRequest], arrival: ArrivalConfig,
+                   offsets_s: np.ndarray | None) -> "Workload":
+        return cls(name=name, n_requests=len(trace), warm_up=np.array([r.warm_up for r in trace], dtype=bool),
+                   offsets_s=None if offsets_s is None else np.asarray(offsets_s, dtype=np.float64),
+                   concurrency=arrival.concurrency, trace=trace, arrival=arrival)
+
+
+def build_workload(trace: TraceConfig, arrival: ArrivalConfig, *, sessions: SessionConfig | None = None,
+                   seed: int = 42, name: str = "sim") -> Workload:
+    """loadgen's workload (reader, session model, arrival process) for a single load-generator worker."""
+    requests = load_trace(trace)
+    if sessions is not None:
+        requests = apply_session_model(requests, sessions, seed=seed)
+    offsets = arrival_offsets(arrival, requests, worker_rng(seed, 1, 0), n_workers=1)
+    return Workload.from_trace(name, requests, arrival, offsets)
+
+
+def workload_from_run(run_dir: str | Path) -> tuple[Workload, RunConfig]:
+    """The workload a recorded loadgen run sent (rebuilt from its stored RunConfig and the trace file)."""
+    stored = load_run(run_dir)
+    raw = stored.metadata.get("config")
+    if not raw:
+        raise ValueError(f"{run_dir}: the records file carries no run config; cannot rebuild its workload")
+    raw = {**raw, "client": {**raw["client"], "api_key": None}}  # stored masked; the simulator sends nothing
+    config = RunConfig.model_validate(raw)
+    requests, offsets = prepare_workload(config)
+    return Workload.from_trace(config.name, requests, config.arrival, offsets), config
+
+
+def synthetic_workload(n_requests: int, arrival: ArrivalConfig, *, warm_up: int = 0, seed: int = 42,
+                       name: str = "synthetic") -> Workload:
+    """`n_requests` anonymous requests (for the parametric hit model, which needs no prompts)."""
+    if n_requests <= 0 or not 0 <= warm_up < n_requests:
+        raise ValueError(f"need n_requests > 0 and 0 <= warm_up < n_requests, got {n_requests}, {warm_up}")
+    rng = worker_rng(seed, 1, 0)
+    if arrival.kind is ArrivalKind.CLOSED_LOOP:
+        offsets = None
+    elif arrival.kind is ArrivalKind.POISSON:
+        offsets = poisson_offsets(n_requests, arrival.rate_per_min, rng)
+    elif arrival.kind is ArrivalKind.RAMP:
+        offsets = sigmoid_ramp_offsets(n_requests, arrival.min_rate_per_min, arrival.max_rate_per_min)
+    elif arrival.kind is ArrivalKind.FLUCTUATING:
+        offsets = fluctuating_offsets(n_requests, arrival.rate_per_min, arrival.amplitude, arrival.period_s, rng)
+    else:
+        raise ValueError(f"a synthetic workload has no timestamps to {arrival.kind.value}; use a trace")
+    warm = np.zeros(n_requests, dtype=bool)
+    warm[:warm_up] = True
+    return Workload(name=name, n_requests=n_requests, warm_up=warm, offsets_s=offsets,
+                    concurrency=arrival.concurrency, trace=None, arrival=arrival)
