@@ -85,7 +85,7 @@ def _train(args: argparse.Namespace) -> dict:
                           stage_sampling=StageSampling(args.stage_sampling),
                           stage_weights=tuple(args.stage_weights) if args.stage_weights else None, seed=args.seed),
         seed=args.seed)
-    results = run_efficiency_experiment(config)
+    results = run_efficiency_experiment(config, save_dir=args.save_dir)
     b = results["boundaries_timesteps"]
     print(f"digits {config.image_size}px; boundaries t={[round(v, 4) for v in results['boundaries_t']]} "
           f"(DDPM timesteps {[round(v, 1) for v in b]}); classifier accuracy {results['classifier_accuracy']:.3f}; "
@@ -106,13 +106,32 @@ def _train(args: argparse.Namespace) -> dict:
 
 
 def _export(args: argparse.Namespace) -> dict:
-    from modm.multistage.serving import save_multistage_sd_pipeline, tiny_text_conditioned_unet
+    import torch
 
-    unet = tiny_text_conditioned_unet(tuple(args.timestep_boundaries), seed=args.seed)
-    out = save_multistage_sd_pipeline(args.out, unet)
-    print(f"wrote a StableDiffusionPipeline with a {unet.num_stages}-stage MultiStageUNet to {out}; "
+    from modm.multistage.serving import save_multistage_sd_pipeline, tiny_text_conditioned_unet
+    from modm.multistage.text_digits import train_text_conditioned_digits
+    from modm.multistage.training import TrainConfig
+    from modm.multistage.unet import MultiStageUNet
+
+    torch.set_num_threads(args.threads)
+    if args.unet is not None:
+        unet = MultiStageUNet.from_pretrained(args.unet)
+    else:
+        unet = tiny_text_conditioned_unet(tuple(args.timestep_boundaries), seed=args.seed)
+    result = {"stage_boundaries": list(unet.config.stage_boundaries)}
+    if args.train_steps:
+        pipe, before, after = train_text_conditioned_digits(
+            unet, args.train_steps, train_config=TrainConfig(batch_size=args.batch_size, seed=args.seed),
+            limit=args.limit, seed=args.seed)
+        pipe.save_pretrained(args.out)
+        print(f"trained {args.train_steps} steps on digit latents; stage losses "
+              f"{[round(v, 4) for v in before]} -> {[round(v, 4) for v in after]}")
+        result.update(train_steps=args.train_steps, stage_losses_before=before, stage_losses_after=after)
+    else:
+        save_multistage_sd_pipeline(args.out, unet)
+    print(f"wrote a StableDiffusionPipeline with a {unet.num_stages}-stage MultiStageUNet to {args.out}; "
           "load it with `import modm.multistage` then DiffusionPipeline.from_pretrained")
-    return {"out": str(out), "stage_boundaries": list(args.timestep_boundaries)}
+    return {"out": str(args.out), **result}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,13 +167,23 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--stage-sampling", default="uniform", choices=["uniform", "time", "weights"])
     t.add_argument("--stage-weights", type=float, nargs="+", default=None,
                    help="relative stage probabilities, low-noise stage first (with --stage-sampling weights)")
+    t.add_argument("--save-dir", type=Path, default=None,
+                   help="save the trained models here as DDIMPipeline directories (unified/, multistage/)")
     t.set_defaults(run=_train)
 
     e = sub.add_parser("export", help="save a StableDiffusionPipeline whose unet is a MultiStageUNet")
     e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--unet", type=Path, default=None,
+                   help="a saved text-conditioned MultiStageUNet (4 latent channels, cross_attention_dim 32) to "
+                        "package; default: a new randomly initialised one")
     e.add_argument("--timestep-boundaries", type=float, nargs="+", default=[333.0, 666.0],
-                   help="stage boundaries in DDIM training timesteps (two → three stages)")
+                   help="stage boundaries in DDIM training timesteps of the new unet (two → three stages)")
+    e.add_argument("--train-steps", type=int, default=0,
+                   help="train the unet this many steps on digit latents (prompts 'a handwritten digit N') first")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--limit", type=int, default=None, help="train on the first N digits only")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int, default=1, help="torch threads (the machine's cores are shared)")
     e.add_argument("--json", type=Path, default=None)
     e.set_defaults(run=_export)
     return parser

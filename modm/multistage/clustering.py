@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from modm.multistage.boundaries import SplitMethod, StageBoundaries
-from modm.multistage.optimal_denoiser import DEFAULT_DATA_CHUNK, _flatten_dataset, optimal_eps
+from modm.multistage.optimal_denoiser import DEFAULT_DATA_CHUNK, flatten_dataset, optimal_eps
 
 __all__ = [
     "ClusteringConfig",
@@ -68,7 +68,7 @@ def pixel_similarity(eps_a: torch.Tensor, eps_b: torch.Tensor, eta: float) -> to
 
 def similarity_samples(data: torch.Tensor, schedule, config: ClusteringConfig):
     """Draw the Monte Carlo triples and return (t, S0, S1), each (K,) float64, unsorted."""
-    flat = _flatten_dataset(data)
+    flat = flatten_dataset(data)
     generator = torch.Generator().manual_seed(config.seed)
     n = flat.shape[0]
     t_all = config.t_min + (1.0 - config.t_min) * torch.rand(config.num_samples, generator=generator,

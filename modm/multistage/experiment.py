@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler
@@ -60,7 +61,7 @@ def flops_to_reach(curve: list[dict], target_fid: float) -> float | None:
     return None
 
 
-def _train_and_evaluate(name, model, scheduler, data, config, validation, classifier, reference):
+def _train_and_evaluate(name, model, scheduler, data, config, validation, classifier, reference, save_dir):
     trainer = StageSampledTrainer(model, scheduler, data, config.train)
     budget = config.budget_tflops * 1e12
     checkpoints = [budget * (i + 1) / config.num_evals for i in range(config.num_evals)]
@@ -77,13 +78,19 @@ def _train_and_evaluate(name, model, scheduler, data, config, validation, classi
         logger.info("%s: %.2f TFLOPs, FID %.3f, stage losses %s", name, point["train_flops"] / 1e12, point["fid"],
                     [round(v, 4) for v in point["stage_losses"]])
         curve.append(point)
+    if save_dir is not None:  # a DDIMPipeline directory: DiffusionPipeline.from_pretrained loads it back
+        DDIMPipeline(unet=model, scheduler=DDIMScheduler.from_config(scheduler.config)).save_pretrained(
+            Path(save_dir) / name)
     return {"parameters": sum(p.numel() for p in model.parameters()),
             "step_flops_per_stage": [trainer.step_flops(k) for k in range(len(trainer.ranges))],
             "stage_probabilities": trainer.probabilities.tolist(), "curve": curve}
 
 
-def run_efficiency_experiment(config: EfficiencyConfig) -> dict:
-    """Cluster the digits' timesteps, then train a unified and a multi-stage U-Net for the same FLOPs budget."""
+def run_efficiency_experiment(config: EfficiencyConfig, save_dir: str | Path | None = None) -> dict:
+    """Cluster the digits' timesteps, then train a unified and a multi-stage U-Net for the same FLOPs budget.
+
+    With save_dir, the trained models are saved as DDIMPipeline directories save_dir/unified, save_dir/multistage.
+    """
     data, labels = load_digits_images(config.image_size)
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear")
     schedule = DiscreteDDPMSchedule(num_train_timesteps=config.num_train_timesteps)
@@ -111,9 +118,10 @@ def run_efficiency_experiment(config: EfficiencyConfig) -> dict:
         "config": config.model_dump(mode="json"),
         "boundaries_t": list(clustering.boundaries.t), "boundaries_timesteps": list(boundaries),
         "classifier_accuracy": accuracy, "real_vs_real_fid": floor_fid,
-        "unified": _train_and_evaluate("unified", unified, scheduler, data, config, validation, classifier, data),
+        "unified": _train_and_evaluate("unified", unified, scheduler, data, config, validation, classifier, data,
+                                       save_dir),
         "multistage": _train_and_evaluate("multistage", multistage, scheduler, data, config, validation,
-                                          classifier, data),
+                                          classifier, data, save_dir),
     }
     # Same quality = the worse of the two models' best FIDs, a level both runs reach within the budget.
     target = max(min(p["fid"] for p in results[name]["curve"]) for name in ("unified", "multistage"))

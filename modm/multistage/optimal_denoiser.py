@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["EmptyDatasetError", "optimal_eps", "posterior_mean"]
+__all__ = ["EmptyDatasetError", "flatten_dataset", "optimal_eps", "posterior_mean"]
 
 DEFAULT_DATA_CHUNK = 4096  # dataset rows per chunk, as in the authors' code
 
@@ -19,7 +19,8 @@ class EmptyDatasetError(ValueError):
     """The dataset for the optimal denoiser has no images."""
 
 
-def _flatten_dataset(data: torch.Tensor) -> torch.Tensor:
+def flatten_dataset(data: torch.Tensor) -> torch.Tensor:
+    """(N, ...) images → (N, D) float64; raises EmptyDatasetError for N = 0."""
     if data.ndim < 2:
         raise ValueError(f"dataset must be shaped (N, ...) with at least one feature, got shape {tuple(data.shape)}")
     if data.shape[0] == 0:
@@ -38,7 +39,7 @@ def posterior_mean(
         data: the training images (N, ...).
     Returns: float64 (B, ...) posterior means.
     """
-    flat_data = _flatten_dataset(data)                                   # (N, D)
+    flat_data = flatten_dataset(data)                                   # (N, D)
     flat_x = x.reshape(x.shape[0], -1).to(torch.float64)                 # (B, D)
     if flat_x.shape[1] != flat_data.shape[1]:
         raise ValueError(f"samples have {flat_x.shape[1]} values each but dataset images have {flat_data.shape[1]}")

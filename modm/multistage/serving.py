@@ -39,6 +39,8 @@ class TinyStableDiffusionConfig(BaseModel):
     vae_block_out_channels: tuple[int, ...] = Field(
         default=(32, 32, 64, 64), description="VAE widths; n levels give a 2^(n-1) latent downscale (SD: 8).")
     latent_channels: int = Field(default=4, gt=0, description="VAE latent channels = the unet's in/out channels.")
+    vae_scaling_factor: float = Field(default=0.18215, gt=0,
+                                      description="Latent scale applied by the pipeline (SD's value by default).")
     beta_start: float = Field(default=0.00085, gt=0, description="Scheduler β start (SD's scaled-linear).")
     beta_end: float = Field(default=0.012, gt=0, description="Scheduler β end (SD's scaled-linear).")
     seed: int = Field(default=0, description="Seed for the random initialisation of each component.")
@@ -80,6 +82,7 @@ def build_multistage_sd_pipeline(unet: MultiStageUNet, config: TinyStableDiffusi
         in_channels=3, out_channels=3, block_out_channels=config.vae_block_out_channels,
         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
         latent_channels=config.latent_channels, norm_num_groups=min(config.vae_block_out_channels),
+        scaling_factor=config.vae_scaling_factor,
         sample_size=unet.config.sample_size * 2 ** (levels - 1))
     scheduler = DDIMScheduler(beta_start=config.beta_start, beta_end=config.beta_end,
                               beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,

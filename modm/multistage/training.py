@@ -9,6 +9,7 @@ forward + backward per stage (they depend only on shapes) and accumulated per st
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -78,35 +79,50 @@ def stage_probabilities(config: TrainConfig, ranges: list[tuple[int, int]]) -> t
     return weights / weights.sum()
 
 
-class StageValidationSet(BaseModel):
-    """Fixed (x0, ε, t) per stage, so losses of different models and checkpoints are comparable."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+@dataclass(frozen=True)
+class StageValidationSet:
+    """Fixed (x0, ε, t[, condition]) per stage, so losses of different models and checkpoints are comparable."""
 
     images: list[torch.Tensor]
     noise: list[torch.Tensor]
     timesteps: list[torch.Tensor]
+    conditions: list[torch.Tensor] | None = None
 
 
-def make_stage_validation(data: torch.Tensor, ranges: list[tuple[int, int]], per_stage: int,
-                          seed: int) -> StageValidationSet:
+def make_stage_validation(data: torch.Tensor, ranges: list[tuple[int, int]], per_stage: int, seed: int,
+                          conditions: torch.Tensor | None = None) -> StageValidationSet:
     generator = torch.Generator().manual_seed(seed)
-    images, noise, timesteps = [], [], []
+    images, noise, timesteps, picked_conditions = [], [], [], []
     for lo, hi in ranges:
         index = torch.randint(0, len(data), (per_stage,), generator=generator)
         images.append(data[index])
         noise.append(torch.randn(data[index].shape, generator=generator))
         timesteps.append(torch.randint(lo, hi, (per_stage,), generator=generator))
-    return StageValidationSet(images=images, noise=noise, timesteps=timesteps)
+        if conditions is not None:
+            picked_conditions.append(conditions[index])
+    return StageValidationSet(images=images, noise=noise, timesteps=timesteps,
+                              conditions=picked_conditions if conditions is not None else None)
 
 
 class StageSampledTrainer:
-    """ε-prediction training of a MultiStageUNet on data (N, C, H, W) in [-1, 1], one stage per step."""
+    """ε-prediction training of a MultiStageUNet on data (N, C, H, W), one stage per step.
 
-    def __init__(self, model: MultiStageUNet, scheduler: DDPMScheduler, data: torch.Tensor, config: TrainConfig):
+    A text-conditioned model (cross_attention_dim set) needs conditions (N, L, cross_attention_dim): the
+    encoder_hidden_states that go with each training image.
+    """
+
+    def __init__(self, model: MultiStageUNet, scheduler: DDPMScheduler, data: torch.Tensor, config: TrainConfig,
+                 conditions: torch.Tensor | None = None):
         if len(data) == 0:
             raise ValueError("the training set is empty")
+        conditioned = model.config.cross_attention_dim is not None
+        if conditioned and (conditions is None or len(conditions) != len(data)):
+            raise ValueError(f"a text-conditioned model needs one condition per image: {len(data)} images, "
+                             f"{'no' if conditions is None else len(conditions)} conditions")
+        if not conditioned and conditions is not None:
+            raise ValueError("conditions were given for an unconditional model (cross_attention_dim=None)")
         self.model, self.scheduler, self.data, self.config = model, scheduler, data, config
+        self.conditions = conditions
         self.ranges = stage_timestep_ranges(model.config.stage_boundaries, scheduler.config.num_train_timesteps)
         self.probabilities = stage_probabilities(config, self.ranges)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -116,18 +132,19 @@ class StageSampledTrainer:
         self.total_flops = 0
         self.steps_per_stage = [0] * len(self.ranges)
 
-    def _loss(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def _loss(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+              conditions: torch.Tensor | None = None) -> torch.Tensor:
         noisy = self.scheduler.add_noise(images, noise, timesteps)
-        return torch.nn.functional.mse_loss(self.model(noisy, timesteps).sample, noise)
+        return torch.nn.functional.mse_loss(self.model(noisy, timesteps, conditions).sample, noise)
 
     def _measure_step_flops(self, stage: int) -> int:
         lo, _ = self.ranges[stage]
-        images = self.data[: self.config.batch_size]
-        images = images.repeat((math.ceil(self.config.batch_size / len(images)),) + (1,) * (images.ndim - 1))
-        images = images[: self.config.batch_size]
+        index = torch.arange(self.config.batch_size) % len(self.data)
+        images = self.data[index]
+        conditions = self.conditions[index] if self.conditions is not None else None
         timesteps = torch.full((self.config.batch_size,), lo, dtype=torch.long)
         with FlopCounterMode(display=False) as counter:
-            self._loss(images, torch.zeros_like(images), timesteps).backward()
+            self._loss(images, torch.zeros_like(images), timesteps, conditions).backward()
         self.model.zero_grad(set_to_none=True)
         return int(counter.get_total_flops())
 
@@ -143,7 +160,8 @@ class StageSampledTrainer:
         images = self.data[index]
         noise = torch.randn(images.shape, generator=self.generator)
         timesteps = torch.randint(lo, hi, (self.config.batch_size,), generator=self.generator)
-        loss = self._loss(images, noise, timesteps)
+        conditions = self.conditions[index] if self.conditions is not None else None
+        loss = self._loss(images, noise, timesteps, conditions)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -154,5 +172,6 @@ class StageSampledTrainer:
     @torch.no_grad()
     def validation_losses(self, validation: StageValidationSet) -> list[float]:
         """Mean ε-MSE on each stage's fixed validation samples."""
-        return [float(self._loss(x, n, t)) for x, n, t in
-                zip(validation.images, validation.noise, validation.timesteps)]
+        conditions = validation.conditions or [None] * len(validation.images)
+        return [float(self._loss(x, n, t, c)) for x, n, t, c in
+                zip(validation.images, validation.noise, validation.timesteps, conditions)]

@@ -12,8 +12,13 @@ from PIL import Image
 
 from modm.config.schema import ModelSpec
 from modm.models.loading import load_pipeline
-from modm.multistage.serving import build_multistage_sd_pipeline, save_multistage_sd_pipeline, \
-    tiny_text_conditioned_unet
+from modm.multistage.serving import (
+    build_multistage_sd_pipeline,
+    save_multistage_sd_pipeline,
+    tiny_text_conditioned_unet,
+)
+from modm.multistage.text_digits import train_text_conditioned_digits
+from modm.multistage.training import TrainConfig
 from modm.multistage.unet import MultiStageUNet
 
 SIZE, STEPS = 64, 6
@@ -76,3 +81,18 @@ def test_loads_through_the_model_spec(pipeline_dir):
 def test_mismatched_components_are_rejected():
     with pytest.raises(ValueError, match="cross_attention_dim"):
         build_multistage_sd_pipeline(tiny_text_conditioned_unet(cross_attention_dim=16))
+
+
+def test_a_trained_text_conditioned_unet_is_served(tmp_path):
+    unet = tiny_text_conditioned_unet((333.0, 666.0), seed=1)
+    trained, before, after = train_text_conditioned_digits(unet, 24, limit=96,
+                                                           train_config=TrainConfig(batch_size=16, seed=0))
+    assert all(a < b for a, b in zip(after, before)), (before, after)
+    trained.save_pretrained(tmp_path)
+    served = load_pipeline(ModelSpec(source=str(tmp_path), device="cpu"))
+    assert isinstance(served.unet, MultiStageUNet)
+    assert served.vae.config.scaling_factor == pytest.approx(trained.vae.config.scaling_factor)
+    for name, tensor in trained.unet.state_dict().items():
+        assert torch.equal(served.unet.state_dict()[name], tensor), name
+    images = txt2img(served, 0, prompt="a handwritten digit 7")
+    assert np.array_equal(images, txt2img(served, 0, prompt="a handwritten digit 7"))
