@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from modm.cache.constants import HNSW_HYSTERESIS_FRACTION, TOMBSTONE_REBUILD_FRACTION
 from modm.cache.errors import CacheClosedError, CacheCorruptError, EntryNotFoundError
-from modm.cache.index import IndexKind, NamespaceIndex
+from modm.cache.index import HnswBuild, IndexKind, NamespaceIndex
 from modm.cache.journal import StoredRows, recover, write_rows
 from modm.cache.layout import CacheLayout, DirectoryLock, atomic_write_bytes
 from modm.cache.records import (
@@ -56,6 +57,7 @@ class CacheStats:
     next_id: int
     namespaces: dict[str, NamespaceStats]
     pending_segments: int    # journal segments not yet folded into a snapshot
+    index_builds_running: int  # HNSW graphs being built in the background
     # Counters since this ImageCache was opened.
     admissions: int
     evictions: int
@@ -72,13 +74,21 @@ class ImageCache:
     changes. Only one ImageCache may have a directory open at a time (CacheLockedError otherwise).
 
     Every admission is fsynced before `add` returns (`durable=True`). `durable=False` keeps the cache consistent
-    when the process dies but not across a power loss; it is for tests and scratch caches. `durable`,
-    `tombstone_rebuild_fraction` and `hnsw_hysteresis_fraction` are candidates for CacheConfig fields.
+    when the process dies but not across a power loss; it is for tests and scratch caches.
+
+    HNSW graphs (a namespace reaching `hnsw_min_entries`, or a rebuild to shed tombstones) are built on a
+    background thread while the current index keeps answering (`background_index_builds=True`), so neither
+    queries nor admissions stall for the build; `wait_for_index_builds()` waits for them. With False they are
+    built inline, inside the call that made them due. Opening always builds inline, before the first query.
+
+    `durable`, `background_index_builds`, `tombstone_rebuild_fraction` and `hnsw_hysteresis_fraction` are
+    candidates for CacheConfig fields.
     """
 
     def __init__(self, config: CacheConfig, dim: int, *, clock: Callable[[], float] = time.time,
                  tombstone_rebuild_fraction: float = TOMBSTONE_REBUILD_FRACTION,
-                 hnsw_hysteresis_fraction: float = HNSW_HYSTERESIS_FRACTION, durable: bool = True):
+                 hnsw_hysteresis_fraction: float = HNSW_HYSTERESIS_FRACTION, durable: bool = True,
+                 background_index_builds: bool = True):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if not 0.0 <= hnsw_hysteresis_fraction < 1.0:
@@ -100,6 +110,10 @@ class ImageCache:
         self._closed = False
         self._admissions = self._evictions = self._queries = self._matches = self._compactions = 0
         self._admissions_pending = 0  # admissions since the last snapshot capture
+        self._background_builds = background_index_builds
+        self._builder: ThreadPoolExecutor | None = None  # started on the first background build
+        self._building: set[str] = set()                 # namespaces with a build in flight
+        self._stop_builds = threading.Event()
 
         self._layout = CacheLayout(config.directory)
         self._layout.open_or_create(dim)
@@ -110,7 +124,7 @@ class ImageCache:
             self._next_id = recovered.next_id
             self._evicted_below = recovered.evicted_below
             self._pending_segments = recovered.pending_segments
-            self._insert(recovered.entries, recovered.vectors)
+            self._insert(recovered.entries, recovered.vectors, defer_hnsw_builds=False)
             if recovered.changed or recovered.pending_segments:
                 self.compact()
         except BaseException:
@@ -164,9 +178,14 @@ class ImageCache:
             self._pending_segments += 1
             self._admissions += len(entries)
             self._admissions_pending += len(entries)
-            self._insert(entries, vectors)
-            self._evict_oldest(overflow)
+            # Evict before inserting so that no namespace ever holds more than `capacity` entries, not even
+            # for a moment (that moment could cross hnsw_min_entries and start a needless HNSW build).
+            evict_existing = min(overflow, len(self._entries))
+            touched = self._evict_oldest(evict_existing)
+            touched |= self._insert(entries, vectors, defer_hnsw_builds=self._background_builds)
+            touched |= self._evict_oldest(overflow - evict_existing)  # a batch larger than the capacity
             self._evicted_below = evicted_below
+            self._schedule_index_builds(touched)
             compaction_due = self._admissions_pending >= self.config.compact_every
         if compaction_due:
             try:
@@ -272,7 +291,8 @@ class ImageCache:
                           for name, index in self._indexes.items()}
             return CacheStats(directory=str(self._layout.root), dim=self.dim, capacity=self.config.capacity,
                               entries=len(self._entries), next_id=self._next_id, namespaces=namespaces,
-                              pending_segments=self._pending_segments, admissions=self._admissions,
+                              pending_segments=self._pending_segments,
+                              index_builds_running=len(self._building), admissions=self._admissions,
                               evictions=self._evictions, queries=self._queries, matches=self._matches,
                               compactions=self._compactions)
 
@@ -310,11 +330,15 @@ class ImageCache:
                 self._compactions += 1
 
     def close(self) -> None:
-        """Fold the journal into a snapshot (so the next open is fast) and release the directory."""
+        """Stop background index builds, fold the journal into a snapshot (so the next open is fast) and release
+        the directory."""
         with self._lock:
             if self._closed:
                 return
             compaction_due = self._pending_segments > 0
+        self._stop_builds.set()
+        if self._builder is not None:
+            self._builder.shutdown(wait=True)  # a build stops at its next chunk
         try:
             if compaction_due:
                 self.compact()
@@ -323,6 +347,18 @@ class ImageCache:
                 self._closed = True
                 self._directory_lock.release()
 
+    def wait_for_index_builds(self, timeout_s: float | None = None) -> bool:
+        """Block until no background HNSW build is running (including builds those builds made due).
+        Returns False if `timeout_s` passed first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if not self._building:
+                    return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
     def __enter__(self) -> ImageCache:
         return self
 
@@ -330,7 +366,8 @@ class ImageCache:
         self.close()
 
     # ------------------------------------------------------------------------------------------------ memory
-    def _insert(self, entries: Sequence[CacheEntry], vectors: np.ndarray) -> None:
+    def _insert(self, entries: Sequence[CacheEntry], vectors: np.ndarray, *, defer_hnsw_builds: bool) -> set[str]:
+        """Add entries to the FIFO order and their namespaces' indexes; returns the namespaces touched."""
         by_tenant: dict[str, list[int]] = {}
         for row, entry in enumerate(entries):
             self._entries[entry.id] = entry
@@ -338,13 +375,16 @@ class ImageCache:
         for tenant, rows in by_tenant.items():
             index = self._indexes.get(tenant)
             if index is None:
-                index = self._indexes[tenant] = NamespaceIndex(self.dim, **self._index_options)
+                index = self._indexes[tenant] = NamespaceIndex(self.dim, defer_hnsw_builds=defer_hnsw_builds,
+                                                               **self._index_options)
             ids = np.array([entries[r].id for r in rows], dtype=np.int64)
             index.add(ids, np.ascontiguousarray(vectors[rows], dtype=np.float32))
+        return set(by_tenant)
 
-    def _evict_oldest(self, count: int) -> None:
+    def _evict_oldest(self, count: int) -> set[str]:
+        """Evict the `count` oldest entries (their admission is already committed); returns the namespaces."""
         if count <= 0:
-            return
+            return set()
         evicted = [self._entries.popitem(last=False)[1] for _ in range(count)]
         by_tenant: dict[str, list[int]] = {}
         for entry in evicted:
@@ -360,6 +400,37 @@ class ImageCache:
             except OSError:  # harmless: the next open removes orphan images
                 logger.warning("cache: could not delete evicted image %d", entry.id, exc_info=True)
         self._evictions += count
+        return set(by_tenant)
+
+    # ------------------------------------------------------------------------------------- background builds
+    def _schedule_index_builds(self, tenants: set[str]) -> None:
+        """Start a background HNSW build for each of `tenants` that needs one and has none running."""
+        if not self._background_builds or self._stop_builds.is_set():
+            return
+        for tenant in sorted(tenants - self._building):
+            index = self._indexes.get(tenant)
+            if index is None or not index.hnsw_build_due:
+                continue
+            if self._builder is None:
+                self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modm-cache-index")
+            self._building.add(tenant)
+            self._builder.submit(self._run_index_build, tenant, index, index.capture_hnsw_build())
+
+    def _run_index_build(self, tenant: str, index: NamespaceIndex, build: HnswBuild) -> None:
+        started = time.perf_counter()
+        try:
+            graph = build.run(self._stop_builds.is_set)  # no lock held: queries and admissions go on
+        except Exception:
+            logger.exception("cache: HNSW build for namespace %r failed; it keeps its current index", tenant)
+            graph = None
+        with self._lock:
+            self._building.discard(tenant)
+            if graph is None or self._closed or self._indexes.get(tenant) is not index:
+                return  # stopped, failed, or the namespace emptied meanwhile
+            installed = index.install(build, graph)
+            logger.info("cache: HNSW graph of %d vectors for namespace %r built in %.1f s (%s)", len(build.ids),
+                        tenant, time.perf_counter() - started, "installed" if installed else "discarded")
+            self._schedule_index_builds({tenant})  # admissions during the build may have made another due
 
     def _check_open(self) -> None:
         if self._closed:

@@ -3,16 +3,25 @@
 faiss's HNSW cannot remove vectors, so evictions there become tombstones: a bitmap over HNSW positions that an
 IDSelector consults at search time (evicted nodes still route the graph walk, they are just never returned), and
 the graph is rebuilt from the live vectors once tombstones pass a fraction of it.
+
+Building an HNSW graph takes seconds to minutes (100k x 768 floats: tens of seconds), so a NamespaceIndex can
+defer those builds to its owner: `capture_hnsw_build()` under the owner's lock, `HnswBuild.run()` outside it
+(faiss releases the GIL) while the current index keeps serving, then `install()` under the lock again, which
+replays the admissions and evictions that happened meanwhile.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 
 import faiss
 import numpy as np
 
-__all__ = ["IndexKind", "NamespaceIndex"]
+__all__ = ["HnswBuild", "HnswGraph", "HnswParams", "IndexKind", "NamespaceIndex"]
+
+HNSW_BUILD_CHUNK = 4096  # vectors added per faiss call during a build; a stop request is honoured between chunks
 
 
 class IndexKind(str, Enum):
@@ -20,116 +29,31 @@ class IndexKind(str, Enum):
     HNSW = "hnsw"  # IndexHNSWFlat (inner product): approximate, tombstones + rebuild
 
 
-class NamespaceIndex:
-    """Live vectors of one namespace, keyed by entry id, searchable for the top-1 inner product.
+@dataclass(frozen=True)
+class HnswParams:
+    m: int
+    ef_search: int
+    ef_construction: int
 
-    Holds its own copy of each live vector (in admission order) so that it can rebuild or switch kind, and so
-    that the cache can write snapshots without asking faiss to reconstruct.
-    """
 
-    def __init__(self, dim: int, *, hnsw_min_entries: int, hnsw_exit_entries: int, hnsw_m: int,
-                 hnsw_ef_search: int, hnsw_ef_construction: int, tombstone_rebuild_fraction: float):
-        if not 0 <= hnsw_exit_entries <= hnsw_min_entries:
-            raise ValueError(f"hnsw_exit_entries={hnsw_exit_entries} must lie in [0, hnsw_min_entries="
-                             f"{hnsw_min_entries}]")
-        if not 0.0 < tombstone_rebuild_fraction <= 1.0:
-            raise ValueError(f"tombstone_rebuild_fraction must be in (0, 1], got {tombstone_rebuild_fraction}")
-        self.dim = dim
-        self._hnsw_min_entries = hnsw_min_entries
-        self._hnsw_exit_entries = hnsw_exit_entries
-        self._hnsw_m = hnsw_m
-        self._hnsw_ef_search = hnsw_ef_search
-        self._hnsw_ef_construction = hnsw_ef_construction
-        self._rebuild_fraction = tombstone_rebuild_fraction
-        self._vectors: dict[int, np.ndarray] = {}  # live id -> (dim,) float32, in admission order
-        self.hnsw_builds = 0  # how often an HNSW graph was built (switches and tombstone rebuilds)
-        self._build(IndexKind.FLAT)
+class HnswGraph:
+    """IndexHNSWFlat over positions 0..n-1, with a position -> entry id table and a bitmap of live positions
+    that the search-time IDSelector reads (updated in place, so removing is O(1))."""
 
-    # ----------------------------------------------------------------------------------------------- reading
-    def __len__(self) -> int:
-        return len(self._vectors)
-
-    def __contains__(self, entry_id: int) -> bool:
-        return entry_id in self._vectors
-
-    @property
-    def kind(self) -> IndexKind:
-        return self._kind
-
-    @property
-    def tombstones(self) -> int:
-        return self._tombstones
-
-    def vector(self, entry_id: int) -> np.ndarray:
-        return self._vectors[entry_id]
-
-    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top-1 per query row: (scores (n,) float32, entry ids (n,) int64, -1 where the index is empty)."""
-        n = queries.shape[0]
-        if not self._vectors:
-            return np.full(n, -np.inf, dtype=np.float32), np.full(n, -1, dtype=np.int64)
-        if self._kind is IndexKind.FLAT:
-            scores, ids = self._index.search(queries, 1)
-            return scores[:, 0], ids[:, 0]
-        scores, positions = self._index.search(queries, 1, params=self._search_params)
-        positions = positions[:, 0]
-        ids = np.where(positions >= 0, self._position_ids[np.maximum(positions, 0)], -1)
-        return scores[:, 0], ids
-
-    # ----------------------------------------------------------------------------------------------- writing
-    def add(self, entry_ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add (n,) int64 ids with (n, dim) C-contiguous float32 vectors; ids must be new."""
-        for entry_id, vector in zip(entry_ids.tolist(), vectors):
-            if entry_id in self._vectors:
-                raise ValueError(f"entry id {entry_id} is already in the index")
-            self._vectors[entry_id] = vector.copy()
-        if self._kind is IndexKind.FLAT and len(self._vectors) >= self._hnsw_min_entries:
-            self._build(IndexKind.HNSW)  # includes the new vectors
-            return
-        if self._kind is IndexKind.FLAT:
-            self._index.add_with_ids(vectors, entry_ids)
-        else:
-            self._hnsw_append(entry_ids, vectors)
-
-    def remove(self, entry_ids: list[int]) -> None:
-        for entry_id in entry_ids:
-            del self._vectors[entry_id]  # KeyError for an unknown id: a bug in the caller
-        if self._kind is IndexKind.FLAT:
-            self._index.remove_ids(np.asarray(entry_ids, dtype=np.int64))
-            return
-        for entry_id in entry_ids:
-            position = self._position_of.pop(entry_id)
-            self._live_bits[position >> 3] &= np.uint8(~(1 << (position & 7)) & 0xFF)
-        self._tombstones += len(entry_ids)
-        if len(self._vectors) < self._hnsw_exit_entries:
-            self._build(IndexKind.FLAT)
-        elif self._tombstones > self._rebuild_fraction * self._index.ntotal:
-            self._build(IndexKind.HNSW)
-
-    # ------------------------------------------------------------------------------------------------ builds
-    def _build(self, kind: IndexKind) -> None:
-        """Replace the faiss index by a fresh one of `kind` holding exactly the live vectors."""
-        ids = np.fromiter(self._vectors.keys(), dtype=np.int64, count=len(self._vectors))
-        vectors = (np.stack(list(self._vectors.values())) if self._vectors
-                   else np.empty((0, self.dim), dtype=np.float32))
-        self._kind = kind
-        self._tombstones = 0
-        if kind is IndexKind.FLAT:
-            self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-            self._index.add_with_ids(vectors, ids)
-            self._position_ids = self._live_bits = self._selector = self._search_params = None
-            self._position_of = {}
-            return
-        index = faiss.IndexHNSWFlat(self.dim, self._hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = self._hnsw_ef_construction
-        self._index = index
+    def __init__(self, dim: int, params: HnswParams):
+        self._index = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
+        self._index.hnsw.efConstruction = params.ef_construction
+        self._ef_search = params.ef_search
         self._position_ids = np.empty(0, dtype=np.int64)
-        self._position_of = {}
         self._live_bits = np.empty(0, dtype=np.uint8)
-        self.hnsw_builds += 1
-        self._hnsw_append(ids, vectors)
+        self._position_of: dict[int, int] = {}
+        self.tombstones = 0
 
-    def _hnsw_append(self, entry_ids: np.ndarray, vectors: np.ndarray) -> None:
+    @property
+    def ntotal(self) -> int:
+        return self._index.ntotal
+
+    def append(self, entry_ids: np.ndarray, vectors: np.ndarray) -> None:
         start = self._index.ntotal
         self._index.add(vectors)
         end = self._index.ntotal
@@ -141,11 +65,173 @@ class NamespaceIndex:
             live_bits[:self._live_bits.size] = self._live_bits
             self._position_ids, self._live_bits = position_ids, live_bits
             self._selector = faiss.IDSelectorBitmap(self._live_bits.size, faiss.swig_ptr(self._live_bits))
-            params = faiss.SearchParametersHNSW()
-            params.sel = self._selector
-            params.efSearch = self._hnsw_ef_search
-            self._search_params = params
+            self._search_params = faiss.SearchParametersHNSW()
+            self._search_params.sel = self._selector
+            self._search_params.efSearch = self._ef_search
         positions = np.arange(start, end)
         self._position_ids[start:end] = entry_ids
         self._position_of.update(zip(entry_ids.tolist(), positions.tolist()))
         np.bitwise_or.at(self._live_bits, positions >> 3, (1 << (positions & 7)).astype(np.uint8))
+
+    def remove(self, entry_ids: list[int]) -> None:
+        for entry_id in entry_ids:
+            position = self._position_of.pop(entry_id)
+            self._live_bits[position >> 3] &= np.uint8(~(1 << (position & 7)) & 0xFF)
+        self.tombstones += len(entry_ids)
+
+    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, positions = self._index.search(queries, 1, params=self._search_params)
+        positions = positions[:, 0]
+        ids = np.where(positions >= 0, self._position_ids[np.maximum(positions, 0)], -1)
+        return scores[:, 0], ids
+
+
+@dataclass
+class HnswBuild:
+    """The live vectors of a namespace at one moment, to be turned into an HnswGraph without holding a lock.
+
+    `vectors` are references to the index's own arrays, which are never modified after admission.
+    """
+
+    dim: int
+    params: HnswParams
+    ids: list[int]
+    vectors: list[np.ndarray]
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False) -> HnswGraph | None:
+        """Build the graph; None if `should_stop()` turned true between chunks."""
+        graph = HnswGraph(self.dim, self.params)
+        for start in range(0, len(self.ids), HNSW_BUILD_CHUNK):
+            if should_stop():
+                return None
+            chunk = slice(start, start + HNSW_BUILD_CHUNK)
+            graph.append(np.asarray(self.ids[chunk], dtype=np.int64), np.stack(self.vectors[chunk]))
+        return graph
+
+
+class NamespaceIndex:
+    """Live vectors of one namespace, keyed by entry id, searchable for the top-1 inner product.
+
+    Holds its own reference to each live vector (in admission order) so that it can rebuild or switch kind, and
+    so that the cache can write snapshots without asking faiss to reconstruct. Exact search is used below
+    `hnsw_min_entries` and HNSW from there on, until the namespace shrinks below `hnsw_exit_entries`. With
+    `defer_hnsw_builds`, HNSW graphs are built only through capture_hnsw_build/install; meanwhile the current
+    index (exact, or HNSW with more tombstones) keeps answering correctly.
+    """
+
+    def __init__(self, dim: int, *, hnsw_min_entries: int, hnsw_exit_entries: int, hnsw_m: int,
+                 hnsw_ef_search: int, hnsw_ef_construction: int, tombstone_rebuild_fraction: float,
+                 defer_hnsw_builds: bool = False):
+        if not 0 <= hnsw_exit_entries <= hnsw_min_entries:
+            raise ValueError(f"hnsw_exit_entries={hnsw_exit_entries} must lie in [0, hnsw_min_entries="
+                             f"{hnsw_min_entries}]")
+        if not 0.0 < tombstone_rebuild_fraction <= 1.0:
+            raise ValueError(f"tombstone_rebuild_fraction must be in (0, 1], got {tombstone_rebuild_fraction}")
+        self.dim = dim
+        self._hnsw_min_entries = hnsw_min_entries
+        self._hnsw_exit_entries = hnsw_exit_entries
+        self._params = HnswParams(m=hnsw_m, ef_search=hnsw_ef_search, ef_construction=hnsw_ef_construction)
+        self._rebuild_fraction = tombstone_rebuild_fraction
+        self._defer = defer_hnsw_builds
+        self._vectors: dict[int, np.ndarray] = {}  # live id -> (dim,) float32, in admission order
+        self._graph: HnswGraph | None = None       # the HNSW index, when kind is HNSW
+        self._flat = self._new_flat()              # the exact index, when kind is FLAT
+        self.hnsw_builds = 0                       # graphs installed (switches and tombstone rebuilds)
+
+    # ----------------------------------------------------------------------------------------------- reading
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def __contains__(self, entry_id: int) -> bool:
+        return entry_id in self._vectors
+
+    @property
+    def kind(self) -> IndexKind:
+        return IndexKind.FLAT if self._graph is None else IndexKind.HNSW
+
+    @property
+    def tombstones(self) -> int:
+        return 0 if self._graph is None else self._graph.tombstones
+
+    @property
+    def hnsw_build_due(self) -> bool:
+        """A switch to HNSW, or a rebuild of a graph with too many tombstones, is due."""
+        if self._graph is None:
+            return len(self._vectors) >= self._hnsw_min_entries
+        return self._graph.tombstones > self._rebuild_fraction * self._graph.ntotal
+
+    def vector(self, entry_id: int) -> np.ndarray:
+        return self._vectors[entry_id]
+
+    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-1 per query row: (scores (n,) float32, entry ids (n,) int64, -1 where the index is empty)."""
+        n = queries.shape[0]
+        if not self._vectors:
+            return np.full(n, -np.inf, dtype=np.float32), np.full(n, -1, dtype=np.int64)
+        if self._graph is not None:
+            return self._graph.search(queries)
+        scores, ids = self._flat.search(queries, 1)
+        return scores[:, 0], ids[:, 0]
+
+    # ----------------------------------------------------------------------------------------------- writing
+    def add(self, entry_ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add (n,) int64 ids with (n, dim) C-contiguous float32 vectors; ids must be new."""
+        for entry_id, vector in zip(entry_ids.tolist(), vectors):
+            if entry_id in self._vectors:
+                raise ValueError(f"entry id {entry_id} is already in the index")
+            self._vectors[entry_id] = vector.copy()
+        if self._graph is not None:
+            self._graph.append(entry_ids, vectors)
+        elif not (self.hnsw_build_due and not self._defer):  # about to be rebuilt with these vectors anyway
+            self._flat.add_with_ids(vectors, entry_ids)
+        self._build_if_due()
+
+    def remove(self, entry_ids: list[int]) -> None:
+        for entry_id in entry_ids:
+            del self._vectors[entry_id]  # KeyError for an unknown id: a bug in the caller
+        if self._graph is None:
+            self._flat.remove_ids(np.asarray(entry_ids, dtype=np.int64))
+        elif len(self._vectors) < self._hnsw_exit_entries:
+            self._switch_to_flat()  # cheap: a copy of the live vectors
+        else:
+            self._graph.remove(entry_ids)
+            self._build_if_due()
+
+    # ------------------------------------------------------------------------------------------------ builds
+    def capture_hnsw_build(self) -> HnswBuild:
+        return HnswBuild(dim=self.dim, params=self._params, ids=list(self._vectors),
+                         vectors=list(self._vectors.values()))
+
+    def install(self, build: HnswBuild, graph: HnswGraph) -> bool:
+        """Swap in `graph` (built from `build`), replaying admissions and evictions since the capture.
+
+        False (and nothing changes) if the namespace has meanwhile shrunk below the HNSW exit size.
+        """
+        if len(self._vectors) < self._hnsw_exit_entries:
+            return False
+        captured = set(build.ids)
+        added = [entry_id for entry_id in self._vectors if entry_id not in captured]
+        removed = [entry_id for entry_id in build.ids if entry_id not in self._vectors]
+        if added:
+            graph.append(np.asarray(added, dtype=np.int64), np.stack([self._vectors[i] for i in added]))
+        if removed:
+            graph.remove(removed)
+        self._graph, self._flat = graph, None
+        self.hnsw_builds += 1
+        return True
+
+    def _build_if_due(self) -> None:
+        if self._defer or not self.hnsw_build_due:
+            return
+        build = self.capture_hnsw_build()
+        self.install(build, build.run())
+
+    def _switch_to_flat(self) -> None:
+        self._graph = None
+        self._flat = self._new_flat()
+        if self._vectors:
+            self._flat.add_with_ids(np.stack(list(self._vectors.values())),
+                                    np.fromiter(self._vectors, dtype=np.int64, count=len(self._vectors)))
+
+    def _new_flat(self) -> faiss.IndexIDMap2:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))

@@ -51,7 +51,7 @@ def main() -> None:
     def evict_oldest(self, count):
         if kill_point == "before_eviction" and adding["id"] == kill_at_id and count:
             die()  # committed, but the evicted entry's PNG is still on disk
-        real_evict(self, count)
+        return real_evict(self, count)
 
     ImageCache._evict_oldest = evict_oldest
 

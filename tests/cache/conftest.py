@@ -18,11 +18,14 @@ def open_cache(cache_dir):
     """open_cache(**config_overrides) -> an ImageCache on `cache_dir`, closed when the test ends.
 
     Without fsync by default: the crash tests kill processes, which fsync does not guard against anyway.
+    HNSW graphs are built inline by default so that index kinds are deterministic right after each call.
     """
     opened = []
 
-    def _open(directory=None, dim: int = DIM, durable: bool = False, **overrides) -> ImageCache:
-        cache = ImageCache(make_config(directory or cache_dir, **overrides), dim, durable=durable)
+    def _open(directory=None, dim: int = DIM, durable: bool = False, background_index_builds: bool = False,
+              **overrides) -> ImageCache:
+        cache = ImageCache(make_config(directory or cache_dir, **overrides), dim, durable=durable,
+                           background_index_builds=background_index_builds)
         opened.append(cache)
         return cache
 

@@ -9,7 +9,7 @@ import pytest
 from cache_testkit import DIM, add_seeded, near_duplicate, unit_vector
 
 from modm.cache import IndexKind
-from modm.cache.index import NamespaceIndex
+from modm.cache.index import HnswBuild, NamespaceIndex
 
 
 def _near_duplicate_queries(ids, cosine=0.9):
@@ -127,3 +127,67 @@ def test_concurrent_admissions_and_queries(open_cache):
     for entry in entries:
         seed = int(entry.prompt.split()[-1])
         assert cache.query(unit_vector(seed), [entry.tenant]).entry_id == entry.id
+
+
+class GatedBuilds:
+    """Holds every background HNSW build at its start until released (or until the cache asks it to stop)."""
+
+    def __init__(self, monkeypatch):
+        self.release = threading.Event()
+        self.started = threading.Event()
+        real_run = HnswBuild.run
+
+        def gated_run(build, should_stop=lambda: False):
+            self.started.set()
+            while not self.release.is_set() and not should_stop():
+                self.release.wait(0.01)
+            return real_run(build, should_stop)
+
+        monkeypatch.setattr(HnswBuild, "run", gated_run)
+
+
+@pytest.mark.timeout(60)
+def test_background_build_serves_exactly_meanwhile_and_replays_changes(open_cache, monkeypatch):
+    gate = GatedBuilds(monkeypatch)
+    cache = open_cache(capacity=130, hnsw_min_entries=100, background_index_builds=True)
+    for seed in range(100):
+        add_seeded(cache, seed)
+    assert gate.started.wait(10)
+    stats = cache.stats()
+    assert stats.index_builds_running == 1 and stats.namespaces["alice"].index_kind is IndexKind.FLAT
+    for seed in range(100, 160):  # admissions and 30 evictions while the graph is being built
+        add_seeded(cache, seed)
+    during = cache.query_batch(_near_duplicate_queries(range(30, 160)), [["alice"]] * 130)
+    assert [m.entry_id for m in during] == list(range(30, 160))  # exact search answers meanwhile
+
+    gate.release.set()
+    assert cache.wait_for_index_builds(timeout_s=30)
+    stats = cache.stats().namespaces["alice"]
+    assert (stats.index_kind, stats.entries, stats.hnsw_builds) == (IndexKind.HNSW, 130, 1)
+    after = cache.query_batch(_near_duplicate_queries(range(30, 160)), [["alice"]] * 130)
+    assert [m.entry_id for m in after] == list(range(30, 160))  # entries admitted during the build included
+    stale = cache.query_batch(np.stack([unit_vector(i) for i in range(30)]), [["alice"]] * 30)
+    assert all(m.entry_id >= 30 for m in stale)  # entries evicted during the build excluded
+
+
+@pytest.mark.timeout(60)
+def test_close_stops_a_running_build(open_cache, cache_dir, monkeypatch):
+    gate = GatedBuilds(monkeypatch)
+    cache = open_cache(capacity=200, hnsw_min_entries=50, background_index_builds=True)
+    for seed in range(60):
+        add_seeded(cache, seed)
+    assert gate.started.wait(10)
+    cache.close()  # returns although the gate was never released
+    assert cache.stats().index_builds_running == 0
+    gate.release.set()
+    reopened = open_cache(capacity=200, hnsw_min_entries=50, background_index_builds=True)
+    assert reopened.stats().namespaces["alice"].index_kind is IndexKind.HNSW  # opening builds inline
+    assert len(reopened) == 60
+
+
+def test_a_full_cache_never_crosses_the_hnsw_threshold_while_evicting(open_cache):
+    cache = open_cache(capacity=30, hnsw_min_entries=31)  # one more entry than the cache can hold
+    for seed in range(45):
+        add_seeded(cache, seed)
+    stats = cache.stats().namespaces["alice"]
+    assert (stats.index_kind, stats.hnsw_builds, stats.entries) == (IndexKind.FLAT, 0, 30)
