@@ -11,8 +11,8 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -302,32 +302,37 @@ class ImageCache:
 
         The snapshot is captured under the lock but written outside it, so queries and admissions continue.
         """
-        self._compact(only_if_due=False)
+        with self._compaction_lock:
+            self._compact_holding_compaction_lock(only_if_due=False)
 
     def _compact(self, *, only_if_due: bool) -> None:
         with self._compaction_lock:
-            with self._lock:
-                self._check_open()
-                if only_if_due and self._admissions_pending < self.config.compact_every:
-                    return  # another thread compacted while this one waited
-                entries = list(self._entries.values())
-                vectors = (np.stack([self._indexes[e.tenant].vector(e.id) for e in entries]) if entries
-                           else np.empty((0, self.dim), dtype=np.float32))
-                rows = StoredRows(entries=entries, vectors=vectors, next_id=self._next_id,
-                                  evicted_below=self._evicted_below)
-                folded_segments, folded_admissions = self._pending_segments, self._admissions_pending
-            write_rows(self._layout.snapshot_path(rows.next_id), rows, self.dim, durable=self._durable)
-            # Segments below next_id are in the snapshot; later ones were committed after the capture.
-            for (_, last_id), path in self._layout.list_segments():
-                if last_id < rows.next_id:
-                    path.unlink(missing_ok=True)
-            for next_id, path in self._layout.list_snapshots():
-                if next_id < rows.next_id:
-                    path.unlink(missing_ok=True)
-            with self._lock:
-                self._pending_segments -= folded_segments
-                self._admissions_pending -= folded_admissions
-                self._compactions += 1
+            self._compact_holding_compaction_lock(only_if_due=only_if_due)
+
+    def _compact_holding_compaction_lock(self, *, only_if_due: bool) -> None:
+        with self._lock:
+            if only_if_due and (self._closed or self._admissions_pending < self.config.compact_every):
+                return  # closed, or another thread compacted while this one waited
+            self._check_open()
+            entries = list(self._entries.values())
+            # References only: stored vectors are never modified, so they can be stacked outside the lock.
+            vector_refs = [self._indexes[e.tenant].vector(e.id) for e in entries]
+            next_id, evicted_below = self._next_id, self._evicted_below
+            folded_segments, folded_admissions = self._pending_segments, self._admissions_pending
+        vectors = np.stack(vector_refs) if entries else np.empty((0, self.dim), dtype=np.float32)
+        rows = StoredRows(entries=entries, vectors=vectors, next_id=next_id, evicted_below=evicted_below)
+        write_rows(self._layout.snapshot_path(next_id), rows, self.dim, durable=self._durable)
+        # Segments below next_id are in the snapshot; later ones were committed after the capture.
+        for (_, last_id), path in self._layout.list_segments():
+            if last_id < next_id:
+                path.unlink(missing_ok=True)
+        for snapshot_next_id, path in self._layout.list_snapshots():
+            if snapshot_next_id < next_id:
+                path.unlink(missing_ok=True)
+        with self._lock:
+            self._pending_segments -= folded_segments
+            self._admissions_pending -= folded_admissions
+            self._compactions += 1
 
     def close(self) -> None:
         """Stop background index builds, fold the journal into a snapshot (so the next open is fast) and release
@@ -339,13 +344,14 @@ class ImageCache:
         self._stop_builds.set()
         if self._builder is not None:
             self._builder.shutdown(wait=True)  # a build stops at its next chunk
-        try:
-            if compaction_due:
-                self.compact()
-        finally:
-            with self._lock:
-                self._closed = True
-                self._directory_lock.release()
+        with self._compaction_lock:  # also waits for a compaction another thread is running
+            try:
+                if compaction_due:
+                    self._compact_holding_compaction_lock(only_if_due=False)
+            finally:
+                with self._lock:
+                    self._closed = True
+                    self._directory_lock.release()
 
     def wait_for_index_builds(self, timeout_s: float | None = None) -> bool:
         """Block until no background HNSW build is running (including builds those builds made due).
