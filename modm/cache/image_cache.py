@@ -79,7 +79,8 @@ class ImageCache:
     HNSW graphs (a namespace reaching `hnsw_min_entries`, or a rebuild to shed tombstones) are built on a
     background thread while the current index keeps answering (`background_index_builds=True`), so neither
     queries nor admissions stall for the build; `wait_for_index_builds()` waits for them. With False they are
-    built inline, inside the call that made them due. Opening always builds inline, before the first query.
+    built inline, inside the call that made them due. Opening works the same way: with background builds a
+    large cache opens in seconds and answers with exact search until its HNSW graphs are ready.
 
     `durable`, `background_index_builds`, `tombstone_rebuild_fraction` and `hnsw_hysteresis_fraction` are
     candidates for CacheConfig fields.
@@ -124,10 +125,15 @@ class ImageCache:
             self._next_id = recovered.next_id
             self._evicted_below = recovered.evicted_below
             self._pending_segments = recovered.pending_segments
-            self._insert(recovered.entries, recovered.vectors, defer_hnsw_builds=False)
+            self._insert(recovered.entries, recovered.vectors, defer_hnsw_builds=self._background_builds)
             if recovered.changed or recovered.pending_segments:
                 self.compact()
+            with self._lock:
+                self._schedule_index_builds(set(self._indexes))
         except BaseException:
+            self._stop_builds.set()
+            if self._builder is not None:
+                self._builder.shutdown(wait=True)
             self._directory_lock.release()
             raise
         logger.info("cache: opened %s with %d entries in %d namespaces", self._layout.root, len(self._entries),

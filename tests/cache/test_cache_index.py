@@ -181,8 +181,10 @@ def test_close_stops_a_running_build(open_cache, cache_dir, monkeypatch):
     assert cache.stats().index_builds_running == 0
     gate.release.set()
     reopened = open_cache(capacity=200, hnsw_min_entries=50, background_index_builds=True)
-    assert reopened.stats().namespaces["alice"].index_kind is IndexKind.HNSW  # opening builds inline
-    assert len(reopened) == 60
+    assert len(reopened) == 60  # answers (exactly) at once; the graph follows
+    assert reopened.query(unit_vector(59), ["alice"]).entry_id == 59
+    assert reopened.wait_for_index_builds(timeout_s=30)
+    assert reopened.stats().namespaces["alice"].index_kind is IndexKind.HNSW
 
 
 def test_a_full_cache_never_crosses_the_hnsw_threshold_while_evicting(open_cache):
