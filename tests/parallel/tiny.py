@@ -5,32 +5,33 @@ from __future__ import annotations
 import tempfile
 
 import torch
+from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionXLPipeline
+
+from modm.models.tiny_zoo import large_components, small_components
+from modm.models.tokenizer import build_clip_tokenizer
 
 __all__ = ["tiny_sdxl_pipeline", "tiny_sd3_pipeline", "sdxl_inputs", "sd3_inputs"]
 
 
 def _tokenizer():
-    from modm.models.tokenizer import build_clip_tokenizer
-
     return build_clip_tokenizer(tempfile.mkdtemp(prefix="modm-tok-"))
 
 
 def tiny_sdxl_pipeline(tokenizer=None):
-    from diffusers import StableDiffusionXLPipeline
-
-    from modm.models.tiny_zoo import small_components
-
     pipe = StableDiffusionXLPipeline(**small_components(tokenizer or _tokenizer()))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def tiny_sd3_pipeline(tokenizer=None):
-    from diffusers import StableDiffusion3Pipeline
-
-    from modm.models.tiny_zoo import large_components
-
-    pipe = StableDiffusion3Pipeline(**large_components(tokenizer or _tokenizer()))
+    """The zoo's SD3 pipeline with a smaller transformer that also exercises SD3.5's dual attention and QK norm."""
+    components = large_components(tokenizer or _tokenizer())
+    torch.manual_seed(0)
+    components["transformer"] = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=3, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=96, dual_attention_layers=(0,), qk_norm="rms_norm")
+    pipe = StableDiffusion3Pipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

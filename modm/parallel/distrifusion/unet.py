@@ -64,8 +64,9 @@ def _swap_unet_layers(module: nn.Module, parallel: PatchParallelModel, prefix: s
             elif isinstance(module, BasicTransformerBlock) and name == "attn2":
                 parallel.swap(module, name, DistriCrossAttention(child, **common))
             else:
-                raise UnsupportedModelError(f"{key}: attention of {type(module).__name__} is not supported by "
-                                            "DistriFusion (only BasicTransformerBlock attn1/attn2)")
+                raise UnsupportedModelError(
+                    f"{key}: a diffusers Attention under {type(module).__name__} is not supported by DistriFusion "
+                    "(only attn1/attn2 of BasicTransformerBlock, as in SD/SDXL UNets)")
         elif isinstance(child, (nn.BatchNorm2d, nn.InstanceNorm2d)):
             raise UnsupportedModelError(f"{key}: {type(child).__name__} needs whole-image statistics")
         else:
