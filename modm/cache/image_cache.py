@@ -425,8 +425,11 @@ class ImageCache:
                 continue
             if self._builder is None:
                 self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modm-cache-index")
+            try:
+                self._builder.submit(self._run_index_build, tenant, index, index.capture_hnsw_build())
+            except RuntimeError:  # close() shut the executor down between the check above and here
+                return
             self._building.add(tenant)
-            self._builder.submit(self._run_index_build, tenant, index, index.capture_hnsw_build())
 
     def _run_index_build(self, tenant: str, index: NamespaceIndex, build: HnswBuild) -> None:
         started = time.perf_counter()
@@ -439,7 +442,11 @@ class ImageCache:
             self._building.discard(tenant)
             if graph is None or self._closed or self._indexes.get(tenant) is not index:
                 return  # stopped, failed, or the namespace emptied meanwhile
-            installed = index.install(build, graph)
+            try:
+                installed = index.install(build, graph)
+            except Exception:
+                logger.exception("cache: installing the HNSW graph of namespace %r failed", tenant)
+                return
             logger.info("cache: HNSW graph of %d vectors for namespace %r built in %.1f s (%s)", len(build.ids),
                         tenant, time.perf_counter() - started, "installed" if installed else "discarded")
             self._schedule_index_builds({tenant})  # admissions during the build may have made another due

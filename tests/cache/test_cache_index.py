@@ -193,3 +193,16 @@ def test_a_full_cache_never_crosses_the_hnsw_threshold_while_evicting(open_cache
         add_seeded(cache, seed)
     stats = cache.stats().namespaces["alice"]
     assert (stats.index_kind, stats.hnsw_builds, stats.entries) == (IndexKind.FLAT, 0, 30)
+
+
+@pytest.mark.timeout(60)
+def test_background_tombstone_rebuilds_keep_results_exact_for_live_entries(open_cache):
+    cache = open_cache(capacity=60, hnsw_min_entries=40, hnsw_m=16, background_index_builds=True)
+    for seed in range(200):
+        add_seeded(cache, seed)
+    assert cache.wait_for_index_builds(timeout_s=30)
+    stats = cache.stats().namespaces["alice"]
+    assert stats.index_kind is IndexKind.HNSW and stats.hnsw_builds >= 2
+    assert stats.tombstones <= 0.25 * (60 + stats.tombstones)
+    found = cache.query_batch(_near_duplicate_queries(range(140, 200)), [["alice"]] * 60)
+    assert [m.entry_id for m in found] == list(range(140, 200))
