@@ -1,6 +1,16 @@
 """The persistent image cache: final images, their embeddings and metadata, a per-tenant faiss index.
 
-Ray-free and model-free; callers pass L2-normalised embeddings in.
+Ray-free and model-free; callers pass L2-normalised embeddings in::
+
+    with ImageCache(config.cache, dim=embedder_dim) as cache:
+        match = cache.query(text_embedding, namespaces=[tenant, "shared"])   # Match | None
+        if match is not None:
+            png = cache.get_png(match.entry_id)        # EntryNotFoundError if evicted since: a miss
+        ...
+        if should_admit(config.cache.admission, from_large_model=True, refined=False):
+            cache.add(png_bytes, image_embedding, prompt=prompt, tenant=tenant, source_model="sd35-large", k=0)
+
+The directory layout and the crash-safety argument are in `modm.cache.layout` and `modm.cache.journal`.
 """
 
 from modm.cache.admission import should_admit
