@@ -47,7 +47,7 @@ class CacheLayout:
     """Paths inside one cache directory."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         self.manifest = self.root / MANIFEST_FILE
         self.lock = self.root / LOCK_FILE
         self.images = self.root / IMAGES_DIR
