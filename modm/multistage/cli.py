@@ -45,10 +45,7 @@ def _boundaries(args: argparse.Namespace) -> dict:
             else:
                 found = uniform_log_snr_boundaries(schedule, 3, t_min=config.t_min)
             starts = stage_start_steps(found, scheduler, args.steps)
-            try:
-                model_timesteps = list(model_timestep_boundaries(found, scheduler))
-            except ValueError:  # EDM samplers pass preconditioned σ, not a timestep the model routes on
-                model_timesteps = None
+            model_timesteps = list(model_timestep_boundaries(found, scheduler))
             rows.append({"schedule": kind.value, "method": method.value, "t": list(found.t),
                          "log_snr": list(found.log_snr), "scheduler": type(scheduler).__name__,
                          "num_inference_steps": args.steps, "stage_start_step": starts,
@@ -60,8 +57,7 @@ def _boundaries(args: argparse.Namespace) -> dict:
     print(header)
     for row in rows:
         starts = row["stage_start_step"]
-        ts = "-" if row["model_timestep_boundaries"] is None else \
-            ", ".join(f"{v:.1f}" for v in row["model_timestep_boundaries"])
+        ts = ", ".join(f"{v:.4g}" for v in row["model_timestep_boundaries"])
         print(f"{row['schedule']:8} {row['method']:17} {row['t'][0]:7.4f} {row['t'][1]:7.4f} "
               f"{row['log_snr'][0]:8.3f} {row['log_snr'][1]:8.3f}  "
               f"{starts[2]!s:>4} {starts[1]!s:>4} {starts[0]!s:>4}  {row['scheduler']:32} {ts}")

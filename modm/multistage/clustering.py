@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modm.multistage.boundaries import SplitMethod, StageBoundaries
 from modm.multistage.optimal_denoiser import DEFAULT_DATA_CHUNK, flatten_dataset, optimal_eps
+from modm.multistage.schedules import Schedule
 
 __all__ = [
     "ClusteringConfig",
@@ -66,7 +67,8 @@ def pixel_similarity(eps_a: torch.Tensor, eps_b: torch.Tensor, eta: float) -> to
     return close.reshape(close.shape[0], -1).to(torch.float64).mean(1)
 
 
-def similarity_samples(data: torch.Tensor, schedule, config: ClusteringConfig):
+def similarity_samples(data: torch.Tensor, schedule: Schedule, config: ClusteringConfig
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw the Monte Carlo triples and return (t, S0, S1), each (K,) float64, unsorted."""
     flat = flatten_dataset(data)
     generator = torch.Generator().manual_seed(config.seed)
@@ -114,7 +116,7 @@ def alpha_rule(t: torch.Tensor, s0: torch.Tensor, s1: torch.Tensor, alpha: float
     return t1, t2
 
 
-def optimal_denoiser_boundaries(data: torch.Tensor, schedule, config: ClusteringConfig) -> ClusteringResult:
+def optimal_denoiser_boundaries(data: torch.Tensor, schedule: Schedule, config: ClusteringConfig) -> ClusteringResult:
     """Three-stage boundaries (t1, t2) for data (N, ...) in [-1, 1] on the given schedule."""
     t, s0, s1 = similarity_samples(data, schedule, config)
     t1, t2 = alpha_rule(t, s0, s1, config.alpha)
@@ -124,7 +126,7 @@ def optimal_denoiser_boundaries(data: torch.Tensor, schedule, config: Clustering
         t=tuple(t[order].tolist()), s0=tuple(s0[order].tolist()), s1=tuple(s1[order].tolist()))
 
 
-def uniform_t_boundaries(schedule, num_stages: int = 3) -> StageBoundaries:
+def uniform_t_boundaries(schedule: Schedule, num_stages: int = 3) -> StageBoundaries:
     """Equal widths in t: k / num_stages."""
     if num_stages < 2:
         raise ValueError(f"num_stages must be at least 2, got {num_stages}")
@@ -132,7 +134,7 @@ def uniform_t_boundaries(schedule, num_stages: int = 3) -> StageBoundaries:
                            method=SplitMethod.UNIFORM_T)
 
 
-def uniform_log_snr_boundaries(schedule, num_stages: int = 3, *, t_min: float = 1e-3,
+def uniform_log_snr_boundaries(schedule: Schedule, num_stages: int = 3, *, t_min: float = 1e-3,
                                grid_size: int = 100_001) -> StageBoundaries:
     """Equal widths in log-SNR between λ(t_min) and λ(1), mapped back to t on a fine grid."""
     if num_stages < 2:

@@ -22,6 +22,7 @@ from modm.multistage.schedules import (
     DiscreteDDPMSchedule,
     EDMSchedule,
     FlowMatchingSchedule,
+    Schedule,
     VPContinuousSchedule,
 )
 
@@ -40,7 +41,7 @@ class UnsupportedSchedulerError(ValueError):
     """A scheduler whose noise levels this module cannot read."""
 
 
-def matching_scheduler(schedule) -> SchedulerMixin:
+def matching_scheduler(schedule: Schedule) -> SchedulerMixin:
     """The diffusers sampler that discretises schedule (VP-SDE β 0.1→20 ≈ DDPM's linear 1e-4→0.02 over 1000)."""
     if isinstance(schedule, DiscreteDDPMSchedule):
         return DDIMScheduler(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start,
@@ -99,8 +100,12 @@ def model_timestep_boundaries(boundaries: StageBoundaries, scheduler: SchedulerM
     """The boundaries in the units of the `timestep` the pipeline passes to the model (for MultiStageUNet config).
 
     DDPM family: training timesteps (0 … num_train_timesteps − 1). Flow matching: σ·num_train_timesteps.
+    EDM: the preconditioned noise c_noise(σ) = ¼·log σ that EDM schedulers pass as the timestep.
     """
     targets = torch.tensor(boundaries.log_snr, dtype=torch.float64)
+    if isinstance(scheduler, _EDM_SCHEDULERS):
+        sigma = torch.exp(-targets / 2.0)                                     # inverts λ = −2·log σ
+        return tuple(float(v) for v in scheduler.precondition_noise(sigma))
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         sigma = torch.sigmoid(-targets / 2.0)                                 # inverts λ = 2·log((1 − σ)/σ)
         return tuple(float(v) for v in sigma * scheduler.config.num_train_timesteps)
@@ -114,4 +119,4 @@ def model_timestep_boundaries(boundaries: StageBoundaries, scheduler: SchedulerM
         return tuple(float(v) for v in (idx - 1 + frac))
     raise UnsupportedSchedulerError(
         f"{type(scheduler).__name__} passes timesteps this module cannot map to noise levels; "
-        "use a DDPM-family or FlowMatchEulerDiscreteScheduler")
+        "use a DDPM-family, flow-matching or EDM scheduler")

@@ -19,6 +19,7 @@ __all__ = [
     "EDMSchedule",
     "FlowMatchingSchedule",
     "NoiseSchedule",
+    "Schedule",
     "ScheduleKind",
     "VPContinuousSchedule",
     "build_schedule",
@@ -37,7 +38,9 @@ class BetaSchedule(str, Enum):
     SCALED_LINEAR = "scaled_linear"    # Stable Diffusion: sqrt(betas) linear
 
 
-class _Schedule(BaseModel):
+class Schedule(BaseModel):
+    """Base of every schedule family: x_t = a(t)·x0 + b(t)·ε."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +53,7 @@ class _Schedule(BaseModel):
         return 2.0 * (torch.log(a) - torch.log(b))
 
 
-class VPContinuousSchedule(_Schedule):
+class VPContinuousSchedule(Schedule):
     kind: Literal[ScheduleKind.VP] = ScheduleKind.VP
     beta_min: float = Field(default=0.1, gt=0, description="β(0) of the VP-SDE (score_sde default 0.1).")
     beta_max: float = Field(default=20.0, gt=0, description="β(1) of the VP-SDE (score_sde default 20).")
@@ -69,7 +72,7 @@ class VPContinuousSchedule(_Schedule):
         return a, torch.sqrt(-torch.expm1(2.0 * log_a))
 
 
-class DiscreteDDPMSchedule(_Schedule):
+class DiscreteDDPMSchedule(Schedule):
     """A diffusers-style beta table; t = timestep / (num_train_timesteps - 1), log ᾱ interpolated between steps."""
 
     kind: Literal[ScheduleKind.DDPM] = ScheduleKind.DDPM
@@ -99,7 +102,7 @@ class DiscreteDDPMSchedule(_Schedule):
         return t * (self.num_train_timesteps - 1)
 
 
-class EDMSchedule(_Schedule):
+class EDMSchedule(Schedule):
     """EDM: a = 1, b = σ(t) = (σ_min^(1/ρ) + t·(σ_max^(1/ρ) − σ_min^(1/ρ)))^ρ, the ρ-spaced sampling grid."""
 
     kind: Literal[ScheduleKind.EDM] = ScheduleKind.EDM
@@ -122,7 +125,7 @@ class EDMSchedule(_Schedule):
         return torch.ones_like(sigma), sigma
 
 
-class FlowMatchingSchedule(_Schedule):
+class FlowMatchingSchedule(Schedule):
     """x_t = (1 − t)·x0 + t·ε. t is clipped to [t_eps, 1 − t_eps] so that a and b stay positive."""
 
     kind: Literal[ScheduleKind.FLOW] = ScheduleKind.FLOW
@@ -139,7 +142,7 @@ NoiseSchedule = Annotated[
 ]
 
 
-def build_schedule(kind: ScheduleKind | str) -> _Schedule:
+def build_schedule(kind: ScheduleKind | str) -> Schedule:
     """The default schedule of a family (the constants the paper's code uses)."""
     kind = ScheduleKind(kind)
     return {

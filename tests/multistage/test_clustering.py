@@ -147,6 +147,18 @@ def test_flow_model_timesteps_match_step_stages():
     assert stages == route_timesteps(scheduler.timesteps, (300.0, 700.0)).tolist()
 
 
+def test_edm_model_timesteps_are_preconditioned_noise():
+    schedule = build_schedule("edm")
+    boundaries = uniform_t_boundaries(schedule, 3)
+    scheduler = matching_scheduler(schedule)
+    c_noise = model_timestep_boundaries(boundaries, scheduler)
+    sigmas = schedule.sigma(torch.tensor(boundaries.t, dtype=torch.float64))
+    assert c_noise == pytest.approx(tuple((0.25 * torch.log(sigmas)).tolist()), rel=1e-6)
+    # 30 steps: no step sits exactly on a boundary, where float32 timesteps could round either way.
+    stages = stage_per_step(boundaries, scheduler, 30)
+    assert stages == route_timesteps(scheduler.timesteps, c_noise).tolist()
+
+
 def test_unsupported_scheduler_and_bad_step_count():
     boundaries = uniform_t_boundaries(build_schedule("ddpm"), 3)
 
