@@ -89,7 +89,9 @@ class _RankWorker:
         output = self.parallel(**request, generator=generator)
         return output.images if self.rank == 0 else None
 
+    @ray.method(concurrency_group="health")
     def ping(self) -> int:
+        """Answered on its own thread, so health checks are not queued behind a long generation."""
         return self.rank
 
     def shutdown(self) -> None:
@@ -147,7 +149,8 @@ class ParallelActorGroup:
             raise RendezvousError(
                 f"could not reserve {self.world_size} bundles {self.bundles[0]} within {self.start_timeout_s:.0f} s "
                 f"(cluster resources: {ray.cluster_resources()})") from None
-        worker_cls = ray.remote(_RankWorker)
+        # Requests run in the default group (one at a time, in submission order); pings in their own group.
+        worker_cls = ray.remote(concurrency_groups={"health": 1})(_RankWorker)
         self._workers = [
             worker_cls.options(
                 num_cpus=self.cpus_per_rank, num_gpus=1 if self.use_gpu else 0,
@@ -197,8 +200,7 @@ class ParallelActorGroup:
     def check_health(self) -> None:
         """Raise `ActorGroupUnhealthy` if any worker is dead or does not answer within the health timeout.
 
-        Pings queue behind a running request (actors run one method at a time), so the timeout must exceed a
-        request's duration or the deployment must skip the check while busy.
+        Pings run in a separate concurrency group of the workers, so a long generation does not delay them.
         """
         if not self._workers:
             raise ActorGroupUnhealthy("actor group is not started")

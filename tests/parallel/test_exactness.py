@@ -28,6 +28,11 @@ def three_ranks(clip_tokenizer):
     return run_ranks(workers.three_rank_suites, 3, timeout_s=SPAWN_TIMEOUT_S, tokenizer=clip_tokenizer)
 
 
+@pytest.fixture(scope="module")
+def four_ranks(clip_tokenizer):
+    return run_ranks(workers.four_rank_suites, 4, timeout_s=SPAWN_TIMEOUT_S, tokenizer=clip_tokenizer)
+
+
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max())
 
@@ -36,8 +41,8 @@ def _results(ranks: list, suite: str) -> dict:
     return ranks[0][suite]
 
 
-def test_every_rank_returns_the_same_image(two_ranks, three_ranks):
-    for ranks in (two_ranks, three_ranks):
+def test_every_rank_returns_the_same_image(two_ranks, three_ranks, four_ranks):
+    for ranks in (two_ranks, three_ranks, four_ranks):
         for suite, results in ranks[0].items():
             if not isinstance(results, dict):
                 continue
@@ -110,3 +115,10 @@ def test_asyncdiff_stride_two(three_ranks):
     assert _max_abs(res["exact"], res["reference"]) <= EXACT_ATOL
     assert np.isfinite(res["async"]).all()
     assert 1e-4 < _max_abs(res["async"], res["reference"]) < 0.5
+
+
+def test_cfg_split_with_patches_on_subgroups(four_ranks):
+    res = _results(four_ranks, "cfg_split_patches")
+    assert _max_abs(res["sync"], res["reference"]) <= EXACT_ATOL
+    naive_error = _max_abs(res["naive"], res["reference"])
+    assert np.isfinite(res["async"]).all() and 0 < _max_abs(res["async"], res["reference"]) < naive_error

@@ -113,3 +113,17 @@ def three_rank_suites(rank: int, world_size: int, init_method: str, tokenizer) -
         return {"asyncdiff_stride2": asyncdiff_stride2(rank, world_size, init_method, tokenizer)}
     finally:
         _teardown()
+
+
+def four_rank_suites(rank: int, world_size: int, init_method: str, tokenizer) -> dict:
+    """CFG split over two halves of 2 ranks each: the patch exchange runs on per-half subgroups."""
+    try:
+        pipe = tiny_sdxl_pipeline(tokenizer)
+        inputs = lambda: sdxl_inputs(steps=STEPS)  # noqa: E731
+        return {"cfg_split_patches": _suite(pipe, inputs, {
+            "sync": dict(method="distrifusion", cfg_split=True, warmup_steps=STEPS),
+            "async": dict(method="distrifusion", cfg_split=True, warmup_steps=1),
+            "naive": dict(method="naive_patch", cfg_split=True),
+        }, rank, world_size, init_method)}
+    finally:
+        _teardown()

@@ -1,0 +1,186 @@
+"""Benchmark: 1 vs 2 ranks (one torch thread each, gloo on CPU) for DistriFusion, its naive-patch baseline and AsyncDiff.
+
+The model is a randomly initialised ~52M-parameter SD-style UNet2DConditionModel at 512 px (64x64 latent) inside a
+stock diffusers StableDiffusionPipeline with classifier-free guidance, so the denoiser dominates and the work is
+compute bound. Each configuration runs in fresh processes: one untimed call (allocation, AsyncDiff profiling),
+then `--repeats` timed calls; the best time is reported. PSNR compares the decoded image with the single-device
+image of the same seed (data range 1; infinite = identical).
+
+    .venv/bin/python benchmarks/parallel_bench.py --steps 8 --json benchmarks/results/parallel_bench.json
+
+Timings are wall-clock on whatever else the machine is doing: compare rows of one run, not across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import socket
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+# Each entry: (row label, world size, ParallelConfig overrides). warmup_steps is filled from the CLI.
+CONFIGS = {
+    "single": (1, dict(method="none")),
+    "distrifusion": (2, dict(method="distrifusion")),
+    "distrifusion_cfg_split": (2, dict(method="distrifusion", cfg_split=True)),
+    "naive_patch": (2, dict(method="naive_patch")),
+    "asyncdiff": (2, dict(method="asyncdiff", model_n=2, stride=1)),
+}
+
+
+@dataclass
+class Row:
+    method: str
+    ranks: int
+    resolution: int
+    steps: int
+    warmup_steps: int
+    seconds: float
+    speedup: float
+    psnr_db: float
+    max_abs_vs_single: float
+
+
+def build_pipeline(tokenizer_dir: str):
+    """SD-style pipeline: 52M-parameter UNet, 2-layer CLIP text encoder, 8x VAE; seeded, so identical per rank."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(96, 192, 384, 384),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=256, attention_head_dim=8, norm_num_groups=32)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32, 32),
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=512)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408, hidden_size=256,
+        intermediate_size=512, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    # The BPE files were written once by the parent; every rank only reads them.
+    tokenizer = CLIPTokenizer(os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"),
+                              model_max_length=77)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _rank_main(rank: int, world_size: int, port: int, overrides: dict, args: dict, tokenizer_dir: str, results):
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    import torch.distributed as dist
+
+    from modm.parallel import ParallelConfig, ParallelPipeline, init_parallel
+
+    cfg = ParallelConfig(world_size=world_size, warmup_steps=args["warmup_steps"], **overrides)
+    ctx = init_parallel(cfg, rank=rank, world_size=world_size, init_method=f"tcp://127.0.0.1:{port}",
+                        timeout_s=1800)
+    pipe = ParallelPipeline(build_pipeline(tokenizer_dir), ctx)
+    call = dict(prompt="a watercolor lighthouse at dawn", num_inference_steps=args["steps"], height=args["size"],
+                width=args["size"], guidance_scale=5.0, output_type="latent")
+    pipe(**call, generator=torch.Generator().manual_seed(1))  # untimed: allocation, profiling, caches
+    times = []
+    for _ in range(args["repeats"]):
+        if world_size > 1:
+            dist.barrier()
+        start = time.perf_counter()
+        latents = pipe(**call, generator=torch.Generator().manual_seed(args["seed"])).images
+        times.append(time.perf_counter() - start)
+    if rank == 0:
+        with torch.no_grad():
+            vae = pipe.pipe.vae
+            image = vae.decode(latents / vae.config.scaling_factor).sample
+        image = ((image.clamp(-1, 1) + 1) / 2).numpy()
+        results.put((min(times), image))
+    ctx.destroy()
+
+
+def run_config(name: str, args: dict, tokenizer_dir: str) -> tuple[float, np.ndarray]:
+    world_size, overrides = CONFIGS[name]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, overrides, args, tokenizer_dir, results))
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    try:
+        seconds, image = results.get(timeout=args["timeout_s"])
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    return seconds, image
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels (latent = size / 8)")
+    parser.add_argument("--steps", type=int, default=8, help="denoising steps per image")
+    parser.add_argument("--warmup-steps", type=int, default=1,
+                        help="exact steps at the start (DistriFusion synchronous, AsyncDiff full model)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed calls per configuration (best is kept)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=list(CONFIGS)[1:], choices=list(CONFIGS)[1:])
+    parser.add_argument("--timeout-s", type=float, default=3600)
+    parser.add_argument("--json", default="benchmarks/results/parallel_bench.json", help="where to write the rows")
+    opts = parser.parse_args()
+    args = dict(size=opts.size, steps=opts.steps, warmup_steps=opts.warmup_steps, repeats=opts.repeats,
+                seed=opts.seed, timeout_s=opts.timeout_s)
+
+    from modm.models.tokenizer import write_clip_bpe_files
+
+    tokenizer_dir = tempfile.mkdtemp(prefix="modm-bench-tok-")
+    write_clip_bpe_files(tokenizer_dir)
+    load_before = os.getloadavg()
+    base_seconds, base_image = run_config("single", args, tokenizer_dir)
+    rows = [Row("single", 1, opts.size, opts.steps, opts.warmup_steps, base_seconds, 1.0, math.inf, 0.0)]
+    for name in opts.methods:
+        seconds, image = run_config(name, args, tokenizer_dir)
+        rows.append(Row(name, CONFIGS[name][0], opts.size, opts.steps, opts.warmup_steps, seconds,
+                        base_seconds / seconds, psnr(image, base_image), float(np.abs(image - base_image).max())))
+        print(f"  done {name}: {seconds:.2f} s", flush=True)
+    load_after = os.getloadavg()
+
+    header = f"{'method':<24}{'ranks':>6}{'resolution':>12}{'seconds':>10}{'speed-up':>10}{'PSNR dB':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.method:<24}{r.ranks:>6}{r.resolution:>12}{r.seconds:>10.2f}{r.speedup:>9.2f}x{r.psnr_db:>10.2f}")
+    print(f"load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f} on {os.cpu_count()} cores")
+
+    os.makedirs(os.path.dirname(opts.json) or ".", exist_ok=True)
+    with open(opts.json, "w", encoding="utf-8") as fh:
+        json.dump({"rows": [{**asdict(r), "psnr_db": None if math.isinf(r.psnr_db) else r.psnr_db} for r in rows],
+                   "params": args, "torch": torch.__version__, "platform": platform.platform(),
+                   "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after},
+                  fh, indent=2)
+    print(f"wrote {opts.json}")
+
+
+if __name__ == "__main__":
+    main()
