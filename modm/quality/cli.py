@@ -139,10 +139,14 @@ def _cmd_fid(args) -> int:
     if _is_stats_file(args.a):
         raise ValueError(f"the first set must be images (folder or manifest); put the stats file {args.a} second")
     entries = load_image_set(args.a, prompts=PromptSource.NONE, system=args.system)
-    inception = InceptionFeatureExtractor.from_config(_inception_config(args))
-    if _is_stats_file(args.b):
-        reference = FeatureStats.load(args.b)
-    else:
+    cfg = _inception_config(args)
+    reference = FeatureStats.load(args.b) if _is_stats_file(args.b) else None
+    if reference is not None and reference.extractor and reference.extractor != cfg.extractor_id:
+        # Fail before spending the feature extraction on a comparison that cannot be made.
+        raise ValueError(f"{args.b} holds statistics from {reference.extractor!r}, but the features would come "
+                         f"from {cfg.extractor_id!r}; match --inception-weights/--dims to the file")
+    inception = InceptionFeatureExtractor.from_config(cfg)
+    if reference is None:
         reference_set = score_image_set(load_image_set(args.b, prompts=PromptSource.NONE), (), inception,
                                         read_batch=args.read_batch)
         reference = feature_stats(reference_set.features, inception.extractor_id)

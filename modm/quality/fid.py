@@ -7,13 +7,15 @@ imaginary parts on the diagonal are below `IMAGINARY_ATOL`, else raise `FidNumer
 Rank: n images give a covariance of rank at most n - 1, so fewer than dims + 1 images (2049 for the standard 2048-d
 features) make S singular and the FID unreliable (biased, and sqrtm is ill-conditioned). That is an error
 (`LowRankCovarianceError`) unless `allow_low_rank=True`, which computes it anyway and marks the result
-`reliable=False`. MoDM uses 10,000 images per set.
+`reliable=False`. MoDM uses 10,000 images per set. Rounding can leave FID(a, a) a hair below zero; within about
+sqrt(machine eps) x dims of the covariance traces it is reported as 0, beyond that it is a `FidNumericalError`.
 
 Statistics files (.npz) hold `mu`, `sigma`, `n` and `extractor` (the feature space they were computed in).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,10 +104,14 @@ class FidResult:
     eps_offset_used: bool  # the plain sqrtm was not finite and the eps-offset retry was used
 
 
-def _sqrtm_trace(sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float) -> tuple[float, bool]:
+def _sqrtm_trace(sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float, *, singular_expected: bool
+                 ) -> tuple[float, bool]:
     """Tr((S_a S_b)^(1/2)) and whether the eps offset was needed."""
     offset_used = False
-    covmean = linalg.sqrtm(sigma_a @ sigma_b)
+    with warnings.catch_warnings():
+        if singular_expected:  # already reported as reliable=False; scipy's "singular" warning adds nothing
+            warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma_a @ sigma_b)
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma_a.shape[0]) * eps
         covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
@@ -134,7 +140,7 @@ def frechet_distance(a: FeatureStats, b: FeatureStats, *, allow_low_rank: bool =
             f"FID on {a.dims}-d features needs more than {a.dims} images per set, got {a.n} and {b.n}: the "
             f"covariance is singular and the FID unreliable. Use more images (10,000 is usual), fewer feature dims, "
             f"or allow_low_rank to compute it anyway (marked unreliable)")
-    trace_sqrt, offset_used = _sqrtm_trace(a.sigma, b.sigma, eps)
+    trace_sqrt, offset_used = _sqrtm_trace(a.sigma, b.sigma, eps, singular_expected=low_rank)
     diff = a.mu - b.mu
     scale = float(np.trace(a.sigma) + np.trace(b.sigma))
     fid = float(diff @ diff + scale - 2.0 * trace_sqrt)
