@@ -39,7 +39,8 @@ class SimConfig(_Strict):
     profile: LatencyProfile = Field(default=BUILTIN_PROFILES["a40"], description="Per-model latencies of a GPU.")
     monitor: MonitorConfig = Field(
         default_factory=MonitorConfig,
-        description="Algorithm 1 settings (mode, window, PID); gpu_budget is n_gpus and need not be given.")
+        description="Algorithm 1 settings (mode, window, PID, min_small); its gpu_budget is ignored: the "
+                    "simulated monitor splits n_gpus.")
     policy: PolicyConfig = Field(
         default_factory=lambda: PolicyConfig(k_table=MINILM_TEXT_TABLE),
         description="MoDM's score -> k table; the default is the MiniLM text->text table, matching the "
@@ -56,9 +57,6 @@ class SimConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SimConfig":
-        given = self.monitor.model_fields_set
-        if "gpu_budget" in given and self.monitor.gpu_budget != self.n_gpus:
-            raise ValueError(f"monitor.gpu_budget={self.monitor.gpu_budget} differs from n_gpus={self.n_gpus}")
         if self.system is SystemMode.MODM:
             if self.n_gpus <= self.monitor.min_small:
                 raise ValueError(f"modm needs more GPUs than monitor.min_small={self.monitor.min_small}; "
@@ -70,7 +68,8 @@ class SimConfig(_Strict):
         return self
 
     def monitor_config(self) -> MonitorConfig:
-        return self.monitor.model_copy(update={"gpu_budget": self.n_gpus})
+        """The monitor's config with gpu_budget = n_gpus (validated again)."""
+        return MonitorConfig.model_validate({**self.monitor.model_dump(), "gpu_budget": self.n_gpus})
 
     @property
     def reference_latency_s(self) -> float:

@@ -183,8 +183,10 @@ class Simulator:
             elif kind == _Event.SWITCHED:
                 self._switched(payload)
             elif kind == _Event.MONITOR:
-                self._monitor_tick()
-                if arrived < n:  # after the last arrival a window says nothing new: stop ticking
+                # MoDM's scheduler updates the monitor on arrivals only: a window cut short by the end of the
+                # workload would report a falling rate that no one is sending, so it is sampled, not acted on.
+                self._monitor_tick(act=arrived < n)
+                if arrived < n:
                     self._push(t + self.config.monitor.window_s, _Event.MONITOR, 0)
             self._dispatch()
         self._sample_stats()
@@ -272,9 +274,9 @@ class Simulator:
         self.n_small_assigned = self.config.n_gpus - n_large
 
     # ----------------------------------------------------------------------------------------------- monitor
-    def _monitor_tick(self) -> None:
+    def _monitor_tick(self, *, act: bool) -> None:
         window = self._window
-        if self.monitor is not None:
+        if self.monitor is not None and act:
             stats = WindowStats(request_rate=window["requests"] / self.config.monitor.window_s * 60.0,
                                 hit_rate=window["hits"] / window["requests"] if window["requests"] else 0.0,
                                 k_mix=dict(window["k"]), total_steps=self.total_steps)

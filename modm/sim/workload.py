@@ -8,7 +8,7 @@ records file), which is what a simulator-vs-measurement comparison needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from loadgen import (
 )
 from loadgen.arrivals import worker_rng
 
-__all__ = ["Workload", "build_workload", "synthetic_workload", "workload_from_run"]
+__all__ = ["Workload", "WorkloadFactory", "build_workload", "synthetic_workload", "workload_from_run"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,40 @@ def synthetic_workload(n_requests: int, arrival: ArrivalConfig, *, warm_up: int 
     warm[:warm_up] = True
     return Workload(name=name, n_requests=n_requests, warm_up=warm, offsets_s=offsets,
                     concurrency=arrival.concurrency, trace=None, arrival=arrival)
+
+
+class WorkloadFactory:
+    """One request list (and its embeddings), replayed under many arrival processes and prefix lengths.
+
+    Experiments compare systems on the same requests; a shorter experiment takes a prefix of the list, so the
+    (expensive) embeddings are computed once for the longest one. `requests=None` makes synthetic workloads (for
+    the parametric hit model).
+    """
+
+    def __init__(self, requests: list[TraceRequest] | None, embeddings: np.ndarray | None = None, *,
+                 seed: int = 42, default_warm_up: int = 0, default_requests: int | None = None):
+        if requests is not None and embeddings is not None and embeddings.shape[0] != len(requests):
+            raise ValueError(f"{embeddings.shape[0]} embeddings for {len(requests)} requests")
+        self.requests = requests
+        self.embeddings = embeddings
+        self.seed = seed
+        self.default_warm_up = default_warm_up
+        self.default_requests = default_requests
+
+    def __call__(self, arrival: ArrivalConfig, name: str, *, n_requests: int | None = None,
+                 warm_up: int | None = None) -> tuple[Workload, np.ndarray | None]:
+        """The first `warm_up + n_requests` requests (the first `warm_up` flagged as warm-up)."""
+        warm_up = self.default_warm_up if warm_up is None else warm_up
+        n_requests = self.default_requests if n_requests is None else n_requests
+        if self.requests is None:
+            if n_requests is None:
+                raise ValueError("a synthetic workload needs n_requests")
+            return synthetic_workload(warm_up + n_requests, arrival, warm_up=warm_up, seed=self.seed,
+                                      name=name), None
+        total = len(self.requests) if n_requests is None else warm_up + n_requests
+        if total > len(self.requests) or warm_up >= total:
+            raise ValueError(f"{warm_up} warm-up + {n_requests} requests asked of a list of {len(self.requests)}")
+        requests = [replace(r, warm_up=i < warm_up) for i, r in enumerate(self.requests[:total])]
+        offsets = arrival_offsets(arrival, requests, worker_rng(self.seed, 1, 0), n_workers=1)
+        embeddings = None if self.embeddings is None else self.embeddings[:total]
+        return Workload.from_trace(name, requests, arrival, offsets), embeddings
