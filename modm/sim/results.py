@@ -74,6 +74,7 @@ class SimResult:
     k: np.ndarray
     score: np.ndarray
     served_by: np.ndarray    # 0 large, 1 small, -1 never served
+    worker: np.ndarray       # the GPU worker that served it, -1 never served
     completions: np.ndarray  # times each request completed (1 in a correct run)
     stats: list[StatsSample]
     monitor_decisions: list[MonitorDecision]

@@ -100,6 +100,7 @@ class Simulator:
         self.k = np.zeros(n, dtype=np.int16)
         self.score = np.full(n, np.nan, dtype=np.float32)
         self.served_by = np.full(n, -1, dtype=np.int8)
+        self.worker = np.full(n, -1, dtype=np.int32)
         self.completions = np.zeros(n, dtype=np.int32)
         self._decisions: dict[int, RetrievalDecision] = {}  # requests in the system
         # Per worker.
@@ -140,7 +141,7 @@ class Simulator:
         wall_s = time.perf_counter() - wall_start
         return SimResult(config=self.config, workload=self.workload, arrival_s=self.arrival_s,
                          start_s=self.start_s, end_s=self.end_s, hit=self.hit, k=self.k, score=self.score,
-                         served_by=self.served_by, completions=self.completions, stats=self.stats,
+                         served_by=self.served_by, worker=self.worker, completions=self.completions, stats=self.stats,
                          monitor_decisions=self.decisions_log, switches=self.switches, events=self.events,
                          wall_s=wall_s)
 
@@ -234,6 +235,7 @@ class Simulator:
         self.state[worker] = _State.BUSY
         self.start_s[request] = self.now
         self.served_by[request] = _ROLE_CODE[role]
+        self.worker[request] = worker
         service = self.profile.service_s(role, int(self.k[request]), self.total_steps)
         self._push(self.now + service, _Event.COMPLETE, worker * self.workload.n_requests + request)
 
