@@ -138,3 +138,41 @@ def test_missing_rank_at_rendezvous_fails_within_the_timeout():
         init_parallel(cfg, rank=0, world_size=2, init_method=f"tcp://127.0.0.1:{free_port()}", timeout_s=2)
     assert time.monotonic() - started < 20
     assert not dist.is_initialized()
+
+
+def _wrapper_kwargs(patch_index: int, **cfg) -> dict:
+    from modm.parallel.distrifusion import PatchStepState
+
+    state = PatchStepState(ParallelConfig(method="distrifusion", world_size=2, **cfg))
+    return dict(comm=CommManager(None, 2, patch_index, 60), state=state, patch_index=patch_index,
+                patch_world_size=2)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_first_layer_conv_cuts_its_rows_from_the_full_input(stride):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, stride=stride, padding=1)
+    x = torch.randn(2, 3, 16, 12)
+    full = conv(x)
+    half = full.shape[2] // 2
+    for index in range(2):
+        wrapper = DistriConv2d(conv, is_first_layer=True, key="conv_in", **_wrapper_kwargs(index))
+        torch.testing.assert_close(wrapper(x), full[:, :, index * half:(index + 1) * half])
+
+
+def test_separate_groupnorm_past_warmup_is_groupnorm_of_the_stripe():
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(4, 16)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    kwargs = _wrapper_kwargs(1, groupnorm_mode="separate", warmup_steps=1)
+    kwargs["state"].step = 3  # past the warm-up: no communication in this mode
+    stripe = torch.randn(2, 16, 8, 8) * 3 + 1
+    torch.testing.assert_close(DistriGroupNorm(norm, key="norm", **kwargs)(stripe), norm(stripe))
+
+
+def test_convs_that_break_the_halo_rule_are_rejected():
+    with pytest.raises(UnsupportedModelError, match="height padding 0"):
+        DistriConv2d(nn.Conv2d(3, 3, 3, padding=0), key="down", **_wrapper_kwargs(0))
+    with pytest.raises(UnsupportedModelError, match="dilation"):
+        DistriConv2d(nn.Conv2d(3, 3, 3, padding=2, dilation=2), key="dil", **_wrapper_kwargs(0))
