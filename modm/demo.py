@@ -14,7 +14,8 @@ from modm.engine import Engine, ImageRequest
 
 
 def default_config_path() -> Path:
-    return Path(str(resources.files("modm") / "configs" / "local.yaml"))
+    """The embedded default: the local Serve config, whose args.system is the system config."""
+    return Path(str(resources.files("deployments") / "configs" / "local.yaml"))
 
 
 def read_workload(path: Path | None = None) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-from modm.config.loader import ConfigError, config_from_dict, load_config
+from modm.config.loader import ConfigError, config_from_dict, load_config, resolve_relative_paths
 from modm.config.schema import (
     MINILM_TEXT_TABLE,
     MODM_CLIP_TABLE,
@@ -14,6 +14,7 @@ from modm.config.schema import (
     MonitorMode,
     PolicyConfig,
     RequestLimits,
+    ServingConfig,
     Retrieval,
     SystemConfig,
     SystemMode,
@@ -22,5 +23,5 @@ from modm.config.schema import (
 __all__ = [
     "Admission", "CacheConfig", "ConfigError", "Dtype", "EmbedderConfig", "EmbedderKind", "KRule", "MINILM_TEXT_TABLE",
     "MODM_CLIP_TABLE", "ModelSpec", "ModelsConfig", "MonitorConfig", "MonitorMode", "PolicyConfig",
-    "RequestLimits", "Retrieval", "SystemConfig", "SystemMode", "config_from_dict", "load_config",
+    "RequestLimits", "ServingConfig", "Retrieval", "SystemConfig", "SystemMode", "config_from_dict", "load_config", "resolve_relative_paths",
 ]

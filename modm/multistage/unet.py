@@ -213,9 +213,12 @@ class MultiStageUNet(ModelMixin, ConfigMixin):
         t = torch.as_tensor(timestep)
         return route_timesteps(t.reshape(-1), self._boundaries)
 
-    def encode(self, sample, timesteps, encoder_hidden_states=None, timestep_cond=None, attention_mask=None,
-               cross_attention_kwargs=None, encoder_attention_mask=None):
-        """Shared part: (bottleneck, skips, temb) for the whole batch."""
+    def encode(self, sample: torch.Tensor, timesteps: torch.Tensor,
+               encoder_hidden_states: torch.Tensor | None = None, timestep_cond: torch.Tensor | None = None,
+               attention_mask: torch.Tensor | None = None, cross_attention_kwargs: dict[str, Any] | None = None,
+               encoder_attention_mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Shared part for the whole batch: bottleneck (B, C_mid, h, w), skips (shallowest first), temb (B, T)."""
         temb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype), timestep_cond)  # (B, T)
         hidden = self.conv_in(sample)                                                           # (B, C0, H, W)
         skips = [hidden]

@@ -12,10 +12,11 @@ from modm.policy.monitor import (
     throughput_target,
     workloads,
 )
+from modm.policy.routing import Pool, PoolState, route
 from modm.policy.retrieval import NIRVANA_K_CHOICES, NIRVANA_TABLE, KTable, RetrievalDecision
 
 __all__ = [
-    "Allocation", "GlobalMonitor", "KTable", "NIRVANA_K_CHOICES", "NIRVANA_TABLE", "PIDController",
+    "Allocation", "GlobalMonitor", "KTable", "NIRVANA_K_CHOICES", "NIRVANA_TABLE", "PIDController", "Pool", "PoolState",
     "QualitySample", "RetrievalDecision", "Throughput", "WindowStats", "fit_k_table", "quality_target",
-    "refine_fraction", "throughput_target", "workloads",
+    "refine_fraction", "route", "throughput_target", "workloads",
 ]

@@ -142,3 +142,17 @@ def test_calibration_bad_input():
         fit_k_table([QualitySample(math.nan, 10, 1, 1)])
     with pytest.raises(ValueError, match="alpha"):
         fit_k_table([QualitySample(0.5, 10, 1, 1)], alpha=1.5)
+
+
+def test_routing_rules():
+    from modm.config import MonitorMode
+    from modm.policy import Pool, PoolState, route
+
+    busy_large, idle_large = PoolState(2, 2), PoolState(2, 1)
+    small = PoolState(1, 5)
+    for mode in MonitorMode:
+        assert route(False, mode, idle_large, small) is Pool.LARGE
+        assert route(True, mode, busy_large, small) is Pool.SMALL
+        assert route(True, mode, idle_large, PoolState(0, 0)) is Pool.LARGE
+    assert route(True, MonitorMode.QUALITY, idle_large, small) is Pool.LARGE
+    assert route(True, MonitorMode.THROUGHPUT, idle_large, small) is Pool.SMALL

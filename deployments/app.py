@@ -1,0 +1,157 @@
+"""The app builder: `import_path: deployments.app:build_app` in a Serve config.
+
+`args` (validated by AppArgs): the system config (a YAML path or inline), per-deployment Ray actor options, and
+whether to check the cluster's resources first. The builder binds Embedder, CacheIndex, LargeModel, SmallModel,
+Monitor and the Router ingress; in vanilla mode only LargeModel and the Router.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+
+from deployments.constants import AUTOSCALING_LOOK_BACK_S, AUTOSCALING_METRICS_INTERVAL_S, DEFAULT_DEPLOYMENT_OPTIONS
+from modm.config import ConfigError, SystemConfig, SystemMode, config_from_dict, load_config, resolve_relative_paths
+from modm.embedding import embedding_dim
+
+logger = logging.getLogger("ray.serve")
+
+DEPLOYMENT_NAMES = ("Router", "Embedder", "CacheIndex", "LargeModel", "SmallModel", "Monitor")
+ACTOR_OPTION_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
+
+# Per-replica concurrency: a model replica runs one generation at a time (one GPU); the others are light.
+MAX_ONGOING = {"Router": 512, "Embedder": 64, "CacheIndex": 256, "LargeModel": 1, "SmallModel": 1, "Monitor": 64}
+DEFAULT_ACTOR_OPTIONS = {"Router": {"num_cpus": 0.25}, "Embedder": {"num_cpus": 1}, "CacheIndex": {"num_cpus": 0.5},
+                         "LargeModel": {"num_cpus": 1}, "SmallModel": {"num_cpus": 1}, "Monitor": {"num_cpus": 0.1}}
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: str | None = Field(default=None, description="Path of a system config YAML (modm.config schema).")
+    system: dict | None = Field(default=None, description="The system config inline, instead of a path.")
+    actor_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Ray actor options per deployment, e.g. {LargeModel: {num_gpus: 1}}.")
+    check_resources: bool = Field(
+        default=True, description="Fail fast when the cluster cannot hold the app (turn off on autoscaling "
+                                  "clusters that add nodes on demand).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AppArgs":
+        if (self.config is None) == (self.system is None):
+            raise ValueError("give exactly one of 'config' (a YAML path) or 'system' (inline)")
+        for name, options in self.actor_options.items():
+            if name not in DEPLOYMENT_NAMES:
+                raise ValueError(f"actor_options: unknown deployment {name!r}; choose from {DEPLOYMENT_NAMES}")
+            unknown = set(options) - ACTOR_OPTION_KEYS
+            if unknown:
+                raise ValueError(f"actor_options.{name}: unsupported option(s) {sorted(unknown)}")
+        return self
+
+    def system_config(self) -> SystemConfig:
+        return load_config(self.config) if self.config else config_from_dict(self.system, "args.system")
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        return {**DEFAULT_ACTOR_OPTIONS[name], **self.actor_options.get(name, {})}
+
+
+def model_autoscaling(system: SystemConfig, role: str) -> dict:
+    """Replica bounds of a model deployment within the GPU budget N; the monitor's target drives the count."""
+    n, min_small = system.monitor.gpu_budget, system.monitor.min_small
+    low, high, initial = (1, n - min_small, n - min_small) if role == "large" else (min_small, n - 1, min_small)
+    return {
+        "min_replicas": low, "max_replicas": high, "initial_replicas": initial,
+        "metrics_interval_s": AUTOSCALING_METRICS_INTERVAL_S, "look_back_period_s": AUTOSCALING_LOOK_BACK_S,
+        # The PID controller already smooths; Serve's own delays would only add lag.
+        "upscale_delay_s": 0.0, "downscale_delay_s": 0.0,
+        "policy": {"policy_function": "deployments.autoscaling:monitor_target_policy"},
+    }
+
+
+def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
+    """Peak logical resources: N model replicas (the widest of the two models) plus one of everything else."""
+    names = ["Router", "LargeModel"] if system.mode is SystemMode.VANILLA else list(DEPLOYMENT_NAMES)
+    need: dict[str, float] = {}
+
+    def add(options: dict, times: int) -> None:
+        for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+            need[resource] = need.get(resource, 0.0) + float(options.get(option, 0)) * times
+        for key, value in options.get("resources", {}).items():
+            need[key] = need.get(key, 0.0) + float(value) * times
+
+    for name in names:
+        if name not in ("LargeModel", "SmallModel"):
+            add(args.options_for(name), 1)
+    widest = max((args.options_for(m) for m in ("LargeModel", "SmallModel")),
+                 key=lambda o: (o.get("num_gpus", 0), o.get("num_cpus", 0)))
+    add(widest if system.mode is SystemMode.MODM else args.options_for("LargeModel"), system.monitor.gpu_budget)
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def check_cluster(need: dict[str, float]) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        return
+    have = ray.cluster_resources()
+    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
+    if short:
+        detail = ", ".join(f"{k}: needs {v:g}, cluster has {h:g}" for k, (v, h) in short.items())
+        raise ValueError(f"the cluster cannot hold this app ({detail}). Start Ray with more resources (e.g. "
+                         f"`ray start --head --num-cpus=8`), lower monitor.gpu_budget, or set "
+                         f"args.check_resources: false on an autoscaling cluster.")
+
+
+def _deployment(cls, name: str, args: AppArgs, **options):
+    opts = {**DEFAULT_DEPLOYMENT_OPTIONS, "max_ongoing_requests": MAX_ONGOING[name],
+            "ray_actor_options": args.options_for(name), **options}
+    logger.info("deployment %s: %s", name, opts)
+    return serve.deployment(cls, name=name, **opts)
+
+
+def build_app(args: dict) -> serve.Application:
+    from deployments.cache_index import CacheIndexServer
+    from deployments.embedder import EmbedderServer
+    from deployments.model import ModelServer
+    from deployments.monitor import MonitorServer
+    from deployments.router import Router
+
+    try:
+        parsed = AppArgs.model_validate(args)
+        # Pin relative paths to this process's working directory (on a local cluster: where `ray start` ran),
+        # so that every replica resolves them alike.
+        system = resolve_relative_paths(parsed.system_config(), Path.cwd())
+    except ConfigError:
+        raise
+    except ValueError as err:  # pydantic ValidationError is a ValueError
+        raise ValueError(f"invalid app args: {err}") from None
+    if system.mode is SystemMode.NIRVANA:
+        raise ValueError("mode 'nirvana' is not served by this app yet; use 'modm' or 'vanilla'")
+    if system.mode is SystemMode.MODM and system.monitor.min_small < 1:
+        raise ValueError("monitor.min_small must be at least 1 in the Serve app: a deployment at zero replicas "
+                         "has no replica to report the monitor's target")
+    if parsed.check_resources:
+        check_cluster(required_resources(system, parsed))
+
+    system_dict = system.model_dump(mode="json")
+    if system.mode is SystemMode.VANILLA:
+        large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget).bind(
+            system.models.large.model_dump(mode="json"), "large")
+        return _deployment(Router, "Router", parsed).bind(system_dict, large)
+
+    large = _deployment(ModelServer, "LargeModel", parsed,
+                        autoscaling_config=model_autoscaling(system, "large")).bind(
+        system.models.large.model_dump(mode="json"), "large")
+    small = _deployment(ModelServer, "SmallModel", parsed,
+                        autoscaling_config=model_autoscaling(system, "small")).bind(
+        system.models.small.model_dump(mode="json"), "small")
+    embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
+    cache = _deployment(CacheIndexServer, "CacheIndex", parsed, num_replicas=1).bind(
+        system.cache.model_dump(mode="json"), embedding_dim(system.embedder))
+    monitor = _deployment(MonitorServer, "Monitor", parsed, num_replicas=1).bind(
+        system.monitor.model_dump(mode="json"), system.policy.total_steps, large, small)
+    return _deployment(Router, "Router", parsed).bind(system_dict, large, small, embedder, cache, monitor)

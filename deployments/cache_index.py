@@ -1,0 +1,37 @@
+"""CacheIndex: the owner of the persistent image cache (one replica: it holds the directory lock)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from modm.cache import ImageCache
+from modm.config import CacheConfig
+
+
+class CacheIndexServer:
+    def __init__(self, config: dict, dim: int):
+        self.cache = ImageCache(CacheConfig.model_validate(config), dim)
+
+    def query(self, embedding: np.ndarray, namespaces: list[str]) -> dict | None:
+        match = self.cache.query(embedding, namespaces)
+        return None if match is None else {"entry_id": match.entry_id, "score": match.score}
+
+    def get_png(self, entry_id: int) -> bytes:
+        return self.cache.get_png(entry_id)
+
+    async def add(self, png: bytes, embedding: np.ndarray, prompt: str, tenant: str, source_model: str,
+                  k: int) -> int:
+        # The write is fsync'd; keep it off the event loop so queries stay fast meanwhile.
+        entry = await asyncio.to_thread(self.cache.add, png, embedding, prompt=prompt, tenant=tenant,
+                                        source_model=source_model, k=k)
+        return entry.id
+
+    def stats(self) -> dict:
+        stats = self.cache.stats()
+        return {"entries": len(self.cache), "admissions": stats.admissions, "evictions": stats.evictions,
+                "queries": stats.queries}
+
+    def check_health(self) -> None:
+        self.cache.stats()  # raises once the cache is closed or broken

@@ -1,0 +1,26 @@
+"""Serve-layer defaults, named with their units; each can be overridden by an environment variable."""
+
+import os
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+HEALTH_CHECK_PERIOD_S = _env_float("MODM_HEALTH_CHECK_PERIOD_S", 10.0)
+HEALTH_CHECK_TIMEOUT_S = _env_float("MODM_HEALTH_CHECK_TIMEOUT_S", 30.0)
+GRACEFUL_SHUTDOWN_TIMEOUT_S = _env_float("MODM_GRACEFUL_SHUTDOWN_TIMEOUT_S", 20.0)
+# How often model replicas report the monitor's replica target to Serve's autoscaler, and its look-back.
+AUTOSCALING_METRICS_INTERVAL_S = _env_float("MODM_AUTOSCALING_METRICS_INTERVAL_S", 1.0)
+AUTOSCALING_LOOK_BACK_S = _env_float("MODM_AUTOSCALING_LOOK_BACK_S", 2.0)
+EMBED_BATCH_WAIT_S = _env_float("MODM_EMBED_BATCH_WAIT_S", 0.005)
+EMBED_MAX_BATCH = int(os.environ.get("MODM_EMBED_MAX_BATCH", 32))
+
+# Metric name of the replica target that model replicas report to the autoscaling policy.
+TARGET_REPLICAS_METRIC = "modm_target_replicas"
+
+DEFAULT_DEPLOYMENT_OPTIONS = {
+    "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+    "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
+    "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
+}
