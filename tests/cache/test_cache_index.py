@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from cache_testkit import DIM, add_seeded, near_duplicate, unit_vector
+from cache_testkit import DIM, add_seeded, add_seeded_batch, near_duplicate, unit_vector
 
 from modm.cache import IndexKind
 from modm.cache.index import HnswBuild, NamespaceIndex
@@ -19,9 +19,9 @@ def _near_duplicate_queries(ids, cosine=0.9):
 def test_hnsw_returns_the_same_top1_as_exact_search(open_cache, tmp_path):
     exact = open_cache(directory=tmp_path / "exact", capacity=400)
     hnsw = open_cache(directory=tmp_path / "hnsw", capacity=400, hnsw_min_entries=50, hnsw_m=16)
-    for seed in range(300):
-        add_seeded(exact, seed, tenant=("alice", "bob")[seed % 7 == 0])
-        add_seeded(hnsw, seed, tenant=("alice", "bob")[seed % 7 == 0])
+    for start in range(0, 300, 25):  # the alice namespace switches to HNSW part way through
+        add_seeded_batch(exact, range(start, start + 25), lambda seed: ("alice", "bob")[seed % 7 == 0])
+        add_seeded_batch(hnsw, range(start, start + 25), lambda seed: ("alice", "bob")[seed % 7 == 0])
     assert hnsw.stats().namespaces["alice"].index_kind is IndexKind.HNSW  # 257 entries
     assert hnsw.stats().namespaces["bob"].index_kind is IndexKind.FLAT    # 43 entries
     assert exact.stats().namespaces["alice"].index_kind is IndexKind.FLAT
@@ -35,8 +35,8 @@ def test_hnsw_returns_the_same_top1_as_exact_search(open_cache, tmp_path):
 
 def test_hnsw_never_returns_evicted_entries_and_rebuilds_past_the_tombstone_fraction(open_cache):
     cache = open_cache(capacity=100, hnsw_min_entries=40, hnsw_m=16)
-    for seed in range(260):
-        add_seeded(cache, seed)
+    for start in range(0, 260, 10):
+        add_seeded_batch(cache, range(start, start + 10))
     stats = cache.stats().namespaces["alice"]
     assert stats.index_kind is IndexKind.HNSW and stats.entries == 100
     assert stats.hnsw_builds >= 2  # the switch plus at least one tombstone rebuild
