@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -191,10 +190,11 @@ def _cmd_reproduce(args) -> int:
         payload["throughput"] = [{"setup": r.setup, "ratio_vs_vanilla": {n: r.ratio(n) for n in r.rows},
                                   "summaries": r.rows, "wall_s": r.cost_s} for r in results]
     if "slo" in experiments:
-        results = [run_slo(a40, source, args.small_rates, n_requests=args.slo_requests, out_dir=out and out / "slo"),
-                   run_slo(mi210, source, args.large_rates, n_requests=args.slo_requests,
-                           out_dir=out and out / "slo")]
-        print("== SLO attainment vs Poisson rate (MoDM in quality mode)")
+        slo_options = {"n_requests": args.slo_requests, "also_throughput_mode": args.slo_throughput_mode,
+                       "out_dir": out and out / "slo"}
+        results = [run_slo(a40, source, args.small_rates, **slo_options),
+                   run_slo(mi210, source, args.large_rates, **slo_options)]
+        print("== SLO attainment vs Poisson rate (MoDM in quality mode, as MoDM's SLO scripts)")
         print(format_slo(results, args.slo_target))
         payload["slo"] = [{"setup": r.setup, "target": args.slo_target,
                            "max_compliant_rate": {n: {k: r.max_compliant_rate(n, k, args.slo_target)
@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--slo-target", type=float, default=0.9, help="attainment that counts as compliant")
     rep.add_argument("--slo-requests", type=int, default=1000,
                      help="measured requests per SLO point (after the warm-up ones): a prefix of the workload")
+    rep.add_argument("--slo-throughput-mode", action="store_true",
+                     help="also run MoDM in throughput mode in the SLO sweep (as modm-tp)")
     rep.add_argument("--ramp-requests", type=int, default=3000, help="requests of the ramp (no warm-up)")
     rep.add_argument("--ramp-max-rate", type=float, default=None,
                      help="ramp ceiling, req/min (default: MoDM's capacity formula)")

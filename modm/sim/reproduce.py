@@ -124,9 +124,14 @@ class SloResult:
 
 
 def run_slo(setup: ExperimentSetup, source: WorkloadFactory, rates: Sequence[float], *,
-            n_requests: int | None = None, out_dir: Path | None = None) -> SloResult:
+            n_requests: int | None = None, also_throughput_mode: bool = False,
+            out_dir: Path | None = None) -> SloResult:
+    """MoDM's SLO scripts run quality mode; `also_throughput_mode` adds MoDM in throughput mode as 'modm-tp'."""
     result = SloResult(setup.label, sorted(float(r) for r in rates))
-    for name, config in system_configs(setup, MonitorMode.QUALITY).items():
+    configs = system_configs(setup, MonitorMode.QUALITY)
+    if also_throughput_mode:
+        configs["modm-tp"] = system_configs(setup, MonitorMode.THROUGHPUT)["modm"]
+    for name, config in configs.items():
         result.points[name] = []
         for rate in result.rates:
             arrival = ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=rate)
@@ -142,7 +147,8 @@ def run_slo(setup: ExperimentSetup, source: WorkloadFactory, rates: Sequence[flo
 def format_slo(results: Sequence[SloResult], target: float) -> str:
     lines = []
     for res in results:
-        lines.append(f"SLO attainment, {res.setup} (rows: rate req/min; cells: 2x / 4x attainment, p99 s)")
+        lines.append(f"SLO attainment, {res.setup} (rows: rate req/min; cells: 2x / 4x attainment, p99 s"
+                     f"{'; modm-tp = MoDM in throughput mode' if 'modm-tp' in res.points else ''})")
         header = f"{'rate':>6} " + " ".join(f"{name:>24}" for name in res.points)
         lines += [header, "-" * len(header)]
         for i, rate in enumerate(res.rates):
@@ -156,9 +162,10 @@ def format_slo(results: Sequence[SloResult], target: float) -> str:
             ours = {name: res.max_compliant_rate(name, key, target) for name in res.points}
             gpu, n = res.setup.split("x", 1)[1], int(res.setup.split("x", 1)[0])
             paper = PAPER["slo_max_rate"].get((gpu, n, key))
-            lines.append(f"  highest rate with >= {target:.0%} within {key}: "
-                         + ", ".join(f"{k} {v if v is not None else '<' + str(res.rates[0])}" for k, v in ours.items())
-                         + (f"   (paper: " + ", ".join(f"{k} {v}" for k, v in paper.items()) + ")" if paper else ""))
+            ours_text = ", ".join(f"{k} {'<' + format(res.rates[0], 'g') if v is None else format(v, 'g')}"
+                                  for k, v in ours.items())
+            paper_text = ", ".join(f"{k} {v}" for k, v in paper.items()) if paper else "-"
+            lines.append(f"  highest rate with >= {target:.0%} within {key}: {ours_text}   (paper: {paper_text})")
         lines.append("")
     return "\n".join(lines)
 
