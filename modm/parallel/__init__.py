@@ -4,6 +4,9 @@
     ctx = init_parallel(cfg, rank=rank, world_size=2, init_method="tcp://127.0.0.1:29500", device="cpu")
     image = ParallelPipeline(pipe, ctx)(prompt, generator=torch.Generator().manual_seed(0)).images[0]
     ctx.destroy()
+
+Under torchrun pass `rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), init_method="env://"`;
+in a process that already formed the default group (Ray actors, torchrun scripts), `init_parallel` adopts it.
 """
 
 from modm.parallel.config import GroupNormMode, ParallelConfig, ParallelMethod

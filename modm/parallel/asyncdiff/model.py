@@ -28,6 +28,15 @@ __all__ = ["AsyncDiffModel", "AsyncUnit"]
 logger = logging.getLogger(__name__)
 
 
+def _tensors(value: Any):
+    """Every tensor in a nested block output, depth-first."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+
+
 class AsyncUnit(nn.Module):
     """One block: computes it, or returns its cached output, as the owning AsyncDiffModel decides."""
 
@@ -76,13 +85,10 @@ class AsyncDiffModel:
         self._timer = UnitTimer(len(units), synchronize=synchronize)
         self._swapped = []
         for i, unit in enumerate(units):
-            original = getattr(unit.parent, unit.name) if not unit.name.isdigit() else unit.parent[int(unit.name)]
+            # setattr with the index as name is how ModuleList stores its items, so one path serves both.
+            original = getattr(unit.parent, unit.name)
             self._swapped.append((unit.parent, unit.name, original))
-            wrapper = AsyncUnit(original, i, self)
-            if unit.name.isdigit():
-                unit.parent[int(unit.name)] = wrapper
-            else:
-                setattr(unit.parent, unit.name, wrapper)
+            setattr(unit.parent, unit.name, AsyncUnit(original, i, self))
         if self.unit_costs is not None:
             self._set_components(self.unit_costs)
         self._signature = inspect.signature(model.forward)
@@ -91,7 +97,6 @@ class AsyncDiffModel:
             model.register_forward_hook(self._after_forward),
         ]
         self.step = 0
-        self._calls = 0
         self._plan: StepPlan | None = None
         self._previous_timestep: Any = None
         self._structures: list[OutputStructure | None] = [None] * len(units)
@@ -105,16 +110,13 @@ class AsyncDiffModel:
         self._previous_timestep = None
 
     def end_call(self) -> None:
-        self._calls += 1
+        self._plan = None  # an exception mid-step must not leave a plan behind for direct block calls
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         for parent, name, original in reversed(self._swapped):
-            if name.isdigit():
-                parent[int(name)] = original
-            else:
-                setattr(parent, name, original)
+            setattr(parent, name, original)
         self._swapped.clear()
 
     def _set_components(self, costs: list[float]) -> None:
@@ -162,21 +164,11 @@ class AsyncDiffModel:
             start = sum(sizes[comp])
             sizes[comp].append(structure.numel)
             self._slots[index] = (start, start + structure.numel)
-        dtype = next(self._pending_dtypes())
+        dtype = next(_tensors(next(iter(self._pending.values())))).dtype
         self._buffers = [torch.empty(sum(s), dtype=dtype, device=device) for s in sizes]
         for index, output in self._pending.items():
             flatten_into(output, self._unit_view(index))
         self._pending = {}
-
-    def _pending_dtypes(self):
-        for output in self._pending.values():
-            stack = [output]
-            while stack:
-                value = stack.pop()
-                if isinstance(value, torch.Tensor):
-                    yield value.dtype
-                elif isinstance(value, (tuple, list)):
-                    stack.extend(value)
 
     # -- model hooks ----------------------------------------------------------------------------------------------
     def _before_forward(self, module, args, kwargs):
