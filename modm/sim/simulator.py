@@ -220,6 +220,8 @@ class Simulator:
         shared = self.routing is RoutingPolicy.LARGE_ONLY
         misses = self.queues[QueueKind.SHARED if shared else QueueKind.MISS]
         hits = self.queues[QueueKind.HIT]
+        if not (misses or hits) or not (self.idle[ModelRole.LARGE] or self.idle[ModelRole.SMALL]):
+            return  # the common case at saturation or when idle: nothing can be matched
         plan = plan_dispatch(self.routing, idle_large=len(self.idle[ModelRole.LARGE]),
                              idle_small=len(self.idle[ModelRole.SMALL]), waiting_misses=len(misses),
                              waiting_hits=len(hits), small_replicas=self.n_small_assigned)

@@ -145,3 +145,24 @@ def test_bad_configurations_are_rejected_with_the_value_named():
         simulate(_config(), poisson_workload(10, 1.0))
     with pytest.raises(ValueError, match="shape"):
         simulate(_config(), poisson_workload(10, 1.0), np.ones((5, 4), dtype=np.float32))
+
+
+def test_decisions_come_from_the_live_policy_objects(monkeypatch, embeddings_400):
+    from modm.policy import GlobalMonitor, KTable
+
+    calls = {"step": 0, "decide": 0}
+    live_step, live_decide = GlobalMonitor.step, KTable.decide
+
+    def counting_step(self, stats, thr):
+        calls["step"] += 1
+        return live_step(self, stats, thr)
+
+    def counting_decide(self, score):
+        calls["decide"] += 1
+        return live_decide(self, score)
+
+    monkeypatch.setattr(GlobalMonitor, "step", counting_step)
+    monkeypatch.setattr(KTable, "decide", counting_decide)
+    result = simulate(_config(n_gpus=4), poisson_workload(400, 10.0), embeddings_400)
+    assert calls["decide"] == 400
+    assert calls["step"] == len(result.monitor_decisions) > 5
