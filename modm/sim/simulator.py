@@ -1,8 +1,10 @@
 """The discrete-event simulator: GPU workers, the router's queues, the monitor's windows, one event heap.
 
 Time only advances through events: a request arrives (retrieval decides hit/miss and k with the run's hit model),
-becomes ready after the router's overhead, waits in its queue (routing.plan_dispatch matches queues to idle
-workers), occupies a worker for profile.service_s(model, k), and its completion may admit its output to the cache.
+becomes ready after the router's overhead, is sent to a model pool by the live router rule
+(`modm.policy.routing.route`: misses to large; hits to small, or in quality mode to an idle large replica), waits in
+that pool's FIFO queue, occupies a worker of the pool for profile.service_s(model, k), and its completion may admit
+its output to the cache.
 Every `monitor.window_s` the live `GlobalMonitor` turns the window's R, H and P(k) into a new large/small split;
 worker i should run the large model iff i < N_large (MoDM's allocation list), and a worker whose model changes
 finishes its current request first, then is unavailable for the new model's load time.
@@ -27,12 +29,12 @@ import numpy as np
 
 from modm.config.schema import SystemMode
 from modm.policy import GlobalMonitor, KTable, RetrievalDecision, WindowStats
+from modm.policy.routing import Pool, PoolState, route
 from modm.sim.config import SimConfig
 from modm.sim.hits import FifoImageCache, HitModel, NoCache, ParametricHits, check_embeddings
 from modm.sim.nirvana import NirvanaLatentCache
 from modm.sim.profiles import ModelRole
 from modm.sim.results import MonitorDecision, SimResult, WorkerSwitch
-from modm.sim.routing import QueueKind, RoutingPolicy, plan_dispatch, queue_for
 from modm.sim.workload import Workload
 from loadgen.records import StatsSample
 
@@ -90,7 +92,6 @@ class Simulator:
         self.hits = hit_model
         self.profile = config.profile
         self.total_steps = config.policy.total_steps
-        self.routing = RoutingPolicy.for_system(config.system, config.monitor.mode)
         n, g = workload.n_requests, config.n_gpus
         # Per request.
         self.arrival_s = np.full(n, np.nan)
@@ -116,9 +117,12 @@ class Simulator:
         self.state = [_State.IDLE] * g
         self.idle: dict[ModelRole, list[int]] = {
             role: [w for w in reversed(range(g)) if self.loaded[w] is role] for role in ModelRole}
-        self.n_small_assigned = g - n_large
-        # Queues, events, window counters.
-        self.queues: dict[QueueKind, deque[int]] = {kind: deque() for kind in QueueKind}
+        self.n_assigned = {ModelRole.LARGE: n_large, ModelRole.SMALL: g - n_large}
+        # One FIFO queue per model pool (vanilla and NIRVANA use only the large one), and the router's count of
+        # requests sent to each pool and not yet answered (what `route` reads as in_flight).
+        self.queues: dict[ModelRole, deque[int]] = {role: deque() for role in ModelRole}
+        self.in_flight = {role: 0 for role in ModelRole}
+        # Events, window counters.
         self.heap: list[tuple[float, int, int, int]] = []  # (time, event kind, sequence, payload)
         self._sequence = 0
         self.now = 0.0
@@ -214,23 +218,20 @@ class Simulator:
             self._enqueue(request)
 
     def _enqueue(self, request: int) -> None:
-        self.queues[queue_for(self.routing, bool(self.hit[request]))].append(request)
+        if self.monitor is None:  # vanilla and NIRVANA: every replica runs the large model
+            role = ModelRole.LARGE
+        else:
+            pools = {r: PoolState(replicas=self.n_assigned[r], in_flight=self.in_flight[r]) for r in ModelRole}
+            role = ModelRole(route(bool(self.hit[request]), self.config.monitor.mode, pools[ModelRole.LARGE],
+                                   pools[ModelRole.SMALL]).value)
+        self.in_flight[role] += 1
+        self.queues[role].append(request)
 
     def _dispatch(self) -> None:
-        shared = self.routing is RoutingPolicy.LARGE_ONLY
-        misses = self.queues[QueueKind.SHARED if shared else QueueKind.MISS]
-        hits = self.queues[QueueKind.HIT]
-        if not (misses or hits) or not (self.idle[ModelRole.LARGE] or self.idle[ModelRole.SMALL]):
-            return  # the common case at saturation or when idle: nothing can be matched
-        plan = plan_dispatch(self.routing, idle_large=len(self.idle[ModelRole.LARGE]),
-                             idle_small=len(self.idle[ModelRole.SMALL]), waiting_misses=len(misses),
-                             waiting_hits=len(hits), small_replicas=self.n_small_assigned)
-        for _ in range(plan.misses_to_large):
-            self._start(self.idle[ModelRole.LARGE].pop(), misses.popleft())
-        for _ in range(plan.hits_to_large):
-            self._start(self.idle[ModelRole.LARGE].pop(), hits.popleft())
-        for _ in range(plan.hits_to_small):
-            self._start(self.idle[ModelRole.SMALL].pop(), hits.popleft())
+        for role in ModelRole:
+            queue, idle = self.queues[role], self.idle[role]
+            while queue and idle:
+                self._start(idle.pop(), queue.popleft())
 
     def _start(self, worker: int, request: int) -> None:
         role = self.loaded[worker]
@@ -246,6 +247,7 @@ class Simulator:
         self.end_s[request] = self.now
         self.completions[request] += 1
         role = self.loaded[worker]
+        self.in_flight[role] -= 1
         self.hits.complete(request, self._decisions.pop(request), from_large_model=role is ModelRole.LARGE)
         self._become_available(worker)
 
@@ -275,7 +277,15 @@ class Simulator:
             if self.state[worker] is _State.IDLE:
                 self.idle[self.loaded[worker]].remove(worker)
                 self._become_available(worker)
-        self.n_small_assigned = self.config.n_gpus - n_large
+        self.n_assigned = {ModelRole.LARGE: n_large, ModelRole.SMALL: self.config.n_gpus - n_large}
+        if self.n_assigned[ModelRole.SMALL] == 0 and self.queues[ModelRole.SMALL]:
+            # The small pool was scaled to zero (min_small = 0) with requests waiting: the large pool takes them
+            # (refining hits) rather than leaving them queued for replicas that no longer exist.
+            moved = len(self.queues[ModelRole.SMALL])
+            self.queues[ModelRole.LARGE].extend(self.queues[ModelRole.SMALL])
+            self.queues[ModelRole.SMALL].clear()
+            self.in_flight[ModelRole.SMALL] -= moved
+            self.in_flight[ModelRole.LARGE] += moved
 
     # ----------------------------------------------------------------------------------------------- monitor
     def _monitor_tick(self, *, act: bool) -> None:
@@ -301,7 +311,7 @@ class Simulator:
             hit_rate=totals["hits"] / totals["requests"] if totals["requests"] else None,
             large=n_large, small=self.config.n_gpus - n_large,
             k_mix_json=json.dumps({str(k): v for k, v in sorted(self._window["k"].items())}),
-            queue_depths_json=json.dumps({kind.value: len(q) for kind, q in self.queues.items()})))
+            queue_depths_json=json.dumps({role.value: len(q) for role, q in self.queues.items()})))
 
 
 def simulate(config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None) -> SimResult:

@@ -149,8 +149,15 @@ def test_bad_configurations_are_rejected_with_the_value_named():
 
 def test_decisions_come_from_the_live_policy_objects(monkeypatch, embeddings_400):
     from modm.policy import GlobalMonitor, KTable
+    from modm.sim import simulator
 
-    calls = {"step": 0, "decide": 0}
+    calls = {"step": 0, "decide": 0, "route": 0}
+    live_route = simulator.route
+
+    def counting_route(*args):
+        calls["route"] += 1
+        return live_route(*args)
+
     live_step, live_decide = GlobalMonitor.step, KTable.decide
 
     def counting_step(self, stats, thr):
@@ -163,6 +170,17 @@ def test_decisions_come_from_the_live_policy_objects(monkeypatch, embeddings_400
 
     monkeypatch.setattr(GlobalMonitor, "step", counting_step)
     monkeypatch.setattr(KTable, "decide", counting_decide)
+    monkeypatch.setattr(simulator, "route", counting_route)
     result = simulate(_config(n_gpus=4), poisson_workload(400, 10.0), embeddings_400)
-    assert calls["decide"] == 400
+    assert calls["decide"] == calls["route"] == 400
+    assert simulator.route is counting_route and live_route.__module__ == "modm.policy.routing"
     assert calls["step"] == len(result.monitor_decisions) > 5
+
+
+def test_a_small_pool_scaled_to_zero_hands_its_waiting_hits_to_the_large_pool():
+    config = SimConfig(n_gpus=4, profile=MI210, monitor=MonitorConfig(min_small=0, window_s=120.0),
+                       monitor_initial_large=1, parametric=ParametricHitConfig(hit_rate=0.15))
+    result = simulate(config, poisson_workload(300, 20.0, seed=8))  # overloaded and miss-heavy: all go large
+    assert result.monitor_decisions[-1].small == 0
+    assert np.all(result.completions == 1)
+    assert np.any(result.hit & (result.served_by == 0))

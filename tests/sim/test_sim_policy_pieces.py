@@ -1,4 +1,4 @@
-"""The simulator's pure pieces: routing rules, profiles, the parametric hit model, the FIFO cache, NIRVANA's LCBFU."""
+"""The simulator's pure pieces: profiles, the parametric hit model, the FIFO cache, NIRVANA's LCBFU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from modm.cache.index import NamespaceIndex
-from modm.config.schema import MINILM_TEXT_TABLE, Admission, MonitorMode, SystemMode
+from modm.config.schema import MINILM_TEXT_TABLE, Admission
 from modm.policy import KTable, RetrievalDecision
 from modm.sim import (
     BUILTIN_PROFILES,
@@ -17,41 +17,10 @@ from modm.sim import (
     ModelRole,
     NirvanaLatentCache,
     ParametricHits,
-    QueueKind,
-    RoutingPolicy,
-    plan_dispatch,
-    queue_for,
     resolve_profile,
 )
 
 from conftest import clustered_embeddings
-
-
-# ------------------------------------------------------------------------------------------------------ routing
-def test_quality_mode_gives_hits_to_idle_large_replicas_after_misses():
-    plan = plan_dispatch(RoutingPolicy.QUALITY, idle_large=3, idle_small=2, waiting_misses=1, waiting_hits=4,
-                         small_replicas=2)
-    assert (plan.misses_to_large, plan.hits_to_large, plan.hits_to_small) == (1, 2, 2)
-
-
-def test_throughput_mode_keeps_hits_off_large_replicas_while_small_ones_exist():
-    plan = plan_dispatch(RoutingPolicy.THROUGHPUT, idle_large=3, idle_small=1, waiting_misses=0, waiting_hits=4,
-                         small_replicas=1)
-    assert (plan.misses_to_large, plan.hits_to_large, plan.hits_to_small) == (0, 0, 1)
-    no_small = plan_dispatch(RoutingPolicy.THROUGHPUT, idle_large=3, idle_small=0, waiting_misses=0,
-                             waiting_hits=4, small_replicas=0)
-    assert no_small.hits_to_large == 3
-
-
-def test_large_only_systems_share_one_queue():
-    assert queue_for(RoutingPolicy.LARGE_ONLY, hit=True) is QueueKind.SHARED
-    assert queue_for(RoutingPolicy.THROUGHPUT, hit=True) is QueueKind.HIT
-    assert RoutingPolicy.for_system(SystemMode.NIRVANA, MonitorMode.QUALITY) is RoutingPolicy.LARGE_ONLY
-    assert plan_dispatch(RoutingPolicy.LARGE_ONLY, idle_large=2, idle_small=0, waiting_misses=5, waiting_hits=0,
-                         small_replicas=0).misses_to_large == 2
-    with pytest.raises(ValueError, match="idle_large"):
-        plan_dispatch(RoutingPolicy.QUALITY, idle_large=-1, idle_small=0, waiting_misses=0, waiting_hits=0,
-                      small_replicas=0)
 
 
 # ----------------------------------------------------------------------------------------------------- profiles
