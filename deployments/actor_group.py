@@ -130,6 +130,11 @@ class ParallelActorGroup:
         return self.config.world_size
 
     @property
+    def workers(self) -> tuple:
+        """The rank actors' handles, by rank (empty before start)."""
+        return tuple(self._workers)
+
+    @property
     def bundles(self) -> list[dict[str, float]]:
         bundle = {"CPU": self.cpus_per_rank}
         if self.use_gpu:

@@ -54,7 +54,7 @@ def test_actor_group_serves_exact_distrifusion_and_notices_a_dead_worker(ray_clu
         with pytest.raises(PatchSplitError, match="cannot split"):
             group.generate({**REQUEST, "height": 48, "width": 48}, seed=0)
         group.check_health()
-        ray.kill(group._workers[1])
+        ray.kill(group.workers[1])
         with pytest.raises(ActorGroupUnhealthy, match="rank 1 of 2"):
             group.check_health()
     finally:
