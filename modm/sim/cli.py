@@ -4,6 +4,7 @@
                --from-run DIR replays a recorded loadgen run's workload and prints simulated vs measured
     reproduce  MoDM's throughput, SLO-vs-rate and increasing-load experiments, next to the paper's numbers
     scale      the simulator's own cost: 10k requests on 16 GPUs, 1M requests on 1000 GPUs
+    profile    fit a latency-profile JSON to a measured loadgen run (the server's per-request timings)
 
 Each prints tables and, with --out, writes JSON and the load generator's run directories and plots.
 """
@@ -29,6 +30,7 @@ from loadgen import (
 )
 from loadgen.report import format_summary
 from modm.config.schema import Admission, MonitorConfig, MonitorMode, PolicyConfig, SystemMode
+from modm.sim.calibrate import profile_from_records
 from modm.sim.config import DEFAULT_PARAMETRIC_K_MIX, ParametricHitConfig, SimConfig
 from modm.sim.embeddings import load_or_embed
 from modm.sim.profiles import resolve_profile
@@ -244,6 +246,18 @@ def _cmd_scale(args) -> int:
     return 0
 
 
+def _cmd_profile(args) -> int:
+    stored = load_run(args.from_run)
+    profile = profile_from_records(stored.records, total_steps=args.total_steps, gpu=args.gpu)
+    text = profile.model_dump_json(indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modm sim", description=__doc__,
@@ -305,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(scale)
     scale.add_argument("--out", type=Path, default=None)
     scale.set_defaults(func=_cmd_scale)
+    prof = sub.add_parser("profile", help="fit a latency profile to a measured loadgen run (low load)")
+    prof.add_argument("--from-run", type=Path, required=True, help="a loadgen run directory")
+    prof.add_argument("--gpu", default="measured", help="label of the hardware")
+    prof.add_argument("--total-steps", type=int, default=50, help="T the server's k refers to")
+    prof.add_argument("--out", type=Path, default=None, help="write the profile JSON here")
+    prof.set_defaults(func=_cmd_profile)
     return parser
 
 

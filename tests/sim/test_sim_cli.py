@@ -98,3 +98,22 @@ def test_embeddings_are_cached_by_prompt_and_only_missing_ones_are_embedded(tmp_
     path.write_text("not npz")
     with pytest.raises(ValueError, match="not an embeddings file"):
         load_or_embed(path, ["x"], fake_embed)
+
+
+def test_profile_is_fitted_to_a_runs_generate_timings(tmp_path, capsys):
+    truth = LatencyProfile(gpu="cpu", full_generation_s={"large": 3.0, "small": 0.8}, fixed_s={"small": 0.2},
+                           load_s={})
+    from modm.sim import ParametricHitConfig
+
+    from conftest import poisson_workload
+
+    config = SimConfig(n_gpus=4, profile=truth, parametric=ParametricHitConfig(hit_rate=0.7))
+    result = simulate(config, poisson_workload(300, 2.0, seed=9))
+    write_records(tmp_path / "run" / "records.parquet", result.to_records(), {"config": {"name": "light"}})
+    out = tmp_path / "fitted.json"
+    assert main(["profile", "--from-run", str(tmp_path / "run"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    fitted = LatencyProfile.model_validate_json(out.read_text())
+    assert fitted.full_generation_s["large"] == pytest.approx(3.0, rel=1e-3)
+    assert fitted.full_generation_s["small"] == pytest.approx(0.8, rel=1e-3)
+    assert fitted.fixed_s["small"] == pytest.approx(0.2, abs=1e-3)
