@@ -19,24 +19,25 @@ import heapq
 import json
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import faiss
 import numpy as np
 
+from loadgen.records import StatsSample
 from modm.config.schema import SystemMode
 from modm.policy import GlobalMonitor, KTable, RetrievalDecision, WindowStats
-from modm.policy.routing import Pool, PoolState, route
+from modm.policy.routing import PoolState, route
 from modm.sim.config import SimConfig
 from modm.sim.hits import FifoImageCache, HitModel, NoCache, ParametricHits, check_embeddings
 from modm.sim.nirvana import NirvanaLatentCache
 from modm.sim.profiles import ModelRole
 from modm.sim.results import MonitorDecision, SimResult, WorkerSwitch
 from modm.sim.workload import Workload
-from loadgen.records import StatsSample
 
 __all__ = ["Simulator", "build_hit_model", "simulate"]
 
@@ -55,6 +56,21 @@ class _State(IntEnum):
     IDLE = 0
     BUSY = 1
     SWITCHING = 2
+
+
+@dataclass
+class _Counts:
+    """Arrivals, hits and hits per k since some moment (a monitor window, or the start of the run)."""
+
+    requests: int = 0
+    hits: int = 0
+    k: Counter = field(default_factory=Counter)
+
+    def add(self, decision: RetrievalDecision) -> None:
+        self.requests += 1
+        if decision.hit:
+            self.hits += 1
+            self.k[decision.k] += 1
 
 
 @contextmanager
@@ -127,8 +143,8 @@ class Simulator:
         self._sequence = 0
         self.now = 0.0
         self.events = 0
-        self._window = {"requests": 0, "hits": 0, "k": {}}
-        self._totals = {"requests": 0, "hits": 0}
+        self._window = _Counts()
+        self._totals = _Counts()
         self.stats: list[StatsSample] = []
         self.decisions_log: list[MonitorDecision] = []
         self.switches: list[WorkerSwitch] = []
@@ -205,13 +221,8 @@ class Simulator:
         self.k[request] = decision.k
         if decision.score is not None:
             self.score[request] = decision.score
-        window = self._window
-        window["requests"] += 1
-        self._totals["requests"] += 1
-        if decision.hit:
-            window["hits"] += 1
-            self._totals["hits"] += 1
-            window["k"][decision.k] = window["k"].get(decision.k, 0) + 1
+        self._window.add(decision)
+        self._totals.add(decision)
         if self.profile.router_s > 0:
             self._push(self.now + self.profile.router_s, _Event.READY, request)
         else:
@@ -291,9 +302,9 @@ class Simulator:
     def _monitor_tick(self, *, act: bool) -> None:
         window = self._window
         if self.monitor is not None and act:
-            stats = WindowStats(request_rate=window["requests"] / self.config.monitor.window_s * 60.0,
-                                hit_rate=window["hits"] / window["requests"] if window["requests"] else 0.0,
-                                k_mix=dict(window["k"]), total_steps=self.total_steps)
+            stats = WindowStats(request_rate=window.requests / self.config.monitor.window_s * 60.0,
+                                hit_rate=window.hits / window.requests if window.requests else 0.0,
+                                k_mix=dict(window.k), total_steps=self.total_steps)
             allocation = self.monitor.step(stats, self.profile.throughput())
             self.decisions_log.append(MonitorDecision(
                 t_s=self.now, request_rate=stats.request_rate, hit_rate=stats.hit_rate,
@@ -301,16 +312,16 @@ class Simulator:
                 large=allocation.large, small=allocation.small, feasible=allocation.feasible))
             self._reassign(allocation.large)
         self._sample_stats()
-        self._window = {"requests": 0, "hits": 0, "k": {}}
+        self._window = _Counts()
 
     def _sample_stats(self) -> None:
         n_large = sum(role is ModelRole.LARGE for role in self.assigned)
         totals = self._totals
         self.stats.append(StatsSample(
-            t_s=self.now, requests=totals["requests"], hits=totals["hits"],
-            hit_rate=totals["hits"] / totals["requests"] if totals["requests"] else None,
+            t_s=self.now, requests=totals.requests, hits=totals.hits,
+            hit_rate=totals.hits / totals.requests if totals.requests else None,
             large=n_large, small=self.config.n_gpus - n_large,
-            k_mix_json=json.dumps({str(k): v for k, v in sorted(self._window["k"].items())}),
+            k_mix_json=json.dumps({str(k): v for k, v in sorted(self._window.k.items())}),
             queue_depths_json=json.dumps({role.value: len(q) for role, q in self.queues.items()})))
 
 
