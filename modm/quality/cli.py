@@ -130,8 +130,9 @@ def _is_stats_file(source: str) -> bool:
 
 
 def _cmd_fid(args) -> int:
+    from modm.quality.errors import QualityInputError
     from modm.quality.evaluate import score_image_set
-    from modm.quality.fid import FeatureStats, feature_stats, frechet_distance
+    from modm.quality.fid import FeatureStats, check_rank, feature_stats, frechet_distance
     from modm.quality.grouping import ALL, GroupBy, group_indices
     from modm.quality.images import PromptSource, load_image_set
     from modm.quality.inception import InceptionFeatureExtractor
@@ -145,16 +146,22 @@ def _cmd_fid(args) -> int:
         # Fail before spending the feature extraction on a comparison that cannot be made.
         raise ValueError(f"{args.b} holds statistics from {reference.extractor!r}, but the features would come "
                          f"from {cfg.extractor_id!r}; match --inception-weights/--dims to the file")
-    inception = InceptionFeatureExtractor.from_config(cfg)
-    if reference is None:
-        reference_set = score_image_set(load_image_set(args.b, prompts=PromptSource.NONE), (), inception,
-                                        read_batch=args.read_batch)
-        reference = feature_stats(reference_set.features, inception.extractor_id)
-    features = score_image_set(entries, (), inception, read_batch=args.read_batch).features
+    reference_entries = None if reference is not None else load_image_set(args.b, prompts=PromptSource.NONE)
+    reference_n = reference.n if reference is not None else len(reference_entries)
     groups = {ALL: list(range(len(entries)))}
     if args.group_by:
         groups.update({f"{GroupBy(args.group_by).value}={label}": idx
                        for label, idx in group_indices(entries, GroupBy(args.group_by)).items()})
+    # Refuse before any feature extraction when the answer is already known to be refused.
+    for label, idx in groups.items():
+        if len(idx) < 2:
+            raise QualityInputError(f"group {label} of {args.a} has {len(idx)} image(s); FID needs at least 2")
+        check_rank(len(idx), reference_n, int(cfg.dims), allow_low_rank=args.allow_low_rank)
+    inception = InceptionFeatureExtractor.from_config(cfg)
+    if reference is None:
+        reference_set = score_image_set(reference_entries, (), inception, read_batch=args.read_batch)
+        reference = feature_stats(reference_set.features, inception.extractor_id)
+    features = score_image_set(entries, (), inception, read_batch=args.read_batch).features
     rows = []
     for label, idx in groups.items():
         result = frechet_distance(feature_stats(features[idx], inception.extractor_id), reference,

@@ -24,7 +24,8 @@ from scipy import linalg
 
 from modm.quality.errors import FidNumericalError, LowRankCovarianceError, QualityInputError
 
-__all__ = ["DEFAULT_SQRTM_EPS", "FeatureStats", "FidResult", "IMAGINARY_ATOL", "feature_stats", "frechet_distance"]
+__all__ = ["DEFAULT_SQRTM_EPS", "FeatureStats", "FidResult", "IMAGINARY_ATOL", "check_rank", "feature_stats",
+           "frechet_distance"]
 
 DEFAULT_SQRTM_EPS = 1e-6   # pytorch_fid's offset
 IMAGINARY_ATOL = 1e-3      # pytorch_fid's test for a negligible imaginary part
@@ -127,6 +128,17 @@ def _sqrtm_trace(sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float, *, singul
     return float(np.trace(covmean)), offset_used
 
 
+def check_rank(n_a: int, n_b: int, dims: int, *, allow_low_rank: bool) -> bool:
+    """Whether either covariance is rank-deficient; raises `LowRankCovarianceError` for that unless allowed."""
+    low_rank = min(n_a, n_b) <= dims
+    if low_rank and not allow_low_rank:
+        raise LowRankCovarianceError(
+            f"FID on {dims}-d features needs more than {dims} images per set, got {n_a} and {n_b}: the "
+            f"covariance is singular and the FID unreliable. Use more images (10,000 is usual), fewer feature dims, "
+            f"or allow_low_rank to compute it anyway (marked unreliable)")
+    return low_rank
+
+
 def frechet_distance(a: FeatureStats, b: FeatureStats, *, allow_low_rank: bool = False,
                      eps: float = DEFAULT_SQRTM_EPS) -> FidResult:
     if a.dims != b.dims:
@@ -134,12 +146,7 @@ def frechet_distance(a: FeatureStats, b: FeatureStats, *, allow_low_rank: bool =
     if a.extractor and b.extractor and a.extractor != b.extractor:
         raise QualityInputError(f"statistics come from different feature extractors: {a.extractor!r} vs "
                                 f"{b.extractor!r}")
-    low_rank = min(a.n, b.n) <= a.dims
-    if low_rank and not allow_low_rank:
-        raise LowRankCovarianceError(
-            f"FID on {a.dims}-d features needs more than {a.dims} images per set, got {a.n} and {b.n}: the "
-            f"covariance is singular and the FID unreliable. Use more images (10,000 is usual), fewer feature dims, "
-            f"or allow_low_rank to compute it anyway (marked unreliable)")
+    low_rank = check_rank(a.n, b.n, a.dims, allow_low_rank=allow_low_rank)
     trace_sqrt, offset_used = _sqrtm_trace(a.sigma, b.sigma, eps, singular_expected=low_rank)
     diff = a.mu - b.mu
     scale = float(np.trace(a.sigma) + np.trace(b.sigma))

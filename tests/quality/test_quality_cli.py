@@ -83,6 +83,12 @@ def test_ref_stats_then_fid_against_them(tmp_path, capsys):
     assert other_vs_ref > 0
     assert json.loads(out.read_text())["groups"][0]["fid"] == pytest.approx(other_vs_ref, rel=1e-6)
 
+    # A group too small for a covariance is refused up front, naming the group.
+    (tmp_path / "lonely.csv").write_text(other.read_text() + "other/img_000.png,x,c\n")
+    assert main(["fid", str(tmp_path / "lonely.csv"), str(stats_path), "--dims", "64", "--allow-low-rank",
+                 "--group-by", "system", *RANDOM_INCEPTION]) == 2
+    assert "group system=c of" in capsys.readouterr().err
+
     # Statistics from another feature layer are refused rather than compared.
     assert main(["fid", str(folder), str(stats_path), "--dims", "192", "--allow-low-rank", *RANDOM_INCEPTION]) == 2
     assert "holds statistics from 'torchvision-inception-v3/random:0/64'" in capsys.readouterr().err

@@ -98,6 +98,8 @@ def test_inception_score_splits_and_bad_input():
 
 def test_inception_score_of_identical_images_is_one(inception):
     image = noise_image(7, (80, 60))
-    out = inception.extract([image, image.copy(), image.convert("RGBA")])
-    assert out.features.shape == (3, 64) and out.logits.shape == (3, 1000)
-    assert inception_score(out.logits, splits=1).mean == pytest.approx(1.0, abs=1e-9)
+    different = [noise_image(8, (80, 60)), noise_image(9, (80, 60)).point(lambda v: v // 3)]
+    out = inception.extract([image, image.copy(), image.convert("RGBA"), *different])
+    assert out.features.shape == (5, 64) and out.logits.shape == (5, 1000)
+    assert inception_score(out.logits[:3], splits=1).mean == pytest.approx(1.0, abs=1e-9)
+    assert inception_score(out.logits[2:], splits=1).mean > 1 + 1e-4  # the network does tell images apart
