@@ -8,6 +8,7 @@ comes from a seeded CPU `torch.Generator`, which gives the same draws on every d
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from dataclasses import dataclass
 
@@ -107,7 +108,11 @@ class DiffusionGenerator:
         if image.size != (req.width, req.height):
             image = image.resize((req.width, req.height), Image.Resampling.BICUBIC)
         size = {"height": req.height, "width": req.width} if self._img2img_takes_size else {}
-        out = self.refine_pipe(image=image, strength=strength, **size, **self._common(req), **self._img2img_kwargs)
+        common = self._common(req)
+        # img2img runs int(steps * strength) steps; with few steps that can round to zero, which diffusers cannot
+        # run. Refine with at least one step by stretching the schedule just enough.
+        common["num_inference_steps"] = max(req.steps, math.ceil(1.0 / strength - 1e-9))
+        out = self.refine_pipe(image=image, strength=strength, **size, **common, **self._img2img_kwargs)
         return out.images[0]
 
     @torch.inference_mode()

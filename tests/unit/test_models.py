@@ -142,3 +142,9 @@ def test_generation_leaves_global_rng_alone(large):
     torch.manual_seed(123)
     large.txt2img(REQ)
     assert torch.equal(torch.rand(1), expected)
+
+
+def test_refinement_with_few_steps_still_runs_a_step(small):
+    # 2 steps at strength 0.4 would round to zero denoising steps.
+    out = small.img2img(GenerationRequest("x", 64, 64, 2, 0), Image.new("RGB", (64, 64), "blue"), strength=0.4)
+    assert out.size == (64, 64)

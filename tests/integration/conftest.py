@@ -1,0 +1,72 @@
+"""One local Ray cluster and one Serve app per test session, reached through real HTTP on loopback."""
+
+import socket
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.ray
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def system_config(zoo, cache_dir) -> dict:
+    model = {"device": "cpu", "num_inference_steps": 4, "default_size": 64, "max_size": 128}
+    return {
+        "mode": "modm",
+        "models": {"large": {"source": str(zoo.large), **model},
+                   "small": {"source": str(zoo.small), "guidance_scale": 7.5, **model}},
+        "embedder": {"kind": "minilm", "device": "cpu"},
+        "cache": {"directory": str(cache_dir), "admission": "cache-all"},
+        "policy": {"k_table": "minilm-text"},
+        "monitor": {"mode": "throughput", "gpu_budget": 3, "window_s": 2.0, "min_small": 1},
+        "limits": {"max_prompt_chars": 500, "max_steps": 8, "max_images": 2},
+        "serving": {"request_timeout_s": 60, "stats_report_interval_s": 0.5},
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, _metrics_export_port=free_port(),
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()  # skip serve.shutdown(): it adds seconds and the cluster goes anyway
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_cluster, tiny_zoo, tmp_path_factory):
+    from ray import serve
+
+    from deployments.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+    app = build_app({"system": system_config(tiny_zoo, tmp_path_factory.mktemp("cache"))})
+    started = time.perf_counter()
+    serve.run(app, name="modm", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        pytest.fail("the Serve app did not become healthy within 240 s")
+    print(f"\nServe app ready in {time.perf_counter() - started:.1f}s")
+    return url
+
+
+@pytest.fixture(scope="session")
+def client(serve_app):
+    with httpx.Client(base_url=serve_app, timeout=120) as c:
+        yield c

@@ -1,0 +1,102 @@
+"""HTTP round trips through the Serve proxy: a miss, then a hit on a paraphrase; bad requests; stats and docs."""
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.ray
+
+
+def generate(client, prompt, tenant="it-http", **extra):
+    body = {"prompt": prompt, "size": "64x64", "steps": 4, "seed": 1, **extra}
+    return client.post("/v1/images/generations", json=body, headers={"X-Tenant-Id": tenant})
+
+
+def wait_admitted(client, entries, timeout_s=30):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.get("/v1/stats").json()["cache"]["entries"] >= entries:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"cache never reached {entries} entries")
+
+
+def test_miss_then_hit_on_a_paraphrase(client):
+    first = generate(client, "a medieval castle on a hill at sunset")
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["modm"]["hit"] is False and body["modm"]["model"] == "large"
+    image = Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"])))
+    assert image.size == (64, 64) and image.format == "PNG"
+    wait_admitted(client, 1)
+
+    second = generate(client, "an old medieval castle on a hill during sunset")
+    assert second.status_code == 200, second.text
+    decision = second.json()["modm"]
+    assert decision["hit"] is True and decision["model"] == "small"
+    assert decision["k"] > 0 and decision["strength"] == pytest.approx(1 - decision["k"] / 50)
+    assert {"embed", "retrieve", "generate"} <= set(decision["timings_s"])
+
+    unrelated = generate(client, "a bowl of ramen noodles with chopsticks")
+    assert unrelated.json()["modm"]["hit"] is False
+
+
+def test_other_tenants_do_not_see_the_cached_image(client):
+    generate(client, "a lighthouse in a storm at night", tenant="it-alice")
+    wait_admitted(client, 1)
+    other = generate(client, "a lighthouse in a storm at night", tenant="it-bob")
+    assert other.status_code == 200 and other.json()["modm"]["hit"] is False
+
+
+def test_n_images_and_seeds(client):
+    response = generate(client, "a field of sunflowers", tenant="it-n", n=2)
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert len(data) == 2 and data[0]["b64_json"] != data[1]["b64_json"]
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"prompt": "x", "size": "65x64"}, 400, "width=65"),
+    ({"prompt": "x", "size": "1024x1024"}, 400, "largest size"),
+    ({"prompt": "x", "size": "big"}, 422, "size"),
+    ({"prompt": "x", "steps": 0}, 422, "steps"),
+    ({"prompt": "x", "steps": 9}, 400, "steps=9"),
+    ({"prompt": "x", "n": 3}, 400, "n=3"),
+    ({"prompt": ""}, 422, "prompt"),
+    ({"prompt": "   "}, 422, "blank"),
+    ({"prompt": "x" * 501}, 400, "501 characters"),
+    ({"prompt": 3}, 422, "prompt"),
+    ({}, 422, "prompt"),
+    ({"prompt": "x", "response_format": "url"}, 422, "response_format"),
+    ({"prompt": "x", "unexpected": 1}, 422, "unexpected"),
+])
+def test_bad_requests_get_a_reason(client, body, status, fragment):
+    response = client.post("/v1/images/generations", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert fragment in error["message"] and error["type"]
+
+
+def test_bad_tenant_header(client):
+    response = client.post("/v1/images/generations", json={"prompt": "x"}, headers={"X-Tenant-Id": "../../etc"})
+    assert response.status_code == 400 and "X-Tenant-Id" in response.json()["error"]["message"]
+
+
+def test_not_json(client):
+    response = client.post("/v1/images/generations", content=b"\xff\x00", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_stats_health_and_docs(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    stats = client.get("/v1/stats").json()
+    for key in ("requests", "hits", "hit_rate", "k_mix", "queue_depths", "allocation", "cache"):
+        assert key in stats
+    assert stats["allocation"]["large"] + stats["allocation"]["small"] == 3
+    spec = client.get("/openapi.json").json()
+    assert "/v1/images/generations" in spec["paths"]
+    assert client.get("/docs").status_code == 200
