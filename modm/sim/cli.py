@@ -89,6 +89,9 @@ def _add_workload_options(p: argparse.ArgumentParser, *, default_n: int) -> None
     g.add_argument("--sessions", action="store_true", help="impose loadgen's session model (prompt lists)")
     g.add_argument("-n", "--requests", type=int, default=default_n, help="measured requests")
     g.add_argument("--warm-up", type=int, default=0, help="requests sent first and excluded from reports")
+    g.add_argument("--prefill", action="store_true",
+                   help="warm the cache with the warm-up prompts before time 0 instead of sending them "
+                        "(MoDM's pre-cache of large-model images)")
     g.add_argument("--embeddings", type=Path, default=None,
                    help="prompt-embedding cache (.npz); missing prompts are embedded with MiniLM and added")
 
@@ -126,7 +129,8 @@ def _workload_factory(args, config: SimConfig) -> WorkloadFactory:
         embeddings = load_or_embed(args.embeddings, [r.prompt for r in requests])
         print(f"embeddings: {embeddings.shape[0]} prompts in {time.perf_counter() - started:.1f} s"
               + (f" (cache {args.embeddings})" if args.embeddings else ""), file=sys.stderr)
-    return WorkloadFactory(requests, embeddings, seed=args.seed, default_warm_up=args.warm_up)
+    return WorkloadFactory(requests, embeddings, seed=args.seed, default_warm_up=args.warm_up,
+                           default_prefill=args.prefill)
 
 
 def _arrival(args) -> ArrivalConfig:
@@ -145,14 +149,14 @@ def _cmd_run(args) -> int:
     if args.from_run is not None:
         workload, run_config = workload_from_run(args.from_run)
         workload = dataclasses.replace(workload, name=args.name or f"sim-{run_config.name}")
-        embeddings = None
+        embeddings, prefill = None, None
         if config.parametric is None and config.system is not SystemMode.VANILLA:
             embeddings = load_or_embed(args.embeddings, workload.prompts)
         measured = load_run(args.from_run)
     else:
         source = _workload_factory(args, config)
-        workload, embeddings = source(_arrival(args), args.name or f"sim-{config.system.value}")
-    result = simulate(config, workload, embeddings)
+        workload, embeddings, prefill = source(_arrival(args), args.name or f"sim-{config.system.value}")
+    result = simulate(config, workload, embeddings, prefill)
     summary = result.summary(args.reference_latency_s)
     print(format_summary(summary))
     cost = result.cost()

@@ -33,6 +33,10 @@ class HitModel(Protocol):
     def complete(self, request: int, decision: RetrievalDecision, *, from_large_model: bool) -> None:
         """Request `request` finished; its output may enter the cache."""
 
+    def prefill(self, keys: np.ndarray) -> None:
+        """Fill the cache before time 0 with large-model outputs whose keys are the rows of `keys` (MoDM warms
+        its cache with 10k SD3.5-Large images; NIRVANA's pre-cache holds those prompts' latents)."""
+
 
 def check_embeddings(embeddings: np.ndarray, n_requests: int) -> np.ndarray:
     """(n_requests, dim) C-contiguous float32 with unit rows, or a ValueError saying what is wrong."""
@@ -72,6 +76,9 @@ class ParametricHits:
 
     def complete(self, request: int, decision: RetrievalDecision, *, from_large_model: bool) -> None:
         return None  # nothing is cached
+
+    def prefill(self, keys: np.ndarray) -> None:
+        return None  # hits do not depend on what is cached
 
 
 class FifoImageCache:
@@ -116,14 +123,20 @@ class FifoImageCache:
         return self.k_table.decide(score)
 
     def complete(self, request: int, decision: RetrievalDecision, *, from_large_model: bool) -> None:
-        if not should_admit(self.admission, from_large_model=from_large_model, refined=decision.hit):
-            return
+        if should_admit(self.admission, from_large_model=from_large_model, refined=decision.hit):
+            self._insert(self._embeddings[request], request)
+
+    def prefill(self, keys: np.ndarray) -> None:
+        for key in check_embeddings(keys, keys.shape[0]):
+            self._insert(key, -1)  # -1: produced before the run, by no request of the workload
+
+    def _insert(self, key: np.ndarray, request: int) -> None:
         slot = self._next_slot
         if self._size == self.capacity:
             self.evicted += 1  # the oldest entry sits in the slot about to be overwritten
         else:
             self._size += 1
-        self._keys[slot] = self._embeddings[request]
+        self._keys[slot] = key
         self._entry_request[slot] = request
         self._next_slot = (slot + 1) % self.capacity
         self.admitted += 1
@@ -136,4 +149,7 @@ class NoCache:
         return RetrievalDecision.miss()
 
     def complete(self, request: int, decision: RetrievalDecision, *, from_large_model: bool) -> None:
+        return None
+
+    def prefill(self, keys: np.ndarray) -> None:
         return None

@@ -50,6 +50,7 @@ class NirvanaLatentCache:
         self._heap: list[tuple[int, int, int, int]] = []  # (f*k, sequence, k, prompt); stale items skipped
         self._entries = 0
         self._next_sequence = 0
+        self._prefilled = 0
         self.evicted_entries = 0
         self.eviction_log: list[tuple[int, int]] | None = [] if record_evictions else None
 
@@ -84,16 +85,26 @@ class NirvanaLatentCache:
     def complete(self, request: int, decision: RetrievalDecision, *, from_large_model: bool) -> None:
         if decision.hit:
             return  # a resumed run from step k leaves no new latents in this re-implementation
+        self._insert(request, self._embeddings[request:request + 1])
+
+    def prefill(self, keys: np.ndarray) -> None:
+        """Latents of prompts generated before the run; their ids follow the workload's request ids."""
+        first_id = self._embeddings.shape[0] + self._prefilled
+        for offset in range(keys.shape[0]):
+            self._insert(first_id + offset, np.ascontiguousarray(keys[offset:offset + 1], dtype=np.float32))
+        self._prefilled += keys.shape[0]
+
+    def _insert(self, prompt: int, key: np.ndarray) -> None:
         while self._entries + len(self.k_choices) > self.capacity_entries and self._entries:
             self._evict_one_prompt()
         sequence = self._next_sequence
         self._next_sequence += 1
-        self._order[request] = sequence
-        self._frequency[request] = {k: 0 for k in self.k_choices}
+        self._order[prompt] = sequence
+        self._frequency[prompt] = {k: 0 for k in self.k_choices}
         for k in self.k_choices:
-            heapq.heappush(self._heap, (0, sequence, k, request))
+            heapq.heappush(self._heap, (0, sequence, k, prompt))
         self._entries += len(self.k_choices)
-        self._index.add(np.array([request], dtype=np.int64), self._embeddings[request:request + 1])
+        self._index.add(np.array([prompt], dtype=np.int64), key)
 
     def _evict_one_prompt(self) -> None:
         """Pop lowest-score entries until one prompt has none left; that prompt leaves the index."""

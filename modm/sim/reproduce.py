@@ -66,8 +66,8 @@ def system_configs(setup: ExperimentSetup, modm_mode: MonitorMode) -> dict[str, 
 
 def _run(config: SimConfig, source: WorkloadFactory, arrival: ArrivalConfig, name: str, out_dir: Path | None,
          **selection) -> tuple[SimResult, RunSummary]:
-    workload, embeddings = source(arrival, name, **selection)
-    result = simulate(config, workload, embeddings)
+    workload, embeddings, prefill = source(arrival, name, **selection)
+    result = simulate(config, workload, embeddings, prefill)
     if out_dir is not None:
         result.write(out_dir / name)
     return result, result.summary()
@@ -195,13 +195,15 @@ class RampResult:
 def run_ramp(setup: ExperimentSetup, source: WorkloadFactory, *, max_rate: float | None = None,
              n_requests: int | None = None, modm_mode: MonitorMode = MonitorMode.QUALITY,
              out_dir: Path | None = None) -> RampResult:
-    """The ramp starts cold at 1 req/min (no warm-up requests: they would sit at the slow end of the ramp)."""
+    """The ramp starts at 1 req/min with no warm-up requests (they would sit at the slow end of the ramp); with a
+    prefilling factory the warm-up prompts warm the cache instead."""
+    warm_up = None if source.default_prefill else 0
     max_rate = modm_ramp_max_rate(setup.profile, setup.n_gpus) if max_rate is None else max_rate
     arrival = ArrivalConfig(kind=ArrivalKind.RAMP, min_rate_per_min=1.0, max_rate_per_min=max_rate)
     rows, peak, allocation, cost, offered = {}, {}, [], 0.0, 0.0
     for name, config in system_configs(setup, modm_mode).items():
         sim, summary = _run(config, source, arrival, f"{name}-{setup.label}-ramp", out_dir, n_requests=n_requests,
-                            warm_up=0)
+                            warm_up=warm_up)
         rows[name], cost = summary, cost + sim.wall_s
         arrivals = sim.arrival_s[~sim.workload.warm_up]
         t0, t1 = np.quantile(arrivals, 0.75), arrivals.max()

@@ -84,8 +84,19 @@ def _single_threaded_faiss() -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
-def build_hit_model(config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None) -> HitModel:
-    """The hit model `config` asks for: no cache (vanilla), parametric, or retrieval over `embeddings`."""
+def build_hit_model(config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None,
+                    prefill: np.ndarray | None = None) -> HitModel:
+    """The hit model `config` asks for: no cache (vanilla), parametric, or retrieval over `embeddings`; caches
+    start with the outputs keyed by the rows of `prefill` (a warm cache), if given."""
+    model = _hit_model(config, workload, embeddings)
+    if prefill is not None and len(prefill):
+        if embeddings is not None and prefill.shape[1:] != embeddings.shape[1:]:
+            raise ValueError(f"prefill keys have shape {prefill.shape}, the workload's embeddings {embeddings.shape}")
+        model.prefill(np.ascontiguousarray(prefill, dtype=np.float32))
+    return model
+
+
+def _hit_model(config: SimConfig, workload: Workload, embeddings: np.ndarray | None) -> HitModel:
     total_steps = config.policy.total_steps
     if config.system is SystemMode.VANILLA:
         return NoCache()
@@ -325,6 +336,7 @@ class Simulator:
             queue_depths_json=json.dumps({role.value: len(q) for role, q in self.queues.items()})))
 
 
-def simulate(config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None) -> SimResult:
-    """Build the hit model for `config` and run the simulation."""
-    return Simulator(config, workload, build_hit_model(config, workload, embeddings)).run()
+def simulate(config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None,
+             prefill: np.ndarray | None = None) -> SimResult:
+    """Build the hit model for `config` (warmed with `prefill` keys, if given) and run the simulation."""
+    return Simulator(config, workload, build_hit_model(config, workload, embeddings, prefill)).run()

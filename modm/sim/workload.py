@@ -125,7 +125,8 @@ class WorkloadFactory:
     """
 
     def __init__(self, requests: list[TraceRequest] | None, embeddings: np.ndarray | None = None, *,
-                 seed: int = 42, default_warm_up: int = 0, default_requests: int | None = None):
+                 seed: int = 42, default_warm_up: int = 0, default_requests: int | None = None,
+                 default_prefill: bool = False):
         if requests is not None and embeddings is not None and embeddings.shape[0] != len(requests):
             raise ValueError(f"{embeddings.shape[0]} embeddings for {len(requests)} requests")
         self.requests = requests
@@ -133,21 +134,28 @@ class WorkloadFactory:
         self.seed = seed
         self.default_warm_up = default_warm_up
         self.default_requests = default_requests
+        self.default_prefill = default_prefill
 
     def __call__(self, arrival: ArrivalConfig, name: str, *, n_requests: int | None = None,
-                 warm_up: int | None = None) -> tuple[Workload, np.ndarray | None]:
-        """The first `warm_up + n_requests` requests (the first `warm_up` flagged as warm-up)."""
+                 warm_up: int | None = None, prefill: bool | None = None) -> tuple[Workload, np.ndarray | None,
+                                                                              np.ndarray | None]:
+        """(workload, its embeddings, prefill keys) for the first `warm_up + n_requests` requests. The first
+        `warm_up` are sent first and excluded from reports or, with `prefill`, not sent at all: their embeddings
+        come back as keys to warm the cache with before time 0 (MoDM's pre-cache)."""
         warm_up = self.default_warm_up if warm_up is None else warm_up
+        prefill = self.default_prefill if prefill is None else prefill
         n_requests = self.default_requests if n_requests is None else n_requests
         if self.requests is None:
             if n_requests is None:
                 raise ValueError("a synthetic workload needs n_requests")
             return synthetic_workload(warm_up + n_requests, arrival, warm_up=warm_up, seed=self.seed,
-                                      name=name), None
+                                      name=name), None, None
         total = len(self.requests) if n_requests is None else warm_up + n_requests
         if total > len(self.requests) or warm_up >= total:
             raise ValueError(f"{warm_up} warm-up + {n_requests} requests asked of a list of {len(self.requests)}")
-        requests = [replace(r, warm_up=i < warm_up) for i, r in enumerate(self.requests[:total])]
+        first = warm_up if prefill else 0
+        requests = [replace(r, warm_up=i < warm_up) for i, r in enumerate(self.requests[first:total], first)]
         offsets = arrival_offsets(arrival, requests, worker_rng(self.seed, 1, 0), n_workers=1)
-        embeddings = None if self.embeddings is None else self.embeddings[:total]
-        return Workload.from_trace(name, requests, arrival, offsets), embeddings
+        embeddings = None if self.embeddings is None else self.embeddings[first:total]
+        keys = None if self.embeddings is None or not prefill else self.embeddings[:warm_up]
+        return Workload.from_trace(name, requests, arrival, offsets), embeddings, keys

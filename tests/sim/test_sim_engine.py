@@ -184,3 +184,21 @@ def test_a_small_pool_scaled_to_zero_hands_its_waiting_hits_to_the_large_pool():
     assert result.monitor_decisions[-1].small == 0
     assert np.all(result.completions == 1)
     assert np.any(result.hit & (result.served_by == 0))
+
+
+@pytest.mark.parametrize("system", [SystemMode.MODM, SystemMode.NIRVANA])
+def test_prefill_warms_the_cache_instead_of_sending_the_warm_up_requests(system):
+    from loadgen import ArrivalConfig, ArrivalKind, TraceRequest
+    from modm.sim import WorkloadFactory
+
+    emb = clustered_embeddings(300, n_topics=25, seed=4)
+    factory = WorkloadFactory([TraceRequest(prompt=f"p{i}", source_row=i) for i in range(300)], emb,
+                              default_warm_up=100, default_prefill=True)
+    workload, embeddings, keys = factory(ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=4.0), "warm")
+    assert workload.n_requests == 200 and not workload.warm_up.any() and keys.shape == (100, emb.shape[1])
+    assert workload.trace[0].source_row == 100 and np.array_equal(embeddings, emb[100:])
+    config = _config(system, n_gpus=4)
+    warm = simulate(config, workload, embeddings, keys)
+    cold = simulate(config, workload, embeddings)
+    assert np.all(warm.completions == 1)
+    assert warm.hit[:50].mean() > cold.hit[:50].mean() + 0.2  # the first requests find the pre-cache
