@@ -4,7 +4,8 @@ The model is a randomly initialised ~52M-parameter SD-style UNet2DConditionModel
 stock diffusers StableDiffusionPipeline with classifier-free guidance, so the denoiser dominates and the work is
 compute bound. Each configuration runs in fresh processes: one untimed call (allocation, AsyncDiff profiling),
 then `--repeats` timed calls; the best time is reported. PSNR compares the decoded image with the single-device
-image of the same seed (data range 1; infinite = identical).
+image of the same seed (data range 1; infinite = identical). Besides wall time, the busiest rank's CPU time is
+reported: on a shared machine it shows what the split costs per rank when every rank has a core to itself.
 
     .venv/bin/python benchmarks/parallel_bench.py --steps 8 --json benchmarks/results/parallel_bench.json
 
@@ -46,6 +47,8 @@ class Row:
     warmup_steps: int
     seconds: float
     speedup: float
+    cpu_seconds: float       # busiest rank's CPU time: what the call costs with a free core per rank
+    cpu_speedup: float
     psnr_db: float
     max_abs_vs_single: float
 
@@ -95,23 +98,26 @@ def _rank_main(rank: int, world_size: int, port: int, overrides: dict, args: dic
     call = dict(prompt="a watercolor lighthouse at dawn", num_inference_steps=args["steps"], height=args["size"],
                 width=args["size"], guidance_scale=5.0, output_type="latent")
     pipe(**call, generator=torch.Generator().manual_seed(1))  # untimed: allocation, profiling, caches
-    times = []
+    walls, cpus = [], []
     for _ in range(args["repeats"]):
         if world_size > 1:
             dist.barrier()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         latents = pipe(**call, generator=torch.Generator().manual_seed(args["seed"])).images
-        times.append(time.perf_counter() - start)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)  # all threads of this rank, gloo's included
+    image = None
     if rank == 0:
         with torch.no_grad():
             vae = pipe.pipe.vae
             image = vae.decode(latents / vae.config.scaling_factor).sample
         image = ((image.clamp(-1, 1) + 1) / 2).numpy()
-        results.put((min(times), image))
+    results.put((rank, min(walls), min(cpus), image))
     ctx.destroy()
 
 
-def run_config(name: str, args: dict, tokenizer_dir: str) -> tuple[float, np.ndarray]:
+def run_config(name: str, args: dict, tokenizer_dir: str) -> tuple[float, float, np.ndarray]:
+    """(wall seconds of rank 0, largest CPU seconds of any rank, rank 0's decoded image)."""
     world_size, overrides = CONFIGS[name]
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -123,13 +129,14 @@ def run_config(name: str, args: dict, tokenizer_dir: str) -> tuple[float, np.nda
     for p in procs:
         p.start()
     try:
-        seconds, image = results.get(timeout=args["timeout_s"])
+        reports = [results.get(timeout=args["timeout_s"]) for _ in procs]
     finally:
         for p in procs:
             p.join(timeout=60)
             if p.is_alive():
                 p.kill()
-    return seconds, image
+    by_rank = {rank: (wall, cpu, image) for rank, wall, cpu, image in reports}
+    return by_rank[0][0], max(cpu for _, cpu, _ in by_rank.values()), by_rank[0][2]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -157,20 +164,24 @@ def main() -> None:
     tokenizer_dir = tempfile.mkdtemp(prefix="modm-bench-tok-")
     write_clip_bpe_files(tokenizer_dir)
     load_before = os.getloadavg()
-    base_seconds, base_image = run_config("single", args, tokenizer_dir)
-    rows = [Row("single", 1, opts.size, opts.steps, opts.warmup_steps, base_seconds, 1.0, math.inf, 0.0)]
+    base_seconds, base_cpu, base_image = run_config("single", args, tokenizer_dir)
+    rows = [Row("single", 1, opts.size, opts.steps, opts.warmup_steps, base_seconds, 1.0, base_cpu, 1.0, math.inf,
+                0.0)]
     for name in opts.methods:
-        seconds, image = run_config(name, args, tokenizer_dir)
+        seconds, cpu, image = run_config(name, args, tokenizer_dir)
         rows.append(Row(name, CONFIGS[name][0], opts.size, opts.steps, opts.warmup_steps, seconds,
-                        base_seconds / seconds, psnr(image, base_image), float(np.abs(image - base_image).max())))
+                        base_seconds / seconds, cpu, base_cpu / cpu, psnr(image, base_image),
+                        float(np.abs(image - base_image).max())))
         print(f"  done {name}: {seconds:.2f} s", flush=True)
     load_after = os.getloadavg()
 
-    header = f"{'method':<24}{'ranks':>6}{'resolution':>12}{'seconds':>10}{'speed-up':>10}{'PSNR dB':>10}"
+    header = (f"{'method':<24}{'ranks':>6}{'resolution':>12}{'seconds':>10}{'speed-up':>10}{'PSNR dB':>10}"
+              f"{'CPU s':>9}{'CPU speed-up':>14}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r.method:<24}{r.ranks:>6}{r.resolution:>12}{r.seconds:>10.2f}{r.speedup:>9.2f}x{r.psnr_db:>10.2f}")
+        print(f"{r.method:<24}{r.ranks:>6}{r.resolution:>12}{r.seconds:>10.2f}{r.speedup:>9.2f}x{r.psnr_db:>10.2f}"
+              f"{r.cpu_seconds:>9.2f}{r.cpu_speedup:>13.2f}x")
     print(f"load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f} on {os.cpu_count()} cores")
 
     os.makedirs(os.path.dirname(opts.json) or ".", exist_ok=True)
