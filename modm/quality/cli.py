@@ -107,7 +107,9 @@ def _cmd_score(args) -> int:
     from modm.quality.report import format_table, summarise, write_json, write_per_image
 
     metrics = list(dict.fromkeys(Metric(m) for m in args.metrics))
-    entries = load_image_set(args.source, prompts=PromptSource(args.prompts), system=args.system)
+    needs_prompts = any(m is not Metric.IS for m in metrics)  # the Inception Score ignores prompts
+    entries = load_image_set(args.source, prompts=PromptSource(args.prompts) if needs_prompts else PromptSource.NONE,
+                             system=args.system)
     scorers = [_prompt_metric(m.value, args) for m in metrics if m is not Metric.IS]
     inception = (InceptionFeatureExtractor.from_config(_inception_config(args))
                  if Metric.IS in metrics else None)

@@ -2,7 +2,8 @@
 
 Per-image metrics (CLIPScore, PickScore) are averaged over the group's images. The Inception Score is computed on
 the group's images with the requested number of splits; a group with fewer images than splits gets no IS (`None`,
-with the reason in `note`) rather than a number from a different recipe.
+with the reason in `note`) rather than a number from a different recipe. A breakdown is left out when no image
+carries its field (a plain folder has no hit or k).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from modm.quality.errors import QualityInputError
 from modm.quality.evaluate import ImageSetScores
-from modm.quality.grouping import ALL, GroupBy, group_indices
+from modm.quality.grouping import ALL, UNKNOWN, GroupBy, group_indices
 from modm.quality.inception_score import DEFAULT_IS_SPLITS, inception_score
 
 __all__ = ["GroupRow", "format_table", "summarise", "write_json", "write_per_image"]
@@ -54,7 +55,10 @@ def summarise(scores: ImageSetScores, group_by: Sequence[GroupBy] = (), *,
         raise QualityInputError(f"is_splits={is_splits} must be at least 1")
     rows = [_row(scores, list(range(len(scores.entries))), ALL, ALL, is_splits)]
     for by in dict.fromkeys(GroupBy(b) for b in group_by):
-        for label, indices in group_indices(scores.entries, by).items():
+        groups = group_indices(scores.entries, by)
+        if list(groups) == [UNKNOWN]:
+            continue  # no image carries this field (e.g. hit/k for a plain folder): the breakdown says nothing
+        for label, indices in groups.items():
             rows.append(_row(scores, indices, by.value, label, is_splits))
     return rows
 

@@ -100,7 +100,9 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert "no images in" in capsys.readouterr().err
     write_folder(tmp_path / "noprompts", ["x"])
     (tmp_path / "noprompts" / "img_000.txt").unlink()
-    assert main(["score", str(tmp_path / "noprompts"), "--metrics", "is", *RANDOM_INCEPTION]) == 2
+    # Prompts are checked before any model loads (this CLIP directory does not even exist).
+    assert main(["score", str(tmp_path / "noprompts"), "--metrics", "clip", "--clip-model",
+                 f"local-dir:{tmp_path / 'absent'}", "--device", "cpu"]) == 2
     assert "no prompt file" in capsys.readouterr().err
     assert main(["fid", str(tmp_path / "stats.npz"), str(tmp_path / "noprompts"), *RANDOM_INCEPTION]) == 2
     assert "put the stats file" in capsys.readouterr().err

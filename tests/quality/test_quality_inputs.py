@@ -127,5 +127,8 @@ def test_summary_rows_per_group():
     # all: splits of classes (0, 1, 0) and (1, 0, 1); KL mean (2 log 1.5 + log 3) / 3 in each.
     assert by_name["all", "all"].inception_score == pytest.approx((1.5 ** 2 * 3) ** (1 / 3))
     assert by_name["k", "5"].inception_score is None and "1 images < 2 splits" in by_name["k", "5"].note
+    plain = [ImageEntry(f"{i}.png", "p") for i in range(3)]  # a folder: no system, hit or k
+    assert [(r.group_by, r.n) for r in summarise(ImageSetScores(plain, {"clip": clip[:3]}), list(GroupBy))] == [
+        ("all", 3)]
     table = format_table(rows)
     assert "system=modm" in table and "k=miss" in table and "CLIPScore" in table and "IS" in table

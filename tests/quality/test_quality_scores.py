@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from modm.embedding import OpenClipEmbedder
 from modm.quality import (ClipScoreConfig, ClipScorer, PickScoreConfig, PickScorer, QualityInputError,
