@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m modm.cli demo
+	$(PY) -m deployments.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra --timeout=900 $(PYTEST_ARGS)

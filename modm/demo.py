@@ -18,16 +18,22 @@ def default_config_path() -> Path:
     return Path(str(resources.files("deployments") / "configs" / "local.yaml"))
 
 
+def demo_workload_path() -> Path:
+    """The embedded workload: 6 users, each refining a DiffusionDB prompt (CC0) a few times, interleaved in
+    arrival order: the temporal locality MoDM's cache exploits. A TSV with columns user_name, prompt."""
+    return Path(str(resources.files("modm") / "data" / "demo_prompts.tsv"))
+
+
 def read_workload(path: Path | None = None) -> list[tuple[str, str]]:
-    """(user, prompt) rows of a TSV; '#' lines are comments."""
-    text = path.read_text(encoding="utf-8") if path else (resources.files("modm") / "data" / "demo_prompts.tsv").read_text(encoding="utf-8")
+    """(user, prompt) rows of a user_name<TAB>prompt TSV with a header line."""
+    path = path or demo_workload_path()
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if n == 1 or not line.strip():
             continue
         user, sep, prompt = line.partition("\t")
         if not sep or not prompt.strip():
-            raise ValueError(f"{path or 'demo_prompts.tsv'}:{n}: expected 'user<TAB>prompt', got {line!r}")
+            raise ValueError(f"{path}:{n}: expected 'user<TAB>prompt', got {line!r}")
         rows.append((user, prompt.strip()))
     return rows
 

@@ -1,0 +1,117 @@
+"""`make demo`: start a local Ray cluster, deploy the local Serve config, send the embedded workload through the
+load generator, print a summary, and shut everything down.
+
+This is exactly what a user does by hand (README "Run the app"): `ray start`, `serve deploy`, HTTP requests,
+`serve shutdown`, `ray stop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from modm.config import load_config
+from modm.demo import default_config_path, demo_workload_path, ensure_zoo
+
+DASHBOARD = "http://127.0.0.1:8265"
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    print("$", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, check=check, text=True, capture_output=True)
+
+
+def demo_serve_config(source: Path, work_dir: Path) -> tuple[Path, str]:
+    """A copy of the local Serve config whose cache lives in work_dir (emptied first); returns (path, url)."""
+    config = yaml.safe_load(source.read_text(encoding="utf-8"))
+    cache_dir = work_dir / "cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    config["applications"][0]["args"]["system"]["cache"]["directory"] = str(cache_dir.resolve())
+    path = work_dir / "serve.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    http = config.get("http_options", {})
+    return path, f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+
+
+def wait_healthy(url: str, timeout_s: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    status = _run(_bin("serve"), "status", "--address", DASHBOARD, check=False).stdout
+    raise RuntimeError(f"the app was not healthy after {timeout_s:.0f}s; serve status:\n{status}")
+
+
+def send_workload(url: str, out_dir: Path, concurrency: int) -> dict:
+    from loadgen import ArrivalConfig, ArrivalKind, ClientConfig, RunConfig, TraceConfig, format_summary, run
+    from loadgen.runner import write_run
+
+    rows = sum(1 for _ in demo_workload_path().open(encoding="utf-8")) - 1
+    config = RunConfig(
+        name="demo",
+        trace=TraceConfig(path=demo_workload_path(), n_requests=rows),
+        arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=concurrency),
+        client=ClientConfig(url=url, size="64x64", tenant="demo", request_timeout_s=300, stats_poll_period_s=2.0,
+                            progress=False),
+        reference_latency_s=None)
+    artifacts = run(config)
+    write_run(out_dir, artifacts)
+    print(format_summary(artifacts.summary))
+    return artifacts.summary.model_dump(mode="json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, default=default_config_path(), help="Serve config to deploy")
+    parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"), help="tiny zoo location (built if missing)")
+    parser.add_argument("--work-dir", type=Path, default=Path(".modm/demo"), help="demo cache and records")
+    parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray head")
+    parser.add_argument("--concurrency", type=int, default=2, help="closed-loop clients")
+    parser.add_argument("--keep-running", action="store_true", help="leave the cluster up at the end")
+    args = parser.parse_args(argv)
+
+    ensure_zoo(load_config(args.config), args.zoo)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    serve_config, url = demo_serve_config(args.config, args.work_dir)
+    started = time.monotonic()
+    head = _run(_bin("ray"), "start", "--head", f"--num-cpus={args.num_cpus}", "--dashboard-host=127.0.0.1",
+                "--disable-usage-stats", check=False)
+    if head.returncode != 0:
+        print(head.stdout + head.stderr, file=sys.stderr)
+        print("could not start a Ray head (is one running already? `ray stop` ends it)", file=sys.stderr)
+        return 1
+    try:
+        _run(_bin("serve"), "deploy", str(serve_config), "--address", DASHBOARD)
+        ready_s = wait_healthy(url, timeout_s=600)
+        print(f"app healthy {ready_s:.1f}s after deploy ({time.monotonic() - started:.1f}s after ray start)")
+        print(_run(_bin("serve"), "status", "--address", DASHBOARD).stdout)
+        send_workload(url, args.work_dir / "run", args.concurrency)
+        stats = httpx.get(f"{url}/v1/stats", timeout=10).json()
+        print("server stats:", json.dumps({k: stats[k] for k in ("requests", "hits", "misses", "hit_rate", "k_mix",
+                                                                "served_by", "allocation", "cache")}, indent=1))
+        print(f"records and plots: {args.work_dir / 'run'}")
+        return 0
+    finally:
+        if not args.keep_running:
+            _run(_bin("serve"), "shutdown", "-y", "--address", DASHBOARD, check=False)
+            _run(_bin("ray"), "stop", check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
