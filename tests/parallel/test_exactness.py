@@ -110,6 +110,13 @@ def test_asyncdiff_past_warmup_is_finite_and_approximate(two_ranks, family, name
     assert 1e-4 < _max_abs(out, ref) < 0.5  # stale inputs change the image, but it stays an image of the same noise
 
 
+@pytest.mark.parametrize("family", ["unet", "sd3"])
+def test_asyncdiff_ranks_run_only_their_component_after_warmup(two_ranks, family):
+    for rank in two_ranks:
+        computed, expected = rank["asyncdiff"][f"{family}_units"]
+        assert computed == expected
+
+
 def test_asyncdiff_stride_two(three_ranks):
     res = _results(three_ranks, "asyncdiff_stride2")
     assert _max_abs(res["exact"], res["reference"]) <= EXACT_ATOL

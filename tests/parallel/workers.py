@@ -84,6 +84,15 @@ def asyncdiff_models(rank: int, world_size: int, init_method: str, tokenizer) ->
             "async_shift": dict(method="asyncdiff", model_n=2, warmup_steps=2, time_shift=True),
         }, rank, world_size, init_method)
         out.update({f"{family}_{k}": v for k, v in results.items()})
+        # Past the warm-up each rank must run only its own component.
+        ctx = init_parallel(ParallelConfig(method="asyncdiff", world_size=world_size, model_n=2, warmup_steps=2),
+                            rank=rank, world_size=world_size, init_method=init_method)
+        parallel = ParallelPipeline(pipe, ctx)
+        parallel(**inputs())
+        runner = parallel.parallel
+        own = [b - a for a, b in runner.components][rank]
+        out[f"{family}_units"] = (runner.units_computed, 2 * len(runner.unit_keys) + (STEPS - 2) * own)
+        parallel.remove()
     return out
 
 

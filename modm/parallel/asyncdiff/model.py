@@ -97,6 +97,7 @@ class AsyncDiffModel:
             model.register_forward_hook(self._after_forward),
         ]
         self.step = 0
+        self.units_computed = 0                        # blocks this rank ran in the current call (observability)
         self._plan: StepPlan | None = None
         self._previous_timestep: Any = None
         self._structures: list[OutputStructure | None] = [None] * len(units)
@@ -107,6 +108,7 @@ class AsyncDiffModel:
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def begin_call(self) -> None:
         self.step = 0
+        self.units_computed = 0
         self._previous_timestep = None
 
     def end_call(self) -> None:
@@ -136,6 +138,7 @@ class AsyncDiffModel:
             if profiling:
                 self._timer.start(unit.index)
             output = unit.module(*args, **kwargs)
+            self.units_computed += 1
             if profiling:
                 self._timer.stop(unit.index)
             if plan.store_cache:
