@@ -87,7 +87,8 @@ def _calibrate_batch_norms(model: torch.nn.Module, images: int = 1) -> None:
 
     A fresh Inception3 has identity BN statistics, so its activations grow about tenfold per layer (~1e11 at the
     pool) and every image lands on the same saturated class: IS would be exactly 1 for any input. Data-dependent
-    statistics keep the random network's outputs O(1) and input-dependent, which is all the tests need.
+    statistics keep the random network's outputs moderate (hundreds, not 1e11) and input-dependent, which is all
+    the tests need.
     """
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):

@@ -102,3 +102,23 @@ def test_inception_score_of_identical_images_is_one(inception):
     assert out.features.shape == (5, 64) and out.logits.shape == (5, 1000)
     assert inception_score(out.logits[:3], splits=1).mean == pytest.approx(1.0, abs=1e-9)
     assert inception_score(out.logits[2:], splits=1).mean > 1 + 1e-4  # the network does tell images apart
+
+
+def test_inception_from_a_local_state_dict_matches(tmp_path, inception):
+    from safetensors.torch import save_file
+
+    from modm.models import ModelLoadError
+    from modm.quality import InceptionConfig, InceptionFeatureExtractor
+
+    state = {k: v.contiguous() for k, v in inception.model.state_dict().items()}
+    save_file(state, tmp_path / "inception.safetensors")
+    cfg = InceptionConfig(weights="file", path=tmp_path / "inception.safetensors", dims=64, device="cpu")
+    loaded = InceptionFeatureExtractor.from_config(cfg)
+    image = noise_image(3, (70, 50))
+    assert np.array_equal(loaded.extract([image]).features, inception.extract([image]).features)
+    assert cfg.extractor_id == "torchvision-inception-v3/file:inception.safetensors/64"
+    save_file({"fc.weight": torch.zeros(10, 2048), "extra": torch.zeros(1)}, tmp_path / "wrong.safetensors")
+    with pytest.raises(ModelLoadError, match="does not fit torchvision's Inception3"):
+        InceptionFeatureExtractor.from_config(cfg.model_copy(update={"path": tmp_path / "wrong.safetensors"}))
+    with pytest.raises(ModelLoadError, match="not found"):
+        InceptionFeatureExtractor.from_config(cfg.model_copy(update={"path": tmp_path / "absent.pth"}))
