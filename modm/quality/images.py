@@ -7,7 +7,10 @@ MoDM's evaluation scripts use).
 Manifest (.parquet or .csv): one row per image with columns `path` (relative paths are resolved against the
 manifest's folder) and `prompt`, plus optional group columns that the load generator's records carry:
 `system` (which serving system produced the image), `hit` (bool, or 'hit'/'miss') and `k` (steps skipped on a hit;
-empty on a miss). A loadgen records file with a `path` column added is a valid manifest.
+empty on a miss). A loadgen records file with a `path` column added is a valid manifest: its `mode` column
+(modm / vanilla / nirvana) stands in for `system` when there is none, and rows that produced no image
+(`outcome` other than "ok") or were cache warm-up (`warm_up` true; MoDM scores only the requests served after
+the warm-up) are skipped.
 
 Pixels: every image is converted to 8-bit RGB when read. Grayscale is replicated to three channels; an alpha channel
 is dropped (as pytorch_fid does, so transparent pixels keep their stored colour); 16-bit grayscale is scaled to
@@ -146,8 +149,11 @@ def _manifest_entries(path: Path, prompts: PromptSource, system: str | None) -> 
     rows = table.to_pylist()
     if not rows:
         raise QualityInputError(f"manifest {path} has no rows")
+    system_column = "system" if "system" in columns else "mode"  # loadgen records name the system `mode`
     entries, no_prompt = [], []
     for i, row in enumerate(rows):
+        if row.get("outcome", "ok") != "ok" or row.get("warm_up") is True:
+            continue
         if not row["path"]:
             raise QualityInputError(f"{path}: row {i} has an empty path")
         image_path = Path(row["path"])
@@ -155,13 +161,15 @@ def _manifest_entries(path: Path, prompts: PromptSource, system: str | None) -> 
         prompt = row.get("prompt") if prompts is not PromptSource.NONE else None
         if prompts is not PromptSource.NONE and (not isinstance(prompt, str) or not prompt.strip()):
             no_prompt.append(i)
-        row_system = row.get("system")
+        row_system = row.get(system_column)
         entries.append(ImageEntry(image_path, prompt=prompt.strip() if isinstance(prompt, str) else None,
                                   system=str(row_system) if row_system not in (None, "") else system,
                                   hit=_parse_hit(row.get("hit"), i, path), k=_parse_k(row.get("k"), i, path)))
     if no_prompt:
         raise QualityInputError(f"manifest {path}: {len(no_prompt)} row(s) without a prompt, e.g. rows "
                                 f"{no_prompt[:_MAX_NAMES_IN_ERROR]}")
+    if not entries:
+        raise QualityInputError(f"manifest {path}: no row is a served image (all failed or warm-up)")
     return entries
 
 

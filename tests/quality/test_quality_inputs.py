@@ -68,6 +68,23 @@ def test_csv_and_parquet_manifests_with_groups(tmp_path):
             ("modm", True, 25), ("modm", False, None), ("vanilla", None, None), ("fallback", True, 5)]
 
 
+def test_loadgen_records_with_paths_are_a_manifest(tmp_path):
+    from loadgen.records import Outcome, RequestRecord, read_records, write_records
+
+    write_folder(tmp_path / "img", ["a", "b", "c"])
+    records = [RequestRecord(0, "warm", 0, warm_up=True, outcome=Outcome.OK, mode="modm"),
+               RequestRecord(1, "a", 1, outcome=Outcome.OK, hit=True, k=25, model="small", mode="modm"),
+               RequestRecord(2, "b", 2, outcome=Outcome.TIMEOUT, mode="modm"),
+               RequestRecord(3, "c", 3, outcome=Outcome.OK, hit=False, model="large", mode="modm")]
+    table = pq.read_table(write_records(tmp_path / "records.parquet", records))
+    paths = [None, "img/img_000.png", None, "img/img_002.png"]
+    pq.write_table(table.append_column("path", pa.array(paths, pa.string())), tmp_path / "served.parquet")
+    assert len(read_records(tmp_path / "served.parquet")[0]) == 4  # still a valid records file
+    entries = load_image_set(tmp_path / "served.parquet")
+    assert [(e.path.name, e.prompt, e.system, e.hit, e.k) for e in entries] == [
+        ("img_000.png", "a", "modm", True, 25), ("img_002.png", "c", "modm", False, None)]
+
+
 @pytest.mark.parametrize("bad, message", [
     ("path,k\nx.png,1\n", r"lacks column\(s\) \['prompt'\]"),
     ("path,prompt,hit\nx.png,a,maybe\n", "row 0: hit='maybe' is not a boolean"),
