@@ -28,6 +28,8 @@ class ModelServer:
         self.spec = ModelSpec.model_validate(spec)
         self.role = role
         self.generator = DiffusionGenerator.from_spec(self.spec, role)
+        if role == "small":
+            self.generator.refine_pipe  # noqa: B018 -- fail at start-up if this model cannot refine
         self.metrics = ModelMetrics(role)
         self._target_replicas: int | None = None
         self._latency_s: float | None = self.spec.profiled_latency_s

@@ -75,8 +75,12 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+SUBCOMMAND_PACKAGES = ("multistage", "quality", "sim")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="modm", description=__doc__,
+                                     epilog="also: modm multistage ..., modm quality ..., modm sim ... (each --help)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="the tiny offline model zoo").add_subparsers(dest="action", required=True)
@@ -116,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["multistage"]:
-        from modm.multistage.cli import main as multistage_main
+    # Sub-packages with their own command lines: modm multistage|quality|sim ...
+    if argv[:1] and argv[0] in SUBCOMMAND_PACKAGES:
+        import importlib
 
-        return multistage_main(argv[1:])
+        return importlib.import_module(f"modm.{argv[0]}.cli").main(argv[1:])
     args = build_parser().parse_args(argv)
     from modm.cache import CacheError
     from modm.config import ConfigError

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from modm.config.schema import ModelSpec
-from modm.models.loading import load_pipeline
+from modm.models.loading import ModelLoadError, load_pipeline
 
 
 class InvalidRequestError(ValueError):
@@ -45,22 +45,49 @@ def size_multiple(pipe) -> int:
     return vae_factor * int(patch)
 
 
+# Text-to-image pipelines whose image-to-image twin diffusers' AutoPipeline does not map (class names, so that the
+# import happens only when needed).
+IMG2IMG_TWINS = {"SanaSprintPipeline": "SanaSprintImg2ImgPipeline"}
+
+
+def image_to_image_twin(pipe):
+    """The img2img pipeline built from pipe's own components (weights shared, nothing copied)."""
+    import diffusers
+    from diffusers import AutoPipelineForImage2Image
+
+    twin = IMG2IMG_TWINS.get(type(pipe).__name__)
+    if twin is not None:
+        return getattr(diffusers, twin).from_pipe(pipe)
+    try:
+        return AutoPipelineForImage2Image.from_pipe(pipe)
+    except ValueError as err:
+        raise ModelLoadError(
+            f"{type(pipe).__name__} has no image-to-image pipeline in diffusers {diffusers.__version__}, so it "
+            f"cannot refine cached images; use it as the large model only ({err})") from None
+
+
 class DiffusionGenerator:
     """txt2img and img2img on one model; `name` is its role in the system ("large" or "small")."""
 
     def __init__(self, pipe, spec: ModelSpec, name: str):
-        from diffusers import AutoPipelineForImage2Image
-
         self.pipe = pipe
         self.spec = spec
         self.name = name
-        self.refine_pipe = AutoPipelineForImage2Image.from_pipe(pipe)
-        self.refine_pipe.set_progress_bar_config(disable=True)
         self.size_multiple = size_multiple(pipe)
         self._txt2img_kwargs = _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length})
-        self._img2img_kwargs = _supported_kwargs(self.refine_pipe, {"max_sequence_length": spec.max_sequence_length})
-        # Some img2img pipelines (SD3) take the output size as arguments rather than from the image.
-        self._img2img_takes_size = bool(_supported_kwargs(self.refine_pipe, {"height": 0, "width": 0}))
+        self._refine_pipe = None
+
+    @property
+    def refine_pipe(self):
+        """Built on first use: a model without an img2img twin can still serve full generations."""
+        if self._refine_pipe is None:
+            twin = image_to_image_twin(self.pipe)
+            twin.set_progress_bar_config(disable=True)
+            self._img2img_kwargs = _supported_kwargs(twin, {"max_sequence_length": self.spec.max_sequence_length})
+            # Some img2img pipelines (SD3) take the output size as arguments rather than from the image.
+            self._img2img_takes_size = bool(_supported_kwargs(twin, {"height": 0, "width": 0}))
+            self._refine_pipe = twin
+        return self._refine_pipe
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, name: str, *, device: torch.device | None = None) -> "DiffusionGenerator":
@@ -107,12 +134,13 @@ class DiffusionGenerator:
         image = image.convert("RGB")
         if image.size != (req.width, req.height):
             image = image.resize((req.width, req.height), Image.Resampling.BICUBIC)
+        refine_pipe = self.refine_pipe
         size = {"height": req.height, "width": req.width} if self._img2img_takes_size else {}
         common = self._common(req)
         # img2img runs int(steps * strength) steps; with few steps that can round to zero, which diffusers cannot
         # run. Refine with at least one step by stretching the schedule just enough.
         common["num_inference_steps"] = max(req.steps, math.ceil(1.0 / strength - 1e-9))
-        out = self.refine_pipe(image=image, strength=strength, **size, **common, **self._img2img_kwargs)
+        out = refine_pipe(image=image, strength=strength, **size, **common, **self._img2img_kwargs)
         return out.images[0]
 
     @torch.inference_mode()

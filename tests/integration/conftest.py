@@ -31,10 +31,15 @@ def system_config(zoo, cache_dir) -> dict:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port):
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, _metrics_export_port=free_port(),
+    ray.init(num_cpus=8, include_dashboard=False, _metrics_export_port=metrics_port,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()  # skip serve.shutdown(): it adds seconds and the cluster goes anyway

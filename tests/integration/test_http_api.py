@@ -100,3 +100,39 @@ def test_stats_health_and_docs(client):
     spec = client.get("/openapi.json").json()
     assert "/v1/images/generations" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_metrics_reach_the_ray_metrics_endpoint(client, ray_cluster, metrics_port):
+    import time
+
+    import httpx
+
+    client.post("/v1/images/generations", json={"prompt": "a teapot on a table", "size": "64x64", "steps": 2},
+                headers={"X-Tenant-Id": "it-metrics"})
+    wanted = ("modm_requests_total", "modm_request_latency_seconds", "modm_allocation_replicas",
+              "modm_model_compute_seconds")
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        if all(name in text for name in wanted):
+            return
+        time.sleep(2)
+    raise AssertionError(f"missing from /metrics: {[n for n in wanted if n not in text]}")
+
+
+def test_grafana_dashboard_queries_metrics_the_app_exports():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "cluster" / "grafana-dashboard.json").read_text())
+    exported = {"modm_requests_total", "modm_hits_by_k_total", "modm_request_latency_seconds",
+                "modm_routing_overhead_seconds", "modm_queue_depth", "modm_admissions_dropped_total",
+                "modm_allocation_replicas", "modm_allocation_target_large", "modm_window_request_rate_per_min",
+                "modm_window_hit_rate", "modm_model_compute_seconds"}
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= {m.removesuffix("_bucket") for m in re.findall(r"ray_(modm_[a-z_]+)", target["expr"])}
+    assert used and used <= exported, used - exported
