@@ -101,6 +101,9 @@ class PIDController:
     current: float
     integral: float = 0.0
     prev_error: float = 0.0
+    # Anti-windup (not in MoDM's code): with bounds, the state is clamped to them and the integral stops growing
+    # while clamped, so a long stretch at a bound does not delay the move back.
+    bounds: tuple[float, float] | None = None
 
     def update(self, target: float) -> float:
         error = target - self.current
@@ -109,6 +112,11 @@ class PIDController:
         self.prev_error = error
         out = self.kp * error + self.ki * self.integral + self.kd * derivative
         self.current += max(-self.limit, min(self.limit, out))
+        if self.bounds is not None:
+            low, high = self.bounds
+            if not low <= self.current <= high:
+                self.current = max(low, min(high, self.current))
+                self.integral -= error * self.dt
         return self.current
 
 
@@ -123,8 +131,9 @@ class GlobalMonitor:
     def __post_init__(self):
         n = self.cfg.gpu_budget
         start = n - self.cfg.min_small if self.initial_large is None else self.initial_large
+        lo, hi = self.bounds
         self.pid = PIDController(self.cfg.kp, self.cfg.ki, self.cfg.kd, self.cfg.pid_dt, float(n),
-                                 current=float(self.bounds[0] if start < self.bounds[0] else min(start, self.bounds[1])))
+                                 current=float(max(lo, min(hi, start))), bounds=(float(lo), float(hi)))
 
     @property
     def bounds(self) -> tuple[int, int]:

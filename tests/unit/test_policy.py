@@ -156,3 +156,12 @@ def test_routing_rules():
         assert route(True, mode, idle_large, PoolState(0, 0)) is Pool.LARGE
     assert route(True, MonitorMode.QUALITY, idle_large, small) is Pool.LARGE
     assert route(True, MonitorMode.THROUGHPUT, idle_large, small) is Pool.SMALL
+
+
+def test_monitor_state_stays_within_bounds():
+    monitor = GlobalMonitor(MonitorConfig(gpu_budget=4, min_small=1))
+    for _ in range(20):
+        monitor.step(WindowStats(10, 0.0, {}), THR)  # all misses: the target is N
+    assert monitor.pid.current == 3.0
+    after = monitor.step(WindowStats(30, 1.0, {30: 1.0}), THR)  # all hits: the target is 0
+    assert after.large < 3

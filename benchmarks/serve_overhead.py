@@ -1,0 +1,161 @@
+"""Cold start, per-request system overhead and memory of the local Serve app.
+
+Deploys the local config with 1-step models on a fresh local Ray, measures the time from `serve.run` to the first
+healthy answer, then sends requests one at a time (misses: a fresh tenant each; hits: the same prompt again) and
+splits each end-to-end latency into model compute (measured in-process on the same tiny models, median) and system
+overhead (HTTP proxy + router + embedder + cache index + handle hops). Memory is the PSS of all Ray processes.
+
+    .venv/bin/python benchmarks/serve_overhead.py --requests 100 --out overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def in_process_compute_s(zoo: Path, size: int, runs: int = 20) -> dict[str, float]:
+    import torch
+    from PIL import Image
+
+    from modm.config import ModelSpec
+    from modm.generation import DiffusionGenerator, GenerationRequest
+
+    torch.set_num_threads(1)  # a model replica gets one CPU
+    req = GenerationRequest("a dog riding a bike", size, size, 1, 0)
+    out = {}
+    for role in ("large", "small"):
+        gen = DiffusionGenerator.from_spec(ModelSpec(source=str(zoo / role), device="cpu", default_size=size), role)
+        fn = (lambda g=gen: g.txt2img(req)) if role == "large" else (
+            lambda g=gen: g.img2img(req, Image.new("RGB", (size, size)), 1.0))
+        fn()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        out[role] = statistics.median(times)
+    return out
+
+
+def ray_memory_mb() -> dict[str, float]:
+    total, by_kind = 0.0, {}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if not any(k in cmd for k in ("ray::", "raylet", "gcs_server", "ray/dashboard", "default_worker",
+                                      "ray/_private")):
+            continue
+        try:
+            pss = proc.memory_full_info().pss / 2**20
+        except (psutil.Error, AttributeError):
+            continue
+        kind = cmd.split()[0].split("/")[-1][:40] if not cmd.startswith("ray::") else cmd.split()[0][:40]
+        by_kind[kind] = by_kind.get(kind, 0.0) + pss
+        total += pss
+    return {"total_mb": total, **{k: v for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])[:12]}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"))
+    parser.add_argument("--out", type=Path, default=Path("serve_overhead.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+    from modm.config import load_config
+    from modm.demo import default_config_path, ensure_zoo
+
+    ensure_zoo(load_config(default_config_path()), args.zoo)
+    compute = in_process_compute_s(args.zoo, args.size)
+    model = {"device": "cpu", "num_inference_steps": 1, "default_size": args.size, "max_size": 512}
+    system = {"mode": "modm", "models": {"large": {"source": str(args.zoo / "large"), **model},
+                                         "small": {"source": str(args.zoo / "small"), **model}},
+              "embedder": {"kind": "minilm", "device": "cpu"},
+              "cache": {"directory": str(Path(".modm/bench-overhead-cache").resolve())},
+              "policy": {"k_table": "minilm-text"}, "monitor": {"gpu_budget": 3}}
+    import shutil
+    shutil.rmtree(system["cache"]["directory"], ignore_errors=True)
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=8, include_dashboard=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    t1 = time.perf_counter()
+    serve.run(build_app({"system": system}), name="modm", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    cold = {"ray_init_s": t1 - t0, "deploy_to_healthy_s": time.perf_counter() - t1}
+
+    rows = {"miss": [], "hit": []}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        body = {"prompt": "a lighthouse in a storm at night", "size": f"{args.size}x{args.size}"}
+        client.post("/v1/images/generations", json=body, headers={"X-Tenant-Id": "warm"})  # warm every hop
+        for i in range(args.requests):
+            kind = "miss" if i % 2 == 0 else "hit"
+            tenant = f"t{i}" if kind == "miss" else f"t{i - 1}"  # a hit re-asks the previous miss's prompt
+            if kind == "hit":  # let the admission land first
+                deadline = time.monotonic() + 10
+                while client.get("/v1/stats").json()["pending_admissions"] and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            t = time.perf_counter()
+            r = client.post("/v1/images/generations", json=body, headers={"X-Tenant-Id": tenant})
+            e2e = time.perf_counter() - t
+            info = r.json()["modm"]
+            model = info["model"]
+            rows[kind].append({"e2e_s": e2e, "overhead_s": e2e - compute[model], "routing_s":
+                               info["timings_s"].get("embed", 0) + info["timings_s"].get("retrieve", 0),
+                               "hit": info["hit"]})
+    memory = ray_memory_mb()
+    ray.shutdown()
+
+    table = []
+    for kind, items in rows.items():
+        for metric in ("e2e_s", "overhead_s", "routing_s"):
+            values = [x[metric] for x in items]
+            table.append({"requests": kind, "metric": metric, "n": len(values),
+                          "p50_ms": 1e3 * percentile(values, 50), "p95_ms": 1e3 * percentile(values, 95)})
+    result = {"cold_start": cold, "compute_s": compute, "table": table, "memory_pss_mb": memory,
+              "hit_fraction_of_hit_requests": sum(x["hit"] for x in rows["hit"]) / max(1, len(rows["hit"]))}
+    print(f"cold start: ray.init {cold['ray_init_s']:.1f}s, serve.run -> healthy {cold['deploy_to_healthy_s']:.1f}s")
+    print(f"model compute (1 step, {args.size}px, in-process median): large {compute['large'] * 1e3:.1f} ms, "
+          f"small {compute['small'] * 1e3:.1f} ms")
+    print(f"{'requests':<8} {'metric':<11} {'n':>4} {'p50 ms':>8} {'p95 ms':>8}")
+    for row in table:
+        print(f"{row['requests']:<8} {row['metric']:<11} {row['n']:>4} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f}")
+    print(f"Ray processes PSS: {memory['total_mb']:.0f} MB")
+    args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
