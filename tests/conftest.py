@@ -14,6 +14,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import socket  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -40,3 +42,30 @@ def minilm():
     from modm.embedding import build_embedder
 
     return build_embedder(EmbedderConfig(kind="minilm", device="cpu"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def http_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port):
+    """One private local Ray cluster per test session (address="local": never one another process started)."""
+    import ray
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, _metrics_export_port=metrics_port,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()  # skip serve.shutdown(): it adds seconds and the cluster goes anyway

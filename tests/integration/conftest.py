@@ -1,18 +1,11 @@
 """One local Ray cluster and one Serve app per test session, reached through real HTTP on loopback."""
 
-import socket
 import time
 
 import httpx
 import pytest
 
 pytestmark = pytest.mark.ray
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def system_config(zoo, cache_dir) -> dict:
@@ -31,27 +24,12 @@ def system_config(zoo, cache_dir) -> dict:
 
 
 @pytest.fixture(scope="session")
-def metrics_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(metrics_port):
-    import ray
-
-    ray.init(num_cpus=8, include_dashboard=False, _metrics_export_port=metrics_port,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()  # skip serve.shutdown(): it adds seconds and the cluster goes anyway
-
-
-@pytest.fixture(scope="session")
-def serve_app(ray_cluster, tiny_zoo, tmp_path_factory):
+def serve_app(ray_cluster, http_port, tiny_zoo, tmp_path_factory):
     from ray import serve
 
     from deployments.app import build_app
 
-    port = free_port()
+    port = http_port
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
     app = build_app({"system": system_config(tiny_zoo, tmp_path_factory.mktemp("cache"))})
     started = time.perf_counter()

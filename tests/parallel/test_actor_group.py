@@ -24,14 +24,6 @@ REQUEST = dict(prompt="a lighthouse", num_inference_steps=STEPS, height=64, widt
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    # address="local": always a fresh private cluster, never one another process on this machine started
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def model_spec(tmp_path_factory, clip_tokenizer) -> ModelSpec:
     directory = tmp_path_factory.mktemp("tiny-sdxl")
     tiny_sdxl_pipeline(clip_tokenizer).save_pretrained(directory)
@@ -62,9 +54,9 @@ def test_actor_group_serves_exact_distrifusion_and_notices_a_dead_worker(ray_clu
 
 
 def test_unsatisfiable_reservation_fails_within_the_start_timeout(ray_cluster, model_spec):
-    cfg = ParallelConfig(method="distrifusion", world_size=8)
+    cfg = ParallelConfig(method="distrifusion", world_size=16)  # the session cluster has 8 CPUs
     group = ParallelActorGroup(cfg, model_spec, cpus_per_rank=1, start_timeout_s=3)
     started = time.monotonic()
-    with pytest.raises(RendezvousError, match="could not reserve 8 bundles"):
+    with pytest.raises(RendezvousError, match="could not reserve 16 bundles"):
         group.start()
     assert time.monotonic() - started < 30
