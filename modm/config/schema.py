@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from enum import Enum
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modm.constants import (
     DEFAULT_CACHE_CAPACITY,
@@ -15,6 +17,16 @@ from modm.constants import (
     DEFAULT_TOTAL_STEPS,
     MAX_PROMPT_CHARS,
 )
+
+
+def _check_device(v: str) -> str:
+    if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+
+
+# A torch device name; 'auto' means cuda when available, else cpu.
+Device = Annotated[str, AfterValidator(_check_device)]
 
 
 class _Strict(BaseModel):
@@ -50,7 +62,7 @@ class ModelSpec(_Strict):
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     variant: str | None = Field(default=None, description="Weight variant, e.g. 'fp16' or 'bf16'.")
     dtype: Dtype = Field(default=Dtype.FLOAT32, description="Weights and activation dtype.")
-    device: str = Field(default="auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'.")
+    device: Device = Field(default="auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'.")
     num_inference_steps: int = Field(default=DEFAULT_TOTAL_STEPS, gt=0, le=1000,
                                      description="Denoising steps T of a full generation.")
     guidance_scale: float = Field(default=7.0, ge=0.0, le=50.0, description="Classifier-free guidance scale.")
@@ -61,13 +73,6 @@ class ModelSpec(_Strict):
     profiled_latency_s: float | None = Field(
         default=None, gt=0,
         description="Seconds per full generation on one GPU, for the monitor. Measured at start-up when unset.")
-
-    @field_validator("device")
-    @classmethod
-    def _device_known(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
-            return v
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
 
     @model_validator(mode="after")
     def _sizes(self) -> "ModelSpec":
@@ -101,7 +106,7 @@ class EmbedderConfig(_Strict):
     retrieval: Retrieval | None = Field(default=None,
                                         description="text-image or text-text; None: text-image for open_clip, "
                                                     "text-text for minilm.")
-    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    device: Device = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     batch_size: int = Field(default=32, gt=0, le=4096, description="Largest batch per forward pass.")
 
     @model_validator(mode="after")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from modm.config.schema import EmbedderConfig, EmbedderKind
+from modm.config.schema import Device, EmbedderConfig, EmbedderKind
 
 __all__ = ["ClipScoreConfig", "FeatureDims", "InceptionConfig", "InceptionWeights", "PickScoreConfig"]
 
@@ -17,14 +17,7 @@ class _Strict(BaseModel):
 
 
 class _OnDevice(_Strict):
-    device: str = Field(default="auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'.")
-
-    @field_validator("device")
-    @classmethod
-    def _device_known(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
-            return v
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+    device: Device = Field(default="auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'.")
 
 
 class ClipScoreConfig(_OnDevice):
