@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -65,6 +66,11 @@ def load_pipeline(spec: ModelSpec, *, device: torch.device | None = None):
     # Components saved as null (e.g. SD3 without T5) must be passed as None explicitly or loading refuses.
     absent = {name: None for name, value in index.items()
               if not name.startswith("_") and isinstance(value, list) and value[:1] == [None]}
+    # diffusers resolves component classes only from modules already imported; our own (the multi-stage U-Net)
+    # are imported here. Other libraries named in model_index.json are never imported on a checkpoint's say-so.
+    for value in index.values():
+        if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("modm."):
+            importlib.import_module(value[0])
     try:
         pipe = DiffusionPipeline.from_pretrained(
             str(Path(spec.source).expanduser()) if Path(spec.source).expanduser().is_dir() else spec.source,

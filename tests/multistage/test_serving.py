@@ -96,3 +96,17 @@ def test_a_trained_text_conditioned_unet_is_served(tmp_path):
         assert torch.equal(served.unet.state_dict()[name], tensor), name
     images = txt2img(served, 0, prompt="a handwritten digit 7")
     assert np.array_equal(images, txt2img(served, 0, prompt="a handwritten digit 7"))
+
+
+def test_the_ordinary_loader_finds_the_class_in_a_fresh_process(pipeline_dir):
+    # A Serve replica has not imported modm.multistage; load_pipeline must import it from model_index.json.
+    import subprocess
+    import sys
+
+    code = ("import sys; from modm.config import ModelSpec; from modm.models.loading import load_pipeline; "
+            "assert 'modm.multistage' not in sys.modules; "
+            f"pipe = load_pipeline(ModelSpec(source={str(pipeline_dir)!r}, device='cpu')); "
+            "print(type(pipe.unet).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("MultiStageUNet")
