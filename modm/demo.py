@@ -39,11 +39,12 @@ def read_workload(path: Path | None = None) -> list[tuple[str, str]]:
 
 
 def ensure_zoo(config: SystemConfig, zoo_dir: Path) -> None:
-    """Build the tiny zoo when a configured model directory under zoo_dir is missing."""
-    from modm.models import build_tiny_zoo
+    """(Re)build the tiny zoo when the config uses models under zoo_dir and the zoo there is missing or stale."""
+    from modm.models.tiny_zoo import build_tiny_zoo, zoo_is_current
 
     sources = [Path(m.source) for m in (config.models.large, config.models.small) if m is not None]
-    if any(not s.exists() and zoo_dir.resolve() in s.resolve().parents for s in sources):
+    uses_zoo = any(zoo_dir.resolve() in s.resolve().parents for s in sources)
+    if uses_zoo and not zoo_is_current(zoo_dir):
         print(f"building the tiny model zoo in {zoo_dir} ...", flush=True)
         build_tiny_zoo(zoo_dir)
 

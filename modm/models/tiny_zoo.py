@@ -18,6 +18,8 @@ from modm.models.tokenizer import build_clip_tokenizer
 
 TARGET_STEP_COST_RATIO = 91.5 / 16.5  # SD3.5-Large : SDXL per 50-step image on MI210 (MoDM)
 ZOO_SEED = 0
+# Bump when a factory below changes, so that zoos built by older code are rebuilt (see `zoo_is_current`).
+ZOO_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,17 @@ def build_tiny_zoo(root: str | Path) -> TinyZooPaths:
     save_tiny_open_clip(paths.clip)
     paths.manifest.write_text(json.dumps({
         "large": str(paths.large), "small": str(paths.small), "clip": f"local-dir:{paths.clip}",
-        "tokenizer": str(paths.tokenizer), "seed": ZOO_SEED,
+        "tokenizer": str(paths.tokenizer), "seed": ZOO_SEED, "version": ZOO_VERSION,
     }, indent=2), encoding="utf-8")
     return paths
+
+
+def zoo_is_current(root: str | Path) -> bool:
+    """Whether root holds a complete zoo built by this version of the factories."""
+    paths = TinyZooPaths(Path(root))
+    try:
+        manifest = json.loads(paths.manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return manifest.get("version") == ZOO_VERSION and all(
+        p.is_dir() for p in (paths.large, paths.small, paths.clip, paths.tokenizer))
