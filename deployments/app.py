@@ -72,6 +72,15 @@ def model_autoscaling(system: SystemConfig, role: str) -> dict:
     }
 
 
+def replica_resources(options: dict, spec) -> dict:
+    """A model replica's own resources plus the placement-group bundles of its parallel ranks (one device each)."""
+    if spec is None or spec.parallel.world_size == 1:
+        return options
+    on_gpu = spec.device.startswith("cuda") or (spec.device == "auto" and options.get("num_gpus", 0) > 0)
+    device_key = "num_gpus" if on_gpu else "num_cpus"
+    return {**options, device_key: options.get(device_key, 0) + spec.parallel.world_size}
+
+
 def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
     """Peak logical resources: N model replicas (the widest of the two models) plus one of everything else."""
     names = ["Router", "LargeModel"] if system.mode is SystemMode.VANILLA else list(DEPLOYMENT_NAMES)
@@ -86,9 +95,11 @@ def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
     for name in names:
         if name not in ("LargeModel", "SmallModel"):
             add(args.options_for(name), 1)
-    widest = max((args.options_for(m) for m in ("LargeModel", "SmallModel")),
+    large, small = (replica_resources(args.options_for(name), spec) for name, spec in
+                    (("LargeModel", system.models.large), ("SmallModel", system.models.small)))
+    widest = max((large, small) if system.mode is SystemMode.MODM else (large,),
                  key=lambda o: (o.get("num_gpus", 0), o.get("num_cpus", 0)))
-    add(widest if system.mode is SystemMode.MODM else args.options_for("LargeModel"), system.monitor.gpu_budget)
+    add(widest, system.monitor.gpu_budget)
     return {k: v for k, v in need.items() if v > 0}
 
 

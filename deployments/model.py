@@ -11,6 +11,7 @@ import io
 import logging
 import time
 
+import ray
 import torch
 from PIL import Image
 
@@ -18,23 +19,47 @@ from deployments.constants import TARGET_REPLICAS_METRIC
 from deployments.metrics import ModelMetrics
 from modm.config import ModelSpec
 from modm.engine import png_bytes
-from modm.generation import DiffusionGenerator, GenerationRequest
+from modm.generation import DiffusionGenerator, GenerationRequest, size_multiple, spec_call_kwargs
+from modm.parallel import ParallelMethod
 
 logger = logging.getLogger("ray.serve")
+
+
+def _describe_rank(worker, spec: ModelSpec) -> tuple[int, dict]:
+    """Runs inside rank 0 of a parallel group: the size multiple (times the ranks rows are split across) and the
+    spec's call arguments that the pipeline takes."""
+    pipe = worker.parallel.pipe
+    multiple = size_multiple(pipe) * (worker.config.world_size if worker.config.is_patch_method else 1)
+    return multiple, spec_call_kwargs(pipe, spec)
 
 
 class ModelServer:
     def __init__(self, spec: dict, role: str):
         self.spec = ModelSpec.model_validate(spec)
         self.role = role
-        self.generator = DiffusionGenerator.from_spec(self.spec, role)
-        if role == "small":
-            self.generator.refine_pipe  # noqa: B018 -- fail at start-up if this model cannot refine
         self.metrics = ModelMetrics(role)
+        self.group = None
+        if self.spec.parallel.method is not ParallelMethod.NONE:
+            # One model on several devices: this replica holds no weights, it drives one rank actor per device.
+            from deployments.actor_group import ParallelActorGroup
+
+            self.generator = None
+            self.group = ParallelActorGroup(self.spec.parallel, self.spec,
+                                            use_gpu=self.spec.device.startswith("cuda")
+                                            or (self.spec.device == "auto" and torch.cuda.is_available())).start()
+            self._size_multiple, self._group_kwargs = ray.get(
+                self.group.workers[0].__ray_call__.remote(_describe_rank, self.spec))
+        else:
+            self.generator = DiffusionGenerator.from_spec(self.spec, role)
+            self._size_multiple = self.generator.size_multiple
+            if role == "small":
+                self.generator.refine_pipe  # noqa: B018 -- fail at start-up if this model cannot refine
         self._target_replicas: int | None = None
         self._latency_s: float | None = self.spec.profiled_latency_s
         self._profile_lock = asyncio.Lock()
-        logger.info("%s model ready: %s on %s", role, self.spec.source, self.generator.device)
+        where = (f"{self.spec.parallel.method.value} x{self.spec.parallel.world_size}" if self.group is not None
+                 else str(self.generator.device))
+        logger.info("%s model ready: %s on %s", role, self.spec.source, where)
 
     def _request(self, prompt: str, width: int, height: int, steps: int, seed: int) -> GenerationRequest:
         return GenerationRequest(prompt=prompt, width=width, height=height, steps=steps, seed=seed)
@@ -42,13 +67,25 @@ class ModelServer:
     async def generate(self, prompt: str, width: int, height: int, steps: int, seed: int) -> bytes:
         """Full txt2img; returns PNG bytes."""
         start = time.perf_counter()
-        image = await asyncio.to_thread(self.generator.txt2img, self._request(prompt, width, height, steps, seed))
+        request = self._request(prompt, width, height, steps, seed)
+        if self.group is not None:
+            image = await self._generate_on_group(request)
+        else:
+            image = await asyncio.to_thread(self.generator.txt2img, request)
         self.metrics.observe("generate", time.perf_counter() - start)
         return png_bytes(image)
+
+    async def _generate_on_group(self, req: GenerationRequest) -> Image.Image:
+        kwargs = {"prompt": req.prompt, "height": req.height, "width": req.width, "num_inference_steps": req.steps,
+                  "guidance_scale": self.spec.guidance_scale, "output_type": "pil", **self._group_kwargs}
+        images = await self.group.submit(kwargs, req.seed)  # rank 0's answer; every rank computed the same image
+        return images[0]
 
     async def refine(self, prompt: str, png: bytes, strength: float, width: int, height: int, steps: int,
                      seed: int) -> bytes:
         """img2img of a cached image at `strength` (= 1 - k/T); returns PNG bytes."""
+        if self.generator is None:  # the config schema keeps parallel models off the refinement path
+            raise RuntimeError(f"the {self.role} model runs parallel inference, which does not refine")
         start = time.perf_counter()
         source = Image.open(io.BytesIO(png))
         image = await asyncio.to_thread(self.generator.img2img, self._request(prompt, width, height, steps, seed),
@@ -62,16 +99,21 @@ class ModelServer:
             if self._latency_s is None:
                 req = self._request("a dog riding a bike", self.spec.default_size, self.spec.default_size,
                                     self.spec.num_inference_steps, 0)
-                await asyncio.to_thread(self.generator.txt2img, req)  # warm-up
+                await self._txt2img(req)  # warm-up
                 start = time.perf_counter()
-                await asyncio.to_thread(self.generator.txt2img, req)
+                await self._txt2img(req)
                 self._latency_s = time.perf_counter() - start
                 logger.info("%s model profiled: %.3f s per full generation", self.role, self._latency_s)
             return self._latency_s
 
+    async def _txt2img(self, req: GenerationRequest) -> Image.Image:
+        if self.group is not None:
+            return await self._generate_on_group(req)
+        return await asyncio.to_thread(self.generator.txt2img, req)
+
     def info(self) -> dict:
         """What the router needs to validate requests before sending any work."""
-        return {"role": self.role, "source": self.spec.source, "size_multiple": self.generator.size_multiple,
+        return {"role": self.role, "source": self.spec.source, "size_multiple": self._size_multiple,
                 "default_size": self.spec.default_size, "max_size": self.spec.max_size,
                 "num_inference_steps": self.spec.num_inference_steps}
 
@@ -82,7 +124,8 @@ class ModelServer:
         return {} if self._target_replicas is None else {TARGET_REPLICAS_METRIC: float(self._target_replicas)}
 
     def check_health(self) -> None:
+        if self.group is not None:
+            self.group.check_health()  # raises when a rank died: Serve then restarts this replica
+            return
         # Cheap: the pipeline is loaded and its device answers.
-        if self.generator.pipe is None:
-            raise RuntimeError(f"{self.role} model pipeline is not loaded")
         torch.zeros(1, device=self.generator.device).add_(1)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from modm.parallel.config import ParallelConfig, ParallelMethod
 from modm.constants import (
     DEFAULT_CACHE_CAPACITY,
     DEFAULT_HNSW_EF_CONSTRUCTION,
@@ -73,6 +74,10 @@ class ModelSpec(_Strict):
     profiled_latency_s: float | None = Field(
         default=None, gt=0,
         description="Seconds per full generation on one GPU, for the monitor. Measured at start-up when unset.")
+    parallel: ParallelConfig = Field(
+        default_factory=ParallelConfig,
+        description="Run each replica of this model on several devices (DistriFusion, AsyncDiff): the replica "
+                    "reserves world_size devices in a placement group and drives one rank actor on each.")
 
     @model_validator(mode="after")
     def _sizes(self) -> "ModelSpec":
@@ -241,6 +246,13 @@ class SystemConfig(_Strict):
     def _cross(self) -> "SystemConfig":
         if self.mode is SystemMode.MODM and self.models.small is None:
             raise ValueError("mode 'modm' needs models.small (the model that refines cache hits)")
+        if self.models.small is not None and self.models.small.parallel.method is not ParallelMethod.NONE:
+            raise ValueError("models.small.parallel: parallel inference serves full generations; the small model "
+                             "refines cache hits (img2img), which it does not run")
+        if (self.mode is SystemMode.MODM and self.monitor.mode is MonitorMode.QUALITY
+                and self.models.large.parallel.method is not ParallelMethod.NONE):
+            raise ValueError("models.large.parallel needs monitor.mode 'throughput': in quality mode large replicas "
+                             "also refine hits, which parallel inference does not run")
         return self
 
 

@@ -1,3 +1,9 @@
-from modm.generation.generator import DiffusionGenerator, GenerationRequest, InvalidRequestError, size_multiple
+from modm.generation.generator import (
+    DiffusionGenerator,
+    GenerationRequest,
+    InvalidRequestError,
+    size_multiple,
+    spec_call_kwargs,
+)
 
-__all__ = ["DiffusionGenerator", "GenerationRequest", "InvalidRequestError", "size_multiple"]
+__all__ = ["DiffusionGenerator", "GenerationRequest", "InvalidRequestError", "size_multiple", "spec_call_kwargs"]

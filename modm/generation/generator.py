@@ -74,7 +74,7 @@ class DiffusionGenerator:
         self.spec = spec
         self.name = name
         self.size_multiple = size_multiple(pipe)
-        self._txt2img_kwargs = _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length})
+        self._txt2img_kwargs = spec_call_kwargs(pipe, spec)
         self._refine_pipe = None
 
     @property
@@ -83,7 +83,7 @@ class DiffusionGenerator:
         if self._refine_pipe is None:
             twin = image_to_image_twin(self.pipe)
             twin.set_progress_bar_config(disable=True)
-            self._img2img_kwargs = _supported_kwargs(twin, {"max_sequence_length": self.spec.max_sequence_length})
+            self._img2img_kwargs = spec_call_kwargs(twin, self.spec)
             # Some img2img pipelines (SD3) take the output size as arguments rather than from the image.
             self._img2img_takes_size = bool(_supported_kwargs(twin, {"height": 0, "width": 0}))
             self._refine_pipe = twin
@@ -160,6 +160,11 @@ class DiffusionGenerator:
         run(steps[0])  # warm-up
         low, high = run(steps[0]), run(steps[1])
         return max(high - low, 0.0) / (steps[1] - steps[0])
+
+
+def spec_call_kwargs(pipe, spec: ModelSpec) -> dict:
+    """Call arguments the spec sets that this pipeline takes (e.g. T5 token count for SD3/FLUX only)."""
+    return _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length})
 
 
 def _supported_kwargs(pipe, candidates: dict) -> dict:

@@ -54,7 +54,7 @@ def test_actor_group_serves_exact_distrifusion_and_notices_a_dead_worker(ray_clu
 
 
 def test_unsatisfiable_reservation_fails_within_the_start_timeout(ray_cluster, model_spec):
-    cfg = ParallelConfig(method="distrifusion", world_size=16)  # the session cluster has 8 CPUs
+    cfg = ParallelConfig(method="distrifusion", world_size=16)  # the session cluster has 12 CPUs
     group = ParallelActorGroup(cfg, model_spec, cpus_per_rank=1, start_timeout_s=3)
     started = time.monotonic()
     with pytest.raises(RendezvousError, match="could not reserve 16 bundles"):
