@@ -18,10 +18,9 @@ from ray import serve
 
 from deployments.api import DecisionInfo, GenerationBody, GenerationResponse, ImageData, error_body
 from deployments.metrics import RouterMetrics
-from modm.cache import should_admit
 from modm.config import SystemConfig, SystemMode
-from modm.engine import DEFAULT_TENANT
-from modm.policy import KTable, Pool, PoolState, RetrievalDecision, route
+from modm.constants import DEFAULT_TENANT
+from modm.policy import KTable, Pool, PoolState, RetrievalDecision, route, should_admit
 
 logger = logging.getLogger("ray.serve")
 

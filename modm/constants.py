@@ -16,3 +16,4 @@ DEFAULT_HNSW_EF_SEARCH = 64          # recall@1 ~0.9 on near-duplicates (feasibi
 DEFAULT_HNSW_EF_CONSTRUCTION = 40
 DEFAULT_MONITOR_WINDOW_S = _env("MODM_DEFAULT_MONITOR_WINDOW_S", 180.0)
 MAX_PROMPT_CHARS = _env("MODM_MAX_PROMPT_CHARS", 2000, int)
+DEFAULT_TENANT = "default"  # the cache namespace of requests that name no tenant

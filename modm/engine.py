@@ -15,12 +15,12 @@ from PIL import Image
 
 from modm.cache import ImageCache, should_admit
 from modm.config.schema import RequestLimits, SystemConfig, SystemMode
+from modm.constants import DEFAULT_TENANT
 from modm.embedding import Embedder, build_embedder
 from modm.generation import DiffusionGenerator, GenerationRequest, InvalidRequestError
 from modm.policy import KTable
 
 LARGE, SMALL = "large", "small"
-DEFAULT_TENANT = "default"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Ray-free and model-free; callers pass L2-normalised embeddings in::
 The directory layout and the crash-safety argument are in `modm.cache.layout` and `modm.cache.journal`.
 """
 
-from modm.cache.admission import should_admit
+from modm.policy.admission import should_admit  # the rule is policy; re-exported for cache users
 from modm.cache.errors import (
     CacheClosedError,
     CacheCorruptError,

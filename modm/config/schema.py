@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modm.parallel.config import ParallelConfig, ParallelMethod
+from modm.config.parallel import ParallelConfig, ParallelMethod
 from modm.constants import (
     DEFAULT_CACHE_CAPACITY,
     DEFAULT_HNSW_EF_CONSTRUCTION,

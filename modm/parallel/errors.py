@@ -6,8 +6,7 @@ from __future__ import annotations
 __all__ = ["ParallelConfigError", "PatchSplitError", "UnsupportedModelError", "RendezvousError"]
 
 
-class ParallelConfigError(ValueError):
-    """A parallel setting that cannot work (world size vs method, stride, CFG split...)."""
+from modm.config.parallel import ParallelConfigError  # noqa: E402 -- defined with the config it validates
 
 
 class PatchSplitError(ValueError):

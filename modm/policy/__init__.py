@@ -1,5 +1,6 @@
 """Pure decision logic: numbers in, numbers out. No models, no Ray; shared by the engine, deployments and simulator."""
 
+from modm.policy.admission import should_admit
 from modm.policy.calibration import QualitySample, fit_k_table
 from modm.policy.monitor import (
     Allocation,
@@ -18,5 +19,5 @@ from modm.policy.retrieval import NIRVANA_K_CHOICES, NIRVANA_TABLE, KTable, Retr
 __all__ = [
     "Allocation", "GlobalMonitor", "KTable", "NIRVANA_K_CHOICES", "NIRVANA_TABLE", "PIDController", "Pool", "PoolState",
     "QualitySample", "RetrievalDecision", "Throughput", "WindowStats", "fit_k_table", "quality_target",
-    "refine_fraction", "route", "throughput_target", "workloads",
+    "refine_fraction", "route", "should_admit", "throughput_target", "workloads",
 ]
