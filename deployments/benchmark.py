@@ -1,0 +1,160 @@
+"""One command, one workload, one replica budget: MoDM (throughput and quality mode) against serving the large
+model alone, on a local Ray cluster, through HTTP. Prints the ratio table and writes JSON, records and plots.
+
+    python -m deployments.benchmark --trace ../shared/data/diffusiondb_prompts_10k.tsv --requests 150 \\
+        --warm-up 30 --budget 3 --out runs/bench
+
+Each system is deployed as its own Serve app (fresh cache), driven by the load generator in closed loop with the
+same prompts (the session model gives DiffusionDB prompt lists MoDM's temporal locality), then deleted. The SLO
+reference is the standalone large-model latency, measured on the vanilla app one request at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from modm.config import config_from_dict
+from modm.demo import default_config_path, ensure_zoo
+
+SYSTEMS = ("vanilla", "modm-throughput", "modm-quality")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def system_variants(base: dict, budget: int, steps: int, size: int, window_s: float, work: Path) -> dict[str, dict]:
+    """The same models, steps and replica budget for every system; only mode and monitor objective differ."""
+    variants = {}
+    for name in SYSTEMS:
+        system = json.loads(json.dumps(base))
+        for role in ("large", "small"):
+            system["models"][role].update(num_inference_steps=steps, default_size=size)
+        system["monitor"].update(gpu_budget=budget, window_s=window_s)
+        system["cache"]["directory"] = str((work / name / "cache").resolve())
+        if name == "vanilla":
+            system["mode"] = "vanilla"
+            system["models"].pop("small")
+        else:
+            system["monitor"]["mode"] = name.split("-", 1)[1]
+        config_from_dict(system, name)  # fail before deploying anything
+        variants[name] = system
+    return variants
+
+
+def wait_healthy(url: str, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} was not healthy within {timeout_s:.0f}s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trace", type=Path, required=True, help="prompt list (TSV/CSV/text) or DiffusionDB parquet")
+    parser.add_argument("--requests", type=int, default=150, help="measured requests per system")
+    parser.add_argument("--warm-up", type=int, default=30, help="requests sent first, left out of the report")
+    parser.add_argument("--budget", type=int, default=3, help="model replicas (GPUs) every system gets")
+    parser.add_argument("--concurrency", type=int, default=4, help="closed-loop clients")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50, help="T")
+    parser.add_argument("--window-s", type=float, default=10.0, help="monitor window (short runs need short ones)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    return parser
+
+
+def run_benchmark(args: argparse.Namespace, port: int) -> dict:
+    """Deploy, drive and delete each system in turn on the running Ray + Serve (HTTP on `port`)."""
+    from ray import serve
+
+    from deployments.app import build_app
+    from loadgen import (ArrivalConfig, ArrivalKind, ClientConfig, RunConfig, SessionConfig, TraceConfig,
+                         compare_runs, format_comparison, run)
+    from loadgen.runner import write_run
+
+    chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if set(chosen) - set(SYSTEMS) or "vanilla" not in chosen:
+        raise ValueError(f"--systems must include vanilla (the baseline) and name only {SYSTEMS}, got {chosen}")
+    chosen.sort(key=lambda s: s != "vanilla")  # vanilla first: it measures the SLO reference latency
+    serve_config = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
+    base = serve_config["applications"][0]["args"]["system"]
+    ensure_zoo(config_from_dict(base), args.zoo)
+    base["models"]["large"]["source"] = str((args.zoo / "large").resolve())
+    base["models"]["small"]["source"] = str((args.zoo / "small").resolve())
+    shutil.rmtree(args.out, ignore_errors=True)
+    variants = system_variants(base, args.budget, args.steps, args.size, args.window_s, args.out)
+
+    summaries, reference_s, runs = [], None, {}
+    for name in chosen:
+        started = time.monotonic()
+        serve.run(build_app({"system": variants[name]}), name=name, route_prefix=f"/{name}", blocking=False)
+        url = f"http://127.0.0.1:{port}/{name}"
+        try:
+            wait_healthy(url)
+            config = RunConfig(
+                name=name,
+                trace=TraceConfig(path=args.trace, n_requests=args.requests, warm_up=args.warm_up),
+                sessions=SessionConfig(),
+                arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=args.concurrency),
+                client=ClientConfig(url=url, size=f"{args.size}x{args.size}", steps=args.steps, tenant="bench",
+                                    request_timeout_s=600, stats_poll_period_s=2.0, progress=False),
+                reference_latency_s=reference_s,
+                reference_url=url if reference_s is None else None)
+            artifacts = run(config)
+        finally:
+            serve.delete(name)
+        reference_s = reference_s or artifacts.reference_latency_s
+        write_run(args.out / name, artifacts)
+        summaries.append(artifacts.summary)
+        runs[name] = {"summary": artifacts.summary.model_dump(mode="json"), "wall_s": time.monotonic() - started}
+        print(f"{name}: done in {time.monotonic() - started:.0f}s", flush=True)
+
+    comparison = compare_runs(summaries, baseline="vanilla")
+    print(f"\nworkload: {args.trace.name}, {args.requests} measured requests (+{args.warm_up} warm-up), sessions; "
+          f"budget {args.budget} model replicas; {args.size}px, T={args.steps}; closed loop x{args.concurrency}; "
+          f"SLO reference {reference_s:.2f}s (vanilla, one request at a time)\n")
+    print(format_comparison(comparison))
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "reference_latency_s": reference_s,
+              "comparison": comparison.model_dump(mode="json"), "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print(f"\nwrote {args.out / 'benchmark.json'} and per-system records/plots under {args.out}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from ray import serve
+
+    ray.init(address="local", num_cpus=args.budget + 6, include_dashboard=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 900})
+        run_benchmark(args, port)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
