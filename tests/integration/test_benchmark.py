@@ -13,7 +13,9 @@ def test_benchmark_runs_both_systems_and_writes_the_ratio_table(ray_cluster, ser
 
     trace = tmp_path / "prompts.tsv"
     trace.write_text("prompt\n" + "\n".join(
-        ["a red fox in the snow", "a lighthouse in a storm", "a bowl of ramen", "an astronaut on a horse"]) + "\n",
+        ["a red fox in the snow", "a lighthouse in a storm", "a bowl of ramen", "an astronaut on a horse",
+         "a steam train at dusk", "a jellyfish in deep water", "a violin on a chair", "a desert cactus at noon",
+         "a snowy owl on a branch", "a neon city street"]) + "\n",
         encoding="utf-8")
     args = build_parser().parse_args([
         "--trace", str(trace), "--requests", "6", "--warm-up", "2", "--budget", "2", "--concurrency", "2",
