@@ -13,19 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import time
 from pathlib import Path
 
 import httpx
 import psutil
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -87,6 +80,7 @@ def main() -> None:
     from ray import serve
 
     from deployments.app import build_app
+    from deployments.local_cluster import free_port, wait_healthy
     from modm.config import load_config
     from modm.demo import default_config_path, ensure_zoo
 
@@ -108,13 +102,7 @@ def main() -> None:
     t1 = time.perf_counter()
     serve.run(build_app({"system": system}), name="modm", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
+    wait_healthy(url, poll_s=0.25)
     cold = {"ray_init_s": t1 - t0, "deploy_to_healthy_s": time.perf_counter() - t1}
 
     rows = {"miss": [], "hit": []}

@@ -15,23 +15,16 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
-import httpx
 import yaml
 
+from deployments.local_cluster import free_port, wait_healthy
 from modm.config import config_from_dict
 from modm.demo import default_config_path, ensure_zoo
 
 SYSTEMS = ("vanilla", "modm-throughput", "modm-quality")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def system_variants(base: dict, budget: int, steps: int, size: int, window_s: float, work: Path) -> dict[str, dict]:
@@ -51,18 +44,6 @@ def system_variants(base: dict, budget: int, steps: int, size: int, window_s: fl
         config_from_dict(system, name)  # fail before deploying anything
         variants[name] = system
     return variants
-
-
-def wait_healthy(url: str, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{url} was not healthy within {timeout_s:.0f}s")
 
 
 def build_parser() -> argparse.ArgumentParser:

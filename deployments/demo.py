@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from deployments.local_cluster import wait_healthy
 from modm.config import load_config
 from modm.demo import default_config_path, demo_workload_path, ensure_zoo
 
@@ -45,17 +46,12 @@ def demo_serve_config(source: Path, work_dir: Path) -> tuple[Path, str]:
     return path, f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
 
 
-def wait_healthy(url: str, timeout_s: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    status = _run(_bin("serve"), "status", "--address", DASHBOARD, check=False).stdout
-    raise RuntimeError(f"the app was not healthy after {timeout_s:.0f}s; serve status:\n{status}")
+def wait_app(url: str, timeout_s: float) -> float:
+    try:
+        return wait_healthy(url, timeout_s)
+    except TimeoutError:
+        status = _run(_bin("serve"), "status", "--address", DASHBOARD, check=False).stdout
+        raise RuntimeError(f"the app was not healthy after {timeout_s:.0f}s; serve status:\n{status}") from None
 
 
 def send_workload(url: str, out_dir: Path, concurrency: int) -> dict:
@@ -98,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         _run(_bin("serve"), "deploy", str(serve_config), "--address", DASHBOARD)
-        ready_s = wait_healthy(url, timeout_s=600)
+        ready_s = wait_app(url, timeout_s=600)
         print(f"app healthy {ready_s:.1f}s after deploy ({time.monotonic() - started:.1f}s after ray start)")
         print(_run(_bin("serve"), "status", "--address", DASHBOARD).stdout)
         send_workload(url, args.work_dir / "run", args.concurrency)

@@ -14,9 +14,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import socket  # noqa: E402
-
 import pytest  # noqa: E402
+
+from deployments.local_cluster import free_port  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,12 +42,6 @@ def minilm():
     from modm.embedding import build_embedder
 
     return build_embedder(EmbedderConfig(kind="minilm", device="cpu"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

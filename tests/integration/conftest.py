@@ -5,6 +5,8 @@ import time
 import httpx
 import pytest
 
+from deployments.local_cluster import wait_healthy
+
 pytestmark = pytest.mark.ray
 
 
@@ -35,16 +37,10 @@ def serve_app(ray_cluster, http_port, tiny_zoo, tmp_path_factory):
     started = time.perf_counter()
     serve.run(app, name="modm", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    else:
-        pytest.fail("the Serve app did not become healthy within 240 s")
+    try:
+        wait_healthy(url, timeout_s=240)
+    except TimeoutError as err:
+        pytest.fail(str(err))
     print(f"\nServe app ready in {time.perf_counter() - started:.1f}s")
     return url
 

@@ -2,7 +2,6 @@
 
 import base64
 import io
-import time
 
 import httpx
 import numpy as np
@@ -17,6 +16,7 @@ def test_a_parallel_large_model_serves_the_same_image_as_one_device(ray_cluster,
     from ray import serve
 
     from deployments.app import build_app
+    from deployments.local_cluster import wait_healthy
     from modm.config import ModelSpec
     from modm.generation import DiffusionGenerator, GenerationRequest
 
@@ -27,14 +27,7 @@ def test_a_parallel_large_model_serves_the_same_image_as_one_device(ray_cluster,
     serve.run(app, name="modm-parallel", route_prefix="/parallel", blocking=False)
     base = f"http://127.0.0.1:{http_port}/parallel"
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_healthy(base, timeout_s=240)
         body = {"prompt": "a lighthouse in a storm", "size": "64x64", "seed": 5}
         response = httpx.post(f"{base}/v1/images/generations", json=body, timeout=120)
         assert response.status_code == 200, response.text
