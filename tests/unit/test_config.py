@@ -68,3 +68,19 @@ def test_load_config_file_errors(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="UTF-8"):
         load_config(binary)
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu-sd35-sdxl.yaml", "gpu-flux-sana.yaml"])
+def test_shipped_serve_configs_are_valid(name):
+    from pathlib import Path
+
+    import yaml
+
+    from deployments.app import AppArgs
+
+    path = Path(__file__).parents[2] / "deployments" / "configs" / name
+    cfg = load_config(path)
+    assert cfg.mode is SystemMode.MODM and cfg.models.small is not None
+    args = AppArgs.model_validate(yaml.safe_load(path.read_text())["applications"][0]["args"])
+    if name.startswith("gpu"):
+        assert args.options_for("LargeModel")["num_gpus"] == 1 and cfg.policy.k_table[-1].min_score == 0.25
