@@ -21,6 +21,7 @@ from deployments.metrics import RouterMetrics
 from modm.config import SystemConfig, SystemMode
 from modm.constants import DEFAULT_TENANT
 from modm.policy import KTable, Pool, PoolState, RetrievalDecision, route, should_admit
+from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
 
 logger = logging.getLogger("ray.serve")
 
@@ -74,7 +75,7 @@ class Router:
     @api.post("/v1/images/generations", response_model=GenerationResponse)
     async def generations(self, body: GenerationBody, x_tenant_id: str | None = Header(default=None)):
         tenant = self._tenant(x_tenant_id)
-        width, height, steps = self._check(body)
+        width, height, steps = self._check(body, tenant)
         start = time.perf_counter()
         try:
             return await asyncio.wait_for(self._serve(body, tenant, width, height, steps, start),
@@ -115,24 +116,20 @@ class Router:
                                        "starting with a letter or digit")
         return header
 
-    def _check(self, body: GenerationBody) -> tuple[int, int, int]:
+    def _check(self, body: GenerationBody, tenant: str) -> tuple[int, int, int]:
+        """The same limits the models enforce, checked here before any work is sent."""
         limits, info = self.config.limits, self.model_info[Pool.LARGE]
-        if len(body.prompt) > limits.max_prompt_chars:
-            raise RequestRejected(400, f"prompt has {len(body.prompt)} characters; the limit is "
-                                       f"{limits.max_prompt_chars}")
         if body.n > limits.max_images:
             raise RequestRejected(400, f"n={body.n} exceeds the limit of {limits.max_images} images per request")
         steps = body.steps or info["num_inference_steps"]
-        if steps > limits.max_steps:
-            raise RequestRejected(400, f"steps={steps} exceeds the limit of {limits.max_steps}")
         width, height = body.dimensions() or (info["default_size"], info["default_size"])
-        for pool, model in self.model_info.items():
-            for side, value in (("width", width), ("height", height)):
-                if value % model["size_multiple"] or value <= 0:
-                    raise RequestRejected(400, f"{side}={value} must be a positive multiple of "
-                                               f"{model['size_multiple']} ({pool.value} model)")
-                if value > model["max_size"]:
-                    raise RequestRejected(400, f"{side}={value} exceeds the largest size {model['max_size']}")
+        try:
+            check_request_limits(body.prompt, steps, tenant, limits)
+            for pool, model in self.model_info.items():
+                check_dimensions(width, height, size_multiple=model["size_multiple"], max_size=model["max_size"],
+                                 model=pool.value)
+        except InvalidRequestError as err:
+            raise RequestRejected(400, str(err)) from None
         return width, height, steps
 
     async def _serve(self, body: GenerationBody, tenant: str, width: int, height: int, steps: int,

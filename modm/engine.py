@@ -17,8 +17,9 @@ from modm.cache import ImageCache, should_admit
 from modm.config.schema import RequestLimits, SystemConfig, SystemMode
 from modm.constants import DEFAULT_TENANT
 from modm.embedding import Embedder, build_embedder
-from modm.generation import DiffusionGenerator, GenerationRequest, InvalidRequestError
+from modm.generation import DiffusionGenerator, GenerationRequest
 from modm.policy import KTable
+from modm.policy.requests import check_request_limits
 
 LARGE, SMALL = "large", "small"
 
@@ -54,14 +55,7 @@ class EngineResult:
 
 
 def check_limits(req: ImageRequest, limits: RequestLimits) -> None:
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
-        raise InvalidRequestError("prompt must be a non-empty string")
-    if len(req.prompt) > limits.max_prompt_chars:
-        raise InvalidRequestError(f"prompt has {len(req.prompt)} characters; the limit is {limits.max_prompt_chars}")
-    if req.steps is not None and not 0 < req.steps <= limits.max_steps:
-        raise InvalidRequestError(f"steps={req.steps} must be in [1, {limits.max_steps}]")
-    if not isinstance(req.tenant, str) or not req.tenant.strip():
-        raise InvalidRequestError("tenant must be a non-empty string")
+    check_request_limits(req.prompt, req.steps, req.tenant, limits)
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -1,7 +1,7 @@
+from modm.policy.requests import InvalidRequestError
 from modm.generation.generator import (
     DiffusionGenerator,
     GenerationRequest,
-    InvalidRequestError,
     size_multiple,
     spec_call_kwargs,
 )

@@ -17,10 +17,7 @@ from PIL import Image
 
 from modm.config.schema import ModelSpec
 from modm.models.loading import ModelLoadError, load_pipeline
-
-
-class InvalidRequestError(ValueError):
-    """A generation request this model cannot serve; the message names the field and value."""
+from modm.policy.requests import InvalidRequestError, check_dimensions
 
 
 @dataclass(frozen=True)
@@ -100,13 +97,8 @@ class DiffusionGenerator:
     def check_request(self, req: GenerationRequest) -> None:
         if not isinstance(req.prompt, str) or not req.prompt.strip():
             raise InvalidRequestError("prompt must be a non-empty string")
-        for side, value in (("width", req.width), ("height", req.height)):
-            if value <= 0 or value % self.size_multiple:
-                raise InvalidRequestError(
-                    f"{side}={value} must be a positive multiple of {self.size_multiple} for model {self.name!r}")
-            if value > self.spec.max_size:
-                raise InvalidRequestError(f"{side}={value} exceeds the largest size {self.spec.max_size} of "
-                                          f"model {self.name!r}")
+        check_dimensions(req.width, req.height, size_multiple=self.size_multiple, max_size=self.spec.max_size,
+                         model=self.name)
         if req.steps <= 0:
             raise InvalidRequestError(f"steps={req.steps} must be positive")
 

@@ -165,3 +165,20 @@ def test_monitor_state_stays_within_bounds():
     assert monitor.pid.current == 3.0
     after = monitor.step(WindowStats(30, 1.0, {30: 1.0}), THR)  # all hits: the target is 0
     assert after.large < 3
+
+
+def test_request_limit_checks_name_the_field():
+    from modm.config import RequestLimits
+    from modm.policy import InvalidRequestError, check_dimensions, check_request_limits
+
+    limits = RequestLimits(max_prompt_chars=10, max_steps=8)
+    check_request_limits("ok", None, "t", limits)
+    check_dimensions(64, 32, size_multiple=16, max_size=64, model="large")
+    for args, fragment in [(("x" * 11, None, "t"), "11 characters"), (("ok", 9, "t"), "steps=9"),
+                           (("", None, "t"), "prompt"), (("ok", None, " "), "tenant")]:
+        with pytest.raises(InvalidRequestError, match=fragment):
+            check_request_limits(*args, limits)
+    with pytest.raises(InvalidRequestError, match="height=40"):
+        check_dimensions(64, 40, size_multiple=16, max_size=64, model="large")
+    with pytest.raises(InvalidRequestError, match="largest size 64"):
+        check_dimensions(80, 64, size_multiple=16, max_size=64, model="large")
