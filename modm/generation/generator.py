@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from modm.config.schema import ModelSpec
+from modm.generation.resume import LatentSnapshots, schedule_from_step
 from modm.models.loading import ModelLoadError, load_pipeline
 from modm.policy.requests import InvalidRequestError, check_dimensions
 
@@ -133,6 +134,40 @@ class DiffusionGenerator:
         # run. Refine with at least one step by stretching the schedule just enough.
         common["num_inference_steps"] = max(req.steps, math.ceil(1.0 / strength - 1e-9))
         out = refine_pipe(image=image, strength=strength, **size, **common, **self._img2img_kwargs)
+        return out.images[0]
+
+    def check_resumable(self) -> None:
+        """NIRVANA needs the pipeline to report latents per step and to accept latents to start from."""
+        missing = {"callback_on_step_end", "latents"} - set(inspect.signature(type(self.pipe).__call__).parameters)
+        if missing or not hasattr(self.pipe.scheduler, "set_begin_index"):
+            raise ModelLoadError(f"{type(self.pipe).__name__} with {type(self.pipe.scheduler).__name__} cannot "
+                                 f"stop and resume part-way (no {sorted(missing) or 'set_begin_index'}), which "
+                                 "NIRVANA's latent cache needs")
+
+    @torch.inference_mode()
+    def txt2img_with_snapshots(self, req: GenerationRequest,
+                               snapshot_steps: tuple[int, ...]) -> tuple[Image.Image, dict[int, torch.Tensor]]:
+        """Full generation that also returns the latents after each step count in `snapshot_steps` (CPU)."""
+        self.check_request(req)
+        outside = [s for s in snapshot_steps if not 0 < s < req.steps]
+        if outside:
+            raise InvalidRequestError(f"snapshot steps {outside} are not inside a {req.steps}-step run")
+        snapshots = LatentSnapshots(snapshot_steps)
+        out = self.pipe(height=req.height, width=req.width, **self._common(req), **self._txt2img_kwargs,
+                        callback_on_step_end=snapshots, callback_on_step_end_tensor_inputs=["latents"])
+        return out.images[0], snapshots.latents
+
+    @torch.inference_mode()
+    def resume(self, req: GenerationRequest, latents: torch.Tensor, steps_done: int) -> Image.Image:
+        """The last req.steps - steps_done steps of a run, from its latents after `steps_done` steps."""
+        self.check_request(req)
+        if not 0 < steps_done < req.steps:
+            raise InvalidRequestError(f"cannot resume after step {steps_done} of a {req.steps}-step run")
+        if latents.ndim < 3 or latents.shape[0] != 1:
+            raise InvalidRequestError(f"latents of shape {tuple(latents.shape)} are not one image's latents")
+        with schedule_from_step(self.pipe.scheduler, steps_done):
+            out = self.pipe(height=req.height, width=req.width, latents=latents.to(self.device), **self._common(req),
+                            **self._txt2img_kwargs)
         return out.images[0]
 
     @torch.inference_mode()
