@@ -11,6 +11,7 @@ import io
 import logging
 import time
 
+import numpy as np
 import ray
 import torch
 from PIL import Image
@@ -34,8 +35,10 @@ def _describe_rank(worker, spec: ModelSpec) -> tuple[int, dict]:
 
 
 class ModelServer:
-    def __init__(self, spec: dict, role: str):
+    def __init__(self, spec: dict, role: str, *, snapshot_steps: tuple[int, ...] = ()):
+        """`snapshot_steps`: NIRVANA mode, where full generations also return their latents after these steps."""
         self.spec = ModelSpec.model_validate(spec)
+        self.snapshot_steps = tuple(snapshot_steps)
         self.role = role
         self.metrics = ModelMetrics(role)
         self.group = None
@@ -54,6 +57,8 @@ class ModelServer:
             self._size_multiple = self.generator.size_multiple
             if role == "small":
                 self.generator.refine_pipe  # noqa: B018 -- fail at start-up if this model cannot refine
+            if self.snapshot_steps:
+                self.generator.check_resumable()
         self._target_replicas: int | None = None
         self._latency_s: float | None = self.spec.profiled_latency_s
         self._profile_lock = asyncio.Lock()
@@ -84,14 +89,39 @@ class ModelServer:
     async def refine(self, prompt: str, png: bytes, strength: float, width: int, height: int, steps: int,
                      seed: int) -> bytes:
         """img2img of a cached image at `strength` (= 1 - k/T); returns PNG bytes."""
-        if self.generator is None:  # the config schema keeps parallel models off the refinement path
-            raise RuntimeError(f"the {self.role} model runs parallel inference, which does not refine")
+        generator = self._local_generator()
         start = time.perf_counter()
         source = Image.open(io.BytesIO(png))
-        image = await asyncio.to_thread(self.generator.img2img, self._request(prompt, width, height, steps, seed),
+        image = await asyncio.to_thread(generator.img2img, self._request(prompt, width, height, steps, seed),
                                         source, strength)
         self.metrics.observe("refine", time.perf_counter() - start)
         return png_bytes(image)
+
+    async def generate_with_snapshots(self, prompt: str, width: int, height: int, steps: int,
+                                      seed: int) -> tuple[bytes, dict[int, np.ndarray]]:
+        """NIRVANA's miss: full txt2img, plus the latents after each snapshot step (float16, for its cache)."""
+        start = time.perf_counter()
+        image, latents = await asyncio.to_thread(self._local_generator().txt2img_with_snapshots,
+                                                 self._request(prompt, width, height, steps, seed),
+                                                 self.snapshot_steps)
+        self.metrics.observe("generate", time.perf_counter() - start)
+        return png_bytes(image), {k: v.to(torch.float16).numpy() for k, v in latents.items()}
+
+    async def resume(self, prompt: str, latents: np.ndarray, steps_done: int, width: int, height: int, steps: int,
+                     seed: int) -> bytes:
+        """NIRVANA's hit: the last steps - steps_done steps from cached latents."""
+        start = time.perf_counter()
+        generator = self._local_generator()
+        cached = torch.from_numpy(np.asarray(latents)).to(generator.pipe.dtype)
+        image = await asyncio.to_thread(generator.resume, self._request(prompt, width, height, steps, seed),
+                                        cached, steps_done)
+        self.metrics.observe("resume", time.perf_counter() - start)
+        return png_bytes(image)
+
+    def _local_generator(self) -> DiffusionGenerator:
+        if self.generator is None:  # the config schema keeps parallel models off these paths
+            raise RuntimeError(f"the {self.role} model runs parallel inference, which does not refine or resume")
+        return self.generator
 
     async def profile(self) -> float:
         """Seconds per full generation at the spec's default size and steps (MoDM profiles P = 60 / latency)."""

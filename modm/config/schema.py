@@ -17,6 +17,7 @@ from modm.constants import (
     DEFAULT_MONITOR_WINDOW_S,
     DEFAULT_TOTAL_STEPS,
     MAX_PROMPT_CHARS,
+    NIRVANA_K_CHOICES,
 )
 
 
@@ -244,6 +245,20 @@ class SystemConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> "SystemConfig":
+        if self.mode is SystemMode.NIRVANA:
+            if self.embedder.effective_retrieval is not Retrieval.TEXT_TO_TEXT:
+                raise ValueError("mode 'nirvana' retrieves text->text: set embedder.retrieval to 'text-text' "
+                                 "(or use the minilm embedder)")
+            if self.policy.total_steps <= max(NIRVANA_K_CHOICES):
+                raise ValueError(f"mode 'nirvana' caches latents after steps {list(NIRVANA_K_CHOICES)}: "
+                                 f"policy.total_steps={self.policy.total_steps} must exceed "
+                                 f"{max(NIRVANA_K_CHOICES)}")
+            if self.models.large.parallel.method is not ParallelMethod.NONE:
+                raise ValueError("mode 'nirvana' stops and resumes the large model part-way, which parallel "
+                                 "inference does not run: set models.large.parallel.method to 'none'")
+            if self.cache.capacity < len(NIRVANA_K_CHOICES):
+                raise ValueError(f"mode 'nirvana' keeps {len(NIRVANA_K_CHOICES)} latents per prompt: "
+                                 f"cache.capacity={self.cache.capacity} holds none")
         if self.mode is SystemMode.MODM and self.models.small is None:
             raise ValueError("mode 'modm' needs models.small (the model that refines cache hits)")
         if self.models.small is not None and self.models.small.parallel.method is not ParallelMethod.NONE:

@@ -84,3 +84,17 @@ def test_shipped_serve_configs_are_valid(name):
     args = AppArgs.model_validate(yaml.safe_load(path.read_text())["applications"][0]["args"])
     if name.startswith("gpu"):
         assert args.options_for("LargeModel")["num_gpus"] == 1 and cfg.policy.k_table[-1].min_score == 0.25
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"embedder": {"kind": "open_clip"}}, "text->text"),
+    ({"policy": {"total_steps": 25, "k_table": [{"min_score": 0.9, "k": 10}]}}, "must exceed 25"),
+    ({"cache": {"capacity": 4}}, "holds none"),
+    ({"models": {"large": {"source": "a", "parallel": {"method": "distrifusion", "world_size": 2}}}},
+     "parallel inference"),
+])
+def test_nirvana_mode_needs_what_it_resumes_from(changes, message):
+    nirvana = {"mode": "nirvana", "models": {"large": {"source": "a"}}, "embedder": {"kind": "minilm"}}
+    assert config_from_dict(nirvana).mode is SystemMode.NIRVANA
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({**nirvana, **changes})
