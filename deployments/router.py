@@ -10,11 +10,15 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import ReplicaUnavailableError
+from ray.serve.handle import DeploymentResponse
 
 from deployments.api import DecisionInfo, GenerationBody, GenerationResponse, ImageData, error_body
 from deployments.metrics import RouterMetrics
@@ -57,7 +61,8 @@ class Router:
         self.config = SystemConfig.model_validate(system)
         self.mode = self.config.mode
         self.large, self.small, self.embedder, self.cache, self.monitor = large, small, embedder, cache, monitor
-        self.k_table = KTable.from_config(self.config.policy)
+        self.k_table = (KTable.nirvana(self.config.policy.total_steps) if self.mode is SystemMode.NIRVANA
+                        else KTable.from_config(self.config.policy))
         self.metrics = RouterMetrics(self.mode.value)
         self.model_info = {Pool.LARGE: await large.info.remote()}
         if small is not None:
@@ -146,6 +151,19 @@ class Router:
             timings["retrieve"] = time.perf_counter() - t1
             decision = self.k_table.decide(None if match is None else match["score"])
             self.metrics.overhead.observe(time.perf_counter() - t0, tags={"mode": self.mode.value})
+        elif self.mode is SystemMode.NIRVANA:
+            t0 = time.perf_counter()
+            query = await self.embedder.embed_text.remote(body.prompt)
+            namespace = f"{tenant}/{width}x{height}/{steps}"  # latents resume only a run of the same shape
+            match = {"query": query, "namespace": namespace, "cacheable": steps == self.k_table.total_steps}
+            if match["cacheable"] and body.n == 1:  # n > 1 would resume n copies of one cached run
+                found = await self.cache.lookup.remote(query, namespace)
+                match["latents"] = found.get("latents")
+                decision = (RetrievalDecision(hit=True, k=found["k"], strength=1.0 - found["k"] / steps,
+                                              score=found["score"])
+                            if found["hit"] else RetrievalDecision.miss(found["score"]))
+            timings["embed_retrieve"] = time.perf_counter() - t0
+            self.metrics.overhead.observe(time.perf_counter() - t0, tags={"mode": self.mode.value})
         pool = route(decision.hit, self.config.monitor.mode, self._pool_state(Pool.LARGE),
                      self._pool_state(Pool.SMALL)) if self.small is not None else Pool.LARGE
         seed = self.config.seed if body.seed is None else body.seed
@@ -177,9 +195,30 @@ class Router:
                          width: int, height: int, steps: int, seed: int) -> bytes:
         handle = self.large if pool is Pool.LARGE else self.small
         if not decision.hit:
-            return await handle.generate.remote(prompt, width, height, steps, seed)
-        cached = await self.cache.get_png.remote(match["entry_id"])
-        return await handle.refine.remote(prompt, cached, decision.strength, width, height, steps, seed)
+            return await self._retry_if_replica_lost(
+                lambda: handle.generate.remote(prompt, width, height, steps, seed), f"{pool.value} model")
+        cached = await self._retry_if_replica_lost(lambda: self.cache.get_png.remote(match["entry_id"]), "cache")
+        return await self._retry_if_replica_lost(
+            lambda: handle.refine.remote(prompt, cached, decision.strength, width, height, steps, seed),
+            f"{pool.value} model")
+
+    @staticmethod
+    async def _retry_if_replica_lost(call: Callable[[], DeploymentResponse], what: str) -> bytes:
+        """Await `call()`; if the replica that took it died or became unreachable, call once more.
+
+        Every call made through this is idempotent (generation is deterministic given the seed; reading a cached
+        image has no side effect), and Serve routes the second attempt to another replica (or holds it until the
+        replacement is up), so a replica death costs latency, not the request. Only the loss of the replica itself
+        is retried: a `RayTaskError` means the replica answered with an error (even one it got from its own
+        workers), which a retry would only repeat.
+        """
+        try:
+            return await call()
+        except (RayActorError, ReplicaUnavailableError) as err:  # ActorDiedError, ActorUnavailableError
+            if isinstance(err, RayTaskError):
+                raise
+            logger.warning("a %s replica was lost mid-request (%s); retrying once", what, type(err).__name__)
+        return await call()
 
     def _pool_state(self, pool: Pool) -> PoolState:
         return PoolState(replicas=self.allocation[pool.value], in_flight=self.in_flight[pool])
@@ -208,10 +247,15 @@ class Router:
         if self.mode is not SystemMode.MODM or not should_admit(
                 self.config.cache.admission, from_large_model=pool is Pool.LARGE, refined=decision.hit):
             return
+        self._in_background(self._admit_one(png, prompt, tenant, pool, decision.k))
+
+    def _in_background(self, admission) -> None:
+        """Run a cache admission after the response; beyond the bound it is dropped, never queued."""
         if len(self._admissions) >= self.config.serving.max_pending_admissions:
             self.metrics.admissions_dropped.inc(tags={"mode": self.mode.value})
+            admission.close()
             return
-        task = asyncio.get_running_loop().create_task(self._admit_one(png, prompt, tenant, pool, decision.k))
+        task = asyncio.get_running_loop().create_task(admission)
         self._admissions.add(task)
         task.add_done_callback(self._admissions.discard)
 
