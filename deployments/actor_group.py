@@ -10,7 +10,9 @@ A model deployment configured with `parallel: {method, world_size}` holds one of
 5. runs each request on all ranks and answers from rank 0 (every rank computes the same image).
 
 Every step of start-up has a timeout: a missing rank or an unsatisfiable reservation is a `RendezvousError`, never
-a hang. `check_health()` raises when a worker died, so Serve restarts the replica.
+a hang. `check_health()` raises when a worker died, so Serve restarts the replica; from then on the group refuses new
+requests at once (`ActorGroupUnhealthy`, naming the dead rank) instead of sending them to the surviving ranks, whose
+collectives would only fail against the dead peer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable, Union
 
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -122,6 +124,7 @@ class ParallelActorGroup:
         self.health_timeout_s = health_timeout_s
         self._pg = None
         self._workers: list = []
+        self._broken: str | None = None  # why the group can no longer serve, once check_health() found out
         # All ranks must receive requests in the same order, so submission to the workers is serialised.
         self._submit_lock = threading.Lock()
 
@@ -191,6 +194,8 @@ class ParallelActorGroup:
         """Start `request` (pipeline keyword arguments, no generator) on every rank; returns rank 0's result ref."""
         if not self._workers:
             raise RuntimeError("actor group is not started")
+        if self._broken is not None:
+            raise ActorGroupUnhealthy(f"{self._broken}; this replica is being replaced")
         if "generator" in request:
             raise ValueError("pass `seed`, not a generator: each rank builds its own identical generator")
         with self._submit_lock:
@@ -205,18 +210,23 @@ class ParallelActorGroup:
     def check_health(self) -> None:
         """Raise `ActorGroupUnhealthy` if any worker is dead or does not answer within the health timeout.
 
-        Pings run in a separate concurrency group of the workers, so a long generation does not delay them.
+        Pings run in a separate concurrency group of the workers, so a long generation does not delay them. A dead
+        rank breaks the process group for good: the group stays unhealthy and `submit` refuses work from then on.
         """
         if not self._workers:
             raise ActorGroupUnhealthy("actor group is not started")
+        if self._broken is not None:
+            raise ActorGroupUnhealthy(self._broken)
         pings = [w.ping.remote() for w in self._workers]
         for rank, ref in enumerate(pings):
             try:
                 ray.get(ref, timeout=self.health_timeout_s)
             except (RayActorError, GetTimeoutError) as exc:
                 logger.error("rank %d of the parallel actor group is unhealthy: %s", rank, exc)
-                raise ActorGroupUnhealthy(f"rank {rank} of {self.world_size} is dead or unresponsive: "
-                                          f"{type(exc).__name__}") from exc
+                reason = f"rank {rank} of {self.world_size} is dead or unresponsive: {type(exc).__name__}"
+                if isinstance(exc, ActorDiedError):  # a slow rank may recover; a dead one never rejoins the group
+                    self._broken = reason
+                raise ActorGroupUnhealthy(reason) from exc
 
     def shutdown(self) -> None:
         """Leave the process group on every live rank, kill the actors and release the reservation."""

@@ -49,6 +49,11 @@ def test_actor_group_serves_exact_distrifusion_and_notices_a_dead_worker(ray_clu
         ray.kill(group.workers[1])
         with pytest.raises(ActorGroupUnhealthy, match="rank 1 of 2"):
             group.check_health()
+        # A dead rank breaks the process group for good: no more work is sent to the survivor.
+        with pytest.raises(ActorGroupUnhealthy, match="rank 1 of 2 is dead .* being replaced"):
+            group.submit(REQUEST, seed=0)
+        with pytest.raises(ActorGroupUnhealthy, match="rank 1 of 2"):
+            group.check_health()
     finally:
         group.shutdown()
 
