@@ -2,7 +2,8 @@
 
 `args` (validated by AppArgs): the system config (a YAML path or inline), per-deployment Ray actor options, and
 whether to check the cluster's resources first. The builder binds Embedder, CacheIndex, LargeModel, SmallModel,
-Monitor and the Router ingress; in vanilla mode only LargeModel and the Router.
+Monitor and the Router ingress; in vanilla mode only LargeModel and the Router; in nirvana mode Embedder, LatentCache,
+LargeModel and the Router.
 """
 
 from __future__ import annotations
@@ -16,17 +17,26 @@ from ray import serve
 
 from deployments.constants import AUTOSCALING_LOOK_BACK_S, AUTOSCALING_METRICS_INTERVAL_S, DEFAULT_DEPLOYMENT_OPTIONS
 from modm.config import ConfigError, SystemConfig, SystemMode, config_from_dict, load_config, resolve_relative_paths
+from modm.constants import NIRVANA_K_CHOICES
 from modm.embedding import embedding_dim
 
 logger = logging.getLogger("ray.serve")
 
-DEPLOYMENT_NAMES = ("Router", "Embedder", "CacheIndex", "LargeModel", "SmallModel", "Monitor")
+DEPLOYMENT_NAMES = ("Router", "Embedder", "CacheIndex", "LargeModel", "SmallModel", "Monitor", "LatentCache")
+# Which deployments each mode runs (LatentCache: NIRVANA's cache of intermediate latents).
+MODE_DEPLOYMENTS = {
+    SystemMode.MODM: ("Router", "Embedder", "CacheIndex", "LargeModel", "SmallModel", "Monitor"),
+    SystemMode.VANILLA: ("Router", "LargeModel"),
+    SystemMode.NIRVANA: ("Router", "Embedder", "LatentCache", "LargeModel"),
+}
 ACTOR_OPTION_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
 
 # Per-replica concurrency: a model replica runs one generation at a time (one GPU); the others are light.
-MAX_ONGOING = {"Router": 512, "Embedder": 64, "CacheIndex": 256, "LargeModel": 1, "SmallModel": 1, "Monitor": 64}
+MAX_ONGOING = {"Router": 512, "Embedder": 64, "CacheIndex": 256, "LargeModel": 1, "SmallModel": 1, "Monitor": 64,
+               "LatentCache": 256}
 DEFAULT_ACTOR_OPTIONS = {"Router": {"num_cpus": 0.25}, "Embedder": {"num_cpus": 1}, "CacheIndex": {"num_cpus": 0.5},
-                         "LargeModel": {"num_cpus": 1}, "SmallModel": {"num_cpus": 1}, "Monitor": {"num_cpus": 0.1}}
+                         "LargeModel": {"num_cpus": 1}, "SmallModel": {"num_cpus": 1}, "Monitor": {"num_cpus": 0.1},
+                         "LatentCache": {"num_cpus": 0.5}}
 
 
 class AppArgs(BaseModel):
@@ -83,7 +93,7 @@ def replica_resources(options: dict, spec) -> dict:
 
 def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
     """Peak logical resources: N model replicas (the widest of the two models) plus one of everything else."""
-    names = ["Router", "LargeModel"] if system.mode is SystemMode.VANILLA else list(DEPLOYMENT_NAMES)
+    names = MODE_DEPLOYMENTS[system.mode]
     need: dict[str, float] = {}
 
     def add(options: dict, times: int) -> None:
@@ -140,8 +150,6 @@ def build_app(args: dict) -> serve.Application:
         raise
     except ValueError as err:  # pydantic ValidationError is a ValueError
         raise ValueError(f"invalid app args: {err}") from None
-    if system.mode is SystemMode.NIRVANA:
-        raise ValueError("mode 'nirvana' is not served by this app yet; use 'modm' or 'vanilla'")
     if system.mode is SystemMode.MODM and system.monitor.min_small < 1:
         raise ValueError("monitor.min_small must be at least 1 in the Serve app: a deployment at zero replicas "
                          "has no replica to report the monitor's target")
@@ -153,6 +161,15 @@ def build_app(args: dict) -> serve.Application:
         large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget).bind(
             system.models.large.model_dump(mode="json"), "large")
         return _deployment(Router, "Router", parsed).bind(system_dict, large)
+    if system.mode is SystemMode.NIRVANA:
+        from deployments.latent_cache import LatentCacheServer
+
+        large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget).bind(
+            system.models.large.model_dump(mode="json"), "large", snapshot_steps=NIRVANA_K_CHOICES)
+        embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
+        latents = _deployment(LatentCacheServer, "LatentCache", parsed, num_replicas=1).bind(
+            system.cache.model_dump(mode="json"), embedding_dim(system.embedder), system.policy.total_steps)
+        return _deployment(Router, "Router", parsed).bind(system_dict, large, None, embedder, latents)
 
     large = _deployment(ModelServer, "LargeModel", parsed,
                         autoscaling_config=model_autoscaling(system, "large")).bind(

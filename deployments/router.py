@@ -194,6 +194,8 @@ class Router:
     async def _one_image(self, pool: Pool, decision: RetrievalDecision, match: dict | None, prompt: str,
                          width: int, height: int, steps: int, seed: int) -> bytes:
         handle = self.large if pool is Pool.LARGE else self.small
+        if self.mode is SystemMode.NIRVANA:
+            return await self._nirvana_image(decision, match, prompt, width, height, steps, seed)
         if not decision.hit:
             return await self._retry_if_replica_lost(
                 lambda: handle.generate.remote(prompt, width, height, steps, seed), f"{pool.value} model")
@@ -219,6 +221,27 @@ class Router:
                 raise
             logger.warning("a %s replica was lost mid-request (%s); retrying once", what, type(err).__name__)
         return await call()
+
+    async def _nirvana_image(self, decision: RetrievalDecision, match: dict, prompt: str, width: int, height: int,
+                             steps: int, seed: int) -> bytes:
+        """NIRVANA: a hit resumes the large model from cached latents; a miss runs it fully and caches its
+        latents after steps 5..25 (in the background)."""
+        if decision.hit:
+            return await self._retry_if_replica_lost(lambda: self.large.resume.remote(
+                prompt, match["latents"], decision.k, width, height, steps, seed), "large model")
+        if not match["cacheable"]:
+            return await self._retry_if_replica_lost(
+                lambda: self.large.generate.remote(prompt, width, height, steps, seed), "large model")
+        png, latents = await self._retry_if_replica_lost(
+            lambda: self.large.generate_with_snapshots.remote(prompt, width, height, steps, seed), "large model")
+        self._in_background(self._admit_latents(match["query"], match["namespace"], latents))
+        return png
+
+    async def _admit_latents(self, query, namespace: str, latents: dict) -> None:
+        try:
+            await self.cache.add.remote(query, namespace, latents)
+        except Exception:
+            logger.exception("latent cache admission failed (the response was already sent)")
 
     def _pool_state(self, pool: Pool) -> PoolState:
         return PoolState(replicas=self.allocation[pool.value], in_flight=self.in_flight[pool])

@@ -143,7 +143,14 @@ MINILM_TEXT_TABLE: tuple[KRule, ...] = (
     KRule(min_score=0.95, k=30), KRule(min_score=0.90, k=25), KRule(min_score=0.80, k=15),
     KRule(min_score=0.70, k=10), KRule(min_score=0.60, k=5),
 )
-NAMED_K_TABLES: dict[str, tuple[KRule, ...]] = {"modm-clip": MODM_CLIP_TABLE, "minilm-text": MINILM_TEXT_TABLE}
+# NIRVANA's table on text->text cosine (MoDM repo, serving_system_N.py); its k are the steps it has latents for.
+# NIRVANA compares with a strict '>' (KTable.nirvana()); mode 'nirvana' uses this table and no other.
+NIRVANA_TABLE: tuple[KRule, ...] = (
+    KRule(min_score=0.95, k=25), KRule(min_score=0.90, k=20), KRule(min_score=0.85, k=15),
+    KRule(min_score=0.75, k=10), KRule(min_score=0.65, k=5),
+)
+NAMED_K_TABLES: dict[str, tuple[KRule, ...]] = {"modm-clip": MODM_CLIP_TABLE, "minilm-text": MINILM_TEXT_TABLE,
+                                                "nirvana": NIRVANA_TABLE}
 
 
 class PolicyConfig(_Strict):
@@ -243,9 +250,22 @@ class SystemConfig(_Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     seed: int = Field(default=42, description="Seed for requests that bring none.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nirvana_table(cls, data):
+        """Mode 'nirvana' runs NIRVANA's own k table: the default there, the only table accepted."""
+        if isinstance(data, dict) and data.get("mode") in (SystemMode.NIRVANA, SystemMode.NIRVANA.value):
+            policy = data.get("policy")
+            if policy is None or (isinstance(policy, dict) and "k_table" not in policy):
+                data = {**data, "policy": {**(policy or {}), "k_table": "nirvana"}}
+        return data
+
     @model_validator(mode="after")
     def _cross(self) -> "SystemConfig":
         if self.mode is SystemMode.NIRVANA:
+            if self.policy.k_table != NIRVANA_TABLE:
+                raise ValueError("mode 'nirvana' uses NIRVANA's own k table: leave policy.k_table out or set it "
+                                 "to 'nirvana'")
             if self.embedder.effective_retrieval is not Retrieval.TEXT_TO_TEXT:
                 raise ValueError("mode 'nirvana' retrieves text->text: set embedder.retrieval to 'text-text' "
                                  "(or use the minilm embedder)")

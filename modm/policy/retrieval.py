@@ -5,14 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from modm.config.schema import KRule, PolicyConfig
+from modm.config.schema import NIRVANA_TABLE, KRule, PolicyConfig
 from modm.constants import NIRVANA_K_CHOICES  # noqa: F401 -- part of the policy API (modm.policy)
 
-# NIRVANA's table on text->text cosine, with strict '>' comparisons (MoDM repo, serving_system_N.py).
-NIRVANA_TABLE: tuple[KRule, ...] = (
-    KRule(min_score=0.95, k=25), KRule(min_score=0.90, k=20), KRule(min_score=0.85, k=15),
-    KRule(min_score=0.75, k=10), KRule(min_score=0.65, k=5),
-)
 
 
 @dataclass(frozen=True)

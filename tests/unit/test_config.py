@@ -88,13 +88,15 @@ def test_shipped_serve_configs_are_valid(name):
 
 @pytest.mark.parametrize("changes, message", [
     ({"embedder": {"kind": "open_clip"}}, "text->text"),
-    ({"policy": {"total_steps": 25, "k_table": [{"min_score": 0.9, "k": 10}]}}, "must exceed 25"),
+    ({"policy": {"total_steps": 25}}, "must be below total_steps=25"),
+    ({"policy": {"k_table": "minilm-text"}}, "own k table"),
     ({"cache": {"capacity": 4}}, "holds none"),
     ({"models": {"large": {"source": "a", "parallel": {"method": "distrifusion", "world_size": 2}}}},
      "parallel inference"),
 ])
 def test_nirvana_mode_needs_what_it_resumes_from(changes, message):
     nirvana = {"mode": "nirvana", "models": {"large": {"source": "a"}}, "embedder": {"kind": "minilm"}}
-    assert config_from_dict(nirvana).mode is SystemMode.NIRVANA
+    assert config_from_dict(nirvana).policy.k_table == config_from_dict(
+        {**nirvana, "policy": {"k_table": "nirvana"}}).policy.k_table
     with pytest.raises(ConfigError, match=message):
         config_from_dict({**nirvana, **changes})
