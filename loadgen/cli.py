@@ -83,6 +83,8 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stats-period-s", type=float, default=DEFAULT_STATS_POLL_PERIOD_S)
     g.add_argument("--no-stats", action="store_true", help="do not poll /v1/stats")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--keep-images", action="store_true",
+                   help="save each image under OUT/images; the records' path column feeds `modm quality`")
     g.add_argument("--wait-ready-s", type=float, default=0.0, help="wait this long for /healthz before starting")
     r = p.add_argument_group("SLO reference (standalone large-model latency)")
     r.add_argument("--reference-latency-s", type=float, default=None)
@@ -149,6 +151,7 @@ def _run_config(args: argparse.Namespace, arrival: ArrivalConfig) -> RunConfig:
             request_timeout_s=args.timeout_s, max_duration_s=args.max_duration_s, max_in_flight=args.max_in_flight,
             max_consecutive_failures=args.max_consecutive_failures,
             stats_poll_period_s=None if args.no_stats else args.stats_period_s, progress=not args.no_progress,
+            image_dir=args.out / "images" if args.keep_images else None,
         ),
         seed=args.seed, n_workers=args.n_workers, worker_id=args.worker_id,
         reference_latency_s=args.reference_latency_s, reference_url=args.reference_url,

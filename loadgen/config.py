@@ -165,6 +165,10 @@ class ClientConfig(_Strict):
         DEFAULT_STATS_POLL_PERIOD_S, gt=0, description="Poll GET /v1/stats this often; None disables polling."
     )
     progress: bool = Field(True, description="Show a tqdm progress bar.")
+    image_dir: Path | None = Field(
+        None, description="Keep each answered request's first image here as <index>.png (the records' `path` "
+                          "column, for quality metrics); None keeps no images."
+    )
 
 
 class RunConfig(_Strict):

@@ -8,8 +8,11 @@ POST /v1/images/generations ``{"prompt", "n", "size", "response_format", "seed",
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -76,7 +79,9 @@ async def send_one(
             http.post(GENERATIONS_PATH, json=build_body(request, config), headers=build_headers(config)),
             timeout=config.request_timeout_s,
         )
-        _fill_from_response(record, response)
+        image_b64 = _fill_from_response(record, response)
+        if image_b64 is not None and config.image_dir is not None:
+            _keep_image(record, image_b64, config.image_dir)
     except (asyncio.TimeoutError, httpx.TimeoutException):
         record.outcome, record.error = Outcome.TIMEOUT, f"no answer within {config.request_timeout_s:g} s"
     except httpx.HTTPError as err:  # connect refused, connection reset, protocol errors
@@ -87,13 +92,14 @@ async def send_one(
     return record
 
 
-def _fill_from_response(record: RequestRecord, response: httpx.Response) -> None:
+def _fill_from_response(record: RequestRecord, response: httpx.Response) -> str | None:
+    """Fill ``record`` from the answer; returns the first image (base64) of a good one."""
     record.status = response.status_code
     if response.status_code != 200:
         record.outcome = Outcome.HTTP_ERROR
         record.error = _error_message(response)
         record.retry_after_s = _retry_after_s(response.headers.get("Retry-After"))
-        return
+        return None
     try:
         body = response.json()
         images = body["data"]
@@ -110,8 +116,22 @@ def _fill_from_response(record: RequestRecord, response: httpx.Response) -> None
             record.timings_json = json.dumps(modm["timings_s"])
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         record.outcome, record.error = Outcome.BAD_RESPONSE, f"response breaks the contract: {err}"[:_ERROR_TEXT_CHARS]
-        return
+        return None
     record.outcome = Outcome.OK
+    return images[0]["b64_json"]
+
+
+def _keep_image(record: RequestRecord, image_b64: str, image_dir: Path) -> None:
+    """Write the image as <index>.png; an undecodable image makes the answer a contract breach."""
+    try:
+        data = base64.b64decode(image_b64, validate=True)
+    except (binascii.Error, ValueError) as err:
+        record.outcome, record.error = Outcome.BAD_RESPONSE, f"response breaks the contract: {err}"[:_ERROR_TEXT_CHARS]
+        return
+    image_dir.mkdir(parents=True, exist_ok=True)
+    path = image_dir / f"{record.index:06d}.png"
+    path.write_bytes(data)
+    record.path = str(path)
 
 
 def _error_message(response: httpx.Response) -> str:

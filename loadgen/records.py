@@ -65,6 +65,7 @@ class RequestRecord:
     model: str | None = None
     mode: str | None = None
     timings_json: str | None = None  # the server's modm.timings_s, as JSON text
+    path: str | None = None  # the kept image (ClientConfig.image_dir), relative to the records file once written
 
 
 RECORD_SCHEMA = pa.schema(
@@ -75,6 +76,7 @@ RECORD_SCHEMA = pa.schema(
         ("latency_s", pa.float64()), ("outcome", pa.string()), ("status", pa.int32()), ("error", pa.string()),
         ("retry_after_s", pa.float64()), ("request_id", pa.string()), ("hit", pa.bool_()), ("score", pa.float64()),
         ("k", pa.int32()), ("model", pa.string()), ("mode", pa.string()), ("timings_json", pa.string()),
+        ("path", pa.string()),
     ]
 )  # same names and order as RequestRecord's fields (tests/loadgen check it)
 
@@ -120,10 +122,10 @@ def read_records(path: str | Path) -> tuple[list[RequestRecord], dict[str, Any]]
     except (pa.ArrowException, OSError) as err:
         raise ValueError(f"{path}: not a records parquet file ({err})") from None
     missing = [name for name in RECORD_SCHEMA.names if name not in table.column_names]
-    if missing:
+    if missing and missing != ["path"]:  # runs recorded before images were kept have no path column
         raise ValueError(f"{path}: not a loadgen records file; missing columns {missing}")
     records = []
-    for row in table.select(RECORD_SCHEMA.names).to_pylist():
+    for row in table.select([n for n in RECORD_SCHEMA.names if n in table.column_names]).to_pylist():
         row["outcome"] = Outcome(row["outcome"])
         records.append(RequestRecord(**row))
     raw = (table.schema.metadata or {}).get(_METADATA_KEY)

@@ -186,3 +186,20 @@ def test_cli_run_report_compare_sweep(make_server, tmp_path, capsys):
 def test_loadgen_never_imports_modm():
     code = "import sys, loadgen, loadgen.cli; sys.exit('modm' in sys.modules or 'ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_kept_images_are_written_and_recorded_relative_to_the_run(make_server, tmp_path):
+    from loadgen import ArrivalConfig, ArrivalKind, TraceConfig, run
+    from loadgen.records import read_records
+    from loadgen.runner import RECORDS_FILE
+
+    server = make_server(miss_latency_s=0.01, replicas=2, cache=False)
+    (tmp_path / "prompts.txt").write_text("".join(f"prompt number {i}\n" for i in range(4)))
+    out = tmp_path / "run"
+    run(RunConfig(name="kept", trace=TraceConfig(path=tmp_path / "prompts.txt", n_requests=4),
+                  arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=2),
+                  client=client(server.url, stats_poll_period_s=None, image_dir=out / "images"), out_dir=out))
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}.png" for i in range(4)]
+    records, _ = read_records(out / RECORDS_FILE)
+    assert sorted(r.path for r in records) == [f"images/{i:06d}.png" for i in range(4)]
+    assert all((out / r.path).read_bytes() for r in records)
