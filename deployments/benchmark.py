@@ -1,12 +1,16 @@
 """One command, one workload, one replica budget: MoDM (throughput and quality mode) against serving the large
-model alone, on a local Ray cluster, through HTTP. Prints the ratio table and writes JSON, records and plots.
+model alone (vanilla) and against NIRVANA (latent cache, large model only), on a local Ray cluster, through HTTP.
+Prints the throughput ratio table and the quality table; writes JSON, records, kept images and plots.
 
     python -m deployments.benchmark --trace ../shared/data/diffusiondb_prompts_10k.tsv --requests 150 \\
         --warm-up 30 --budget 3 --out runs/bench
 
 Each system is deployed as its own Serve app (fresh cache), driven by the load generator in closed loop with the
 same prompts (the session model gives DiffusionDB prompt lists MoDM's temporal locality), then deleted. The SLO
-reference is the standalone large-model latency, measured on the vanilla app one request at a time.
+reference is the standalone large-model latency, measured on the vanilla app one request at a time. The quality
+table scores the images each system served (after warm-up): CLIPScore, Inception Score, and FID against vanilla's
+images of the same prompts, as MoDM reports it. With the tiny zoo's random weights those numbers only show that
+the pipeline works; give real CLIP/Inception weights (--clip-model, --inception-weights) for meaningful ones.
 """
 
 from __future__ import annotations
@@ -21,24 +25,31 @@ from pathlib import Path
 import yaml
 
 from deployments.local_cluster import free_port, wait_healthy
+from loadgen.runner import RECORDS_FILE
 from modm.config import config_from_dict
+from modm.constants import NIRVANA_K_CHOICES
 from modm.demo import default_config_path, ensure_zoo
 
-SYSTEMS = ("vanilla", "modm-throughput", "modm-quality")
+SYSTEMS = ("vanilla", "modm-throughput", "modm-quality", "nirvana")
+REFERENCE_SYSTEM = "vanilla"  # the large model alone: the throughput baseline and the FID reference
 
 
-def system_variants(base: dict, budget: int, steps: int, size: int, window_s: float, work: Path) -> dict[str, dict]:
+def system_variants(base: dict, budget: int, steps: int, size: int, window_s: float, work: Path,
+                    names: tuple[str, ...] = SYSTEMS) -> dict[str, dict]:
     """The same models, steps and replica budget for every system; only mode and monitor objective differ."""
     variants = {}
-    for name in SYSTEMS:
+    for name in names:
         system = json.loads(json.dumps(base))
         for role in ("large", "small"):
             system["models"][role].update(num_inference_steps=steps, default_size=size)
         system["monitor"].update(gpu_budget=budget, window_s=window_s)
         system["cache"]["directory"] = str((work / name / "cache").resolve())
-        if name == "vanilla":
-            system["mode"] = "vanilla"
+        if name in ("vanilla", "nirvana"):  # the large model alone, with NIRVANA's latent cache or none
+            system["mode"] = name
             system["models"].pop("small")
+            system["monitor"]["min_small"] = 0
+            if name == "nirvana":
+                system["policy"] = {"total_steps": steps}  # its own k table; T must exceed its last snapshot
         else:
             system["monitor"]["mode"] = name.split("-", 1)[1]
         config_from_dict(system, name)  # fail before deploying anything
@@ -56,9 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50, help="T")
     parser.add_argument("--window-s", type=float, default=10.0, help="monitor window (short runs need short ones)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="comma-separated; nirvana needs --steps above 25 (it caches latents after 5..25)")
     parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    quality = parser.add_argument_group("quality table (images kept under OUT/<system>/images)")
+    quality.add_argument("--no-quality", dest="quality", action="store_false", help="keep no images, skip the table")
+    quality.add_argument("--clip-model", default=None,
+                         help="open_clip model for CLIPScore (default: the zoo's tiny CLIP, local-dir:ZOO/clip)")
+    quality.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag, e.g. openai")
+    quality.add_argument("--inception-weights", default="random", choices=["random", "IMAGENET1K_V1", "file"],
+                         help="random: no download, plumbing only; IMAGENET1K_V1 for real FID/IS")
+    quality.add_argument("--inception-path", type=Path, default=None, help="state dict for --inception-weights file")
+    quality.add_argument("--fid-dims", type=int, default=64, choices=[64, 192, 768, 2048],
+                         help="Inception feature layer; 2048 is the standard FID but needs > 2048 images per system")
     return parser
 
 
@@ -72,16 +94,20 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     from loadgen.runner import write_run
 
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if set(chosen) - set(SYSTEMS) or "vanilla" not in chosen:
-        raise ValueError(f"--systems must include vanilla (the baseline) and name only {SYSTEMS}, got {chosen}")
-    chosen.sort(key=lambda s: s != "vanilla")  # vanilla first: it measures the SLO reference latency
+    if set(chosen) - set(SYSTEMS) or REFERENCE_SYSTEM not in chosen:
+        raise ValueError(f"--systems must include {REFERENCE_SYSTEM} (the baseline) and name only {SYSTEMS}, "
+                         f"got {chosen}")
+    if "nirvana" in chosen and args.steps <= max(NIRVANA_K_CHOICES):
+        raise ValueError(f"nirvana caches latents after steps {list(NIRVANA_K_CHOICES)}: use --steps above "
+                         f"{max(NIRVANA_K_CHOICES)} or leave nirvana out of --systems")
+    chosen.sort(key=lambda s: s != REFERENCE_SYSTEM)  # vanilla first: it measures the SLO reference latency
     serve_config = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
     base = serve_config["applications"][0]["args"]["system"]
     ensure_zoo(config_from_dict(base), args.zoo)
     base["models"]["large"]["source"] = str((args.zoo / "large").resolve())
     base["models"]["small"]["source"] = str((args.zoo / "small").resolve())
     shutil.rmtree(args.out, ignore_errors=True)
-    variants = system_variants(base, args.budget, args.steps, args.size, args.window_s, args.out)
+    variants = system_variants(base, args.budget, args.steps, args.size, args.window_s, args.out, tuple(chosen))
 
     summaries, reference_s, runs = [], None, {}
     for name in chosen:
@@ -96,7 +122,8 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
                 sessions=SessionConfig(),
                 arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=args.concurrency),
                 client=ClientConfig(url=url, size=f"{args.size}x{args.size}", steps=args.steps, tenant="bench",
-                                    request_timeout_s=600, stats_poll_period_s=2.0, progress=False),
+                                    request_timeout_s=600, stats_poll_period_s=2.0, progress=False,
+                                    image_dir=(args.out / name / "images").resolve() if args.quality else None),
                 reference_latency_s=reference_s,
                 reference_url=url if reference_s is None else None)
             artifacts = run(config)
@@ -108,17 +135,41 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
         runs[name] = {"summary": artifacts.summary.model_dump(mode="json"), "wall_s": time.monotonic() - started}
         print(f"{name}: done in {time.monotonic() - started:.0f}s", flush=True)
 
-    comparison = compare_runs(summaries, baseline="vanilla")
+    comparison = compare_runs(summaries, baseline=REFERENCE_SYSTEM)
     print(f"\nworkload: {args.trace.name}, {args.requests} measured requests (+{args.warm_up} warm-up), sessions; "
           f"budget {args.budget} model replicas; {args.size}px, T={args.steps}; closed loop x{args.concurrency}; "
           f"SLO reference {reference_s:.2f}s (vanilla, one request at a time)\n")
     print(format_comparison(comparison))
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "reference_latency_s": reference_s,
               "comparison": comparison.model_dump(mode="json"), "runs": runs}
+    if args.quality:
+        result["quality"] = quality_table(args, chosen)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"\nwrote {args.out / 'benchmark.json'} and per-system records/plots under {args.out}")
     return result
+
+
+def quality_table(args: argparse.Namespace, systems: list[str]) -> dict:
+    """Score the images each system served; FID of each against vanilla's images of the same prompts."""
+    from dataclasses import asdict
+
+    from modm.quality import ClipScoreConfig, ClipScorer, InceptionConfig, InceptionFeatureExtractor, load_image_set
+    from modm.quality.systems import compare_systems, format_system_table
+
+    image_sets = {name: load_image_set(args.out / name / RECORDS_FILE) for name in systems}
+    clip = ClipScoreConfig(model=args.clip_model or f"local-dir:{(args.zoo / 'clip').resolve()}",
+                           pretrained=args.clip_pretrained, device="cpu")
+    inception = InceptionConfig(weights=args.inception_weights, path=args.inception_path, dims=args.fid_dims,
+                                device="cpu")
+    rows = compare_systems(image_sets, REFERENCE_SYSTEM, [ClipScorer.from_config(clip)],
+                           InceptionFeatureExtractor.from_config(inception), allow_low_rank=True)
+    print("\nquality of the served images (after warm-up)"
+          + (" -- random Inception weights: plumbing only, not comparable to published numbers"
+             if args.inception_weights == "random" else "") + "\n")
+    print(format_system_table(rows, REFERENCE_SYSTEM))
+    return {"reference": REFERENCE_SYSTEM, "clip": clip.model_dump(mode="json"),
+            "inception": inception.extractor_id, "rows": [asdict(row) for row in rows]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""A few-request benchmark run end to end: vanilla and MoDM on the same workload and replica budget."""
+"""A few-request benchmark run end to end: vanilla, MoDM and NIRVANA on the same workload and replica budget,
+with the quality table over the images each served."""
 
 import json
 
@@ -7,7 +8,7 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
-def test_benchmark_runs_both_systems_and_writes_the_ratio_table(ray_cluster, serve_app, http_port, tiny_zoo,
+def test_benchmark_runs_every_baseline_and_writes_both_tables(ray_cluster, serve_app, http_port, tiny_zoo,
                                                                   tmp_path, capsys):
     from deployments.benchmark import build_parser, run_benchmark
 
@@ -19,16 +20,25 @@ def test_benchmark_runs_both_systems_and_writes_the_ratio_table(ray_cluster, ser
         encoding="utf-8")
     args = build_parser().parse_args([
         "--trace", str(trace), "--requests", "6", "--warm-up", "2", "--budget", "2", "--concurrency", "2",
-        "--steps", "2", "--systems", "vanilla,modm-throughput", "--zoo", str(tiny_zoo.root),
+        "--steps", "30", "--systems", "vanilla,modm-throughput,nirvana", "--zoo", str(tiny_zoo.root),
         "--out", str(tmp_path / "bench")])
     result = run_benchmark(args, http_port)
 
     rows = {row["name"]: row for row in result["comparison"]["rows"]}
-    assert set(rows) == {"vanilla", "modm-throughput"}
+    assert set(rows) == {"vanilla", "modm-throughput", "nirvana"}
     assert result["reference_latency_s"] > 0
     for name in rows:
         assert result["runs"][name]["summary"]["n_ok"] == 6
     assert rows["vanilla"]["hit_rate"] == 0
     saved = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     assert saved["comparison"]["baseline"] == "vanilla"
-    assert "x base" in capsys.readouterr().out
+    quality = {row["system"]: row for row in saved["quality"]["rows"]}
+    assert set(quality) == set(rows) and quality["vanilla"]["fid_vs_reference"] == 0.0
+    assert all(row["n"] == 6 and "clip" in row["means"] for row in quality.values())
+    assert (tmp_path / "bench" / "nirvana" / "images").is_dir()
+    out = capsys.readouterr().out
+    assert "x base" in out and "FID vs vanilla" in out
+
+    with pytest.raises(ValueError, match="--steps above 25"):
+        run_benchmark(build_parser().parse_args(["--trace", str(trace), "--steps", "20", "--systems",
+                                                 "vanilla,nirvana", "--out", str(tmp_path / "b2")]), http_port)
