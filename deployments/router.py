@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -205,7 +206,7 @@ class Router:
             f"{pool.value} model")
 
     @staticmethod
-    async def _retry_if_replica_lost(call: Callable[[], DeploymentResponse], what: str) -> bytes:
+    async def _retry_if_replica_lost(call: Callable[[], DeploymentResponse], what: str) -> Any:
         """Await `call()`; if the replica that took it died or became unreachable, call once more.
 
         Every call made through this is idempotent (generation is deterministic given the seed; reading a cached
