@@ -215,6 +215,8 @@ class RequestLimits(_Strict):
     max_prompt_chars: int = Field(default=MAX_PROMPT_CHARS, gt=0, description="Longest prompt accepted.")
     max_steps: int = Field(default=200, gt=0, description="Most denoising steps a request may ask for.")
     max_images: int = Field(default=4, gt=0, description="Most images (n) per request.")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024,
+                                description="Largest HTTP request body; larger ones get 413 before being read.")
 
 
 class ServingConfig(_Strict):

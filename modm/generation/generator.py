@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -28,6 +29,33 @@ class GenerationRequest:
     steps: int
     seed: int
     guidance_scale: float | None = None  # None: the model spec's default
+
+
+class GenerationInterrupted(Exception):
+    """Raised out of a pipeline call whose StepControl was stopped; the image is abandoned."""
+
+
+@dataclass
+class StepControl:
+    """Lets another thread stop a running generation at its next denoising step, and counts the steps it ran.
+
+    A serving replica runs the pipeline in a worker thread, which cancelling the awaiting coroutine does not stop;
+    the pipeline calls `callback_on_step_end` after every step, and raising there leaves the loop at once (setting
+    the pipeline's `_interrupt` would instead skip the remaining steps and still decode, and it is shared by every
+    call on the same pipeline object).
+    """
+
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    steps_run: int = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def on_step_end(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        self.steps_run += 1
+        if self.stop_event.is_set():
+            raise GenerationInterrupted(f"stopped after denoising step {step + 1}")
+        return {}
 
 
 def size_multiple(pipe) -> int:
@@ -111,15 +139,19 @@ class DiffusionGenerator:
         }
 
     @torch.inference_mode()
-    def txt2img(self, req: GenerationRequest) -> Image.Image:
-        """Full generation: all req.steps denoising steps from noise."""
+    def txt2img(self, req: GenerationRequest, control: StepControl | None = None) -> Image.Image:
+        """Full generation: all req.steps denoising steps from noise. Raises GenerationInterrupted when `control`
+        is stopped meanwhile."""
         self.check_request(req)
-        out = self.pipe(height=req.height, width=req.width, **self._common(req), **self._txt2img_kwargs)
+        out = self.pipe(height=req.height, width=req.width, **self._common(req), **self._txt2img_kwargs,
+                        **_step_callback(self.pipe, control))
         return out.images[0]
 
     @torch.inference_mode()
-    def img2img(self, req: GenerationRequest, image: Image.Image, strength: float) -> Image.Image:
-        """Refinement: re-noise `image` to strength and run the last int(steps * strength) steps."""
+    def img2img(self, req: GenerationRequest, image: Image.Image, strength: float,
+                control: StepControl | None = None) -> Image.Image:
+        """Refinement: re-noise `image` to strength and run the last int(steps * strength) steps. Raises
+        GenerationInterrupted when `control` is stopped meanwhile."""
         self.check_request(req)
         if not 0.0 < strength <= 1.0:
             raise InvalidRequestError(f"strength={strength} must be in (0, 1]")
@@ -132,7 +164,8 @@ class DiffusionGenerator:
         # img2img runs int(steps * strength) steps; with few steps that can round to zero, which diffusers cannot
         # run. Refine with at least one step by stretching the schedule just enough.
         common["num_inference_steps"] = max(req.steps, math.ceil(1.0 / strength - 1e-9))
-        out = refine_pipe(image=image, strength=strength, **size, **common, **self._img2img_kwargs)
+        out = refine_pipe(image=image, strength=strength, **size, **common, **self._img2img_kwargs,
+                          **_step_callback(refine_pipe, control))
         return out.images[0]
 
     @torch.inference_mode()
@@ -157,6 +190,16 @@ class DiffusionGenerator:
 def spec_call_kwargs(pipe, spec: ModelSpec) -> dict:
     """Call arguments the spec sets that this pipeline takes (e.g. T5 token count for SD3/FLUX only)."""
     return _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length})
+
+
+def _step_callback(pipe, control: StepControl | None) -> dict:
+    """The call argument that hooks `control` into the denoising loop, if this pipeline takes one."""
+    if control is None:
+        return {}
+    hooked = _supported_kwargs(pipe, {"callback_on_step_end": control.on_step_end})
+    if not hooked:
+        raise TypeError(f"{type(pipe).__name__} takes no callback_on_step_end, so its generations cannot be stopped")
+    return hooked
 
 
 def _supported_kwargs(pipe, candidates: dict) -> dict:
