@@ -13,15 +13,15 @@ from collections import Counter
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
 from ray import serve
 from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException
 
 from deployments.api import DecisionInfo, GenerationBody, GenerationResponse, ImageData, error_body
 from deployments.metrics import RouterMetrics
 from modm.config import SystemConfig, SystemMode
-from modm.constants import DEFAULT_TENANT
 from modm.config.schema import TENANT_PATTERN, TENANT_RULE, RequestLimits
+from modm.constants import DEFAULT_TENANT
 from modm.policy import KTable, Pool, PoolState, RetrievalDecision, route, should_admit
 from modm.policy.api_keys import ApiKeyRing, AuthenticationError
 from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain

@@ -8,6 +8,7 @@ comes from a seeded CPU `torch.Generator`, which gives the same draws on every d
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import threading
 import time
@@ -19,6 +20,8 @@ from PIL import Image
 from modm.config.schema import ModelSpec
 from modm.models.loading import ModelLoadError, load_pipeline
 from modm.policy.requests import InvalidRequestError, check_dimensions
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,8 @@ def _step_callback(pipe, control: StepControl | None) -> dict:
         return {}
     hooked = _supported_kwargs(pipe, {"callback_on_step_end": control.on_step_end})
     if not hooked:
-        raise TypeError(f"{type(pipe).__name__} takes no callback_on_step_end, so its generations cannot be stopped")
+        logger.warning("%s takes no callback_on_step_end: a cancelled generation runs to its end",
+                       type(pipe).__name__)
     return hooked
 
 

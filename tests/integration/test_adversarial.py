@@ -68,6 +68,16 @@ def test_bytes_that_are_not_json_get_a_4xx(client, raw):
     check(client.post("/v1/images/generations", content=raw, headers={"Content-Type": "application/json"}))
 
 
+@pytest.mark.parametrize("prompt", ["\ud800 a lone surrogate", "nul\x00byte", "\u202e\u200b\ufeff", "🐱" * 500,
+                                    "\U0010ffff" * 3, "../../etc/passwd", "a\r\nX-Injected: 1"])
+def test_well_typed_hostile_prompts_are_served_or_refused_with_a_reason(client, prompt):
+    content = json.dumps({"prompt": prompt, "steps": 1}, ensure_ascii=True).encode()
+    response = client.post("/v1/images/generations", content=content, headers={"Content-Type": "application/json"})
+    check(response)
+    if response.status_code == 200:
+        assert "X-Injected" not in response.headers
+
+
 def test_giant_bodies_get_413_before_being_read(client):
     giant = json.dumps({"prompt": "x" * (3 << 20)}).encode()
     response = client.post("/v1/images/generations", content=giant, headers={"Content-Type": "application/json"})
