@@ -19,6 +19,7 @@ from deployments.constants import AUTOSCALING_LOOK_BACK_S, AUTOSCALING_METRICS_I
 from modm.config import ConfigError, SystemConfig, SystemMode, config_from_dict, load_config, resolve_relative_paths
 from modm.constants import NIRVANA_K_CHOICES
 from modm.embedding import embedding_dim
+from modm.policy.api_keys import ApiKeyRing
 
 logger = logging.getLogger("ray.serve")
 
@@ -155,27 +156,35 @@ def build_app(args: dict) -> serve.Application:
                          "has no replica to report the monitor's target")
     if parsed.check_resources:
         check_cluster(required_resources(system, parsed))
+    try:
+        ApiKeyRing.from_config(system.auth)  # a bad keys file fails the deploy, not every router replica
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
     system_dict = system.model_dump(mode="json")
+    # Serve fails a model call fast (BackPressureError -> 503) when this many wait at the router's handle.
+    queue_bound = {"max_queued_requests": system.backpressure.max_queued_requests or -1}
     if system.mode is SystemMode.VANILLA:
-        large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget).bind(
+        large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget,
+                            **queue_bound).bind(
             system.models.large.model_dump(mode="json"), "large")
         return _deployment(Router, "Router", parsed).bind(system_dict, large)
     if system.mode is SystemMode.NIRVANA:
         from deployments.latent_cache import LatentCacheServer
 
-        large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget).bind(
+        large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget,
+                            **queue_bound).bind(
             system.models.large.model_dump(mode="json"), "large", snapshot_steps=NIRVANA_K_CHOICES)
         embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
         latents = _deployment(LatentCacheServer, "LatentCache", parsed, num_replicas=1).bind(
             system.cache.model_dump(mode="json"), embedding_dim(system.embedder), system.policy.total_steps)
         return _deployment(Router, "Router", parsed).bind(system_dict, large, None, embedder, latents)
 
-    large = _deployment(ModelServer, "LargeModel", parsed,
-                        autoscaling_config=model_autoscaling(system, "large")).bind(
+    large = _deployment(ModelServer, "LargeModel", parsed, autoscaling_config=model_autoscaling(system, "large"),
+                        **queue_bound).bind(
         system.models.large.model_dump(mode="json"), "large")
-    small = _deployment(ModelServer, "SmallModel", parsed,
-                        autoscaling_config=model_autoscaling(system, "small")).bind(
+    small = _deployment(ModelServer, "SmallModel", parsed, autoscaling_config=model_autoscaling(system, "small"),
+                        **queue_bound).bind(
         system.models.small.model_dump(mode="json"), "small")
     embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
     cache = _deployment(CacheIndexServer, "CacheIndex", parsed, num_replicas=1).bind(

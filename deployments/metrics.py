@@ -29,6 +29,9 @@ class RouterMetrics:
         self.admissions_dropped = metrics.Counter("modm_admissions_dropped_total",
                                                   "Results not cached because the admission backlog was full.",
                                                   tag_keys=("mode",))
+        self.retrieval_failures = metrics.Counter("modm_retrieval_failures_total",
+                                                  "Requests served as misses because embedding or retrieval failed.",
+                                                  tag_keys=("mode",))
 
     def record(self, decision: str, status: str, model: str | None, k: int, seconds: float | None) -> None:
         self.requests.inc(tags={"mode": self.mode, "decision": decision, "status": status})

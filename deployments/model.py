@@ -10,6 +10,7 @@ import asyncio
 import io
 import logging
 import time
+from collections import Counter
 
 import numpy as np
 import ray
@@ -21,6 +22,7 @@ from deployments.metrics import ModelMetrics
 from modm.config import ModelSpec
 from modm.engine import png_bytes
 from modm.generation import DiffusionGenerator, GenerationRequest, size_multiple, spec_call_kwargs
+from modm.generation.generator import GenerationInterrupted, StepControl
 from modm.parallel import ParallelMethod
 
 logger = logging.getLogger("ray.serve")
@@ -62,6 +64,7 @@ class ModelServer:
         self._target_replicas: int | None = None
         self._latency_s: float | None = self.spec.profiled_latency_s
         self._profile_lock = asyncio.Lock()
+        self.counters: Counter[str] = Counter()  # generations, interrupted, denoising_steps (see stats())
         where = (f"{self.spec.parallel.method.value} x{self.spec.parallel.world_size}" if self.group is not None
                  else str(self.generator.device))
         logger.info("%s model ready: %s on %s", role, self.spec.source, where)
@@ -76,7 +79,7 @@ class ModelServer:
         if self.group is not None:
             image = await self._generate_on_group(request)
         else:
-            image = await asyncio.to_thread(self.generator.txt2img, request)
+            image = await self._in_thread(self.generator.txt2img, request)
         self.metrics.observe("generate", time.perf_counter() - start)
         return png_bytes(image)
 
@@ -92,8 +95,8 @@ class ModelServer:
         generator = self._local_generator()
         start = time.perf_counter()
         source = Image.open(io.BytesIO(png))
-        image = await asyncio.to_thread(generator.img2img, self._request(prompt, width, height, steps, seed),
-                                        source, strength)
+        image = await self._in_thread(generator.img2img, self._request(prompt, width, height, steps, seed),
+                                      source, strength)
         self.metrics.observe("refine", time.perf_counter() - start)
         return png_bytes(image)
 
@@ -101,9 +104,9 @@ class ModelServer:
                                       seed: int) -> tuple[bytes, dict[int, np.ndarray]]:
         """NIRVANA's miss: full txt2img, plus the latents after each snapshot step (float16, for its cache)."""
         start = time.perf_counter()
-        image, latents = await asyncio.to_thread(self._local_generator().txt2img_with_snapshots,
-                                                 self._request(prompt, width, height, steps, seed),
-                                                 self.snapshot_steps)
+        image, latents = await self._in_thread(self._local_generator().txt2img_with_snapshots,
+                                               self._request(prompt, width, height, steps, seed),
+                                               self.snapshot_steps)
         self.metrics.observe("generate", time.perf_counter() - start)
         return png_bytes(image), {k: v.to(torch.float16).numpy() for k, v in latents.items()}
 
@@ -113,8 +116,8 @@ class ModelServer:
         start = time.perf_counter()
         generator = self._local_generator()
         cached = torch.from_numpy(np.asarray(latents)).to(generator.pipe.dtype)
-        image = await asyncio.to_thread(generator.resume, self._request(prompt, width, height, steps, seed),
-                                        cached, steps_done)
+        image = await self._in_thread(generator.resume, self._request(prompt, width, height, steps, seed),
+                                      cached, steps_done)
         self.metrics.observe("resume", time.perf_counter() - start)
         return png_bytes(image)
 
@@ -139,7 +142,33 @@ class ModelServer:
     async def _txt2img(self, req: GenerationRequest) -> Image.Image:
         if self.group is not None:
             return await self._generate_on_group(req)
-        return await asyncio.to_thread(self.generator.txt2img, req)
+        return await self._in_thread(self.generator.txt2img, req)
+
+    async def _in_thread(self, run, *args) -> Image.Image:
+        """Run a generation in a worker thread, which cancelling this coroutine does not stop. When Serve cancels
+        the call (the client disconnected, so the router's request was cancelled and with it this child call), stop
+        the pipeline at its next denoising step and keep this replica's slot until it has stopped, so that the
+        next request does not share the device with an abandoned one."""
+        control = StepControl()
+        self.counters["generations"] += 1
+        work = asyncio.ensure_future(asyncio.to_thread(run, *args, control))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            control.stop()
+            try:
+                await work
+            except GenerationInterrupted:
+                self.counters["interrupted"] += 1
+                logger.info("%s model: cancelled generation stopped after %d steps", self.role, control.steps_run)
+            raise
+        finally:
+            self.counters["denoising_steps"] += control.steps_run
+
+    def stats(self) -> dict:
+        """This replica's counters: generations started, generations stopped by a cancel, denoising steps run."""
+        return {"generations": self.counters["generations"], "interrupted": self.counters["interrupted"],
+                "denoising_steps": self.counters["denoising_steps"]}
 
     def info(self) -> dict:
         """What the router needs to validate requests before sending any work."""

@@ -6,7 +6,6 @@ background without delaying the response."""
 import asyncio
 import base64
 import logging
-import re
 import time
 import uuid
 from collections import Counter
@@ -18,28 +17,32 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import ReplicaUnavailableError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentResponse
+from starlette.exceptions import HTTPException
 
 from deployments.api import DecisionInfo, GenerationBody, GenerationResponse, ImageData, error_body
 from deployments.metrics import RouterMetrics
 from modm.config import SystemConfig, SystemMode
+from modm.config.schema import TENANT_PATTERN, TENANT_RULE, RequestLimits
 from modm.constants import DEFAULT_TENANT
 from modm.policy import KTable, Pool, PoolState, RetrievalDecision, route, should_admit
+from modm.policy.api_keys import ApiKeyRing, AuthenticationError
+from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain
 from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
+from modm.policy.tenancy import cache_scope
 
 logger = logging.getLogger("ray.serve")
-
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 api = FastAPI(title="modm", version="0.1.0",
               description="Text-to-image serving with a mixture of diffusion models and a cache of final images.")
 
 
 class RequestRejected(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
 
 
 @api.exception_handler(RequestValidationError)
@@ -49,9 +52,50 @@ async def _invalid_body(request: Request, err: RequestValidationError) -> JSONRe
     return JSONResponse(status_code=422, content=error_body(problems, "invalid_request_error"))
 
 
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    # Starlette's own refusals (404, 405, 413, unreadable bodies) in the same error shape as ours.
+    return JSONResponse(status_code=err.status_code, content=error_body(str(err.detail), "invalid_request_error"),
+                        headers=err.headers)
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over the limit, before it is read in full (by Content-Length, or
+    while a chunked body streams in). The limit is per replica: `api.state.max_body_bytes`, set by the Router."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = api.state.max_body_bytes
+        too_large = HTTPException(413, f"the request body exceeds the limit of {limit} bytes")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            response = await _http_error(None, too_large if declared.isdigit() else HTTPException(
+                400, "Content-Length must be a non-negative integer"))
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise too_large  # FastAPI passes HTTPExceptions from body reading through to _http_error
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+api.state.max_body_bytes = RequestLimits().max_body_bytes  # until a Router sets its config's limit
+api.add_middleware(BodySizeLimit)
+
+
 @api.exception_handler(RequestRejected)
 async def _rejected(request: Request, err: RequestRejected) -> JSONResponse:
-    return JSONResponse(status_code=err.status, content=error_body(err.message, err.kind))
+    return JSONResponse(status_code=err.status, content=error_body(err.message, err.kind), headers=err.headers)
 
 
 # Decorated here, not in the builder: serve.ingress rewrites `api`'s routes, and every replica re-imports this module
@@ -64,6 +108,8 @@ class Router:
         self.large, self.small, self.embedder, self.cache, self.monitor = large, small, embedder, cache, monitor
         self.k_table = (KTable.nirvana(self.config.policy.total_steps) if self.mode is SystemMode.NIRVANA
                         else KTable.from_config(self.config.policy))
+        self.api_keys = ApiKeyRing.from_config(self.config.auth)
+        api.state.max_body_bytes = self.config.limits.max_body_bytes  # one Router per replica process
         self.metrics = RouterMetrics(self.mode.value)
         self.model_info = {Pool.LARGE: await large.info.remote()}
         if small is not None:
@@ -76,11 +122,19 @@ class Router:
         self._unreported = {"requests": 0, "hits": 0, "k": Counter()}
         self._admissions: set[asyncio.Task] = set()
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+        # Seconds per request of each pool, for admission control: the config's profile, else measured by the
+        # replica in the background (until then every request is admitted).
+        self.latency_s: dict[Pool, float | None] = {Pool.LARGE: self.config.models.large.profiled_latency_s,
+                                                     Pool.SMALL: None}
+        if small is not None:
+            self.latency_s[Pool.SMALL] = self.config.models.small.profiled_latency_s
+        self._profiler = asyncio.get_running_loop().create_task(self._profile_pools())
 
     # ------------------------------------------------------------------------------------------------ HTTP
     @api.post("/v1/images/generations", response_model=GenerationResponse)
-    async def generations(self, body: GenerationBody, x_tenant_id: str | None = Header(default=None)):
-        tenant = self._tenant(x_tenant_id)
+    async def generations(self, body: GenerationBody, x_tenant_id: str | None = Header(default=None),
+                          authorization: str | None = Header(default=None)):
+        tenant = self._tenant(x_tenant_id, authorization)
         width, height, steps = self._check(body, tenant)
         start = time.perf_counter()
         try:
@@ -97,12 +151,15 @@ class Router:
         return {"status": "ok", "mode": self.mode.value}
 
     @api.get("/v1/stats")
-    async def stats(self) -> dict:
+    async def stats(self, authorization: str | None = Header(default=None)) -> dict:
+        if self.api_keys is not None:
+            self._authenticate(authorization)
         requests = self.totals["requests"]
         out = {
             "mode": self.mode.value,
             "requests": requests, "hits": self.totals["hits"], "misses": self.totals["misses"],
             "errors": self.totals["errors"], "hit_rate": self.totals["hits"] / requests if requests else 0.0,
+            "rejected": self.totals["rejected"],
             "k_mix": {str(k): n for k, n in sorted(self.k_mix.items())},
             "served_by": {"large": self.totals["served_large"], "small": self.totals["served_small"]},
             "queue_depths": {pool.value: n for pool, n in self.in_flight.items()},
@@ -114,13 +171,25 @@ class Router:
         return out
 
     # ---------------------------------------------------------------------------------------------- serving
-    def _tenant(self, header: str | None) -> str:
+    def _tenant(self, header: str | None, authorization: str | None) -> str:
+        """With API keys the key names the tenant (X-Tenant-Id may only repeat it); without, the header does."""
+        if self.api_keys is not None:
+            tenant = self._authenticate(authorization)
+            if header is not None and header != tenant:
+                raise RequestRejected(403, "X-Tenant-Id names another tenant than the API key's", "permission_error")
+            return tenant
         if header is None:
             return DEFAULT_TENANT
         if not TENANT_PATTERN.match(header):
-            raise RequestRejected(400, "X-Tenant-Id must be 1-64 characters of letters, digits, '.', '_' or '-' "
-                                       "starting with a letter or digit")
+            raise RequestRejected(400, f"X-Tenant-Id must be {TENANT_RULE}")
         return header
+
+    def _authenticate(self, authorization: str | None) -> str:
+        try:
+            return self.api_keys.tenant_for(authorization)
+        except AuthenticationError as err:
+            raise RequestRejected(401, str(err), "authentication_error",
+                                  headers={"WWW-Authenticate": 'Bearer realm="modm"'}) from None
 
     def _check(self, body: GenerationBody, tenant: str) -> tuple[int, int, int]:
         """The same limits the models enforce, checked here before any work is sent."""
@@ -142,31 +211,22 @@ class Router:
                      start: float) -> GenerationResponse:
         request_id = uuid.uuid4().hex
         timings: dict[str, float] = {}
+        scope = cache_scope(tenant, self.config.tenancy.shared_pool_tenants)
         decision, match = RetrievalDecision.miss(), None
-        if self.mode is SystemMode.MODM:
+        if self.mode is not SystemMode.VANILLA:
             t0 = time.perf_counter()
-            query = await self.embedder.embed_text.remote(body.prompt)
-            timings["embed"] = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            match = await self.cache.query.remote(query, [tenant])
-            timings["retrieve"] = time.perf_counter() - t1
-            decision = self.k_table.decide(None if match is None else match["score"])
-            self.metrics.overhead.observe(time.perf_counter() - t0, tags={"mode": self.mode.value})
-        elif self.mode is SystemMode.NIRVANA:
-            t0 = time.perf_counter()
-            query = await self.embedder.embed_text.remote(body.prompt)
-            namespace = f"{tenant}/{width}x{height}/{steps}"  # latents resume only a run of the same shape
-            match = {"query": query, "namespace": namespace, "cacheable": steps == self.k_table.total_steps}
-            if match["cacheable"] and body.n == 1:  # n > 1 would resume n copies of one cached run
-                found = await self.cache.lookup.remote(query, namespace)
-                match["latents"] = found.get("latents")
-                decision = (RetrievalDecision(hit=True, k=found["k"], strength=1.0 - found["k"] / steps,
-                                              score=found["score"])
-                            if found["hit"] else RetrievalDecision.miss(found["score"]))
-            timings["embed_retrieve"] = time.perf_counter() - t0
+            try:
+                decision, match = await (self._retrieve(body.prompt, scope.read, timings)
+                                         if self.mode is SystemMode.MODM else
+                                         self._retrieve_latents(body, tenant, width, height, steps))
+            except Exception:  # a lost Embedder/CacheIndex replica costs the cache, not the request
+                logger.exception("request %s: retrieval failed; serving it as a miss", request_id)
+                self.metrics.retrieval_failures.inc(tags={"mode": self.mode.value})
+                decision, match = RetrievalDecision.miss(), None
             self.metrics.overhead.observe(time.perf_counter() - t0, tags={"mode": self.mode.value})
         pool = route(decision.hit, self.config.monitor.mode, self._pool_state(Pool.LARGE),
                      self._pool_state(Pool.SMALL)) if self.small is not None else Pool.LARGE
+        self._check_admission(pool, decision)
         seed = self.config.seed if body.seed is None else body.seed
         t2 = time.perf_counter()
         self._enter(pool)
@@ -174,6 +234,11 @@ class Router:
             images = await asyncio.gather(*[
                 self._one_image(pool, decision, match, body.prompt, width, height, steps, seed + i)
                 for i in range(body.n)])
+        except BackPressureError as err:
+            # Serve's bounded queue at our handle of the pool is full (backpressure.max_queued_requests).
+            self._reject(decision, pool)
+            raise RequestRejected(503, f"the {pool.value} model is overloaded: {err}", "overloaded", headers={
+                "Retry-After": str(self._retry_after_s(pool, err.retry_after_s))}) from None
         except Exception as err:
             self.totals["errors"] += 1
             self.metrics.record("hit" if decision.hit else "miss", "error", pool.value, decision.k, None)
@@ -184,13 +249,38 @@ class Router:
             self._leave(pool)
         timings["generate"] = time.perf_counter() - t2
         for png in images:
-            self._admit(png, body.prompt, tenant, pool, decision)
+            self._admit(png, body.prompt, scope.write, pool, decision)
         self._count(decision, pool, time.perf_counter() - start)
         return GenerationResponse(
             created=int(time.time()),
             data=[ImageData(b64_json=base64.b64encode(png).decode("ascii")) for png in images],
             modm=DecisionInfo(request_id=request_id, mode=self.mode.value, hit=decision.hit, score=decision.score,
                               k=decision.k, strength=decision.strength, model=pool.value, timings_s=timings))
+
+    async def _retrieve(self, prompt: str, namespaces, timings: dict) -> tuple[RetrievalDecision, dict | None]:
+        """MoDM: the prompt's embedding against the cached images of the namespaces it may read."""
+        t0 = time.perf_counter()
+        query = await self.embedder.embed_text.remote(prompt)
+        timings["embed"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        match = await self.cache.query.remote(query, list(namespaces))
+        timings["retrieve"] = time.perf_counter() - t1
+        return self.k_table.decide(None if match is None else match["score"]), match
+
+    async def _retrieve_latents(self, body: GenerationBody, tenant: str, width: int, height: int,
+                                steps: int) -> tuple[RetrievalDecision, dict]:
+        """NIRVANA: the prompt's embedding against cached prompts; a hit brings the latents to resume from."""
+        query = await self.embedder.embed_text.remote(body.prompt)
+        namespace = f"{tenant}/{width}x{height}/{steps}"  # latents resume only a run of the same shape
+        match = {"query": query, "namespace": namespace, "cacheable": steps == self.k_table.total_steps}
+        if not match["cacheable"] or body.n > 1:  # n > 1 would resume n copies of one cached run
+            return RetrievalDecision.miss(), match
+        found = await self.cache.lookup.remote(query, namespace)
+        match["latents"] = found.get("latents")
+        if not found["hit"]:
+            return RetrievalDecision.miss(found["score"]), match
+        return RetrievalDecision(hit=True, k=found["k"], strength=1.0 - found["k"] / steps,
+                                 score=found["score"]), match
 
     async def _one_image(self, pool: Pool, decision: RetrievalDecision, match: dict | None, prompt: str,
                          width: int, height: int, steps: int, seed: int) -> bytes:
@@ -223,14 +313,14 @@ class Router:
             logger.warning("a %s replica was lost mid-request (%s); retrying once", what, type(err).__name__)
         return await call()
 
-    async def _nirvana_image(self, decision: RetrievalDecision, match: dict, prompt: str, width: int, height: int,
+    async def _nirvana_image(self, decision: RetrievalDecision, match: dict | None, prompt: str, width: int, height: int,
                              steps: int, seed: int) -> bytes:
         """NIRVANA: a hit resumes the large model from cached latents; a miss runs it fully and caches its
         latents after steps 5..25 (in the background)."""
         if decision.hit:
             return await self._retry_if_replica_lost(lambda: self.large.resume.remote(
                 prompt, match["latents"], decision.k, width, height, steps, seed), "large model")
-        if not match["cacheable"]:
+        if match is None or not match["cacheable"]:  # no cache key (retrieval failed) or another shape
             return await self._retry_if_replica_lost(
                 lambda: self.large.generate.remote(prompt, width, height, steps, seed), "large model")
         png, latents = await self._retry_if_replica_lost(
@@ -243,6 +333,46 @@ class Router:
             await self.cache.add.remote(query, namespace, latents)
         except Exception:
             logger.exception("latent cache admission failed (the response was already sent)")
+
+    def _pool_load(self, pool: Pool) -> PoolLoad | None:
+        latency = self.latency_s[pool]
+        return None if latency is None else PoolLoad(in_flight=self.in_flight[pool],
+                                                     replicas=max(1, self.allocation[pool.value]), latency_s=latency)
+
+    def _check_admission(self, pool: Pool, decision: RetrievalDecision) -> None:
+        """429 + Retry-After when this request would be answered later than the bound (SLO or timeout)."""
+        backpressure, load = self.config.backpressure, self._pool_load(pool)
+        if not backpressure.admission_control or load is None:
+            return
+        bound_s = backpressure.max_expected_latency_s or self.config.serving.request_timeout_s
+        verdict = admit(load, bound_s)
+        if not verdict.admitted:
+            self._reject(decision, pool)
+            raise RequestRejected(
+                429, f"the {pool.value} model is busy: this request would take about {verdict.expected_latency_s:.1f}"
+                     f"s, over the {bound_s:g}s bound; retry in {verdict.retry_after_s}s", "overloaded",
+                headers={"Retry-After": str(verdict.retry_after_s)})
+
+    def _retry_after_s(self, pool: Pool, suggested_s: float | None) -> int:
+        if suggested_s is not None:
+            return max(1, round(suggested_s))
+        load = self._pool_load(pool)
+        return 1 if load is None else seconds_to_drain(load, 1)
+
+    def _reject(self, decision: RetrievalDecision, pool: Pool) -> None:
+        self.totals["rejected"] += 1
+        self.metrics.record("hit" if decision.hit else "miss", "rejected", pool.value, decision.k, None)
+
+    async def _profile_pools(self) -> None:
+        handles = {Pool.LARGE: self.large, Pool.SMALL: self.small}
+        for pool, handle in handles.items():
+            if handle is None or self.latency_s[pool] is not None:
+                continue
+            try:
+                self.latency_s[pool] = await handle.profile.remote()
+            except Exception:
+                logger.exception("router: profiling the %s model failed; its requests skip admission control",
+                                 pool.value)
 
     def _pool_state(self, pool: Pool) -> PoolState:
         return PoolState(replicas=self.allocation[pool.value], in_flight=self.in_flight[pool])
@@ -267,11 +397,11 @@ class Router:
         self.metrics.record("hit" if decision.hit else "miss", "ok", pool.value, decision.k, seconds)
 
     # -------------------------------------------------------------------------------------------- background
-    def _admit(self, png: bytes, prompt: str, tenant: str, pool: Pool, decision: RetrievalDecision) -> None:
+    def _admit(self, png: bytes, prompt: str, namespace: str, pool: Pool, decision: RetrievalDecision) -> None:
         if self.mode is not SystemMode.MODM or not should_admit(
                 self.config.cache.admission, from_large_model=pool is Pool.LARGE, refined=decision.hit):
             return
-        self._in_background(self._admit_one(png, prompt, tenant, pool, decision.k))
+        self._in_background(self._admit_one(png, prompt, namespace, pool, decision.k))
 
     def _in_background(self, admission) -> None:
         """Run a cache admission after the response; beyond the bound it is dropped, never queued."""
@@ -283,10 +413,10 @@ class Router:
         self._admissions.add(task)
         task.add_done_callback(self._admissions.discard)
 
-    async def _admit_one(self, png: bytes, prompt: str, tenant: str, pool: Pool, k: int) -> None:
+    async def _admit_one(self, png: bytes, prompt: str, namespace: str, pool: Pool, k: int) -> None:
         try:
             key = await self.embedder.embed_for_cache.remote(png, prompt)
-            await self.cache.add.remote(png, key, prompt, tenant, pool.value, k)
+            await self.cache.add.remote(png, key, prompt, namespace, pool.value, k)
         except Exception:
             logger.exception("cache admission failed (the response was already sent)")
 

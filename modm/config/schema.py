@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated
 
@@ -222,6 +223,8 @@ class RequestLimits(_Strict):
     max_prompt_chars: int = Field(default=MAX_PROMPT_CHARS, gt=0, description="Longest prompt accepted.")
     max_steps: int = Field(default=200, gt=0, description="Most denoising steps a request may ask for.")
     max_images: int = Field(default=4, gt=0, description="Most images (n) per request.")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024,
+                                description="Largest HTTP request body; larger ones get 413 before being read.")
 
 
 class ServingConfig(_Strict):
@@ -232,6 +235,81 @@ class ServingConfig(_Strict):
     max_pending_admissions: int = Field(default=64, gt=0,
                                         description="Cache admissions in flight at once; beyond, new results are "
                                                     "not cached (counted in modm_admissions_dropped_total).")
+
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Tenant names clients may use (X-Tenant-Id, API key bindings). Cache namespaces outside this pattern (e.g. the
+# shared pool's) can therefore never be claimed by a tenant.
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TENANT_RULE = "1-64 characters of letters, digits, '.', '_' or '-' starting with a letter or digit"
+
+
+def _check_tenant(v: str) -> str:
+    if not TENANT_PATTERN.match(v):
+        raise ValueError(f"tenant names must be {TENANT_RULE}, got {v[:80]!r}")
+    return v
+
+
+TenantName = Annotated[str, AfterValidator(_check_tenant)]
+
+
+class ApiKey(_Strict):
+    """One client key, stored only as its SHA-256 so that a leaked config leaks no key."""
+
+    sha256: str = Field(description="Lower-case hex SHA-256 of the key (e.g. `printf %s KEY | sha256sum`).")
+    tenant: TenantName = Field(description="The tenant every request with this key belongs to (its cache "
+                                           "namespace).")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not SHA256_HEX.match(v):
+            raise ValueError(f"sha256 must be 64 lower-case hex digits, got {v[:80]!r}")
+        return v
+
+
+class AuthConfig(_Strict):
+    """Optional API keys. With none configured the API is open and clients name their tenant in X-Tenant-Id."""
+
+    api_keys: tuple[ApiKey, ...] = Field(default=(), description="Keys given inline (hashes, never keys).")
+    api_keys_file: str | None = Field(
+        default=None,
+        description="Absolute path of a file of '<sha256-hex> <tenant>' lines ('#' comments), read at start-up.")
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # Replicas run in other working directories: a relative path would name different files.
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"api_keys_file must be an absolute path, got {v!r}")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys) or self.api_keys_file is not None
+
+
+class TenancyConfig(_Strict):
+    shared_pool_tenants: frozenset[TenantName] = Field(
+        default=frozenset(),
+        description="Tenants that opt into the shared cache pool: they retrieve from their own namespace and the "
+                    "shared one, and their results enter the shared one. Other tenants never see shared entries, "
+                    "and their own entries are never shared.")
+
+
+class BackpressureConfig(_Strict):
+    max_queued_requests: int | None = Field(
+        default=64, gt=0,
+        description="Serve's bound on calls queued at the router's handle of each model deployment; beyond it a "
+                    "call fails fast and the client gets 503 with Retry-After. None: unbounded.")
+    admission_control: bool = Field(
+        default=True,
+        description="Reject with 429 and Retry-After a request whose expected completion (queue ahead of it times "
+                    "the pool's profiled latency) would exceed max_expected_latency_s.")
+    max_expected_latency_s: float | None = Field(
+        default=None, gt=0,
+        description="The latency bound of admission control; None: serving.request_timeout_s, i.e. refuse "
+                    "up front a request that would time out anyway.")
 
 
 class ModelsConfig(_Strict):
@@ -248,6 +326,10 @@ class SystemConfig(_Strict):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Optional API keys, each bound to a tenant.")
+    tenancy: TenancyConfig = Field(default_factory=TenancyConfig, description="Cache sharing between tenants.")
+    backpressure: BackpressureConfig = Field(default_factory=BackpressureConfig,
+                                             description="Bounded queues and SLO-based admission control.")
     seed: int = Field(default=42, description="Seed for requests that bring none.")
 
     @model_validator(mode="before")

@@ -8,9 +8,11 @@ comes from a seeded CPU `torch.Generator`, which gives the same draws on every d
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -19,6 +21,8 @@ from modm.config.schema import ModelSpec
 from modm.generation.resume import LatentSnapshots, schedule_from_step
 from modm.models.loading import ModelLoadError, load_pipeline
 from modm.policy.requests import InvalidRequestError, check_dimensions
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,33 @@ class GenerationRequest:
     steps: int
     seed: int
     guidance_scale: float | None = None  # None: the model spec's default
+
+
+class GenerationInterrupted(Exception):
+    """Raised out of a pipeline call whose StepControl was stopped; the image is abandoned."""
+
+
+@dataclass
+class StepControl:
+    """Lets another thread stop a running generation at its next denoising step, and counts the steps it ran.
+
+    A serving replica runs the pipeline in a worker thread, which cancelling the awaiting coroutine does not stop;
+    the pipeline calls `callback_on_step_end` after every step, and raising there leaves the loop at once (setting
+    the pipeline's `_interrupt` would instead skip the remaining steps and still decode, and it is shared by every
+    call on the same pipeline object).
+    """
+
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    steps_run: int = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def on_step_end(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        self.steps_run += 1
+        if self.stop_event.is_set():
+            raise GenerationInterrupted(f"stopped after denoising step {step + 1}")
+        return {}
 
 
 def size_multiple(pipe) -> int:
@@ -112,15 +143,19 @@ class DiffusionGenerator:
         }
 
     @torch.inference_mode()
-    def txt2img(self, req: GenerationRequest) -> Image.Image:
-        """Full generation: all req.steps denoising steps from noise."""
+    def txt2img(self, req: GenerationRequest, control: StepControl | None = None) -> Image.Image:
+        """Full generation: all req.steps denoising steps from noise. Raises GenerationInterrupted when `control`
+        is stopped meanwhile."""
         self.check_request(req)
-        out = self.pipe(height=req.height, width=req.width, **self._common(req), **self._txt2img_kwargs)
+        out = self.pipe(height=req.height, width=req.width, **self._common(req), **self._txt2img_kwargs,
+                        **_step_callback(self.pipe, control))
         return out.images[0]
 
     @torch.inference_mode()
-    def img2img(self, req: GenerationRequest, image: Image.Image, strength: float) -> Image.Image:
-        """Refinement: re-noise `image` to strength and run the last int(steps * strength) steps."""
+    def img2img(self, req: GenerationRequest, image: Image.Image, strength: float,
+                control: StepControl | None = None) -> Image.Image:
+        """Refinement: re-noise `image` to strength and run the last int(steps * strength) steps. Raises
+        GenerationInterrupted when `control` is stopped meanwhile."""
         self.check_request(req)
         if not 0.0 < strength <= 1.0:
             raise InvalidRequestError(f"strength={strength} must be in (0, 1]")
@@ -133,7 +168,8 @@ class DiffusionGenerator:
         # img2img runs int(steps * strength) steps; with few steps that can round to zero, which diffusers cannot
         # run. Refine with at least one step by stretching the schedule just enough.
         common["num_inference_steps"] = max(req.steps, math.ceil(1.0 / strength - 1e-9))
-        out = refine_pipe(image=image, strength=strength, **size, **common, **self._img2img_kwargs)
+        out = refine_pipe(image=image, strength=strength, **size, **common, **self._img2img_kwargs,
+                          **_step_callback(refine_pipe, control))
         return out.images[0]
 
     def check_resumable(self) -> None:
@@ -145,20 +181,26 @@ class DiffusionGenerator:
                                  "NIRVANA's latent cache needs")
 
     @torch.inference_mode()
-    def txt2img_with_snapshots(self, req: GenerationRequest,
-                               snapshot_steps: tuple[int, ...]) -> tuple[Image.Image, dict[int, torch.Tensor]]:
+    def txt2img_with_snapshots(self, req: GenerationRequest, snapshot_steps: tuple[int, ...],
+                               control: StepControl | None = None) -> tuple[Image.Image, dict[int, torch.Tensor]]:
         """Full generation that also returns the latents after each step count in `snapshot_steps` (CPU)."""
         self.check_request(req)
         outside = [s for s in snapshot_steps if not 0 < s < req.steps]
         if outside:
             raise InvalidRequestError(f"snapshot steps {outside} are not inside a {req.steps}-step run")
         snapshots = LatentSnapshots(snapshot_steps)
+
+        def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+            snapshots(pipe, step, timestep, callback_kwargs)
+            return {} if control is None else control.on_step_end(pipe, step, timestep, callback_kwargs)
+
         out = self.pipe(height=req.height, width=req.width, **self._common(req), **self._txt2img_kwargs,
-                        callback_on_step_end=snapshots, callback_on_step_end_tensor_inputs=["latents"])
+                        callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"])
         return out.images[0], snapshots.latents
 
     @torch.inference_mode()
-    def resume(self, req: GenerationRequest, latents: torch.Tensor, steps_done: int) -> Image.Image:
+    def resume(self, req: GenerationRequest, latents: torch.Tensor, steps_done: int,
+               control: StepControl | None = None) -> Image.Image:
         """The last req.steps - steps_done steps of a run, from its latents after `steps_done` steps."""
         self.check_request(req)
         if not 0 < steps_done < req.steps:
@@ -167,7 +209,7 @@ class DiffusionGenerator:
             raise InvalidRequestError(f"latents of shape {tuple(latents.shape)} are not one image's latents")
         with schedule_from_step(self.pipe.scheduler, steps_done):
             out = self.pipe(height=req.height, width=req.width, latents=latents.to(self.device), **self._common(req),
-                            **self._txt2img_kwargs)
+                            **self._txt2img_kwargs, **_step_callback(self.pipe, control))
         return out.images[0]
 
     @torch.inference_mode()
@@ -192,6 +234,17 @@ class DiffusionGenerator:
 def spec_call_kwargs(pipe, spec: ModelSpec) -> dict:
     """Call arguments the spec sets that this pipeline takes (e.g. T5 token count for SD3/FLUX only)."""
     return _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length})
+
+
+def _step_callback(pipe, control: StepControl | None) -> dict:
+    """The call argument that hooks `control` into the denoising loop, if this pipeline takes one."""
+    if control is None:
+        return {}
+    hooked = _supported_kwargs(pipe, {"callback_on_step_end": control.on_step_end})
+    if not hooked:
+        logger.warning("%s takes no callback_on_step_end: a cancelled generation runs to its end",
+                       type(pipe).__name__)
+    return hooked
 
 
 def _supported_kwargs(pipe, candidates: dict) -> dict:
