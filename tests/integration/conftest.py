@@ -49,3 +49,34 @@ def serve_app(ray_cluster, http_port, tiny_zoo, tmp_path_factory):
 def client(serve_app):
     with httpx.Client(base_url=serve_app, timeout=120) as c:
         yield c
+
+
+PARALLEL_APP = "modm-parallel"
+
+
+@pytest.fixture(scope="session")
+def parallel_app(serve_app, http_port, tiny_zoo):
+    """A vanilla app whose LargeModel is one DistriFusion group of 2 gloo ranks (synchronous, so it matches one
+    device), shared by the parallel tests: starting a group costs tens of seconds on 2 cores. Its replicas check
+    health every second and stop within 2 s, so a test that kills a rank sees the replacement quickly."""
+    from ray import serve
+
+    import deployments.app
+    from deployments.app import build_app
+
+    large = {"source": str(tiny_zoo.large), "device": "cpu", "num_inference_steps": 3, "default_size": 64,
+             "max_size": 128, "parallel": {"method": "distrifusion", "world_size": 2, "always_synchronous": True}}
+    system = {"mode": "vanilla", "models": {"large": large}, "monitor": {"gpu_budget": 1, "min_small": 0},
+              "serving": {"request_timeout_s": 45}}
+    defaults = dict(deployments.app.DEFAULT_DEPLOYMENT_OPTIONS)
+    deployments.app.DEFAULT_DEPLOYMENT_OPTIONS.update(health_check_period_s=1.0, graceful_shutdown_timeout_s=2.0)
+    try:
+        app = build_app({"system": system, "actor_options": {"LargeModel": {"num_cpus": 0.1}}})
+    finally:
+        deployments.app.DEFAULT_DEPLOYMENT_OPTIONS.clear()
+        deployments.app.DEFAULT_DEPLOYMENT_OPTIONS.update(defaults)
+    serve.run(app, name=PARALLEL_APP, route_prefix="/parallel", blocking=False)
+    url = f"{serve_app}/parallel"
+    wait_healthy(url, timeout_s=240)
+    yield {"url": url, "app": PARALLEL_APP, "large": large}
+    serve.delete(PARALLEL_APP)

@@ -28,7 +28,6 @@ from PIL import Image
 pytestmark = pytest.mark.ray
 
 APP = "modm"                    # the session app of tests/integration/conftest.py
-PARALLEL_APP = "modm-faults-parallel"
 CLIENT_TIMEOUT_S = 90.0         # above the app's request timeout: a request still open after this is lost
 RECOVERY_TIMEOUT_S = 180.0     # a ceiling for a loaded 2-core machine; a replacement takes ~5-40 s there
 EXPLICIT_ERROR_STATUSES = {429, 503, 504}  # shed, failed or timed out, each with a JSON reason
@@ -211,58 +210,32 @@ def ranks_of(replica: dict) -> dict[str, dict]:
             if actor["OwnerAddress"] == replica["Address"]}
 
 
-@pytest.fixture
-def fast_health_checks(monkeypatch):
-    """Apps built inside the test check replica health every second and stop a failed one within 2 s (the
-    defaults, 10 s and 20 s, would only make the test wait)."""
-    import deployments.app
+def test_a_parallel_rank_killed_under_load_gets_its_replica_replaced(parallel_app, record_property):
+    app, base = parallel_app["app"], parallel_app["url"]
+    replica = replica_actors(app, "LargeModel")[0]
+    ranks_before = ranks_of(replica)
+    assert len(ranks_before) == 2, ranks_before
 
-    monkeypatch.setitem(deployments.app.DEFAULT_DEPLOYMENT_OPTIONS, "health_check_period_s", 1.0)
-    monkeypatch.setitem(deployments.app.DEFAULT_DEPLOYMENT_OPTIONS, "graceful_shutdown_timeout_s", 2.0)
+    load = HttpLoad(base, total=12, concurrency=3,
+                    body=lambda i: {"prompt": f"a paper boat on a puddle, take {i}", "seed": i}).start()
+    load.wait_for(3)
+    victim = next(iter(ranks_before.values()))  # either rank: both hold the group's collectives
+    os.kill(victim["Pid"], signal.SIGKILL)
+    killed_at, sent_before_kill = time.monotonic(), load.tally.sent
+    tally = load.join()
+    recovery = wait_replaced(app, "LargeModel", replica["ActorID"], 1, killed_at)
+    ranks_after = set(ranks_of(replica_actors(app, "LargeModel")[0]))
+    after = httpx.post(f"{base}/v1/images/generations", timeout=CLIENT_TIMEOUT_S,
+                       json={"prompt": "a paper boat on a puddle", "seed": 1})
 
-
-def test_a_parallel_rank_killed_under_load_gets_its_replica_replaced(ray_cluster, http_port, serve_app, tiny_zoo,
-                                                                    fast_health_checks, record_property):
-    from ray import serve
-
-    from deployments.app import build_app
-    from deployments.local_cluster import wait_healthy
-
-    large = {"source": str(tiny_zoo.large), "device": "cpu", "num_inference_steps": 3, "default_size": 64,
-             "max_size": 64, "parallel": {"method": "distrifusion", "world_size": 2, "always_synchronous": True}}
-    system = {"mode": "vanilla", "models": {"large": large}, "monitor": {"gpu_budget": 1, "min_small": 0},
-              "serving": {"request_timeout_s": 45}}
-    app = build_app({"system": system, "actor_options": {"LargeModel": {"num_cpus": 0.1}}})
-    serve.run(app, name=PARALLEL_APP, route_prefix="/faults-parallel", blocking=False)
-    base = f"http://127.0.0.1:{http_port}/faults-parallel"
-    try:
-        wait_healthy(base, timeout_s=180)
-        replica = replica_actors(PARALLEL_APP, "LargeModel")[0]
-        ranks_before = ranks_of(replica)
-        assert len(ranks_before) == 2, ranks_before
-
-        load = HttpLoad(base, total=12, concurrency=3,
-                        body=lambda i: {"prompt": f"a paper boat on a puddle, take {i}", "seed": i}).start()
-        load.wait_for(3)
-        victim = next(iter(ranks_before.values()))  # either rank: both hold the group's collectives
-        os.kill(victim["Pid"], signal.SIGKILL)
-        killed_at, sent_before_kill = time.monotonic(), load.tally.sent
-        tally = load.join()
-        recovery = wait_replaced(PARALLEL_APP, "LargeModel", replica["ActorID"], 1, killed_at)
-        ranks_after = set(ranks_of(replica_actors(PARALLEL_APP, "LargeModel")[0]))
-        after = httpx.post(f"{base}/v1/images/generations", timeout=CLIENT_TIMEOUT_S,
-                           json={"prompt": "a paper boat on a puddle", "seed": 1})
-
-        report(record_property, "parallel_rank_killed",
-               {**tally.row(), "sent_before_kill": sent_before_kill, **recovery,
-                "new_ranks": len(ranks_after - set(ranks_before)), "after_recovery_status": after.status_code})
-        assert_every_request_answered(tally)
-        assert tally.completed >= 3, tally.row()
-        # The replica whose rank died failed its health check and was replaced, with a fresh group of ranks.
-        assert len(ranks_after - set(ranks_before)) == 2, (ranks_before.keys(), ranks_after)
-        assert after.status_code == 200, after.text
-    finally:
-        serve.delete(PARALLEL_APP)
+    report(record_property, "parallel_rank_killed",
+           {**tally.row(), "sent_before_kill": sent_before_kill, **recovery,
+            "new_ranks": len(ranks_after - set(ranks_before)), "after_recovery_status": after.status_code})
+    assert_every_request_answered(tally)
+    assert tally.completed >= 3, tally.row()
+    # The replica whose rank died failed its health check and was replaced, with a fresh group of ranks.
+    assert len(ranks_after - set(ranks_before)) == 2, (ranks_before.keys(), ranks_after)
+    assert after.status_code == 200, after.text
 
 
 # ---------------------------------------------------------------------------------------------- 3. cache owner
