@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated; nirvana needs --steps above 25 (it caches latents after 5..25)")
     parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    sweep = parser.add_argument_group("SLO sweep (optional)")
+    sweep.add_argument("--sweep-rates", type=float, nargs="+", default=None,
+                       help="Poisson rates (req/min) to run on every system after its closed-loop run")
+    sweep.add_argument("--sweep-requests", type=int, default=40, help="requests per sweep point")
     quality = parser.add_argument_group("quality table (images kept under OUT/<system>/images)")
     quality.add_argument("--no-quality", dest="quality", action="store_false", help="keep no images, skip the table")
     quality.add_argument("--clip-model", default=None,
@@ -109,7 +113,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     shutil.rmtree(args.out, ignore_errors=True)
     variants = system_variants(base, args.budget, args.steps, args.size, args.window_s, args.out, tuple(chosen))
 
-    summaries, reference_s, runs = [], None, {}
+    summaries, reference_s, runs, sweeps = [], None, {}, {}
     for name in chosen:
         started = time.monotonic()
         serve.run(build_app({"system": variants[name]}), name=name, route_prefix=f"/{name}", blocking=False)
@@ -127,6 +131,8 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
                 reference_latency_s=reference_s,
                 reference_url=url if reference_s is None else None)
             artifacts = run(config)
+            if args.sweep_rates:
+                sweeps[name] = slo_sweep(args, config, reference_s or artifacts.reference_latency_s, name)
         finally:
             serve.delete(name)
         reference_s = reference_s or artifacts.reference_latency_s
@@ -142,12 +148,48 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     print(format_comparison(comparison))
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "reference_latency_s": reference_s,
               "comparison": comparison.model_dump(mode="json"), "runs": runs}
+    if sweeps:
+        result["slo_sweep"] = sweep_table(args, sweeps)
     if args.quality:
         result["quality"] = quality_table(args, chosen)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"\nwrote {args.out / 'benchmark.json'} and per-system records/plots under {args.out}")
     return result
+
+
+def slo_sweep(args: argparse.Namespace, measured, reference_s: float, name: str) -> list:
+    """Poisson arrivals at each --sweep-rates rate on the system just measured, with fresh prompts (the rows after
+    the measured run's) against the cache that run warmed, as MoDM's SLO runs start from a filled cache."""
+    from loadgen import TraceConfig
+    from loadgen.sweep import run_sweep
+
+    fresh = TraceConfig(path=args.trace, n_requests=args.sweep_requests,
+                        start_row=(measured.trace.start_row or 0) + args.requests + args.warm_up)
+    base = measured.model_copy(update={"trace": fresh, "reference_latency_s": reference_s, "reference_url": None,
+                                       "client": measured.client.model_copy(update={"image_dir": None}),
+                                       "out_dir": args.out / name / "sweep"})
+    return run_sweep(base, args.sweep_rates, isolate_tenants=False).points
+
+
+def sweep_table(args: argparse.Namespace, sweeps: dict[str, list]) -> dict:
+    from loadgen.plots import plot_slo_vs_rate
+
+    plot = plot_slo_vs_rate(sweeps, args.out / "slo_vs_rate.png")
+    keys = sorted({k for points in sweeps.values() for _, s in points for k in s.slo_attainment},
+                  key=lambda k: float(k[:-1]))
+    print(f"\nSLO attainment vs Poisson rate ({args.sweep_requests} requests per point; plot {plot})\n")
+    header = f"{'system':<18}{'req/min':>9}" + "".join(f"{'SLO ' + k:>10}" for k in keys) + f"{'hit rate':>10}"
+    print(header + "\n" + "-" * len(header))
+    rows = []
+    for name, points in sweeps.items():
+        for rate, summary in points:
+            hit = "-" if summary.hit_rate is None else f"{summary.hit_rate:.0%}"
+            print(f"{name:<18}{rate:>9g}" + "".join(f"{summary.slo_attainment.get(k, float('nan')):>10.1%}"
+                                                    for k in keys) + f"{hit:>10}")
+            rows.append({"system": name, "rate_per_min": rate, "slo_attainment": summary.slo_attainment,
+                         "hit_rate": summary.hit_rate, "throughput_per_min": summary.throughput_req_per_min})
+    return {"plot": str(plot), "points": rows}
 
 
 def quality_table(args: argparse.Namespace, systems: list[str]) -> dict:

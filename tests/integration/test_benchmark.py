@@ -21,7 +21,7 @@ def test_benchmark_runs_every_baseline_and_writes_both_tables(ray_cluster, serve
     args = build_parser().parse_args([
         "--trace", str(trace), "--requests", "6", "--warm-up", "2", "--budget", "2", "--concurrency", "2",
         "--steps", "30", "--systems", "vanilla,modm-throughput,nirvana", "--zoo", str(tiny_zoo.root),
-        "--out", str(tmp_path / "bench")])
+        "--out", str(tmp_path / "bench"), "--sweep-rates", "120", "--sweep-requests", "2"])
     result = run_benchmark(args, http_port)
 
     rows = {row["name"]: row for row in result["comparison"]["rows"]}
@@ -32,6 +32,8 @@ def test_benchmark_runs_every_baseline_and_writes_both_tables(ray_cluster, serve
     assert rows["vanilla"]["hit_rate"] == 0
     saved = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     assert saved["comparison"]["baseline"] == "vanilla"
+    sweep = {(p["system"], p["rate_per_min"]): p for p in saved["slo_sweep"]["points"]}
+    assert set(sweep) == {(name, 120.0) for name in rows} and (tmp_path / "bench" / "slo_vs_rate.png").is_file()
     quality = {row["system"]: row for row in saved["quality"]["rows"]}
     assert set(quality) == set(rows) and quality["vanilla"]["fid_vs_reference"] == 0.0
     assert all(row["n"] == 6 and "clip" in row["means"] for row in quality.values())
