@@ -32,6 +32,16 @@ from modm.policy.tenancy import cache_scope
 
 logger = logging.getLogger("ray.serve")
 
+async def _cancelling_on_exit(response: DeploymentResponse) -> Any:
+    """Await a handle call; if this request is cancelled meanwhile (our own timeout, or the client went away),
+    cancel the call too, so the model replica stops instead of finishing an image nobody will receive."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
+
+
 # Decorated here, not in the builder: serve.ingress rewrites `api`'s routes, and every replica re-imports this module
 # (the app object is not pickled by value), so the rewrite must happen at import time.
 @serve.ingress(api)
@@ -240,12 +250,12 @@ class Router:
         workers), which a retry would only repeat.
         """
         try:
-            return await call()
+            return await _cancelling_on_exit(call())
         except (RayActorError, ReplicaUnavailableError) as err:  # ActorDiedError, ActorUnavailableError
             if isinstance(err, RayTaskError):
                 raise
             logger.warning("a %s replica was lost mid-request (%s); retrying once", what, type(err).__name__)
-        return await call()
+        return await _cancelling_on_exit(call())
 
     async def _nirvana_image(self, decision: RetrievalDecision, match: dict | None, prompt: str, width: int, height: int,
                              steps: int, seed: int) -> bytes:

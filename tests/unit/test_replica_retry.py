@@ -58,3 +58,27 @@ def test_success_is_one_call():
     call, calls = scripted(b"png")
     assert asyncio.run(retry(call, "cache")) == b"png"
     assert len(calls) == 1
+
+
+class SlowCall:
+    """Stands in for a DeploymentResponse: awaitable, and records whether it was cancelled."""
+
+    def __init__(self):
+        self.cancelled = False
+
+    def __await__(self):
+        return asyncio.sleep(30).__await__()
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def test_a_request_that_times_out_cancels_its_model_call():
+    slow = SlowCall()
+
+    async def timed_out():
+        await asyncio.wait_for(retry(lambda: slow, "large model"), timeout=0.05)
+
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(timed_out())
+    assert slow.cancelled  # so the replica stops at its next denoising step instead of finishing the image
