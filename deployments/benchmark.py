@@ -126,7 +126,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
                 sessions=SessionConfig(),
                 arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=args.concurrency),
                 client=ClientConfig(url=url, size=f"{args.size}x{args.size}", steps=args.steps, tenant="bench",
-                                    request_timeout_s=600, stats_poll_period_s=2.0, progress=False,
+                                    request_timeout_s=600, stats_poll_period_s=2.0, progress=False, seed_from_row=True,
                                     image_dir=(args.out / name / "images").resolve() if args.quality else None),
                 reference_latency_s=reference_s,
                 reference_url=url if reference_s is None else None)
@@ -159,17 +159,22 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
 
 
 def slo_sweep(args: argparse.Namespace, measured, reference_s: float, name: str) -> list:
-    """Poisson arrivals at each --sweep-rates rate on the system just measured, with fresh prompts (the rows after
-    the measured run's) against the cache that run warmed, as MoDM's SLO runs start from a filled cache."""
+    """Poisson arrivals at each --sweep-rates rate on the system just measured, each point with fresh prompts (rows
+    after the measured run's, different per point) against the cache that run warmed, as MoDM's SLO runs start
+    from a filled cache."""
     from loadgen import TraceConfig
     from loadgen.sweep import run_sweep
 
-    fresh = TraceConfig(path=args.trace, n_requests=args.sweep_requests,
-                        start_row=(measured.trace.start_row or 0) + args.requests + args.warm_up)
-    base = measured.model_copy(update={"trace": fresh, "reference_latency_s": reference_s, "reference_url": None,
-                                       "client": measured.client.model_copy(update={"image_dir": None}),
-                                       "out_dir": args.out / name / "sweep"})
-    return run_sweep(base, args.sweep_rates, isolate_tenants=False).points
+    first_row = (measured.trace.start_row or 0) + args.requests + args.warm_up
+    points = []
+    for i, rate in enumerate(sorted(args.sweep_rates)):  # each point its own rows: a replay would be all hits
+        fresh = TraceConfig(path=args.trace, n_requests=args.sweep_requests,
+                            start_row=first_row + i * args.sweep_requests)
+        base = measured.model_copy(update={"trace": fresh, "reference_latency_s": reference_s,
+                                           "reference_url": None, "out_dir": args.out / name / "sweep",
+                                           "client": measured.client.model_copy(update={"image_dir": None})})
+        points += run_sweep(base, [rate], isolate_tenants=False).points
+    return points
 
 
 def sweep_table(args: argparse.Namespace, sweeps: dict[str, list]) -> dict:

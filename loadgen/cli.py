@@ -74,6 +74,8 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--forward-trace-seed", action="store_true")
     g.add_argument("--forward-trace-steps", action="store_true")
+    g.add_argument("--seed-from-row", action="store_true",
+                   help="send each request's trace row as its seed (same seed per prompt in every run)")
     g.add_argument("--tenant", default=None)
     g.add_argument("--api-key-env", default=None, help="environment variable holding the bearer key")
     g.add_argument("--timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, help="per-request limit")
@@ -147,7 +149,8 @@ def _run_config(args: argparse.Namespace, arrival: ArrivalConfig) -> RunConfig:
         arrival=arrival,
         client=ClientConfig(
             url=args.url, size=args.size, steps=args.steps, forward_trace_seed=args.forward_trace_seed,
-            forward_trace_steps=args.forward_trace_steps, tenant=args.tenant, api_key=api_key,
+            forward_trace_steps=args.forward_trace_steps, seed_from_row=args.seed_from_row, tenant=args.tenant,
+            api_key=api_key,
             request_timeout_s=args.timeout_s, max_duration_s=args.max_duration_s, max_in_flight=args.max_in_flight,
             max_consecutive_failures=args.max_consecutive_failures,
             stats_poll_period_s=None if args.no_stats else args.stats_period_s, progress=not args.no_progress,

@@ -148,6 +148,10 @@ class ClientConfig(_Strict):
     steps: int | None = Field(None, gt=0, description="Steps to request; None = the server's default.")
     forward_trace_seed: bool = Field(False, description="Send the trace's seed column (DiffusionDB) as `seed`.")
     forward_trace_steps: bool = Field(False, description="Send the trace's step column (overrides `steps`).")
+    seed_from_row: bool = Field(
+        False, description="Send the request's trace row as `seed` when no trace seed is sent: a distinct seed per "
+                           "prompt, the same in every run (fair image comparisons across systems)."
+    )
     tenant: str | None = Field(None, description="X-Tenant-Id header; None sends no header.")
     api_key: SecretStr | None = Field(None, description="Bearer key for the Authorization header.")
     request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0, description="Per-request time limit.")

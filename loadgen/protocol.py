@@ -52,6 +52,8 @@ def make_http_client(config: ClientConfig, *, transport: httpx.AsyncBaseTranspor
 def build_body(request: TraceRequest, config: ClientConfig) -> dict[str, Any]:
     steps = request.steps if config.forward_trace_steps and request.steps is not None else config.steps
     seed = request.seed if config.forward_trace_seed else None
+    if seed is None and config.seed_from_row:
+        seed = request.source_row
     return {"prompt": request.prompt, "n": 1, "size": config.size, "response_format": "b64_json", "seed": seed,
             "steps": steps}
 

@@ -203,3 +203,13 @@ def test_kept_images_are_written_and_recorded_relative_to_the_run(make_server, t
     records, _ = read_records(out / RECORDS_FILE)
     assert sorted(r.path for r in records) == [f"images/{i:06d}.png" for i in range(4)]
     assert all((out / r.path).read_bytes() for r in records)
+
+
+def test_seed_from_row_gives_each_prompt_its_own_reproducible_seed():
+    from loadgen.protocol import build_body
+
+    config = client("http://127.0.0.1:1", seed_from_row=True)
+    assert build_body(TraceRequest(prompt="a", source_row=7), config)["seed"] == 7
+    assert build_body(TraceRequest(prompt="a", source_row=7, seed=99),
+                      config.model_copy(update={"forward_trace_seed": True}))["seed"] == 99
+    assert build_body(TraceRequest(prompt="a", source_row=7), client("http://127.0.0.1:1"))["seed"] is None
