@@ -73,13 +73,13 @@ def test_loadgen_records_with_paths_are_a_manifest(tmp_path):
 
     write_folder(tmp_path / "img", ["a", "b", "c"])
     records = [RequestRecord(0, "warm", 0, warm_up=True, outcome=Outcome.OK, mode="modm"),
-               RequestRecord(1, "a", 1, outcome=Outcome.OK, hit=True, k=25, model="small", mode="modm"),
+               RequestRecord(1, "a", 1, outcome=Outcome.OK, hit=True, k=25, model="small", mode="modm",
+                             path="img/img_000.png"),
                RequestRecord(2, "b", 2, outcome=Outcome.TIMEOUT, mode="modm"),
-               RequestRecord(3, "c", 3, outcome=Outcome.OK, hit=False, model="large", mode="modm")]
-    table = pq.read_table(write_records(tmp_path / "records.parquet", records))
-    paths = [None, "img/img_000.png", None, "img/img_002.png"]
-    pq.write_table(table.append_column("path", pa.array(paths, pa.string())), tmp_path / "served.parquet")
-    assert len(read_records(tmp_path / "served.parquet")[0]) == 4  # still a valid records file
+               RequestRecord(3, "c", 3, outcome=Outcome.OK, hit=False, model="large", mode="modm",
+                             path="img/img_002.png")]
+    write_records(tmp_path / "served.parquet", records)  # the load generator's --keep-images records
+    assert len(read_records(tmp_path / "served.parquet")[0]) == 4
     entries = load_image_set(tmp_path / "served.parquet")
     assert [(e.path.name, e.prompt, e.system, e.hit, e.k) for e in entries] == [
         ("img_000.png", "a", "modm", True, 25), ("img_002.png", "c", "modm", False, None)]
