@@ -17,8 +17,8 @@ from ray import serve
 
 from deployments.constants import AUTOSCALING_LOOK_BACK_S, AUTOSCALING_METRICS_INTERVAL_S, DEFAULT_DEPLOYMENT_OPTIONS
 from modm.config import ConfigError, SystemConfig, SystemMode, config_from_dict, load_config, resolve_relative_paths
-from modm.constants import NIRVANA_K_CHOICES
 from modm.embedding import embedding_dim
+from modm.policy import NIRVANA_K_CHOICES
 from modm.policy.api_keys import ApiKeyRing
 
 logger = logging.getLogger("ray.serve")

@@ -27,8 +27,8 @@ import yaml
 from deployments.local_cluster import free_port, wait_healthy
 from loadgen.runner import RECORDS_FILE
 from modm.config import config_from_dict
-from modm.constants import NIRVANA_K_CHOICES
 from modm.demo import default_config_path, ensure_zoo
+from modm.policy import NIRVANA_K_CHOICES
 
 SYSTEMS = ("vanilla", "modm-throughput", "modm-quality", "nirvana")
 REFERENCE_SYSTEM = "vanilla"  # the large model alone: the throughput baseline and the FID reference

@@ -12,8 +12,7 @@ import numpy as np
 
 from modm.cache.latent_cache import LatentCache
 from modm.config import CacheConfig
-from modm.constants import NIRVANA_K_CHOICES
-from modm.policy import KTable
+from modm.policy import NIRVANA_K_CHOICES, KTable
 
 
 class LatentCacheServer:

@@ -50,8 +50,7 @@ class Router:
         self.config = SystemConfig.model_validate(system)
         self.mode = self.config.mode
         self.large, self.small, self.embedder, self.cache, self.monitor = large, small, embedder, cache, monitor
-        self.k_table = (KTable.nirvana(self.config.policy.total_steps) if self.mode is SystemMode.NIRVANA
-                        else KTable.from_config(self.config.policy))
+        self.k_table = KTable.from_config(self.config.policy)  # NIRVANA's lookups happen in its LatentCache
         self.api_keys = ApiKeyRing.from_config(self.config.auth)
         api.state.max_body_bytes = self.config.limits.max_body_bytes  # one Router per replica process
         self.metrics = RouterMetrics(self.mode.value)
@@ -216,7 +215,7 @@ class Router:
         """NIRVANA: the prompt's embedding against cached prompts; a hit brings the latents to resume from."""
         query = await self.embedder.embed_text.remote(body.prompt)
         namespace = f"{tenant}/{width}x{height}/{steps}"  # latents resume only a run of the same shape
-        match = {"query": query, "namespace": namespace, "cacheable": steps == self.k_table.total_steps}
+        match = {"query": query, "namespace": namespace, "cacheable": steps == self.config.policy.total_steps}
         if not match["cacheable"] or body.n > 1:  # n > 1 would resume n copies of one cached run
             return RetrievalDecision.miss(), match
         found = await self.cache.lookup.remote(query, namespace)

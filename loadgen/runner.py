@@ -108,9 +108,10 @@ def run_metadata(artifacts: RunArtifacts) -> dict[str, Any]:
 def write_run(out_dir: Path, artifacts: RunArtifacts) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = out_dir.resolve()
     for record in artifacts.result.records:  # kept images move with their run directory
-        if record.path is not None and Path(record.path).resolve().is_relative_to(out_dir.resolve()):
-            record.path = str(Path(record.path).resolve().relative_to(out_dir.resolve()))
+        if record.path is not None and Path(record.path).resolve().is_relative_to(run_dir):
+            record.path = str(Path(record.path).resolve().relative_to(run_dir))
     paths = {
         "records": write_records(out_dir / RECORDS_FILE, artifacts.result.records, run_metadata(artifacts)),
         "stats": write_stats(out_dir / STATS_FILE, artifacts.result.stats),

@@ -17,4 +17,3 @@ DEFAULT_HNSW_EF_CONSTRUCTION = 40
 DEFAULT_MONITOR_WINDOW_S = _env("MODM_DEFAULT_MONITOR_WINDOW_S", 180.0)
 MAX_PROMPT_CHARS = _env("MODM_MAX_PROMPT_CHARS", 2000, int)
 DEFAULT_TENANT = "default"  # the cache namespace of requests that name no tenant
-NIRVANA_K_CHOICES = (5, 10, 15, 20, 25)  # NIRVANA caches the large model's latents after these steps of T

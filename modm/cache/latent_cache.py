@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,13 +30,12 @@ from modm.policy import NIRVANA_K_CHOICES, KTable, RetrievalDecision
 __all__ = ["LatentCache", "LatentMatch"]
 
 
+@dataclass(frozen=True)
 class LatentMatch:
-    """A hit: which prompt's entry to resume from, at which k, and its payload."""
+    """A hit's entry: the cached prompt to resume from and the payload stored for the granted k."""
 
-    __slots__ = ("decision", "prompt_id", "payload")
-
-    def __init__(self, decision: RetrievalDecision, prompt_id: int, payload: Any):
-        self.decision, self.prompt_id, self.payload = decision, prompt_id, payload
+    prompt_id: int
+    payload: Any
 
 
 class LatentCache:
@@ -102,7 +102,7 @@ class LatentCache:
         self.hits += 1
         heapq.heappush(self._heap, (entries[k] * k, self._order[prompt_id], k, prompt_id))
         decision = RetrievalDecision(hit=True, k=k, strength=1.0 - k / self.k_table.total_steps, score=score)
-        return decision, LatentMatch(decision, prompt_id, self._payloads.get((prompt_id, k)))
+        return decision, LatentMatch(prompt_id, self._payloads.get((prompt_id, k)))
 
     def insert(self, key: np.ndarray, payloads: Mapping[int, Any] | None = None, *,
                prompt_id: int | None = None) -> int:

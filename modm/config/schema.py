@@ -18,7 +18,6 @@ from modm.constants import (
     DEFAULT_MONITOR_WINDOW_S,
     DEFAULT_TOTAL_STEPS,
     MAX_PROMPT_CHARS,
-    NIRVANA_K_CHOICES,
 )
 
 
@@ -150,6 +149,8 @@ NIRVANA_TABLE: tuple[KRule, ...] = (
     KRule(min_score=0.95, k=25), KRule(min_score=0.90, k=20), KRule(min_score=0.85, k=15),
     KRule(min_score=0.75, k=10), KRule(min_score=0.65, k=5),
 )
+# The steps after which NIRVANA caches the large model's latents: exactly the k its table can grant.
+NIRVANA_K_CHOICES: tuple[int, ...] = tuple(sorted(rule.k for rule in NIRVANA_TABLE))
 NAMED_K_TABLES: dict[str, tuple[KRule, ...]] = {"modm-clip": MODM_CLIP_TABLE, "minilm-text": MINILM_TEXT_TABLE,
                                                 "nirvana": NIRVANA_TABLE}
 
@@ -351,10 +352,6 @@ class SystemConfig(_Strict):
             if self.embedder.effective_retrieval is not Retrieval.TEXT_TO_TEXT:
                 raise ValueError("mode 'nirvana' retrieves text->text: set embedder.retrieval to 'text-text' "
                                  "(or use the minilm embedder)")
-            if self.policy.total_steps <= max(NIRVANA_K_CHOICES):
-                raise ValueError(f"mode 'nirvana' caches latents after steps {list(NIRVANA_K_CHOICES)}: "
-                                 f"policy.total_steps={self.policy.total_steps} must exceed "
-                                 f"{max(NIRVANA_K_CHOICES)}")
             if self.models.large.parallel.method is not ParallelMethod.NONE:
                 raise ValueError("mode 'nirvana' stops and resumes the large model part-way, which parallel "
                                  "inference does not run: set models.large.parallel.method to 'none'")

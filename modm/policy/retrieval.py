@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from modm.config.schema import NIRVANA_TABLE, KRule, PolicyConfig
-from modm.constants import NIRVANA_K_CHOICES  # noqa: F401 -- part of the policy API (modm.policy)
+from modm.config.schema import NIRVANA_K_CHOICES, NIRVANA_TABLE, KRule, PolicyConfig  # noqa: F401 -- re-exported
 
 
 
