@@ -15,8 +15,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from deployments.constants import AUTOSCALING_LOOK_BACK_S, AUTOSCALING_METRICS_INTERVAL_S, DEFAULT_DEPLOYMENT_OPTIONS
-from modm.config import ConfigError, SystemConfig, SystemMode, config_from_dict, load_config, resolve_relative_paths
+from deployments.constants import (AUTOSCALING_LOOK_BACK_S, AUTOSCALING_METRICS_INTERVAL_S, DEFAULT_DEPLOYMENT_OPTIONS,
+                                   GRACEFUL_SHUTDOWN_MARGIN)
+from modm.config import (ConfigError, ModelSpec, SystemConfig, SystemMode, config_from_dict, load_config,
+                         resolve_relative_paths)
 from modm.embedding import embedding_dim
 from modm.policy import NIRVANA_K_CHOICES
 from modm.policy.api_keys import ApiKeyRing
@@ -81,6 +83,23 @@ def model_autoscaling(system: SystemConfig, role: str) -> dict:
         "upscale_delay_s": 0.0, "downscale_delay_s": 0.0,
         "policy": {"policy_function": "deployments.autoscaling:monitor_target_policy"},
     }
+
+
+def graceful_shutdown_s(spec: ModelSpec, system: SystemConfig) -> float:
+    """Serve's graceful-shutdown timeout of a model replica: long enough for its longest in-flight generation.
+
+    Serve stops routing to a replica picked for removal and waits up to this long for its ongoing requests, so a
+    monitor move loses no generation. The longest generation is profiled_latency_s (default size, default steps)
+    scaled by the largest request's pixels and steps, times GRACEFUL_SHUTDOWN_MARGIN. No request outlives the
+    router's request_timeout_s (it is cancelled then, and the cancel stops the pipeline at its next step), so that
+    is the cap, and also the safe default when the model has no profile.
+    """
+    cap = system.serving.request_timeout_s
+    if spec.profiled_latency_s is None:
+        return cap
+    pixels = (spec.max_size / spec.default_size) ** 2
+    steps = max(1.0, system.limits.max_steps / spec.num_inference_steps)
+    return min(cap, spec.profiled_latency_s * pixels * steps * GRACEFUL_SHUTDOWN_MARGIN)
 
 
 def replica_resources(options: dict, spec) -> dict:
@@ -164,31 +183,39 @@ def build_app(args: dict) -> serve.Application:
     system_dict = system.model_dump(mode="json")
     # Serve fails a model call fast (BackPressureError -> 503) when this many wait at the router's handle.
     queue_bound = {"max_queued_requests": system.backpressure.max_queued_requests or -1}
+
+    def model_options(spec: ModelSpec) -> dict:
+        return {"graceful_shutdown_timeout_s": graceful_shutdown_s(spec, system)}
+
+    # A stopping Router replica finishes the requests it holds; none outlives request_timeout_s.
+    router_options = {"graceful_shutdown_timeout_s": system.serving.request_timeout_s}
     if system.mode is SystemMode.VANILLA:
         large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget,
-                            **queue_bound).bind(
+                            **queue_bound, **model_options(system.models.large)).bind(
             system.models.large.model_dump(mode="json"), "large")
-        return _deployment(Router, "Router", parsed).bind(system_dict, large)
+        return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large)
     if system.mode is SystemMode.NIRVANA:
         from deployments.latent_cache import LatentCacheServer
 
         large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget,
-                            **queue_bound).bind(
+                            **queue_bound, **model_options(system.models.large)).bind(
             system.models.large.model_dump(mode="json"), "large", snapshot_steps=NIRVANA_K_CHOICES)
         embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
         latents = _deployment(LatentCacheServer, "LatentCache", parsed, num_replicas=1).bind(
             system.cache.model_dump(mode="json"), embedding_dim(system.embedder), system.policy.total_steps)
-        return _deployment(Router, "Router", parsed).bind(system_dict, large, None, embedder, latents)
+        return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large, None, embedder,
+                                                                             latents)
 
     large = _deployment(ModelServer, "LargeModel", parsed, autoscaling_config=model_autoscaling(system, "large"),
-                        **queue_bound).bind(
+                        **queue_bound, **model_options(system.models.large)).bind(
         system.models.large.model_dump(mode="json"), "large")
     small = _deployment(ModelServer, "SmallModel", parsed, autoscaling_config=model_autoscaling(system, "small"),
-                        **queue_bound).bind(
+                        **queue_bound, **model_options(system.models.small)).bind(
         system.models.small.model_dump(mode="json"), "small")
     embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
     cache = _deployment(CacheIndexServer, "CacheIndex", parsed, num_replicas=1).bind(
         system.cache.model_dump(mode="json"), embedding_dim(system.embedder))
     monitor = _deployment(MonitorServer, "Monitor", parsed, num_replicas=1).bind(
         system.monitor.model_dump(mode="json"), system.policy.total_steps, large, small)
-    return _deployment(Router, "Router", parsed).bind(system_dict, large, small, embedder, cache, monitor)
+    return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large, small, embedder, cache,
+                                                                         monitor)
