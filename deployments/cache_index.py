@@ -36,6 +36,10 @@ class CacheIndexServer:
                                         source_model=source_model, k=k)
         return entry.id
 
+    def cached_prompts(self, namespace: str) -> list[str]:
+        """The prompts of the entries in `namespace` (the warm-up skips them)."""
+        return sorted({e.prompt for e in self.cache.entries() if e.tenant == namespace})
+
     def stats(self) -> dict:
         stats = self.cache.stats()
         return {"entries": len(self.cache), "admissions": stats.admissions, "evictions": stats.evictions,

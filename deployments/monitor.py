@@ -1,8 +1,9 @@
 """Monitor: MoDM's global monitor as a one-replica deployment.
 
-Routers report arrival/decision/hit/k counts (modm.policy.WindowCounts, counted at arrival); every window the monitor turns them into R, H and P(k), steps Algorithm 1
-(modm.policy.GlobalMonitor) and broadcasts the resulting replica targets to the LargeModel and SmallModel replicas,
-whose autoscaling policy applies them (deployments/autoscaling.py).
+Routers report arrival/decision/hit/k counts (modm.policy.WindowCounts, counted at arrival); every window the
+monitor turns them into R, H and P(k), steps Algorithm 1 (modm.policy.GlobalMonitor) and broadcasts the resulting
+replica targets to the LargeModel and SmallModel replicas, whose autoscaling policy applies them
+(deployments/autoscaling.py).
 """
 
 from __future__ import annotations

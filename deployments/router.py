@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentResponse
 from deployments.api import DecisionInfo, GenerationBody, GenerationResponse, ImageData
 from deployments.ingress import RequestRejected, api
 from deployments.metrics import RouterMetrics
+from deployments.warm import warm_before_serving
 from modm.config import SystemConfig, SystemMode
 from modm.config.schema import TENANT_PATTERN, TENANT_RULE
 from modm.constants import DEFAULT_TENANT
@@ -73,6 +74,8 @@ class Router:
         if small is not None:
             self.latency_s[Pool.SMALL] = self.config.models.small.profiled_latency_s
         self._profiler = asyncio.get_running_loop().create_task(self._profile_pools())
+        # cache.warm: fill the cache before this router serves (the app is not RUNNING until it is done).
+        self.warm_report = await warm_before_serving(self.config, large, embedder, cache)
 
     # ------------------------------------------------------------------------------------------------ HTTP
     @api.post("/v1/images/generations", response_model=GenerationResponse)
@@ -113,6 +116,7 @@ class Router:
             "queue_depths": {pool.value: n for pool, n in self.in_flight.items()},
             "allocation": self.allocation,
             "pending_admissions": len(self._admissions),
+            "warm": self.warm_report,
         }
         if self.cache is not None:
             out["cache"] = await self.cache.stats.remote()
