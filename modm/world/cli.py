@@ -30,8 +30,16 @@ def _ground_truth(world_dir: Path, manifest: WorldManifest):
     return ground_truth_generator(World(seed=manifest.seed, image_size=manifest.image_size))
 
 
-# The models and systems evaluated, in order; the diffusion components append their rows.
-EVAL_ENTRIES: list[EvalEntry] = [EvalEntry("ground-truth", _ground_truth)]
+def _other_image(world_dir: Path, manifest: WorldManifest):
+    from modm.world.eval import other_image_generator
+    from modm.world.world import World
+
+    return other_image_generator(World(seed=manifest.seed, image_size=manifest.image_size))
+
+
+# The models and systems evaluated, in order; the diffusion components append their rows. ground-truth (the
+# world's renderer) is the ceiling, other-image (a real image of another prompt) the floor.
+EVAL_ENTRIES: list[EvalEntry] = [EvalEntry("ground-truth", _ground_truth), EvalEntry("other-image", _other_image)]
 
 
 def _cmd_build(args) -> int:
@@ -47,13 +55,14 @@ def _cmd_eval(args) -> int:
     from modm.embedding.hf_clip import HfClipEmbedder
     from modm.world.build import REQUIRED_FOR_EVAL
     from modm.world.eval import (
+        REAL_IMAGES_MIN,
         evaluate_generator,
         format_table,
         real_features,
         retrieval_accuracy,
     )
     from modm.world.format import validate_world_dir
-    from modm.world.judge import FEATURE_DIM, Judge
+    from modm.world.judge import Judge
     from modm.world.world import World
 
     if args.samples < 1:
@@ -66,7 +75,7 @@ def _cmd_eval(args) -> int:
     judge = Judge.load(world_dir / manifest.components["judge"].path, device)
     scorer = HfClipEmbedder(world_dir / manifest.components["clip_score"].path, device=device, batch_size=256)
     retriever = HfClipEmbedder(world_dir / manifest.components["clip"].path, device=device, batch_size=256)
-    real = real_features(world, judge, max(args.samples, FEATURE_DIM + 1))
+    real = real_features(world, judge, max(args.samples, REAL_IMAGES_MIN))
     rows, skipped = [], []
     for entry in EVAL_ENTRIES:
         if args.only and entry.name not in args.only:

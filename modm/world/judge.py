@@ -39,17 +39,19 @@ class JudgeNet(nn.Module):
         self.conv = nn.Sequential(*block(3, w, 1), *block(w, 2 * w, 2), *block(2 * w, 2 * w, 1),
                                   *block(2 * w, 4 * w, 2), *block(4 * w, 4 * w, 2))
         side = image_size // 8
-        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * side * side, FEATURE_DIM), nn.ReLU())
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * side * side, FEATURE_DIM))
         n_slots = len(POSITIONS)
         self.shape_head = nn.Linear(FEATURE_DIM, n_slots * len(SLOT_SHAPES))
         self.colour_head = nn.Linear(FEATURE_DIM, n_slots * len(COLOUR_NAMES))
         self.size_head = nn.Linear(FEATURE_DIM, n_slots * len(SIZES))
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer before its ReLU: after it, units that are never active make the FID covariance
+        singular."""
         return self.embed(self.conv(pixels))
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self.features(pixels)
+        f = torch.relu(self.features(pixels))
         n = pixels.shape[0]
         return {"shape": self.shape_head(f).view(n, len(POSITIONS), -1),
                 "colour": self.colour_head(f).view(n, len(POSITIONS), -1),

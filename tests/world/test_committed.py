@@ -49,3 +49,26 @@ def test_clip_training_is_deterministic_by_seed(seed):
     a = train_clip(world, spec)[0].state_dict()
     b = train_clip(world, spec)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_of_the_renderer_scores_high_and_of_other_images_low():
+    from modm.embedding.hf_clip import HfClipEmbedder
+    from modm.world.eval import (
+        evaluate_generator,
+        ground_truth_generator,
+        other_image_generator,
+    )
+    from modm.world.judge import Judge
+
+    world = World(seed=0)
+    judge = Judge.load(COMMITTED_WORLD / "judge", torch.device("cpu"))
+    scorer = HfClipEmbedder(COMMITTED_WORLD / "clip_score", device=torch.device("cpu"), batch_size=128)
+    real = judge.features([s.image for s in world.samples(2_000_000, 10)])  # 40 images are too few for FID anyway
+    truth = evaluate_generator("truth", ground_truth_generator(world), world, judge, scorer, 40,
+                               heldout_samples=40, real=real)
+    other = evaluate_generator("other", other_image_generator(world), world, judge, scorer, 40,
+                               heldout_samples=40, real=real)
+    assert truth.judge["all"] >= 0.95 and truth.judge_heldout["all"] >= 0.95
+    assert other.judge["all"] <= 0.2 and other.judge_heldout["all"] <= 0.2
+    assert truth.clip_score > other.clip_score + 5
+    assert truth.fid is None and "not reported" in truth.fid_note
