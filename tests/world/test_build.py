@@ -23,9 +23,23 @@ def _silent_progress(label, total):
 
 @pytest.fixture(scope="module")
 def quick_world(tmp_path_factory):
+    """The build command itself, a few steps of each component."""
+    from modm.world.cli import main
+
     out = tmp_path_factory.mktemp("world")
-    build_world(out, seed=5, quick=True, progress=_silent_progress, log=lambda line: None)
+    assert main(["build", str(out), "--seed", "5", "--quick"]) == 0
     return out
+
+
+def test_only_rebuilds_the_named_steps_and_keeps_the_others(quick_world, tmp_path):
+    out = tmp_path / "w"
+    shutil.copytree(quick_world, out)
+    before = (out / "clip" / "model.safetensors").read_bytes()
+    manifest = build_world(out, seed=5, quick=True, only=["judge"], progress=_silent_progress, log=lambda line: None)
+    assert set(REQUIRED_FOR_EVAL) <= set(manifest.components) and "--only judge" in manifest.command
+    assert (out / "clip" / "model.safetensors").read_bytes() == before
+    with pytest.raises(ValueError, match="unknown build step"):
+        build_world(out, only=["nope"])
 
 
 def test_quick_build_writes_every_component_and_a_manifest(quick_world):
