@@ -107,7 +107,8 @@ class EmbedderConfig(_Strict):
     model: str | None = Field(
         default=None,
         description="open_clip: an architecture name (ViT-L-14) or 'local-dir:<path>'; minilm: a sentence-"
-                    "transformers directory; hf_clip: a CLIPModel directory (required). None: ViT-L-14 for open_clip, the bundled MiniLM for minilm.")
+                    "transformers directory; hf_clip: a CLIPModel directory (required). None: ViT-L-14 for "
+                    "open_clip, the bundled MiniLM for minilm.")
     pretrained: str | None = Field(default=None,
                                    description="open_clip pretrained tag or checkpoint path ('openai' when model "
                                                "is None); ignored for local-dir models and minilm.")
