@@ -56,8 +56,7 @@ SCALE_RULE = (f"widths // {WIDTH_DIVISOR}; layers <= {MAX_LAYERS} (per block <= 
 
 # Every field a twin changes, and why. Nothing else in the config differs from the shipped file.
 TWIN_OVERRIDES: dict[str, str] = {
-    "models.large.source": "the twin's save_pretrained directory (hub weights cannot be downloaded here)",
-    "models.small.source": "the twin's save_pretrained directory",
+    "models.*.source": "the twin's save_pretrained directory (hub weights cannot be downloaded here)",
     "models.*.device": "cpu: the test machine has no CUDA (gpu_check.py keeps the config's device)",
     "models.*.default_size": f"{TWIN_SIDE}: the smallest side every size rule allows (the real default is 1024)",
     "models.*.max_size": f"{2 * TWIN_SIDE}",
@@ -233,12 +232,34 @@ def build_gemma_tokenizer(max_length: int, padding_side: str):
     return tok
 
 
-def _tokenizer(component: Component, work_dir: Path):
-    from modm.models.tokenizer import build_clip_tokenizer
+def _byte_chars() -> list[str]:
+    """GPT-2/CLIP's printable stand-ins for the 256 byte values, in byte order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
+
+def build_byte_clip_tokenizer(work_dir: Path, max_length: int):
+    """CLIPTokenizer over bytes only (no merges): for machines without open_clip's BPE file (the GPU check)."""
+    from transformers import CLIPTokenizer
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    chars = _byte_chars()
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]  # specials last, like CLIP
+    (work_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+    (work_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return CLIPTokenizer(str(work_dir / "vocab.json"), str(work_dir / "merges.txt"), model_max_length=max_length)
+
+
+def _tokenizer(component: Component, work_dir: Path):
     kind, cfg = component.class_name, component.config
     if kind == "CLIPTokenizer":
-        return build_clip_tokenizer(work_dir / "clip-bpe")
+        try:
+            from modm.models.tokenizer import build_clip_tokenizer
+
+            return build_clip_tokenizer(work_dir / "clip-bpe")
+        except ImportError:  # no open_clip (and so no CLIP BPE file) on this machine
+            return build_byte_clip_tokenizer(work_dir / "clip-bytes", cfg["model_max_length"])
     if kind == "T5TokenizerFast":
         return build_t5_tokenizer(cfg["model_max_length"])
     if kind == "GemmaTokenizerFast":
@@ -381,8 +402,10 @@ def _override_reason(field: str) -> str:
     return TWIN_OVERRIDES[generic]
 
 
-def build_twin(system: SystemConfig, root: str | Path, *, device: str = "cpu", cache_dir: str | Path | None = None) -> Twin:
-    """The twin of `system`: models built (or reused) under root, the config pointing at them."""
+def build_twin(system: SystemConfig, root: str | Path, *, device: str = "cpu", cache_dir: str | Path | None = None,
+               with_embedder: bool = True) -> Twin:
+    """The twin of `system`: models built (or reused) under root, the config pointing at them. `with_embedder=False`
+    leaves the embedder out (no open_clip needed: gpu_check.py checks the diffusion models only)."""
     root = Path(root)
     data = system.model_dump(mode="json")
     overrides: dict[str, tuple[Any, Any]] = {}
@@ -410,7 +433,7 @@ def build_twin(system: SystemConfig, root: str | Path, *, device: str = "cpu", c
         if spec.max_size != 2 * TWIN_SIDE or spec.default_size != TWIN_SIDE:
             override(f"models.{role}.default_size", TWIN_SIDE)
             override(f"models.{role}.max_size", 2 * TWIN_SIDE)
-    if system.embedder.kind is EmbedderKind.OPEN_CLIP:
+    if with_embedder and system.embedder.kind is EmbedderKind.OPEN_CLIP:
         model = system.embedder.model or "ViT-L-14"
         if model.startswith("local-dir:"):
             raise TwinError(f"embedder.model={model!r} is a local directory: a twin needs an open_clip model name")
