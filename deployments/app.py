@@ -15,8 +15,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from deployments.constants import AUTOSCALING_LOOK_BACK_S, AUTOSCALING_METRICS_INTERVAL_S, DEFAULT_DEPLOYMENT_OPTIONS
-from modm.config import ConfigError, SystemConfig, SystemMode, config_from_dict, load_config, resolve_relative_paths
+from deployments.constants import (AUTOSCALING_LOOK_BACK_S, AUTOSCALING_METRICS_INTERVAL_S, DEFAULT_DEPLOYMENT_OPTIONS,
+                                   GRACEFUL_SHUTDOWN_MARGIN)
+from modm.config import (ConfigError, ModelSpec, SystemConfig, SystemMode, config_from_dict, load_config,
+                         resolve_relative_paths)
 from modm.embedding import embedding_dim
 from modm.policy import NIRVANA_K_CHOICES
 from modm.policy.api_keys import ApiKeyRing
@@ -83,11 +85,73 @@ def model_autoscaling(system: SystemConfig, role: str) -> dict:
     }
 
 
+def graceful_shutdown_s(spec: ModelSpec, system: SystemConfig) -> float:
+    """Serve's graceful-shutdown timeout of a model replica: long enough for its longest in-flight generation.
+
+    Serve stops routing to a replica picked for removal and waits up to this long for its ongoing requests, so a
+    monitor move loses no generation. The longest generation is profiled_latency_s (default size, default steps)
+    scaled by the largest request's pixels and steps, times GRACEFUL_SHUTDOWN_MARGIN. No request outlives the
+    router's request_timeout_s (it is cancelled then, and the cancel stops the pipeline at its next step), so that
+    is the cap, and also the safe default when the model has no profile.
+    """
+    cap = system.serving.request_timeout_s
+    if spec.profiled_latency_s is None:
+        return cap
+    pixels = (spec.max_size / spec.default_size) ** 2
+    steps = max(1.0, system.limits.max_steps / spec.num_inference_steps)
+    return min(cap, spec.profiled_latency_s * pixels * steps * GRACEFUL_SHUTDOWN_MARGIN)
+
+
+def _checked_warm(system: SystemConfig) -> SystemConfig:
+    """cache.warm: its prompts file made absolute (replicas run elsewhere) and readable now, at build time."""
+    from modm.cache.warm import read_prompts
+
+    warm = system.cache.warm
+    if warm is None:
+        return system
+    if system.mode is SystemMode.VANILLA:
+        raise ConfigError("cache.warm: mode 'vanilla' keeps no cache to warm")
+    if system.mode is SystemMode.NIRVANA and system.models.large.num_inference_steps != system.policy.total_steps:
+        raise ConfigError(f"cache.warm: NIRVANA caches latents only of {system.policy.total_steps}-step runs "
+                          f"(policy.total_steps), but models.large.num_inference_steps is "
+                          f"{system.models.large.num_inference_steps}")
+    path = Path(warm.prompts).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    try:
+        read_prompts(path, warm.limit)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"cache.warm.prompts: {err}") from None
+    warm = warm.model_copy(update={"prompts": str(path)})
+    return system.model_copy(update={"cache": system.cache.model_copy(update={"warm": warm})})
+
+
+def _on_gpu(spec: ModelSpec, options: dict) -> bool:
+    return spec.device.startswith("cuda") or (spec.device == "auto" and options.get("num_gpus", 0) > 0)
+
+
+def parallel_placement(spec: ModelSpec, options: dict) -> dict:
+    """Serve options of a parallel model deployment: its ranks declared as placement-group bundles after the
+    replica's own, so Serve reserves them with each replica (and the autoscaler sees them), and removes them with
+    it. STRICT_PACK on GPUs (the ranks' collectives want one node's interconnect); PACK on CPUs."""
+    from deployments.actor_group import rank_bundles
+
+    if spec.parallel.world_size == 1:
+        return {}
+    replica = {"CPU": float(options.get("num_cpus", 1)), "GPU": float(options.get("num_gpus", 0)),
+               "memory": float(options.get("memory", 0)), **options.get("resources", {})}
+    if options.get("accelerator_type"):  # Ray adds this resource to the replica actor
+        replica[f"accelerator_type:{options['accelerator_type']}"] = 0.001
+    replica = {k: v for k, v in replica.items() if v > 0} or {"CPU": 0.01}  # a bundle may not be empty
+    on_gpu = _on_gpu(spec, options)
+    return {"placement_group_bundles": [replica, *rank_bundles(spec.parallel.world_size, use_gpu=on_gpu)],
+            "placement_group_strategy": "STRICT_PACK" if on_gpu else "PACK"}
+
+
 def replica_resources(options: dict, spec) -> dict:
     """A model replica's own resources plus the placement-group bundles of its parallel ranks (one device each)."""
     if spec is None or spec.parallel.world_size == 1:
         return options
-    on_gpu = spec.device.startswith("cuda") or (spec.device == "auto" and options.get("num_gpus", 0) > 0)
+    on_gpu = _on_gpu(spec, options)
     device_key = "num_gpus" if on_gpu else "num_cpus"
     return {**options, device_key: options.get(device_key, 0) + spec.parallel.world_size}
 
@@ -154,6 +218,7 @@ def build_app(args: dict) -> serve.Application:
     if system.mode is SystemMode.MODM and system.monitor.min_small < 1:
         raise ValueError("monitor.min_small must be at least 1 in the Serve app: a deployment at zero replicas "
                          "has no replica to report the monitor's target")
+    system = _checked_warm(system)
     if parsed.check_resources:
         check_cluster(required_resources(system, parsed))
     try:
@@ -164,31 +229,40 @@ def build_app(args: dict) -> serve.Application:
     system_dict = system.model_dump(mode="json")
     # Serve fails a model call fast (BackPressureError -> 503) when this many wait at the router's handle.
     queue_bound = {"max_queued_requests": system.backpressure.max_queued_requests or -1}
+
+    def model_options(spec: ModelSpec, name: str) -> dict:
+        return {"graceful_shutdown_timeout_s": graceful_shutdown_s(spec, system),
+                **parallel_placement(spec, parsed.options_for(name))}
+
+    # A stopping Router replica finishes the requests it holds; none outlives request_timeout_s.
+    router_options = {"graceful_shutdown_timeout_s": system.serving.request_timeout_s}
     if system.mode is SystemMode.VANILLA:
         large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget,
-                            **queue_bound).bind(
+                            **queue_bound, **model_options(system.models.large, "LargeModel")).bind(
             system.models.large.model_dump(mode="json"), "large")
-        return _deployment(Router, "Router", parsed).bind(system_dict, large)
+        return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large)
     if system.mode is SystemMode.NIRVANA:
         from deployments.latent_cache import LatentCacheServer
 
         large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget,
-                            **queue_bound).bind(
+                            **queue_bound, **model_options(system.models.large, "LargeModel")).bind(
             system.models.large.model_dump(mode="json"), "large", snapshot_steps=NIRVANA_K_CHOICES)
         embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
         latents = _deployment(LatentCacheServer, "LatentCache", parsed, num_replicas=1).bind(
             system.cache.model_dump(mode="json"), embedding_dim(system.embedder), system.policy.total_steps)
-        return _deployment(Router, "Router", parsed).bind(system_dict, large, None, embedder, latents)
+        return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large, None, embedder,
+                                                                             latents)
 
     large = _deployment(ModelServer, "LargeModel", parsed, autoscaling_config=model_autoscaling(system, "large"),
-                        **queue_bound).bind(
+                        **queue_bound, **model_options(system.models.large, "LargeModel")).bind(
         system.models.large.model_dump(mode="json"), "large")
     small = _deployment(ModelServer, "SmallModel", parsed, autoscaling_config=model_autoscaling(system, "small"),
-                        **queue_bound).bind(
+                        **queue_bound, **model_options(system.models.small, "SmallModel")).bind(
         system.models.small.model_dump(mode="json"), "small")
     embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
     cache = _deployment(CacheIndexServer, "CacheIndex", parsed, num_replicas=1).bind(
         system.cache.model_dump(mode="json"), embedding_dim(system.embedder))
     monitor = _deployment(MonitorServer, "Monitor", parsed, num_replicas=1).bind(
         system.monitor.model_dump(mode="json"), system.policy.total_steps, large, small)
-    return _deployment(Router, "Router", parsed).bind(system_dict, large, small, embedder, cache, monitor)
+    return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large, small, embedder, cache,
+                                                                         monitor)

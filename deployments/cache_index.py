@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from modm.cache import ImageCache
+from modm.cache import EntryNotFoundError, ImageCache
 from modm.config import CacheConfig
 
 
@@ -21,12 +21,24 @@ class CacheIndexServer:
     def get_png(self, entry_id: int) -> bytes:
         return self.cache.get_png(entry_id)
 
+    def fetch_png(self, entry_id: int) -> bytes | None:
+        """The entry's image, or None when it was evicted since the query that found it (the router then serves
+        a miss instead of failing the request)."""
+        try:
+            return self.cache.get_png(entry_id)
+        except EntryNotFoundError:
+            return None
+
     async def add(self, png: bytes, embedding: np.ndarray, prompt: str, tenant: str, source_model: str,
                   k: int) -> int:
         # The write is fsync'd; keep it off the event loop so queries stay fast meanwhile.
         entry = await asyncio.to_thread(self.cache.add, png, embedding, prompt=prompt, tenant=tenant,
                                         source_model=source_model, k=k)
         return entry.id
+
+    def cached_prompts(self, namespace: str) -> list[str]:
+        """The prompts of the entries in `namespace` (the warm-up skips them)."""
+        return sorted({e.prompt for e in self.cache.entries() if e.tenant == namespace})
 
     def stats(self) -> dict:
         stats = self.cache.stats()

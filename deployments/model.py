@@ -10,6 +10,7 @@ import asyncio
 import io
 import logging
 import time
+import uuid
 from collections import Counter
 
 import numpy as np
@@ -26,6 +27,18 @@ from modm.generation.generator import GenerationInterrupted, StepControl
 from modm.parallel import ParallelMethod
 
 logger = logging.getLogger("ray.serve")
+
+
+def _rank_placement(spec: ModelSpec) -> dict:
+    """Where the ranks go: inside a Serve replica, into the bundles its deployment declared after the replica's own
+    (deployments/app.py: placement_group_bundles), each rank on a GPU when its bundle has one; outside one, a
+    placement group the actor group reserves itself."""
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:
+        return {"placement_group": pg, "first_bundle": 1,
+                "use_gpu": pg.bundle_specs[1].get("GPU", 0) > 0,
+                "cpus_per_rank": pg.bundle_specs[1].get("CPU", 1)}
+    return {"use_gpu": spec.device.startswith("cuda") or (spec.device == "auto" and torch.cuda.is_available())}
 
 
 def _describe_rank(worker, spec: ModelSpec) -> tuple[int, dict]:
@@ -49,9 +62,7 @@ class ModelServer:
             from deployments.actor_group import ParallelActorGroup
 
             self.generator = None
-            self.group = ParallelActorGroup(self.spec.parallel, self.spec,
-                                            use_gpu=self.spec.device.startswith("cuda")
-                                            or (self.spec.device == "auto" and torch.cuda.is_available())).start()
+            self.group = ParallelActorGroup(self.spec.parallel, self.spec, **_rank_placement(self.spec)).start()
             self._size_multiple, self._group_kwargs = ray.get(
                 self.group.workers[0].__ray_call__.remote(_describe_rank, self.spec))
         else:
@@ -84,9 +95,25 @@ class ModelServer:
         return png_bytes(image)
 
     async def _generate_on_group(self, req: GenerationRequest) -> Image.Image:
+        """Like `_in_thread` on one device: when Serve cancels the call, stop the generation at its next step on
+        every rank and keep this replica's slot until the ranks have stopped."""
+        from deployments.actor_group import ParallelGenerationStopped
+
         kwargs = {"prompt": req.prompt, "height": req.height, "width": req.width, "num_inference_steps": req.steps,
                   "guidance_scale": self.spec.guidance_scale, "output_type": "pil", **self._group_kwargs}
-        images = await self.group.submit(kwargs, req.seed)  # rank 0's answer; every rank computed the same image
+        request_id = uuid.uuid4().hex
+        self.counters["generations"] += 1
+        result = self.group.submit(kwargs, req.seed, request_id)
+        try:
+            images = await result  # rank 0's answer; every rank computed the same image
+        except asyncio.CancelledError:
+            self.group.stop(request_id)
+            try:
+                await result
+            except ParallelGenerationStopped:
+                self.counters["interrupted"] += 1
+                logger.info("%s model: cancelled parallel generation stopped on every rank", self.role)
+            raise
         return images[0]
 
     async def refine(self, prompt: str, png: bytes, strength: float, width: int, height: int, steps: int,
@@ -170,6 +197,14 @@ class ModelServer:
         return {"generations": self.counters["generations"], "interrupted": self.counters["interrupted"],
                 "denoising_steps": self.counters["denoising_steps"]}
 
+    def placement(self) -> dict:
+        """Placement-group ids of this replica and of its rank actors (None outside a placement group)."""
+        def pg_id(worker) -> str | None:
+            return ray.get_runtime_context().get_placement_group_id()
+
+        ranks = [] if self.group is None else ray.get([w.__ray_call__.remote(pg_id) for w in self.group.workers])
+        return {"replica": ray.get_runtime_context().get_placement_group_id(), "ranks": ranks}
+
     def info(self) -> dict:
         """What the router needs to validate requests before sending any work."""
         return {"role": self.role, "source": self.spec.source, "size_multiple": self._size_multiple,
@@ -181,6 +216,14 @@ class ModelServer:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         return {} if self._target_replicas is None else {TARGET_REPLICAS_METRIC: float(self._target_replicas)}
+
+    def __del__(self):
+        """Serve calls this when it stops the replica: the rank actors go with it (and so does the placement group,
+        which Serve removes)."""
+        group = getattr(self, "group", None)
+        if group is not None:
+            group.shutdown()
+            self.group = None
 
     def check_health(self) -> None:
         if self.group is not None:

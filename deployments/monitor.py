@@ -1,8 +1,9 @@
 """Monitor: MoDM's global monitor as a one-replica deployment.
 
-Routers report request/hit/k counts; every window the monitor turns them into R, H and P(k), steps Algorithm 1
-(modm.policy.GlobalMonitor) and broadcasts the resulting replica targets to the LargeModel and SmallModel replicas,
-whose autoscaling policy applies them (deployments/autoscaling.py).
+Routers report arrival/decision/hit/k counts (modm.policy.WindowCounts, counted at arrival); every window the
+monitor turns them into R, H and P(k), steps Algorithm 1 (modm.policy.GlobalMonitor) and broadcasts the resulting
+replica targets to the LargeModel and SmallModel replicas, whose autoscaling policy applies them
+(deployments/autoscaling.py).
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 
 from deployments.metrics import MonitorMetrics
 from modm.config import MonitorConfig
-from modm.policy import Allocation, GlobalMonitor, Throughput, WindowStats
+from modm.policy import Allocation, GlobalMonitor, Throughput, WindowCounter, WindowCounts, WindowStats
 
 logger = logging.getLogger("ray.serve")
 
@@ -28,17 +28,14 @@ class MonitorServer:
         self.metrics = MonitorMetrics()
         self.allocation: Allocation = self.monitor.current
         self.throughput: Throughput | None = None
-        self._requests = self._hits = 0
-        self._k_counts: Counter[int] = Counter()
+        self._window = WindowCounter()
         self._window_started = time.monotonic()
         self.history: list[dict] = []
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def report(self, requests: int, hits: int, k_counts: dict[int, int]) -> None:
-        """Counts seen by one router since its last report."""
-        self._requests += requests
-        self._hits += hits
-        self._k_counts.update({int(k): n for k, n in k_counts.items()})
+    def report(self, counts: dict) -> None:
+        """Counts seen by one router since its last report (`WindowCounts.as_dict()`)."""
+        self._window.merge(WindowCounts.from_dict(counts))
 
     def get_allocation(self) -> dict:
         return {"large": self.allocation.large, "small": self.allocation.small,
@@ -58,12 +55,7 @@ class MonitorServer:
 
     def _close_window(self) -> WindowStats:
         now = time.monotonic()
-        elapsed = max(now - self._window_started, 1e-6)
-        stats = WindowStats(request_rate=self._requests / elapsed * 60.0,
-                            hit_rate=self._hits / self._requests if self._requests else 0.0,
-                            k_mix=dict(self._k_counts), total_steps=self.total_steps)
-        self._requests = self._hits = 0
-        self._k_counts = Counter()
+        stats = self._window.close(max(now - self._window_started, 1e-6), self.total_steps)
         self._window_started = now
         return stats
 

@@ -21,10 +21,11 @@ from ray.serve.handle import DeploymentResponse
 from deployments.api import DecisionInfo, GenerationBody, GenerationResponse, ImageData
 from deployments.ingress import RequestRejected, api
 from deployments.metrics import RouterMetrics
+from deployments.warm import warm_before_serving
 from modm.config import SystemConfig, SystemMode
 from modm.config.schema import TENANT_PATTERN, TENANT_RULE
 from modm.constants import DEFAULT_TENANT
-from modm.policy import KTable, Pool, PoolState, RetrievalDecision, route, should_admit
+from modm.policy import KTable, Pool, PoolState, RetrievalDecision, WindowCounter, route, should_admit
 from modm.policy.api_keys import ApiKeyRing, AuthenticationError
 from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain
 from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
@@ -62,7 +63,8 @@ class Router:
                            "small": 0 if small is None else 1}
         self.totals: Counter[str] = Counter()
         self.k_mix: Counter[int] = Counter()
-        self._unreported = {"requests": 0, "hits": 0, "k": Counter()}
+        # The monitor's R, H and P(k), counted at arrival and decision (modm.policy.window), since the last report.
+        self._unreported = WindowCounter()
         self._admissions: set[asyncio.Task] = set()
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         # Seconds per request of each pool, for admission control: the config's profile, else measured by the
@@ -72,6 +74,8 @@ class Router:
         if small is not None:
             self.latency_s[Pool.SMALL] = self.config.models.small.profiled_latency_s
         self._profiler = asyncio.get_running_loop().create_task(self._profile_pools())
+        # cache.warm: fill the cache before this router serves (the app is not RUNNING until it is done).
+        self.warm_report = await warm_before_serving(self.config, large, embedder, cache)
 
     # ------------------------------------------------------------------------------------------------ HTTP
     @api.post("/v1/images/generations", response_model=GenerationResponse)
@@ -80,6 +84,9 @@ class Router:
         tenant = self._tenant(x_tenant_id, authorization)
         width, height, steps = self._check(body, tenant)
         start = time.perf_counter()
+        # R counts every valid request, also those later rejected, timed out or failed (malformed ones are no load).
+        self._unreported.arrived()
+        self.totals["arrivals"] += 1
         try:
             return await asyncio.wait_for(self._serve(body, tenant, width, height, steps, start),
                                           timeout=self.config.serving.request_timeout_s)
@@ -102,12 +109,14 @@ class Router:
             "mode": self.mode.value,
             "requests": requests, "hits": self.totals["hits"], "misses": self.totals["misses"],
             "errors": self.totals["errors"], "hit_rate": self.totals["hits"] / requests if requests else 0.0,
-            "rejected": self.totals["rejected"],
+            "rejected": self.totals["rejected"], "arrivals": self.totals["arrivals"],
+            "retries": self.totals["retries"],
             "k_mix": {str(k): n for k, n in sorted(self.k_mix.items())},
             "served_by": {"large": self.totals["served_large"], "small": self.totals["served_small"]},
             "queue_depths": {pool.value: n for pool, n in self.in_flight.items()},
             "allocation": self.allocation,
             "pending_admissions": len(self._admissions),
+            "warm": self.warm_report,
         }
         if self.cache is not None:
             out["cache"] = await self.cache.stats.remote()
@@ -167,6 +176,7 @@ class Router:
                 self.metrics.retrieval_failures.inc(tags={"mode": self.mode.value})
                 decision, match = RetrievalDecision.miss(), None
             self.metrics.overhead.observe(time.perf_counter() - t0, tags={"mode": self.mode.value})
+        self._unreported.decided(decision.hit, decision.k)  # H and P(k) at decision time, before generation
         pool = route(decision.hit, self.config.monitor.mode, self._pool_state(Pool.LARGE),
                      self._pool_state(Pool.SMALL)) if self.small is not None else Pool.LARGE
         self._check_admission(pool, decision)
@@ -207,8 +217,17 @@ class Router:
         timings["embed"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         match = await self.cache.query.remote(query, list(namespaces))
+        decision = self.k_table.decide(None if match is None else match["score"])
+        if decision.hit:
+            # The entry may be evicted between the query and this fetch (FIFO at capacity): then it is a miss.
+            match["png"] = await self._call_retrying(lambda: self.cache.fetch_png.remote(match["entry_id"]), "cache")
+            if match["png"] is None:
+                logger.info("cache entry %s was evicted before its image was fetched; serving a miss",
+                            match["entry_id"])
+                self.totals["evicted_before_fetch"] += 1
+                decision = RetrievalDecision.miss(decision.score)
         timings["retrieve"] = time.perf_counter() - t1
-        return self.k_table.decide(None if match is None else match["score"]), match
+        return decision, match
 
     async def _retrieve_latents(self, body: GenerationBody, tenant: str, width: int, height: int,
                                 steps: int) -> tuple[RetrievalDecision, dict]:
@@ -231,15 +250,22 @@ class Router:
         if self.mode is SystemMode.NIRVANA:
             return await self._nirvana_image(decision, match, prompt, width, height, steps, seed)
         if not decision.hit:
-            return await self._retry_if_replica_lost(
+            return await self._call_retrying(
                 lambda: handle.generate.remote(prompt, width, height, steps, seed), f"{pool.value} model")
-        cached = await self._retry_if_replica_lost(lambda: self.cache.get_png.remote(match["entry_id"]), "cache")
-        return await self._retry_if_replica_lost(
-            lambda: handle.refine.remote(prompt, cached, decision.strength, width, height, steps, seed),
+        return await self._call_retrying(
+            lambda: handle.refine.remote(prompt, match["png"], decision.strength, width, height, steps, seed),
             f"{pool.value} model")
 
+    async def _call_retrying(self, call: Callable[[], DeploymentResponse], what: str) -> Any:
+        """`_retry_if_replica_lost`, counting each retry in /v1/stats (`retries`)."""
+        return await self._retry_if_replica_lost(call, what, on_retry=self._count_retry)
+
+    def _count_retry(self) -> None:
+        self.totals["retries"] += 1
+
     @staticmethod
-    async def _retry_if_replica_lost(call: Callable[[], DeploymentResponse], what: str) -> Any:
+    async def _retry_if_replica_lost(call: Callable[[], DeploymentResponse], what: str,
+                                     on_retry: Callable[[], None] | None = None) -> Any:
         """Await `call()`; if the replica that took it died or became unreachable, call once more.
 
         Every call made through this is idempotent (generation is deterministic given the seed; reading a cached
@@ -254,6 +280,8 @@ class Router:
             if isinstance(err, RayTaskError):
                 raise
             logger.warning("a %s replica was lost mid-request (%s); retrying once", what, type(err).__name__)
+        if on_retry is not None:
+            on_retry()
         return await _cancelling_on_exit(call())
 
     async def _nirvana_image(self, decision: RetrievalDecision, match: dict | None, prompt: str, width: int, height: int,
@@ -261,12 +289,12 @@ class Router:
         """NIRVANA: a hit resumes the large model from cached latents; a miss runs it fully and caches its
         latents after steps 5..25 (in the background)."""
         if decision.hit:
-            return await self._retry_if_replica_lost(lambda: self.large.resume.remote(
+            return await self._call_retrying(lambda: self.large.resume.remote(
                 prompt, match["latents"], decision.k, width, height, steps, seed), "large model")
         if match is None or not match["cacheable"]:  # no cache key (retrieval failed) or another shape
-            return await self._retry_if_replica_lost(
+            return await self._call_retrying(
                 lambda: self.large.generate.remote(prompt, width, height, steps, seed), "large model")
-        png, latents = await self._retry_if_replica_lost(
+        png, latents = await self._call_retrying(
             lambda: self.large.generate_with_snapshots.remote(prompt, width, height, steps, seed), "large model")
         self._in_background(self._admit_latents(match["query"], match["namespace"], latents))
         return png
@@ -332,11 +360,8 @@ class Router:
         self.totals["requests"] += 1
         self.totals["hits" if decision.hit else "misses"] += 1
         self.totals[f"served_{pool.value}"] += 1
-        self._unreported["requests"] += 1
         if decision.hit:
             self.k_mix[decision.k] += 1
-            self._unreported["hits"] += 1
-            self._unreported["k"][decision.k] += 1
         self.metrics.record("hit" if decision.hit else "miss", "ok", pool.value, decision.k, seconds)
 
     # -------------------------------------------------------------------------------------------- background
@@ -369,8 +394,7 @@ class Router:
             if self.monitor is None:
                 continue
             try:
-                delta, self._unreported = self._unreported, {"requests": 0, "hits": 0, "k": Counter()}
-                await self.monitor.report.remote(delta["requests"], delta["hits"], dict(delta["k"]))
+                await self.monitor.report.remote(self._unreported.take().as_dict())
                 allocation = await self.monitor.get_allocation.remote()
                 self.allocation = {"large": allocation["large"], "small": allocation["small"]}
             except Exception:

@@ -1,4 +1,4 @@
-"""The `modm` command: model zoo, config checks, policy calibration, the demo."""
+"""The `modm` command: model zoo, config checks, cache warm-up, policy calibration, the demo."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from modm.constants import DEFAULT_TENANT
 
 
 def _cmd_build_tiny(args) -> int:
@@ -44,6 +46,43 @@ def _cmd_config_check(args) -> int:
     cfg = load_config(args.path)
     print(f"{args.path}: valid ({cfg.mode.value}; large={cfg.models.large.source}; "
           f"small={cfg.models.small.source if cfg.models.small else '-'})")
+    return 0
+
+
+def _cmd_cache_warm(args) -> int:
+    """Fill the image cache from a prompt list with the large model, before serving (MoDM pre-caches 10k)."""
+    from modm.cache import ImageCache, read_prompts, warm_from_prompts
+    from modm.config import ConfigError, SystemMode, load_config, resolve_relative_paths
+    from modm.embedding import build_embedder, embedding_dim
+    from modm.engine import png_bytes
+    from modm.generation import DiffusionGenerator, GenerationRequest
+    from modm.policy.tenancy import cache_scope
+
+    cfg = resolve_relative_paths(load_config(args.config), Path.cwd())
+    if cfg.mode is not SystemMode.MODM:
+        raise ConfigError(f"{args.config}: mode {cfg.mode.value!r} keeps no image cache to warm"
+                          + (" (NIRVANA's latent cache lives in its Serve app: set cache.warm in the config "
+                             "instead)" if cfg.mode is SystemMode.NIRVANA else ""))
+    prompts = read_prompts(args.prompts, args.limit)
+    namespace = cache_scope(args.tenant, cfg.tenancy.shared_pool_tenants).write
+    large = cfg.models.large
+    generator = DiffusionGenerator.from_spec(large, "large")
+    embedder = build_embedder(cfg.embedder)
+
+    def generate(prompt: str) -> bytes:
+        return png_bytes(generator.txt2img(GenerationRequest(
+            prompt=prompt, width=large.default_size, height=large.default_size,
+            steps=large.num_inference_steps, seed=cfg.seed)))
+
+    def progress(done: int, total: int, prompt: str) -> None:
+        print(f"warm: {done}/{total} generated: {prompt[:60]}", file=sys.stderr, flush=True)
+
+    with ImageCache(cfg.cache, embedding_dim(cfg.embedder)) as cache:
+        report = warm_from_prompts(cache, prompts, generate, embedder.embed_for_cache, tenant=namespace,
+                                   source_model="large", progress=progress)
+        entries = len(cache)
+    print(json.dumps({"generated": report.generated, "already_cached": report.already_cached,
+                      "prompts": report.total, "namespace": namespace, "cache_entries": entries}))
     return 0
 
 
@@ -98,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = config.add_parser("check", help="validate a system config YAML")
     check.add_argument("path")
     check.set_defaults(func=_cmd_config_check)
+
+    cache = sub.add_parser("cache", help="the image cache").add_subparsers(dest="action", required=True)
+    warm = cache.add_parser("warm", help="fill the cache from a prompt list with the large model (resumable: "
+                                         "prompts already cached are skipped)")
+    warm.add_argument("--config", required=True, help="system config or Serve config YAML")
+    warm.add_argument("--prompts", required=True, help="prompts file: .txt (one a line) or .tsv ('prompt' column)")
+    warm.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    warm.add_argument("--tenant", default=DEFAULT_TENANT, help="whose namespace to fill (default: %(default)s, "
+                                                               "the one of requests that name no tenant)")
+    warm.set_defaults(func=_cmd_cache_warm)
 
     policy = sub.add_parser("policy", help="retrieval policy").add_subparsers(dest="action", required=True)
     cal = policy.add_parser("calibrate", help="fit a k table from (score, k, quality, full_quality) samples")

@@ -1,4 +1,5 @@
-"""Warm pre-cache: admit a folder of existing images (MoDM warms its cache with 10k large-model images)."""
+"""Warm pre-cache (MoDM warms its cache with 10k large-model images before serving): admit a folder of existing
+images, or generate one image per prompt of a list with the large model (`modm cache warm`, `cache.warm`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from modm.cache.constants import WARM_BATCH_SIZE
 from modm.cache.image_cache import ImageCache
 from modm.cache.records import NewEntry, check_text
 
-__all__ = ["IMAGE_SUFFIXES", "WarmReport", "prompt_for_image", "warm_from_folder"]
+__all__ = ["IMAGE_SUFFIXES", "PromptWarmReport", "WarmReport", "prompt_for_image", "read_prompts", "warm_from_folder",
+           "warm_from_prompts"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,4 +116,68 @@ def warm_from_folder(cache: ImageCache, folder: str | os.PathLike, embed_fn: Emb
     report = WarmReport(added=added, skipped=len(skipped), skipped_files=tuple(skipped),
                         ignored=len(files) - len(images))
     logger.info("warm: %s -> %s", folder, report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- from a prompt list
+PROMPT_COLUMN = "prompt"
+
+GenerateFn = Callable[[str], bytes]  # prompt -> PNG of a full large-model generation
+ProgressFn = Callable[[int, int, str], None]  # (done, total, prompt)
+
+
+@dataclass(frozen=True)
+class PromptWarmReport:
+    generated: int        # prompts generated and admitted by this run
+    already_cached: int   # prompts skipped because the namespace already holds an entry for them
+    total: int            # distinct prompts considered (after the limit)
+
+
+def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[str]:
+    """The prompts of a .txt (one a line) or .tsv file (its 'prompt' column, else its last column; a first row
+    naming a 'prompt' column is a header), in file order, blank lines and repeats dropped, the first `limit` kept."""
+    path = Path(path)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix.lower() == ".tsv" and lines:
+        header = lines[0].split("\t")
+        column = header.index(PROMPT_COLUMN) if PROMPT_COLUMN in header else None
+        rows = [line.split("\t") for line in (lines[1:] if column is not None else lines)]
+        lines = [row[column if column is not None else -1] if len(row) > (column or 0) else "" for row in rows]
+    prompts = list(dict.fromkeys(p.strip() for p in lines if p.strip()))
+    if not prompts:
+        raise ValueError(f"prompts file {str(path)!r} holds no prompt")
+    return prompts[:limit] if limit is not None else prompts
+
+
+def warm_from_prompts(cache: ImageCache, prompts: list[str], generate_fn: GenerateFn, embed_fn: EmbedFn, *,
+                      tenant: str, source_model: str, progress: ProgressFn | None = None) -> PromptWarmReport:
+    """Fill `cache` for `tenant` with one full large-model generation per prompt (MoDM warms with 10k images).
+
+    Resumable and idempotent: a prompt whose namespace already holds an entry is skipped, and each image is
+    admitted as soon as it is generated, so an interrupted run loses at most the image in progress.
+    """
+    check_text(tenant, "tenant")
+    check_text(source_model, "source_model")
+    if len(prompts) > cache.config.capacity:
+        logger.warning("warm: %d prompts exceed the cache capacity %d; FIFO keeps the last %d, and a rerun "
+                       "regenerates the evicted ones", len(prompts), cache.config.capacity, cache.config.capacity)
+    cached = {e.prompt for e in cache.entries() if e.tenant == tenant}
+    distinct = list(dict.fromkeys(prompts))
+    todo = [p for p in distinct if p not in cached]
+    for done, prompt in enumerate(todo, start=1):
+        png = generate_fn(prompt)
+        with Image.open(io.BytesIO(png)) as opened:
+            image = opened.convert("RGB")
+        vector = np.asarray(embed_fn([image], [prompt]))
+        if vector.shape != (1, cache.dim):
+            raise ValueError(f"embed_fn returned shape {vector.shape} for one image; expected (1, {cache.dim})")
+        cache.add(png, vector[0], prompt=prompt, tenant=tenant, source_model=source_model, k=0)
+        if progress is not None:
+            progress(done, len(todo), prompt)
+    report = PromptWarmReport(generated=len(todo), already_cached=len(distinct) - len(todo), total=len(distinct))
+    logger.info("warm: %s", report)
     return report

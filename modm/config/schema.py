@@ -74,7 +74,9 @@ class ModelSpec(_Strict):
                                      description="Text tokens for the T5 encoder of SD3/FLUX-style pipelines.")
     profiled_latency_s: float | None = Field(
         default=None, gt=0,
-        description="Seconds per full generation on one GPU, for the monitor. Measured at start-up when unset.")
+        description="Seconds per full generation (default size and steps) on one GPU, for the monitor, admission "
+                    "control and the replica's graceful-shutdown timeout. Measured at start-up when unset; required "
+                    "with device cuda, where the shutdown timeout must cover a generation before any profile ran.")
     parallel: ParallelConfig = Field(
         default_factory=ParallelConfig,
         description="Run each replica of this model on several devices (DistriFusion, AsyncDiff): the replica "
@@ -84,6 +86,9 @@ class ModelSpec(_Strict):
     def _sizes(self) -> "ModelSpec":
         if self.default_size > self.max_size:
             raise ValueError(f"default_size {self.default_size} exceeds max_size {self.max_size}")
+        if self.device.startswith("cuda") and self.profiled_latency_s is None:
+            raise ValueError(f"profiled_latency_s is required with device {self.device!r}: seconds per full "
+                             f"generation on one GPU (it sets the replica's graceful-shutdown timeout)")
         return self
 
 
@@ -187,6 +192,14 @@ class PolicyConfig(_Strict):
         return self
 
 
+class WarmConfig(_Strict):
+    """Pre-fill the cache from a prompt list with the large model before serving (MoDM warms with 10k images)."""
+
+    prompts: str = Field(description="Prompts file: a .txt (one prompt a line) or .tsv (a 'prompt' column, else "
+                                     "the last column), like modm/data/demo_prompts.tsv.")
+    limit: int | None = Field(default=None, gt=0, description="Use only the first N prompts.")
+
+
 class CacheConfig(_Strict):
     directory: str = Field(default=".modm/cache", description="Where images, embeddings and metadata persist.")
     capacity: int = Field(default=DEFAULT_CACHE_CAPACITY, gt=0, description="Entries kept; FIFO eviction beyond.")
@@ -198,6 +211,9 @@ class CacheConfig(_Strict):
     hnsw_ef_construction: int = Field(default=DEFAULT_HNSW_EF_CONSTRUCTION, ge=1, description="HNSW build breadth.")
     compact_every: int = Field(default=256, gt=0,
                                description="Admissions between snapshot compactions of the journal.")
+    warm: WarmConfig | None = Field(default=None, description="Fill the cache from these prompts with the large "
+                                                              "model when the app starts (prompts already cached "
+                                                              "are skipped).")
 
 
 class MonitorConfig(_Strict):

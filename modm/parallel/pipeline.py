@@ -6,9 +6,11 @@ denoiser); the parallel denoiser returns the full prediction on every rank, so e
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Protocol
 
 import torch
+import torch.distributed as dist
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 from torch import nn
 
@@ -18,7 +20,12 @@ from modm.parallel.context import ParallelContext
 from modm.parallel.distrifusion import wrap_naive_patch, wrap_sd3_transformer, wrap_unet
 from modm.parallel.errors import ParallelConfigError, UnsupportedModelError
 
-__all__ = ["ParallelDenoiser", "parallelize_denoiser", "ParallelPipeline"]
+__all__ = ["CollectiveStop", "ParallelDenoiser", "ParallelGenerationStopped", "ParallelPipeline",
+           "parallelize_denoiser"]
+
+
+class ParallelGenerationStopped(Exception):
+    """A stop was requested: every rank left the denoising loop after the same step."""
 
 
 class ParallelDenoiser(Protocol):
@@ -80,10 +87,16 @@ class ParallelPipeline:
         self.denoiser_name = denoiser_name
         self.parallel = parallelize_denoiser(denoiser, ctx, timesteps=lambda: self.pipe.scheduler.timesteps)
 
-    def __call__(self, *args, **kwargs) -> Any:
+    def __call__(self, *args, stop: CollectiveStop | None = None, **kwargs) -> Any:
+        """`stop`: checked after every denoising step on every rank (see CollectiveStop)."""
         if self.ctx.world_size > 1 and kwargs.get("generator") is None and kwargs.get("latents") is None:
             raise ParallelConfigError("pass a seeded `generator` (or `latents`) so every rank starts from the same "
                                       "noise")
+        if stop is not None:
+            if "callback_on_step_end" not in inspect.signature(type(self.pipe).__call__).parameters:
+                raise UnsupportedModelError(f"{type(self.pipe).__name__} takes no callback_on_step_end: a parallel "
+                                            f"generation could not be stopped")
+            kwargs["callback_on_step_end"] = stop.on_step_end
         self.parallel.begin_call()
         try:
             return self.pipe(*args, **kwargs)
@@ -93,3 +106,28 @@ class ParallelPipeline:
     def remove(self) -> None:
         """Give the pipeline its original denoiser back."""
         self.parallel.remove()
+
+
+class CollectiveStop:
+    """Stops a parallel generation at its next denoising step, at the same step on every rank.
+
+    Each rank asks `requested()` (its own view of the stop signal, e.g. an event set by another thread) after every
+    step, and the ranks agree by a MAX all-reduce of one number over the world group: if any rank saw the signal,
+    all of them raise ParallelGenerationStopped after the same step, so no rank is left waiting in a collective for
+    peers that have gone. One tiny all-reduce per step, next to a denoiser step's exchanges.
+    """
+
+    def __init__(self, ctx: ParallelContext, requested: Callable[[], bool]):
+        self.ctx = ctx
+        self.requested = requested
+        self.steps_run = 0
+
+    def on_step_end(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        self.steps_run += 1
+        flag = torch.tensor([1.0 if self.requested() else 0.0], device=self.ctx.device)
+        if self.ctx.world_group is not None:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ctx.world_group)
+        if flag.item() > 0:
+            raise ParallelGenerationStopped(f"stopped after denoising step {step + 1} on all "
+                                            f"{self.ctx.world_size} ranks")
+        return {}

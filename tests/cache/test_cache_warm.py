@@ -96,3 +96,78 @@ def test_warm_bad_arguments(open_cache, folder, tmp_path):
         warm_from_folder(cache, folder, lambda images, prompts: np.ones((len(images), 3)), tenant="t",
                          source_model="m", batch_size=2)
     assert len(cache) == 0
+
+
+# ------------------------------------------------------------------- from a prompt list: `modm cache warm` (issue 13)
+def test_read_prompts_tsv_and_txt(tmp_path):
+    from modm.cache import read_prompts
+
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("user_name\tprompt\nu1\ta cat\nu2\ta dog\nu1\ta cat\n\n", encoding="utf-8")
+    assert read_prompts(tsv) == ["a cat", "a dog"]  # repeats and blanks dropped
+    txt = tmp_path / "p.txt"
+    txt.write_text("one\n\n two \nthree\n", encoding="utf-8")
+    assert read_prompts(txt, limit=2) == ["one", "two"]
+    with pytest.raises(ValueError, match="limit"):
+        read_prompts(txt, limit=0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_prompts(tmp_path / "nope.txt")
+
+
+def _warm_config(tmp_path, tiny_zoo, *, serve: bool):
+    import yaml
+
+    model = {"device": "cpu", "num_inference_steps": 2, "default_size": 64, "max_size": 64}
+    system = {"mode": "modm",
+              "models": {"large": {"source": str(tiny_zoo.large), **model},
+                         "small": {"source": str(tiny_zoo.small), **model}},
+              "embedder": {"kind": "open_clip", "model": f"local-dir:{tiny_zoo.clip}", "device": "cpu"},
+              "cache": {"directory": str(tmp_path / "cache"), "capacity": 10}}
+    doc = {"applications": [{"name": "modm", "import_path": "deployments.app:build_app",
+                             "args": {"system": system}}]} if serve else system
+    path = tmp_path / ("serve.yaml" if serve else "system.yaml")
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("serve", [False, True], ids=["system config", "Serve config"])
+def test_cli_cache_warm_fills_the_cache_and_resumes(tmp_path, tiny_zoo, capsys, serve):
+    import json
+
+    from modm.cache import ImageCache
+    from modm.cli import main
+    from modm.config import load_config
+    from modm.embedding import embedding_dim
+
+    config = _warm_config(tmp_path, tiny_zoo, serve=serve)
+    prompts = tmp_path / "prompts.tsv"
+    prompts.write_text("user_name\tprompt\nu1\ta red fox\nu2\ta blue lake\nu3\ta green hill\n", encoding="utf-8")
+    assert main(["cache", "warm", "--config", str(config), "--prompts", str(prompts), "--limit", "2"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (first["generated"], first["already_cached"], first["cache_entries"]) == (2, 0, 2)
+    # A rerun over the whole list generates only the prompt not cached yet.
+    assert main(["cache", "warm", "--config", str(config), "--prompts", str(prompts)]) == 0
+    captured = capsys.readouterr()
+    second = json.loads(captured.out.strip().splitlines()[-1])
+    assert (second["generated"], second["already_cached"], second["cache_entries"]) == (1, 2, 3)
+    assert "warm: 1/1 generated: a green hill" in captured.err
+    cfg = load_config(config)
+    with ImageCache(cfg.cache, embedding_dim(cfg.embedder)) as cache:
+        entries = cache.entries()
+    assert sorted(e.prompt for e in entries) == ["a blue lake", "a green hill", "a red fox"]
+    assert {(e.tenant, e.k, e.source_model) for e in entries} == {("default", 0, "large")}
+
+
+def test_cli_cache_warm_refuses_a_mode_without_an_image_cache(tmp_path, tiny_zoo, capsys):
+    import yaml
+
+    from modm.cli import main
+
+    config = _warm_config(tmp_path, tiny_zoo, serve=False)
+    system = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**system, "mode": "nirvana", "embedder": {"kind": "minilm",
+                                                                                   "device": "cpu"}}))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    assert main(["cache", "warm", "--config", str(config), "--prompts", str(prompts)]) == 2
+    assert "cache.warm" in capsys.readouterr().err

@@ -69,12 +69,15 @@ def parallel_app(serve_app, http_port, tiny_zoo):
     system = {"mode": "vanilla", "models": {"large": large}, "monitor": {"gpu_budget": 1, "min_small": 0},
               "serving": {"request_timeout_s": 45}}
     defaults = dict(deployments.app.DEFAULT_DEPLOYMENT_OPTIONS)
+    graceful_shutdown_s = deployments.app.graceful_shutdown_s
     deployments.app.DEFAULT_DEPLOYMENT_OPTIONS.update(health_check_period_s=1.0, graceful_shutdown_timeout_s=2.0)
+    deployments.app.graceful_shutdown_s = lambda spec, system: 2.0  # model replicas: normally a generation's length
     try:
         app = build_app({"system": system, "actor_options": {"LargeModel": {"num_cpus": 0.1}}})
     finally:
         deployments.app.DEFAULT_DEPLOYMENT_OPTIONS.clear()
         deployments.app.DEFAULT_DEPLOYMENT_OPTIONS.update(defaults)
+        deployments.app.graceful_shutdown_s = graceful_shutdown_s
     serve.run(app, name=PARALLEL_APP, route_prefix="/parallel", blocking=False)
     url = f"{serve_app}/parallel"
     wait_healthy(url, timeout_s=240)

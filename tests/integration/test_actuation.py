@@ -1,4 +1,6 @@
-"""The monitor really moves replicas: hit-heavy load shifts the split toward SmallModel, miss-heavy load back."""
+"""The monitor really moves replicas: hit-heavy load shifts the split toward SmallModel, miss-heavy load back; and
+a move loses no generation: no request fails and the router retries none (a replica picked for removal finishes its
+in-flight work within its graceful-shutdown timeout, which covers a generation)."""
 
 import itertools
 import threading
@@ -19,7 +21,7 @@ def replicas(name: str) -> int:
 
 def drive(base_url: str, prompts, tenants, until, timeout_s: float, workers: int = 3) -> dict:
     stop = threading.Event()
-    counts = {"sent": 0, "ok": 0}
+    counts = {"sent": 0, "ok": 0, "failed": []}
     lock = threading.Lock()
 
     def worker(i: int):
@@ -32,6 +34,8 @@ def drive(base_url: str, prompts, tenants, until, timeout_s: float, workers: int
                            headers={"X-Tenant-Id": tenant})
                 with lock:
                     counts["ok"] += r.status_code == 200
+                    if r.status_code != 200:
+                        counts["failed"].append((r.status_code, r.text[:200]))
 
     deadline = time.monotonic() + timeout_s
     with ThreadPoolExecutor(workers) as pool:
@@ -54,11 +58,16 @@ def test_hit_heavy_then_miss_heavy_load_moves_the_split(serve_app, client):
                  until=lambda: replicas("LargeModel") == 1 and replicas("SmallModel") == 2, timeout_s=150)
     stats = client.get("/v1/stats").json()
     assert hits["reached"], (hits, stats, replicas("LargeModel"), replicas("SmallModel"))
+    assert hits["failed"] == [] and stats["retries"] == 0 and stats["errors"] == 0, (hits, stats)
 
     # Retrieval is scoped to the tenant: a fresh tenant per request is a guaranteed miss.
     fresh_tenants = (f"it-actuation-miss-{i}" for i in itertools.count())
     misses = drive(serve_app, same, fresh_tenants,
                    until=lambda: replicas("LargeModel") == 2 and replicas("SmallModel") == 1, timeout_s=150)
-    assert misses["reached"], (misses, client.get("/v1/stats").json())
-    history = client.get("/v1/stats").json()["allocation"]
+    stats = client.get("/v1/stats").json()
+    assert misses["reached"], (misses, stats)
+    assert misses["failed"] == [] and stats["retries"] == 0 and stats["errors"] == 0, (misses, stats)
+    # R counted every request that arrived (at arrival, not completion).
+    assert stats["arrivals"] >= hits["sent"] + misses["sent"]
+    history = stats["allocation"]
     assert history["large"] + history["small"] == 3

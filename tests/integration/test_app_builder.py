@@ -37,6 +37,24 @@ def test_bad_app_args(args, message):
         build_app(args)
 
 
+@pytest.mark.parametrize("device, options, strategy, rank", [
+    ("cuda", {"num_cpus": 2}, "STRICT_PACK", {"CPU": 1.0, "GPU": 1.0}),
+    ("cpu", {"num_cpus": 0.5}, "PACK", {"CPU": 1.0}),
+])
+def test_a_parallel_model_declares_its_ranks_as_placement_group_bundles(device, options, strategy, rank):
+    """Issue 13: Serve reserves the ranks with each replica (the replica's own bundle first), so Serve and the
+    autoscaler see their devices and remove them with the replica."""
+    from deployments.app import parallel_placement
+    from modm.config import ModelSpec
+
+    spec = ModelSpec(source="a", device=device, profiled_latency_s=10.0,
+                     parallel={"method": "distrifusion", "world_size": 2})
+    placement = parallel_placement(spec, options)
+    assert placement["placement_group_strategy"] == strategy
+    assert placement["placement_group_bundles"] == [{"CPU": float(options["num_cpus"])}, rank, rank]
+    assert parallel_placement(ModelSpec(source="a"), options) == {}  # one device: no placement group
+
+
 @pytest.mark.ray
 def test_a_cluster_too_small_is_refused_before_deploying(ray_cluster):
     with pytest.raises(ValueError, match="cannot hold this app"):

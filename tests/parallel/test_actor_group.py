@@ -65,3 +65,37 @@ def test_unsatisfiable_reservation_fails_within_the_start_timeout(ray_cluster, m
     with pytest.raises(RendezvousError, match="could not reserve 16 bundles"):
         group.start()
     assert time.monotonic() - started < 30
+
+
+def test_a_stopped_request_ends_on_every_rank_in_the_given_placement_group(ray_cluster, model_spec):
+    """Issue 13: the ranks go into the placement group they are given (a Serve replica's, bundle 0 being the
+    replica's own), and stop(request_id) ends a long generation at its next step on both ranks, after which the
+    group serves the next request exactly (no rank was left behind in a collective)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from deployments.actor_group import ParallelGenerationStopped
+
+    pg = placement_group([{"CPU": 0.1}, {"CPU": 1}, {"CPU": 1}], strategy="PACK")
+    ray.get(pg.ready(), timeout=60)
+    cfg = ParallelConfig(method="distrifusion", world_size=2, warmup_steps=STEPS, timeout_s=60)
+    group = ParallelActorGroup(cfg, model_spec, cpus_per_rank=1, start_timeout_s=150, request_timeout_s=60,
+                               placement_group=pg, first_bundle=1)
+    try:
+        group.start()
+        pg_ids = ray.get([w.__ray_call__.remote(lambda self: ray.get_runtime_context().get_placement_group_id())
+                          for w in group.workers])
+        assert pg_ids == [pg.id.hex()] * 2
+        ray.get(group.submit(REQUEST, seed=0), timeout=60)  # warm: the long request's time is all denoising
+        started = time.monotonic()
+        long = group.submit({**REQUEST, "num_inference_steps": 400}, seed=1, request_id="long")
+        time.sleep(1.0)
+        group.stop("long")
+        with pytest.raises(ParallelGenerationStopped, match="on all 2 ranks"):
+            ray.get(long, timeout=60)
+        stopped_after_s = time.monotonic() - started
+        images = group.generate(REQUEST, seed=3)
+        assert np.abs(images - _reference(model_spec, seed=3)).max() <= 1e-5
+        print(f"\nstopped a 400-step request after {stopped_after_s:.1f}s")  # it raised: it did not finish
+    finally:
+        group.shutdown()
+        remove_placement_group(pg)
