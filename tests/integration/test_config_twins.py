@@ -57,7 +57,7 @@ def twin_table(request):
     lines = ["", "config twins (config x combination -> result):"]
     for config, row in RESULTS.items():
         for column, result in row.items():
-            lines.append(f"  {config:28s} {column:24s} {result}")
+            lines.append(f"  {config:24s} {column:32s} {result}")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print("\n".join(lines), flush=True)
@@ -171,11 +171,25 @@ def _client(apps, key: str) -> httpx.Client:
     return httpx.Client(base_url=f"{apps['base']}/{name}", timeout=300)
 
 
+def _post(client: httpx.Client, prompt: str, tenant: str) -> httpx.Response:
+    return client.post("/v1/images/generations", json={"prompt": prompt, "size": SIZE, "seed": SEED},
+                       headers={"X-Tenant-Id": tenant})
+
+
 def _generate(client: httpx.Client, prompt: str, tenant: str) -> dict:
-    response = client.post("/v1/images/generations", json={"prompt": prompt, "size": SIZE, "seed": SEED},
-                           headers={"X-Tenant-Id": tenant})
+    response = _post(client, prompt, tenant)
     assert response.status_code == 200, f"{response.status_code}: {response.text[:500]}"
     return response.json()
+
+
+def _raise_with_cause(response: httpx.Response, direct_call) -> None:
+    """Fail with the HTTP answer and the model replica's own error for the same call."""
+    try:
+        direct_call()
+        cause = "the direct call to the replica succeeded"
+    except Exception as err:  # noqa: BLE001 - whatever the replica raised is the diagnosis
+        cause = str(err).strip().splitlines()[-1]
+    raise AssertionError(f"{response.status_code} ({cause[:200]}): {response.text[:200]}")
 
 
 def _handle(apps, key: str, deployment: str):
@@ -232,7 +246,12 @@ def test_own_mode_serves_a_miss_and_a_hit_at_every_k(twin_apps):
             key = _key_with_score(query, score, salt=k)
             cache.add.remote(png, key, prompt, cache_scope(tenant, ()).write, "large", 0).result()
             try:
-                hit = _generate(client, prompt, tenant)["modm"]
+                response = _post(client, prompt, tenant)
+                if response.status_code != 200:  # the router answers 503; ask the model replica for its reason
+                    _raise_with_cause(response, lambda k=k: _handle(apps, "own", "SmallModel").refine.remote(
+                        prompt, png, 1 - k / system.policy.total_steps, TWIN_SIDE, TWIN_SIDE,
+                        system.models.small.num_inference_steps, SEED).result())
+                hit = response.json()["modm"]
                 assert hit["hit"] is True and hit["k"] == k, hit
                 assert abs(hit["strength"] - (1 - k / system.policy.total_steps)) < 1e-9, hit
                 assert hit["model"] == ("small" if system.monitor.mode.value == "throughput" else hit["model"])
@@ -283,7 +302,11 @@ def test_nirvana_mode_resumes_at_every_k(twin_apps):
             namespace = f"{cache_scope(tenant, ()).write}/{SIZE}/{steps}"
             latent_cache.add.remote(_key_with_score(query, score, salt=k), namespace, latents).result()
             try:
-                out = _generate(client, prompt, tenant)
+                response = _post(client, prompt, tenant)
+                if response.status_code != 200:
+                    _raise_with_cause(response, lambda k=k: _handle(apps, key, "LargeModel").resume.remote(
+                        prompt, latents[k], k, TWIN_SIDE, TWIN_SIDE, steps, SEED).result())
+                out = response.json()
                 assert out["modm"]["hit"] is True and out["modm"]["k"] == k, out["modm"]
                 diff = int(np.abs(_pixels(out["data"][0]["b64_json"]) - full).max())
                 assert diff <= 1, f"resume after {k} steps differs from the full run by {diff} grey levels"
@@ -297,14 +320,25 @@ def test_nirvana_mode_resumes_at_every_k(twin_apps):
 @pytest.mark.parametrize("method", PARALLEL_METHODS)
 def test_parallel_large_model_serves_a_miss(twin_apps, method):
     apps, config = twin_apps, twin_apps["config"]
-    if method not in apps["parallel_methods"]:
-        RESULTS.setdefault(config, {})[f"parallel:{method}"] = f"n/a ({apps['denoiser']})"
-        pytest.skip(f"{config}: {apps['denoiser']} takes no parallel method (modm/parallel wraps "
-                    f"{', '.join(PARALLEL_DENOISERS)})")
     from ray import serve
     from ray.serve.api import RunTarget
 
     from deployments.app import build_app
+
+    if method not in apps["parallel_methods"]:
+        # The issue's bad-input rule: a model that cannot run the method is refused when the app is built.
+        system = _one_large(mode_variant(apps["twin"].config, SystemMode.VANILLA,
+                                         parallel={"method": method, "world_size": 2}))
+        column = f"parallel:{method} refused"
+        try:
+            build_app(_app_args(system, apps["options"]))
+        except ValueError as err:
+            assert "parallel" in str(err), err
+            _record(config, column, True)
+            return
+        _record(config, column, False, f"{apps['denoiser']} takes no {method}, yet the app was built")
+        pytest.fail(f"{config}: {apps['denoiser']} cannot run {method} (modm/parallel wraps "
+                    f"{', '.join(PARALLEL_DENOISERS)}), yet build_app accepted models.large.parallel")
 
     key = f"parallel:{method}"
     name = f"twin-{Path(config).stem}-parallel-{method}"

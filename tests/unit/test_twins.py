@@ -45,9 +45,17 @@ def _saved(directory: Path, name: str, file: str = "config.json") -> dict:
     return json.loads((directory / name / file).read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("role, arch", [("large", SD35_LARGE), ("small", SDXL_BASE)])
-def test_the_twin_has_the_real_classes_and_scheduler_config(sd3_twin, role, arch):
-    directory = sd3_twin.model_dirs[role]
+@pytest.fixture(scope="module")
+def flux_twin(tmp_path_factory):
+    return build_twin(shipped(CONFIGS / "gpu-flux-sana.yaml"), tmp_path_factory.mktemp("twins"), with_embedder=False)
+
+
+@pytest.mark.parametrize("twin_name, role", [("sd3_twin", "large"), ("sd3_twin", "small"), ("flux_twin", "large"),
+                                             ("flux_twin", "small")])
+def test_the_twin_has_the_real_classes_and_scheduler_config(request, twin_name, role):
+    twin = request.getfixturevalue(twin_name)
+    arch = architecture_for(getattr(twin.original.models, role).source)
+    directory = twin.model_dirs[role]
     index = json.loads((directory / "model_index.json").read_text(encoding="utf-8"))
     assert index["_class_name"] == arch.pipeline_class
     for name, component in arch.components.items():
