@@ -219,6 +219,9 @@ def build_app(args: dict) -> serve.Application:
         raise ValueError("monitor.min_small must be at least 1 in the Serve app: a deployment at zero replicas "
                          "has no replica to report the monitor's target")
     system = _checked_warm(system)
+    # Bad input (issue 13): a model that cannot do what the mode needs (refine, resume, the parallel method) is to
+    # be refused here, at build time, by the pure check of modm.generation.capabilities (written on another branch);
+    # until it is merged, ModelServer refuses such a model when its replica starts.
     if parsed.check_resources:
         check_cluster(required_resources(system, parsed))
     try:

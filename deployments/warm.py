@@ -10,7 +10,8 @@ generations at once as there are replicas), Embedder and cache, exactly as a mis
   embedding, into the LatentCache (in memory: it starts empty on every start, so every prompt is generated).
 
 A prompt that fails is logged and skipped: a warm-up must not keep the app from serving. For a long list, run
-`modm cache warm` before deploying instead (the image cache persists).
+`modm cache warm` before deploying instead (the image cache persists). Every Router replica runs the warm-up when it
+starts (the app builds one; with more, a restarted one finds the image cache warm and skips what is there).
 """
 
 from __future__ import annotations

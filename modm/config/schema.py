@@ -196,7 +196,8 @@ class WarmConfig(_Strict):
     """Pre-fill the cache from a prompt list with the large model before serving (MoDM warms with 10k images)."""
 
     prompts: str = Field(description="Prompts file: a .txt (one prompt a line) or .tsv (a 'prompt' column, else "
-                                     "the last column), like modm/data/demo_prompts.tsv.")
+                                     "the last column), like modm/data/demo_prompts.tsv; on a cluster, a path the "
+                                     "Router's node can read (e.g. on the cache volume).")
     limit: int | None = Field(default=None, gt=0, description="Use only the first N prompts.")
 
 
