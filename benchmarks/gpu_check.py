@@ -173,7 +173,7 @@ def _denoiser_inputs(arch: Architecture, config: dict, guidance_scale: float, de
                                                                device=device, dtype=dtype)}}
     if name == "SanaTransformer2DModel":
         side = side_px // 32
-        seq = arch.components["tokenizer"].config["model_max_length"]
+        seq = max_seq  # SanaPipeline keeps max_sequence_length tokens (after its instruction prefix)
         extra = {"guidance": torch.full((batch,), guidance_scale, device=device)} if distilled else {}
         return {"hidden_states": torch.randn(batch, config["in_channels"], side, side, **kw),
                 "encoder_hidden_states": torch.randn(batch, seq, config["caption_channels"], **kw),

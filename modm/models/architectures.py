@@ -242,10 +242,10 @@ SANA_1600M_1024 = Architecture(
             "sliding_window": 4096, "vocab_size": 256000, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
             "attention_bias": False,
         }, f"text_encoder/config.json: {HUB_QUOTE}"),
-        "tokenizer": Component("transformers", "GemmaTokenizerFast", {
-            "padding_side": "right", "model_max_length": 300,
-        }, f"tokenizer/: {CONVERT_SANA} (gemma-2-2b-it tokenizer, padding_side right); 300 = SanaPipeline's "
-           "max_sequence_length default"),
+        # Its model_max_length is not in the sources found; SanaPipeline passes max_length itself (its
+        # max_sequence_length, 300 by default), so the twin keeps the transformers default.
+        "tokenizer": Component("transformers", "GemmaTokenizerFast", {"padding_side": "right"},
+                               f"tokenizer/: {CONVERT_SANA} (gemma-2-2b-it tokenizer, padding_side right)"),
     },
 )
 

@@ -48,7 +48,7 @@ MAX_HEADS = 2
 TWIN_SEED = 0
 TWIN_SIDE = 64  # the twin's default image side: the smallest multiple of every size rule that is at least 64
 # Bump when the rule or a builder changes, so cached twins are rebuilt.
-TWIN_VERSION = 1
+TWIN_VERSION = 2
 
 SCALE_RULE = (f"widths // {WIDTH_DIVISOR}; layers <= {MAX_LAYERS} (per block <= {MAX_BLOCK_LAYERS}); heads = largest "
               f"divisor of the new width <= min(heads, {MAX_HEADS}); latent channels, patch sizes, schedulers, flags "
@@ -220,14 +220,14 @@ def build_t5_tokenizer(max_length: int):
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
 
 
-def build_gemma_tokenizer(max_length: int, padding_side: str):
+def build_gemma_tokenizer(max_length: int | None, padding_side: str):
     """The real Gemma tokenizer class (BPE with byte fallback) over a tiny character vocabulary, offline."""
     from transformers import GemmaTokenizerFast
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     pieces = specials + ["\u2581"] + _TINY_PIECES + [f"<0x{b:02X}>" for b in range(256)]
     vocab = {p: i for i, p in enumerate(dict.fromkeys(pieces))}
-    tok = GemmaTokenizerFast(vocab=vocab, merges=[], model_max_length=max_length)
+    tok = GemmaTokenizerFast(vocab=vocab, merges=[], **({"model_max_length": max_length} if max_length else {}))
     tok.padding_side = padding_side
     return tok
 
@@ -263,7 +263,7 @@ def _tokenizer(component: Component, work_dir: Path):
     if kind == "T5TokenizerFast":
         return build_t5_tokenizer(cfg["model_max_length"])
     if kind == "GemmaTokenizerFast":
-        return build_gemma_tokenizer(cfg["model_max_length"], cfg.get("padding_side", "left"))
+        return build_gemma_tokenizer(cfg.get("model_max_length"), cfg.get("padding_side", "left"))
     raise TwinError(f"no offline builder for tokenizer {kind}")
 
 
