@@ -249,7 +249,8 @@ SANA_1600M_1024 = Architecture(
     },
 )
 
-# SANA-Sprint 1.6B: only while a shipped config still names it (gpu-flux-sana.yaml before the switch to SANA 1.6B).
+# SANA-Sprint 1.6B: gpu-flux-sana.yaml named it before switching to SANA 1.6B; kept so that a config naming it gets
+# a twin (whose 503 at 50 steps is the defect the twin test caught: SCM pipelines run 2 steps only).
 SANA_SPRINT_1600M_1024 = Architecture(
     repo_id="Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers",
     pipeline_class="SanaSprintPipeline",
