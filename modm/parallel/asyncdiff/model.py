@@ -3,8 +3,8 @@
 The denoiser's blocks ("units", see `split.denoiser_units`) are swapped for `AsyncUnit`s which either run the block
 or return its cached output. Caches live in one flat buffer per component, owned by this object, and are broadcast
 from their owners at step starts (the only collectives besides the prediction broadcast): whole buffers for a
-U-Net (skip connections read every block's output), only the component-boundary blocks' outputs for a DiT. Glue code (time embedding,
-final norm) runs on every rank, as in the original.
+U-Net (skip connections read every block's output), only the component-boundary blocks' outputs for a DiT. Glue
+code (time embedding, final norm) runs on every rank, as in the original.
 """
 
 from __future__ import annotations
