@@ -187,12 +187,14 @@ class DiffusionGenerator:
         return out.images[0]
 
     def check_resumable(self) -> None:
-        """NIRVANA needs the pipeline to report latents per step and to accept latents to start from."""
-        missing = {"callback_on_step_end", "latents"} - set(inspect.signature(type(self.pipe).__call__).parameters)
-        if missing or not hasattr(self.pipe.scheduler, "set_begin_index"):
-            raise ModelLoadError(f"{type(self.pipe).__name__} with {type(self.pipe.scheduler).__name__} cannot "
-                                 f"stop and resume part-way (no {sorted(missing) or 'set_begin_index'}), which "
-                                 "NIRVANA's latent cache needs")
+        """NIRVANA needs the pipeline to report latents per step, to accept latents to start from, and a scheduler
+        whose tail reproduces the uninterrupted run (see capabilities.resume_problem)."""
+        from modm.generation.capabilities import resume_problem
+
+        problem = resume_problem(type(self.pipe), self.pipe.scheduler)
+        if problem:
+            raise ModelLoadError(f"{self.name} model {self.spec.source}: {problem}, which NIRVANA's latent cache "
+                                 "needs")
 
     @torch.inference_mode()
     def txt2img_with_snapshots(self, req: GenerationRequest, snapshot_steps: tuple[int, ...],
