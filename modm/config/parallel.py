@@ -50,12 +50,13 @@ class ParallelConfig(BaseModel):
     warmup_steps: int = Field(
         default=4, ge=0,
         description="Denoising steps at the start of each call that run exactly (synchronous communication for "
-                    "DistriFusion, every rank computing the whole model for AsyncDiff). DistriFusion always runs "
-                    "step 0 synchronously because the stale buffers are filled there; AsyncDiff needs at least 1.")
+                    "DistriFusion, every rank computing the whole model for AsyncDiff). DistriFusion counts them as "
+                    "distrifuser does, after step 0 (steps 0..warmup_steps are synchronous: warmup_steps + 1); "
+                    "AsyncDiff counts from step 0 (steps 0..warmup_steps-1) and needs at least 1.")
     always_synchronous: bool = Field(
         default=False,
         description="DistriFusion only: communicate synchronously at every step (exact, no overlap). "
-                    "Equivalent to warmup_steps >= the number of steps.")
+                    "Equivalent to warmup_steps >= the number of steps - 1.")
     groupnorm_mode: GroupNormMode = Field(
         default=GroupNormMode.CORRECTED_ASYNC,
         description="DistriFusion GroupNorm statistics after the warm-up (see GroupNormMode).")

@@ -122,6 +122,10 @@ class EmbedderConfig(_Strict):
                                                     "text-text for minilm.")
     device: Device = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     batch_size: int = Field(default=32, gt=0, le=4096, description="Largest batch per forward pass.")
+    quick_gelu: bool | None = Field(
+        default=None,
+        description="open_clip: build with QuickGELU (True) or GELU (False). None: what the pretrained tag's "
+                    "weights were trained with (open_clip's registry); a value that disagrees is refused.")
 
     @model_validator(mode="after")
     def _text_only(self) -> "EmbedderConfig":

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from modm.config.schema import EmbedderConfig, EmbedderKind, Retrieval
+from modm.embedding.clip_settings import check_built, open_clip_create_kwargs, resolve_open_clip_settings
 from modm.models.loading import resolve_device
 
 
@@ -63,15 +64,21 @@ class OpenClipEmbedder(_CacheKeys):
     DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-L-14", "openai"
 
     def __init__(self, model: str | None = None, pretrained: str | None = None, *, device: torch.device,
-                 batch_size: int = 32, retrieval: Retrieval = Retrieval.TEXT_TO_IMAGE):
+                 batch_size: int = 32, retrieval: Retrieval = Retrieval.TEXT_TO_IMAGE, quick_gelu: bool | None = None,
+                 field: str = "embedder"):
+        """`quick_gelu`: None builds the activation the pretrained weights were trained with (open_clip itself only
+        warns and builds its config's); a model/tag pair or override that disagrees raises ConfigError naming
+        `{field}.<name>`, before any weights are fetched."""
         import open_clip
 
         if model is None:
             model, pretrained = self.DEFAULT_MODEL, pretrained or self.DEFAULT_PRETRAINED
         if model.startswith("local-dir:"):
             pretrained = None  # weights come from the directory
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained,
-                                                                               device=device)
+        self.settings = resolve_open_clip_settings(model, pretrained, quick_gelu=quick_gelu, field=field)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            model, pretrained=pretrained, device=device, **open_clip_create_kwargs(self.settings))
+        check_built(self.model, self.preprocess, self.settings, field=field)
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(model)
         self.device = device
@@ -141,7 +148,7 @@ def build_embedder(cfg: EmbedderConfig, *, device: torch.device | None = None) -
         return HfClipEmbedder(cfg.model, device=device, batch_size=cfg.batch_size,
                               retrieval=cfg.effective_retrieval)
     return OpenClipEmbedder(cfg.model, cfg.pretrained, device=device, batch_size=cfg.batch_size,
-                            retrieval=cfg.effective_retrieval)
+                            retrieval=cfg.effective_retrieval, quick_gelu=cfg.quick_gelu)
 
 
 def embedding_dim(cfg: EmbedderConfig) -> int:

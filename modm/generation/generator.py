@@ -74,9 +74,23 @@ def size_multiple(pipe) -> int:
     return vae_factor * int(patch)
 
 
-# Text-to-image pipelines whose image-to-image twin diffusers' AutoPipeline does not map (class names, so that the
-# import happens only when needed).
-IMG2IMG_TWINS = {"SanaSprintPipeline": "SanaSprintImg2ImgPipeline"}
+# Text-to-image pipelines whose image-to-image twin diffusers' AutoPipeline does not map, as "module:Class" (imported
+# only when needed). diffusers 0.42.1 has none for SANA 1.6B's SanaPipeline: modm's is MoDM's `edit()`.
+IMG2IMG_TWINS = {
+    "SanaSprintPipeline": "diffusers:SanaSprintImg2ImgPipeline",
+    "SanaPipeline": "modm.generation.sana_img2img:SanaImg2ImgPipeline",
+}
+
+
+def image_to_image_twin_class(pipe_class: type):
+    """The img2img class registered for pipe_class in IMG2IMG_TWINS, or None (then AutoPipeline decides)."""
+    import importlib
+
+    path = IMG2IMG_TWINS.get(pipe_class.__name__)
+    if path is None:
+        return None
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def image_to_image_twin(pipe):
@@ -84,9 +98,9 @@ def image_to_image_twin(pipe):
     import diffusers
     from diffusers import AutoPipelineForImage2Image
 
-    twin = IMG2IMG_TWINS.get(type(pipe).__name__)
+    twin = image_to_image_twin_class(type(pipe))
     if twin is not None:
-        return getattr(diffusers, twin).from_pipe(pipe)
+        return twin.from_pipe(pipe)
     try:
         return AutoPipelineForImage2Image.from_pipe(pipe)
     except ValueError as err:
@@ -173,12 +187,14 @@ class DiffusionGenerator:
         return out.images[0]
 
     def check_resumable(self) -> None:
-        """NIRVANA needs the pipeline to report latents per step and to accept latents to start from."""
-        missing = {"callback_on_step_end", "latents"} - set(inspect.signature(type(self.pipe).__call__).parameters)
-        if missing or not hasattr(self.pipe.scheduler, "set_begin_index"):
-            raise ModelLoadError(f"{type(self.pipe).__name__} with {type(self.pipe.scheduler).__name__} cannot "
-                                 f"stop and resume part-way (no {sorted(missing) or 'set_begin_index'}), which "
-                                 "NIRVANA's latent cache needs")
+        """NIRVANA needs the pipeline to report latents per step, to accept latents to start from, and a scheduler
+        whose tail reproduces the uninterrupted run (see capabilities.resume_problem)."""
+        from modm.generation.capabilities import resume_problem
+
+        problem = resume_problem(type(self.pipe), self.pipe.scheduler)
+        if problem:
+            raise ModelLoadError(f"{self.name} model {self.spec.source}: {problem}, which NIRVANA's latent cache "
+                                 "needs")
 
     @torch.inference_mode()
     def txt2img_with_snapshots(self, req: GenerationRequest, snapshot_steps: tuple[int, ...],

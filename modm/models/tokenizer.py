@@ -11,8 +11,6 @@ import gzip
 import json
 from pathlib import Path
 
-from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
 CLIP_VOCAB_SIZE = 49408
 CLIP_CONTEXT_LENGTH = 77
 _N_MERGES = 49152 - 256 - 2  # as in open_clip's SimpleTokenizer
@@ -20,6 +18,9 @@ _N_MERGES = 49152 - 256 - 2  # as in open_clip's SimpleTokenizer
 
 def write_clip_bpe_files(out_dir: str | Path) -> tuple[Path, Path]:
     """Write vocab.json and merges.txt for CLIPTokenizer into out_dir; returns their paths."""
+    # Imported here so that `modm.models` imports without open_clip (benchmarks/gpu_check.py on a bare GPU machine).
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")

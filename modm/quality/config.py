@@ -28,10 +28,14 @@ class ClipScoreConfig(_OnDevice):
     pretrained: str | None = Field(default="openai",
                                    description="open_clip pretrained tag or checkpoint file; ignored for local-dir.")
     batch_size: int = Field(default=32, gt=0, le=4096, description="Largest batch per forward pass.")
+    quick_gelu: bool | None = Field(
+        default=None,
+        description="QuickGELU (True) or GELU (False); None: what the pretrained tag's weights were trained with "
+                    "(QuickGELU for OpenAI's ViT-L/14). A value that disagrees with the tag is refused.")
 
     def embedder_config(self) -> EmbedderConfig:
         return EmbedderConfig(kind=EmbedderKind.OPEN_CLIP, model=self.model, pretrained=self.pretrained,
-                              device=self.device, batch_size=self.batch_size)
+                              device=self.device, batch_size=self.batch_size, quick_gelu=self.quick_gelu)
 
 
 class PickScoreConfig(_OnDevice):

@@ -2,8 +2,9 @@
 
 The denoiser's blocks ("units", see `split.denoiser_units`) are swapped for `AsyncUnit`s which either run the block
 or return its cached output. Caches live in one flat buffer per component, owned by this object, and are broadcast
-from their owners at step starts (the only collectives besides the prediction broadcast). Glue code (time embedding,
-final norm) runs on every rank, as in the original.
+from their owners at step starts (the only collectives besides the prediction broadcast): whole buffers for a
+U-Net (skip connections read every block's output), only the component-boundary blocks' outputs for a DiT. Glue
+code (time embedding, final norm) runs on every rank, as in the original.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from modm.parallel.asyncdiff.split import StepPlan, TimestepChoice, UnitTimer, denoiser_units, owner_of, step_plan
+from modm.parallel.asyncdiff.split import (
+    StepPlan, TimestepChoice, UnitTimer, denoiser_units, only_boundaries_are_read, owner_of, step_plan,
+)
 from modm.parallel.asyncdiff.structure import OutputStructure, describe, flatten_into, rebuild
 from modm.parallel.config import ParallelMethod
 from modm.parallel.context import ParallelContext
@@ -78,6 +81,8 @@ class AsyncDiffModel:
         if unit_costs is not None and len(unit_costs) != len(units):
             raise ParallelConfigError(f"unit_costs has {len(unit_costs)} entries for {len(units)} blocks")
         self.unit_keys = [u.key for u in units]
+        # DiT stacks: broadcast only the last block of each component (what the next component reads).
+        self.boundaries_only = only_boundaries_are_read(model)
         self.unit_costs = list(unit_costs) if unit_costs is not None else None
         self.components: list[tuple[int, int]] | None = None
         self._component_of: list[int] = []
@@ -98,6 +103,8 @@ class AsyncDiffModel:
         ]
         self.step = 0
         self.units_computed = 0                        # blocks this rank ran in the current call (observability)
+        self.cache_bytes_broadcast = 0                 # payload of this call's cache broadcasts
+        self.prediction_bytes_broadcast = 0            # ... and of its prediction broadcasts
         self._plan: StepPlan | None = None
         self._previous_timestep: Any = None
         self._structures: list[OutputStructure | None] = [None] * len(units)
@@ -105,10 +112,16 @@ class AsyncDiffModel:
         self._buffers: list[torch.Tensor] | None = None
         self._pending: dict[int, Any] = {}             # outputs of the first caching step, before buffers exist
 
+    @property
+    def bytes_broadcast(self) -> int:
+        """Bytes this call broadcast (caches and predictions), the AsyncDiff traffic of one generation."""
+        return self.cache_bytes_broadcast + self.prediction_bytes_broadcast
+
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def begin_call(self) -> None:
         self.step = 0
         self.units_computed = 0
+        self.cache_bytes_broadcast = self.prediction_bytes_broadcast = 0
         self._previous_timestep = None
 
     def end_call(self) -> None:
@@ -184,7 +197,7 @@ class AsyncDiffModel:
             # A new run of caches: drop the old layout (resolution or batch may have changed).
             self._buffers, self._structures, self._pending = None, [None] * len(self.unit_keys), {}
         if plan.sync_caches_first:
-            self._broadcast_caches()
+            self._broadcast_caches(plan)
         self._plan = plan
         bound.arguments["timestep"] = self._choose_timestep(plan.timestep, timestep)
         self._previous_timestep = timestep
@@ -205,11 +218,31 @@ class AsyncDiffModel:
                 return torch.full_like(current, nxt.item()) if isinstance(current, torch.Tensor) else nxt.item()
         return current
 
-    def _broadcast_caches(self) -> None:
-        works = [dist.broadcast(buf, src=owner_of(c), group=self.ctx.world_group, async_op=True)
-                 for c, buf in enumerate(self._buffers)]
+    def _broadcast_caches(self, plan: StepPlan) -> None:
+        works = []
+        for component, tensor in enumerate(self._cache_payload(plan)):
+            if tensor is None:
+                continue
+            self.cache_bytes_broadcast += tensor.numel() * tensor.element_size()
+            works.append(dist.broadcast(tensor, src=owner_of(component), group=self.ctx.world_group,
+                                        async_op=True))
         for work in works:
             work.wait()
+
+    def _cache_payload(self, plan: StepPlan) -> list[torch.Tensor | None]:
+        """Per component, the part of its cache the other ranks read this step (None: nothing)."""
+        if not self.boundaries_only:
+            return list(self._buffers)
+        last = len(self._buffers) - 1
+        payload = []
+        for component, (_, end) in enumerate(self.components):
+            # The last component's output is read only when no prediction broadcast follows (stride 2's second
+            # step, where every rank returns the cached prediction).
+            if component == last and plan.output_source is not None:
+                payload.append(None)
+            else:
+                payload.append(self._unit_view(end - 1))  # a contiguous slice of the flat buffer
+        return payload
 
     def _after_forward(self, module, args, output):
         plan, self._plan = self._plan, None
@@ -222,6 +255,7 @@ class AsyncDiffModel:
             return output
         sample = output[0] if isinstance(output, tuple) else output.sample
         sample = sample.contiguous()
+        self.prediction_bytes_broadcast += sample.numel() * sample.element_size()
         dist.broadcast(sample, src=plan.output_source, group=self.ctx.world_group)
         if isinstance(output, tuple):
             return (sample,) + tuple(output[1:])

@@ -16,7 +16,8 @@ from torch import nn
 
 from modm.parallel.errors import ParallelConfigError, UnsupportedModelError
 
-__all__ = ["Unit", "denoiser_units", "UnitTimer", "TimestepChoice", "StepPlan", "step_plan", "owner_of"]
+__all__ = ["Unit", "denoiser_units", "only_boundaries_are_read", "UnitTimer", "TimestepChoice", "StepPlan",
+           "step_plan", "owner_of"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,16 @@ def denoiser_units(model: nn.Module) -> list[Unit]:
         return _children(model.transformer_blocks, "transformer_blocks", range(len(model.transformer_blocks)))
     raise UnsupportedModelError(f"AsyncDiff supports UNet2DConditionModel and SD3Transformer2DModel, "
                                 f"got {type(model).__name__}")
+
+
+def only_boundaries_are_read(model: nn.Module) -> bool:
+    """Whether a component reads no cached output but that of the block just before it.
+
+    True for a plain stack of transformer blocks (SD3's `transformer_blocks`: each block takes only its predecessor's
+    output plus glue every rank computes), so only component-boundary outputs need broadcasting, as the original's
+    SD3 path does (`comm_index`). False for a U-Net, whose up blocks read the down blocks' outputs (skips).
+    """
+    return isinstance(model, SD3Transformer2DModel)
 
 
 class UnitTimer:

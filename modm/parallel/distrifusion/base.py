@@ -33,8 +33,9 @@ class PatchStepState:
 
     @property
     def synchronous(self) -> bool:
-        # Step 0 is always synchronous: it fills the buffers that the first asynchronous step reads as stale.
-        return self.config.always_synchronous or self.step < max(1, self.config.warmup_steps)
+        # As distrifuser (`counter <= warmup_steps`): step 0 plus `warmup_steps` more run synchronously; step 0 also
+        # fills the buffers that the first asynchronous step reads as stale.
+        return self.config.always_synchronous or self.step <= self.config.warmup_steps
 
 
 class PatchWrapper(nn.Module):
