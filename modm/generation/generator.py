@@ -248,8 +248,13 @@ class DiffusionGenerator:
 
 
 def spec_call_kwargs(pipe, spec: ModelSpec) -> dict:
-    """Call arguments the spec sets that this pipeline takes (e.g. T5 token count for SD3/FLUX only)."""
-    return _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length})
+    """Call arguments the spec sets that this pipeline takes (e.g. T5 token count for SD3/FLUX only).
+
+    SANA's pipelines would otherwise generate at the nearest size of their aspect-ratio bins and resize to the
+    requested one; modm's size rules already fix the size, so the model generates the size asked for (1024x1024,
+    the shipped default, is a bin of its own either way)."""
+    return _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length,
+                                    "use_resolution_binning": False})
 
 
 def _step_callback(pipe, control: StepControl | None) -> dict:
