@@ -186,6 +186,13 @@ class DiffusionGenerator:
                           **_step_callback(refine_pipe, control))
         return out.images[0]
 
+    def check_capabilities(self, needs) -> None:
+        """Refuse (CapabilityError naming `models.<name>.<field>`) a model that cannot do what `needs` asks
+        (`capabilities.model_needs(mode, role, spec)`): refine, resume, its parallel method, its step count."""
+        from modm.generation.capabilities import check_model_capabilities
+
+        check_model_capabilities(self.pipe, needs, field=f"models.{self.name}")
+
     def check_resumable(self) -> None:
         """NIRVANA needs the pipeline to report latents per step, to accept latents to start from, and a scheduler
         whose tail reproduces the uninterrupted run (see capabilities.resume_problem)."""
