@@ -186,6 +186,13 @@ class DiffusionGenerator:
                           **_step_callback(refine_pipe, control))
         return out.images[0]
 
+    def check_capabilities(self, needs) -> None:
+        """Refuse (CapabilityError naming `models.<name>.<field>`) a model that cannot do what `needs` asks
+        (`capabilities.model_needs(mode, role, spec)`): refine, resume, its parallel method, its step count."""
+        from modm.generation.capabilities import check_model_capabilities
+
+        check_model_capabilities(self.pipe, needs, field=f"models.{self.name}")
+
     def check_resumable(self) -> None:
         """NIRVANA needs the pipeline to report latents per step, to accept latents to start from, and a scheduler
         whose tail reproduces the uninterrupted run (see capabilities.resume_problem)."""
@@ -248,8 +255,13 @@ class DiffusionGenerator:
 
 
 def spec_call_kwargs(pipe, spec: ModelSpec) -> dict:
-    """Call arguments the spec sets that this pipeline takes (e.g. T5 token count for SD3/FLUX only)."""
-    return _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length})
+    """Call arguments the spec sets that this pipeline takes (e.g. T5 token count for SD3/FLUX only).
+
+    SANA's pipelines would otherwise generate at the nearest size of their aspect-ratio bins and resize to the
+    requested one; modm's size rules already fix the size, so the model generates the size asked for (1024x1024,
+    the shipped default, is a bin of its own either way)."""
+    return _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length,
+                                    "use_resolution_binning": False})
 
 
 def _step_callback(pipe, control: StepControl | None) -> dict:

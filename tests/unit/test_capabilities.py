@@ -85,3 +85,13 @@ def test_a_pipeline_without_latents_cannot_resume():
             pass
 
     assert "takes no latents" in resume_problem(NoLatents, object())
+
+
+def test_a_generator_checks_its_own_model_for_the_mode(pipes):
+    from modm.generation import DiffusionGenerator
+
+    spec = ModelSpec(source="tiny-sana", device="cpu", default_size=32, max_size=256)
+    small = DiffusionGenerator(pipes["sana"], spec, "small")
+    small.check_capabilities(model_needs(SystemMode.MODM, "small", spec))
+    with pytest.raises(CapabilityError, match=r"^models.small.source: DPMSolverMultistepScheduler is a multistep"):
+        small.check_capabilities(ModelNeeds(resume=True))

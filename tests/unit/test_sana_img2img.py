@@ -106,6 +106,7 @@ def test_the_small_model_refines_sana_with_it(sana):
     request = GenerationRequest(prompt="a red fox", width=SIZE, height=SIZE, steps=STEPS, seed=1)
     out = small.img2img(request, _image(), strength=0.5)
     assert out.size == (SIZE, SIZE)
+    assert small.txt2img(request).size == (SIZE, SIZE)  # generated at the requested size, not SANA's bins
 
 
 def test_bad_calls_are_named(refiner):
@@ -113,3 +114,10 @@ def test_bad_calls_are_named(refiner):
         refiner(prompt="x", strength=0.5)
     with pytest.raises(ValueError, match="latents cannot be set"):
         refiner(prompt="x", image=_image(), latents=torch.zeros(1))
+
+
+def test_sana_generates_the_requested_size_with_its_token_count(sana):
+    from modm.generation import spec_call_kwargs
+
+    spec = ModelSpec(source="tiny-sana", device="cpu", max_sequence_length=300)
+    assert spec_call_kwargs(sana, spec) == {"max_sequence_length": 300, "use_resolution_binning": False}
