@@ -199,6 +199,26 @@ def _deployment(cls, name: str, args: AppArgs, **options):
     return serve.deployment(cls, name=name, **opts)
 
 
+def _check_capabilities(system) -> None:
+    """A model that cannot do what the mode needs (refine, resume, its parallel method, its step count) is refused
+    here, naming the field, from its configs alone. A model whose configs cannot be read here (a hub id not cached
+    on this node) is checked by its replica when it loads, with the same rule."""
+    from modm.generation.capabilities import CapabilityError, check_spec_capabilities, model_needs
+    from modm.models.loading import ModelLoadError
+
+    for role in ("large", "small"):
+        spec = getattr(system.models, role)
+        if spec is None or (role == "small" and system.mode is not SystemMode.MODM):
+            continue
+        try:
+            check_spec_capabilities(spec, model_needs(system.mode, role, spec), field=f"models.{role}")
+        except CapabilityError as err:
+            raise ConfigError(str(err)) from None
+        except (ModelLoadError, OSError, ValueError) as err:
+            logger.warning("models.%s: configs of %r not readable at build time (%s); its replica checks it",
+                           role, spec.source, err)
+
+
 def build_app(args: dict) -> serve.Application:
     from deployments.cache_index import CacheIndexServer
     from deployments.embedder import EmbedderServer
@@ -219,9 +239,7 @@ def build_app(args: dict) -> serve.Application:
         raise ValueError("monitor.min_small must be at least 1 in the Serve app: a deployment at zero replicas "
                          "has no replica to report the monitor's target")
     system = _checked_warm(system)
-    # Bad input (issue 13): a model that cannot do what the mode needs (refine, resume, the parallel method) is to
-    # be refused here, at build time, by the pure check of modm.generation.capabilities (written on another branch);
-    # until it is merged, ModelServer refuses such a model when its replica starts.
+    _check_capabilities(system)
     if parsed.check_resources:
         check_cluster(required_resources(system, parsed))
     try:

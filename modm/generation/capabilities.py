@@ -9,6 +9,7 @@ first request. Each `*_problem` function is pure (classes, a scheduler object an
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from dataclasses import dataclass
 
 from modm.config.loader import ConfigError
@@ -17,7 +18,8 @@ from modm.config.schema import ModelSpec, SystemMode
 from modm.generation.resume import tail_schedule_problem
 from modm.models.loading import ModelLoadError
 
-__all__ = ["CapabilityError", "ModelNeeds", "check_model_capabilities", "model_needs", "parallel_problem",
+__all__ = ["CapabilityError", "ModelNeeds", "PipelineClasses", "check_model_capabilities", "check_spec_capabilities",
+           "model_needs", "parallel_problem", "pipeline_classes",
            "refine_problem", "resume_problem", "steps_problem"]
 
 # The denoiser classes modm.parallel's wrappers handle (parallelize_denoiser, asyncdiff.split.denoiser_units).
@@ -132,5 +134,66 @@ def check_model_capabilities(pipe, needs: ModelNeeds, *, field: str) -> None:
             raise CapabilityError(f"{field}.source", problem)
     denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
     problem = parallel_problem(type(denoiser) if denoiser is not None else None, needs.parallel)
+    if problem:
+        raise CapabilityError(f"{field}.parallel.method", problem)
+
+
+@dataclass(frozen=True)
+class PipelineClasses:
+    """What a pipeline is made of, read from its model_index.json and scheduler config (no weights loaded)."""
+
+    pipeline: type
+    denoiser: type | None
+    scheduler: object
+
+
+def pipeline_classes(spec: ModelSpec) -> PipelineClasses:
+    """Resolve spec.source's pipeline and denoiser classes and build its scheduler from its config alone."""
+    import diffusers
+
+    from modm.models.loading import pipeline_index
+
+    index = pipeline_index(spec.source, spec.revision)
+    pipeline = getattr(diffusers, str(index.get("_class_name")), None)
+    if pipeline is None:
+        raise ModelLoadError(f"{spec.source!r}: model_index.json names {index.get('_class_name')!r}, which is not "
+                             f"a diffusers {diffusers.__version__} pipeline")
+
+    def component_class(name: str):
+        entry = index.get(name)
+        if isinstance(entry, list) and len(entry) == 2 and entry[1]:
+            return getattr(diffusers, entry[1], None)
+        return None
+
+    denoiser = component_class("transformer") or component_class("unet")
+    scheduler_class = component_class("scheduler")
+    scheduler = None
+    if scheduler_class is not None:
+        local = Path(spec.source).expanduser()
+        source = str(local) if local.is_dir() else spec.source
+        scheduler = scheduler_class.from_config(
+            scheduler_class.load_config(source, subfolder="scheduler", revision=spec.revision))
+    return PipelineClasses(pipeline, denoiser, scheduler)
+
+
+def check_spec_capabilities(spec: ModelSpec, needs: ModelNeeds, *, field: str) -> None:
+    """The build-time form of check_model_capabilities: from the model's configs, before any replica loads it."""
+    classes = pipeline_classes(spec)
+    problem = steps_problem(classes.pipeline, needs.steps)
+    if problem:
+        raise CapabilityError(f"{field}.num_inference_steps", problem)
+    if needs.refine:
+        from modm.generation.generator import image_to_image_twin_class
+
+        problem = refine_problem(classes.pipeline)
+        twin = image_to_image_twin_class(classes.pipeline) if problem is None else None
+        problem = problem or (steps_problem(twin, needs.steps) if twin is not None else None)
+        if problem:
+            raise CapabilityError(f"{field}.source", problem)
+    if needs.resume and classes.scheduler is not None:
+        problem = resume_problem(classes.pipeline, classes.scheduler)
+        if problem:
+            raise CapabilityError(f"{field}.source", problem)
+    problem = parallel_problem(classes.denoiser, needs.parallel)
     if problem:
         raise CapabilityError(f"{field}.parallel.method", problem)

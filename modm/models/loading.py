@@ -38,7 +38,7 @@ def _looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or os.sep in source.strip("/").split("/", 2)[-1] or Path(source).exists()
 
 
-def _pipeline_index(source: str, revision: str | None) -> dict:
+def pipeline_index(source: str, revision: str | None) -> dict:
     from diffusers import DiffusionPipeline
 
     local = Path(source).expanduser()
@@ -62,7 +62,7 @@ def load_pipeline(spec: ModelSpec, *, device: torch.device | None = None):
     from diffusers import DiffusionPipeline
 
     device = device or resolve_device(spec.device)
-    index = _pipeline_index(spec.source, spec.revision)
+    index = pipeline_index(spec.source, spec.revision)
     # Components saved as null (e.g. SD3 without T5) must be passed as None explicitly or loading refuses.
     absent = {name: None for name, value in index.items()
               if not name.startswith("_") and isinstance(value, list) and value[:1] == [None]}

@@ -95,3 +95,47 @@ def test_a_generator_checks_its_own_model_for_the_mode(pipes):
     small.check_capabilities(model_needs(SystemMode.MODM, "small", spec))
     with pytest.raises(CapabilityError, match=r"^models.small.source: DPMSolverMultistepScheduler is a multistep"):
         small.check_capabilities(ModelNeeds(resume=True))
+
+
+@pytest.fixture(scope="module")
+def saved(pipes, tmp_path_factory):
+    """The tiny pipelines saved as directories: the build-time check reads only their configs."""
+    root = tmp_path_factory.mktemp("saved")
+    paths = {}
+    for name in ("sd3", "flux", "sdxl"):
+        pipes[name].save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths
+
+
+def test_build_time_check_reads_configs_only(saved):
+    from modm.generation.capabilities import check_spec_capabilities, pipeline_classes
+
+    classes = pipeline_classes(ModelSpec(source=saved["flux"]))
+    assert classes.pipeline.__name__ == "FluxPipeline"
+    assert classes.denoiser.__name__ == "FluxTransformer2DModel"
+    assert type(classes.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+
+    flux_parallel = ModelSpec(source=saved["flux"], parallel=ParallelConfig(method="distrifusion", world_size=2))
+    with pytest.raises(CapabilityError) as err:
+        check_spec_capabilities(flux_parallel, model_needs(SystemMode.VANILLA, "large", flux_parallel),
+                                field="models.large")
+    assert err.value.field == "models.large.parallel.method"
+    sdxl = ModelSpec(source=saved["sdxl"])
+    with pytest.raises(CapabilityError, match="init_noise_sigma") as err:
+        check_spec_capabilities(sdxl, model_needs(SystemMode.NIRVANA, "large", sdxl), field="models.large")
+    assert err.value.field == "models.large.source"
+    for name in ("sd3", "flux"):  # what the mode needs, they can do
+        spec = ModelSpec(source=saved[name])
+        check_spec_capabilities(spec, model_needs(SystemMode.NIRVANA, "large", spec), field="models.large")
+    check_spec_capabilities(sdxl, model_needs(SystemMode.MODM, "small", sdxl), field="models.small")
+
+
+def test_build_app_refuses_what_the_mode_cannot_do(saved, tmp_path):
+    from deployments.app import build_app
+
+    system = {"mode": "nirvana", "models": {"large": {"source": saved["sdxl"], "device": "cpu"}},
+              "embedder": {"kind": "minilm", "device": "cpu", "retrieval": "text-text"},
+              "cache": {"directory": str(tmp_path / "cache")}, "policy": {"k_table": "nirvana"}}
+    with pytest.raises(ConfigError, match=r"models\.large\.source: .*init_noise_sigma"):
+        build_app({"system": system, "check_resources": False})
