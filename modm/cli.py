@@ -75,12 +75,12 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-SUBCOMMAND_PACKAGES = ("multistage", "quality", "sim")
+SUBCOMMAND_PACKAGES = ("multistage", "quality", "sim", "world")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modm", description=__doc__,
-                                     epilog="also: modm multistage ..., modm quality ..., modm sim ... (each --help)")
+                                     epilog="also: modm multistage ..., modm quality ..., modm sim ..., modm world ... (each --help)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="the tiny offline model zoo").add_subparsers(dest="action", required=True)

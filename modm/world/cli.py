@@ -1,0 +1,120 @@
+"""`modm world build DIR` and `modm world eval --world DIR --samples N --json OUT`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from modm.world.format import WorldFormatError, WorldManifest
+
+COMMITTED_WORLD = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class EvalEntry:
+    """A row of `modm world eval`: a name and a factory (world dir, manifest) -> PromptGenerator, or None when the
+    component it needs is not in the directory (the row is then skipped, with a note)."""
+    name: str
+    make: Callable[[Path, WorldManifest], object]
+
+
+def _ground_truth(world_dir: Path, manifest: WorldManifest):
+    from modm.world.eval import ground_truth_generator
+    from modm.world.world import World
+
+    return ground_truth_generator(World(seed=manifest.seed, image_size=manifest.image_size))
+
+
+# The models and systems evaluated, in order; the diffusion components append their rows.
+EVAL_ENTRIES: list[EvalEntry] = [EvalEntry("ground-truth", _ground_truth)]
+
+
+def _cmd_build(args) -> int:
+    from modm.world.build import build_world
+
+    build_world(args.directory, seed=args.seed, quick=args.quick, only=args.only, threads=args.threads)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    import torch
+
+    from modm.embedding.hf_clip import HfClipEmbedder
+    from modm.world.build import REQUIRED_FOR_EVAL
+    from modm.world.eval import (
+        evaluate_generator,
+        format_table,
+        real_features,
+        retrieval_accuracy,
+    )
+    from modm.world.format import validate_world_dir
+    from modm.world.judge import FEATURE_DIM, Judge
+    from modm.world.world import World
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    torch.set_num_threads(args.threads)
+    world_dir = Path(args.world)
+    manifest = validate_world_dir(world_dir, REQUIRED_FOR_EVAL)
+    world = World(seed=manifest.seed, image_size=manifest.image_size)
+    device = torch.device("cpu")
+    judge = Judge.load(world_dir / manifest.components["judge"].path, device)
+    scorer = HfClipEmbedder(world_dir / manifest.components["clip_score"].path, device=device, batch_size=256)
+    retriever = HfClipEmbedder(world_dir / manifest.components["clip"].path, device=device, batch_size=256)
+    real = real_features(world, judge, max(args.samples, FEATURE_DIM + 1))
+    rows, skipped = [], []
+    for entry in EVAL_ENTRIES:
+        if args.only and entry.name not in args.only:
+            continue
+        generator = entry.make(world_dir, manifest)
+        if generator is None:
+            skipped.append(entry.name)
+            continue
+        rows.append(evaluate_generator(entry.name, generator, world, judge, scorer, args.samples,
+                                       heldout_samples=args.heldout_samples, real=real))
+    retrieval = {"clip": retrieval_accuracy(retriever, world), "clip_score": retrieval_accuracy(scorer, world)}
+    print(format_table(rows, retrieval))
+    if skipped:
+        print(f"skipped (component not in {world_dir}): {', '.join(skipped)}")
+    if args.json:
+        body = {"world": str(world_dir), "manifest_command": manifest.command, "seed": manifest.seed,
+                "format_version": manifest.format_version, "samples": args.samples,
+                "models": {r.name: r.to_dict() for r in rows}, "retrieval_top1": retrieval, "skipped": skipped}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modm world", description="the trained miniature world")
+    sub = parser.add_subparsers(dest="action", required=True)
+    build = sub.add_parser("build", help="train the world's models into DIR (deterministic by seed)")
+    build.add_argument("directory")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--quick", action="store_true", help="a few steps on a few images (checks the build runs)")
+    build.add_argument("--only", nargs="+", default=None, help="build only these steps (keep the others)")
+    build.add_argument("--threads", type=int, default=2, help="torch threads")
+    build.set_defaults(func=_cmd_build)
+    ev = sub.add_parser("eval", help="judge accuracy, CLIPScore, FID and retrieval of the world's models")
+    ev.add_argument("--world", default=str(COMMITTED_WORLD), help="world directory (default: the committed one)")
+    ev.add_argument("--samples", type=int, default=200, help="prompts per model")
+    ev.add_argument("--heldout-samples", type=int, default=100, help="prompts with held-out pairs per model")
+    ev.add_argument("--only", nargs="+", default=None, help="only these rows")
+    ev.add_argument("--json", default=None, help="also write the results here")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.func(args)
+    except (WorldFormatError, ValueError, FileNotFoundError) as err:
+        print(f"modm world: error: {err}", file=sys.stderr)
+        return 2
