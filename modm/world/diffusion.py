@@ -9,7 +9,6 @@ the VAE's posterior means, normalised with the VAE's own factors.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from modm.world.vae import encode_latents, pixels
 
-ProgressFn = Callable[[int, int, dict], None]
+ProgressFn = Callable[[int, float], None]  # (step, loss) after every step
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,7 @@ def _lr_at(step: int, spec: DiffusionTrainSpec) -> float:
 
 
 def train_denoiser(model, objective, data: TrainingSet, spec: DiffusionTrainSpec, *,
-                   progress: ProgressFn | None = None, log_every: int = 25):
+                   progress: ProgressFn | None = None) -> float:
     """Train `model` in place; at the end its weights are the EMA weights. Returns the mean loss of the last 10%."""
     from diffusers.training_utils import EMAModel
 
@@ -159,7 +158,7 @@ def train_denoiser(model, objective, data: TrainingSet, spec: DiffusionTrainSpec
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     ema = EMAModel(model.parameters(), decay=spec.ema_decay, use_ema_warmup=True, power=2 / 3)
     model.train()
-    start, tail = time.perf_counter(), []
+    tail: list[float] = []
     for step in range(spec.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, spec)
@@ -174,10 +173,10 @@ def train_denoiser(model, objective, data: TrainingSet, spec: DiffusionTrainSpec
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         ema.step(model.parameters())
-        if step >= spec.steps * 0.9:
+        if step >= int(spec.steps * 0.9):
             tail.append(loss.item())
-        if progress is not None and (step % log_every == 0 or step == spec.steps - 1):
-            progress(step + 1, spec.steps, {"loss": loss.item(), "s": time.perf_counter() - start})
+        if progress is not None:
+            progress(step, loss.item())
     ema.copy_to(model.parameters())
     model.eval()
     return float(np.mean(tail)) if tail else float("nan")

@@ -29,7 +29,7 @@ MODEL_CARD = "world_model.json"
 
 @dataclass(frozen=True)
 class LargeSpec:
-    """SD3Transformer2DModel size (on 8x8 latents, patch 1: 64 image tokens)."""
+    """SD3Transformer2DModel size (on 16x16 latents, patch 2: 64 image tokens)."""
 
     num_layers: int = 6
     num_attention_heads: int = 4
@@ -93,13 +93,13 @@ def large_transformer(spec: LargeSpec, latent_channels: int, latent_size: int, e
 
     torch.manual_seed(seed)
     return SD3Transformer2DModel(
-        sample_size=latent_size, patch_size=1, in_channels=latent_channels, out_channels=latent_channels,
+        sample_size=latent_size, patch_size=2, in_channels=latent_channels, out_channels=latent_channels,
         num_layers=spec.num_layers, attention_head_dim=spec.attention_head_dim,
         num_attention_heads=spec.num_attention_heads,
         joint_attention_dim=2 * encoders.hidden,           # the two CLIPs' hidden states, concatenated
         caption_projection_dim=spec.num_attention_heads * spec.attention_head_dim,
         pooled_projection_dim=2 * encoders.projection,     # the two CLIPs' pooled embeddings, concatenated
-        pos_embed_max_size=2 * latent_size,                # larger requests still run (up to 2x the side)
+        pos_embed_max_size=latent_size,                    # patches of a 2x larger request (max_size)
         qk_norm="rms_norm",                                # as SD3.5: keeps attention logits bounded
     )
 
@@ -181,3 +181,21 @@ def world_model_spec(path: str | Path, role: str, **overrides):
     fields = {"source": str(path), "default_size": WORLD_IMAGE_SIZE, "max_size": 2 * WORLD_IMAGE_SIZE,
               "max_sequence_length": WORLD_T5_TOKENS, **SERVING[role], **overrides}
     return ModelSpec(**fields)
+
+
+def pipeline_generator(pipe, *, steps: int = 20, guidance_scale: float | None = None, role: str | None = None):
+    """A `modm.world.eval.PromptGenerator` over a world pipeline: each image's noise from its own seed."""
+    import inspect
+
+    guidance = guidance_scale if guidance_scale is not None else SERVING.get(role or "", {}).get("guidance_scale", 4.0)
+    extra = {}
+    if "max_sequence_length" in inspect.signature(type(pipe).__call__).parameters:
+        extra["max_sequence_length"] = WORLD_T5_TOKENS
+
+    def generate(prompts, seeds):
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        with torch.inference_mode():
+            out = pipe(prompt=list(prompts), height=WORLD_IMAGE_SIZE, width=WORLD_IMAGE_SIZE,
+                       num_inference_steps=steps, guidance_scale=guidance, generator=generators, **extra)
+        return out.images
+    return generate

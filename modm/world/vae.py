@@ -9,7 +9,6 @@ Both factors are computed from the trained encoder's latents, as SD3 and SDXL co
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -17,13 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ProgressFn = Callable[[int, int, dict], None]  # (step, total, numbers) after each logged step
+ProgressFn = Callable[[int, float], None]  # (step, loss) after every step, as the build's progress bars take
 
 
 @dataclass(frozen=True)
 class VaeTrainSpec:
-    latent_channels: int = 8
-    block_out_channels: tuple[int, ...] = (16, 32, 32)  # 3 blocks: 32x32 pixels -> 8x8 latents
+    latent_channels: int = 4
+    # 2 blocks: 32x32 pixels -> 16x16 latents. Measured: 3 blocks (8x8x8 latents) after the same training read
+    # 22.0 dB PSNR with colours shifted (red as orange); 16x16x4 keeps colour and shape.
+    block_out_channels: tuple[int, ...] = (16, 32)
     train_images: int = 8_000
     steps: int = 400
     batch_size: int = 16
@@ -75,7 +76,7 @@ def _lr_at(step: int, total: int, peak: float, warmup: int = 30) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_vae(images: np.ndarray, spec: VaeTrainSpec, *, progress: ProgressFn | None = None, log_every: int = 50):
+def train_vae(images: np.ndarray, spec: VaeTrainSpec, *, progress: ProgressFn | None = None):
     """Train an AutoencoderKL on (n, 32, 32, 3) uint8 images; returns it in eval mode with its latent factors set."""
     torch.manual_seed(spec.seed)
     vae = build_vae(spec)
@@ -83,7 +84,6 @@ def train_vae(images: np.ndarray, spec: VaeTrainSpec, *, progress: ProgressFn | 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec.learning_rate, weight_decay=0.0)
     order = torch.Generator().manual_seed(spec.seed)
     vae.train()
-    start = time.perf_counter()
     for step in range(spec.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, spec.steps, spec.learning_rate)
@@ -96,8 +96,8 @@ def train_vae(images: np.ndarray, spec: VaeTrainSpec, *, progress: ProgressFn | 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
-        if progress is not None and (step % log_every == 0 or step == spec.steps - 1):
-            progress(step + 1, spec.steps, {"mse": mse.item(), "s": time.perf_counter() - start})
+        if progress is not None:
+            progress(step, mse.item())
     vae.eval()
     shift, scale = latent_factors(vae, data[: min(len(data), 4096)])
     vae.register_to_config(**latent_normalisation(spec.latent_channels, shift, scale))
