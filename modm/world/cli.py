@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from modm.world.build import DEFAULT_BUILD_THREADS
 from modm.world.format import WorldFormatError, WorldManifest
 
 COMMITTED_WORLD = Path(__file__).resolve().parent / "weights"
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--quick", action="store_true", help="a few steps on a few images (checks the build runs)")
     build.add_argument("--only", nargs="+", default=None, help="build only these steps (keep the others)")
-    build.add_argument("--threads", type=int, default=2, help="torch threads")
+    build.add_argument("--threads", type=int, default=DEFAULT_BUILD_THREADS, help="torch intra-op threads")
     build.set_defaults(func=_cmd_build)
     ev = sub.add_parser("eval", help="judge accuracy, CLIPScore, FID and retrieval of the world's models")
     ev.add_argument("--world", default=str(COMMITTED_WORLD), help="world directory (default: the committed one)")
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--heldout-samples", type=int, default=100, help="prompts with held-out pairs per model")
     ev.add_argument("--only", nargs="+", default=None, help="only these rows")
     ev.add_argument("--json", default=None, help="also write the results here")
-    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--threads", type=int, default=DEFAULT_BUILD_THREADS)
     ev.set_defaults(func=_cmd_eval)
     return parser
 
