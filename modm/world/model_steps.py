@@ -41,9 +41,9 @@ from modm.world.vae import VaeTrainSpec, pixels, psnr, reconstruct, train_vae
 VAE_SPEC = VaeTrainSpec()
 # Training budgets (2 cores): the small models train on fewer steps than the large, as SDXL is to SD3.5-Large.
 LARGE_TRAIN = DiffusionTrainSpec(steps=400, batch_size=32, learning_rate=1e-3, warmup_steps=50)
-SMALL_TRAIN = DiffusionTrainSpec(steps=250, batch_size=32, learning_rate=1e-3, warmup_steps=50)
-SMALL2_TRAIN = DiffusionTrainSpec(steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=50)
-DIFFUSION_TRAIN_IMAGES = 12_000
+SMALL_TRAIN = DiffusionTrainSpec(steps=100, batch_size=16, learning_rate=1e-3, warmup_steps=20)
+SMALL2_TRAIN = DiffusionTrainSpec(steps=60, batch_size=16, learning_rate=1e-3, warmup_steps=20)
+TRAIN_IMAGES = {"large": 12_000, "small": 4_000, "small2": 4_000}
 PIPELINE_FILES = ["model_index.json", "world_model.json"]
 _SEED_OFFSETS = {"vae": 10, "large": 11, "small": 12, "small2": 13}
 
@@ -96,7 +96,7 @@ def _diffusion_step(role: str, train: DiffusionTrainSpec, build_model, build_pip
         from modm.world.build import StepResult
 
         spec = replace(train, seed=ctx.seed + _SEED_OFFSETS[role])
-        n_images = DIFFUSION_TRAIN_IMAGES
+        n_images = TRAIN_IMAGES[role]
         if ctx.quick:
             spec, n_images = _quick(spec), 16
         encoders = text_encoders_from_clip(ctx.component_dir("clip"))

@@ -59,7 +59,9 @@ def test_model_build_steps_run_for_a_few_iterations(tmp_path):
     world_dir.mkdir()
     seeded = WorldManifest(committed.format_version, "test", committed.seed, committed.image_size)
     for name in ("clip", "judge"):
-        record = committed.components[name]
+        record = committed.components.get(name)
+        if record is None:  # the judge only adds the VAE's legibility check
+            continue
         shutil.copytree(COMMITTED_WORLD / record.path, world_dir / record.path)
         seeded.components[name] = record
     seeded.save(world_dir)
@@ -68,8 +70,9 @@ def test_model_build_steps_run_for_a_few_iterations(tmp_path):
     manifest = build_world(world_dir, quick=True, only=steps, threads=2,
                            progress=lambda label, total: (lambda step, loss: None), log=logged.append)
     assert [line.split(":")[0] for line in logged[:-1]] == steps
-    validate_world_dir(world_dir, ("clip", "judge", *steps))
-    assert "judge_on_reconstructions" in manifest.components["vae"].info
+    validate_world_dir(world_dir, ("clip", *steps))
+    if "judge" in committed.components:
+        assert "judge_on_reconstructions" in manifest.components["vae"].info
     for role in ROLES:
         pipe = load_pipeline(world_model_spec(world_dir / role, role, device="cpu"))
         image = pipe(prompt=PROMPT, num_inference_steps=1, guidance_scale=2.0, height=32, width=32,
