@@ -113,6 +113,14 @@ BUILD_STEPS: list[BuildStep] = [
     BuildStep("clip_score", "clip_score", _clip_step(seed_offset=1, width=48, steps=400, name="clip_score")),
     BuildStep("judge", "judge", _judge_step),
 ]
+# The VAE, the large/small/small2 diffusion pipelines and their per-step cost measurement (modm.world.model_steps).
+def _model_steps() -> list[BuildStep]:
+    from modm.world.model_steps import model_build_steps
+
+    return model_build_steps()
+
+
+BUILD_STEPS += _model_steps()
 REQUIRED_FOR_EVAL = ("clip", "clip_score", "judge")
 
 

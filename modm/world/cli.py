@@ -42,6 +42,15 @@ def _other_image(world_dir: Path, manifest: WorldManifest):
 EVAL_ENTRIES: list[EvalEntry] = [EvalEntry("ground-truth", _ground_truth), EvalEntry("other-image", _other_image)]
 
 
+def _model_eval_entries() -> list[EvalEntry]:  # large, small, small2 (modm.world.model_steps)
+    from modm.world.model_steps import model_eval_entries
+
+    return model_eval_entries()
+
+
+EVAL_ENTRIES += _model_eval_entries()
+
+
 def _cmd_build(args) -> int:
     from modm.world.build import build_world
 

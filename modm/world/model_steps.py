@@ -1,0 +1,192 @@
+"""The build steps of the world's VAE and diffusion models (appended to `modm.world.build.BUILD_STEPS`).
+
+Each step reads the components before it from the world directory (the CLIP's text tower, the VAE), trains one
+model and saves it with `save_pretrained`: the VAE as a model folder, the diffusion models as complete pipeline
+folders that `modm.models.loading.load_pipeline` loads. The last step measures the per-step cost of each pipeline
+at the serving size (batch 1, guidance on) and prints the large:small ratio.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modm.world.diffusion import (
+    DiffusionTrainSpec,
+    EpsilonObjective,
+    RectifiedFlowObjective,
+    train_denoiser,
+    training_set,
+    world_latents,
+)
+from modm.world.pipelines import (
+    LARGE,
+    SMALL,
+    SMALL2,
+    WORLD_IMAGE_SIZE,
+    large_pipeline,
+    large_transformer,
+    save_pipeline,
+    small_pipeline,
+    small_unet,
+    text_encoders_from_clip,
+    world_model_spec,
+)
+from modm.world.vae import VaeTrainSpec, pixels, psnr, reconstruct, train_vae
+
+VAE_SPEC = VaeTrainSpec()
+# Training budgets (2 cores): the small models train on fewer steps than the large, as SDXL is to SD3.5-Large.
+LARGE_TRAIN = DiffusionTrainSpec(steps=400, batch_size=32, learning_rate=1e-3, warmup_steps=50)
+SMALL_TRAIN = DiffusionTrainSpec(steps=100, batch_size=16, learning_rate=1e-3, warmup_steps=20)
+SMALL2_TRAIN = DiffusionTrainSpec(steps=60, batch_size=16, learning_rate=1e-3, warmup_steps=20)
+TRAIN_IMAGES = {"large": 12_000, "small": 4_000, "small2": 4_000}
+PIPELINE_FILES = ["model_index.json", "world_model.json"]
+_SEED_OFFSETS = {"vae": 10, "large": 11, "small": 12, "small2": 13}
+
+
+def _quick(spec: DiffusionTrainSpec) -> DiffusionTrainSpec:
+    return replace(spec, steps=3, batch_size=4, warmup_steps=1)
+
+
+def _images(samples) -> np.ndarray:
+    return np.stack([s.image for s in samples])
+
+
+def vae_step(ctx, out: Path):
+    from modm.world.build import StepResult
+    from modm.world.eval import EVAL_PROMPTS_START
+
+    spec = replace(VAE_SPEC, seed=ctx.seed + _SEED_OFFSETS["vae"])
+    if ctx.quick:
+        spec = replace(spec, steps=3, batch_size=4, train_images=16)
+    started = time.perf_counter()
+    vae = train_vae(_images(ctx.train_samples(spec.train_images)), spec, progress=ctx.progress("vae", spec.steps))
+    seconds = time.perf_counter() - started
+    check = ctx.world.samples(EVAL_PROMPTS_START, 16 if ctx.quick else 512)
+    x = pixels(_images(check))
+    recon = reconstruct(vae, x)
+    info = {"train_seconds": round(seconds, 1), "steps": spec.steps, "seed": spec.seed,
+            "latent": [spec.latent_channels, WORLD_IMAGE_SIZE // spec.downsample, WORLD_IMAGE_SIZE // spec.downsample],
+            "shift_factor": round(vae.config.shift_factor, 5), "scaling_factor": round(vae.config.scaling_factor, 5),
+            "psnr_db": round(psnr(x, recon), 2), "parameters": sum(p.numel() for p in vae.parameters())}
+    judge_dir = ctx.out_dir / ctx.manifest.components["judge"].path if "judge" in ctx.manifest.components else None
+    if judge_dir is not None:  # legibility: the judge reads reconstructions as it reads the originals
+        from modm.world.judge import Judge, accuracy, score_image
+        from modm.world.vae import to_uint8
+
+        judge = Judge.load(judge_dir)
+        info["judge_on_reconstructions"] = {k: round(v, 4) for k, v in accuracy(
+            [score_image(r, s.scene) for r, s in zip(judge.read(to_uint8(recon)), check)]).items()}
+    vae.to(torch.float16).save_pretrained(out)
+    return StepResult(files=["config.json", "diffusion_pytorch_model.safetensors"], info=info)
+
+
+def _load_vae(ctx):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(str(ctx.component_dir("vae")), dtype=torch.float32).eval()
+
+
+def _diffusion_step(role: str, train: DiffusionTrainSpec, build_model, build_pipe, objective_for):
+    def run(ctx, out: Path):
+        from modm.world.build import StepResult
+
+        spec = replace(train, seed=ctx.seed + _SEED_OFFSETS[role])
+        n_images = TRAIN_IMAGES[role]
+        if ctx.quick:
+            spec, n_images = _quick(spec), 16
+        encoders = text_encoders_from_clip(ctx.component_dir("clip"))
+        vae = _load_vae(ctx)
+        samples = ctx.train_samples(n_images)
+        latents = world_latents(vae, _images(samples))
+        model = build_model(latents.shape[1], latents.shape[-1], encoders, spec.seed)
+        pipe = build_pipe(model, vae, encoders)
+        data = training_set(pipe, latents, [s.prompt for s in samples])
+        started = time.perf_counter()
+        final_loss = train_denoiser(model, objective_for(pipe), data, spec, progress=ctx.progress(role, spec.steps))
+        seconds = time.perf_counter() - started
+        params = sum(p.numel() for p in model.parameters())
+        info = {"class": type(pipe).__name__, "denoiser": type(model).__name__, "parameters": params,
+                "train_seconds": round(seconds, 1), "final_loss": round(final_loss, 4), "train_images": n_images,
+                **{k: v for k, v in spec.to_json().items() if k in ("steps", "batch_size", "seed")}}
+        save_pipeline(pipe, out, {"role": role, "train": spec.to_json(), "info": info,
+                                  "serving": world_model_spec(out, role).model_dump(exclude={"source"})})
+        return StepResult(files=PIPELINE_FILES, info=info)
+    return run
+
+
+def _large_model(channels, size, encoders, seed):
+    return large_transformer(LARGE, channels, size, encoders, seed)
+
+
+def _small_model(spec):
+    return lambda channels, size, encoders, seed: small_unet(spec, channels, size, encoders, seed)
+
+
+def _epsilon(pipe):
+    return EpsilonObjective(pipe.scheduler.config, WORLD_IMAGE_SIZE)
+
+
+def step_costs_step(ctx, out: Path):
+    """Seconds per denoising step of each pipeline at the serving size, batch 1, guidance on (as the zoo)."""
+    from modm.generation.generator import DiffusionGenerator
+    from modm.models.loading import load_pipeline
+    from modm.world.build import StepResult
+
+    costs = {}
+    for role in ("large", "small", "small2"):
+        spec = world_model_spec(ctx.component_dir(role), role, device="cpu")
+        generator = DiffusionGenerator(load_pipeline(spec), spec, role)
+        costs[role] = generator.measure_step_cost_s(WORLD_IMAGE_SIZE, steps=(2, 4) if ctx.quick else (2, 12),
+                                                    repeats=1 if ctx.quick else 3)
+    info = {f"{role}_step_ms": round(1000 * c, 2) for role, c in costs.items()}
+    info["large_small_ratio"] = round(costs["large"] / max(costs["small"], 1e-9), 2)
+    info["large_small2_ratio"] = round(costs["large"] / max(costs["small2"], 1e-9), 2)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step_costs.json").write_text(__import__("json").dumps(info, indent=2) + "\n", encoding="utf-8")
+    print(f"per-step cost at {WORLD_IMAGE_SIZE}x{WORLD_IMAGE_SIZE}, batch 1, guidance on: "
+          + ", ".join(f"{r} {1000 * c:.2f} ms" for r, c in costs.items())
+          + f"; large:small = {info['large_small_ratio']} (target 5.5), large:small2 = {info['large_small2_ratio']}")
+    return StepResult(files=["step_costs.json"], info=info)
+
+
+def model_build_steps():
+    """The BuildSteps of this module, in build order (after the CLIPs and the judge)."""
+    from modm.world.build import BuildStep
+
+    return [
+        BuildStep("vae", "vae", vae_step),
+        BuildStep("large", "large", _diffusion_step("large", LARGE_TRAIN, _large_model, large_pipeline,
+                                                    lambda pipe: RectifiedFlowObjective())),
+        BuildStep("small", "small", _diffusion_step("small", SMALL_TRAIN, _small_model(SMALL), small_pipeline,
+                                                    _epsilon)),
+        BuildStep("small2", "small2", _diffusion_step("small2", SMALL2_TRAIN, _small_model(SMALL2),
+                                                      small_pipeline, _epsilon)),
+        BuildStep("step_costs", "step_costs", step_costs_step),
+    ]
+
+
+EVAL_STEPS = 20  # denoising steps of the eval rows (the pipelines' Euler samplers)
+
+
+def _eval_entry(role: str):
+    def make(world_dir: Path, manifest):
+        from modm.models.loading import load_pipeline
+        from modm.world.pipelines import pipeline_generator
+
+        if role not in manifest.components:
+            return None
+        pipe = load_pipeline(world_model_spec(world_dir / manifest.components[role].path, role, device="cpu"))
+        return pipeline_generator(pipe, steps=EVAL_STEPS, role=role)
+    return make
+
+
+def model_eval_entries():
+    """`modm world eval` rows of the diffusion models, each alone (txt2img from its saved pipeline)."""
+    from modm.world.cli import EvalEntry
+
+    return [EvalEntry(role, _eval_entry(role)) for role in ("large", "small", "small2")]
