@@ -44,3 +44,11 @@ def test_users_rephrase_and_vary_their_previous_prompt():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="users"):
         world_demo_workload(users=0)
+
+
+def test_the_world_config_gets_the_world_workload():
+    from modm.config import load_config
+    from modm.demo import default_config_path, tiny_config_path
+
+    assert demo_workload_path(load_config(default_config_path())).name == "world_demo_prompts.tsv"
+    assert demo_workload_path(load_config(tiny_config_path())).name == "demo_prompts.tsv"
