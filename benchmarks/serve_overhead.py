@@ -82,9 +82,9 @@ def main() -> None:
     from deployments.app import build_app
     from deployments.local_cluster import free_port, wait_healthy
     from modm.config import load_config
-    from modm.demo import default_config_path, ensure_zoo
+    from modm.demo import ensure_zoo, tiny_config_path
 
-    ensure_zoo(load_config(default_config_path()), args.zoo)
+    ensure_zoo(load_config(tiny_config_path()), args.zoo)
     compute = in_process_compute_s(args.zoo, args.size)
     model = {"device": "cpu", "num_inference_steps": 1, "default_size": args.size, "max_size": 512}
     system = {"mode": "modm", "models": {"large": {"source": str(args.zoo / "large"), **model},

@@ -56,6 +56,8 @@ class DecisionInfo(BaseModel):
     strength: float
     model: str
     timings_s: dict[str, float]
+    # MoDM: the cache entry a hit was refined from (GET /v1/cache/{entry_id} serves its image); None otherwise.
+    entry_id: int | None = None
 
 
 class GenerationResponse(BaseModel):

@@ -27,7 +27,7 @@ import yaml
 from deployments.local_cluster import free_port, wait_healthy
 from loadgen.runner import RECORDS_FILE
 from modm.config import config_from_dict
-from modm.demo import default_config_path, ensure_zoo
+from modm.demo import ensure_zoo, tiny_config_path
 from modm.policy import NIRVANA_K_CHOICES
 
 SYSTEMS = ("vanilla", "modm-throughput", "modm-quality", "nirvana")
@@ -105,7 +105,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
         raise ValueError(f"nirvana caches latents after steps {list(NIRVANA_K_CHOICES)}: use --steps above "
                          f"{max(NIRVANA_K_CHOICES)} or leave nirvana out of --systems")
     chosen.sort(key=lambda s: s != REFERENCE_SYSTEM)  # vanilla first: it measures the SLO reference latency
-    serve_config = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
+    serve_config = yaml.safe_load(tiny_config_path().read_text(encoding="utf-8"))
     base = serve_config["applications"][0]["args"]["system"]
     ensure_zoo(config_from_dict(base), args.zoo)
     base["models"]["large"]["source"] = str((args.zoo / "large").resolve())

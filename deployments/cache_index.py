@@ -29,6 +29,15 @@ class CacheIndexServer:
         except EntryNotFoundError:
             return None
 
+    def png_in_scope(self, entry_id: int, namespaces: list[str]) -> bytes | None:
+        """The entry's image if it is live and in one of `namespaces` (what its tenant may read), else None."""
+        try:
+            if self.cache.get_entry(entry_id).tenant not in namespaces:
+                return None
+            return self.cache.get_png(entry_id)
+        except EntryNotFoundError:
+            return None
+
     async def add(self, png: bytes, embedding: np.ndarray, prompt: str, tenant: str, source_model: str,
                   k: int) -> int:
         # The write is fsync'd; keep it off the event loop so queries stay fast meanwhile.

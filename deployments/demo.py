@@ -1,5 +1,5 @@
 """`make demo`: start a local Ray cluster, deploy the local Serve config, send the embedded workload through the
-load generator, print a summary, and shut everything down.
+load generator, print a summary, draw a contact sheet of what the system did, and shut everything down.
 
 This is exactly what a user does by hand (README "Run the app"): `ray start`, `serve deploy`, HTTP requests,
 `serve shutdown`, `ray stop`.
@@ -20,9 +20,10 @@ import yaml
 
 from deployments.local_cluster import wait_healthy
 from modm.config import load_config
-from modm.demo import default_config_path, demo_workload_path, ensure_zoo
+from modm.demo import default_config_path, demo_workload_path, ensure_zoo, read_workload
 
 DASHBOARD = "http://127.0.0.1:8265"
+CONTACT_SHEET = "contact_sheet.png"
 
 
 def _bin(name: str) -> str:
@@ -54,27 +55,40 @@ def wait_app(url: str, timeout_s: float) -> float:
         raise RuntimeError(f"the app was not healthy after {timeout_s:.0f}s; serve status:\n{status}") from None
 
 
-def send_workload(url: str, out_dir: Path, concurrency: int) -> dict:
+def send_workload(url: str, out_dir: Path, workload: Path, size: int, concurrency: int) -> dict:
+    """Send the workload, keeping every image; write the run and its contact sheet (CONTACT_SHEET) to out_dir."""
     from loadgen import ArrivalConfig, ArrivalKind, ClientConfig, RunConfig, TraceConfig, format_summary, run
+    from loadgen.contact_sheet import fetch_cached_images, write_contact_sheet
     from loadgen.runner import write_run
 
-    rows = sum(1 for _ in demo_workload_path().open(encoding="utf-8")) - 1
+    shutil.rmtree(out_dir, ignore_errors=True)
+    rows = len(read_workload(workload))
+    client = ClientConfig(url=url, size=f"{size}x{size}", tenant="demo", request_timeout_s=300,
+                          stats_poll_period_s=2.0, progress=False, image_dir=out_dir / "images")
     config = RunConfig(
         name="demo",
-        trace=TraceConfig(path=demo_workload_path(), n_requests=rows),
+        trace=TraceConfig(path=workload, n_requests=rows),
         arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=concurrency),
-        client=ClientConfig(url=url, size="64x64", tenant="demo", request_timeout_s=300, stats_poll_period_s=2.0,
-                            progress=False),
+        client=client,
         reference_latency_s=None)
     artifacts = run(config)
-    write_run(out_dir, artifacts)
+    write_run(out_dir, artifacts)  # makes the records' image paths relative to out_dir
     print(format_summary(artifacts.summary))
+    records = artifacts.result.records
+    sources = fetch_cached_images(client, records, out_dir / "cache_images")
+    hits = sum(bool(r.hit) for r in records)
+    sheet = write_contact_sheet(out_dir / CONTACT_SHEET, records, base_dir=out_dir, cached_images=sources,
+                                title=f"make demo: {len(records)} requests, {hits} hits (refined from the cached "
+                                      f"image on the right), {len(records) - hits} misses")
+    print(f"contact sheet: {sheet}")
     return artifacts.summary.model_dump(mode="json")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=default_config_path(), help="Serve config to deploy")
+    parser.add_argument("--workload", type=Path, default=None,
+                        help="user<TAB>prompt TSV (default: the config's embedded workload)")
     parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"), help="tiny zoo location (built if missing)")
     parser.add_argument("--work-dir", type=Path, default=Path(".modm/demo"), help="demo cache and records")
     parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray head")
@@ -82,7 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-running", action="store_true", help="leave the cluster up at the end")
     args = parser.parse_args(argv)
 
-    ensure_zoo(load_config(args.config), args.zoo)
+    system = load_config(args.config)
+    ensure_zoo(system, args.zoo)
+    missing = [m.source for m in (system.models.large, system.models.small) if m is not None
+               and not Path(m.source).exists()]
+    if missing:
+        print(f"{args.config}: model directories not found: {missing} (run from the repository root; the world's "
+              "models are committed under modm/world/weights, `modm world build` rebuilds them)", file=sys.stderr)
+        return 1
+    workload = args.workload or demo_workload_path(system)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     serve_config, url = demo_serve_config(args.config, args.work_dir)
     started = time.monotonic()
@@ -97,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         ready_s = wait_app(url, timeout_s=600)
         print(f"app healthy {ready_s:.1f}s after deploy ({time.monotonic() - started:.1f}s after ray start)")
         print(_run(_bin("serve"), "status", "--address", DASHBOARD).stdout)
-        send_workload(url, args.work_dir / "run", args.concurrency)
+        send_workload(url, args.work_dir / "run", workload, system.models.large.default_size, args.concurrency)
         stats = httpx.get(f"{url}/v1/stats", timeout=10).json()
         print("server stats:", json.dumps({k: stats[k] for k in ("requests", "hits", "misses", "hit_rate", "k_mix",
                                                                 "served_by", "allocation", "cache")}, indent=1))

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Header
+from fastapi import Header, Response
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
@@ -122,6 +122,19 @@ class Router:
             out["cache"] = await self.cache.stats.remote()
         return out
 
+    @api.get("/v1/cache/{entry_id}")
+    async def cached_image(self, entry_id: int, x_tenant_id: str | None = Header(default=None),
+                           authorization: str | None = Header(default=None)) -> Response:
+        """The PNG of a cached image (e.g. the one a hit was refined from), for the tenants that may retrieve it."""
+        tenant = self._tenant(x_tenant_id, authorization)
+        if self.mode is not SystemMode.MODM:
+            raise RequestRejected(404, f"the {self.mode.value} mode caches no images", "not_found")
+        scope = cache_scope(tenant, self.config.tenancy.shared_pool_tenants)
+        png = await self.cache.png_in_scope.remote(entry_id, list(scope.read))
+        if png is None:  # unknown, evicted, or another tenant's: the same answer, so ids leak nothing
+            raise RequestRejected(404, f"no cached image {entry_id} for this tenant", "not_found")
+        return Response(content=png, media_type="image/png")
+
     # ---------------------------------------------------------------------------------------------- serving
     def _tenant(self, header: str | None, authorization: str | None) -> str:
         """With API keys the key names the tenant (X-Tenant-Id may only repeat it); without, the header does."""
@@ -208,7 +221,8 @@ class Router:
             created=int(time.time()),
             data=[ImageData(b64_json=base64.b64encode(png).decode("ascii")) for png in images],
             modm=DecisionInfo(request_id=request_id, mode=self.mode.value, hit=decision.hit, score=decision.score,
-                              k=decision.k, strength=decision.strength, model=pool.value, timings_s=timings))
+                              k=decision.k, strength=decision.strength, model=pool.value, timings_s=timings,
+                              entry_id=match["entry_id"] if decision.hit and self.mode is SystemMode.MODM else None))
 
     async def _retrieve(self, prompt: str, namespaces, timings: dict) -> tuple[RetrievalDecision, dict | None]:
         """MoDM: the prompt's embedding against the cached images of the namespaces it may read."""

@@ -2,7 +2,8 @@
 
 POST /v1/images/generations ``{"prompt", "n", "size", "response_format", "seed", "steps"}`` with optional
 ``X-Tenant-Id`` and ``Authorization: Bearer`` headers; 200 returns ``{"created", "data": [{"b64_json"}], "modm":
-{hit, score, k, model, mode, timings_s, request_id}}``; errors return ``{"error": {"message", "type"}}``.
+{hit, score, k, model, mode, timings_s, request_id, entry_id}}``; GET /v1/cache/{entry_id} returns a cached
+image (PNG); errors return ``{"error": {"message", "type"}}``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from loadgen.records import Outcome, RequestRecord
 from loadgen.trace import TraceRequest
 
 __all__ = [
+    "CACHE_IMAGE_PATH",
     "GENERATIONS_PATH",
     "HEALTH_PATH",
     "STATS_PATH",
@@ -35,6 +37,7 @@ __all__ = [
 GENERATIONS_PATH = "/v1/images/generations"
 HEALTH_PATH = "/healthz"
 STATS_PATH = "/v1/stats"
+CACHE_IMAGE_PATH = "/v1/cache/{entry_id}"
 _ERROR_TEXT_CHARS = 300
 
 
@@ -114,6 +117,7 @@ def _fill_from_response(record: RequestRecord, response: httpx.Response) -> str 
         record.k = _opt(modm.get("k"), int)
         record.model = _opt(modm.get("model"), str)
         record.mode = _opt(modm.get("mode"), str)
+        record.entry_id = _opt(modm.get("entry_id"), int)
         if modm.get("timings_s") is not None:
             record.timings_json = json.dumps(modm["timings_s"])
     except (ValueError, KeyError, TypeError, AttributeError) as err:

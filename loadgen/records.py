@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 _METADATA_KEY = b"loadgen.run"
+_LATER_COLUMNS = {"path", "entry_id"}
 
 
 class Outcome(str, Enum):
@@ -66,6 +67,7 @@ class RequestRecord:
     mode: str | None = None
     timings_json: str | None = None  # the server's modm.timings_s, as JSON text
     path: str | None = None  # the kept image (ClientConfig.image_dir), relative to the records file once written
+    entry_id: int | None = None  # MoDM hit: the cache entry it was refined from (GET /v1/cache/{entry_id})
 
 
 RECORD_SCHEMA = pa.schema(
@@ -76,7 +78,7 @@ RECORD_SCHEMA = pa.schema(
         ("latency_s", pa.float64()), ("outcome", pa.string()), ("status", pa.int32()), ("error", pa.string()),
         ("retry_after_s", pa.float64()), ("request_id", pa.string()), ("hit", pa.bool_()), ("score", pa.float64()),
         ("k", pa.int32()), ("model", pa.string()), ("mode", pa.string()), ("timings_json", pa.string()),
-        ("path", pa.string()),
+        ("path", pa.string()), ("entry_id", pa.int64()),
     ]
 )  # same names and order as RequestRecord's fields (tests/loadgen check it)
 
@@ -122,7 +124,8 @@ def read_records(path: str | Path) -> tuple[list[RequestRecord], dict[str, Any]]
     except (pa.ArrowException, OSError) as err:
         raise ValueError(f"{path}: not a records parquet file ({err})") from None
     missing = [name for name in RECORD_SCHEMA.names if name not in table.column_names]
-    if missing and missing != ["path"]:  # runs recorded before images were kept have no path column
+    # Columns added later (images kept, cache entry ids) are absent from older runs' files.
+    if set(missing) - _LATER_COLUMNS:
         raise ValueError(f"{path}: not a loadgen records file; missing columns {missing}")
     records = []
     for row in table.select([n for n in RECORD_SCHEMA.names if n in table.column_names]).to_pylist():

@@ -14,14 +14,23 @@ from modm.engine import Engine, ImageRequest
 
 
 def default_config_path() -> Path:
-    """The embedded default: the local Serve config, whose args.system is the system config."""
+    """The embedded default: the local Serve config (the trained miniature world's models), whose args.system is
+    the system config."""
     return Path(str(resources.files("deployments") / "configs" / "local.yaml"))
 
 
-def demo_workload_path() -> Path:
-    """The embedded workload: 6 users, each refining a DiffusionDB prompt (CC0) a few times, interleaved in
-    arrival order: the temporal locality MoDM's cache exploits. A TSV with columns user_name, prompt."""
-    return Path(str(resources.files("modm") / "data" / "demo_prompts.tsv"))
+def tiny_config_path() -> Path:
+    """The same app on the tiny random zoo (shapes and classes only: the serving benchmark, the zoo's tests)."""
+    return Path(str(resources.files("deployments") / "configs" / "local-tiny.yaml"))
+
+
+def demo_workload_path(config: SystemConfig | None = None) -> Path:
+    """The embedded workload, a TSV with columns user_name, prompt. For a config whose embedder is the world CLIP:
+    world prompts from modm.world.demo_workload (users rephrasing and varying their previous prompt). Otherwise:
+    6 users, each refining a DiffusionDB prompt (CC0) a few times, interleaved in arrival order. Both have the
+    temporal locality MoDM's cache exploits."""
+    world = config is not None and config.embedder.kind.value == "hf_clip"
+    return Path(str(resources.files("modm") / "data" / ("world_demo_prompts.tsv" if world else "demo_prompts.tsv")))
 
 
 def read_workload(path: Path | None = None) -> list[tuple[str, str]]:
@@ -64,7 +73,7 @@ def run_demo(config_path: Path | None, zoo_dir: Path, workload: Path | None, siz
           f"in {load_s:.1f}s")
     print(f"{'#':>3} {'user':<5} {'decision':<8} {'score':>6} {'k':>3} {'model':<6} {'seconds':>7}  prompt")
     records = []
-    for i, (user, prompt) in enumerate(read_workload(workload)):
+    for i, (user, prompt) in enumerate(read_workload(workload or demo_workload_path(config))):
         t0 = time.perf_counter()
         result = engine.generate(ImageRequest(prompt=prompt, tenant="demo", width=size, height=size, steps=steps))
         seconds = time.perf_counter() - t0

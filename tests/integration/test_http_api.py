@@ -40,6 +40,15 @@ def test_miss_then_hit_on_a_paraphrase(client):
     assert decision["hit"] is True and decision["model"] == "small"
     assert decision["k"] > 0 and decision["strength"] == pytest.approx(1 - decision["k"] / 50)
     assert {"embed", "retrieve", "generate"} <= set(decision["timings_s"])
+    assert body["modm"]["entry_id"] is None and isinstance(decision["entry_id"], int)
+
+    # The image the hit was refined from: the first request's, served by id to the tenant that may retrieve it.
+    source = client.get(f"/v1/cache/{decision['entry_id']}", headers={"X-Tenant-Id": "it-http"})
+    assert source.status_code == 200 and source.headers["content-type"] == "image/png"
+    assert source.content == base64.b64decode(body["data"][0]["b64_json"])
+    for tenant, entry_id in (("it-other", decision["entry_id"]), ("it-http", 10**9)):
+        refused = client.get(f"/v1/cache/{entry_id}", headers={"X-Tenant-Id": tenant})
+        assert refused.status_code == 404 and refused.json()["error"]["type"] == "not_found"
 
     unrelated = generate(client, "a bowl of ramen noodles with chopsticks")
     assert unrelated.json()["modm"]["hit"] is False

@@ -1,7 +1,7 @@
 import pytest
 
 from modm.config import ConfigError, SystemMode, config_from_dict, load_config
-from modm.demo import default_config_path
+from modm.demo import default_config_path, tiny_config_path
 
 BASE = {"models": {"large": {"source": "a"}, "small": {"source": "b"}}}
 
@@ -14,8 +14,10 @@ def with_(**overrides):
 def test_embedded_default_config_is_valid():
     cfg = load_config(default_config_path())
     assert cfg.mode is SystemMode.MODM
-    assert cfg.embedder.kind.value == "minilm"
+    assert cfg.embedder.kind.value == "hf_clip" and cfg.embedder.retrieval.value == "text-image"
     assert cfg.policy.k_table[0].min_score > cfg.policy.k_table[-1].min_score
+    tiny = load_config(tiny_config_path())
+    assert tiny.embedder.kind.value == "minilm" and tiny.models.large.source == ".modm/zoo/large"
 
 
 def test_defaults_are_modm_paper_constants():
@@ -70,7 +72,7 @@ def test_load_config_file_errors(tmp_path):
         load_config(binary)
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "gpu-sd35-sdxl.yaml", "gpu-flux-sana.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "local-tiny.yaml", "gpu-sd35-sdxl.yaml", "gpu-flux-sana.yaml"])
 def test_shipped_serve_configs_are_valid(name):
     from pathlib import Path
 
