@@ -62,8 +62,8 @@ def test_a_missing_component_file_is_refused_with_its_path(quick_world, tmp_path
 def test_a_missing_component_or_other_version_is_refused(quick_world, tmp_path):
     broken = tmp_path / "w"
     shutil.copytree(quick_world, broken)
-    with pytest.raises(WorldFormatError, match=r"missing component\(s\) \['large'\]"):
-        validate_world_dir(broken, (*REQUIRED_FOR_EVAL, "large"))
+    with pytest.raises(WorldFormatError, match=r"missing component\(s\) \['not_built'\]"):
+        validate_world_dir(broken, (*REQUIRED_FOR_EVAL, "not_built"))
     body = json.loads((broken / MANIFEST_NAME).read_text())
     body["format_version"] = WORLD_FORMAT_VERSION + 1
     (broken / MANIFEST_NAME).write_text(json.dumps(body))
