@@ -167,7 +167,8 @@ def main() -> None:
           f"efSearch={args.ef_search} efConstruction={args.ef_construction} faiss threads={args.threads} "
           f"durable adds={args.durable} png={args.png_side}px ({len(png_of_side(args.png_side))} bytes)")
     batch_header = f"b{args.batch}_ms"
-    print(f"{'entries':>8} {'index':>5} {'open_s':>8} {'ready_s':>8} {'q_p50_ms':>9} {'q_p99_ms':>9} {batch_header:>10} "
+    print(f"{'entries':>8} {'index':>5} {'open_s':>8} {'ready_s':>8} {'q_p50_ms':>9} {'q_p99_ms':>9} "
+          f"{batch_header:>10} "
           f"{'recall':>7} {'=exact':>7} {'adds/s':>8} {'add_p50':>8} {'add_p99':>8} {'compact_s':>9}")
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as root:

@@ -1,4 +1,5 @@
-"""Benchmark: 1 vs 2 ranks (one torch thread each, gloo on CPU) for DistriFusion, its naive-patch baseline and AsyncDiff.
+"""Benchmark: 1 vs 2 ranks (one torch thread each, gloo on CPU) for DistriFusion, its naive-patch baseline and
+AsyncDiff.
 
 The model is a randomly initialised ~52M-parameter SD-style UNet2DConditionModel at 512 px (64x64 latent) inside a
 stock diffusers StableDiffusionPipeline with classifier-free guidance, so the denoiser dominates and the work is

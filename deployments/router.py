@@ -298,8 +298,8 @@ class Router:
             on_retry()
         return await _cancelling_on_exit(call())
 
-    async def _nirvana_image(self, decision: RetrievalDecision, match: dict | None, prompt: str, width: int, height: int,
-                             steps: int, seed: int) -> bytes:
+    async def _nirvana_image(self, decision: RetrievalDecision, match: dict | None, prompt: str, width: int,
+                             height: int, steps: int, seed: int) -> bytes:
         """NIRVANA: a hit resumes the large model from cached latents; a miss runs it fully and caches its
         latents after steps 5..25 (in the background)."""
         if decision.hit:

@@ -1,4 +1,5 @@
-"""Load-generator defaults, named with their units. Each can be overridden by an environment variable of the same name."""
+"""Load-generator defaults, named with their units. Each can be overridden by an environment variable of the same
+name."""
 
 from __future__ import annotations
 

@@ -194,7 +194,8 @@ def read_mjhq_json(path: str | Path, n_requests: int, *, warm_up: int = 0, categ
         )
     data = _load_json(path)
     if not isinstance(data, dict):
-        raise TraceFormatError(path, f"expected an object of image_id -> {{category, prompt}}, got {type(data).__name__}")
+        raise TraceFormatError(path, "expected an object of image_id -> {category, prompt}, "
+                                     f"got {type(data).__name__}")
     entries = []
     for row, (image_id, entry) in enumerate(data.items()):
         if not isinstance(entry, dict):
@@ -323,7 +324,8 @@ def _decode_utf8(raw: bytes, path: Path, *, delimiter: str | None = None) -> str
     except UnicodeDecodeError as err:
         line_start = raw.rfind(b"\n", 0, err.start) + 1
         line = raw[: err.start].count(b"\n") + 1
-        message = f"not UTF-8 ({err.reason}: byte 0x{raw[err.start]:02x} at byte {err.start - line_start + 1} of the line)"
+        message = (f"not UTF-8 ({err.reason}: byte 0x{raw[err.start]:02x} at byte {err.start - line_start + 1} "
+                   "of the line)")
         row = column = None
         if delimiter is not None and line > 1:
             header = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r").split(delimiter)

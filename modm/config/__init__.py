@@ -23,5 +23,6 @@ from modm.config.schema import (
 __all__ = [
     "Admission", "CacheConfig", "ConfigError", "Dtype", "EmbedderConfig", "EmbedderKind", "KRule", "MINILM_TEXT_TABLE",
     "MODM_CLIP_TABLE", "ModelSpec", "ModelsConfig", "MonitorConfig", "MonitorMode", "PolicyConfig",
-    "RequestLimits", "ServingConfig", "Retrieval", "SystemConfig", "SystemMode", "config_from_dict", "load_config", "resolve_relative_paths",
+    "RequestLimits", "ServingConfig", "Retrieval", "SystemConfig", "SystemMode", "config_from_dict", "load_config",
+    "resolve_relative_paths",
 ]

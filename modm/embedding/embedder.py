@@ -46,9 +46,11 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
     return prompts
 
 
-def _batches(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def embed_in_batches(items: Sequence, size: int, dim: int, embed_chunk) -> np.ndarray:
+    """embed_chunk(chunk) -> (len(chunk), dim) L2-normalised rows, for each chunk of at most `size` items."""
+    items = list(items)
+    out = [embed_chunk(items[start:start + size]) for start in range(0, len(items), size)]
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
 class _CacheKeys:
@@ -89,19 +91,16 @@ class OpenClipEmbedder(_CacheKeys):
 
     @torch.inference_mode()
     def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
-        prompts = _check_prompts(prompts)
-        out = [l2_normalise(self.model.encode_text(self.tokenizer(chunk).to(self.device)))
-               for chunk in _batches(prompts, self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return embed_in_batches(_check_prompts(prompts), self.batch_size, self.dim, lambda chunk: l2_normalise(
+            self.model.encode_text(self.tokenizer(chunk).to(self.device))))
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        images = list(images)
-        out = []
-        for chunk in _batches(images, self.batch_size):
+        def embed(chunk):
             pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in chunk]).to(self.device)
-            out.append(l2_normalise(self.model.encode_image(pixels)))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+            return l2_normalise(self.model.encode_image(pixels))
+
+        return embed_in_batches(images, self.batch_size, self.dim, embed)
 
 
 class MiniLMEmbedder(_CacheKeys):
@@ -124,15 +123,14 @@ class MiniLMEmbedder(_CacheKeys):
 
     @torch.inference_mode()
     def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
-        prompts = _check_prompts(prompts)
-        out = []
-        for chunk in _batches(prompts, self.batch_size):
+        def embed(chunk):
             batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             hidden = self.model(**batch).last_hidden_state                  # (n, tokens, dim)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)   # (n, tokens, 1)
-            out.append(l2_normalise((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+            return l2_normalise((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
+
+        return embed_in_batches(_check_prompts(prompts), self.batch_size, self.dim, embed)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         raise TypeError("MiniLMEmbedder embeds text only; use an open_clip embedder for image embeddings")

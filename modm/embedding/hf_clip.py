@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from modm.config.schema import Retrieval
-from modm.embedding.embedder import _batches, _CacheKeys, _check_prompts, l2_normalise
+from modm.embedding.embedder import _CacheKeys, _check_prompts, embed_in_batches, l2_normalise
 
 
 def _pooled(output) -> torch.Tensor:
@@ -42,21 +42,19 @@ class HfClipEmbedder(_CacheKeys):
 
     @torch.inference_mode()
     def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
-        prompts = _check_prompts(prompts)
-        out = []
-        for chunk in _batches(prompts, self.batch_size):
+        def embed(chunk):
             batch = self.processor.tokenizer(chunk, padding=True, truncation=True, max_length=self.context_length,
                                              return_tensors="pt")
-            out.append(l2_normalise(_pooled(self.model.get_text_features(
-                input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)))))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+            return l2_normalise(_pooled(self.model.get_text_features(
+                input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device))))
+
+        return embed_in_batches(_check_prompts(prompts), self.batch_size, self.dim, embed)
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        images = list(images)
-        out = []
-        for chunk in _batches(images, self.batch_size):
+        def embed(chunk):
             pixels = self.processor.image_processor([im.convert("RGB") for im in chunk],
                                                     return_tensors="pt")["pixel_values"].to(self.device)
-            out.append(l2_normalise(_pooled(self.model.get_image_features(pixel_values=pixels))))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+            return l2_normalise(_pooled(self.model.get_image_features(pixel_values=pixels)))
+
+        return embed_in_batches(images, self.batch_size, self.dim, embed)

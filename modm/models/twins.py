@@ -50,9 +50,11 @@ TWIN_SIDE = 64  # the twin's default image side: the smallest multiple of every 
 # Bump when the rule or a builder changes, so cached twins are rebuilt.
 TWIN_VERSION = 2
 
-SCALE_RULE = (f"widths // {WIDTH_DIVISOR}; layers <= {MAX_LAYERS} (per block <= {MAX_BLOCK_LAYERS}); heads = largest "
-              f"divisor of the new width <= min(heads, {MAX_HEADS}); latent channels, patch sizes, schedulers, flags "
-              "kept; T5/Gemma vocabularies from a tiny offline tokenizer")
+SCALE_RULE = (
+    f"widths // {WIDTH_DIVISOR}; layers <= {MAX_LAYERS} (per block <= {MAX_BLOCK_LAYERS}); heads = largest "
+    f"divisor of the new width <= min(heads, {MAX_HEADS}); latent channels, patch sizes, schedulers, flags "
+    "kept; T5/Gemma vocabularies from a tiny offline tokenizer"
+)
 
 # Every field a twin changes, and why. Nothing else in the config differs from the shipped file.
 TWIN_OVERRIDES: dict[str, str] = {
@@ -109,19 +111,31 @@ def _even_split(total: int, parts) -> tuple[int, ...]:
 def _scale_sd3(c: dict) -> dict:
     inner = width(c["num_attention_heads"] * c["attention_head_dim"])
     heads = heads_for(inner, c["num_attention_heads"])
-    return {**c, "num_layers": layers(c["num_layers"]), "num_attention_heads": heads, "attention_head_dim": inner // heads,
-            "caption_projection_dim": width(c["caption_projection_dim"]), "joint_attention_dim": width(c["joint_attention_dim"]),
-            "pooled_projection_dim": width(c["pooled_projection_dim"]),
-            "dual_attention_layers": tuple(i for i in c.get("dual_attention_layers", ()) if i < layers(c["num_layers"]))}
+    return {
+        **c,
+        "num_layers": layers(c["num_layers"]),
+        "num_attention_heads": heads,
+        "attention_head_dim": inner // heads,
+        "caption_projection_dim": width(c["caption_projection_dim"]),
+        "joint_attention_dim": width(c["joint_attention_dim"]),
+        "pooled_projection_dim": width(c["pooled_projection_dim"]),
+        "dual_attention_layers": tuple(i for i in c.get("dual_attention_layers", ()) if i < layers(c["num_layers"])),
+    }
 
 
 def _scale_flux(c: dict) -> dict:
     inner = width(c["num_attention_heads"] * c["attention_head_dim"])
     heads = heads_for(inner, c["num_attention_heads"])
-    return {**c, "num_layers": layers(c["num_layers"]), "num_single_layers": layers(c["num_single_layers"]),
-            "num_attention_heads": heads, "attention_head_dim": inner // heads,
-            "joint_attention_dim": width(c["joint_attention_dim"]), "pooled_projection_dim": width(c["pooled_projection_dim"]),
-            "axes_dims_rope": _even_split(inner // heads, c["axes_dims_rope"])}
+    return {
+        **c,
+        "num_layers": layers(c["num_layers"]),
+        "num_single_layers": layers(c["num_single_layers"]),
+        "num_attention_heads": heads,
+        "attention_head_dim": inner // heads,
+        "joint_attention_dim": width(c["joint_attention_dim"]),
+        "pooled_projection_dim": width(c["pooled_projection_dim"]),
+        "axes_dims_rope": _even_split(inner // heads, c["axes_dims_rope"]),
+    }
 
 
 def _scale_sana(c: dict) -> dict:
@@ -129,9 +143,16 @@ def _scale_sana(c: dict) -> dict:
     heads = heads_for(inner, c["num_attention_heads"])
     cross = width(c["num_cross_attention_heads"] * c["cross_attention_head_dim"])
     cross_heads = heads_for(cross, c["num_cross_attention_heads"])
-    return {**c, "num_layers": layers(c["num_layers"]), "num_attention_heads": heads, "attention_head_dim": inner // heads,
-            "num_cross_attention_heads": cross_heads, "cross_attention_head_dim": cross // cross_heads,
-            "cross_attention_dim": width(c["cross_attention_dim"]), "caption_channels": width(c["caption_channels"])}
+    return {
+        **c,
+        "num_layers": layers(c["num_layers"]),
+        "num_attention_heads": heads,
+        "attention_head_dim": inner // heads,
+        "num_cross_attention_heads": cross_heads,
+        "cross_attention_head_dim": cross // cross_heads,
+        "cross_attention_dim": width(c["cross_attention_dim"]),
+        "caption_channels": width(c["caption_channels"]),
+    }
 
 
 def _scale_unet(c: dict) -> dict:
@@ -140,44 +161,72 @@ def _scale_unet(c: dict) -> dict:
     heads = (heads,) * len(channels) if isinstance(heads, int) else heads
     tl = c.get("transformer_layers_per_block", 1)
     tl = (tl,) * len(channels) if isinstance(tl, int) else tl
-    return {**c, "block_out_channels": channels, "attention_head_dim": tuple(heads_for(ch, h) for ch, h in zip(channels, heads)),
-            "transformer_layers_per_block": tuple(layers(n, MAX_BLOCK_LAYERS) for n in tl),
-            "layers_per_block": layers(c["layers_per_block"], MAX_BLOCK_LAYERS), "norm_num_groups": _groups(channels),
-            "cross_attention_dim": width(c["cross_attention_dim"]),
-            "addition_time_embed_dim": width(c["addition_time_embed_dim"]),
-            "projection_class_embeddings_input_dim": width(c["projection_class_embeddings_input_dim"])}
+    return {
+        **c,
+        "block_out_channels": channels,
+        "attention_head_dim": tuple(heads_for(ch, h) for ch, h in zip(channels, heads)),
+        "transformer_layers_per_block": tuple(layers(n, MAX_BLOCK_LAYERS) for n in tl),
+        "layers_per_block": layers(c["layers_per_block"], MAX_BLOCK_LAYERS),
+        "norm_num_groups": _groups(channels),
+        "cross_attention_dim": width(c["cross_attention_dim"]),
+        "addition_time_embed_dim": width(c["addition_time_embed_dim"]),
+        "projection_class_embeddings_input_dim": width(c["projection_class_embeddings_input_dim"]),
+    }
 
 
 def _scale_vae_kl(c: dict) -> dict:
     channels = tuple(width(ch) for ch in c["block_out_channels"])
-    return {**c, "block_out_channels": channels, "layers_per_block": layers(c["layers_per_block"], MAX_BLOCK_LAYERS),
-            "norm_num_groups": _groups(channels)}
+    return {
+        **c,
+        "block_out_channels": channels,
+        "layers_per_block": layers(c["layers_per_block"], MAX_BLOCK_LAYERS),
+        "norm_num_groups": _groups(channels),
+    }
 
 
 def _scale_vae_dc(c: dict) -> dict:
     enc = tuple(width(ch) for ch in c["encoder_block_out_channels"])
     dec = tuple(width(ch) for ch in c["decoder_block_out_channels"])
-    vit = [ch for ch, kind in zip(enc + dec, tuple(c["encoder_block_types"]) + tuple(c["decoder_block_types"]))
-           if kind == "EfficientViTBlock"]
+    vit = [
+        ch
+        for ch, kind in zip(enc + dec, tuple(c["encoder_block_types"]) + tuple(c["decoder_block_types"]))
+        if kind == "EfficientViTBlock"
+    ]
     # DC-AE's heads are channels // attention_head_dim: the narrowest EfficientViT stage gets MAX_HEADS heads.
     head_dim = max(1, min(vit) // MAX_HEADS) if vit else width(c["attention_head_dim"])
-    return {**c, "encoder_block_out_channels": enc, "decoder_block_out_channels": dec, "attention_head_dim": head_dim,
-            "encoder_layers_per_block": tuple(layers(n, MAX_BLOCK_LAYERS) for n in c["encoder_layers_per_block"]),
-            "decoder_layers_per_block": tuple(layers(n, MAX_BLOCK_LAYERS) for n in c["decoder_layers_per_block"])}
+    return {
+        **c,
+        "encoder_block_out_channels": enc,
+        "decoder_block_out_channels": dec,
+        "attention_head_dim": head_dim,
+        "encoder_layers_per_block": tuple(layers(n, MAX_BLOCK_LAYERS) for n in c["encoder_layers_per_block"]),
+        "decoder_layers_per_block": tuple(layers(n, MAX_BLOCK_LAYERS) for n in c["decoder_layers_per_block"]),
+    }
 
 
 def _scale_clip_text(c: dict) -> dict:
     hidden = width(c["hidden_size"])
-    return {**c, "hidden_size": hidden, "intermediate_size": width(c["intermediate_size"]),
-            "num_attention_heads": heads_for(hidden, c["num_attention_heads"]),
-            "num_hidden_layers": layers(c["num_hidden_layers"]), "projection_dim": width(c["projection_dim"])}
+    return {
+        **c,
+        "hidden_size": hidden,
+        "intermediate_size": width(c["intermediate_size"]),
+        "num_attention_heads": heads_for(hidden, c["num_attention_heads"]),
+        "num_hidden_layers": layers(c["num_hidden_layers"]),
+        "projection_dim": width(c["projection_dim"]),
+    }
 
 
 def _scale_t5(c: dict) -> dict:
     inner = width(c["num_heads"] * c["d_kv"])
     heads = heads_for(inner, c["num_heads"])
-    return {**c, "d_model": width(c["d_model"]), "d_ff": width(c["d_ff"]), "num_heads": heads, "d_kv": inner // heads,
-            "num_layers": layers(c["num_layers"])}
+    return {
+        **c,
+        "d_model": width(c["d_model"]),
+        "d_ff": width(c["d_ff"]),
+        "num_heads": heads,
+        "d_kv": inner // heads,
+        "num_layers": layers(c["num_layers"]),
+    }
 
 
 def _scale_gemma2(c: dict) -> dict:
@@ -185,17 +234,31 @@ def _scale_gemma2(c: dict) -> dict:
     heads = heads_for(inner, c["num_attention_heads"])
     group = max(1, c["num_attention_heads"] // c["num_key_value_heads"])  # keep the GQA ratio where it fits
     head_dim = inner // heads
-    return {**c, "hidden_size": width(c["hidden_size"]), "intermediate_size": width(c["intermediate_size"]),
-            "num_hidden_layers": layers(c["num_hidden_layers"]), "num_attention_heads": heads,
-            "num_key_value_heads": max(1, heads // group), "head_dim": head_dim,
-            # Gemma2 scales queries by query_pre_attn_scalar**-0.5; the real value is its head_dim.
-            "query_pre_attn_scalar": head_dim if c["query_pre_attn_scalar"] == c["head_dim"] else c["query_pre_attn_scalar"]}
+    return {
+        **c,
+        "hidden_size": width(c["hidden_size"]),
+        "intermediate_size": width(c["intermediate_size"]),
+        "num_hidden_layers": layers(c["num_hidden_layers"]),
+        "num_attention_heads": heads,
+        "num_key_value_heads": max(1, heads // group),
+        "head_dim": head_dim,
+        # Gemma2 scales queries by query_pre_attn_scalar**-0.5; the real value is its head_dim.
+        "query_pre_attn_scalar": head_dim
+        if c["query_pre_attn_scalar"] == c["head_dim"]
+        else c["query_pre_attn_scalar"],
+    }
 
 
 SCALERS: dict[str, Callable[[dict], dict]] = {
-    "SD3Transformer2DModel": _scale_sd3, "FluxTransformer2DModel": _scale_flux, "SanaTransformer2DModel": _scale_sana,
-    "UNet2DConditionModel": _scale_unet, "AutoencoderKL": _scale_vae_kl, "AutoencoderDC": _scale_vae_dc,
-    "CLIPTextModel": _scale_clip_text, "CLIPTextModelWithProjection": _scale_clip_text, "T5EncoderModel": _scale_t5,
+    "SD3Transformer2DModel": _scale_sd3,
+    "FluxTransformer2DModel": _scale_flux,
+    "SanaTransformer2DModel": _scale_sana,
+    "UNet2DConditionModel": _scale_unet,
+    "AutoencoderKL": _scale_vae_kl,
+    "AutoencoderDC": _scale_vae_dc,
+    "CLIPTextModel": _scale_clip_text,
+    "CLIPTextModelWithProjection": _scale_clip_text,
+    "T5EncoderModel": _scale_t5,
     "Gemma2Model": _scale_gemma2,
 }
 
@@ -234,7 +297,9 @@ def build_gemma_tokenizer(max_length: int | None, padding_side: str):
 
 def _byte_chars() -> list[str]:
     """GPT-2/CLIP's printable stand-ins for the 256 byte values, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     extra = iter(range(256, 512))
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
@@ -277,13 +342,20 @@ def _model(component: Component, config: dict, tokenizer=None):
         if component.class_name.endswith("Scheduler"):
             return cls.from_config(dict(component.config))  # verbatim: schedulers are not scaled
         return cls(**config)
-    config_cls = {"CLIPTextModel": transformers.CLIPTextConfig, "CLIPTextModelWithProjection": transformers.CLIPTextConfig,
-                  "T5EncoderModel": transformers.T5Config, "Gemma2Model": transformers.Gemma2Config}[component.class_name]
+    config_cls = {
+        "CLIPTextModel": transformers.CLIPTextConfig,
+        "CLIPTextModelWithProjection": transformers.CLIPTextConfig,
+        "T5EncoderModel": transformers.T5Config,
+        "Gemma2Model": transformers.Gemma2Config,
+    }[component.class_name]
     if tokenizer is not None and component.class_name in ("T5EncoderModel", "Gemma2Model"):
         config = {**config, "vocab_size": len(tokenizer)}
         if component.class_name == "Gemma2Model":
-            config.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                          bos_token_id=tokenizer.bos_token_id)
+            config.update(
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+            )
     return getattr(transformers, component.class_name)(config_cls(**config))
 
 
@@ -298,8 +370,11 @@ def build_pipeline_twin(arch: Architecture, out_dir: str | Path, *, variant: str
     out_dir = Path(out_dir)
     work = out_dir.parent / f".{out_dir.name}-work"
     components: dict[str, Any] = {}
-    tokenizers = {name: _tokenizer(c, work) for name, c in arch.components.items()
-                  if c is not None and c.library == "transformers" and "Tokenizer" in c.class_name}
+    tokenizers = {
+        name: _tokenizer(c, work)
+        for name, c in arch.components.items()
+        if c is not None and c.library == "transformers" and "Tokenizer" in c.class_name
+    }
     for name, component in arch.components.items():
         if component is None:
             components[name] = None
@@ -311,8 +386,10 @@ def build_pipeline_twin(arch: Architecture, out_dir: str | Path, *, variant: str
             components[name] = _model(component, config, tokenizers.get(_paired_tokenizer(name)))
     pipe = getattr(diffusers, arch.pipeline_class)(**components)
     pipe.save_pretrained(out_dir, variant=variant)
-    (out_dir / "twin.json").write_text(json.dumps({"version": TWIN_VERSION, "of": arch.repo_id, "variant": variant,
-                                                   "rule": SCALE_RULE}, indent=2), encoding="utf-8")
+    (out_dir / "twin.json").write_text(
+        json.dumps({"version": TWIN_VERSION, "of": arch.repo_id, "variant": variant, "rule": SCALE_RULE}, indent=2),
+        encoding="utf-8",
+    )
     return out_dir
 
 
@@ -333,8 +410,10 @@ def _open_clip_twin_config(model: str, pretrained: str | None) -> tuple[dict, di
     twin = {**cfg, "embed_dim": width(cfg["embed_dim"]), "vision_cfg": vision, "text_cfg": text}
     if tag.get("quick_gelu"):
         twin["quick_gelu"] = True  # what open_clip's create_model should have been told for this tag
-    preprocess = {"mean": list(tag.get("mean", open_clip.OPENAI_DATASET_MEAN)),
-                  "std": list(tag.get("std", open_clip.OPENAI_DATASET_STD))}
+    preprocess = {
+        "mean": list(tag.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        "std": list(tag.get("std", open_clip.OPENAI_DATASET_STD)),
+    }
     return twin, preprocess
 
 
@@ -348,9 +427,17 @@ def build_open_clip_twin(model: str, pretrained: str | None, out_dir: str | Path
     torch.manual_seed(TWIN_SEED)
     clip = open_clip.CLIP(**{k: v for k, v in model_cfg.items() if k != "custom_text"})
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, out_dir / "open_clip_model.safetensors")
-    (out_dir / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": model_cfg, "preprocess_cfg": preprocess, "twin_of": {"model": model, "pretrained": pretrained}},
-        indent=2), encoding="utf-8")
+    (out_dir / "open_clip_config.json").write_text(
+        json.dumps(
+            {
+                "model_cfg": model_cfg,
+                "preprocess_cfg": preprocess,
+                "twin_of": {"model": model, "pretrained": pretrained},
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     return out_dir
 
 
@@ -358,8 +445,10 @@ def build_open_clip_twin(model: str, pretrained: str | None, out_dir: str | Path
 def _check_source(spec: ModelSpec, field: str) -> Architecture:
     source = spec.source
     if source.startswith((".", "/", "~")) or Path(source).expanduser().exists():
-        raise TwinError(f"{field}.source={source!r} is a local directory: a twin is built from a hub model's "
-                        "published architecture, which a local directory does not name")
+        raise TwinError(
+            f"{field}.source={source!r} is a local directory: a twin is built from a hub model's "
+            "published architecture, which a local directory does not name"
+        )
     try:
         return architecture_for(source)
     except UnknownArchitectureError as err:
@@ -388,22 +477,34 @@ class Twin:
 
     def describe(self) -> str:
         lines = [f"twin overrides (rule: {SCALE_RULE}):"]
-        lines += [f"  {field}: {old!r} -> {new!r}  ({_override_reason(field)})" for field, (old, new) in self.overrides.items()]
+        lines += [
+            f"  {field}: {old!r} -> {new!r}  ({_override_reason(field)})"
+            for field, (old, new) in self.overrides.items()
+        ]
         return "\n".join(lines)
 
 
 def _override_reason(field: str) -> str:
     if field in TWIN_OVERRIDES:
         return TWIN_OVERRIDES[field]
-    generic = ".".join(part if i != 1 else "*" for i, part in enumerate(field.split("."))) if field.startswith(
-        ("models.", "actor_options.")) else field
+    generic = (
+        ".".join(part if i != 1 else "*" for i, part in enumerate(field.split(".")))
+        if field.startswith(("models.", "actor_options."))
+        else field
+    )
     if generic not in TWIN_OVERRIDES:
         raise KeyError(f"twin override {field!r} is not listed in TWIN_OVERRIDES")
     return TWIN_OVERRIDES[generic]
 
 
-def build_twin(system: SystemConfig, root: str | Path, *, device: str = "cpu", cache_dir: str | Path | None = None,
-               with_embedder: bool = True) -> Twin:
+def build_twin(
+    system: SystemConfig,
+    root: str | Path,
+    *,
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+    with_embedder: bool = True,
+) -> Twin:
     """The twin of `system`: models built (or reused) under root, the config pointing at them. `with_embedder=False`
     leaves the embedder out (no open_clip needed: gpu_check.py checks the diffusion models only)."""
     root = Path(root)
@@ -462,8 +563,8 @@ def mode_variant(config: SystemConfig, mode: SystemMode | str, *, parallel: dict
     data = config.model_dump(mode="json")
     data["mode"] = mode.value
     if mode is SystemMode.NIRVANA:
-        data["embedder"]["retrieval"] = "text-text"   # NIRVANA retrieves prompt against prompt
-        data["policy"].pop("k_table", None)           # and runs its own k table
+        data["embedder"]["retrieval"] = "text-text"  # NIRVANA retrieves prompt against prompt
+        data["policy"].pop("k_table", None)  # and runs its own k table
         data["models"]["large"]["parallel"] = {}
     if parallel is not None:
         data["models"]["large"]["parallel"] = parallel

@@ -19,7 +19,8 @@ from modm.policy.retrieval import NIRVANA_K_CHOICES, NIRVANA_TABLE, KTable, Retr
 from modm.policy.window import WindowCounter, WindowCounts
 
 __all__ = [
-    "Allocation", "GlobalMonitor", "InvalidRequestError", "check_dimensions", "check_request_limits", "KTable", "NIRVANA_K_CHOICES", "NIRVANA_TABLE", "PIDController", "Pool", "PoolState",
+    "Allocation", "GlobalMonitor", "InvalidRequestError", "check_dimensions", "check_request_limits",
+    "KTable", "NIRVANA_K_CHOICES", "NIRVANA_TABLE", "PIDController", "Pool", "PoolState",
     "QualitySample", "RetrievalDecision", "Throughput", "WindowStats", "fit_k_table", "quality_target",
     "refine_fraction", "route", "should_admit", "throughput_target", "workloads", "WindowCounter", "WindowCounts",
 ]

@@ -79,7 +79,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--parametric-hit-rate", type=float, default=None,
                    help="use the parametric hit model with this hit rate instead of retrieval over embeddings")
     g.add_argument("--k-mix", type=_k_mix, default=None,
-                   help=f"parametric k weights, e.g. {','.join(f'{k}:{v}' for k, v in DEFAULT_PARAMETRIC_K_MIX.items())}")
+                   help="parametric k weights, e.g. "
+                        f"{','.join(f'{k}:{v}' for k, v in DEFAULT_PARAMETRIC_K_MIX.items())}")
     g.add_argument("--seed", type=int, default=42)
 
 

@@ -100,8 +100,10 @@ def _wait_running(names: list[str], timeout_s: float) -> dict[str, str]:
             break
         time.sleep(1.0)
     apps = serve.status().applications
-    return {n: "" if state.get(n) == "RUNNING" else f"{state.get(n)}: {apps[n].message if n in apps else ''}"[:400]
-            for n in names}
+    return {
+        n: "" if state.get(n) == "RUNNING" else f"{state.get(n)}: {apps[n].message if n in apps else ''}"[:400]
+        for n in names
+    }
 
 
 @pytest.fixture(scope="module", params=TWIN_CONFIGS, ids=lambda p: p.name)
@@ -134,8 +136,9 @@ def twin_apps(request, serve_http, twin_root, tmp_path_factory):
     denoiser = architecture_for(shipped.models.large.source).denoiser.class_name
     methods = PARALLEL_METHODS if denoiser in PARALLEL_DENOISERS else ()
     for method in methods:
-        variants[f"parallel:{method}"] = _one_large(mode_variant(
-            twin.config, SystemMode.VANILLA, parallel={"method": method, "world_size": 2}))
+        variants[f"parallel:{method}"] = _one_large(
+            mode_variant(twin.config, SystemMode.VANILLA, parallel={"method": method, "world_size": 2})
+        )
     names, targets = {}, []
     for key, system in variants.items():
         if key.startswith("parallel:"):
@@ -150,10 +153,22 @@ def twin_apps(request, serve_http, twin_root, tmp_path_factory):
     started = time.perf_counter()
     serve.run_many(targets, wait_for_applications_running=False)  # all at once; readiness polled below
     failures = _wait_running([n for n in names.values() if n], DEPLOY_TIMEOUT_S)
-    print(f"{path.name}: {len(names)} apps up in {time.perf_counter() - started:.1f}s; failures: "
-          f"{ {k: v for k, v in failures.items() if v} }")
-    yield {"config": path.name, "options": options, "shipped": shipped, "twin": twin, "variants": variants, "names": names,
-           "failures": failures, "base": serve_http, "parallel_methods": methods, "denoiser": denoiser}
+    print(
+        f"{path.name}: {len(names)} apps up in {time.perf_counter() - started:.1f}s; failures: "
+        f"{ {k: v for k, v in failures.items() if v} }"
+    )
+    yield {
+        "config": path.name,
+        "options": options,
+        "shipped": shipped,
+        "twin": twin,
+        "variants": variants,
+        "names": names,
+        "failures": failures,
+        "base": serve_http,
+        "parallel_methods": methods,
+        "denoiser": denoiser,
+    }
     for name in names.values():
         if name:
             serve.delete(name, _blocking=False)
@@ -173,8 +188,9 @@ def _client(apps, key: str) -> httpx.Client:
 
 
 def _post(client: httpx.Client, prompt: str, tenant: str) -> httpx.Response:
-    return client.post("/v1/images/generations", json={"prompt": prompt, "size": SIZE, "seed": SEED},
-                       headers={"X-Tenant-Id": tenant})
+    return client.post(
+        "/v1/images/generations", json={"prompt": prompt, "size": SIZE, "seed": SEED}, headers={"X-Tenant-Id": tenant}
+    )
 
 
 def _generate(client: httpx.Client, prompt: str, tenant: str) -> dict:
@@ -249,9 +265,22 @@ def test_own_mode_serves_a_miss_and_a_hit_at_every_k(twin_apps):
             try:
                 response = _post(client, prompt, tenant)
                 if response.status_code != 200:  # the router answers 503; ask the model replica for its reason
-                    _raise_with_cause(response, lambda k=k: _handle(apps, "own", "SmallModel").refine.remote(
-                        prompt, png, 1 - k / system.policy.total_steps, TWIN_SIDE, TWIN_SIDE,
-                        system.models.small.num_inference_steps, SEED).result())
+                    _raise_with_cause(
+                        response,
+                        lambda k=k: (
+                            _handle(apps, "own", "SmallModel")
+                            .refine.remote(
+                                prompt,
+                                png,
+                                1 - k / system.policy.total_steps,
+                                TWIN_SIDE,
+                                TWIN_SIDE,
+                                system.models.small.num_inference_steps,
+                                SEED,
+                            )
+                            .result()
+                        ),
+                    )
                 hit = response.json()["modm"]
                 assert hit["hit"] is True and hit["k"] == k, hit
                 assert abs(hit["strength"] - (1 - k / system.policy.total_steps)) < 1e-9, hit
@@ -292,8 +321,11 @@ def test_nirvana_mode_resumes_at_every_k(twin_apps):
             _record(config, "nirvana:miss", False, str(err))
             raise
         steps = system.models.large.num_inference_steps
-        png, latents = _handle(apps, key, "LargeModel").generate_with_snapshots.remote(
-            prompt, TWIN_SIDE, TWIN_SIDE, steps, SEED).result()
+        png, latents = (
+            _handle(apps, key, "LargeModel")
+            .generate_with_snapshots.remote(prompt, TWIN_SIDE, TWIN_SIDE, steps, SEED)
+            .result()
+        )
         full = _pixels(base64.b64encode(png).decode())
         query = _handle(apps, key, "Embedder").embed_text.remote(prompt).result()
         latent_cache = _handle(apps, key, "LatentCache")
@@ -305,8 +337,14 @@ def test_nirvana_mode_resumes_at_every_k(twin_apps):
             try:
                 response = _post(client, prompt, tenant)
                 if response.status_code != 200:
-                    _raise_with_cause(response, lambda k=k: _handle(apps, key, "LargeModel").resume.remote(
-                        prompt, latents[k], k, TWIN_SIDE, TWIN_SIDE, steps, SEED).result())
+                    _raise_with_cause(
+                        response,
+                        lambda k=k: (
+                            _handle(apps, key, "LargeModel")
+                            .resume.remote(prompt, latents[k], k, TWIN_SIDE, TWIN_SIDE, steps, SEED)
+                            .result()
+                        ),
+                    )
                 out = response.json()
                 assert out["modm"]["hit"] is True and out["modm"]["k"] == k, out["modm"]
                 diff = int(np.abs(_pixels(out["data"][0]["b64_json"]) - full).max())
@@ -328,8 +366,9 @@ def test_parallel_large_model_serves_a_miss(twin_apps, method):
 
     if method not in apps["parallel_methods"]:
         # The bad-input rule: a model that cannot run the method is refused when the app is built.
-        system = _one_large(mode_variant(apps["twin"].config, SystemMode.VANILLA,
-                                         parallel={"method": method, "world_size": 2}))
+        system = _one_large(
+            mode_variant(apps["twin"].config, SystemMode.VANILLA, parallel={"method": method, "world_size": 2})
+        )
         column = f"parallel:{method} refused"
         try:
             build_app(_app_args(system, apps["options"]))
@@ -338,8 +377,10 @@ def test_parallel_large_model_serves_a_miss(twin_apps, method):
             _record(config, column, True)
             return
         _record(config, column, False, f"{apps['denoiser']} takes no {method}, yet the app was built")
-        pytest.fail(f"{config}: {apps['denoiser']} cannot run {method} (modm/parallel wraps "
-                    f"{', '.join(PARALLEL_DENOISERS)}), yet build_app accepted models.large.parallel")
+        pytest.fail(
+            f"{config}: {apps['denoiser']} cannot run {method} (modm/parallel wraps "
+            f"{', '.join(PARALLEL_DENOISERS)}), yet build_app accepted models.large.parallel"
+        )
 
     key = f"parallel:{method}"
     name = f"twin-{Path(config).stem}-parallel-{method}"

@@ -217,7 +217,9 @@ def test_a_full_serve_queue_gets_503_and_a_disconnect_stops_the_generation(http,
             async def one(i):
                 await asyncio.sleep(0.3 * i)  # in order: two fill the queue, the third finds it full
                 return await client.post("/v1/images/generations", headers=auth("carol"), json={
-                    "prompt": ["a red tractor in a wheat field", "an underwater city of glass", "a violin made of ice"][i], "size": "64x64", "steps": 4, "seed": i})
+                    "prompt": ("a red tractor in a wheat field", "an underwater city of glass",
+                               "a violin made of ice")[i],
+                    "size": "64x64", "steps": 4, "seed": i})
             tasks = [asyncio.create_task(one(i)) for i in range(3)]
             await asyncio.sleep(1.5)
             disconnected_at = time.perf_counter()

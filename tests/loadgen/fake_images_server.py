@@ -3,7 +3,8 @@
 It behaves like a tiny MoDM: a per-tenant list of previous prompts, word-overlap (Jaccard) similarity as the score,
 MoDM-style score -> k steps, hits served "by the small model" faster than misses, and ``replicas`` requests at once.
 Knobs make it fail the ways a real server does: stop answering after N requests, answer slowly, or return errors
-for prompts that start with "!429" / "!500", or an image-less 200 for "!empty". It binds 127.0.0.1 only, on a free port, in a background thread.
+for prompts that start with "!429" / "!500", or an image-less 200 for "!empty". It binds 127.0.0.1 only, on a free port,
+in a background thread.
 """
 
 from __future__ import annotations

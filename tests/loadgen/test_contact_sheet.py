@@ -35,11 +35,31 @@ def colour_blocks(sheet: Image.Image, colour) -> int:
 
 
 def records(tmp_path):
-    miss = RequestRecord(index=0, prompt="a small red circle on the left", source_row=0, user="u1",
-                         outcome=Outcome.OK, hit=False, score=0.41, k=0, model="large", path=png(tmp_path / "0.png", RED))
-    hit = RequestRecord(index=1, prompt="a tiny crimson disc, left side " * 4, source_row=1, user="u1",
-                        outcome=Outcome.OK, hit=True, score=0.93, k=25, model="small", entry_id=7,
-                        path=png(tmp_path / "1.png", BLUE))
+    miss = RequestRecord(
+        index=0,
+        prompt="a small red circle on the left",
+        source_row=0,
+        user="u1",
+        outcome=Outcome.OK,
+        hit=False,
+        score=0.41,
+        k=0,
+        model="large",
+        path=png(tmp_path / "0.png", RED),
+    )
+    hit = RequestRecord(
+        index=1,
+        prompt="a tiny crimson disc, left side " * 4,
+        source_row=1,
+        user="u1",
+        outcome=Outcome.OK,
+        hit=True,
+        score=0.93,
+        k=25,
+        model="small",
+        entry_id=7,
+        path=png(tmp_path / "1.png", BLUE),
+    )
     failed = RequestRecord(index=2, prompt="a green square", source_row=2, outcome=Outcome.TIMEOUT)
     return [miss, hit, failed]
 
@@ -94,8 +114,9 @@ def test_sources_are_fetched_by_entry_id_with_the_tenant_and_404_left_out(tmp_pa
             return httpx.Response(200, content=b"\x89PNG fake", headers={"content-type": "image/png"})
         return httpx.Response(404, json={"error": {"message": "no", "type": "not_found"}})
 
-    rows = records(tmp_path) + [RequestRecord(index=3, prompt="p", source_row=3, outcome=Outcome.OK, hit=True,
-                                              k=5, entry_id=8)]
+    rows = records(tmp_path) + [
+        RequestRecord(index=3, prompt="p", source_row=3, outcome=Outcome.OK, hit=True, k=5, entry_id=8)
+    ]
     config = ClientConfig(url="http://server", tenant="demo")
     found = fetch_cached_images(config, rows, tmp_path / "sources", transport=httpx.MockTransport(handler))
     assert found == {7: tmp_path / "sources" / "entry-7.png"} and found[7].read_bytes() == b"\x89PNG fake"

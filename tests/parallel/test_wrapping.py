@@ -58,7 +58,8 @@ def test_wrap_unet_swaps_every_spatial_layer_and_remove_restores_them():
 def test_unsupported_attention_block_is_rejected_and_the_model_left_intact():
     unet = _unet(down=("DownBlock2D", "AttnDownBlock2D"), up=("AttnUpBlock2D", "UpBlock2D"))
     before = {n: m for n, m in unet.named_modules()}
-    with pytest.raises(UnsupportedModelError, match="down_blocks.1.attentions.0: a diffusers Attention under ModuleList"):
+    with pytest.raises(UnsupportedModelError,
+                       match="down_blocks.1.attentions.0: a diffusers Attention under ModuleList"):
         wrap_unet(unet, _offline_ctx(method="distrifusion"))
     assert all(unet.get_submodule(n) is m for n, m in before.items() if n)
 

@@ -14,12 +14,14 @@ from modm.models.tokenizer import build_clip_tokenizer
 
 @pytest.fixture(scope="module")
 def large(tiny_zoo):
-    return DiffusionGenerator.from_spec(ModelSpec(source=str(tiny_zoo.large), device="cpu", default_size=64, max_size=256), "large")
+    return DiffusionGenerator.from_spec(
+        ModelSpec(source=str(tiny_zoo.large), device="cpu", default_size=64, max_size=256), "large")
 
 
 @pytest.fixture(scope="module")
 def small(tiny_zoo):
-    return DiffusionGenerator.from_spec(ModelSpec(source=str(tiny_zoo.small), device="cpu", default_size=64, max_size=256), "small")
+    return DiffusionGenerator.from_spec(
+        ModelSpec(source=str(tiny_zoo.small), device="cpu", default_size=64, max_size=256), "small")
 
 
 def pixels(image: Image.Image) -> np.ndarray:

@@ -50,8 +50,9 @@ def flux_twin(tmp_path_factory):
     return build_twin(shipped(CONFIGS / "gpu-flux-sana.yaml"), tmp_path_factory.mktemp("twins"), with_embedder=False)
 
 
-@pytest.mark.parametrize("twin_name, role", [("sd3_twin", "large"), ("sd3_twin", "small"), ("flux_twin", "large"),
-                                             ("flux_twin", "small")])
+@pytest.mark.parametrize(
+    "twin_name, role", [("sd3_twin", "large"), ("sd3_twin", "small"), ("flux_twin", "large"), ("flux_twin", "small")]
+)
 def test_the_twin_has_the_real_classes_and_scheduler_config(request, twin_name, role):
     twin = request.getfixturevalue(twin_name)
     arch = architecture_for(getattr(twin.original.models, role).source)
@@ -98,8 +99,13 @@ def test_every_changed_field_is_a_listed_override(sd3_twin):
     # Steps, guidance, dtype, variant, sequence length and the table are the shipped ones.
     for role in ("large", "small"):
         a, b = getattr(sd3_twin.original.models, role), getattr(sd3_twin.config.models, role)
-        assert (a.num_inference_steps, a.guidance_scale, a.dtype, a.variant, a.max_sequence_length) == \
-               (b.num_inference_steps, b.guidance_scale, b.dtype, b.variant, b.max_sequence_length)
+        assert (a.num_inference_steps, a.guidance_scale, a.dtype, a.variant, a.max_sequence_length) == (
+            b.num_inference_steps,
+            b.guidance_scale,
+            b.dtype,
+            b.variant,
+            b.max_sequence_length,
+        )
     assert sd3_twin.config.policy == sd3_twin.original.policy
     assert "models.large.source" in sd3_twin.describe()
 
@@ -122,8 +128,10 @@ def test_the_scale_rule_keeps_channels_and_shrinks_widths(arch):
             assert twin[key] == min(real[key], MAX_LAYERS)
     if "num_attention_heads" in real and "attention_head_dim" in real and arch.denoiser_name == "transformer":
         assert twin["num_attention_heads"] <= MAX_HEADS
-        assert twin["num_attention_heads"] * twin["attention_head_dim"] == \
-               real["num_attention_heads"] * real["attention_head_dim"] // WIDTH_DIVISOR
+        assert (
+            twin["num_attention_heads"] * twin["attention_head_dim"]
+            == real["num_attention_heads"] * real["attention_head_dim"] // WIDTH_DIVISOR
+        )
     if "axes_dims_rope" in twin:
         assert sum(twin["axes_dims_rope"]) == twin["attention_head_dim"]
         assert all(d % 2 == 0 for d in twin["axes_dims_rope"])
@@ -134,10 +142,15 @@ def test_dims_that_must_agree_still_agree_after_scaling():
     clip_l = scaled_config(SDXL_BASE.components["text_encoder"])
     clip_g = scaled_config(SDXL_BASE.components["text_encoder_2"])
     assert unet["cross_attention_dim"] == clip_l["hidden_size"] + clip_g["hidden_size"]
-    assert unet["projection_class_embeddings_input_dim"] == 6 * unet["addition_time_embed_dim"] + clip_g["projection_dim"]
+    assert (
+        unet["projection_class_embeddings_input_dim"] == 6 * unet["addition_time_embed_dim"] + clip_g["projection_dim"]
+    )
     sd3 = scaled_config(SD35_LARGE.denoiser)
-    assert sd3["pooled_projection_dim"] == scaled_config(SD35_LARGE.components["text_encoder"])["projection_dim"] + \
-        scaled_config(SD35_LARGE.components["text_encoder_2"])["projection_dim"]
+    assert (
+        sd3["pooled_projection_dim"]
+        == scaled_config(SD35_LARGE.components["text_encoder"])["projection_dim"]
+        + scaled_config(SD35_LARGE.components["text_encoder_2"])["projection_dim"]
+    )
     assert sd3["joint_attention_dim"] == scaled_config(SD35_LARGE.components["text_encoder_3"])["d_model"]
 
 
@@ -147,7 +160,9 @@ def test_a_local_source_or_an_unknown_model_has_no_twin(tmp_path):
     with pytest.raises(TwinError, match=r"models\.large\.source=.* is a local directory"):
         build_twin(config_from_dict(local, "t"), tmp_path / "twins")
     unknown = {**base, "models": {**base["models"], "small": {**base["models"]["small"], "source": "acme/not-a-model"}}}
-    with pytest.raises(TwinError, match=r"models\.small\.source: no architecture facts for model source 'acme/not-a-model'"):
+    with pytest.raises(
+        TwinError, match=r"models\.small\.source: no architecture facts for model source 'acme/not-a-model'"
+    ):
         build_twin(config_from_dict(unknown, "t"), tmp_path / "twins")
     assert architecture_for("Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers").pipeline_class == "SanaPipeline"
 

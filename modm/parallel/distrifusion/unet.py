@@ -32,7 +32,8 @@ def _require(model: nn.Module, cls: type) -> None:
 
 def _require_method(ctx: ParallelContext, method: ParallelMethod) -> None:
     if ctx.config.method is not method:
-        raise ParallelConfigError(f"this walker implements {method.value}, the context is for {ctx.config.method.value}")
+        raise ParallelConfigError(
+            f"this walker implements {method.value}, the context is for {ctx.config.method.value}")
 
 
 def wrap_unet(unet: UNet2DConditionModel, ctx: ParallelContext) -> PatchParallelModel:
