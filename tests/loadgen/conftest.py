@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fake_images_server import FakeImagesServer, FakeServerSettings
@@ -20,3 +22,7 @@ def make_server():
     yield factory
     for server in servers:
         server.stop()
+
+
+# The first 1,000 rows of DiffusionDB (prompt, ir_id, part), shipped so that the tests need nothing outside the repo.
+DIFFUSIONDB_SAMPLE = Path(__file__).parent / "data" / "diffusiondb_prompts_1k.tsv"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import DIFFUSIONDB_SAMPLE
 from pydantic import ValidationError
 
 from loadgen import (
@@ -113,7 +114,7 @@ def test_arrival_offsets_dispatch_and_config_rules():
 
 def test_workers_split_one_session_workload_with_their_own_seeds():
     def config(worker_id: int) -> RunConfig:
-        return RunConfig(trace=TraceConfig(path="/work/shared/data/diffusiondb_prompts_10k.tsv", n_requests=90),
+        return RunConfig(trace=TraceConfig(path=str(DIFFUSIONDB_SAMPLE), n_requests=90),
                          sessions=SessionConfig(), arrival=ArrivalConfig(rate_per_min=30.0),
                          client=ClientConfig(url="http://127.0.0.1:1"), seed=11, n_workers=3, worker_id=worker_id)
 

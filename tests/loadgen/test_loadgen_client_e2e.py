@@ -27,7 +27,7 @@ from loadgen import (
 )
 from loadgen.cli import main
 
-SHARED_TSV = Path("/work/shared/data/diffusiondb_prompts_10k.tsv")
+from conftest import DIFFUSIONDB_SAMPLE as SHARED_TSV
 
 
 def client(url: str, **overrides) -> ClientConfig:

@@ -12,7 +12,7 @@ import pytest
 from loadgen import TraceConfig, TraceFormat, TraceFormatError, load_trace
 from loadgen.readers import read_diffusiondb_parquet, read_mjhq_json, read_prompt_lines, read_prompt_table
 
-SHARED_TSV = "/work/shared/data/diffusiondb_prompts_10k.tsv"
+from conftest import DIFFUSIONDB_SAMPLE as SHARED_TSV
 
 # DiffusionDB's metadata.parquet schema (poloclub/diffusiondb), column for column.
 DIFFUSIONDB_SCHEMA = pa.schema([
@@ -161,7 +161,7 @@ def test_mjhq_malformed(tmp_path, mjhq_file):
 
 def test_shared_diffusiondb_tsv_reads_all_prompts():
     trace = read_prompt_table(SHARED_TSV)
-    assert len(trace) == 10_000
+    assert len(trace) == 1_000
     assert trace[2].prompt == "a hybrid animal of a cat and a human"
     window = load_trace(TraceConfig(path=SHARED_TSV, n_requests=5, start_row=100, warm_up=2))
     assert [r.source_row for r in window] == list(range(98, 105))
