@@ -93,6 +93,13 @@ def heads_for(new_width: int, real_heads: int) -> int:
     return 1
 
 
+def scaled_attention(real_heads: int, real_head_dim: int) -> tuple[int, int]:
+    """(heads, head_dim) of the scaled inner width: heads divide it and stay at most min(real_heads, MAX_HEADS)."""
+    inner = width(real_heads * real_head_dim)
+    heads = heads_for(inner, real_heads)
+    return heads, inner // heads
+
+
 def _groups(channels) -> int:
     """GroupNorm groups: the largest divisor of every channel count that is at most 32 (the real models' 32)."""
     g = 0
@@ -109,13 +116,12 @@ def _even_split(total: int, parts) -> tuple[int, ...]:
 
 
 def _scale_sd3(c: dict) -> dict:
-    inner = width(c["num_attention_heads"] * c["attention_head_dim"])
-    heads = heads_for(inner, c["num_attention_heads"])
+    heads, head_dim = scaled_attention(c["num_attention_heads"], c["attention_head_dim"])
     return {
         **c,
         "num_layers": layers(c["num_layers"]),
         "num_attention_heads": heads,
-        "attention_head_dim": inner // heads,
+        "attention_head_dim": head_dim,
         "caption_projection_dim": width(c["caption_projection_dim"]),
         "joint_attention_dim": width(c["joint_attention_dim"]),
         "pooled_projection_dim": width(c["pooled_projection_dim"]),
@@ -124,32 +130,29 @@ def _scale_sd3(c: dict) -> dict:
 
 
 def _scale_flux(c: dict) -> dict:
-    inner = width(c["num_attention_heads"] * c["attention_head_dim"])
-    heads = heads_for(inner, c["num_attention_heads"])
+    heads, head_dim = scaled_attention(c["num_attention_heads"], c["attention_head_dim"])
     return {
         **c,
         "num_layers": layers(c["num_layers"]),
         "num_single_layers": layers(c["num_single_layers"]),
         "num_attention_heads": heads,
-        "attention_head_dim": inner // heads,
+        "attention_head_dim": head_dim,
         "joint_attention_dim": width(c["joint_attention_dim"]),
         "pooled_projection_dim": width(c["pooled_projection_dim"]),
-        "axes_dims_rope": _even_split(inner // heads, c["axes_dims_rope"]),
+        "axes_dims_rope": _even_split(head_dim, c["axes_dims_rope"]),
     }
 
 
 def _scale_sana(c: dict) -> dict:
-    inner = width(c["num_attention_heads"] * c["attention_head_dim"])
-    heads = heads_for(inner, c["num_attention_heads"])
-    cross = width(c["num_cross_attention_heads"] * c["cross_attention_head_dim"])
-    cross_heads = heads_for(cross, c["num_cross_attention_heads"])
+    heads, head_dim = scaled_attention(c["num_attention_heads"], c["attention_head_dim"])
+    cross_heads, cross_head_dim = scaled_attention(c["num_cross_attention_heads"], c["cross_attention_head_dim"])
     return {
         **c,
         "num_layers": layers(c["num_layers"]),
         "num_attention_heads": heads,
-        "attention_head_dim": inner // heads,
+        "attention_head_dim": head_dim,
         "num_cross_attention_heads": cross_heads,
-        "cross_attention_head_dim": cross // cross_heads,
+        "cross_attention_head_dim": cross_head_dim,
         "cross_attention_dim": width(c["cross_attention_dim"]),
         "caption_channels": width(c["caption_channels"]),
     }
@@ -217,23 +220,20 @@ def _scale_clip_text(c: dict) -> dict:
 
 
 def _scale_t5(c: dict) -> dict:
-    inner = width(c["num_heads"] * c["d_kv"])
-    heads = heads_for(inner, c["num_heads"])
+    heads, head_dim = scaled_attention(c["num_heads"], c["d_kv"])
     return {
         **c,
         "d_model": width(c["d_model"]),
         "d_ff": width(c["d_ff"]),
         "num_heads": heads,
-        "d_kv": inner // heads,
+        "d_kv": head_dim,
         "num_layers": layers(c["num_layers"]),
     }
 
 
 def _scale_gemma2(c: dict) -> dict:
-    inner = width(c["num_attention_heads"] * c["head_dim"])
-    heads = heads_for(inner, c["num_attention_heads"])
+    heads, head_dim = scaled_attention(c["num_attention_heads"], c["head_dim"])
     group = max(1, c["num_attention_heads"] // c["num_key_value_heads"])  # keep the GQA ratio where it fits
-    head_dim = inner // heads
     return {
         **c,
         "hidden_size": width(c["hidden_size"]),
