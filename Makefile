@@ -16,7 +16,7 @@ export RAY_AUTH_MODE := disabled
 export GLOO_SOCKET_IFNAME := lo
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo lint test test-fast clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m deployments.demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q -ra --timeout=900 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -51,10 +51,15 @@ def png_of_side(side: int, seed: int = 0) -> bytes:
 
 
 def config(directory: Path, capacity: int, hnsw: bool, args, compact_every: int | None = None) -> CacheConfig:
-    return CacheConfig(directory=str(directory), capacity=capacity,
-                       hnsw_min_entries=1 if hnsw else capacity + 1, hnsw_m=args.hnsw_m,
-                       hnsw_ef_search=args.ef_search, hnsw_ef_construction=args.ef_construction,
-                       compact_every=compact_every or args.compact_every)
+    return CacheConfig(
+        directory=str(directory),
+        capacity=capacity,
+        hnsw_min_entries=1 if hnsw else capacity + 1,
+        hnsw_m=args.hnsw_m,
+        hnsw_ef_search=args.ef_search,
+        hnsw_ef_construction=args.ef_construction,
+        compact_every=compact_every or args.compact_every,
+    )
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
@@ -70,10 +75,13 @@ def time_queries(cache: ImageCache, queries: np.ndarray, batch: int) -> dict:
     batches = []
     for start_row in range(0, len(queries) - batch + 1, batch):
         start = time.perf_counter()
-        cache.query_batch(queries[start_row:start_row + batch], [["bench"]] * batch)
+        cache.query_batch(queries[start_row : start_row + batch], [["bench"]] * batch)
         batches.append(time.perf_counter() - start)
-    return {"query_p50_ms": percentile_ms(singles, 50), "query_p99_ms": percentile_ms(singles, 99),
-            f"batch{batch}_mean_ms": 1e3 * statistics.fmean(batches) if batches else None}
+    return {
+        "query_p50_ms": percentile_ms(singles, 50),
+        "query_p99_ms": percentile_ms(singles, 99),
+        f"batch{batch}_mean_ms": 1e3 * statistics.fmean(batches) if batches else None,
+    }
 
 
 def time_adds(cache: ImageCache, rng: np.random.Generator, n: int, png: bytes) -> dict:
@@ -83,8 +91,12 @@ def time_adds(cache: ImageCache, rng: np.random.Generator, n: int, png: bytes) -
         start = time.perf_counter()
         cache.add(png, vector, prompt=f"bench add {i}", tenant="bench", source_model="bench", k=0)
         latencies.append(time.perf_counter() - start)
-    return {"adds": n, "adds_per_s": n / sum(latencies), "add_p50_ms": percentile_ms(latencies, 50),
-            "add_p99_ms": percentile_ms(latencies, 99)}
+    return {
+        "adds": n,
+        "adds_per_s": n / sum(latencies),
+        "add_p50_ms": percentile_ms(latencies, 50),
+        "add_p99_ms": percentile_ms(latencies, 99),
+    }
 
 
 def bench_size(size: int, args, root: Path) -> list[dict]:
@@ -94,12 +106,23 @@ def bench_size(size: int, args, root: Path) -> list[dict]:
     fill_png = png_of_side(4)
     start = time.perf_counter()
     # One snapshot at the end of the fill, not one per batch.
-    with ImageCache(config(directory, size, hnsw=False, args=args, compact_every=size + 1), args.dim,
-                    durable=False) as cache:
+    with ImageCache(
+        config(directory, size, hnsw=False, args=args, compact_every=size + 1), args.dim, durable=False
+    ) as cache:
         for first in range(0, size, FILL_BATCH):
-            cache.add_many([NewEntry(png_bytes=fill_png, embedding=v, prompt=f"prompt {first + i}", tenant="bench",
-                                     source_model="bench", k=0)
-                            for i, v in enumerate(vectors[first:first + FILL_BATCH])])
+            cache.add_many(
+                [
+                    NewEntry(
+                        png_bytes=fill_png,
+                        embedding=v,
+                        prompt=f"prompt {first + i}",
+                        tenant="bench",
+                        source_model="bench",
+                        k=0,
+                    )
+                    for i, v in enumerate(vectors[first : first + FILL_BATCH])
+                ]
+            )
     fill_s = time.perf_counter() - start
     picked = rng.choice(size, args.queries, replace=False)
     queries = near_duplicates(rng, vectors[picked], args.query_cosine)
@@ -107,8 +130,9 @@ def bench_size(size: int, args, root: Path) -> list[dict]:
     rows, exact_ids = [], None
     for kind in (IndexKind.FLAT, IndexKind.HNSW):
         start = time.perf_counter()
-        cache = ImageCache(config(directory, size, hnsw=kind is IndexKind.HNSW, args=args), args.dim,
-                           durable=args.durable)
+        cache = ImageCache(
+            config(directory, size, hnsw=kind is IndexKind.HNSW, args=args), args.dim, durable=args.durable
+        )
         open_s = time.perf_counter() - start  # recovery; HNSW graphs build in the background from here
         cache.wait_for_index_builds()
         ready_s = time.perf_counter() - start
@@ -133,11 +157,14 @@ def bench_size(size: int, args, root: Path) -> list[dict]:
 
 
 def print_row(row: dict, batch: int) -> None:
-    print(f"{row['entries']:>8} {row['index']:>5} {row['open_s']:>8.2f} {row['index_ready_s']:>8.2f} "
-          f"{row['query_p50_ms']:>9.3f} "
-          f"{row['query_p99_ms']:>9.3f} {row[f'batch{batch}_mean_ms'] or float('nan'):>10.2f} "
-          f"{row['recall_at_1_vs_planted']:>7.3f} {row['agreement_with_exact']:>7.3f} {row['adds_per_s']:>8.1f} "
-          f"{row['add_p50_ms']:>8.2f} {row['add_p99_ms']:>8.2f} {row['compact_s']:>9.2f}", flush=True)
+    print(
+        f"{row['entries']:>8} {row['index']:>5} {row['open_s']:>8.2f} {row['index_ready_s']:>8.2f} "
+        f"{row['query_p50_ms']:>9.3f} "
+        f"{row['query_p99_ms']:>9.3f} {row[f'batch{batch}_mean_ms'] or float('nan'):>10.2f} "
+        f"{row['recall_at_1_vs_planted']:>7.3f} {row['agreement_with_exact']:>7.3f} {row['adds_per_s']:>8.1f} "
+        f"{row['add_p50_ms']:>8.2f} {row['add_p99_ms']:>8.2f} {row['compact_s']:>9.2f}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -153,8 +180,12 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--compact-every", type=int, default=256)
-    parser.add_argument("--no-durable", dest="durable", action="store_false",
-                        help="Skip fsync on the timed adds (crash-safe against process death only).")
+    parser.add_argument(
+        "--no-durable",
+        dest="durable",
+        action="store_false",
+        help="Skip fsync on the timed adds (crash-safe against process death only).",
+    )
     parser.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads.")
     parser.add_argument("--workdir", type=Path, default=None, help="Where caches are built (default: a tmp dir).")
     parser.add_argument("--out", type=Path, default=Path("cache_bench.json"), help="JSON output path.")
@@ -163,22 +194,32 @@ def main() -> None:
         parser.error(f"--queries ({args.queries}) must be at least --batch ({args.batch})")
 
     faiss.omp_set_num_threads(args.threads)
-    print(f"dim={args.dim} queries={args.queries} cosine={args.query_cosine} HNSW M={args.hnsw_m} "
-          f"efSearch={args.ef_search} efConstruction={args.ef_construction} faiss threads={args.threads} "
-          f"durable adds={args.durable} png={args.png_side}px ({len(png_of_side(args.png_side))} bytes)")
+    print(
+        f"dim={args.dim} queries={args.queries} cosine={args.query_cosine} HNSW M={args.hnsw_m} "
+        f"efSearch={args.ef_search} efConstruction={args.ef_construction} faiss threads={args.threads} "
+        f"durable adds={args.durable} png={args.png_side}px ({len(png_of_side(args.png_side))} bytes)"
+    )
     batch_header = f"b{args.batch}_ms"
-    print(f"{'entries':>8} {'index':>5} {'open_s':>8} {'ready_s':>8} {'q_p50_ms':>9} {'q_p99_ms':>9} "
-          f"{batch_header:>10} "
-          f"{'recall':>7} {'=exact':>7} {'adds/s':>8} {'add_p50':>8} {'add_p99':>8} {'compact_s':>9}")
+    print(
+        f"{'entries':>8} {'index':>5} {'open_s':>8} {'ready_s':>8} {'q_p50_ms':>9} {'q_p99_ms':>9} "
+        f"{batch_header:>10} "
+        f"{'recall':>7} {'=exact':>7} {'adds/s':>8} {'add_p50':>8} {'add_p99':>8} {'compact_s':>9}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as root:
         for size in args.sizes:
             rows.extend(bench_size(size, args, Path(root)))
-    result = {"benchmark": "cache_bench", "args": {k: str(v) if isinstance(v, Path) else v
-                                                   for k, v in vars(args).items()},
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "faiss": faiss.__version__,
-                          "load_average": os.getloadavg()},
-              "rows": rows}
+    result = {
+        "benchmark": "cache_bench",
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "faiss": faiss.__version__,
+            "load_average": os.getloadavg(),
+        },
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
 

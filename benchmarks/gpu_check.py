@@ -69,12 +69,19 @@ def _check(results: list, name: str, fn) -> None:
     start = time.perf_counter()
     try:
         detail = fn() or {}
-        results.append({"check": name, "ok": bool(detail.pop("ok", True)), "seconds": time.perf_counter() - start,
-                        **detail})
+        results.append(
+            {"check": name, "ok": bool(detail.pop("ok", True)), "seconds": time.perf_counter() - start, **detail}
+        )
     except Exception as err:  # noqa: BLE001 - every failure is reported, then the next check runs
-        results.append({"check": name, "ok": False, "seconds": time.perf_counter() - start,
-                        "error": f"{type(err).__name__}: {err}"[:500],
-                        "where": traceback.format_exc(limit=-2)[-800:]})
+        results.append(
+            {
+                "check": name,
+                "ok": False,
+                "seconds": time.perf_counter() - start,
+                "error": f"{type(err).__name__}: {err}"[:500],
+                "where": traceback.format_exc(limit=-2)[-800:],
+            }
+        )
 
 
 # ------------------------------------------------------------------------------------------------------- (a) twins
@@ -116,8 +123,13 @@ def twin_checks(path: Path, root: Path, device: torch.device, *, quick: bool = F
         for rule in rules:
             strength = 1.0 - rule.k / config.policy.total_steps
             if "gen" in small_box:
-                _check(results, f"hit@k={rule.k}", lambda s=strength: {
-                    "size": small_box["gen"].img2img(request(config.models.small), large_box["image"], s).size})
+                _check(
+                    results,
+                    f"hit@k={rule.k}",
+                    lambda s=strength: {
+                        "size": small_box["gen"].img2img(request(config.models.small), large_box["image"], s).size
+                    },
+                )
     if "gen" in large_box:
         gen, req = large_box["gen"], request(config.models.large)
         snap_box: dict = {}
@@ -128,7 +140,7 @@ def twin_checks(path: Path, root: Path, device: torch.device, *, quick: bool = F
             return {}
 
         _check(results, "nirvana:snapshots", snapshots)
-        for k in (NIRVANA_K_CHOICES[-1:] if quick else NIRVANA_K_CHOICES):
+        for k in NIRVANA_K_CHOICES[-1:] if quick else NIRVANA_K_CHOICES:
             if "latents" not in snap_box:
                 break
 
@@ -141,8 +153,9 @@ def twin_checks(path: Path, root: Path, device: torch.device, *, quick: bool = F
 
 
 # --------------------------------------------------------------------------------- (b) real-size per-step latency
-def _denoiser_inputs(arch: Architecture, config: dict, guidance_scale: float, device, dtype, max_seq: int,
-                     side_px: int = REAL_SIDE) -> dict:
+def _denoiser_inputs(
+    arch: Architecture, config: dict, guidance_scale: float, device, dtype, max_seq: int, side_px: int = REAL_SIDE
+) -> dict:
     """One denoising step's inputs at side_px^2 with the batch the pipeline uses."""
     name = arch.denoiser.class_name
     text = arch.components
@@ -152,38 +165,63 @@ def _denoiser_inputs(arch: Architecture, config: dict, guidance_scale: float, de
     t = torch.full((batch,), 500.0, device=device)
     if name == "SD3Transformer2DModel":
         side = side_px // 8
-        return {"hidden_states": torch.randn(batch, config["in_channels"], side, side, **kw),
-                "encoder_hidden_states": torch.randn(batch, 77 + max_seq, config["joint_attention_dim"], **kw),
-                "pooled_projections": torch.randn(batch, config["pooled_projection_dim"], **kw), "timestep": t}
+        return {
+            "hidden_states": torch.randn(batch, config["in_channels"], side, side, **kw),
+            "encoder_hidden_states": torch.randn(batch, 77 + max_seq, config["joint_attention_dim"], **kw),
+            "pooled_projections": torch.randn(batch, config["pooled_projection_dim"], **kw),
+            "timestep": t,
+        }
     if name == "FluxTransformer2DModel":
         tokens = (side_px // 16) ** 2  # 8x VAE, 2x2 packing
         ids = torch.zeros(tokens, 3, device=device)
-        return {"hidden_states": torch.randn(batch, tokens, config["in_channels"], **kw),
-                "encoder_hidden_states": torch.randn(batch, max_seq, config["joint_attention_dim"], **kw),
-                "pooled_projections": torch.randn(batch, config["pooled_projection_dim"], **kw),
-                "timestep": t / 1000, "img_ids": ids, "txt_ids": torch.zeros(max_seq, 3, device=device),
-                "guidance": torch.full((batch,), guidance_scale, device=device) if distilled else None}
+        return {
+            "hidden_states": torch.randn(batch, tokens, config["in_channels"], **kw),
+            "encoder_hidden_states": torch.randn(batch, max_seq, config["joint_attention_dim"], **kw),
+            "pooled_projections": torch.randn(batch, config["pooled_projection_dim"], **kw),
+            "timestep": t / 1000,
+            "img_ids": ids,
+            "txt_ids": torch.zeros(max_seq, 3, device=device),
+            "guidance": torch.full((batch,), guidance_scale, device=device) if distilled else None,
+        }
     if name == "UNet2DConditionModel":
         side = side_px // 8
         pooled = text["text_encoder_2"].config["projection_dim"]
-        return {"sample": torch.randn(batch, config["in_channels"], side, side, **kw), "timestep": t,
-                "encoder_hidden_states": torch.randn(batch, 77, config["cross_attention_dim"], **kw),
-                "added_cond_kwargs": {"text_embeds": torch.randn(batch, pooled, **kw),
-                                      "time_ids": torch.tensor([[side_px, side_px, 0, 0, side_px, side_px]] * batch,
-                                                               device=device, dtype=dtype)}}
+        return {
+            "sample": torch.randn(batch, config["in_channels"], side, side, **kw),
+            "timestep": t,
+            "encoder_hidden_states": torch.randn(batch, 77, config["cross_attention_dim"], **kw),
+            "added_cond_kwargs": {
+                "text_embeds": torch.randn(batch, pooled, **kw),
+                "time_ids": torch.tensor(
+                    [[side_px, side_px, 0, 0, side_px, side_px]] * batch, device=device, dtype=dtype
+                ),
+            },
+        }
     if name == "SanaTransformer2DModel":
         side = side_px // 32
         seq = max_seq  # SanaPipeline keeps max_sequence_length tokens (after its instruction prefix)
         extra = {"guidance": torch.full((batch,), guidance_scale, device=device)} if distilled else {}
-        return {"hidden_states": torch.randn(batch, config["in_channels"], side, side, **kw),
-                "encoder_hidden_states": torch.randn(batch, seq, config["caption_channels"], **kw),
-                "encoder_attention_mask": torch.ones(batch, seq, device=device), "timestep": t, **extra}
+        return {
+            "hidden_states": torch.randn(batch, config["in_channels"], side, side, **kw),
+            "encoder_hidden_states": torch.randn(batch, seq, config["caption_channels"], **kw),
+            "encoder_attention_mask": torch.ones(batch, seq, device=device),
+            "timestep": t,
+            **extra,
+        }
     raise ValueError(f"no step inputs for {name}")
 
 
-def step_latency_s(arch: Architecture, guidance_scale: float, max_seq: int, device: torch.device, *,
-                   side_px: int = REAL_SIDE, dtype: torch.dtype = torch.bfloat16, warmup: int = 2,
-                   repeats: int = 5) -> dict:
+def step_latency_s(
+    arch: Architecture,
+    guidance_scale: float,
+    max_seq: int,
+    device: torch.device,
+    *,
+    side_px: int = REAL_SIDE,
+    dtype: torch.dtype = torch.bfloat16,
+    warmup: int = 2,
+    repeats: int = 5,
+) -> dict:
     """Seconds per denoiser call of `arch` at side_px^2, random weights allocated on `device` (no host copy)."""
     import diffusers
 
@@ -206,8 +244,15 @@ def step_latency_s(arch: Architecture, guidance_scale: float, max_seq: int, devi
     del model, inputs
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"model": arch.repo_id, "denoiser": arch.denoiser.class_name, "params": params, "batch": batch,
-            "side": side_px, "dtype": str(dtype).removeprefix("torch."), "step_s": seconds}
+    return {
+        "model": arch.repo_id,
+        "denoiser": arch.denoiser.class_name,
+        "params": params,
+        "batch": batch,
+        "side": side_px,
+        "dtype": str(dtype).removeprefix("torch."),
+        "step_s": seconds,
+    }
 
 
 def real_size_checks(path: Path, device: torch.device, cache: dict) -> dict:
@@ -220,8 +265,9 @@ def real_size_checks(path: Path, device: torch.device, cache: dict) -> dict:
         key = (spec.source, spec.guidance_scale, spec.max_sequence_length)
         try:
             if key not in cache:
-                cache[key] = step_latency_s(architecture_for(spec.source), spec.guidance_scale,
-                                            spec.max_sequence_length, device)
+                cache[key] = step_latency_s(
+                    architecture_for(spec.source), spec.guidance_scale, spec.max_sequence_length, device
+                )
             out[role] = cache[key]
         except Exception as err:  # noqa: BLE001 - report and go on
             out[role] = {"model": spec.source, "error": f"{type(err).__name__}: {err}"[:500]}
@@ -250,7 +296,7 @@ def faiss_gpu_check(dim: int = 768, sizes=(100_000, 1_000_000), queries: int = 2
         index.search(q[:8], 1)  # warm-up
         start = time.perf_counter()
         for i in range(queries):
-            index.search(q[i:i + 1], 1)
+            index.search(q[i : i + 1], 1)
         single = (time.perf_counter() - start) / queries
         start = time.perf_counter()
         index.search(q, 1)
@@ -273,12 +319,17 @@ def _table(report: dict) -> str:
             for role in ("large", "small"):
                 r = real.get(role)
                 if r:
-                    what = f"{r['step_s'] * 1000:8.1f} ms/step (batch {r['batch']}, {r['params'] / 1e9:.2f}B)" \
-                        if "step_s" in r else f"ERROR {r['error']}"
+                    what = (
+                        f"{r['step_s'] * 1000:8.1f} ms/step (batch {r['batch']}, {r['params'] / 1e9:.2f}B)"
+                        if "step_s" in r
+                        else f"ERROR {r['error']}"
+                    )
                     lines.append(f"  real {role:5s} {r['model']:52s} {what}")
             if "large_to_small_step_ratio" in real:
-                lines.append(f"  measured large:small per-step ratio at {REAL_SIDE}^2 bf16: "
-                             f"{real['large_to_small_step_ratio']:.2f}")
+                lines.append(
+                    f"  measured large:small per-step ratio at {REAL_SIDE}^2 bf16: "
+                    f"{real['large_to_small_step_ratio']:.2f}"
+                )
     if "faiss_gpu" in report:
         lines.append(f"faiss-gpu: {json.dumps(report['faiss_gpu'])}")
     return "\n".join(lines)
@@ -297,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA device: pass --cpu for the twin checks on CPU")
     device = torch.device("cpu" if args.cpu else "cuda")
-    report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "diffusers": diffusers.__version__, "configs": {}}
+    report = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "configs": {},
+    }
     root = args.twin_dir or Path(tempfile.mkdtemp(prefix="modm-twins-"))
     real_cache: dict = {}
     for path in shipped_configs(args.configs):

@@ -48,7 +48,7 @@ class Row:
     warmup_steps: int
     seconds: float
     speedup: float
-    cpu_seconds: float       # busiest rank's CPU time: what the call costs with a free core per rank
+    cpu_seconds: float  # busiest rank's CPU time: what the call costs with a free core per rank
     cpu_speedup: float
     psnr_db: float
     max_abs_vs_single: float
@@ -61,26 +61,65 @@ def build_pipeline(tokenizer_dir: str):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(96, 192, 384, 384),
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(96, 192, 384, 384),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=256, attention_head_dim=8, norm_num_groups=32)
+        cross_attention_dim=256,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32, 32),
-                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=512)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        sample_size=512,
+    )
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408, hidden_size=256,
-        intermediate_size=512, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            vocab_size=49408,
+            hidden_size=256,
+            intermediate_size=512,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     # The BPE files were written once by the parent; every rank only reads them.
-    tokenizer = CLIPTokenizer(os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"),
-                              model_max_length=77)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    tokenizer = CLIPTokenizer(
+        os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"), model_max_length=77
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -93,11 +132,16 @@ def _rank_main(rank: int, world_size: int, port: int, overrides: dict, args: dic
     from modm.parallel import ParallelConfig, ParallelPipeline, init_parallel
 
     cfg = ParallelConfig(world_size=world_size, warmup_steps=args["warmup_steps"], **overrides)
-    ctx = init_parallel(cfg, rank=rank, world_size=world_size, init_method=f"tcp://127.0.0.1:{port}",
-                        timeout_s=1800)
+    ctx = init_parallel(cfg, rank=rank, world_size=world_size, init_method=f"tcp://127.0.0.1:{port}", timeout_s=1800)
     pipe = ParallelPipeline(build_pipeline(tokenizer_dir), ctx)
-    call = dict(prompt="a watercolor lighthouse at dawn", num_inference_steps=args["steps"], height=args["size"],
-                width=args["size"], guidance_scale=5.0, output_type="latent")
+    call = dict(
+        prompt="a watercolor lighthouse at dawn",
+        num_inference_steps=args["steps"],
+        height=args["size"],
+        width=args["size"],
+        guidance_scale=5.0,
+        output_type="latent",
+    )
     pipe(**call, generator=torch.Generator().manual_seed(1))  # untimed: allocation, profiling, caches
     walls, cpus = [], []
     for _ in range(args["repeats"]):
@@ -125,8 +169,10 @@ def run_config(name: str, args: dict, tokenizer_dir: str) -> tuple[float, float,
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, overrides, args, tokenizer_dir, results))
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_rank_main, args=(r, world_size, port, overrides, args, tokenizer_dir, results))
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     try:
@@ -149,16 +195,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (latent = size / 8)")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per image")
-    parser.add_argument("--warmup-steps", type=int, default=1,
-                        help="exact steps at the start (DistriFusion synchronous, AsyncDiff full model)")
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=1,
+        help="exact steps at the start (DistriFusion synchronous, AsyncDiff full model)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per configuration (best is kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=list(CONFIGS)[1:], choices=list(CONFIGS)[1:])
     parser.add_argument("--timeout-s", type=float, default=3600)
     parser.add_argument("--json", default="benchmarks/results/parallel_bench.json", help="where to write the rows")
     opts = parser.parse_args()
-    args = dict(size=opts.size, steps=opts.steps, warmup_steps=opts.warmup_steps, repeats=opts.repeats,
-                seed=opts.seed, timeout_s=opts.timeout_s)
+    args = dict(
+        size=opts.size,
+        steps=opts.steps,
+        warmup_steps=opts.warmup_steps,
+        repeats=opts.repeats,
+        seed=opts.seed,
+        timeout_s=opts.timeout_s,
+    )
 
     from modm.models.tokenizer import write_clip_bpe_files
 
@@ -166,31 +222,55 @@ def main() -> None:
     write_clip_bpe_files(tokenizer_dir)
     load_before = os.getloadavg()
     base_seconds, base_cpu, base_image = run_config("single", args, tokenizer_dir)
-    rows = [Row("single", 1, opts.size, opts.steps, opts.warmup_steps, base_seconds, 1.0, base_cpu, 1.0, math.inf,
-                0.0)]
+    rows = [Row("single", 1, opts.size, opts.steps, opts.warmup_steps, base_seconds, 1.0, base_cpu, 1.0, math.inf, 0.0)]
     for name in opts.methods:
         seconds, cpu, image = run_config(name, args, tokenizer_dir)
-        rows.append(Row(name, CONFIGS[name][0], opts.size, opts.steps, opts.warmup_steps, seconds,
-                        base_seconds / seconds, cpu, base_cpu / cpu, psnr(image, base_image),
-                        float(np.abs(image - base_image).max())))
+        rows.append(
+            Row(
+                name,
+                CONFIGS[name][0],
+                opts.size,
+                opts.steps,
+                opts.warmup_steps,
+                seconds,
+                base_seconds / seconds,
+                cpu,
+                base_cpu / cpu,
+                psnr(image, base_image),
+                float(np.abs(image - base_image).max()),
+            )
+        )
         print(f"  done {name}: {seconds:.2f} s", flush=True)
     load_after = os.getloadavg()
 
-    header = (f"{'method':<24}{'ranks':>6}{'resolution':>12}{'seconds':>10}{'speed-up':>10}{'PSNR dB':>10}"
-              f"{'CPU s':>9}{'CPU speed-up':>14}")
+    header = (
+        f"{'method':<24}{'ranks':>6}{'resolution':>12}{'seconds':>10}{'speed-up':>10}{'PSNR dB':>10}"
+        f"{'CPU s':>9}{'CPU speed-up':>14}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r.method:<24}{r.ranks:>6}{r.resolution:>12}{r.seconds:>10.2f}{r.speedup:>9.2f}x{r.psnr_db:>10.2f}"
-              f"{r.cpu_seconds:>9.2f}{r.cpu_speedup:>13.2f}x")
+        print(
+            f"{r.method:<24}{r.ranks:>6}{r.resolution:>12}{r.seconds:>10.2f}{r.speedup:>9.2f}x{r.psnr_db:>10.2f}"
+            f"{r.cpu_seconds:>9.2f}{r.cpu_speedup:>13.2f}x"
+        )
     print(f"load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f} on {os.cpu_count()} cores")
 
     os.makedirs(os.path.dirname(opts.json) or ".", exist_ok=True)
     with open(opts.json, "w", encoding="utf-8") as fh:
-        json.dump({"rows": [{**asdict(r), "psnr_db": None if math.isinf(r.psnr_db) else r.psnr_db} for r in rows],
-                   "params": args, "torch": torch.__version__, "platform": platform.platform(),
-                   "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after},
-                  fh, indent=2)
+        json.dump(
+            {
+                "rows": [{**asdict(r), "psnr_db": None if math.isinf(r.psnr_db) else r.psnr_db} for r in rows],
+                "params": args,
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "load_average_before": load_before,
+                "load_average_after": load_after,
+            },
+            fh,
+            indent=2,
+        )
     print(f"wrote {opts.json}")
 
 

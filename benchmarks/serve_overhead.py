@@ -38,8 +38,11 @@ def in_process_compute_s(zoo: Path, size: int, runs: int = 20) -> dict[str, floa
     out = {}
     for role in ("large", "small"):
         gen = DiffusionGenerator.from_spec(ModelSpec(source=str(zoo / role), device="cpu", default_size=size), role)
-        fn = (lambda g=gen: g.txt2img(req)) if role == "large" else (
-            lambda g=gen: g.img2img(req, Image.new("RGB", (size, size)), 1.0))
+        fn = (
+            (lambda g=gen: g.txt2img(req))
+            if role == "large"
+            else (lambda g=gen: g.img2img(req, Image.new("RGB", (size, size)), 1.0))
+        )
         fn()
         times = []
         for _ in range(runs):
@@ -54,8 +57,9 @@ def ray_memory_mb() -> dict[str, float]:
     total, by_kind = 0.0, {}
     for proc in psutil.process_iter(["name", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if not any(k in cmd for k in ("ray::", "raylet", "gcs_server", "ray/dashboard", "default_worker",
-                                      "ray/_private")):
+        if not any(
+            k in cmd for k in ("ray::", "raylet", "gcs_server", "ray/dashboard", "default_worker", "ray/_private")
+        ):
             continue
         try:
             pss = proc.memory_full_info().pss / 2**20
@@ -87,12 +91,19 @@ def main() -> None:
     ensure_zoo(load_config(tiny_config_path()), args.zoo)
     compute = in_process_compute_s(args.zoo, args.size)
     model = {"device": "cpu", "num_inference_steps": 1, "default_size": args.size, "max_size": 512}
-    system = {"mode": "modm", "models": {"large": {"source": str(args.zoo / "large"), **model},
-                                         "small": {"source": str(args.zoo / "small"), **model}},
-              "embedder": {"kind": "minilm", "device": "cpu"},
-              "cache": {"directory": str(Path(".modm/bench-overhead-cache").resolve())},
-              "policy": {"k_table": "minilm-text"}, "monitor": {"gpu_budget": 3}}
+    system = {
+        "mode": "modm",
+        "models": {
+            "large": {"source": str(args.zoo / "large"), **model},
+            "small": {"source": str(args.zoo / "small"), **model},
+        },
+        "embedder": {"kind": "minilm", "device": "cpu"},
+        "cache": {"directory": str(Path(".modm/bench-overhead-cache").resolve())},
+        "policy": {"k_table": "minilm-text"},
+        "monitor": {"gpu_budget": 3},
+    }
     import shutil
+
     shutil.rmtree(system["cache"]["directory"], ignore_errors=True)
 
     t0 = time.perf_counter()
@@ -121,9 +132,14 @@ def main() -> None:
             e2e = time.perf_counter() - t
             info = r.json()["modm"]
             model = info["model"]
-            rows[kind].append({"e2e_s": e2e, "overhead_s": e2e - compute[model], "routing_s":
-                               info["timings_s"].get("embed", 0) + info["timings_s"].get("retrieve", 0),
-                               "hit": info["hit"]})
+            rows[kind].append(
+                {
+                    "e2e_s": e2e,
+                    "overhead_s": e2e - compute[model],
+                    "routing_s": info["timings_s"].get("embed", 0) + info["timings_s"].get("retrieve", 0),
+                    "hit": info["hit"],
+                }
+            )
     memory = ray_memory_mb()
     ray.shutdown()
 
@@ -131,13 +147,27 @@ def main() -> None:
     for kind, items in rows.items():
         for metric in ("e2e_s", "overhead_s", "routing_s"):
             values = [x[metric] for x in items]
-            table.append({"requests": kind, "metric": metric, "n": len(values),
-                          "p50_ms": 1e3 * percentile(values, 50), "p95_ms": 1e3 * percentile(values, 95)})
-    result = {"cold_start": cold, "compute_s": compute, "table": table, "memory_pss_mb": memory,
-              "hit_fraction_of_hit_requests": sum(x["hit"] for x in rows["hit"]) / max(1, len(rows["hit"]))}
+            table.append(
+                {
+                    "requests": kind,
+                    "metric": metric,
+                    "n": len(values),
+                    "p50_ms": 1e3 * percentile(values, 50),
+                    "p95_ms": 1e3 * percentile(values, 95),
+                }
+            )
+    result = {
+        "cold_start": cold,
+        "compute_s": compute,
+        "table": table,
+        "memory_pss_mb": memory,
+        "hit_fraction_of_hit_requests": sum(x["hit"] for x in rows["hit"]) / max(1, len(rows["hit"])),
+    }
     print(f"cold start: ray.init {cold['ray_init_s']:.1f}s, serve.run -> healthy {cold['deploy_to_healthy_s']:.1f}s")
-    print(f"model compute (1 step, {args.size}px, in-process median): large {compute['large'] * 1e3:.1f} ms, "
-          f"small {compute['small'] * 1e3:.1f} ms")
+    print(
+        f"model compute (1 step, {args.size}px, in-process median): large {compute['large'] * 1e3:.1f} ms, "
+        f"small {compute['small'] * 1e3:.1f} ms"
+    )
     print(f"{'requests':<8} {'metric':<11} {'n':>4} {'p50 ms':>8} {'p95 ms':>8}")
     for row in table:
         print(f"{row['requests']:<8} {row['metric']:<11} {row['n']:>4} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f}")

@@ -14,8 +14,18 @@ import sys
 
 from modm.sim.cli import main
 
-DEFAULTS = ["--sessions", "-n", "9000", "--warm-up", "1000", "--slo-requests", "1000", "--ramp-requests", "3000",
-            "--slo-throughput-mode"]
+DEFAULTS = [
+    "--sessions",
+    "-n",
+    "9000",
+    "--warm-up",
+    "1000",
+    "--slo-requests",
+    "1000",
+    "--ramp-requests",
+    "3000",
+    "--slo-throughput-mode",
+]
 
 if __name__ == "__main__":
     sys.exit(main(["reproduce", *DEFAULTS, *sys.argv[1:]]))

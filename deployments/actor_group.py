@@ -38,14 +38,22 @@ from modm.config.schema import ModelSpec
 from modm.parallel import ParallelConfig, ParallelPipeline, RendezvousError, init_parallel
 from modm.parallel.pipeline import CollectiveStop, ParallelGenerationStopped
 
-__all__ = ["ParallelActorGroup", "ActorGroupUnhealthy", "ParallelGenerationStopped", "PipelineLoader",
-           "START_TIMEOUT_S", "REQUEST_TIMEOUT_S", "HEALTH_TIMEOUT_S", "rank_bundles"]
+__all__ = [
+    "ParallelActorGroup",
+    "ActorGroupUnhealthy",
+    "ParallelGenerationStopped",
+    "PipelineLoader",
+    "START_TIMEOUT_S",
+    "REQUEST_TIMEOUT_S",
+    "HEALTH_TIMEOUT_S",
+    "rank_bundles",
+]
 
 logger = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 300.0     # reserve bundles + start actors + rendezvous + load the model
-REQUEST_TIMEOUT_S = 600.0   # one generation on all ranks
-HEALTH_TIMEOUT_S = 10.0     # every worker answers a ping
+START_TIMEOUT_S = 300.0  # reserve bundles + start actors + rendezvous + load the model
+REQUEST_TIMEOUT_S = 600.0  # one generation on all ranks
+HEALTH_TIMEOUT_S = 10.0  # every worker answers a ping
 
 # Called on every rank with that rank's device; returns a diffusers pipeline. Must be picklable.
 PipelineLoader = Union[ModelSpec, Callable[[torch.device], Any]]
@@ -91,8 +99,14 @@ class _RankWorker:
     def setup(self, init_method: str, loader: PipelineLoader, timeout_s: float) -> str:
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so its device is always cuda:0.
         device = torch.device("cuda:0") if ray.get_gpu_ids() else torch.device("cpu")
-        self.ctx = init_parallel(self.config, rank=self.rank, world_size=self.config.world_size,
-                                 init_method=init_method, device=device, timeout_s=timeout_s)
+        self.ctx = init_parallel(
+            self.config,
+            rank=self.rank,
+            world_size=self.config.world_size,
+            init_method=init_method,
+            device=device,
+            timeout_s=timeout_s,
+        )
         self.parallel = ParallelPipeline(_load(loader, device), self.ctx)
         return str(device)
 
@@ -136,10 +150,20 @@ class ParallelActorGroup:
     check; `shutdown()` when the replica stops.
     """
 
-    def __init__(self, config: ParallelConfig, loader: PipelineLoader, *, use_gpu: bool = False,
-                 cpus_per_rank: float = 1, torch_threads: int = 1, start_timeout_s: float = START_TIMEOUT_S,
-                 request_timeout_s: float = REQUEST_TIMEOUT_S, health_timeout_s: float = HEALTH_TIMEOUT_S,
-                 placement_group=None, first_bundle: int = 0):
+    def __init__(
+        self,
+        config: ParallelConfig,
+        loader: PipelineLoader,
+        *,
+        use_gpu: bool = False,
+        cpus_per_rank: float = 1,
+        torch_threads: int = 1,
+        start_timeout_s: float = START_TIMEOUT_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        health_timeout_s: float = HEALTH_TIMEOUT_S,
+        placement_group=None,
+        first_bundle: int = 0,
+    ):
         """`placement_group`: schedule rank r into its bundle `first_bundle + r` (a Serve replica passes its own,
         whose bundle 0 holds the replica); None: reserve a placement group of its own at start()."""
         self.config = config
@@ -188,29 +212,37 @@ class ParallelActorGroup:
                 self.shutdown()
                 raise RendezvousError(
                     f"could not reserve {self.world_size} bundles {self.bundles[0]} within "
-                    f"{self.start_timeout_s:.0f} s (cluster resources: {ray.cluster_resources()})") from None
+                    f"{self.start_timeout_s:.0f} s (cluster resources: {ray.cluster_resources()})"
+                ) from None
         elif len(self._pg.bundle_specs) < self._first_bundle + self.world_size:
-            raise RendezvousError(f"the placement group has {len(self._pg.bundle_specs)} bundles; {self.world_size} "
-                                  f"ranks from bundle {self._first_bundle} need {self._first_bundle + self.world_size}")
+            raise RendezvousError(
+                f"the placement group has {len(self._pg.bundle_specs)} bundles; {self.world_size} "
+                f"ranks from bundle {self._first_bundle} need {self._first_bundle + self.world_size}"
+            )
         # Requests run in the default group (one at a time, in submission order); pings and stops in their own.
         worker_cls = ray.remote(concurrency_groups={"health": 1, "control": 1})(_RankWorker)
         self._workers = [
             worker_cls.options(
-                num_cpus=self.cpus_per_rank, num_gpus=1 if self.use_gpu else 0,
+                num_cpus=self.cpus_per_rank,
+                num_gpus=1 if self.use_gpu else 0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self._pg, placement_group_bundle_index=self._first_bundle + rank),
+                    placement_group=self._pg, placement_group_bundle_index=self._first_bundle + rank
+                ),
             ).remote(rank, self.config.model_dump(mode="json"), self.torch_threads)
             for rank in range(self.world_size)
         ]
         try:
             host, port = ray.get(self._workers[0].rendezvous_address.remote(), timeout=self._left(deadline))
             remaining = self._left(deadline)
-            devices = ray.get([w.setup.remote(f"tcp://{host}:{port}", self.loader, remaining)
-                               for w in self._workers], timeout=remaining)
+            devices = ray.get(
+                [w.setup.remote(f"tcp://{host}:{port}", self.loader, remaining) for w in self._workers],
+                timeout=remaining,
+            )
         except (GetTimeoutError, RayActorError) as exc:
             self.shutdown()
-            raise RendezvousError(f"the {self.world_size} ranks did not all start and join within "
-                                  f"{self.start_timeout_s:.0f} s: {exc}") from exc
+            raise RendezvousError(
+                f"the {self.world_size} ranks did not all start and join within {self.start_timeout_s:.0f} s: {exc}"
+            ) from exc
         except Exception:
             self.shutdown()
             raise

@@ -15,10 +15,21 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
-from deployments.constants import (AUTOSCALING_LOOK_BACK_S, AUTOSCALING_METRICS_INTERVAL_S, DEFAULT_DEPLOYMENT_OPTIONS,
-                                   GRACEFUL_SHUTDOWN_MARGIN)
-from modm.config import (ConfigError, ModelSpec, SystemConfig, SystemMode, config_from_dict, load_config,
-                         resolve_relative_paths)
+from deployments.constants import (
+    AUTOSCALING_LOOK_BACK_S,
+    AUTOSCALING_METRICS_INTERVAL_S,
+    DEFAULT_DEPLOYMENT_OPTIONS,
+    GRACEFUL_SHUTDOWN_MARGIN,
+)
+from modm.config import (
+    ConfigError,
+    ModelSpec,
+    SystemConfig,
+    SystemMode,
+    config_from_dict,
+    load_config,
+    resolve_relative_paths,
+)
 from modm.embedding import embedding_dim
 from modm.policy import NIRVANA_K_CHOICES
 from modm.policy.api_keys import ApiKeyRing
@@ -35,11 +46,24 @@ MODE_DEPLOYMENTS = {
 ACTOR_OPTION_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
 
 # Per-replica concurrency: a model replica runs one generation at a time (one GPU); the others are light.
-MAX_ONGOING = {"Router": 512, "Embedder": 64, "CacheIndex": 256, "LargeModel": 1, "SmallModel": 1, "Monitor": 64,
-               "LatentCache": 256}
-DEFAULT_ACTOR_OPTIONS = {"Router": {"num_cpus": 0.25}, "Embedder": {"num_cpus": 1}, "CacheIndex": {"num_cpus": 0.5},
-                         "LargeModel": {"num_cpus": 1}, "SmallModel": {"num_cpus": 1}, "Monitor": {"num_cpus": 0.1},
-                         "LatentCache": {"num_cpus": 0.5}}
+MAX_ONGOING = {
+    "Router": 512,
+    "Embedder": 64,
+    "CacheIndex": 256,
+    "LargeModel": 1,
+    "SmallModel": 1,
+    "Monitor": 64,
+    "LatentCache": 256,
+}
+DEFAULT_ACTOR_OPTIONS = {
+    "Router": {"num_cpus": 0.25},
+    "Embedder": {"num_cpus": 1},
+    "CacheIndex": {"num_cpus": 0.5},
+    "LargeModel": {"num_cpus": 1},
+    "SmallModel": {"num_cpus": 1},
+    "Monitor": {"num_cpus": 0.1},
+    "LatentCache": {"num_cpus": 0.5},
+}
 
 
 class AppArgs(BaseModel):
@@ -48,10 +72,13 @@ class AppArgs(BaseModel):
     config: str | None = Field(default=None, description="Path of a system config YAML (modm.config schema).")
     system: dict | None = Field(default=None, description="The system config inline, instead of a path.")
     actor_options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Ray actor options per deployment, e.g. {LargeModel: {num_gpus: 1}}.")
+        default_factory=dict, description="Ray actor options per deployment, e.g. {LargeModel: {num_gpus: 1}}."
+    )
     check_resources: bool = Field(
-        default=True, description="Fail fast when the cluster cannot hold the app (turn off on autoscaling "
-                                  "clusters that add nodes on demand).")
+        default=True,
+        description="Fail fast when the cluster cannot hold the app (turn off on autoscaling "
+        "clusters that add nodes on demand).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "AppArgs":
@@ -77,10 +104,14 @@ def model_autoscaling(system: SystemConfig, role: str) -> dict:
     n, min_small = system.monitor.gpu_budget, system.monitor.min_small
     low, high, initial = (1, n - min_small, n - min_small) if role == "large" else (min_small, n - 1, min_small)
     return {
-        "min_replicas": low, "max_replicas": high, "initial_replicas": initial,
-        "metrics_interval_s": AUTOSCALING_METRICS_INTERVAL_S, "look_back_period_s": AUTOSCALING_LOOK_BACK_S,
+        "min_replicas": low,
+        "max_replicas": high,
+        "initial_replicas": initial,
+        "metrics_interval_s": AUTOSCALING_METRICS_INTERVAL_S,
+        "look_back_period_s": AUTOSCALING_LOOK_BACK_S,
         # The PID controller already smooths; Serve's own delays would only add lag.
-        "upscale_delay_s": 0.0, "downscale_delay_s": 0.0,
+        "upscale_delay_s": 0.0,
+        "downscale_delay_s": 0.0,
         "policy": {"policy_function": "deployments.autoscaling:monitor_target_policy"},
     }
 
@@ -112,9 +143,11 @@ def _checked_warm(system: SystemConfig) -> SystemConfig:
     if system.mode is SystemMode.VANILLA:
         raise ConfigError("cache.warm: mode 'vanilla' keeps no cache to warm")
     if system.mode is SystemMode.NIRVANA and system.models.large.num_inference_steps != system.policy.total_steps:
-        raise ConfigError(f"cache.warm: NIRVANA caches latents only of {system.policy.total_steps}-step runs "
-                          f"(policy.total_steps), but models.large.num_inference_steps is "
-                          f"{system.models.large.num_inference_steps}")
+        raise ConfigError(
+            f"cache.warm: NIRVANA caches latents only of {system.policy.total_steps}-step runs "
+            f"(policy.total_steps), but models.large.num_inference_steps is "
+            f"{system.models.large.num_inference_steps}"
+        )
     path = Path(warm.prompts).expanduser()
     path = path if path.is_absolute() else Path.cwd() / path
     try:
@@ -137,14 +170,20 @@ def parallel_placement(spec: ModelSpec, options: dict) -> dict:
 
     if spec.parallel.world_size == 1:
         return {}
-    replica = {"CPU": float(options.get("num_cpus", 1)), "GPU": float(options.get("num_gpus", 0)),
-               "memory": float(options.get("memory", 0)), **options.get("resources", {})}
+    replica = {
+        "CPU": float(options.get("num_cpus", 1)),
+        "GPU": float(options.get("num_gpus", 0)),
+        "memory": float(options.get("memory", 0)),
+        **options.get("resources", {}),
+    }
     if options.get("accelerator_type"):  # Ray adds this resource to the replica actor
         replica[f"accelerator_type:{options['accelerator_type']}"] = 0.001
     replica = {k: v for k, v in replica.items() if v > 0} or {"CPU": 0.01}  # a bundle may not be empty
     on_gpu = _on_gpu(spec, options)
-    return {"placement_group_bundles": [replica, *rank_bundles(spec.parallel.world_size, use_gpu=on_gpu)],
-            "placement_group_strategy": "STRICT_PACK" if on_gpu else "PACK"}
+    return {
+        "placement_group_bundles": [replica, *rank_bundles(spec.parallel.world_size, use_gpu=on_gpu)],
+        "placement_group_strategy": "STRICT_PACK" if on_gpu else "PACK",
+    }
 
 
 def replica_resources(options: dict, spec) -> dict:
@@ -170,10 +209,14 @@ def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
     for name in names:
         if name not in ("LargeModel", "SmallModel"):
             add(args.options_for(name), 1)
-    large, small = (replica_resources(args.options_for(name), spec) for name, spec in
-                    (("LargeModel", system.models.large), ("SmallModel", system.models.small)))
-    widest = max((large, small) if system.mode is SystemMode.MODM else (large,),
-                 key=lambda o: (o.get("num_gpus", 0), o.get("num_cpus", 0)))
+    large, small = (
+        replica_resources(args.options_for(name), spec)
+        for name, spec in (("LargeModel", system.models.large), ("SmallModel", system.models.small))
+    )
+    widest = max(
+        (large, small) if system.mode is SystemMode.MODM else (large,),
+        key=lambda o: (o.get("num_gpus", 0), o.get("num_cpus", 0)),
+    )
     add(widest, system.monitor.gpu_budget)
     return {k: v for k, v in need.items() if v > 0}
 
@@ -187,14 +230,20 @@ def check_cluster(need: dict[str, float]) -> None:
     short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
     if short:
         detail = ", ".join(f"{k}: needs {v:g}, cluster has {h:g}" for k, (v, h) in short.items())
-        raise ValueError(f"the cluster cannot hold this app ({detail}). Start Ray with more resources (e.g. "
-                         f"`ray start --head --num-cpus=8`), lower monitor.gpu_budget, or set "
-                         f"args.check_resources: false on an autoscaling cluster.")
+        raise ValueError(
+            f"the cluster cannot hold this app ({detail}). Start Ray with more resources (e.g. "
+            f"`ray start --head --num-cpus=8`), lower monitor.gpu_budget, or set "
+            f"args.check_resources: false on an autoscaling cluster."
+        )
 
 
 def _deployment(cls, name: str, args: AppArgs, **options):
-    opts = {**DEFAULT_DEPLOYMENT_OPTIONS, "max_ongoing_requests": MAX_ONGOING[name],
-            "ray_actor_options": args.options_for(name), **options}
+    opts = {
+        **DEFAULT_DEPLOYMENT_OPTIONS,
+        "max_ongoing_requests": MAX_ONGOING[name],
+        "ray_actor_options": args.options_for(name),
+        **options,
+    }
     logger.info("deployment %s: %s", name, opts)
     return serve.deployment(cls, name=name, **opts)
 
@@ -215,8 +264,12 @@ def _check_capabilities(system) -> None:
         except CapabilityError as err:
             raise ConfigError(str(err)) from None
         except (ModelLoadError, OSError, ValueError) as err:
-            logger.warning("models.%s: configs of %r not readable at build time (%s); its replica checks it",
-                           role, spec.source, err)
+            logger.warning(
+                "models.%s: configs of %r not readable at build time (%s); its replica checks it",
+                role,
+                spec.source,
+                err,
+            )
 
 
 def build_app(args: dict) -> serve.Application:
@@ -236,8 +289,10 @@ def build_app(args: dict) -> serve.Application:
     except ValueError as err:  # pydantic ValidationError is a ValueError
         raise ValueError(f"invalid app args: {err}") from None
     if system.mode is SystemMode.MODM and system.monitor.min_small < 1:
-        raise ValueError("monitor.min_small must be at least 1 in the Serve app: a deployment at zero replicas "
-                         "has no replica to report the monitor's target")
+        raise ValueError(
+            "monitor.min_small must be at least 1 in the Serve app: a deployment at zero replicas "
+            "has no replica to report the monitor's target"
+        )
     system = _checked_warm(system)
     _check_capabilities(system)
     if parsed.check_resources:
@@ -252,38 +307,63 @@ def build_app(args: dict) -> serve.Application:
     queue_bound = {"max_queued_requests": system.backpressure.max_queued_requests or -1}
 
     def model_options(spec: ModelSpec, name: str) -> dict:
-        return {"graceful_shutdown_timeout_s": graceful_shutdown_s(spec, system),
-                **parallel_placement(spec, parsed.options_for(name))}
+        return {
+            "graceful_shutdown_timeout_s": graceful_shutdown_s(spec, system),
+            **parallel_placement(spec, parsed.options_for(name)),
+        }
 
     # A stopping Router replica finishes the requests it holds; none outlives request_timeout_s.
     router_options = {"graceful_shutdown_timeout_s": system.serving.request_timeout_s}
     if system.mode is SystemMode.VANILLA:
-        large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget,
-                            **queue_bound, **model_options(system.models.large, "LargeModel")).bind(
-            system.models.large.model_dump(mode="json"), "large")
+        large = _deployment(
+            ModelServer,
+            "LargeModel",
+            parsed,
+            num_replicas=system.monitor.gpu_budget,
+            **queue_bound,
+            **model_options(system.models.large, "LargeModel"),
+        ).bind(system.models.large.model_dump(mode="json"), "large")
         return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large)
     if system.mode is SystemMode.NIRVANA:
         from deployments.latent_cache import LatentCacheServer
 
-        large = _deployment(ModelServer, "LargeModel", parsed, num_replicas=system.monitor.gpu_budget,
-                            **queue_bound, **model_options(system.models.large, "LargeModel")).bind(
-            system.models.large.model_dump(mode="json"), "large", snapshot_steps=NIRVANA_K_CHOICES)
+        large = _deployment(
+            ModelServer,
+            "LargeModel",
+            parsed,
+            num_replicas=system.monitor.gpu_budget,
+            **queue_bound,
+            **model_options(system.models.large, "LargeModel"),
+        ).bind(system.models.large.model_dump(mode="json"), "large", snapshot_steps=NIRVANA_K_CHOICES)
         embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
         latents = _deployment(LatentCacheServer, "LatentCache", parsed, num_replicas=1).bind(
-            system.cache.model_dump(mode="json"), embedding_dim(system.embedder), system.policy.total_steps)
-        return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large, None, embedder,
-                                                                             latents)
+            system.cache.model_dump(mode="json"), embedding_dim(system.embedder), system.policy.total_steps
+        )
+        return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large, None, embedder, latents)
 
-    large = _deployment(ModelServer, "LargeModel", parsed, autoscaling_config=model_autoscaling(system, "large"),
-                        **queue_bound, **model_options(system.models.large, "LargeModel")).bind(
-        system.models.large.model_dump(mode="json"), "large")
-    small = _deployment(ModelServer, "SmallModel", parsed, autoscaling_config=model_autoscaling(system, "small"),
-                        **queue_bound, **model_options(system.models.small, "SmallModel")).bind(
-        system.models.small.model_dump(mode="json"), "small")
+    large = _deployment(
+        ModelServer,
+        "LargeModel",
+        parsed,
+        autoscaling_config=model_autoscaling(system, "large"),
+        **queue_bound,
+        **model_options(system.models.large, "LargeModel"),
+    ).bind(system.models.large.model_dump(mode="json"), "large")
+    small = _deployment(
+        ModelServer,
+        "SmallModel",
+        parsed,
+        autoscaling_config=model_autoscaling(system, "small"),
+        **queue_bound,
+        **model_options(system.models.small, "SmallModel"),
+    ).bind(system.models.small.model_dump(mode="json"), "small")
     embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
     cache = _deployment(CacheIndexServer, "CacheIndex", parsed, num_replicas=1).bind(
-        system.cache.model_dump(mode="json"), embedding_dim(system.embedder))
+        system.cache.model_dump(mode="json"), embedding_dim(system.embedder)
+    )
     monitor = _deployment(MonitorServer, "Monitor", parsed, num_replicas=1).bind(
-        system.monitor.model_dump(mode="json"), system.policy.total_steps, large, small)
-    return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large, small, embedder, cache,
-                                                                         monitor)
+        system.monitor.model_dump(mode="json"), system.policy.total_steps, large, small
+    )
+    return _deployment(Router, "Router", parsed, **router_options).bind(
+        system_dict, large, small, embedder, cache, monitor
+    )

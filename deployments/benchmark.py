@@ -34,8 +34,9 @@ SYSTEMS = ("vanilla", "modm-throughput", "modm-quality", "nirvana")
 REFERENCE_SYSTEM = "vanilla"  # the large model alone: the throughput baseline and the FID reference
 
 
-def system_variants(base: dict, budget: int, steps: int, size: int, window_s: float, work: Path,
-                    names: tuple[str, ...] = SYSTEMS) -> dict[str, dict]:
+def system_variants(
+    base: dict, budget: int, steps: int, size: int, window_s: float, work: Path, names: tuple[str, ...] = SYSTEMS
+) -> dict[str, dict]:
     """The same models, steps and replica budget for every system; only mode and monitor objective differ."""
     variants = {}
     for name in names:
@@ -67,24 +68,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50, help="T")
     parser.add_argument("--window-s", type=float, default=10.0, help="monitor window (short runs need short ones)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help="comma-separated; nirvana needs --steps above 25 (it caches latents after 5..25)")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="comma-separated; nirvana needs --steps above 25 (it caches latents after 5..25)",
+    )
     parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     sweep = parser.add_argument_group("SLO sweep (optional)")
-    sweep.add_argument("--sweep-rates", type=float, nargs="+", default=None,
-                       help="Poisson rates (req/min) to run on every system after its closed-loop run")
+    sweep.add_argument(
+        "--sweep-rates",
+        type=float,
+        nargs="+",
+        default=None,
+        help="Poisson rates (req/min) to run on every system after its closed-loop run",
+    )
     sweep.add_argument("--sweep-requests", type=int, default=40, help="requests per sweep point")
     quality = parser.add_argument_group("quality table (images kept under OUT/<system>/images)")
     quality.add_argument("--no-quality", dest="quality", action="store_false", help="keep no images, skip the table")
-    quality.add_argument("--clip-model", default=None,
-                         help="open_clip model for CLIPScore (default: the zoo's tiny CLIP, local-dir:ZOO/clip)")
+    quality.add_argument(
+        "--clip-model",
+        default=None,
+        help="open_clip model for CLIPScore (default: the zoo's tiny CLIP, local-dir:ZOO/clip)",
+    )
     quality.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag, e.g. openai")
-    quality.add_argument("--inception-weights", default="random", choices=["random", "IMAGENET1K_V1", "file"],
-                         help="random: no download, plumbing only; IMAGENET1K_V1 for real FID/IS")
+    quality.add_argument(
+        "--inception-weights",
+        default="random",
+        choices=["random", "IMAGENET1K_V1", "file"],
+        help="random: no download, plumbing only; IMAGENET1K_V1 for real FID/IS",
+    )
     quality.add_argument("--inception-path", type=Path, default=None, help="state dict for --inception-weights file")
-    quality.add_argument("--fid-dims", type=int, default=64, choices=[64, 192, 768, 2048],
-                         help="Inception feature layer; 2048 is the standard FID but needs > 2048 images per system")
+    quality.add_argument(
+        "--fid-dims",
+        type=int,
+        default=64,
+        choices=[64, 192, 768, 2048],
+        help="Inception feature layer; 2048 is the standard FID but needs > 2048 images per system",
+    )
     return parser
 
 
@@ -93,17 +114,29 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     from ray import serve
 
     from deployments.app import build_app
-    from loadgen import (ArrivalConfig, ArrivalKind, ClientConfig, RunConfig, SessionConfig, TraceConfig,
-                         compare_runs, format_comparison, run)
+    from loadgen import (
+        ArrivalConfig,
+        ArrivalKind,
+        ClientConfig,
+        RunConfig,
+        SessionConfig,
+        TraceConfig,
+        compare_runs,
+        format_comparison,
+        run,
+    )
     from loadgen.runner import write_run
 
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
     if set(chosen) - set(SYSTEMS) or REFERENCE_SYSTEM not in chosen:
-        raise ValueError(f"--systems must include {REFERENCE_SYSTEM} (the baseline) and name only {SYSTEMS}, "
-                         f"got {chosen}")
+        raise ValueError(
+            f"--systems must include {REFERENCE_SYSTEM} (the baseline) and name only {SYSTEMS}, got {chosen}"
+        )
     if "nirvana" in chosen and args.steps <= max(NIRVANA_K_CHOICES):
-        raise ValueError(f"nirvana caches latents after steps {list(NIRVANA_K_CHOICES)}: use --steps above "
-                         f"{max(NIRVANA_K_CHOICES)} or leave nirvana out of --systems")
+        raise ValueError(
+            f"nirvana caches latents after steps {list(NIRVANA_K_CHOICES)}: use --steps above "
+            f"{max(NIRVANA_K_CHOICES)} or leave nirvana out of --systems"
+        )
     chosen.sort(key=lambda s: s != REFERENCE_SYSTEM)  # vanilla first: it measures the SLO reference latency
     serve_config = yaml.safe_load(tiny_config_path().read_text(encoding="utf-8"))
     base = serve_config["applications"][0]["args"]["system"]
@@ -125,11 +158,20 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
                 trace=TraceConfig(path=args.trace, n_requests=args.requests, warm_up=args.warm_up),
                 sessions=SessionConfig(),
                 arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=args.concurrency),
-                client=ClientConfig(url=url, size=f"{args.size}x{args.size}", steps=args.steps, tenant="bench",
-                                    request_timeout_s=600, stats_poll_period_s=2.0, progress=False, seed_from_row=True,
-                                    image_dir=(args.out / name / "images").resolve() if args.quality else None),
+                client=ClientConfig(
+                    url=url,
+                    size=f"{args.size}x{args.size}",
+                    steps=args.steps,
+                    tenant="bench",
+                    request_timeout_s=600,
+                    stats_poll_period_s=2.0,
+                    progress=False,
+                    seed_from_row=True,
+                    image_dir=(args.out / name / "images").resolve() if args.quality else None,
+                ),
                 reference_latency_s=reference_s,
-                reference_url=url if reference_s is None else None)
+                reference_url=url if reference_s is None else None,
+            )
             artifacts = run(config)
             if args.sweep_rates:
                 sweeps[name] = slo_sweep(args, config, reference_s or artifacts.reference_latency_s, name)
@@ -142,12 +184,18 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
         print(f"{name}: done in {time.monotonic() - started:.0f}s", flush=True)
 
     comparison = compare_runs(summaries, baseline=REFERENCE_SYSTEM)
-    print(f"\nworkload: {args.trace.name}, {args.requests} measured requests (+{args.warm_up} warm-up), sessions; "
-          f"budget {args.budget} model replicas; {args.size}px, T={args.steps}; closed loop x{args.concurrency}; "
-          f"SLO reference {reference_s:.2f}s (vanilla, one request at a time)\n")
+    print(
+        f"\nworkload: {args.trace.name}, {args.requests} measured requests (+{args.warm_up} warm-up), sessions; "
+        f"budget {args.budget} model replicas; {args.size}px, T={args.steps}; closed loop x{args.concurrency}; "
+        f"SLO reference {reference_s:.2f}s (vanilla, one request at a time)\n"
+    )
     print(format_comparison(comparison))
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "reference_latency_s": reference_s,
-              "comparison": comparison.model_dump(mode="json"), "runs": runs}
+    result = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "reference_latency_s": reference_s,
+        "comparison": comparison.model_dump(mode="json"),
+        "runs": runs,
+    }
     if sweeps:
         result["slo_sweep"] = sweep_table(args, sweeps)
     if args.quality:
@@ -168,11 +216,18 @@ def slo_sweep(args: argparse.Namespace, measured, reference_s: float, name: str)
     first_row = (measured.trace.start_row or 0) + args.requests + args.warm_up
     points = []
     for i, rate in enumerate(sorted(args.sweep_rates)):  # each point its own rows: a replay would be all hits
-        fresh = TraceConfig(path=args.trace, n_requests=args.sweep_requests,
-                            start_row=first_row + i * args.sweep_requests)
-        base = measured.model_copy(update={"trace": fresh, "reference_latency_s": reference_s,
-                                           "reference_url": None, "out_dir": args.out / name / "sweep",
-                                           "client": measured.client.model_copy(update={"image_dir": None})})
+        fresh = TraceConfig(
+            path=args.trace, n_requests=args.sweep_requests, start_row=first_row + i * args.sweep_requests
+        )
+        base = measured.model_copy(
+            update={
+                "trace": fresh,
+                "reference_latency_s": reference_s,
+                "reference_url": None,
+                "out_dir": args.out / name / "sweep",
+                "client": measured.client.model_copy(update={"image_dir": None}),
+            }
+        )
         points += run_sweep(base, [rate], isolate_tenants=False).points
     return points
 
@@ -181,8 +236,9 @@ def sweep_table(args: argparse.Namespace, sweeps: dict[str, list]) -> dict:
     from loadgen.plots import plot_slo_vs_rate
 
     plot = plot_slo_vs_rate(sweeps, args.out / "slo_vs_rate.png")
-    keys = sorted({k for points in sweeps.values() for _, s in points for k in s.slo_attainment},
-                  key=lambda k: float(k[:-1]))
+    keys = sorted(
+        {k for points in sweeps.values() for _, s in points for k in s.slo_attainment}, key=lambda k: float(k[:-1])
+    )
     print(f"\nSLO attainment vs Poisson rate ({args.sweep_requests} requests per point; plot {plot})\n")
     header = f"{'system':<18}{'req/min':>9}" + "".join(f"{'SLO ' + k:>10}" for k in keys) + f"{'hit rate':>10}"
     print(header + "\n" + "-" * len(header))
@@ -190,10 +246,20 @@ def sweep_table(args: argparse.Namespace, sweeps: dict[str, list]) -> dict:
     for name, points in sweeps.items():
         for rate, summary in points:
             hit = "-" if summary.hit_rate is None else f"{summary.hit_rate:.0%}"
-            print(f"{name:<18}{rate:>9g}" + "".join(f"{summary.slo_attainment.get(k, float('nan')):>10.1%}"
-                                                    for k in keys) + f"{hit:>10}")
-            rows.append({"system": name, "rate_per_min": rate, "slo_attainment": summary.slo_attainment,
-                         "hit_rate": summary.hit_rate, "throughput_per_min": summary.throughput_req_per_min})
+            print(
+                f"{name:<18}{rate:>9g}"
+                + "".join(f"{summary.slo_attainment.get(k, float('nan')):>10.1%}" for k in keys)
+                + f"{hit:>10}"
+            )
+            rows.append(
+                {
+                    "system": name,
+                    "rate_per_min": rate,
+                    "slo_attainment": summary.slo_attainment,
+                    "hit_rate": summary.hit_rate,
+                    "throughput_per_min": summary.throughput_req_per_min,
+                }
+            )
     return {"plot": str(plot), "points": rows}
 
 
@@ -205,18 +271,37 @@ def quality_table(args: argparse.Namespace, systems: list[str]) -> dict:
     from modm.quality.systems import compare_systems, format_system_table
 
     image_sets = {name: load_image_set(args.out / name / RECORDS_FILE) for name in systems}
-    clip = ClipScoreConfig(model=args.clip_model or f"local-dir:{(args.zoo / 'clip').resolve()}",
-                           pretrained=args.clip_pretrained, device="cpu")
-    inception = InceptionConfig(weights=args.inception_weights, path=args.inception_path, dims=args.fid_dims,
-                                device="cpu")
-    rows = compare_systems(image_sets, REFERENCE_SYSTEM, [ClipScorer.from_config(clip)],
-                           InceptionFeatureExtractor.from_config(inception), allow_low_rank=True)
-    print("\nquality of the served images (after warm-up)"
-          + (" -- random Inception weights: plumbing only, not comparable to published numbers"
-             if args.inception_weights == "random" else "") + "\n")
+    clip = ClipScoreConfig(
+        model=args.clip_model or f"local-dir:{(args.zoo / 'clip').resolve()}",
+        pretrained=args.clip_pretrained,
+        device="cpu",
+    )
+    inception = InceptionConfig(
+        weights=args.inception_weights, path=args.inception_path, dims=args.fid_dims, device="cpu"
+    )
+    rows = compare_systems(
+        image_sets,
+        REFERENCE_SYSTEM,
+        [ClipScorer.from_config(clip)],
+        InceptionFeatureExtractor.from_config(inception),
+        allow_low_rank=True,
+    )
+    print(
+        "\nquality of the served images (after warm-up)"
+        + (
+            " -- random Inception weights: plumbing only, not comparable to published numbers"
+            if args.inception_weights == "random"
+            else ""
+        )
+        + "\n"
+    )
     print(format_system_table(rows, REFERENCE_SYSTEM))
-    return {"reference": REFERENCE_SYSTEM, "clip": clip.model_dump(mode="json"),
-            "inception": inception.extractor_id, "rows": [asdict(row) for row in rows]}
+    return {
+        "reference": REFERENCE_SYSTEM,
+        "clip": clip.model_dump(mode="json"),
+        "inception": inception.extractor_id,
+        "rows": [asdict(row) for row in rows],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,11 +38,11 @@ class CacheIndexServer:
         except EntryNotFoundError:
             return None
 
-    async def add(self, png: bytes, embedding: np.ndarray, prompt: str, tenant: str, source_model: str,
-                  k: int) -> int:
+    async def add(self, png: bytes, embedding: np.ndarray, prompt: str, tenant: str, source_model: str, k: int) -> int:
         # The write is fsync'd; keep it off the event loop so queries stay fast meanwhile.
-        entry = await asyncio.to_thread(self.cache.add, png, embedding, prompt=prompt, tenant=tenant,
-                                        source_model=source_model, k=k)
+        entry = await asyncio.to_thread(
+            self.cache.add, png, embedding, prompt=prompt, tenant=tenant, source_model=source_model, k=k
+        )
         return entry.id
 
     def cached_prompts(self, namespace: str) -> list[str]:
@@ -51,8 +51,12 @@ class CacheIndexServer:
 
     def stats(self) -> dict:
         stats = self.cache.stats()
-        return {"entries": len(self.cache), "admissions": stats.admissions, "evictions": stats.evictions,
-                "queries": stats.queries}
+        return {
+            "entries": len(self.cache),
+            "admissions": stats.admissions,
+            "evictions": stats.evictions,
+            "queries": stats.queries,
+        }
 
     def check_health(self) -> None:
         self.cache.stats()  # raises once the cache is closed or broken

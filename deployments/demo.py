@@ -63,23 +63,36 @@ def send_workload(url: str, out_dir: Path, workload: Path, size: int, concurrenc
 
     shutil.rmtree(out_dir, ignore_errors=True)
     rows = len(read_workload(workload))
-    client = ClientConfig(url=url, size=f"{size}x{size}", tenant="demo", request_timeout_s=300,
-                          stats_poll_period_s=2.0, progress=False, image_dir=out_dir / "images")
+    client = ClientConfig(
+        url=url,
+        size=f"{size}x{size}",
+        tenant="demo",
+        request_timeout_s=300,
+        stats_poll_period_s=2.0,
+        progress=False,
+        image_dir=out_dir / "images",
+    )
     config = RunConfig(
         name="demo",
         trace=TraceConfig(path=workload, n_requests=rows),
         arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=concurrency),
         client=client,
-        reference_latency_s=None)
+        reference_latency_s=None,
+    )
     artifacts = run(config)
     write_run(out_dir, artifacts)  # makes the records' image paths relative to out_dir
     print(format_summary(artifacts.summary))
     records = artifacts.result.records
     sources = fetch_cached_images(client, records, out_dir / "cache_images")
     hits = sum(bool(r.hit) for r in records)
-    sheet = write_contact_sheet(out_dir / CONTACT_SHEET, records, base_dir=out_dir, cached_images=sources,
-                                title=f"make demo: {len(records)} requests, {hits} hits (refined from the cached "
-                                      f"image on the right), {len(records) - hits} misses")
+    sheet = write_contact_sheet(
+        out_dir / CONTACT_SHEET,
+        records,
+        base_dir=out_dir,
+        cached_images=sources,
+        title=f"make demo: {len(records)} requests, {hits} hits (refined from the cached "
+        f"image on the right), {len(records) - hits} misses",
+    )
     print(f"contact sheet: {sheet}")
     return artifacts.summary.model_dump(mode="json")
 
@@ -87,8 +100,9 @@ def send_workload(url: str, out_dir: Path, workload: Path, size: int, concurrenc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=default_config_path(), help="Serve config to deploy")
-    parser.add_argument("--workload", type=Path, default=None,
-                        help="user<TAB>prompt TSV (default: the config's embedded workload)")
+    parser.add_argument(
+        "--workload", type=Path, default=None, help="user<TAB>prompt TSV (default: the config's embedded workload)"
+    )
     parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"), help="tiny zoo location (built if missing)")
     parser.add_argument("--work-dir", type=Path, default=Path(".modm/demo"), help="demo cache and records")
     parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray head")
@@ -98,18 +112,29 @@ def main(argv: list[str] | None = None) -> int:
 
     system = load_config(args.config)
     ensure_zoo(system, args.zoo)
-    missing = [m.source for m in (system.models.large, system.models.small) if m is not None
-               and not Path(m.source).exists()]
+    missing = [
+        m.source for m in (system.models.large, system.models.small) if m is not None and not Path(m.source).exists()
+    ]
     if missing:
-        print(f"{args.config}: model directories not found: {missing} (run from the repository root; the world's "
-              "models are committed under modm/world/weights, `modm world build` rebuilds them)", file=sys.stderr)
+        print(
+            f"{args.config}: model directories not found: {missing} (run from the repository root; the world's "
+            "models are committed under modm/world/weights, `modm world build` rebuilds them)",
+            file=sys.stderr,
+        )
         return 1
     workload = args.workload or demo_workload_path(system)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     serve_config, url = demo_serve_config(args.config, args.work_dir)
     started = time.monotonic()
-    head = _run(_bin("ray"), "start", "--head", f"--num-cpus={args.num_cpus}", "--dashboard-host=127.0.0.1",
-                "--disable-usage-stats", check=False)
+    head = _run(
+        _bin("ray"),
+        "start",
+        "--head",
+        f"--num-cpus={args.num_cpus}",
+        "--dashboard-host=127.0.0.1",
+        "--disable-usage-stats",
+        check=False,
+    )
     if head.returncode != 0:
         print(head.stdout + head.stderr, file=sys.stderr)
         print("could not start a Ray head (is one running already? `ray stop` ends it)", file=sys.stderr)
@@ -121,8 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         print(_run(_bin("serve"), "status", "--address", DASHBOARD).stdout)
         send_workload(url, args.work_dir / "run", workload, system.models.large.default_size, args.concurrency)
         stats = httpx.get(f"{url}/v1/stats", timeout=10).json()
-        print("server stats:", json.dumps({k: stats[k] for k in ("requests", "hits", "misses", "hit_rate", "k_mix",
-                                                                "served_by", "allocation", "cache")}, indent=1))
+        print(
+            "server stats:",
+            json.dumps(
+                {
+                    k: stats[k]
+                    for k in ("requests", "hits", "misses", "hit_rate", "k_mix", "served_by", "allocation", "cache")
+                },
+                indent=1,
+            ),
+        )
         print(f"records and plots: {args.work_dir / 'run'}")
         return 0
     finally:

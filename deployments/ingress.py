@@ -11,29 +11,35 @@ from modm.config.schema import RequestLimits
 
 __all__ = ["BodySizeLimit", "RequestRejected", "api"]
 
-api = FastAPI(title="modm", version="0.1.0",
-              description="Text-to-image serving with a mixture of diffusion models and a cache of final images.")
+api = FastAPI(
+    title="modm",
+    version="0.1.0",
+    description="Text-to-image serving with a mixture of diffusion models and a cache of final images.",
+)
 
 
 class RequestRejected(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.kind, self.headers = status, message, kind, headers
 
 
 @api.exception_handler(RequestValidationError)
 async def _invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-                         for e in err.errors())
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in err.errors()
+    )
     return JSONResponse(status_code=422, content=error_body(problems, "invalid_request_error"))
 
 
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
     # Starlette's own refusals (404, 405, 413, unreadable bodies) in the same error shape as ours.
-    return JSONResponse(status_code=err.status_code, content=error_body(str(err.detail), "invalid_request_error"),
-                        headers=err.headers)
+    return JSONResponse(
+        status_code=err.status_code, content=error_body(str(err.detail), "invalid_request_error"), headers=err.headers
+    )
 
 
 class BodySizeLimit:
@@ -50,8 +56,12 @@ class BodySizeLimit:
         too_large = HTTPException(413, f"the request body exceeds the limit of {limit} bytes")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            response = await _http_error(None, too_large if declared.isdigit() else HTTPException(
-                400, "Content-Length must be a non-negative integer"))
+            response = await _http_error(
+                None,
+                too_large
+                if declared.isdigit()
+                else HTTPException(400, "Content-Length must be a non-negative integer"),
+            )
             return await response(scope, receive, send)
         received = 0
 

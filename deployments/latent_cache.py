@@ -27,8 +27,9 @@ class LatentCacheServer:
     def _cache(self, namespace: str) -> LatentCache:
         cache = self.caches.get(namespace)
         if cache is None:
-            cache = self.caches[namespace] = LatentCache(self.dim, self.capacity_prompts, self.k_table,
-                                                         index_config=self.config)
+            cache = self.caches[namespace] = LatentCache(
+                self.dim, self.capacity_prompts, self.k_table, index_config=self.config
+            )
         return cache
 
     def lookup(self, embedding: np.ndarray, namespace: str) -> dict:
@@ -47,8 +48,11 @@ class LatentCacheServer:
         return prompt_id
 
     def stats(self) -> dict:
-        return {"entries": sum(len(c) for c in self.caches.values()),
-                "prompts": sum(len(c.prompts()) for c in self.caches.values()),
-                "admissions": self.admissions, "hits": sum(c.hits for c in self.caches.values()),
-                "evictions": sum(c.evicted_entries for c in self.caches.values()),
-                "namespaces": len(self.caches)}
+        return {
+            "entries": sum(len(c) for c in self.caches.values()),
+            "prompts": sum(len(c.prompts()) for c in self.caches.values()),
+            "admissions": self.admissions,
+            "hits": sum(c.hits for c in self.caches.values()),
+            "evictions": sum(c.evicted_entries for c in self.caches.values()),
+            "namespaces": len(self.caches),
+        }

@@ -15,23 +15,37 @@ OVERHEAD_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 class RouterMetrics:
     def __init__(self, mode: str):
         self.mode = mode
-        self.requests = metrics.Counter("modm_requests_total", "Image requests by outcome.",
-                                        tag_keys=("mode", "decision", "status"))
-        self.hits_by_k = metrics.Counter("modm_hits_by_k_total", "Cache hits by steps skipped (k).",
-                                         tag_keys=("mode", "k"))
-        self.latency = metrics.Histogram("modm_request_latency_seconds", "End-to-end latency of a request.",
-                                         boundaries=LATENCY_BUCKETS_S, tag_keys=("mode", "model"))
-        self.overhead = metrics.Histogram("modm_routing_overhead_seconds",
-                                          "Embedding + retrieval + decision time per request.",
-                                          boundaries=OVERHEAD_BUCKETS_S, tag_keys=("mode",))
-        self.in_flight = metrics.Gauge("modm_queue_depth", "Requests in flight per model pool.",
-                                       tag_keys=("mode", "model"))
-        self.admissions_dropped = metrics.Counter("modm_admissions_dropped_total",
-                                                  "Results not cached because the admission backlog was full.",
-                                                  tag_keys=("mode",))
-        self.retrieval_failures = metrics.Counter("modm_retrieval_failures_total",
-                                                  "Requests served as misses because embedding or retrieval failed.",
-                                                  tag_keys=("mode",))
+        self.requests = metrics.Counter(
+            "modm_requests_total", "Image requests by outcome.", tag_keys=("mode", "decision", "status")
+        )
+        self.hits_by_k = metrics.Counter(
+            "modm_hits_by_k_total", "Cache hits by steps skipped (k).", tag_keys=("mode", "k")
+        )
+        self.latency = metrics.Histogram(
+            "modm_request_latency_seconds",
+            "End-to-end latency of a request.",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("mode", "model"),
+        )
+        self.overhead = metrics.Histogram(
+            "modm_routing_overhead_seconds",
+            "Embedding + retrieval + decision time per request.",
+            boundaries=OVERHEAD_BUCKETS_S,
+            tag_keys=("mode",),
+        )
+        self.in_flight = metrics.Gauge(
+            "modm_queue_depth", "Requests in flight per model pool.", tag_keys=("mode", "model")
+        )
+        self.admissions_dropped = metrics.Counter(
+            "modm_admissions_dropped_total",
+            "Results not cached because the admission backlog was full.",
+            tag_keys=("mode",),
+        )
+        self.retrieval_failures = metrics.Counter(
+            "modm_retrieval_failures_total",
+            "Requests served as misses because embedding or retrieval failed.",
+            tag_keys=("mode",),
+        )
 
     def record(self, decision: str, status: str, model: str | None, k: int, seconds: float | None) -> None:
         self.requests.inc(tags={"mode": self.mode, "decision": decision, "status": status})
@@ -46,8 +60,9 @@ class RouterMetrics:
 
 class MonitorMetrics:
     def __init__(self):
-        self.allocation = metrics.Gauge("modm_allocation_replicas", "Replicas the monitor assigns per model.",
-                                        tag_keys=("model",))
+        self.allocation = metrics.Gauge(
+            "modm_allocation_replicas", "Replicas the monitor assigns per model.", tag_keys=("model",)
+        )
         self.target = metrics.Gauge("modm_allocation_target_large", "Algorithm 1 target for large replicas.")
         self.window_rate = metrics.Gauge("modm_window_request_rate_per_min", "R over the last monitor window.")
         self.window_hit_rate = metrics.Gauge("modm_window_hit_rate", "H over the last monitor window.")
@@ -56,8 +71,12 @@ class MonitorMetrics:
 class ModelMetrics:
     def __init__(self, role: str):
         self.role = role
-        self.compute = metrics.Histogram("modm_model_compute_seconds", "Model compute time per image.",
-                                         boundaries=LATENCY_BUCKETS_S, tag_keys=("model", "task"))
+        self.compute = metrics.Histogram(
+            "modm_model_compute_seconds",
+            "Model compute time per image.",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("model", "task"),
+        )
 
     def observe(self, task: str, seconds: float) -> None:
         self.compute.observe(seconds, tags={"model": self.role, "task": task})

@@ -35,9 +35,12 @@ def _rank_placement(spec: ModelSpec) -> dict:
     placement group the actor group reserves itself."""
     pg = ray.util.get_current_placement_group()
     if pg is not None:
-        return {"placement_group": pg, "first_bundle": 1,
-                "use_gpu": pg.bundle_specs[1].get("GPU", 0) > 0,
-                "cpus_per_rank": pg.bundle_specs[1].get("CPU", 1)}
+        return {
+            "placement_group": pg,
+            "first_bundle": 1,
+            "use_gpu": pg.bundle_specs[1].get("GPU", 0) > 0,
+            "cpus_per_rank": pg.bundle_specs[1].get("CPU", 1),
+        }
     return {"use_gpu": spec.device.startswith("cuda") or (spec.device == "auto" and torch.cuda.is_available())}
 
 
@@ -64,7 +67,8 @@ class ModelServer:
             self.generator = None
             self.group = ParallelActorGroup(self.spec.parallel, self.spec, **_rank_placement(self.spec)).start()
             self._size_multiple, self._group_kwargs = ray.get(
-                self.group.workers[0].__ray_call__.remote(_describe_rank, self.spec))
+                self.group.workers[0].__ray_call__.remote(_describe_rank, self.spec)
+            )
         else:
             self.generator = DiffusionGenerator.from_spec(self.spec, role)
             self._size_multiple = self.generator.size_multiple
@@ -76,8 +80,11 @@ class ModelServer:
         self._latency_s: float | None = self.spec.profiled_latency_s
         self._profile_lock = asyncio.Lock()
         self.counters: Counter[str] = Counter()  # generations, interrupted, denoising_steps (see stats())
-        where = (f"{self.spec.parallel.method.value} x{self.spec.parallel.world_size}" if self.group is not None
-                 else str(self.generator.device))
+        where = (
+            f"{self.spec.parallel.method.value} x{self.spec.parallel.world_size}"
+            if self.group is not None
+            else str(self.generator.device)
+        )
         logger.info("%s model ready: %s on %s", role, self.spec.source, where)
 
     def _request(self, prompt: str, width: int, height: int, steps: int, seed: int) -> GenerationRequest:
@@ -99,8 +106,15 @@ class ModelServer:
         every rank and keep this replica's slot until the ranks have stopped."""
         from deployments.actor_group import ParallelGenerationStopped
 
-        kwargs = {"prompt": req.prompt, "height": req.height, "width": req.width, "num_inference_steps": req.steps,
-                  "guidance_scale": self.spec.guidance_scale, "output_type": "pil", **self._group_kwargs}
+        kwargs = {
+            "prompt": req.prompt,
+            "height": req.height,
+            "width": req.width,
+            "num_inference_steps": req.steps,
+            "guidance_scale": self.spec.guidance_scale,
+            "output_type": "pil",
+            **self._group_kwargs,
+        }
         request_id = uuid.uuid4().hex
         self.counters["generations"] += 1
         result = self.group.submit(kwargs, req.seed, request_id)
@@ -116,35 +130,42 @@ class ModelServer:
             raise
         return images[0]
 
-    async def refine(self, prompt: str, png: bytes, strength: float, width: int, height: int, steps: int,
-                     seed: int) -> bytes:
+    async def refine(
+        self, prompt: str, png: bytes, strength: float, width: int, height: int, steps: int, seed: int
+    ) -> bytes:
         """img2img of a cached image at `strength` (= 1 - k/T); returns PNG bytes."""
         generator = self._local_generator()
         start = time.perf_counter()
         source = Image.open(io.BytesIO(png))
-        image = await self._in_thread(generator.img2img, self._request(prompt, width, height, steps, seed),
-                                      source, strength)
+        image = await self._in_thread(
+            generator.img2img, self._request(prompt, width, height, steps, seed), source, strength
+        )
         self.metrics.observe("refine", time.perf_counter() - start)
         return png_bytes(image)
 
-    async def generate_with_snapshots(self, prompt: str, width: int, height: int, steps: int,
-                                      seed: int) -> tuple[bytes, dict[int, np.ndarray]]:
+    async def generate_with_snapshots(
+        self, prompt: str, width: int, height: int, steps: int, seed: int
+    ) -> tuple[bytes, dict[int, np.ndarray]]:
         """NIRVANA's miss: full txt2img, plus the latents after each snapshot step (float16, for its cache)."""
         start = time.perf_counter()
-        image, latents = await self._in_thread(self._local_generator().txt2img_with_snapshots,
-                                               self._request(prompt, width, height, steps, seed),
-                                               self.snapshot_steps)
+        image, latents = await self._in_thread(
+            self._local_generator().txt2img_with_snapshots,
+            self._request(prompt, width, height, steps, seed),
+            self.snapshot_steps,
+        )
         self.metrics.observe("generate", time.perf_counter() - start)
         return png_bytes(image), {k: v.to(torch.float16).numpy() for k, v in latents.items()}
 
-    async def resume(self, prompt: str, latents: np.ndarray, steps_done: int, width: int, height: int, steps: int,
-                     seed: int) -> bytes:
+    async def resume(
+        self, prompt: str, latents: np.ndarray, steps_done: int, width: int, height: int, steps: int, seed: int
+    ) -> bytes:
         """NIRVANA's hit: the last steps - steps_done steps from cached latents."""
         start = time.perf_counter()
         generator = self._local_generator()
         cached = torch.from_numpy(np.asarray(latents)).to(generator.pipe.dtype)
-        image = await self._in_thread(generator.resume, self._request(prompt, width, height, steps, seed),
-                                      cached, steps_done)
+        image = await self._in_thread(
+            generator.resume, self._request(prompt, width, height, steps, seed), cached, steps_done
+        )
         self.metrics.observe("resume", time.perf_counter() - start)
         return png_bytes(image)
 
@@ -157,8 +178,13 @@ class ModelServer:
         """Seconds per full generation at the spec's default size and steps (MoDM profiles P = 60 / latency)."""
         async with self._profile_lock:
             if self._latency_s is None:
-                req = self._request("a dog riding a bike", self.spec.default_size, self.spec.default_size,
-                                    self.spec.num_inference_steps, 0)
+                req = self._request(
+                    "a dog riding a bike",
+                    self.spec.default_size,
+                    self.spec.default_size,
+                    self.spec.num_inference_steps,
+                    0,
+                )
                 await self._txt2img(req)  # warm-up
                 start = time.perf_counter()
                 await self._txt2img(req)
@@ -194,11 +220,15 @@ class ModelServer:
 
     def stats(self) -> dict:
         """This replica's counters: generations started, generations stopped by a cancel, denoising steps run."""
-        return {"generations": self.counters["generations"], "interrupted": self.counters["interrupted"],
-                "denoising_steps": self.counters["denoising_steps"]}
+        return {
+            "generations": self.counters["generations"],
+            "interrupted": self.counters["interrupted"],
+            "denoising_steps": self.counters["denoising_steps"],
+        }
 
     def placement(self) -> dict:
         """Placement-group ids of this replica and of its rank actors (None outside a placement group)."""
+
         def pg_id(worker) -> str | None:
             return ray.get_runtime_context().get_placement_group_id()
 
@@ -207,9 +237,14 @@ class ModelServer:
 
     def info(self) -> dict:
         """What the router needs to validate requests before sending any work."""
-        return {"role": self.role, "source": self.spec.source, "size_multiple": self._size_multiple,
-                "default_size": self.spec.default_size, "max_size": self.spec.max_size,
-                "num_inference_steps": self.spec.num_inference_steps}
+        return {
+            "role": self.role,
+            "source": self.spec.source,
+            "size_multiple": self._size_multiple,
+            "default_size": self.spec.default_size,
+            "max_size": self.spec.max_size,
+            "num_inference_steps": self.spec.num_inference_steps,
+        }
 
     def set_target_replicas(self, n: int) -> None:
         self._target_replicas = int(n)

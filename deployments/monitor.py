@@ -38,19 +38,28 @@ class MonitorServer:
         self._window.merge(WindowCounts.from_dict(counts))
 
     def get_allocation(self) -> dict:
-        return {"large": self.allocation.large, "small": self.allocation.small,
-                "target_large": self.allocation.target, "feasible": self.allocation.feasible,
-                "mode": self.config.mode.value, "window_s": self.config.window_s,
-                "throughput_per_min": None if self.throughput is None else
-                {"large": self.throughput.large_per_min, "small": self.throughput.small_per_min},
-                "history": self.history[-20:]}
+        return {
+            "large": self.allocation.large,
+            "small": self.allocation.small,
+            "target_large": self.allocation.target,
+            "feasible": self.allocation.feasible,
+            "mode": self.config.mode.value,
+            "window_s": self.config.window_s,
+            "throughput_per_min": None
+            if self.throughput is None
+            else {"large": self.throughput.large_per_min, "small": self.throughput.small_per_min},
+            "history": self.history[-20:],
+        }
 
     async def _profile(self) -> Throughput:
         if self.throughput is None:
             large_s, small_s = await asyncio.gather(self.large.profile.remote(), self.small.profile.remote())
             self.throughput = Throughput.from_latencies(large_s, small_s)
-            logger.info("monitor: profiled P_large=%.2f P_small=%.2f req/min/replica",
-                        self.throughput.large_per_min, self.throughput.small_per_min)
+            logger.info(
+                "monitor: profiled P_large=%.2f P_small=%.2f req/min/replica",
+                self.throughput.large_per_min,
+                self.throughput.small_per_min,
+            )
         return self.throughput
 
     def _close_window(self) -> WindowStats:
@@ -74,12 +83,25 @@ class MonitorServer:
             try:
                 stats = self._close_window()
                 self.allocation = self.monitor.step(stats, await self._profile())
-                self.history.append({"t": time.time(), "R": stats.request_rate, "H": stats.hit_rate,
-                                     "large": self.allocation.large, "small": self.allocation.small})
+                self.history.append(
+                    {
+                        "t": time.time(),
+                        "R": stats.request_rate,
+                        "H": stats.hit_rate,
+                        "large": self.allocation.large,
+                        "small": self.allocation.small,
+                    }
+                )
                 self.metrics.window_rate.set(stats.request_rate)
                 self.metrics.window_hit_rate.set(stats.hit_rate)
-                logger.info("monitor: R=%.1f/min H=%.2f -> large=%d small=%d (target %.2f)", stats.request_rate,
-                            stats.hit_rate, self.allocation.large, self.allocation.small, self.allocation.target)
+                logger.info(
+                    "monitor: R=%.1f/min H=%.2f -> large=%d small=%d (target %.2f)",
+                    stats.request_rate,
+                    stats.hit_rate,
+                    self.allocation.large,
+                    self.allocation.small,
+                    self.allocation.target,
+                )
                 await self._apply(self.allocation)
             except Exception:  # a failed window must not stop the monitor
                 logger.exception("monitor: window failed")
@@ -89,8 +111,10 @@ class MonitorServer:
         self.metrics.allocation.set(allocation.small, tags={"model": "small"})
         self.metrics.target.set(allocation.target)
         # Re-sent every window so replicas started since the last change learn the target too.
-        await asyncio.gather(self.large.broadcast("set_target_replicas", allocation.large).results_async(),
-                             self.small.broadcast("set_target_replicas", allocation.small).results_async())
+        await asyncio.gather(
+            self.large.broadcast("set_target_replicas", allocation.large).results_async(),
+            self.small.broadcast("set_target_replicas", allocation.small).results_async(),
+        )
 
     def check_health(self) -> None:
         if self._task.done():

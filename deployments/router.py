@@ -2,7 +2,6 @@
 live queue depths, calls the other deployments with bytes and numbers, and admits results to the cache in the
 background without delaying the response."""
 
-
 import asyncio
 import base64
 import logging
@@ -33,6 +32,7 @@ from modm.policy.tenancy import cache_scope
 
 logger = logging.getLogger("ray.serve")
 
+
 async def _cancelling_on_exit(response: DeploymentResponse) -> Any:
     """Await a handle call; if this request is cancelled meanwhile (our own timeout, or the client went away),
     cancel the call too, so the model replica stops instead of finishing an image nobody will receive."""
@@ -59,8 +59,10 @@ class Router:
         if small is not None:
             self.model_info[Pool.SMALL] = await small.info.remote()
         self.in_flight = {Pool.LARGE: 0, Pool.SMALL: 0}
-        self.allocation = {"large": self.config.monitor.gpu_budget if small is None else 1,
-                           "small": 0 if small is None else 1}
+        self.allocation = {
+            "large": self.config.monitor.gpu_budget if small is None else 1,
+            "small": 0 if small is None else 1,
+        }
         self.totals: Counter[str] = Counter()
         self.k_mix: Counter[int] = Counter()
         # The monitor's R, H and P(k), counted at arrival and decision (modm.policy.window), since the last report.
@@ -69,8 +71,10 @@ class Router:
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         # Seconds per request of each pool, for admission control: the config's profile, else measured by the
         # replica in the background (until then every request is admitted).
-        self.latency_s: dict[Pool, float | None] = {Pool.LARGE: self.config.models.large.profiled_latency_s,
-                                                     Pool.SMALL: None}
+        self.latency_s: dict[Pool, float | None] = {
+            Pool.LARGE: self.config.models.large.profiled_latency_s,
+            Pool.SMALL: None,
+        }
         if small is not None:
             self.latency_s[Pool.SMALL] = self.config.models.small.profiled_latency_s
         self._profiler = asyncio.get_running_loop().create_task(self._profile_pools())
@@ -79,8 +83,12 @@ class Router:
 
     # ------------------------------------------------------------------------------------------------ HTTP
     @api.post("/v1/images/generations", response_model=GenerationResponse)
-    async def generations(self, body: GenerationBody, x_tenant_id: str | None = Header(default=None),
-                          authorization: str | None = Header(default=None)):
+    async def generations(
+        self,
+        body: GenerationBody,
+        x_tenant_id: str | None = Header(default=None),
+        authorization: str | None = Header(default=None),
+    ):
         tenant = self._tenant(x_tenant_id, authorization)
         width, height, steps = self._check(body, tenant)
         start = time.perf_counter()
@@ -88,13 +96,15 @@ class Router:
         self._unreported.arrived()
         self.totals["arrivals"] += 1
         try:
-            return await asyncio.wait_for(self._serve(body, tenant, width, height, steps, start),
-                                          timeout=self.config.serving.request_timeout_s)
+            return await asyncio.wait_for(
+                self._serve(body, tenant, width, height, steps, start), timeout=self.config.serving.request_timeout_s
+            )
         except asyncio.TimeoutError:
             self.totals["errors"] += 1
             self.metrics.record("none", "timeout", None, 0, None)
-            raise RequestRejected(504, f"no answer within {self.config.serving.request_timeout_s:.0f}s",
-                                  "timeout") from None
+            raise RequestRejected(
+                504, f"no answer within {self.config.serving.request_timeout_s:.0f}s", "timeout"
+            ) from None
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -107,9 +117,13 @@ class Router:
         requests = self.totals["requests"]
         out = {
             "mode": self.mode.value,
-            "requests": requests, "hits": self.totals["hits"], "misses": self.totals["misses"],
-            "errors": self.totals["errors"], "hit_rate": self.totals["hits"] / requests if requests else 0.0,
-            "rejected": self.totals["rejected"], "arrivals": self.totals["arrivals"],
+            "requests": requests,
+            "hits": self.totals["hits"],
+            "misses": self.totals["misses"],
+            "errors": self.totals["errors"],
+            "hit_rate": self.totals["hits"] / requests if requests else 0.0,
+            "rejected": self.totals["rejected"],
+            "arrivals": self.totals["arrivals"],
             "retries": self.totals["retries"],
             "k_mix": {str(k): n for k, n in sorted(self.k_mix.items())},
             "served_by": {"large": self.totals["served_large"], "small": self.totals["served_small"]},
@@ -123,8 +137,12 @@ class Router:
         return out
 
     @api.get("/v1/cache/{entry_id}")
-    async def cached_image(self, entry_id: int, x_tenant_id: str | None = Header(default=None),
-                           authorization: str | None = Header(default=None)) -> Response:
+    async def cached_image(
+        self,
+        entry_id: int,
+        x_tenant_id: str | None = Header(default=None),
+        authorization: str | None = Header(default=None),
+    ) -> Response:
         """The PNG of a cached image (e.g. the one a hit was refined from), for the tenants that may retrieve it."""
         tenant = self._tenant(x_tenant_id, authorization)
         if self.mode is not SystemMode.MODM:
@@ -153,8 +171,9 @@ class Router:
         try:
             return self.api_keys.tenant_for(authorization)
         except AuthenticationError as err:
-            raise RequestRejected(401, str(err), "authentication_error",
-                                  headers={"WWW-Authenticate": 'Bearer realm="modm"'}) from None
+            raise RequestRejected(
+                401, str(err), "authentication_error", headers={"WWW-Authenticate": 'Bearer realm="modm"'}
+            ) from None
 
     def _check(self, body: GenerationBody, tenant: str) -> tuple[int, int, int]:
         """The same limits the models enforce, checked here before any work is sent."""
@@ -166,14 +185,16 @@ class Router:
         try:
             check_request_limits(body.prompt, steps, tenant, limits)
             for pool, model in self.model_info.items():
-                check_dimensions(width, height, size_multiple=model["size_multiple"], max_size=model["max_size"],
-                                 model=pool.value)
+                check_dimensions(
+                    width, height, size_multiple=model["size_multiple"], max_size=model["max_size"], model=pool.value
+                )
         except InvalidRequestError as err:
             raise RequestRejected(400, str(err)) from None
         return width, height, steps
 
-    async def _serve(self, body: GenerationBody, tenant: str, width: int, height: int, steps: int,
-                     start: float) -> GenerationResponse:
+    async def _serve(
+        self, body: GenerationBody, tenant: str, width: int, height: int, steps: int, start: float
+    ) -> GenerationResponse:
         request_id = uuid.uuid4().hex
         timings: dict[str, float] = {}
         scope = cache_scope(tenant, self.config.tenancy.shared_pool_tenants)
@@ -181,36 +202,47 @@ class Router:
         if self.mode is not SystemMode.VANILLA:
             t0 = time.perf_counter()
             try:
-                decision, match = await (self._retrieve(body.prompt, scope.read, timings)
-                                         if self.mode is SystemMode.MODM else
-                                         self._retrieve_latents(body, tenant, width, height, steps))
+                decision, match = await (
+                    self._retrieve(body.prompt, scope.read, timings)
+                    if self.mode is SystemMode.MODM
+                    else self._retrieve_latents(body, tenant, width, height, steps)
+                )
             except Exception:  # a lost Embedder/CacheIndex replica costs the cache, not the request
                 logger.exception("request %s: retrieval failed; serving it as a miss", request_id)
                 self.metrics.retrieval_failures.inc(tags={"mode": self.mode.value})
                 decision, match = RetrievalDecision.miss(), None
             self.metrics.overhead.observe(time.perf_counter() - t0, tags={"mode": self.mode.value})
         self._unreported.decided(decision.hit, decision.k)  # H and P(k) at decision time, before generation
-        pool = route(decision.hit, self.config.monitor.mode, self._pool_state(Pool.LARGE),
-                     self._pool_state(Pool.SMALL)) if self.small is not None else Pool.LARGE
+        pool = (
+            route(decision.hit, self.config.monitor.mode, self._pool_state(Pool.LARGE), self._pool_state(Pool.SMALL))
+            if self.small is not None
+            else Pool.LARGE
+        )
         self._check_admission(pool, decision)
         seed = self.config.seed if body.seed is None else body.seed
         t2 = time.perf_counter()
         self._enter(pool)
         try:
-            images = await asyncio.gather(*[
-                self._one_image(pool, decision, match, body.prompt, width, height, steps, seed + i)
-                for i in range(body.n)])
+            images = await asyncio.gather(
+                *[
+                    self._one_image(pool, decision, match, body.prompt, width, height, steps, seed + i)
+                    for i in range(body.n)
+                ]
+            )
         except BackPressureError as err:
             # Serve's bounded queue at our handle of the pool is full (backpressure.max_queued_requests).
             self._reject(decision, pool)
-            raise RequestRejected(503, f"the {pool.value} model is overloaded: {err}", "overloaded", headers={
-                "Retry-After": str(self._retry_after_s(pool, err.retry_after_s))}) from None
+            raise RequestRejected(
+                503,
+                f"the {pool.value} model is overloaded: {err}",
+                "overloaded",
+                headers={"Retry-After": str(self._retry_after_s(pool, err.retry_after_s))},
+            ) from None
         except Exception as err:
             self.totals["errors"] += 1
             self.metrics.record("hit" if decision.hit else "miss", "error", pool.value, decision.k, None)
             logger.exception("request %s failed on the %s model", request_id, pool.value)
-            raise RequestRejected(503, f"the {pool.value} model failed: {type(err).__name__}",
-                                  "server_error") from None
+            raise RequestRejected(503, f"the {pool.value} model failed: {type(err).__name__}", "server_error") from None
         finally:
             self._leave(pool)
         timings["generate"] = time.perf_counter() - t2
@@ -220,9 +252,18 @@ class Router:
         return GenerationResponse(
             created=int(time.time()),
             data=[ImageData(b64_json=base64.b64encode(png).decode("ascii")) for png in images],
-            modm=DecisionInfo(request_id=request_id, mode=self.mode.value, hit=decision.hit, score=decision.score,
-                              k=decision.k, strength=decision.strength, model=pool.value, timings_s=timings,
-                              entry_id=match["entry_id"] if decision.hit and self.mode is SystemMode.MODM else None))
+            modm=DecisionInfo(
+                request_id=request_id,
+                mode=self.mode.value,
+                hit=decision.hit,
+                score=decision.score,
+                k=decision.k,
+                strength=decision.strength,
+                model=pool.value,
+                timings_s=timings,
+                entry_id=match["entry_id"] if decision.hit and self.mode is SystemMode.MODM else None,
+            ),
+        )
 
     async def _retrieve(self, prompt: str, namespaces, timings: dict) -> tuple[RetrievalDecision, dict | None]:
         """MoDM: the prompt's embedding against the cached images of the namespaces it may read."""
@@ -236,15 +277,17 @@ class Router:
             # The entry may be evicted between the query and this fetch (FIFO at capacity): then it is a miss.
             match["png"] = await self._call_retrying(lambda: self.cache.fetch_png.remote(match["entry_id"]), "cache")
             if match["png"] is None:
-                logger.info("cache entry %s was evicted before its image was fetched; serving a miss",
-                            match["entry_id"])
+                logger.info(
+                    "cache entry %s was evicted before its image was fetched; serving a miss", match["entry_id"]
+                )
                 self.totals["evicted_before_fetch"] += 1
                 decision = RetrievalDecision.miss(decision.score)
         timings["retrieve"] = time.perf_counter() - t1
         return decision, match
 
-    async def _retrieve_latents(self, body: GenerationBody, tenant: str, width: int, height: int,
-                                steps: int) -> tuple[RetrievalDecision, dict]:
+    async def _retrieve_latents(
+        self, body: GenerationBody, tenant: str, width: int, height: int, steps: int
+    ) -> tuple[RetrievalDecision, dict]:
         """NIRVANA: the prompt's embedding against cached prompts; a hit brings the latents to resume from."""
         query = await self.embedder.embed_text.remote(body.prompt)
         namespace = f"{tenant}/{width}x{height}/{steps}"  # latents resume only a run of the same shape
@@ -255,20 +298,30 @@ class Router:
         match["latents"] = found.get("latents")
         if not found["hit"]:
             return RetrievalDecision.miss(found["score"]), match
-        return RetrievalDecision(hit=True, k=found["k"], strength=1.0 - found["k"] / steps,
-                                 score=found["score"]), match
+        return RetrievalDecision(hit=True, k=found["k"], strength=1.0 - found["k"] / steps, score=found["score"]), match
 
-    async def _one_image(self, pool: Pool, decision: RetrievalDecision, match: dict | None, prompt: str,
-                         width: int, height: int, steps: int, seed: int) -> bytes:
+    async def _one_image(
+        self,
+        pool: Pool,
+        decision: RetrievalDecision,
+        match: dict | None,
+        prompt: str,
+        width: int,
+        height: int,
+        steps: int,
+        seed: int,
+    ) -> bytes:
         handle = self.large if pool is Pool.LARGE else self.small
         if self.mode is SystemMode.NIRVANA:
             return await self._nirvana_image(decision, match, prompt, width, height, steps, seed)
         if not decision.hit:
             return await self._call_retrying(
-                lambda: handle.generate.remote(prompt, width, height, steps, seed), f"{pool.value} model")
+                lambda: handle.generate.remote(prompt, width, height, steps, seed), f"{pool.value} model"
+            )
         return await self._call_retrying(
             lambda: handle.refine.remote(prompt, match["png"], decision.strength, width, height, steps, seed),
-            f"{pool.value} model")
+            f"{pool.value} model",
+        )
 
     async def _call_retrying(self, call: Callable[[], DeploymentResponse], what: str) -> Any:
         """`_retry_if_replica_lost`, counting each retry in /v1/stats (`retries`)."""
@@ -278,8 +331,9 @@ class Router:
         self.totals["retries"] += 1
 
     @staticmethod
-    async def _retry_if_replica_lost(call: Callable[[], DeploymentResponse], what: str,
-                                     on_retry: Callable[[], None] | None = None) -> Any:
+    async def _retry_if_replica_lost(
+        call: Callable[[], DeploymentResponse], what: str, on_retry: Callable[[], None] | None = None
+    ) -> Any:
         """Await `call()`; if the replica that took it died or became unreachable, call once more.
 
         Every call made through this is idempotent (generation is deterministic given the seed; reading a cached
@@ -298,18 +352,30 @@ class Router:
             on_retry()
         return await _cancelling_on_exit(call())
 
-    async def _nirvana_image(self, decision: RetrievalDecision, match: dict | None, prompt: str, width: int,
-                             height: int, steps: int, seed: int) -> bytes:
+    async def _nirvana_image(
+        self,
+        decision: RetrievalDecision,
+        match: dict | None,
+        prompt: str,
+        width: int,
+        height: int,
+        steps: int,
+        seed: int,
+    ) -> bytes:
         """NIRVANA: a hit resumes the large model from cached latents; a miss runs it fully and caches its
         latents after steps 5..25 (in the background)."""
         if decision.hit:
-            return await self._call_retrying(lambda: self.large.resume.remote(
-                prompt, match["latents"], decision.k, width, height, steps, seed), "large model")
+            return await self._call_retrying(
+                lambda: self.large.resume.remote(prompt, match["latents"], decision.k, width, height, steps, seed),
+                "large model",
+            )
         if match is None or not match["cacheable"]:  # no cache key (retrieval failed) or another shape
             return await self._call_retrying(
-                lambda: self.large.generate.remote(prompt, width, height, steps, seed), "large model")
+                lambda: self.large.generate.remote(prompt, width, height, steps, seed), "large model"
+            )
         png, latents = await self._call_retrying(
-            lambda: self.large.generate_with_snapshots.remote(prompt, width, height, steps, seed), "large model")
+            lambda: self.large.generate_with_snapshots.remote(prompt, width, height, steps, seed), "large model"
+        )
         self._in_background(self._admit_latents(match["query"], match["namespace"], latents))
         return png
 
@@ -321,8 +387,13 @@ class Router:
 
     def _pool_load(self, pool: Pool) -> PoolLoad | None:
         latency = self.latency_s[pool]
-        return None if latency is None else PoolLoad(in_flight=self.in_flight[pool],
-                                                     replicas=max(1, self.allocation[pool.value]), latency_s=latency)
+        return (
+            None
+            if latency is None
+            else PoolLoad(
+                in_flight=self.in_flight[pool], replicas=max(1, self.allocation[pool.value]), latency_s=latency
+            )
+        )
 
     def _check_admission(self, pool: Pool, decision: RetrievalDecision) -> None:
         """429 + Retry-After when this request would be answered later than the bound (SLO or timeout)."""
@@ -334,9 +405,12 @@ class Router:
         if not verdict.admitted:
             self._reject(decision, pool)
             raise RequestRejected(
-                429, f"the {pool.value} model is busy: this request would take about {verdict.expected_latency_s:.1f}"
-                     f"s, over the {bound_s:g}s bound; retry in {verdict.retry_after_s}s", "overloaded",
-                headers={"Retry-After": str(verdict.retry_after_s)})
+                429,
+                f"the {pool.value} model is busy: this request would take about {verdict.expected_latency_s:.1f}"
+                f"s, over the {bound_s:g}s bound; retry in {verdict.retry_after_s}s",
+                "overloaded",
+                headers={"Retry-After": str(verdict.retry_after_s)},
+            )
 
     def _retry_after_s(self, pool: Pool, suggested_s: float | None) -> int:
         if suggested_s is not None:
@@ -356,8 +430,9 @@ class Router:
             try:
                 self.latency_s[pool] = await handle.profile.remote()
             except Exception:
-                logger.exception("router: profiling the %s model failed; its requests skip admission control",
-                                 pool.value)
+                logger.exception(
+                    "router: profiling the %s model failed; its requests skip admission control", pool.value
+                )
 
     def _pool_state(self, pool: Pool) -> PoolState:
         return PoolState(replicas=self.allocation[pool.value], in_flight=self.in_flight[pool])
@@ -381,7 +456,8 @@ class Router:
     # -------------------------------------------------------------------------------------------- background
     def _admit(self, png: bytes, prompt: str, namespace: str, pool: Pool, decision: RetrievalDecision) -> None:
         if self.mode is not SystemMode.MODM or not should_admit(
-                self.config.cache.admission, from_large_model=pool is Pool.LARGE, refined=decision.hit):
+            self.config.cache.admission, from_large_model=pool is Pool.LARGE, refined=decision.hit
+        ):
             return
         self._in_background(self._admit_one(png, prompt, namespace, pool, decision.k))
 

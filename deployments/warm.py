@@ -45,8 +45,9 @@ async def warm_before_serving(config: SystemConfig, large, embedder, cache) -> d
         cached = set()
     todo = [p for p in prompts if p not in cached]
     report["already_cached"] = len(prompts) - len(todo)
-    at_once = asyncio.Semaphore(max(1, config.monitor.gpu_budget - (config.monitor.min_small
-                                                                       if config.mode is SystemMode.MODM else 0)))
+    at_once = asyncio.Semaphore(
+        max(1, config.monitor.gpu_budget - (config.monitor.min_small if config.mode is SystemMode.MODM else 0))
+    )
 
     async def one(prompt: str) -> None:
         async with at_once:
@@ -67,8 +68,13 @@ async def warm_before_serving(config: SystemConfig, large, embedder, cache) -> d
             if report["generated"] % 10 == 0 or report["generated"] == len(todo):
                 logger.info("warm: %d/%d generated", report["generated"], len(todo))
 
-    logger.info("warm: %d prompts from %s (%d already cached) into %s", len(prompts), warm.prompts,
-                report["already_cached"], namespace)
+    logger.info(
+        "warm: %d prompts from %s (%d already cached) into %s",
+        len(prompts),
+        warm.prompts,
+        report["already_cached"],
+        namespace,
+    )
     await asyncio.gather(*(one(p) for p in todo))
     logger.info("warm: done %s", report)
     return report

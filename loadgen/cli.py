@@ -74,8 +74,11 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--forward-trace-seed", action="store_true")
     g.add_argument("--forward-trace-steps", action="store_true")
-    g.add_argument("--seed-from-row", action="store_true",
-                   help="send each request's trace row as its seed (same seed per prompt in every run)")
+    g.add_argument(
+        "--seed-from-row",
+        action="store_true",
+        help="send each request's trace row as its seed (same seed per prompt in every run)",
+    )
     g.add_argument("--tenant", default=None)
     g.add_argument("--api-key-env", default=None, help="environment variable holding the bearer key")
     g.add_argument("--timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, help="per-request limit")
@@ -85,8 +88,11 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stats-period-s", type=float, default=DEFAULT_STATS_POLL_PERIOD_S)
     g.add_argument("--no-stats", action="store_true", help="do not poll /v1/stats")
     g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--keep-images", action="store_true",
-                   help="save each image under OUT/images; the records' path column feeds `modm quality`")
+    g.add_argument(
+        "--keep-images",
+        action="store_true",
+        help="save each image under OUT/images; the records' path column feeds `modm quality`",
+    )
     g.add_argument("--wait-ready-s", type=float, default=0.0, help="wait this long for /healthz before starting")
     r = p.add_argument_group("SLO reference (standalone large-model latency)")
     r.add_argument("--reference-latency-s", type=float, default=None)
@@ -120,17 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_compare = sub.add_parser("compare", help="ratio table of several runs against a baseline run")
     p_compare.add_argument("runs", nargs="+", type=Path)
     p_compare.add_argument("--baseline", required=True, help="name of the baseline run (e.g. vanilla)")
-    p_compare.add_argument("--reference-latency-s", type=float, default=None,
-                           help="one reference for every run (default: each run's stored one)")
+    p_compare.add_argument(
+        "--reference-latency-s",
+        type=float,
+        default=None,
+        help="one reference for every run (default: each run's stored one)",
+    )
     p_compare.add_argument("--json", type=Path, default=None)
 
     p_sweep = sub.add_parser("sweep", help="Poisson-rate sweep against one server, with the SLO plot")
     _add_workload_args(p_sweep)
     _add_client_args(p_sweep)
     p_sweep.add_argument("--rates", required=True, help="comma-separated req/min, e.g. 2,4,6,8")
-    p_sweep.add_argument("--shared-tenant", action="store_true",
-                         help="send every point as the same tenant (default: one tenant per point, so each point "
-                         "starts with a cold cache)")
+    p_sweep.add_argument(
+        "--shared-tenant",
+        action="store_true",
+        help="send every point as the same tenant (default: one tenant per point, so each point "
+        "starts with a cold cache)",
+    )
     return parser
 
 
@@ -142,23 +155,42 @@ def _run_config(args: argparse.Namespace, arrival: ArrivalConfig) -> RunConfig:
             raise ValueError(f"--api-key-env {args.api_key_env}: the variable is not set")
     return RunConfig(
         name=args.name or args.out.name,
-        trace=TraceConfig(path=args.trace, format=TraceFormat(args.format), n_requests=args.n_requests,
-                          warm_up=args.warm_up, start_row=args.start_row, prompt_column=args.prompt_column),
+        trace=TraceConfig(
+            path=args.trace,
+            format=TraceFormat(args.format),
+            n_requests=args.n_requests,
+            warm_up=args.warm_up,
+            start_row=args.start_row,
+            prompt_column=args.prompt_column,
+        ),
         sessions=SessionConfig(active_users=args.session_users, mean_edits=args.session_mean_edits)
-        if args.sessions else None,
+        if args.sessions
+        else None,
         arrival=arrival,
         client=ClientConfig(
-            url=args.url, size=args.size, steps=args.steps, forward_trace_seed=args.forward_trace_seed,
-            forward_trace_steps=args.forward_trace_steps, seed_from_row=args.seed_from_row, tenant=args.tenant,
+            url=args.url,
+            size=args.size,
+            steps=args.steps,
+            forward_trace_seed=args.forward_trace_seed,
+            forward_trace_steps=args.forward_trace_steps,
+            seed_from_row=args.seed_from_row,
+            tenant=args.tenant,
             api_key=api_key,
-            request_timeout_s=args.timeout_s, max_duration_s=args.max_duration_s, max_in_flight=args.max_in_flight,
+            request_timeout_s=args.timeout_s,
+            max_duration_s=args.max_duration_s,
+            max_in_flight=args.max_in_flight,
             max_consecutive_failures=args.max_consecutive_failures,
-            stats_poll_period_s=None if args.no_stats else args.stats_period_s, progress=not args.no_progress,
+            stats_poll_period_s=None if args.no_stats else args.stats_period_s,
+            progress=not args.no_progress,
             image_dir=args.out / "images" if args.keep_images else None,
         ),
-        seed=args.seed, n_workers=args.n_workers, worker_id=args.worker_id,
-        reference_latency_s=args.reference_latency_s, reference_url=args.reference_url,
-        reference_probes=args.reference_probes, out_dir=args.out,
+        seed=args.seed,
+        n_workers=args.n_workers,
+        worker_id=args.worker_id,
+        reference_latency_s=args.reference_latency_s,
+        reference_url=args.reference_url,
+        reference_probes=args.reference_probes,
+        out_dir=args.out,
     )
 
 
@@ -168,9 +200,16 @@ def _wait_ready(config: RunConfig, wait_s: float) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    arrival = ArrivalConfig(kind=ArrivalKind(args.arrival), speed=args.speed, rate_per_min=args.rate,
-                            min_rate_per_min=args.min_rate, max_rate_per_min=args.max_rate,
-                            amplitude=args.amplitude, period_s=args.period_s, concurrency=args.concurrency)
+    arrival = ArrivalConfig(
+        kind=ArrivalKind(args.arrival),
+        speed=args.speed,
+        rate_per_min=args.rate,
+        min_rate_per_min=args.min_rate,
+        max_rate_per_min=args.max_rate,
+        amplitude=args.amplitude,
+        period_s=args.period_s,
+        concurrency=args.concurrency,
+    )
     config = _run_config(args, arrival)
     _wait_ready(config, args.wait_ready_s)
     artifacts = run(config)
@@ -185,10 +224,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for summary in summaries:
         print(format_summary(summary))
     if args.plots_dir is not None:
-        reference = args.reference_latency_s or next((s.reference_latency_s for s in summaries
-                                                      if s.reference_latency_s), None)
-        plot_latency_cdf({r.name: r.records for r in runs}, args.plots_dir / "latency_cdf.png",
-                         reference_latency_s=reference)
+        reference = args.reference_latency_s or next(
+            (s.reference_latency_s for s in summaries if s.reference_latency_s), None
+        )
+        plot_latency_cdf(
+            {r.name: r.records for r in runs}, args.plots_dir / "latency_cdf.png", reference_latency_s=reference
+        )
         for r in runs:
             plot_timeline(r.records, r.stats, args.plots_dir / f"timeline_{r.name}.png")
         sweeps = defaultdict(list)  # runs named "<system>@<rate>" at Poisson rates form one line each

@@ -54,8 +54,16 @@ class _Run:
         self.http = http
         self.t0 = time.monotonic()
         self.records = [
-            RequestRecord(index=i, prompt=r.prompt, source_row=r.source_row, tenant=config.tenant, user=r.user,
-                          session=r.session, edit=r.edit, warm_up=r.warm_up)
+            RequestRecord(
+                index=i,
+                prompt=r.prompt,
+                source_row=r.source_row,
+                tenant=config.tenant,
+                user=r.user,
+                session=r.session,
+                edit=r.edit,
+                warm_up=r.warm_up,
+            )
             for i, r in enumerate(trace)
         ]
         self.stopped = asyncio.Event()
@@ -121,8 +129,10 @@ async def send_load(
     started_unix_s = time.time()
     # Stats get their own connection pool: a saturated request pool must not starve (or be delayed by) the polls.
     stats_config = config.model_copy(update={"max_in_flight": 2})
-    async with make_http_client(config, transport=transport) as http, \
-            make_http_client(stats_config, transport=transport) as stats_http:
+    async with (
+        make_http_client(config, transport=transport) as http,
+        make_http_client(stats_config, transport=transport) as stats_http,
+    ):
         run = _Run(trace, config, http)
         poller = StatsPoller(stats_http, config.stats_poll_period_s, run.clock) if config.stats_poll_period_s else None
         poll_task = asyncio.create_task(poller.run()) if poller else None
@@ -149,8 +159,9 @@ async def send_load(
     )
 
 
-def run_load(trace: Sequence[TraceRequest], config: ClientConfig, *, offsets_s: np.ndarray | None,
-             concurrency: int = 1) -> LoadResult:
+def run_load(
+    trace: Sequence[TraceRequest], config: ClientConfig, *, offsets_s: np.ndarray | None, concurrency: int = 1
+) -> LoadResult:
     """Blocking wrapper of ``send_load`` for scripts and the CLI (not for use inside a running event loop)."""
     return asyncio.run(send_load(trace, config, offsets_s=offsets_s, concurrency=concurrency))
 
@@ -216,20 +227,27 @@ async def _wait_bounded(run: _Run, driver: asyncio.Task, tasks: set[asyncio.Task
 
 
 async def measure_reference_latency(
-    trace: Sequence[TraceRequest], config: ClientConfig, n_probes: int,
-    *, transport: httpx.AsyncBaseTransport | None = None,
+    trace: Sequence[TraceRequest],
+    config: ClientConfig,
+    n_probes: int,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> float:
     """The standalone large-model latency: ``n_probes`` requests sent one at a time to a vanilla server; the
     median of the successful ones. The first request doubles as a warm-up and is discarded if there are others."""
     if n_probes < 1 or len(trace) < 1:
         raise ValueError(f"need at least one probe and one prompt (n_probes={n_probes}, prompts={len(trace)})")
     probes = [trace[i % len(trace)] for i in range(n_probes + (1 if n_probes > 1 else 0))]
-    result = await send_load(probes, config.model_copy(update={"progress": False, "stats_poll_period_s": None}),
-                             offsets_s=None, concurrency=1, transport=transport)
+    result = await send_load(
+        probes,
+        config.model_copy(update={"progress": False, "stats_poll_period_s": None}),
+        offsets_s=None,
+        concurrency=1,
+        transport=transport,
+    )
     measured = result.records[1:] if len(result.records) > 1 else result.records
     latencies = [r.latency_s for r in measured if r.outcome is Outcome.OK]
     if not latencies:
         errors = sorted({r.error or r.outcome.value for r in measured})
         raise RuntimeError(f"reference latency: no probe to {config.url} succeeded ({errors})")
     return float(np.median(latencies))
-

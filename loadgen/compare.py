@@ -72,25 +72,36 @@ def compare_runs(summaries: Sequence[RunSummary], baseline: str) -> Comparison:
 def format_comparison(comparison: Comparison) -> str:
     """A fixed-width text table; ratios are relative to the baseline row."""
     slo_keys = sorted({k for row in comparison.rows for k in row.slo_attainment}, key=lambda k: float(k[:-1]))
-    header = ["run", "ok/n", "req/min", "x base", "p50 s", "p99 s", *(f"SLO {k}" for k in slo_keys), "hit rate",
-              "k-mix"]
+    header = [
+        "run",
+        "ok/n",
+        "req/min",
+        "x base",
+        "p50 s",
+        "p99 s",
+        *(f"SLO {k}" for k in slo_keys),
+        "hit rate",
+        "k-mix",
+    ]
 
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
     body = []
     for row in comparison.rows:
-        body.append([
-            row.name + (" (base)" if row.name == comparison.baseline else ""),
-            f"{row.n_ok}/{row.n_requests}",
-            num(row.throughput_req_per_min, ".2f"),
-            num(row.throughput_ratio, ".2f"),
-            num(row.latency_p50_s, ".2f"),
-            num(row.latency_p99_s, ".2f"),
-            *(num(row.slo_attainment.get(k), ".1%") for k in slo_keys),
-            num(row.hit_rate, ".1%"),
-            " ".join(f"{k}:{v}" for k, v in row.k_mix.items()) or "-",
-        ])
+        body.append(
+            [
+                row.name + (" (base)" if row.name == comparison.baseline else ""),
+                f"{row.n_ok}/{row.n_requests}",
+                num(row.throughput_req_per_min, ".2f"),
+                num(row.throughput_ratio, ".2f"),
+                num(row.latency_p50_s, ".2f"),
+                num(row.latency_p99_s, ".2f"),
+                *(num(row.slo_attainment.get(k), ".1%") for k in slo_keys),
+                num(row.hit_rate, ".1%"),
+                " ".join(f"{k}:{v}" for k, v in row.k_mix.items()) or "-",
+            ]
+        )
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *body)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -97,9 +97,22 @@ class EditWeights(_Strict):
 
 
 DEFAULT_MODIFIERS: tuple[str, ...] = (
-    "highly detailed", "trending on artstation", "8k", "octane render", "concept art", "digital painting",
-    "sharp focus", "cinematic lighting", "unreal engine", "by greg rutkowski", "matte painting", "4k",
-    "studio lighting", "volumetric lighting", "photorealistic", "illustration",
+    "highly detailed",
+    "trending on artstation",
+    "8k",
+    "octane render",
+    "concept art",
+    "digital painting",
+    "sharp focus",
+    "cinematic lighting",
+    "unreal engine",
+    "by greg rutkowski",
+    "matte painting",
+    "4k",
+    "studio lighting",
+    "volumetric lighting",
+    "photorealistic",
+    "illustration",
 )
 
 
@@ -149,8 +162,9 @@ class ClientConfig(_Strict):
     forward_trace_seed: bool = Field(False, description="Send the trace's seed column (DiffusionDB) as `seed`.")
     forward_trace_steps: bool = Field(False, description="Send the trace's step column (overrides `steps`).")
     seed_from_row: bool = Field(
-        False, description="Send the request's trace row as `seed` when no trace seed is sent: a distinct seed per "
-                           "prompt, the same in every run (fair image comparisons across systems)."
+        False,
+        description="Send the request's trace row as `seed` when no trace seed is sent: a distinct seed per "
+        "prompt, the same in every run (fair image comparisons across systems).",
     )
     tenant: str | None = Field(None, description="X-Tenant-Id header; None sends no header.")
     api_key: SecretStr | None = Field(None, description="Bearer key for the Authorization header.")
@@ -170,8 +184,9 @@ class ClientConfig(_Strict):
     )
     progress: bool = Field(True, description="Show a tqdm progress bar.")
     image_dir: Path | None = Field(
-        None, description="Keep each answered request's first image here as <index>.png (the records' `path` "
-                          "column, for quality metrics); None keeps no images."
+        None,
+        description="Keep each answered request's first image here as <index>.png (the records' `path` "
+        "column, for quality metrics); None keeps no images.",
     )
 
 

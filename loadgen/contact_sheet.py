@@ -21,7 +21,7 @@ from loadgen.records import Outcome, RequestRecord
 
 __all__ = ["build_contact_sheet", "fetch_cached_images", "write_contact_sheet"]
 
-THUMB = 96          # small images (the world's 32x32) are upscaled to this, nearest neighbour, to stay crisp
+THUMB = 96  # small images (the world's 32x32) are upscaled to this, nearest neighbour, to stay crisp
 PAD = 8
 COLUMNS = 4
 WRAP_CHARS = 34
@@ -30,8 +30,13 @@ HIT_COLOUR, MISS_COLOUR, ERROR_COLOUR = (24, 130, 60), (90, 90, 90), (180, 30, 3
 _BACKGROUND, _CELL, _TEXT = (250, 250, 250), (236, 236, 236), (20, 20, 20)
 
 
-def fetch_cached_images(config: ClientConfig, records: Sequence[RequestRecord], out_dir: Path,
-                        *, transport: httpx.BaseTransport | None = None) -> dict[int, Path]:
+def fetch_cached_images(
+    config: ClientConfig,
+    records: Sequence[RequestRecord],
+    out_dir: Path,
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> dict[int, Path]:
     """Fetch the cached image of every hit's entry into ``out_dir/entry-<id>.png``; {entry id: path} of those the
     server still has (an evicted entry answers 404 and is left out)."""
     wanted = sorted({r.entry_id for r in records if r.hit and r.entry_id is not None})
@@ -39,8 +44,9 @@ def fetch_cached_images(config: ClientConfig, records: Sequence[RequestRecord], 
     if not wanted:
         return found
     out_dir.mkdir(parents=True, exist_ok=True)
-    with httpx.Client(base_url=config.url, timeout=config.request_timeout_s, trust_env=False,
-                      transport=transport) as http:
+    with httpx.Client(
+        base_url=config.url, timeout=config.request_timeout_s, trust_env=False, transport=transport
+    ) as http:
         for entry_id in wanted:
             response = http.get(CACHE_IMAGE_PATH.format(entry_id=entry_id), headers=build_headers(config))
             if response.status_code == 404:
@@ -82,9 +88,14 @@ def _status(record: RequestRecord) -> tuple[str, tuple[int, int, int]]:
     return f"MISS  score {score}", MISS_COLOUR
 
 
-def build_contact_sheet(records: Sequence[RequestRecord], *, base_dir: Path | None = None,
-                        cached_images: Mapping[int, Path] | None = None, columns: int = COLUMNS,
-                        title: str | None = None) -> Image.Image:
+def build_contact_sheet(
+    records: Sequence[RequestRecord],
+    *,
+    base_dir: Path | None = None,
+    cached_images: Mapping[int, Path] | None = None,
+    columns: int = COLUMNS,
+    title: str | None = None,
+) -> Image.Image:
     """The sheet as an image. ``base_dir`` resolves the records' relative image paths (the records file's folder);
     ``cached_images`` maps a hit's entry id to the cached image it was refined from."""
     if not records:
@@ -112,7 +123,7 @@ def build_contact_sheet(records: Sequence[RequestRecord], *, base_dir: Path | No
         draw.text((x0 + PAD, y0 + PAD), f"{who}  {status}", fill=colour, font=font)
         lines = textwrap.wrap(record.prompt, WRAP_CHARS) or [""]
         if len(lines) > PROMPT_LINES:
-            lines = lines[:PROMPT_LINES - 1] + [lines[PROMPT_LINES - 1][:WRAP_CHARS - 3] + "..."]
+            lines = lines[: PROMPT_LINES - 1] + [lines[PROMPT_LINES - 1][: WRAP_CHARS - 3] + "..."]
         for i, line in enumerate(lines):
             draw.text((x0 + PAD, y0 + PAD + line_h * (1 + i)), line, fill=_TEXT, font=small)
         y_img = y0 + PAD + text_h

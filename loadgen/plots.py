@@ -22,7 +22,10 @@ _DPI = 120
 
 
 def plot_latency_cdf(
-    runs: Mapping[str, Sequence[RequestRecord]], path: str | Path, *, reference_latency_s: float | None = None,
+    runs: Mapping[str, Sequence[RequestRecord]],
+    path: str | Path,
+    *,
+    reference_latency_s: float | None = None,
     slo_multipliers: Sequence[float] = (2.0, 4.0),
 ) -> Path:
     """Empirical CDF of successful, measured latencies per run, with the SLO thresholds as vertical lines."""
@@ -37,8 +40,16 @@ def plot_latency_cdf(
     if reference_latency_s is not None:
         for m in slo_multipliers:
             ax.axvline(m * reference_latency_s, color="grey", linestyle="--", linewidth=0.8)
-            ax.text(m * reference_latency_s, 0.5, f"{m:g}x SLO ", color="grey", fontsize=8, rotation=90,
-                    ha="right", va="center")
+            ax.text(
+                m * reference_latency_s,
+                0.5,
+                f"{m:g}x SLO ",
+                color="grey",
+                fontsize=8,
+                rotation=90,
+                ha="right",
+                va="center",
+            )
         ax.set_xlim(left=0, right=max(ax.get_xlim()[1], max(slo_multipliers) * reference_latency_s * 1.05))
     ax.set_xlabel("latency (s, arrival to image)")
     ax.set_ylabel("fraction of requests")
@@ -99,8 +110,15 @@ def plot_timeline(
         bottom.set_ylim(bottom=0)
         bottom.legend(fontsize=8)
     else:
-        bottom.text(0.5, 0.5, "no allocation reported by /v1/stats", ha="center", va="center",
-                    transform=bottom.transAxes, color="grey")
+        bottom.text(
+            0.5,
+            0.5,
+            "no allocation reported by /v1/stats",
+            ha="center",
+            va="center",
+            transform=bottom.transAxes,
+            color="grey",
+        )
     bottom.set_ylabel("replicas")
     bottom.set_xlabel("time since run start (s)")
     bottom.grid(alpha=0.3)

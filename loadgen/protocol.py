@@ -57,8 +57,14 @@ def build_body(request: TraceRequest, config: ClientConfig) -> dict[str, Any]:
     seed = request.seed if config.forward_trace_seed else None
     if seed is None and config.seed_from_row:
         seed = request.source_row
-    return {"prompt": request.prompt, "n": 1, "size": config.size, "response_format": "b64_json", "seed": seed,
-            "steps": steps}
+    return {
+        "prompt": request.prompt,
+        "n": 1,
+        "size": config.size,
+        "response_format": "b64_json",
+        "seed": seed,
+        "steps": steps,
+    }
 
 
 def build_headers(config: ClientConfig) -> dict[str, str]:
@@ -166,8 +172,13 @@ def _opt(value, cast):
     return cast(value)
 
 
-async def wait_until_ready(config: ClientConfig, timeout_s: float, *, poll_period_s: float = 0.5,
-                           transport: httpx.AsyncBaseTransport | None = None) -> None:
+async def wait_until_ready(
+    config: ClientConfig,
+    timeout_s: float,
+    *,
+    poll_period_s: float = 0.5,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> None:
     """Poll GET /healthz until it answers 200; ``TimeoutError`` naming the URL after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"

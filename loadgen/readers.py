@@ -145,8 +145,9 @@ def _parse_iso_timestamp(value: str | None, path: Path, row: int, line: int | No
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise TraceFormatError(path, f"bad timestamp {value!r} (expected ISO 8601)", row=row, column="timestamp",
-                               line=line) from None
+        raise TraceFormatError(
+            path, f"bad timestamp {value!r} (expected ISO 8601)", row=row, column="timestamp", line=line
+        ) from None
     if parsed.tzinfo is None:  # DiffusionDB's timestamps are UTC
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
@@ -164,8 +165,9 @@ def _utf8_column(table: pa.Table, name: str, path: Path) -> list[str]:
             try:
                 value = value.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise TraceFormatError(path, f"not UTF-8 ({err.reason} at byte {err.start})", row=row,
-                                       column=name) from None
+                raise TraceFormatError(
+                    path, f"not UTF-8 ({err.reason} at byte {err.start})", row=row, column=name
+                ) from None
         elif not isinstance(value, str):
             raise TraceFormatError(path, f"expected text, got {type(value).__name__}", row=row, column=name)
         out.append(value)
@@ -194,8 +196,9 @@ def read_mjhq_json(path: str | Path, n_requests: int, *, warm_up: int = 0, categ
         )
     data = _load_json(path)
     if not isinstance(data, dict):
-        raise TraceFormatError(path, "expected an object of image_id -> {category, prompt}, "
-                                     f"got {type(data).__name__}")
+        raise TraceFormatError(
+            path, f"expected an object of image_id -> {{category, prompt}}, got {type(data).__name__}"
+        )
     entries = []
     for row, (image_id, entry) in enumerate(data.items()):
         if not isinstance(entry, dict):
@@ -271,7 +274,10 @@ def read_prompt_table(path: str | Path, *, prompt_column: str = "prompt") -> lis
         line = reader.line_num
         if len(fields) != len(header):
             raise TraceFormatError(
-                path, f"{len(fields)} fields, header has {len(header)}", row=row, line=line,
+                path,
+                f"{len(fields)} fields, header has {len(header)}",
+                row=row,
+                line=line,
                 column=header[min(len(fields), len(header) - 1)],
             )
         timestamp = None
@@ -296,8 +302,9 @@ def _table_int(fields: list[str], index: dict[str, int], column: str, path: Path
     try:
         return int(fields[index[column]])
     except ValueError:
-        raise TraceFormatError(path, f"expected an integer, got {fields[index[column]]!r}", row=row, column=column,
-                               line=line) from None
+        raise TraceFormatError(
+            path, f"expected an integer, got {fields[index[column]]!r}", row=row, column=column, line=line
+        ) from None
 
 
 def read_prompt_lines(path: str | Path) -> list[TraceRequest]:
@@ -324,8 +331,9 @@ def _decode_utf8(raw: bytes, path: Path, *, delimiter: str | None = None) -> str
     except UnicodeDecodeError as err:
         line_start = raw.rfind(b"\n", 0, err.start) + 1
         line = raw[: err.start].count(b"\n") + 1
-        message = (f"not UTF-8 ({err.reason}: byte 0x{raw[err.start]:02x} at byte {err.start - line_start + 1} "
-                   "of the line)")
+        message = (
+            f"not UTF-8 ({err.reason}: byte 0x{raw[err.start]:02x} at byte {err.start - line_start + 1} of the line)"
+        )
         row = column = None
         if delimiter is not None and line > 1:
             header = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r").split(delimiter)

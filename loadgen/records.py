@@ -72,13 +72,31 @@ class RequestRecord:
 
 RECORD_SCHEMA = pa.schema(
     [
-        ("index", pa.int64()), ("prompt", pa.string()), ("source_row", pa.int64()), ("tenant", pa.string()),
-        ("user", pa.string()), ("session", pa.string()), ("edit", pa.string()), ("warm_up", pa.bool_()),
-        ("arrival_s", pa.float64()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-        ("latency_s", pa.float64()), ("outcome", pa.string()), ("status", pa.int32()), ("error", pa.string()),
-        ("retry_after_s", pa.float64()), ("request_id", pa.string()), ("hit", pa.bool_()), ("score", pa.float64()),
-        ("k", pa.int32()), ("model", pa.string()), ("mode", pa.string()), ("timings_json", pa.string()),
-        ("path", pa.string()), ("entry_id", pa.int64()),
+        ("index", pa.int64()),
+        ("prompt", pa.string()),
+        ("source_row", pa.int64()),
+        ("tenant", pa.string()),
+        ("user", pa.string()),
+        ("session", pa.string()),
+        ("edit", pa.string()),
+        ("warm_up", pa.bool_()),
+        ("arrival_s", pa.float64()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("latency_s", pa.float64()),
+        ("outcome", pa.string()),
+        ("status", pa.int32()),
+        ("error", pa.string()),
+        ("retry_after_s", pa.float64()),
+        ("request_id", pa.string()),
+        ("hit", pa.bool_()),
+        ("score", pa.float64()),
+        ("k", pa.int32()),
+        ("model", pa.string()),
+        ("mode", pa.string()),
+        ("timings_json", pa.string()),
+        ("path", pa.string()),
+        ("entry_id", pa.int64()),
     ]
 )  # same names and order as RequestRecord's fields (tests/loadgen check it)
 
@@ -97,8 +115,14 @@ class StatsSample:
 
 STATS_SCHEMA = pa.schema(
     [
-        ("t_s", pa.float64()), ("requests", pa.int64()), ("hits", pa.int64()), ("hit_rate", pa.float64()),
-        ("large", pa.int64()), ("small", pa.int64()), ("k_mix_json", pa.string()), ("queue_depths_json", pa.string()),
+        ("t_s", pa.float64()),
+        ("requests", pa.int64()),
+        ("hits", pa.int64()),
+        ("hit_rate", pa.float64()),
+        ("large", pa.int64()),
+        ("small", pa.int64()),
+        ("k_mix_json", pa.string()),
+        ("queue_depths_json", pa.string()),
     ]
 )
 

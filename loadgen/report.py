@@ -133,8 +133,10 @@ def format_summary(summary: RunSummary) -> str:
     if summary.slo_attainment:
         slo = "  ".join(f"{k} {v:.1%}" for k, v in summary.slo_attainment.items())
         lines.append(f"  SLO attainment  {slo} (reference {num(summary.reference_latency_s, '.3f')} s)")
-    lines.append(f"  hit rate        {'-' if summary.hit_rate is None else f'{summary.hit_rate:.1%}'}"
-                 f"  k-mix {summary.k_mix or '-'}  models {summary.model_mix or '-'}")
+    lines.append(
+        f"  hit rate        {'-' if summary.hit_rate is None else f'{summary.hit_rate:.1%}'}"
+        f"  k-mix {summary.k_mix or '-'}  models {summary.model_mix or '-'}"
+    )
     lines.append(f"  outcomes        {summary.outcomes}")
     lines.extend(f"  error           {e}" for e in summary.top_errors)
     return "\n".join(lines)

@@ -79,10 +79,12 @@ async def resolve_reference_latency(
 async def run_async(config: RunConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> RunArtifacts:
     trace, offsets = prepare_workload(config)
     reference = await resolve_reference_latency(config, trace, transport=transport)
-    result = await send_load(trace, config.client, offsets_s=offsets, concurrency=config.arrival.concurrency,
-                             transport=transport)
-    summary = summarize(result.records, name=config.name, reference_latency_s=reference,
-                        stop_reason=result.stop_reason.value)
+    result = await send_load(
+        trace, config.client, offsets_s=offsets, concurrency=config.arrival.concurrency, transport=transport
+    )
+    summary = summarize(
+        result.records, name=config.name, reference_latency_s=reference, stop_reason=result.stop_reason.value
+    )
     artifacts = RunArtifacts(config=config, result=result, summary=summary, reference_latency_s=reference)
     if config.out_dir is not None:
         artifacts.paths = write_run(config.out_dir, artifacts)
@@ -120,9 +122,11 @@ def write_run(out_dir: Path, artifacts: RunArtifacts) -> dict[str, Path]:
     summary_path.write_text(json.dumps(artifacts.summary.model_dump(mode="json"), indent=2))
     (out_dir / "summary.txt").write_text(format_summary(artifacts.summary) + "\n")
     paths["summary"] = summary_path
-    paths["latency_cdf"] = plot_latency_cdf({artifacts.config.name: artifacts.result.records},
-                                            out_dir / "latency_cdf.png",
-                                            reference_latency_s=artifacts.reference_latency_s)
+    paths["latency_cdf"] = plot_latency_cdf(
+        {artifacts.config.name: artifacts.result.records},
+        out_dir / "latency_cdf.png",
+        reference_latency_s=artifacts.reference_latency_s,
+    )
     paths["timeline"] = plot_timeline(artifacts.result.records, artifacts.result.stats, out_dir / "timeline.png")
     return paths
 
@@ -148,8 +152,9 @@ class StoredRun:
     def summarize(self, reference_latency_s: float | None = None) -> RunSummary:
         """Recompute the summary; ``reference_latency_s`` overrides the one stored with the run."""
         reference = reference_latency_s if reference_latency_s is not None else self.metadata.get("reference_latency_s")
-        return summarize(self.records, name=self.name, reference_latency_s=reference,
-                         stop_reason=self.metadata.get("stop_reason"))
+        return summarize(
+            self.records, name=self.name, reference_latency_s=reference, stop_reason=self.metadata.get("stop_reason")
+        )
 
 
 def load_run(run_dir: str | Path) -> StoredRun:
@@ -157,5 +162,6 @@ def load_run(run_dir: str | Path) -> StoredRun:
     path = Path(run_dir)
     records_path = path if path.suffix == ".parquet" else path / RECORDS_FILE
     records, metadata = read_records(records_path)
-    return StoredRun(path=records_path.parent, records=records, stats=read_stats(records_path.parent / STATS_FILE),
-                     metadata=metadata)
+    return StoredRun(
+        path=records_path.parent, records=records, stats=read_stats(records_path.parent / STATS_FILE), metadata=metadata
+    )

@@ -60,8 +60,13 @@ def apply_session_model(trace: Sequence[TraceRequest], config: SessionConfig, se
         session.sent += 1
         out.append(
             with_prompt(
-                session.base, prompt, user=session.base.user or session.name.replace("session", "user"),
-                session=session.name, edit=kind.value, timestamp_s=None, warm_up=len(out) < n_warm,
+                session.base,
+                prompt,
+                user=session.base.user or session.name.replace("session", "user"),
+                session=session.name,
+                edit=kind.value,
+                timestamp_s=None,
+                warm_up=len(out) < n_warm,
             )
         )
         if session.sent > session.follow_ups:

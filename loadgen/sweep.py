@@ -47,25 +47,33 @@ async def sweep_async(
     reference = await resolve_reference_latency(base, trace, transport=transport)
     points = []
     for rate in rates:
-        config = base.model_copy(update={
-            "name": f"{base.name}@{rate:g}",
-            "arrival": ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=rate),
-            "client": base.client.model_copy(update={"tenant": f"{base.client.tenant or base.name}@{rate:g}"})
-            if isolate_tenants else base.client,
-            "reference_latency_s": reference,
-            "out_dir": None if base.out_dir is None else Path(base.out_dir) / f"rate_{rate:g}",
-        })
+        config = base.model_copy(
+            update={
+                "name": f"{base.name}@{rate:g}",
+                "arrival": ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=rate),
+                "client": base.client.model_copy(update={"tenant": f"{base.client.tenant or base.name}@{rate:g}"})
+                if isolate_tenants
+                else base.client,
+                "reference_latency_s": reference,
+                "out_dir": None if base.out_dir is None else Path(base.out_dir) / f"rate_{rate:g}",
+            }
+        )
         artifacts = await run_async(config, transport=transport)
         points.append((rate, artifacts.summary))
     result = SweepResult(name=base.name, reference_latency_s=reference, points=points)
     if base.out_dir is not None:
         out_dir = Path(base.out_dir)
         result.plot_path = plot_slo_vs_rate({base.name: points}, out_dir / "slo_vs_rate.png")
-        (out_dir / "sweep.json").write_text(json.dumps(
-            {"name": base.name, "reference_latency_s": reference,
-             "points": [{"rate_per_min": r, "summary": s.model_dump(mode="json")} for r, s in points]},
-            indent=2,
-        ))
+        (out_dir / "sweep.json").write_text(
+            json.dumps(
+                {
+                    "name": base.name,
+                    "reference_latency_s": reference,
+                    "points": [{"rate_per_min": r, "summary": s.model_dump(mode="json")} for r, s in points],
+                },
+                indent=2,
+            )
+        )
     return result
 
 

@@ -18,8 +18,10 @@ def _cmd_build_tiny(args) -> int:
     if args.measure:
         ratios = measure_ratio(paths.large, paths.small, args.sizes)
         for size, (large_s, small_s) in ratios.items():
-            print(f"{size:>4} px: large {large_s * 1e3:7.1f} ms/step, small {small_s * 1e3:6.1f} ms/step, "
-                  f"ratio {large_s / small_s:.2f} (target {TARGET_STEP_COST_RATIO:.2f})")
+            print(
+                f"{size:>4} px: large {large_s * 1e3:7.1f} ms/step, small {small_s * 1e3:6.1f} ms/step, "
+                f"ratio {large_s / small_s:.2f} (target {TARGET_STEP_COST_RATIO:.2f})"
+            )
     return 0
 
 
@@ -35,8 +37,7 @@ def measure_ratio(large_dir: Path, small_dir: Path, sizes: list[int]) -> dict[in
 def _cmd_measure(args) -> int:
     root = Path(args.directory)
     for size, (large_s, small_s) in measure_ratio(root / "large", root / "small", args.sizes).items():
-        print(json.dumps({"size": size, "large_step_s": large_s, "small_step_s": small_s,
-                          "ratio": large_s / small_s}))
+        print(json.dumps({"size": size, "large_step_s": large_s, "small_step_s": small_s, "ratio": large_s / small_s}))
     return 0
 
 
@@ -44,8 +45,10 @@ def _cmd_config_check(args) -> int:
     from modm.config import load_config
 
     cfg = load_config(args.path)
-    print(f"{args.path}: valid ({cfg.mode.value}; large={cfg.models.large.source}; "
-          f"small={cfg.models.small.source if cfg.models.small else '-'})")
+    print(
+        f"{args.path}: valid ({cfg.mode.value}; large={cfg.models.large.source}; "
+        f"small={cfg.models.small.source if cfg.models.small else '-'})"
+    )
     return 0
 
 
@@ -60,9 +63,14 @@ def _cmd_cache_warm(args) -> int:
 
     cfg = resolve_relative_paths(load_config(args.config), Path.cwd())
     if cfg.mode is not SystemMode.MODM:
-        raise ConfigError(f"{args.config}: mode {cfg.mode.value!r} keeps no image cache to warm"
-                          + (" (NIRVANA's latent cache lives in its Serve app: set cache.warm in the config "
-                             "instead)" if cfg.mode is SystemMode.NIRVANA else ""))
+        raise ConfigError(
+            f"{args.config}: mode {cfg.mode.value!r} keeps no image cache to warm"
+            + (
+                " (NIRVANA's latent cache lives in its Serve app: set cache.warm in the config instead)"
+                if cfg.mode is SystemMode.NIRVANA
+                else ""
+            )
+        )
     prompts = read_prompts(args.prompts, args.limit)
     namespace = cache_scope(args.tenant, cfg.tenancy.shared_pool_tenants).write
     large = cfg.models.large
@@ -70,19 +78,43 @@ def _cmd_cache_warm(args) -> int:
     embedder = build_embedder(cfg.embedder)
 
     def generate(prompt: str) -> bytes:
-        return png_bytes(generator.txt2img(GenerationRequest(
-            prompt=prompt, width=large.default_size, height=large.default_size,
-            steps=large.num_inference_steps, seed=cfg.seed)))
+        return png_bytes(
+            generator.txt2img(
+                GenerationRequest(
+                    prompt=prompt,
+                    width=large.default_size,
+                    height=large.default_size,
+                    steps=large.num_inference_steps,
+                    seed=cfg.seed,
+                )
+            )
+        )
 
     def progress(done: int, total: int, prompt: str) -> None:
         print(f"warm: {done}/{total} generated: {prompt[:60]}", file=sys.stderr, flush=True)
 
     with ImageCache(cfg.cache, embedding_dim(cfg.embedder)) as cache:
-        report = warm_from_prompts(cache, prompts, generate, embedder.embed_for_cache, tenant=namespace,
-                                   source_model="large", progress=progress)
+        report = warm_from_prompts(
+            cache,
+            prompts,
+            generate,
+            embedder.embed_for_cache,
+            tenant=namespace,
+            source_model="large",
+            progress=progress,
+        )
         entries = len(cache)
-    print(json.dumps({"generated": report.generated, "already_cached": report.already_cached,
-                      "prompts": report.total, "namespace": namespace, "cache_entries": entries}))
+    print(
+        json.dumps(
+            {
+                "generated": report.generated,
+                "already_cached": report.already_cached,
+                "prompts": report.total,
+                "namespace": namespace,
+                "cache_entries": entries,
+            }
+        )
+    )
     return 0
 
 
@@ -99,11 +131,15 @@ def _cmd_calibrate(args) -> int:
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
     rows = table.to_pylist()
-    samples = [QualitySample(float(r["score"]), int(r["k"]), float(r["quality"]), float(r["full_quality"]))
-               for r in rows]
+    samples = [
+        QualitySample(float(r["score"]), int(r["k"]), float(r["quality"]), float(r["full_quality"])) for r in rows
+    ]
     rules = fit_k_table(samples, alpha=args.alpha, total_steps=args.total_steps, min_samples=args.min_samples)
-    print(yaml.safe_dump({"policy": {"total_steps": args.total_steps,
-                                     "k_table": [r.model_dump() for r in rules]}}, sort_keys=False))
+    print(
+        yaml.safe_dump(
+            {"policy": {"total_steps": args.total_steps, "k_table": [r.model_dump() for r in rules]}}, sort_keys=False
+        )
+    )
     return 0
 
 
@@ -118,9 +154,11 @@ SUBCOMMAND_PACKAGES = ("multistage", "quality", "sim", "world")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modm", description=__doc__,
-                                     epilog="also: modm multistage ..., modm quality ..., modm sim ..., "
-                                            "modm world ... (each --help)")
+    parser = argparse.ArgumentParser(
+        prog="modm",
+        description=__doc__,
+        epilog="also: modm multistage ..., modm quality ..., modm sim ..., modm world ... (each --help)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="the tiny offline model zoo").add_subparsers(dest="action", required=True)
@@ -140,13 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_config_check)
 
     cache = sub.add_parser("cache", help="the image cache").add_subparsers(dest="action", required=True)
-    warm = cache.add_parser("warm", help="fill the cache from a prompt list with the large model (resumable: "
-                                         "prompts already cached are skipped)")
+    warm = cache.add_parser(
+        "warm",
+        help="fill the cache from a prompt list with the large model (resumable: prompts already cached are skipped)",
+    )
     warm.add_argument("--config", required=True, help="system config or Serve config YAML")
     warm.add_argument("--prompts", required=True, help="prompts file: .txt (one a line) or .tsv ('prompt' column)")
     warm.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
-    warm.add_argument("--tenant", default=DEFAULT_TENANT, help="whose namespace to fill (default: %(default)s, "
-                                                               "the one of requests that name no tenant)")
+    warm.add_argument(
+        "--tenant",
+        default=DEFAULT_TENANT,
+        help="whose namespace to fill (default: %(default)s, the one of requests that name no tenant)",
+    )
     warm.set_defaults(func=_cmd_cache_warm)
 
     policy = sub.add_parser("policy", help="retrieval policy").add_subparsers(dest="action", required=True)

@@ -8,11 +8,11 @@ def _env(name: str, default, cast=float):
     return default if raw is None else cast(raw)
 
 
-DEFAULT_TOTAL_STEPS = _env("MODM_DEFAULT_TOTAL_STEPS", 50, int)        # T in MoDM
+DEFAULT_TOTAL_STEPS = _env("MODM_DEFAULT_TOTAL_STEPS", 50, int)  # T in MoDM
 DEFAULT_CACHE_CAPACITY = _env("MODM_DEFAULT_CACHE_CAPACITY", 10_000, int)
 DEFAULT_HNSW_MIN_ENTRIES = _env("MODM_DEFAULT_HNSW_MIN_ENTRIES", 50_000, int)  # exact search is fast below
 DEFAULT_HNSW_M = 32
-DEFAULT_HNSW_EF_SEARCH = 64          # recall@1 ~0.9 on near-duplicates (feasibility study)
+DEFAULT_HNSW_EF_SEARCH = 64  # recall@1 ~0.9 on near-duplicates (feasibility study)
 DEFAULT_HNSW_EF_CONSTRUCTION = 40
 DEFAULT_MONITOR_WINDOW_S = _env("MODM_DEFAULT_MONITOR_WINDOW_S", 180.0)
 MAX_PROMPT_CHARS = _env("MODM_MAX_PROMPT_CHARS", 2000, int)

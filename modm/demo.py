@@ -58,8 +58,9 @@ def ensure_zoo(config: SystemConfig, zoo_dir: Path) -> None:
         build_tiny_zoo(zoo_dir)
 
 
-def run_demo(config_path: Path | None, zoo_dir: Path, workload: Path | None, size: int | None,
-             steps: int | None, cache_dir: Path) -> dict:
+def run_demo(
+    config_path: Path | None, zoo_dir: Path, workload: Path | None, size: int | None, steps: int | None, cache_dir: Path
+) -> dict:
     config = load_config(config_path or default_config_path())
     # A fresh cache per demo run, so the output shows the cache filling up from empty.
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -68,9 +69,11 @@ def run_demo(config_path: Path | None, zoo_dir: Path, workload: Path | None, siz
     started = time.perf_counter()
     engine = Engine.from_config(config)
     load_s = time.perf_counter() - started
-    print(f"loaded {config.mode.value}: large={config.models.large.source} small="
-          f"{config.models.small.source if config.models.small else '-'} embedder={config.embedder.kind.value} "
-          f"in {load_s:.1f}s")
+    print(
+        f"loaded {config.mode.value}: large={config.models.large.source} small="
+        f"{config.models.small.source if config.models.small else '-'} embedder={config.embedder.kind.value} "
+        f"in {load_s:.1f}s"
+    )
     print(f"{'#':>3} {'user':<5} {'decision':<8} {'score':>6} {'k':>3} {'model':<6} {'seconds':>7}  prompt")
     records = []
     for i, (user, prompt) in enumerate(read_workload(workload or demo_workload_path(config))):
@@ -80,22 +83,32 @@ def run_demo(config_path: Path | None, zoo_dir: Path, workload: Path | None, siz
         r = result.record
         records.append((r, seconds))
         score = f"{r.score:.3f}" if r.score is not None else "-"
-        print(f"{i:>3} {user:<5} {'hit' if r.hit else 'miss':<8} {score:>6} {r.k:>3} {r.model:<6} {seconds:>7.2f}  "
-              f"{prompt[:60]}", flush=True)
+        print(
+            f"{i:>3} {user:<5} {'hit' if r.hit else 'miss':<8} {score:>6} {r.k:>3} {r.model:<6} {seconds:>7.2f}  "
+            f"{prompt[:60]}",
+            flush=True,
+        )
     hits = [s for r, s in records if r.hit]
     misses = [s for r, s in records if not r.hit]
     k_mix = Counter(r.k for r, _ in records if r.hit)
     summary = {
-        "requests": len(records), "hits": len(hits), "misses": len(misses),
-        "hit_rate": len(hits) / max(1, len(records)), "k_mix": dict(sorted(k_mix.items())),
+        "requests": len(records),
+        "hits": len(hits),
+        "misses": len(misses),
+        "hit_rate": len(hits) / max(1, len(records)),
+        "k_mix": dict(sorted(k_mix.items())),
         "median_hit_s": statistics.median(hits) if hits else None,
         "median_miss_s": statistics.median(misses) if misses else None,
         "cache_entries": len(engine.cache) if engine.cache is not None else 0,
     }
-    print(f"\n{summary['requests']} requests: {summary['hits']} hits, {summary['misses']} misses "
-          f"(hit rate {summary['hit_rate']:.0%}); k-mix {summary['k_mix']}")
+    print(
+        f"\n{summary['requests']} requests: {summary['hits']} hits, {summary['misses']} misses "
+        f"(hit rate {summary['hit_rate']:.0%}); k-mix {summary['k_mix']}"
+    )
     if hits and misses:
-        print(f"median latency: hit {summary['median_hit_s']:.2f}s (small model, refines) vs miss "
-              f"{summary['median_miss_s']:.2f}s (large model, full generation)")
+        print(
+            f"median latency: hit {summary['median_hit_s']:.2f}s (small model, refines) vs miss "
+            f"{summary['median_miss_s']:.2f}s (large model, full generation)"
+        )
     print(f"cache: {summary['cache_entries']} entries in {cache_dir}")
     return summary

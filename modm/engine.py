@@ -28,10 +28,10 @@ LARGE, SMALL = "large", "small"
 class ImageRequest:
     prompt: str
     tenant: str = DEFAULT_TENANT
-    width: int | None = None    # None: the large model's default size
+    width: int | None = None  # None: the large model's default size
     height: int | None = None
-    steps: int | None = None    # None: the large model's T
-    seed: int | None = None     # None: the system seed
+    steps: int | None = None  # None: the large model's T
+    seed: int | None = None  # None: the system seed
 
 
 @dataclass
@@ -41,7 +41,7 @@ class DecisionRecord:
     score: float | None
     k: int
     strength: float
-    model: str                  # which model produced the image: "large" or "small"
+    model: str  # which model produced the image: "large" or "small"
     mode: str
     matched_entry: int | None = None
     admitted_entry: int | None = None
@@ -76,8 +76,15 @@ class _Timer:
 
 
 class Engine:
-    def __init__(self, config: SystemConfig, *, large: DiffusionGenerator, small: DiffusionGenerator | None = None,
-                 embedder: Embedder | None = None, cache: ImageCache | None = None):
+    def __init__(
+        self,
+        config: SystemConfig,
+        *,
+        large: DiffusionGenerator,
+        small: DiffusionGenerator | None = None,
+        embedder: Embedder | None = None,
+        cache: ImageCache | None = None,
+    ):
         if config.mode is SystemMode.NIRVANA:
             raise ValueError("the in-process engine serves modes 'modm' and 'vanilla', not 'nirvana'")
         if config.mode is SystemMode.MODM and (small is None or embedder is None or cache is None):
@@ -101,8 +108,12 @@ class Engine:
         check_limits(req, self.config.limits)
         spec = self.large.spec
         return GenerationRequest(
-            prompt=req.prompt, width=req.width or spec.default_size, height=req.height or spec.default_size,
-            steps=req.steps or spec.num_inference_steps, seed=self.config.seed if req.seed is None else req.seed)
+            prompt=req.prompt,
+            width=req.width or spec.default_size,
+            height=req.height or spec.default_size,
+            steps=req.steps or spec.num_inference_steps,
+            seed=self.config.seed if req.seed is None else req.seed,
+        )
 
     def retrieve(self, prompt: str, tenant: str, timings: dict[str, float]):
         with _Timer(timings, "embed"):
@@ -114,8 +125,16 @@ class Engine:
     def generate(self, req: ImageRequest) -> EngineResult:
         gen_req = self.resolve(req)
         timings: dict[str, float] = {}
-        record = DecisionRecord(request_id=uuid.uuid4().hex, hit=False, score=None, k=0, strength=1.0, model=LARGE,
-                                mode=self.config.mode.value, timings_s=timings)
+        record = DecisionRecord(
+            request_id=uuid.uuid4().hex,
+            hit=False,
+            score=None,
+            k=0,
+            strength=1.0,
+            model=LARGE,
+            mode=self.config.mode.value,
+            timings_s=timings,
+        )
         if self.config.mode is SystemMode.VANILLA:
             self.large.check_request(gen_req)
             with _Timer(timings, "generate"):
@@ -143,6 +162,7 @@ class Engine:
             return
         with _Timer(record.timings_s, "admit"):
             key = self.embedder.embed_for_cache([image], [req.prompt])[0]
-            entry = self.cache.add(png_bytes(image), key, prompt=req.prompt, tenant=req.tenant,
-                                   source_model=record.model, k=record.k)
+            entry = self.cache.add(
+                png_bytes(image), key, prompt=req.prompt, tenant=req.tenant, source_model=record.model, k=record.k
+            )
         record.admitted_entry = entry.id

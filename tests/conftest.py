@@ -59,7 +59,12 @@ def ray_cluster(metrics_port):
     """One private local Ray cluster per test session (address="local": never one another process started)."""
     import ray
 
-    ray.init(address="local", num_cpus=12, include_dashboard=False, _metrics_export_port=metrics_port,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.init(
+        address="local",
+        num_cpus=12,
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
     yield ray
     ray.shutdown()  # skip serve.shutdown(): it adds seconds and the cluster goes anyway

@@ -25,12 +25,34 @@ from modm.cache.errors import (
 from modm.cache.image_cache import CacheStats, ImageCache, NamespaceStats
 from modm.cache.index import IndexKind
 from modm.cache.records import CacheEntry, Match, NewEntry
-from modm.cache.warm import (PromptWarmReport, WarmReport, prompt_for_image, read_prompts, warm_from_folder,
-                             warm_from_prompts)
+from modm.cache.warm import (
+    PromptWarmReport,
+    WarmReport,
+    prompt_for_image,
+    read_prompts,
+    warm_from_folder,
+    warm_from_prompts,
+)
 
 __all__ = [
-    "CacheClosedError", "CacheCorruptError", "CacheDimensionError", "CacheEntry", "CacheError",
-    "CacheLockedError", "CacheStats", "EntryNotFoundError", "ImageCache", "IndexKind", "Match",
-    "NamespaceStats", "NewEntry", "PromptWarmReport", "WarmReport", "prompt_for_image", "read_prompts",
-    "should_admit", "warm_from_folder", "warm_from_prompts",
+    "CacheClosedError",
+    "CacheCorruptError",
+    "CacheDimensionError",
+    "CacheEntry",
+    "CacheError",
+    "CacheLockedError",
+    "CacheStats",
+    "EntryNotFoundError",
+    "ImageCache",
+    "IndexKind",
+    "Match",
+    "NamespaceStats",
+    "NewEntry",
+    "PromptWarmReport",
+    "WarmReport",
+    "prompt_for_image",
+    "read_prompts",
+    "should_admit",
+    "warm_from_folder",
+    "warm_from_prompts",
 ]

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
-    "CacheClosedError", "CacheCorruptError", "CacheDimensionError", "CacheError", "CacheLockedError",
+    "CacheClosedError",
+    "CacheCorruptError",
+    "CacheDimensionError",
+    "CacheError",
+    "CacheLockedError",
     "EntryNotFoundError",
 ]
 

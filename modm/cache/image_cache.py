@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 class NamespaceStats:
     entries: int
     index_kind: IndexKind
-    tombstones: int     # evicted vectors still in an HNSW graph (always 0 for exact search)
+    tombstones: int  # evicted vectors still in an HNSW graph (always 0 for exact search)
     hnsw_builds: int
 
 
@@ -56,13 +56,13 @@ class CacheStats:
     entries: int
     next_id: int
     namespaces: dict[str, NamespaceStats]
-    pending_segments: int    # journal segments not yet folded into a snapshot
+    pending_segments: int  # journal segments not yet folded into a snapshot
     index_builds_running: int  # HNSW graphs being built in the background
     # Counters since this ImageCache was opened.
     admissions: int
     evictions: int
     queries: int
-    matches: int             # queries that found any entry in their namespaces (the hit threshold is policy's)
+    matches: int  # queries that found any entry in their namespaces (the hit threshold is policy's)
     compactions: int
 
 
@@ -86,10 +86,17 @@ class ImageCache:
     candidates for CacheConfig fields.
     """
 
-    def __init__(self, config: CacheConfig, dim: int, *, clock: Callable[[], float] = time.time,
-                 tombstone_rebuild_fraction: float = TOMBSTONE_REBUILD_FRACTION,
-                 hnsw_hysteresis_fraction: float = HNSW_HYSTERESIS_FRACTION, durable: bool = True,
-                 background_index_builds: bool = True):
+    def __init__(
+        self,
+        config: CacheConfig,
+        dim: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        tombstone_rebuild_fraction: float = TOMBSTONE_REBUILD_FRACTION,
+        hnsw_hysteresis_fraction: float = HNSW_HYSTERESIS_FRACTION,
+        durable: bool = True,
+        background_index_builds: bool = True,
+    ):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if not 0.0 <= hnsw_hysteresis_fraction < 1.0:
@@ -101,11 +108,13 @@ class ImageCache:
         self._index_options = dict(
             hnsw_min_entries=config.hnsw_min_entries,
             hnsw_exit_entries=math.floor(config.hnsw_min_entries * (1.0 - hnsw_hysteresis_fraction)),
-            hnsw_m=config.hnsw_m, hnsw_ef_search=config.hnsw_ef_search,
+            hnsw_m=config.hnsw_m,
+            hnsw_ef_search=config.hnsw_ef_search,
             hnsw_ef_construction=config.hnsw_ef_construction,
-            tombstone_rebuild_fraction=tombstone_rebuild_fraction)
-        self._lock = threading.RLock()             # guards every field below
-        self._compaction_lock = threading.Lock()   # one snapshot write at a time, outside self._lock
+            tombstone_rebuild_fraction=tombstone_rebuild_fraction,
+        )
+        self._lock = threading.RLock()  # guards every field below
+        self._compaction_lock = threading.Lock()  # one snapshot write at a time, outside self._lock
         self._entries: OrderedDict[int, CacheEntry] = OrderedDict()  # live entries, oldest first
         self._indexes: dict[str, NamespaceIndex] = {}
         self._closed = False
@@ -113,7 +122,7 @@ class ImageCache:
         self._admissions_pending = 0  # admissions since the last snapshot capture
         self._background_builds = background_index_builds
         self._builder: ThreadPoolExecutor | None = None  # started on the first background build
-        self._building: set[str] = set()                 # namespaces with a build in flight
+        self._building: set[str] = set()  # namespaces with a build in flight
         self._stop_builds = threading.Event()
 
         self._layout = CacheLayout(config.directory)
@@ -136,19 +145,25 @@ class ImageCache:
                 self._builder.shutdown(wait=True)
             self._directory_lock.release()
             raise
-        logger.info("cache: opened %s with %d entries in %d namespaces", self._layout.root, len(self._entries),
-                    len(self._indexes))
+        logger.info(
+            "cache: opened %s with %d entries in %d namespaces",
+            self._layout.root,
+            len(self._entries),
+            len(self._indexes),
+        )
 
     # --------------------------------------------------------------------------------------------- admission
-    def add(self, png_bytes: bytes, embedding: np.ndarray, *, prompt: str, tenant: str, source_model: str,
-            k: int) -> CacheEntry:
+    def add(
+        self, png_bytes: bytes, embedding: np.ndarray, *, prompt: str, tenant: str, source_model: str, k: int
+    ) -> CacheEntry:
         """Admit one final image. Durable when this returns; evicts the globally oldest entries beyond capacity.
 
         `embedding` is the (dim,) L2-normalised float32 vector the entry is retrieved by; `k` is 0 for a full
         generation and the skipped steps for a refined hit.
         """
-        item = NewEntry(png_bytes=png_bytes, embedding=embedding, prompt=prompt, tenant=tenant,
-                        source_model=source_model, k=k)
+        item = NewEntry(
+            png_bytes=png_bytes, embedding=embedding, prompt=prompt, tenant=tenant, source_model=source_model, k=k
+        )
         return self.add_many([item])[0]
 
     def add_many(self, items: Sequence[NewEntry]) -> list[CacheEntry]:
@@ -161,9 +176,12 @@ class ImageCache:
             now = float(self._clock())
             first_id = self._next_id
             self._next_id += len(checked)  # burnt if the write below fails; ids only need to be increasing
-            entries = [CacheEntry(id=first_id + i, tenant=tenant, prompt=prompt, created_at=now,
-                                  source_model=source_model, k=k)
-                       for i, (_, _, prompt, tenant, source_model, k) in enumerate(checked)]
+            entries = [
+                CacheEntry(
+                    id=first_id + i, tenant=tenant, prompt=prompt, created_at=now, source_model=source_model, k=k
+                )
+                for i, (_, _, prompt, tenant, source_model, k) in enumerate(checked)
+            ]
             vectors = np.concatenate([vector for _, vector, *_ in checked])
             overflow = max(0, len(self._entries) + len(entries) - self.config.capacity)
             evicted_below = self._watermark_after(entries, overflow)
@@ -173,8 +191,9 @@ class ImageCache:
                     path = self._layout.image_path(entry.id)
                     atomic_write_bytes(path, png, durable=self._durable)
                     written.append(path)
-                rows = StoredRows(entries=entries, vectors=vectors, next_id=entries[-1].id + 1,
-                                  evicted_below=evicted_below)
+                rows = StoredRows(
+                    entries=entries, vectors=vectors, next_id=entries[-1].id + 1, evicted_below=evicted_below
+                )
                 segment = self._layout.segment_path(first_id, entries[-1].id)
                 write_rows(segment, rows, self.dim, durable=self._durable)  # the commit point
             except BaseException:
@@ -203,9 +222,14 @@ class ImageCache:
     def _check_new(self, item: NewEntry, position: int) -> tuple:
         if not isinstance(item, NewEntry):
             raise ValueError(f"items[{position}] must be a NewEntry, got {type(item).__name__}")
-        return (check_png(item.png_bytes), check_embedding(item.embedding, self.dim),
-                check_text(item.prompt, "prompt"), check_text(item.tenant, "tenant"),
-                check_text(item.source_model, "source_model"), check_k(item.k))
+        return (
+            check_png(item.png_bytes),
+            check_embedding(item.embedding, self.dim),
+            check_text(item.prompt, "prompt"),
+            check_text(item.tenant, "tenant"),
+            check_text(item.source_model, "source_model"),
+            check_k(item.k),
+        )
 
     def _watermark_after(self, new_entries: list[CacheEntry], overflow: int) -> int:
         """Lowest live id once `overflow` of the oldest entries (existing first, then new) are evicted."""
@@ -226,8 +250,10 @@ class ImageCache:
         """Top-1 for each row of (n, dim) `embeddings`, row i searching only the tenants in `namespaces[i]`."""
         queries = check_embeddings(embeddings, self.dim)
         if isinstance(namespaces, str) or len(namespaces) != len(queries):
-            raise ValueError(f"namespaces must hold one sequence of tenant names per query row "
-                             f"({len(queries)}), got {namespaces!r:.80}")
+            raise ValueError(
+                f"namespaces must hold one sequence of tenant names per query row "
+                f"({len(queries)}), got {namespaces!r:.80}"
+            )
         scopes = [check_namespaces(scope) for scope in namespaces]
         best_scores = np.full(len(queries), -np.inf, dtype=np.float32)
         best_ids = np.full(len(queries), -1, dtype=np.int64)
@@ -242,8 +268,10 @@ class ImageCache:
                 better = (ids >= 0) & (scores > best_scores[rows])
                 best_scores[rows[better]] = scores[better]
                 best_ids[rows[better]] = ids[better]
-            matches = [Match(entry_id=int(i), score=float(s), entry=self._entries[int(i)]) if i >= 0 else None
-                       for s, i in zip(best_scores, best_ids)]
+            matches = [
+                Match(entry_id=int(i), score=float(s), entry=self._entries[int(i)]) if i >= 0 else None
+                for s, i in zip(best_scores, best_ids)
+            ]
             self._queries += len(matches)
             self._matches += sum(m is not None for m in matches)
         return matches
@@ -292,15 +320,30 @@ class ImageCache:
 
     def stats(self) -> CacheStats:
         with self._lock:
-            namespaces = {name: NamespaceStats(entries=len(index), index_kind=index.kind,
-                                               tombstones=index.tombstones, hnsw_builds=index.hnsw_builds)
-                          for name, index in self._indexes.items()}
-            return CacheStats(directory=str(self._layout.root), dim=self.dim, capacity=self.config.capacity,
-                              entries=len(self._entries), next_id=self._next_id, namespaces=namespaces,
-                              pending_segments=self._pending_segments,
-                              index_builds_running=len(self._building), admissions=self._admissions,
-                              evictions=self._evictions, queries=self._queries, matches=self._matches,
-                              compactions=self._compactions)
+            namespaces = {
+                name: NamespaceStats(
+                    entries=len(index),
+                    index_kind=index.kind,
+                    tombstones=index.tombstones,
+                    hnsw_builds=index.hnsw_builds,
+                )
+                for name, index in self._indexes.items()
+            }
+            return CacheStats(
+                directory=str(self._layout.root),
+                dim=self.dim,
+                capacity=self.config.capacity,
+                entries=len(self._entries),
+                next_id=self._next_id,
+                namespaces=namespaces,
+                pending_segments=self._pending_segments,
+                index_builds_running=len(self._building),
+                admissions=self._admissions,
+                evictions=self._evictions,
+                queries=self._queries,
+                matches=self._matches,
+                compactions=self._compactions,
+            )
 
     # ----------------------------------------------------------------------------------------------- durable
     def compact(self) -> None:
@@ -387,8 +430,9 @@ class ImageCache:
         for tenant, rows in by_tenant.items():
             index = self._indexes.get(tenant)
             if index is None:
-                index = self._indexes[tenant] = NamespaceIndex(self.dim, defer_hnsw_builds=defer_hnsw_builds,
-                                                               **self._index_options)
+                index = self._indexes[tenant] = NamespaceIndex(
+                    self.dim, defer_hnsw_builds=defer_hnsw_builds, **self._index_options
+                )
             ids = np.array([entries[r].id for r in rows], dtype=np.int64)
             index.add(ids, np.ascontiguousarray(vectors[rows], dtype=np.float32))
         return set(by_tenant)
@@ -447,8 +491,13 @@ class ImageCache:
             except Exception:
                 logger.exception("cache: installing the HNSW graph of namespace %r failed", tenant)
                 return
-            logger.info("cache: HNSW graph of %d vectors for namespace %r built in %.1f s (%s)", len(build.ids),
-                        tenant, time.perf_counter() - started, "installed" if installed else "discarded")
+            logger.info(
+                "cache: HNSW graph of %d vectors for namespace %r built in %.1f s (%s)",
+                len(build.ids),
+                tenant,
+                time.perf_counter() - started,
+                "installed" if installed else "discarded",
+            )
             self._schedule_index_builds({tenant})  # admissions during the build may have made another due
 
     def _check_open(self) -> None:

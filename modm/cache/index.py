@@ -62,7 +62,7 @@ class HnswGraph:
             position_ids = np.full(capacity, -1, dtype=np.int64)
             position_ids[:start] = self._position_ids[:start]
             live_bits = np.zeros((capacity + 7) // 8, dtype=np.uint8)
-            live_bits[:self._live_bits.size] = self._live_bits
+            live_bits[: self._live_bits.size] = self._live_bits
             self._position_ids, self._live_bits = position_ids, live_bits
             self._selector = faiss.IDSelectorBitmap(self._live_bits.size, faiss.swig_ptr(self._live_bits))
             self._search_params = faiss.SearchParametersHNSW()
@@ -119,12 +119,22 @@ class NamespaceIndex:
     index (exact, or HNSW with more tombstones) keeps answering correctly.
     """
 
-    def __init__(self, dim: int, *, hnsw_min_entries: int, hnsw_exit_entries: int, hnsw_m: int,
-                 hnsw_ef_search: int, hnsw_ef_construction: int, tombstone_rebuild_fraction: float,
-                 defer_hnsw_builds: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hnsw_min_entries: int,
+        hnsw_exit_entries: int,
+        hnsw_m: int,
+        hnsw_ef_search: int,
+        hnsw_ef_construction: int,
+        tombstone_rebuild_fraction: float,
+        defer_hnsw_builds: bool = False,
+    ):
         if not 0 <= hnsw_exit_entries <= hnsw_min_entries:
-            raise ValueError(f"hnsw_exit_entries={hnsw_exit_entries} must lie in [0, hnsw_min_entries="
-                             f"{hnsw_min_entries}]")
+            raise ValueError(
+                f"hnsw_exit_entries={hnsw_exit_entries} must lie in [0, hnsw_min_entries={hnsw_min_entries}]"
+            )
         if not 0.0 < tombstone_rebuild_fraction <= 1.0:
             raise ValueError(f"tombstone_rebuild_fraction must be in (0, 1], got {tombstone_rebuild_fraction}")
         self.dim = dim
@@ -134,9 +144,9 @@ class NamespaceIndex:
         self._rebuild_fraction = tombstone_rebuild_fraction
         self._defer = defer_hnsw_builds
         self._vectors: dict[int, np.ndarray] = {}  # live id -> (dim,) float32, in admission order
-        self._graph: HnswGraph | None = None       # the HNSW index, when kind is HNSW
-        self._flat = self._new_flat()              # the exact index, when kind is FLAT
-        self.hnsw_builds = 0                       # graphs installed (switches and tombstone rebuilds)
+        self._graph: HnswGraph | None = None  # the HNSW index, when kind is HNSW
+        self._flat = self._new_flat()  # the exact index, when kind is FLAT
+        self.hnsw_builds = 0  # graphs installed (switches and tombstone rebuilds)
 
     # ----------------------------------------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -199,8 +209,9 @@ class NamespaceIndex:
 
     # ------------------------------------------------------------------------------------------------ builds
     def capture_hnsw_build(self) -> HnswBuild:
-        return HnswBuild(dim=self.dim, params=self._params, ids=list(self._vectors),
-                         vectors=list(self._vectors.values()))
+        return HnswBuild(
+            dim=self.dim, params=self._params, ids=list(self._vectors), vectors=list(self._vectors.values())
+        )
 
     def install(self, build: HnswBuild, graph: HnswGraph) -> bool:
         """Swap in `graph` (built from `build`), replaying admissions and evictions since the capture.
@@ -230,8 +241,10 @@ class NamespaceIndex:
         self._graph = None
         self._flat = self._new_flat()
         if self._vectors:
-            self._flat.add_with_ids(np.stack(list(self._vectors.values())),
-                                    np.fromiter(self._vectors, dtype=np.int64, count=len(self._vectors)))
+            self._flat.add_with_ids(
+                np.stack(list(self._vectors.values())),
+                np.fromiter(self._vectors, dtype=np.int64, count=len(self._vectors)),
+            )
 
     def _new_flat(self) -> faiss.IndexIDMap2:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))

@@ -37,15 +37,17 @@ _META_EVICTED_BELOW = b"modm.evicted_below"
 
 
 def entry_schema(dim: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("id", pa.int64(), nullable=False),
-        pa.field("tenant", pa.string(), nullable=False),
-        pa.field("prompt", pa.string(), nullable=False),
-        pa.field("created_at", pa.float64(), nullable=False),  # unix seconds
-        pa.field("source_model", pa.string(), nullable=False),
-        pa.field("k", pa.int32(), nullable=False),
-        pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
-    ])
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("tenant", pa.string(), nullable=False),
+            pa.field("prompt", pa.string(), nullable=False),
+            pa.field("created_at", pa.float64(), nullable=False),  # unix seconds
+            pa.field("source_model", pa.string(), nullable=False),
+            pa.field("k", pa.int32(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
 
 
 @dataclass
@@ -53,9 +55,9 @@ class StoredRows:
     """The content of one segment or snapshot file."""
 
     entries: list[CacheEntry]
-    vectors: np.ndarray          # (n, dim) float32, row i belongs to entries[i]
-    next_id: int                 # ids below this are accounted for by the file
-    evicted_below: int           # FIFO watermark: ids below it had been evicted when the file was written
+    vectors: np.ndarray  # (n, dim) float32, row i belongs to entries[i]
+    next_id: int  # ids below this are accounted for by the file
+    evicted_below: int  # FIFO watermark: ids below it had been evicted when the file was written
 
 
 def write_rows(path: Path, rows: StoredRows, dim: int, *, durable: bool = True) -> None:
@@ -70,8 +72,12 @@ def write_rows(path: Path, rows: StoredRows, dim: int, *, durable: bool = True) 
         pa.array([e.k for e in rows.entries], type=pa.int32()),
         pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), type=pa.float32()), dim),
     ]
-    metadata = {_META_FORMAT_VERSION: str(FORMAT_VERSION), _META_DIM: str(dim),
-                _META_NEXT_ID: str(rows.next_id), _META_EVICTED_BELOW: str(rows.evicted_below)}
+    metadata = {
+        _META_FORMAT_VERSION: str(FORMAT_VERSION),
+        _META_DIM: str(dim),
+        _META_NEXT_ID: str(rows.next_id),
+        _META_EVICTED_BELOW: str(rows.evicted_below),
+    }
     table = pa.Table.from_arrays(columns, schema=entry_schema(dim).with_metadata(metadata))
     atomic_write(path, lambda f: pq.write_table(table, f), durable=durable)
 
@@ -84,8 +90,11 @@ def read_rows(path: Path, dim: int) -> StoredRows:
         raise CacheCorruptError(path, f"unreadable parquet file: {err}") from None
     expected = entry_schema(dim)
     if not table.schema.remove_metadata().equals(expected):
-        raise CacheCorruptError(path, f"unexpected schema (wanted {dim}-dimensional embeddings): "
-                                      f"{table.schema.remove_metadata().to_string()!r:.300}")
+        raise CacheCorruptError(
+            path,
+            f"unexpected schema (wanted {dim}-dimensional embeddings): "
+            f"{table.schema.remove_metadata().to_string()!r:.300}",
+        )
     metadata = table.schema.metadata or {}
     try:
         version = int(metadata[_META_FORMAT_VERSION])
@@ -103,9 +112,12 @@ def read_rows(path: Path, dim: int) -> StoredRows:
     vectors = vectors.reshape(table.num_rows, dim)
     if not np.isfinite(vectors).all():
         raise CacheCorruptError(path, "non-finite values in the embedding column")
-    entries = [CacheEntry(id=i, tenant=t, prompt=p, created_at=c, source_model=s, k=k)
-               for i, t, p, c, s, k in zip(data["id"], data["tenant"], data["prompt"], data["created_at"],
-                                           data["source_model"], data["k"])]
+    entries = [
+        CacheEntry(id=i, tenant=t, prompt=p, created_at=c, source_model=s, k=k)
+        for i, t, p, c, s, k in zip(
+            data["id"], data["tenant"], data["prompt"], data["created_at"], data["source_model"], data["k"]
+        )
+    ]
     ids = [e.id for e in entries]
     if ids != sorted(set(ids)) or (ids and ids[-1] >= next_id):
         raise CacheCorruptError(path, f"entry ids are not increasing and below next_id={next_id}")
@@ -116,12 +128,12 @@ def read_rows(path: Path, dim: int) -> StoredRows:
 class RecoveredCache:
     """The committed state of a cache directory, with FIFO capacity applied."""
 
-    entries: list[CacheEntry]                  # live, oldest first
-    vectors: np.ndarray                        # (len(entries), dim)
+    entries: list[CacheEntry]  # live, oldest first
+    vectors: np.ndarray  # (len(entries), dim)
     next_id: int
     evicted_below: int
-    pending_segments: int                      # segments not yet folded into a snapshot
-    changed: bool                              # recovery dropped something a new snapshot should record
+    pending_segments: int  # segments not yet folded into a snapshot
+    changed: bool  # recovery dropped something a new snapshot should record
     removed_files: list[Path] = field(default_factory=list)
 
 
@@ -143,8 +155,7 @@ def recover(layout: CacheLayout, dim: int, capacity: int) -> RecoveredCache:
         snapshot_next_id, snapshot_path = snapshots[-1]
         rows = read_rows(snapshot_path, dim)
         if rows.next_id != snapshot_next_id:
-            raise CacheCorruptError(snapshot_path, f"footer says next_id={rows.next_id}, name says "
-                                                   f"{snapshot_next_id}")
+            raise CacheCorruptError(snapshot_path, f"footer says next_id={rows.next_id}, name says {snapshot_next_id}")
         entries.extend(rows.entries)
         vector_parts.append(rows.vectors)
         next_id, evicted_below = rows.next_id, rows.evicted_below
@@ -178,7 +189,7 @@ def recover(layout: CacheLayout, dim: int, capacity: int) -> RecoveredCache:
     keep = [i for i, e in enumerate(entries) if e.id >= evicted_below]
     changed = len(keep) != len(entries)
     if len(keep) > capacity:
-        keep = keep[len(keep) - capacity:]
+        keep = keep[len(keep) - capacity :]
         evicted_below = entries[keep[0]].id
         changed = True
     # A committed entry always has its PNG (written and fsynced before the commit); one that has vanished was
@@ -186,8 +197,12 @@ def recover(layout: CacheLayout, dim: int, capacity: int) -> RecoveredCache:
     images = dict(layout.list_images())
     missing = [entries[i].id for i in keep if entries[i].id not in images]
     if missing:
-        logger.warning("cache: %d committed entries have no PNG in %s and are dropped (ids %s)",
-                       len(missing), layout.images, missing[:10])
+        logger.warning(
+            "cache: %d committed entries have no PNG in %s and are dropped (ids %s)",
+            len(missing),
+            layout.images,
+            missing[:10],
+        )
         missing_set = set(missing)
         keep = [i for i in keep if entries[i].id not in missing_set]
         changed = True
@@ -198,6 +213,12 @@ def recover(layout: CacheLayout, dim: int, capacity: int) -> RecoveredCache:
         path.unlink(missing_ok=True)
     if to_delete:
         logger.info("cache: removed %d stale or orphan files from %s", len(to_delete), layout.root)
-    return RecoveredCache(entries=[entries[i] for i in keep], vectors=vectors[keep], next_id=next_id,
-                          evicted_below=evicted_below, pending_segments=pending, changed=changed,
-                          removed_files=to_delete)
+    return RecoveredCache(
+        entries=[entries[i] for i in keep],
+        vectors=vectors[keep],
+        next_id=next_id,
+        evicted_below=evicted_below,
+        pending_segments=pending,
+        changed=changed,
+        removed_files=to_delete,
+    )

@@ -41,9 +41,16 @@ class LatentMatch:
 class LatentCache:
     """Latents of up to `capacity_prompts` prompts (`capacity_prompts * len(k_choices)` entries)."""
 
-    def __init__(self, dim: int, capacity_prompts: int, k_table: KTable,
-                 k_choices: Sequence[int] = NIRVANA_K_CHOICES, *, index_config: CacheConfig | None = None,
-                 record_evictions: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        capacity_prompts: int,
+        k_table: KTable,
+        k_choices: Sequence[int] = NIRVANA_K_CHOICES,
+        *,
+        index_config: CacheConfig | None = None,
+        record_evictions: bool = False,
+    ):
         if capacity_prompts <= 0:
             raise ValueError(f"NIRVANA cache capacity must be positive, got {capacity_prompts}")
         self.k_choices = tuple(sorted(k_choices))
@@ -51,17 +58,20 @@ class LatentCache:
             raise ValueError(f"k_choices must lie in (0, {k_table.total_steps}), got {list(k_choices)}")
         index_config = index_config or CacheConfig()
         self._index = NamespaceIndex(
-            dim, hnsw_min_entries=index_config.hnsw_min_entries,
+            dim,
+            hnsw_min_entries=index_config.hnsw_min_entries,
             hnsw_exit_entries=int(index_config.hnsw_min_entries * (1.0 - HNSW_HYSTERESIS_FRACTION)),
-            hnsw_m=index_config.hnsw_m, hnsw_ef_search=index_config.hnsw_ef_search,
+            hnsw_m=index_config.hnsw_m,
+            hnsw_ef_search=index_config.hnsw_ef_search,
             hnsw_ef_construction=index_config.hnsw_ef_construction,
-            tombstone_rebuild_fraction=TOMBSTONE_REBUILD_FRACTION)
+            tombstone_rebuild_fraction=TOMBSTONE_REBUILD_FRACTION,
+        )
         self.dim = dim
         self.k_table = k_table
         self.capacity_entries = capacity_prompts * len(self.k_choices)
         self._frequency: dict[int, dict[int, int]] = {}  # prompt id -> {k: f}, live entries only
         self._payloads: dict[tuple[int, int], Any] = {}  # (prompt id, k) -> payload, live entries only
-        self._order: dict[int, int] = {}                 # prompt id -> insertion sequence (the heap's tie-break)
+        self._order: dict[int, int] = {}  # prompt id -> insertion sequence (the heap's tie-break)
         self._heap: list[tuple[int, int, int, int]] = []  # (f*k, sequence, k, prompt id); stale items skipped
         self._entries = 0
         self._next_sequence = 0
@@ -104,8 +114,9 @@ class LatentCache:
         decision = RetrievalDecision(hit=True, k=k, strength=1.0 - k / self.k_table.total_steps, score=score)
         return decision, LatentMatch(prompt_id, self._payloads.get((prompt_id, k)))
 
-    def insert(self, key: np.ndarray, payloads: Mapping[int, Any] | None = None, *,
-               prompt_id: int | None = None) -> int:
+    def insert(
+        self, key: np.ndarray, payloads: Mapping[int, Any] | None = None, *, prompt_id: int | None = None
+    ) -> int:
         """Cache a fully generated prompt: one entry per k in k_choices, with payloads[k] if given. Returns the
         prompt's id (`prompt_id`, or the next free one)."""
         if payloads is not None and set(payloads) != set(self.k_choices):

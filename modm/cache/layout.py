@@ -98,8 +98,11 @@ class CacheLayout:
             foreign = sorted(p.name for p in self.root.iterdir() if p.name not in ours)
             if foreign:
                 shown = ", ".join(repr(n) for n in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-                raise CacheCorruptError(self.root, f"not a modm image cache (no {MANIFEST_FILE}) and not empty: "
-                                                   f"it holds {shown}; refusing to write into it")
+                raise CacheCorruptError(
+                    self.root,
+                    f"not a modm image cache (no {MANIFEST_FILE}) and not empty: "
+                    f"it holds {shown}; refusing to write into it",
+                )
             manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "dim": int(dim)}
             atomic_write_bytes(self.manifest, json.dumps(manifest, indent=2).encode())
         self._check_manifest(dim)
@@ -115,13 +118,16 @@ class CacheLayout:
             raise CacheCorruptError(self.manifest, f"not a {FORMAT_NAME} manifest: {str(manifest)[:120]}")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise CacheCorruptError(self.manifest, f"format version {version!r}; this modm reads version "
-                                                   f"{FORMAT_VERSION} only")
+            raise CacheCorruptError(
+                self.manifest, f"format version {version!r}; this modm reads version {FORMAT_VERSION} only"
+            )
         stored_dim = manifest.get("dim")
         if stored_dim != dim:
             raise CacheDimensionError(
-                self.manifest, f"holds {stored_dim}-dimensional embeddings but the embedder produces {dim}; "
-                               "use the embedder this cache was built with, or another cache.directory")
+                self.manifest,
+                f"holds {stored_dim}-dimensional embeddings but the embedder produces {dim}; "
+                "use the embedder this cache was built with, or another cache.directory",
+            )
 
 
 class DirectoryLock:
@@ -141,8 +147,10 @@ class DirectoryLock:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise CacheLockedError(f"{self._path.parent} is already open by another ImageCache "
-                                       "(another replica or process); give each one its own directory") from None
+                raise CacheLockedError(
+                    f"{self._path.parent} is already open by another ImageCache "
+                    "(another replica or process); give each one its own directory"
+                ) from None
             raise
         self._fd = fd
 

@@ -10,8 +10,16 @@ import numpy as np
 from modm.cache.constants import EMBEDDING_NORM_TOLERANCE
 
 __all__ = [
-    "PNG_SIGNATURE", "CacheEntry", "Match", "NewEntry", "check_embedding", "check_embeddings", "check_k",
-    "check_namespaces", "check_png", "check_text",
+    "PNG_SIGNATURE",
+    "CacheEntry",
+    "Match",
+    "NewEntry",
+    "check_embedding",
+    "check_embeddings",
+    "check_k",
+    "check_namespaces",
+    "check_png",
+    "check_text",
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -21,12 +29,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 class CacheEntry:
     """Metadata of one cached image. The image itself is read with `ImageCache.get_png(entry.id)`."""
 
-    id: int              # monotonic admission sequence number; also the PNG's file name
-    tenant: str          # namespace the entry belongs to
-    prompt: str          # the prompt that produced the image
-    created_at: float    # unix seconds (from the cache's clock) at admission
-    source_model: str    # the model that produced the final image
-    k: int               # steps skipped when it was produced: 0 for a full generation, k for a refined hit
+    id: int  # monotonic admission sequence number; also the PNG's file name
+    tenant: str  # namespace the entry belongs to
+    prompt: str  # the prompt that produced the image
+    created_at: float  # unix seconds (from the cache's clock) at admission
+    source_model: str  # the model that produced the final image
+    k: int  # steps skipped when it was produced: 0 for a full generation, k for a refined hit
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,9 @@ def check_text(value: object, what: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ValueError(f"{what} is not valid Unicode text ({err.reason} at index {err.start}): "
-                         f"{value!r:.80}") from None
+        raise ValueError(
+            f"{what} is not valid Unicode text ({err.reason} at index {err.start}): {value!r:.80}"
+        ) from None
     return value
 
 

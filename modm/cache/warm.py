@@ -17,8 +17,15 @@ from modm.cache.constants import WARM_BATCH_SIZE
 from modm.cache.image_cache import ImageCache
 from modm.cache.records import NewEntry, check_text
 
-__all__ = ["IMAGE_SUFFIXES", "PromptWarmReport", "WarmReport", "prompt_for_image", "read_prompts", "warm_from_folder",
-           "warm_from_prompts"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PromptWarmReport",
+    "WarmReport",
+    "prompt_for_image",
+    "read_prompts",
+    "warm_from_folder",
+    "warm_from_prompts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +36,10 @@ EmbedFn = Callable[[list[Image.Image], list[str]], np.ndarray]
 
 @dataclass(frozen=True)
 class WarmReport:
-    added: int                       # entries admitted (later ones may have evicted earlier ones at capacity)
-    skipped: int                     # image files that could not be read or gave no prompt
-    skipped_files: tuple[str, ...]   # their names, for the operator
-    ignored: int                     # files that are not images (sidecars included)
+    added: int  # entries admitted (later ones may have evicted earlier ones at capacity)
+    skipped: int  # image files that could not be read or gave no prompt
+    skipped_files: tuple[str, ...]  # their names, for the operator
+    ignored: int  # files that are not images (sidecars included)
 
 
 def prompt_for_image(path: Path) -> str | None:
@@ -60,8 +67,15 @@ def _load_png(path: Path) -> tuple[Image.Image, bytes]:
     return rgb, buffer.getvalue()
 
 
-def warm_from_folder(cache: ImageCache, folder: str | os.PathLike, embed_fn: EmbedFn, *, tenant: str,
-                     source_model: str, batch_size: int = WARM_BATCH_SIZE) -> WarmReport:
+def warm_from_folder(
+    cache: ImageCache,
+    folder: str | os.PathLike,
+    embed_fn: EmbedFn,
+    *,
+    tenant: str,
+    source_model: str,
+    batch_size: int = WARM_BATCH_SIZE,
+) -> WarmReport:
     """Admit every png/jpg/webp image in `folder` (not recursive, sorted by name) to `cache` as full
     generations (k=0) of `source_model` for `tenant`.
 
@@ -80,18 +94,27 @@ def warm_from_folder(cache: ImageCache, folder: str | os.PathLike, embed_fn: Emb
     files = sorted(p for p in folder.iterdir() if p.is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if len(images) > cache.config.capacity:
-        logger.warning("warm: %d images exceed the cache capacity %d; FIFO keeps the last %d by name",
-                       len(images), cache.config.capacity, cache.config.capacity)
+        logger.warning(
+            "warm: %d images exceed the cache capacity %d; FIFO keeps the last %d by name",
+            len(images),
+            cache.config.capacity,
+            cache.config.capacity,
+        )
     added, skipped = 0, []
 
     def admit(batch: list[tuple[Image.Image, bytes, str]]) -> int:
         embeddings = np.asarray(embed_fn([b[0] for b in batch], [b[2] for b in batch]))
         if embeddings.shape != (len(batch), cache.dim):
-            raise ValueError(f"embed_fn returned shape {embeddings.shape} for {len(batch)} images; expected "
-                             f"({len(batch)}, {cache.dim})")
-        cache.add_many([NewEntry(png_bytes=png, embedding=vector, prompt=prompt, tenant=tenant,
-                                 source_model=source_model, k=0)
-                        for (_, png, prompt), vector in zip(batch, embeddings)])
+            raise ValueError(
+                f"embed_fn returned shape {embeddings.shape} for {len(batch)} images; expected "
+                f"({len(batch)}, {cache.dim})"
+            )
+        cache.add_many(
+            [
+                NewEntry(png_bytes=png, embedding=vector, prompt=prompt, tenant=tenant, source_model=source_model, k=0)
+                for (_, png, prompt), vector in zip(batch, embeddings)
+            ]
+        )
         return len(batch)
 
     batch: list[tuple[Image.Image, bytes, str]] = []
@@ -113,8 +136,9 @@ def warm_from_folder(cache: ImageCache, folder: str | os.PathLike, embed_fn: Emb
             batch = []
     if batch:
         added += admit(batch)
-    report = WarmReport(added=added, skipped=len(skipped), skipped_files=tuple(skipped),
-                        ignored=len(files) - len(images))
+    report = WarmReport(
+        added=added, skipped=len(skipped), skipped_files=tuple(skipped), ignored=len(files) - len(images)
+    )
     logger.info("warm: %s -> %s", folder, report)
     return report
 
@@ -128,9 +152,9 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, prompt)
 
 @dataclass(frozen=True)
 class PromptWarmReport:
-    generated: int        # prompts generated and admitted by this run
-    already_cached: int   # prompts skipped because the namespace already holds an entry for them
-    total: int            # distinct prompts considered (after the limit)
+    generated: int  # prompts generated and admitted by this run
+    already_cached: int  # prompts skipped because the namespace already holds an entry for them
+    total: int  # distinct prompts considered (after the limit)
 
 
 def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[str]:
@@ -153,8 +177,16 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[str]
     return prompts[:limit] if limit is not None else prompts
 
 
-def warm_from_prompts(cache: ImageCache, prompts: list[str], generate_fn: GenerateFn, embed_fn: EmbedFn, *,
-                      tenant: str, source_model: str, progress: ProgressFn | None = None) -> PromptWarmReport:
+def warm_from_prompts(
+    cache: ImageCache,
+    prompts: list[str],
+    generate_fn: GenerateFn,
+    embed_fn: EmbedFn,
+    *,
+    tenant: str,
+    source_model: str,
+    progress: ProgressFn | None = None,
+) -> PromptWarmReport:
     """Fill `cache` for `tenant` with one full large-model generation per prompt (MoDM warms with 10k images).
 
     Resumable and idempotent: a prompt whose namespace already holds an entry is skipped, and each image is
@@ -163,8 +195,13 @@ def warm_from_prompts(cache: ImageCache, prompts: list[str], generate_fn: Genera
     check_text(tenant, "tenant")
     check_text(source_model, "source_model")
     if len(prompts) > cache.config.capacity:
-        logger.warning("warm: %d prompts exceed the cache capacity %d; FIFO keeps the last %d, and a rerun "
-                       "regenerates the evicted ones", len(prompts), cache.config.capacity, cache.config.capacity)
+        logger.warning(
+            "warm: %d prompts exceed the cache capacity %d; FIFO keeps the last %d, and a rerun "
+            "regenerates the evicted ones",
+            len(prompts),
+            cache.config.capacity,
+            cache.config.capacity,
+        )
     cached = {e.prompt for e in cache.entries() if e.tenant == tenant}
     distinct = list(dict.fromkeys(prompts))
     todo = [p for p in distinct if p not in cached]

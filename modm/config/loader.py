@@ -82,8 +82,7 @@ def resolve_relative_paths(cfg: SystemConfig, base: str | Path) -> SystemConfig:
     cache = cfg.cache.model_copy(update={"directory": str(cache_dir if cache_dir.is_absolute() else base / cache_dir)})
     embedder = cfg.embedder
     if embedder.model and embedder.model.startswith("local-dir:"):
-        embedder = embedder.model_copy(update={"model": "local-dir:" + local(embedder.model[len("local-dir:"):])})
+        embedder = embedder.model_copy(update={"model": "local-dir:" + local(embedder.model[len("local-dir:") :])})
     elif embedder.model:
         embedder = embedder.model_copy(update={"model": local(embedder.model)})
-    return cfg.model_copy(update={"models": cfg.models.model_copy(update=models), "cache": cache,
-                                  "embedder": embedder})
+    return cfg.model_copy(update={"models": cfg.models.model_copy(update=models), "cache": cache, "embedder": embedder})

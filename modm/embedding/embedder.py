@@ -49,7 +49,7 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
 def embed_in_batches(items: Sequence, size: int, dim: int, embed_chunk) -> np.ndarray:
     """embed_chunk(chunk) -> (len(chunk), dim) L2-normalised rows, for each chunk of at most `size` items."""
     items = list(items)
-    out = [embed_chunk(items[start:start + size]) for start in range(0, len(items), size)]
+    out = [embed_chunk(items[start : start + size]) for start in range(0, len(items), size)]
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
@@ -65,9 +65,17 @@ class _CacheKeys:
 class OpenClipEmbedder(_CacheKeys):
     DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-L-14", "openai"
 
-    def __init__(self, model: str | None = None, pretrained: str | None = None, *, device: torch.device,
-                 batch_size: int = 32, retrieval: Retrieval = Retrieval.TEXT_TO_IMAGE, quick_gelu: bool | None = None,
-                 field: str = "embedder"):
+    def __init__(
+        self,
+        model: str | None = None,
+        pretrained: str | None = None,
+        *,
+        device: torch.device,
+        batch_size: int = 32,
+        retrieval: Retrieval = Retrieval.TEXT_TO_IMAGE,
+        quick_gelu: bool | None = None,
+        field: str = "embedder",
+    ):
         """`quick_gelu`: None builds the activation the pretrained weights were trained with (open_clip itself only
         warns and builds its config's); a model/tag pair or override that disagrees raises ConfigError naming
         `{field}.<name>`, before any weights are fetched."""
@@ -79,20 +87,28 @@ class OpenClipEmbedder(_CacheKeys):
             pretrained = None  # weights come from the directory
         self.settings = resolve_open_clip_settings(model, pretrained, quick_gelu=quick_gelu, field=field)
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=pretrained, device=device, **open_clip_create_kwargs(self.settings))
+            model, pretrained=pretrained, device=device, **open_clip_create_kwargs(self.settings)
+        )
         check_built(self.model, self.preprocess, self.settings, field=field)
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(model)
         self.device = device
         self.batch_size = batch_size
         self.retrieval = retrieval
-        self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection")
-                       and self.model.text_projection is not None else self.model.embed_dim)
+        self.dim = int(
+            self.model.text_projection.shape[1]
+            if hasattr(self.model, "text_projection") and self.model.text_projection is not None
+            else self.model.embed_dim
+        )
 
     @torch.inference_mode()
     def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
-        return embed_in_batches(_check_prompts(prompts), self.batch_size, self.dim, lambda chunk: l2_normalise(
-            self.model.encode_text(self.tokenizer(chunk).to(self.device))))
+        return embed_in_batches(
+            _check_prompts(prompts),
+            self.batch_size,
+            self.dim,
+            lambda chunk: l2_normalise(self.model.encode_text(self.tokenizer(chunk).to(self.device))),
+        )
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -126,8 +142,8 @@ class MiniLMEmbedder(_CacheKeys):
         def embed(chunk):
             batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state                  # (n, tokens, dim)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)   # (n, tokens, 1)
+            hidden = self.model(**batch).last_hidden_state  # (n, tokens, dim)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (n, tokens, 1)
             return l2_normalise((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
 
         return embed_in_batches(_check_prompts(prompts), self.batch_size, self.dim, embed)
@@ -143,10 +159,15 @@ def build_embedder(cfg: EmbedderConfig, *, device: torch.device | None = None) -
     if cfg.kind is EmbedderKind.HF_CLIP:
         from modm.embedding.hf_clip import HfClipEmbedder
 
-        return HfClipEmbedder(cfg.model, device=device, batch_size=cfg.batch_size,
-                              retrieval=cfg.effective_retrieval)
-    return OpenClipEmbedder(cfg.model, cfg.pretrained, device=device, batch_size=cfg.batch_size,
-                            retrieval=cfg.effective_retrieval, quick_gelu=cfg.quick_gelu)
+        return HfClipEmbedder(cfg.model, device=device, batch_size=cfg.batch_size, retrieval=cfg.effective_retrieval)
+    return OpenClipEmbedder(
+        cfg.model,
+        cfg.pretrained,
+        device=device,
+        batch_size=cfg.batch_size,
+        retrieval=cfg.effective_retrieval,
+        quick_gelu=cfg.quick_gelu,
+    )
 
 
 def embedding_dim(cfg: EmbedderConfig) -> int:

@@ -23,14 +23,21 @@ def _pooled(output) -> torch.Tensor:
 
 
 class HfClipEmbedder(_CacheKeys):
-    def __init__(self, model: str | Path, *, device: torch.device, batch_size: int = 32,
-                 retrieval: Retrieval = Retrieval.TEXT_TO_IMAGE):
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: torch.device,
+        batch_size: int = 32,
+        retrieval: Retrieval = Retrieval.TEXT_TO_IMAGE,
+    ):
         from transformers import CLIPModel, CLIPProcessor
 
         path = Path(model)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"hf_clip model {str(path)!r}: no config.json there (a CLIPModel "
-                                    f"save_pretrained directory is expected)")
+            raise FileNotFoundError(
+                f"hf_clip model {str(path)!r}: no config.json there (a CLIPModel save_pretrained directory is expected)"
+            )
         # float32 whatever the stored dtype (the world CLIP is stored in fp16 to keep the repository small).
         self.model = CLIPModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(path)
@@ -43,18 +50,26 @@ class HfClipEmbedder(_CacheKeys):
     @torch.inference_mode()
     def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
         def embed(chunk):
-            batch = self.processor.tokenizer(chunk, padding=True, truncation=True, max_length=self.context_length,
-                                             return_tensors="pt")
-            return l2_normalise(_pooled(self.model.get_text_features(
-                input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device))))
+            batch = self.processor.tokenizer(
+                chunk, padding=True, truncation=True, max_length=self.context_length, return_tensors="pt"
+            )
+            return l2_normalise(
+                _pooled(
+                    self.model.get_text_features(
+                        input_ids=batch["input_ids"].to(self.device),
+                        attention_mask=batch["attention_mask"].to(self.device),
+                    )
+                )
+            )
 
         return embed_in_batches(_check_prompts(prompts), self.batch_size, self.dim, embed)
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         def embed(chunk):
-            pixels = self.processor.image_processor([im.convert("RGB") for im in chunk],
-                                                    return_tensors="pt")["pixel_values"].to(self.device)
+            pixels = self.processor.image_processor([im.convert("RGB") for im in chunk], return_tensors="pt")[
+                "pixel_values"
+            ].to(self.device)
             return l2_normalise(_pooled(self.model.get_image_features(pixel_values=pixels)))
 
         return embed_in_batches(images, self.batch_size, self.dim, embed)

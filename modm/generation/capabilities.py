@@ -18,9 +18,19 @@ from modm.config.schema import ModelSpec, SystemMode
 from modm.generation.resume import tail_schedule_problem
 from modm.models.loading import ModelLoadError
 
-__all__ = ["CapabilityError", "ModelNeeds", "PipelineClasses", "check_model_capabilities", "check_spec_capabilities",
-           "model_needs", "parallel_problem", "pipeline_classes",
-           "refine_problem", "resume_problem", "steps_problem"]
+__all__ = [
+    "CapabilityError",
+    "ModelNeeds",
+    "PipelineClasses",
+    "check_model_capabilities",
+    "check_spec_capabilities",
+    "model_needs",
+    "parallel_problem",
+    "pipeline_classes",
+    "refine_problem",
+    "resume_problem",
+    "steps_problem",
+]
 
 # The denoiser classes modm.parallel's wrappers handle (parallelize_denoiser, asyncdiff.split.denoiser_units).
 PARALLEL_DENOISERS = ("UNet2DConditionModel", "SD3Transformer2DModel")
@@ -37,17 +47,20 @@ class CapabilityError(ModelLoadError, ConfigError):
 
 @dataclass(frozen=True)
 class ModelNeeds:
-    refine: bool = False     # img2img of cached images (MoDM's small model)
-    resume: bool = False     # stop and resume part-way (NIRVANA's large model)
+    refine: bool = False  # img2img of cached images (MoDM's small model)
+    resume: bool = False  # stop and resume part-way (NIRVANA's large model)
     parallel: ParallelMethod = ParallelMethod.NONE
-    steps: int = 50          # denoising steps of a full generation (the spec's num_inference_steps)
+    steps: int = 50  # denoising steps of a full generation (the spec's num_inference_steps)
 
 
 def model_needs(mode: SystemMode, role: str, spec: ModelSpec) -> ModelNeeds:
     """What `role` ("large" or "small") must be able to do in `mode`."""
-    return ModelNeeds(refine=mode is SystemMode.MODM and role == "small",
-                      resume=mode is SystemMode.NIRVANA and role == "large",
-                      parallel=spec.parallel.method, steps=spec.num_inference_steps)
+    return ModelNeeds(
+        refine=mode is SystemMode.MODM and role == "small",
+        resume=mode is SystemMode.NIRVANA and role == "large",
+        parallel=spec.parallel.method,
+        steps=spec.num_inference_steps,
+    )
 
 
 def _call_parameters(pipe_class: type) -> dict[str, inspect.Parameter]:
@@ -67,8 +80,10 @@ def refine_problem(pipe_class: type) -> str | None:
     except ValueError:
         import diffusers
 
-        return (f"{pipe_class.__name__} has no image-to-image pipeline in diffusers {diffusers.__version__} or "
-                "modm, so it cannot refine cached images; use it as the large model only")
+        return (
+            f"{pipe_class.__name__} has no image-to-image pipeline in diffusers {diffusers.__version__} or "
+            "modm, so it cannot refine cached images; use it as the large model only"
+        )
     return None
 
 
@@ -82,12 +97,16 @@ def resume_problem(pipe_class: type, scheduler) -> str | None:
     if problem:
         return f"{name} cannot start part-way through its schedule: {problem}"
     if int(getattr(scheduler.config, "solver_order", 1) or 1) > 1:
-        return (f"{name} is a multistep solver (solver_order={scheduler.config.solver_order}): a resumed run lacks "
-                "the model outputs of the steps before k, so it would not reproduce the uninterrupted run")
+        return (
+            f"{name} is a multistep solver (solver_order={scheduler.config.solver_order}): a resumed run lacks "
+            "the model outputs of the steps before k, so it would not reproduce the uninterrupted run"
+        )
     if float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0:
-        return (f"{name} scales the start latents by init_noise_sigma={float(scheduler.init_noise_sigma):g}, which "
-                f"{pipe_class.__name__} also applies to latents it is given; resuming needs a scheduler without it "
-                "(flow matching, e.g. FlowMatchEulerDiscreteScheduler)")
+        return (
+            f"{name} scales the start latents by init_noise_sigma={float(scheduler.init_noise_sigma):g}, which "
+            f"{pipe_class.__name__} also applies to latents it is given; resuming needs a scheduler without it "
+            "(flow matching, e.g. FlowMatchEulerDiscreteScheduler)"
+        )
     return None
 
 
@@ -97,8 +116,10 @@ def parallel_problem(denoiser_class: type | None, method: ParallelMethod) -> str
         return None
     name = getattr(denoiser_class, "__name__", "no unet or transformer")
     if name not in PARALLEL_DENOISERS:
-        return (f"{method.value} supports {' and '.join(PARALLEL_DENOISERS)} denoisers, this model has {name}; "
-                "set parallel.method: none")
+        return (
+            f"{method.value} supports {' and '.join(PARALLEL_DENOISERS)} denoisers, this model has {name}; "
+            "set parallel.method: none"
+        )
     return None
 
 
@@ -107,9 +128,11 @@ def steps_problem(pipe_class: type, steps: int) -> str | None:
     `intermediate_timesteps` is set, and it is set by default."""
     param = _call_parameters(pipe_class).get("intermediate_timesteps")
     if param is not None and param.default is not None and steps != 2:
-        return (f"{pipe_class.__name__} runs only 2 steps while intermediate_timesteps is set (its default "
-                f"{param.default}), got {steps}; use num_inference_steps: 2, or a SANA 1.6B source "
-                "(SanaPipeline) for 50-step refinement")
+        return (
+            f"{pipe_class.__name__} runs only 2 steps while intermediate_timesteps is set (its default "
+            f"{param.default}), got {steps}; use num_inference_steps: 2, or a SANA 1.6B source "
+            "(SanaPipeline) for 50-step refinement"
+        )
     return None
 
 
@@ -156,8 +179,10 @@ def pipeline_classes(spec: ModelSpec) -> PipelineClasses:
     index = pipeline_index(spec.source, spec.revision)
     pipeline = getattr(diffusers, str(index.get("_class_name")), None)
     if pipeline is None:
-        raise ModelLoadError(f"{spec.source!r}: model_index.json names {index.get('_class_name')!r}, which is not "
-                             f"a diffusers {diffusers.__version__} pipeline")
+        raise ModelLoadError(
+            f"{spec.source!r}: model_index.json names {index.get('_class_name')!r}, which is not "
+            f"a diffusers {diffusers.__version__} pipeline"
+        )
 
     def component_class(name: str):
         entry = index.get(name)
@@ -172,7 +197,8 @@ def pipeline_classes(spec: ModelSpec) -> PipelineClasses:
         local = Path(spec.source).expanduser()
         source = str(local) if local.is_dir() else spec.source
         scheduler = scheduler_class.from_config(
-            scheduler_class.load_config(source, subfolder="scheduler", revision=spec.revision))
+            scheduler_class.load_config(source, subfolder="scheduler", revision=spec.revision)
+        )
     return PipelineClasses(pipeline, denoiser, scheduler)
 
 

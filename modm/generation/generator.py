@@ -106,7 +106,8 @@ def image_to_image_twin(pipe):
     except ValueError as err:
         raise ModelLoadError(
             f"{type(pipe).__name__} has no image-to-image pipeline in diffusers {diffusers.__version__}, so it "
-            f"cannot refine cached images; use it as the large model only ({err})") from None
+            f"cannot refine cached images; use it as the large model only ({err})"
+        ) from None
 
 
 class DiffusionGenerator:
@@ -143,8 +144,9 @@ class DiffusionGenerator:
     def check_request(self, req: GenerationRequest) -> None:
         if not isinstance(req.prompt, str) or not req.prompt.strip():
             raise InvalidRequestError("prompt must be a non-empty string")
-        check_dimensions(req.width, req.height, size_multiple=self.size_multiple, max_size=self.spec.max_size,
-                         model=self.name)
+        check_dimensions(
+            req.width, req.height, size_multiple=self.size_multiple, max_size=self.spec.max_size, model=self.name
+        )
         if req.steps <= 0:
             raise InvalidRequestError(f"steps={req.steps} must be positive")
 
@@ -161,13 +163,19 @@ class DiffusionGenerator:
         """Full generation: all req.steps denoising steps from noise. Raises GenerationInterrupted when `control`
         is stopped meanwhile."""
         self.check_request(req)
-        out = self.pipe(height=req.height, width=req.width, **self._common(req), **self._txt2img_kwargs,
-                        **_step_callback(self.pipe, control))
+        out = self.pipe(
+            height=req.height,
+            width=req.width,
+            **self._common(req),
+            **self._txt2img_kwargs,
+            **_step_callback(self.pipe, control),
+        )
         return out.images[0]
 
     @torch.inference_mode()
-    def img2img(self, req: GenerationRequest, image: Image.Image, strength: float,
-                control: StepControl | None = None) -> Image.Image:
+    def img2img(
+        self, req: GenerationRequest, image: Image.Image, strength: float, control: StepControl | None = None
+    ) -> Image.Image:
         """Refinement: re-noise `image` to strength and run the last int(steps * strength) steps. Raises
         GenerationInterrupted when `control` is stopped meanwhile."""
         self.check_request(req)
@@ -182,8 +190,14 @@ class DiffusionGenerator:
         # img2img runs int(steps * strength) steps; with few steps that can round to zero, which diffusers cannot
         # run. Refine with at least one step by stretching the schedule just enough.
         common["num_inference_steps"] = max(req.steps, math.ceil(1.0 / strength - 1e-9))
-        out = refine_pipe(image=image, strength=strength, **size, **common, **self._img2img_kwargs,
-                          **_step_callback(refine_pipe, control))
+        out = refine_pipe(
+            image=image,
+            strength=strength,
+            **size,
+            **common,
+            **self._img2img_kwargs,
+            **_step_callback(refine_pipe, control),
+        )
         return out.images[0]
 
     def check_capabilities(self, needs) -> None:
@@ -200,12 +214,12 @@ class DiffusionGenerator:
 
         problem = resume_problem(type(self.pipe), self.pipe.scheduler)
         if problem:
-            raise ModelLoadError(f"{self.name} model {self.spec.source}: {problem}, which NIRVANA's latent cache "
-                                 "needs")
+            raise ModelLoadError(f"{self.name} model {self.spec.source}: {problem}, which NIRVANA's latent cache needs")
 
     @torch.inference_mode()
-    def txt2img_with_snapshots(self, req: GenerationRequest, snapshot_steps: tuple[int, ...],
-                               control: StepControl | None = None) -> tuple[Image.Image, dict[int, torch.Tensor]]:
+    def txt2img_with_snapshots(
+        self, req: GenerationRequest, snapshot_steps: tuple[int, ...], control: StepControl | None = None
+    ) -> tuple[Image.Image, dict[int, torch.Tensor]]:
         """Full generation that also returns the latents after each step count in `snapshot_steps` (CPU)."""
         self.check_request(req)
         outside = [s for s in snapshot_steps if not 0 < s < req.steps]
@@ -217,13 +231,20 @@ class DiffusionGenerator:
             snapshots(pipe, step, timestep, callback_kwargs)
             return {} if control is None else control.on_step_end(pipe, step, timestep, callback_kwargs)
 
-        out = self.pipe(height=req.height, width=req.width, **self._common(req), **self._txt2img_kwargs,
-                        callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"])
+        out = self.pipe(
+            height=req.height,
+            width=req.width,
+            **self._common(req),
+            **self._txt2img_kwargs,
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
         return out.images[0], snapshots.latents
 
     @torch.inference_mode()
-    def resume(self, req: GenerationRequest, latents: torch.Tensor, steps_done: int,
-               control: StepControl | None = None) -> Image.Image:
+    def resume(
+        self, req: GenerationRequest, latents: torch.Tensor, steps_done: int, control: StepControl | None = None
+    ) -> Image.Image:
         """The last req.steps - steps_done steps of a run, from its latents after `steps_done` steps."""
         self.check_request(req)
         if not 0 < steps_done < req.steps:
@@ -231,21 +252,35 @@ class DiffusionGenerator:
         if latents.ndim < 3 or latents.shape[0] != 1:
             raise InvalidRequestError(f"latents of shape {tuple(latents.shape)} are not one image's latents")
         with schedule_from_step(self.pipe.scheduler, steps_done):
-            out = self.pipe(height=req.height, width=req.width, latents=latents.to(self.device), **self._common(req),
-                            **self._txt2img_kwargs, **_step_callback(self.pipe, control))
+            out = self.pipe(
+                height=req.height,
+                width=req.width,
+                latents=latents.to(self.device),
+                **self._common(req),
+                **self._txt2img_kwargs,
+                **_step_callback(self.pipe, control),
+            )
         return out.images[0]
 
     @torch.inference_mode()
     def measure_step_cost_s(self, size: int, *, steps: tuple[int, int] = (2, 12), repeats: int = 3) -> float:
         """Seconds per denoising step at size x size (guidance included), from two step counts so that text
         encoding and set-up cancel; VAE decoding is skipped."""
+
         def run(n: int) -> float:
             best = float("inf")
             for _ in range(repeats):
                 start = time.perf_counter()
-                self.pipe(prompt="a dog riding a bike", height=size, width=size, num_inference_steps=n,
-                          guidance_scale=self.spec.guidance_scale, output_type="latent",
-                          generator=torch.Generator("cpu").manual_seed(0), **self._txt2img_kwargs)
+                self.pipe(
+                    prompt="a dog riding a bike",
+                    height=size,
+                    width=size,
+                    num_inference_steps=n,
+                    guidance_scale=self.spec.guidance_scale,
+                    output_type="latent",
+                    generator=torch.Generator("cpu").manual_seed(0),
+                    **self._txt2img_kwargs,
+                )
                 best = min(best, time.perf_counter() - start)
             return best
 
@@ -260,8 +295,7 @@ def spec_call_kwargs(pipe, spec: ModelSpec) -> dict:
     SANA's pipelines would otherwise generate at the nearest size of their aspect-ratio bins and resize to the
     requested one; modm's size rules already fix the size, so the model generates the size asked for (1024x1024,
     the shipped default, is a bin of its own either way)."""
-    return _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length,
-                                    "use_resolution_binning": False})
+    return _supported_kwargs(pipe, {"max_sequence_length": spec.max_sequence_length, "use_resolution_binning": False})
 
 
 def _step_callback(pipe, control: StepControl | None) -> dict:
@@ -270,8 +304,7 @@ def _step_callback(pipe, control: StepControl | None) -> dict:
         return {}
     hooked = _supported_kwargs(pipe, {"callback_on_step_end": control.on_step_end})
     if not hooked:
-        logger.warning("%s takes no callback_on_step_end: a cancelled generation runs to its end",
-                       type(pipe).__name__)
+        logger.warning("%s takes no callback_on_step_end: a cancelled generation runs to its end", type(pipe).__name__)
     return hooked
 
 

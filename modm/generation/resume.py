@@ -61,12 +61,15 @@ def schedule_from_step(scheduler, start: int) -> Iterator[None]:
         original(*args, **kwargs)
         cut = start * scheduler.order
         if cut >= len(scheduler.timesteps):
-            raise ValueError(f"cannot resume after step {start} of a {len(scheduler.timesteps) // scheduler.order}"
-                             "-step run")
+            raise ValueError(
+                f"cannot resume after step {start} of a {len(scheduler.timesteps) // scheduler.order}-step run"
+            )
         sigmas = getattr(scheduler, "sigmas", None)
         if sigmas is not None and len(sigmas) not in (len(scheduler.timesteps), len(scheduler.timesteps) + 1):
-            raise ValueError(f"{type(scheduler).__name__} has {len(sigmas)} sigmas for "
-                             f"{len(scheduler.timesteps)} timesteps: cannot cut them at one step")
+            raise ValueError(
+                f"{type(scheduler).__name__} has {len(sigmas)} sigmas for "
+                f"{len(scheduler.timesteps)} timesteps: cannot cut them at one step"
+            )
         scheduler.timesteps = scheduler.timesteps[cut:]
         if sigmas is not None:
             scheduler.sigmas = sigmas[cut:]

@@ -75,8 +75,12 @@ class SanaImg2ImgPipeline(SanaPipeline):
         batch = (len(prompt) if isinstance(prompt, list) else 1) * num_images_per_prompt
         if pixels.shape[0] not in (1, batch):
             raise ValueError(f"{pixels.shape[0]} images for a batch of {batch}")
-        shape = (batch, self.transformer.config.in_channels, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)
+        shape = (
+            batch,
+            self.transformer.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         # Drawn first and in float32, as SanaPipeline draws its start noise, so that strength 1 is text-to-image.
         noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         if start == 0:
@@ -85,15 +89,27 @@ class SanaImg2ImgPipeline(SanaPipeline):
             latents = self._noised_image_latents(pixels, noise, start, num_inference_steps, device)
         with schedule_from_step(self.scheduler, start):
             return super().__call__(
-                prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, height=height,
-                width=width, generator=generator, latents=latents, output_type=output_type, return_dict=return_dict,
-                use_resolution_binning=False, max_sequence_length=max_sequence_length,
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                num_images_per_prompt=num_images_per_prompt,
+                height=height,
+                width=width,
+                generator=generator,
+                latents=latents,
+                output_type=output_type,
+                return_dict=return_dict,
+                use_resolution_binning=False,
+                max_sequence_length=max_sequence_length,
                 callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or ["latents"], **kwargs)
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or ["latents"],
+                **kwargs,
+            )
 
-    def _noised_image_latents(self, pixels: torch.Tensor, noise: torch.Tensor, start: int, num_inference_steps: int,
-                              device: torch.device) -> torch.Tensor:
+    def _noised_image_latents(
+        self, pixels: torch.Tensor, noise: torch.Tensor, start: int, num_inference_steps: int, device: torch.device
+    ) -> torch.Tensor:
         encoded = self.vae.encode(pixels.to(device=device, dtype=self.vae.dtype)).latent
         image_latents = encoded.float() * self.vae.config.scaling_factor
         if image_latents.shape[0] != noise.shape[0]:
@@ -102,5 +118,5 @@ class SanaImg2ImgPipeline(SanaPipeline):
         index = start * self.scheduler.order
         # add_noise then reads the noise level at the begin index, not by looking up a (possibly repeated) timestep.
         self.scheduler.set_begin_index(index)
-        timestep = self.scheduler.timesteps[index:index + 1].repeat(noise.shape[0])
+        timestep = self.scheduler.timesteps[index : index + 1].repeat(noise.shape[0])
         return self.scheduler.add_noise(image_latents, noise, timestep)

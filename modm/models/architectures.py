@@ -40,10 +40,10 @@ HUB_QUOTE = "hub file quoted by third-party code (search tool, code corpus)"
 class Component:
     """One entry of model_index.json: its library and class, and the numbers of its config file."""
 
-    library: str          # "diffusers" or "transformers"
+    library: str  # "diffusers" or "transformers"
     class_name: str
-    config: Mapping       # config.json numbers (for a tokenizer: model_max_length and its special settings)
-    source: str           # "<repo>/<file>: how the numbers were obtained"
+    config: Mapping  # config.json numbers (for a tokenizer: model_max_length and its special settings)
+    source: str  # "<repo>/<file>: how the numbers were obtained"
 
     def __post_init__(self):
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
@@ -54,7 +54,7 @@ class Architecture:
     repo_id: str
     pipeline_class: str
     components: Mapping[str, Component | None]  # model_index.json; None = saved as [null, null]
-    aliases: tuple[str, ...] = ()                # other hub ids with the same files (e.g. a BF16 re-upload)
+    aliases: tuple[str, ...] = ()  # other hub ids with the same files (e.g. a BF16 re-upload)
     default_steps: int = 50
     notes: str = ""
     _frozen: bool = field(default=True, repr=False)
@@ -77,25 +77,53 @@ class Architecture:
 # hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, num_hidden_layers: 12}"); projection_dim 768,
 # vocab 49408 and 77 positions are the CLIPTextConfig values of that file.
 _CLIP_L = {
-    "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
-    "hidden_act": "quick_gelu", "projection_dim": 768, "vocab_size": 49408, "max_position_embeddings": 77,
-    "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "layer_norm_eps": 1e-5,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+    "vocab_size": 49408,
+    "max_position_embeddings": 77,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+    "layer_norm_eps": 1e-5,
 }
 # laion/CLIP-ViT-bigG-14 text tower (SD3 and SDXL text_encoder_2; HUB_QUOTE "CLIPG_CONFIG = {hidden_act: gelu,
 # hidden_size: 1280, intermediate_size: 5120, num_attention_heads: 20, num_hidden_layers: 32}"), projection 1280.
 _CLIP_G = {
-    "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20, "num_hidden_layers": 32,
-    "hidden_act": "gelu", "projection_dim": 1280, "vocab_size": 49408, "max_position_embeddings": 77,
-    "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "layer_norm_eps": 1e-5,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_attention_heads": 20,
+    "num_hidden_layers": 32,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+    "vocab_size": 49408,
+    "max_position_embeddings": 77,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+    "layer_norm_eps": 1e-5,
 }
 # google/t5-v1_1-xxl encoder (SD3.5 text_encoder_3, FLUX text_encoder_2): HUB_QUOTE of text_encoder_*/config.json
 # ("d_ff": 10240, "d_kv": 64, "d_model": 4096, "dense_act_fn": "gelu_new", "feed_forward_proj": "gated-gelu",
 # "is_gated_act": true, "layer_norm_epsilon": 1e-06, "num_heads": 64, "num_layers": 24, vocab 32128).
 _T5_XXL = {
-    "d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24, "feed_forward_proj": "gated-gelu",
-    "dense_act_fn": "gelu_new", "is_gated_act": True, "layer_norm_epsilon": 1e-6, "vocab_size": 32128,
-    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-    "pad_token_id": 0, "eos_token_id": 1,
+    "d_model": 4096,
+    "d_ff": 10240,
+    "d_kv": 64,
+    "num_heads": 64,
+    "num_layers": 24,
+    "feed_forward_proj": "gated-gelu",
+    "dense_act_fn": "gelu_new",
+    "is_gated_act": True,
+    "layer_norm_epsilon": 1e-6,
+    "vocab_size": 32128,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
 }
 _CLIP_TOKENIZER = {"model_max_length": 77}
 _T5_TOKENIZER = {"model_max_length": 512}
@@ -104,39 +132,83 @@ _T5_TOKENIZER = {"model_max_length": 512}
 # 4 DownEncoderBlock2D / UpDecoderBlock2D, layers_per_block 2, norm_num_groups 32, latent_channels 4,
 # scaling_factor 0.13025, force_upcast true, sample_size 1024).
 _SDXL_VAE = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 1024,
-    "scaling_factor": 0.13025, "force_upcast": True,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "act_fn": "silu",
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "force_upcast": True,
 }
 
 SD35_LARGE = Architecture(
     repo_id="stabilityai/stable-diffusion-3.5-large",
     pipeline_class="StableDiffusion3Pipeline",
     components={
-        "transformer": Component("diffusers", "SD3Transformer2DModel", {
-            "sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 38,
-            "attention_head_dim": 64, "num_attention_heads": 38, "joint_attention_dim": 4096,
-            "caption_projection_dim": 2432, "pooled_projection_dim": 2048, "pos_embed_max_size": 192,
-            "qk_norm": "rms_norm", "dual_attention_layers": (),
-        }, f"transformer/config.json: {CONVERT_SD3} + {HUB_QUOTE}"),
-        "scheduler": Component("diffusers", "FlowMatchEulerDiscreteScheduler", {
-            "num_train_timesteps": 1000, "shift": 3.0,
-        }, f"scheduler/scheduler_config.json: {HUB_QUOTE}"),
-        "vae": Component("diffusers", "AutoencoderKL", {
-            **_SDXL_VAE, "latent_channels": 16, "scaling_factor": 1.5305, "shift_factor": 0.0609,
-            "use_quant_conv": False, "use_post_quant_conv": False,
-        }, f"vae/config.json: {CONVERT_SD3} (SDXL's VAE config, latent_channels=16, scaling 1.5305, shift 0.0609)"),
-        "text_encoder": Component("transformers", "CLIPTextModelWithProjection", _CLIP_L,
-                                  f"text_encoder/config.json: {HUB_QUOTE}"),
+        "transformer": Component(
+            "diffusers",
+            "SD3Transformer2DModel",
+            {
+                "sample_size": 128,
+                "patch_size": 2,
+                "in_channels": 16,
+                "out_channels": 16,
+                "num_layers": 38,
+                "attention_head_dim": 64,
+                "num_attention_heads": 38,
+                "joint_attention_dim": 4096,
+                "caption_projection_dim": 2432,
+                "pooled_projection_dim": 2048,
+                "pos_embed_max_size": 192,
+                "qk_norm": "rms_norm",
+                "dual_attention_layers": (),
+            },
+            f"transformer/config.json: {CONVERT_SD3} + {HUB_QUOTE}",
+        ),
+        "scheduler": Component(
+            "diffusers",
+            "FlowMatchEulerDiscreteScheduler",
+            {
+                "num_train_timesteps": 1000,
+                "shift": 3.0,
+            },
+            f"scheduler/scheduler_config.json: {HUB_QUOTE}",
+        ),
+        "vae": Component(
+            "diffusers",
+            "AutoencoderKL",
+            {
+                **_SDXL_VAE,
+                "latent_channels": 16,
+                "scaling_factor": 1.5305,
+                "shift_factor": 0.0609,
+                "use_quant_conv": False,
+                "use_post_quant_conv": False,
+            },
+            f"vae/config.json: {CONVERT_SD3} (SDXL's VAE config, latent_channels=16, scaling 1.5305, shift 0.0609)",
+        ),
+        "text_encoder": Component(
+            "transformers", "CLIPTextModelWithProjection", _CLIP_L, f"text_encoder/config.json: {HUB_QUOTE}"
+        ),
         "tokenizer": Component("transformers", "CLIPTokenizer", _CLIP_TOKENIZER, "tokenizer/: CLIP BPE, 77 tokens"),
-        "text_encoder_2": Component("transformers", "CLIPTextModelWithProjection", _CLIP_G,
-                                    f"text_encoder_2/config.json: {HUB_QUOTE}"),
+        "text_encoder_2": Component(
+            "transformers", "CLIPTextModelWithProjection", _CLIP_G, f"text_encoder_2/config.json: {HUB_QUOTE}"
+        ),
         "tokenizer_2": Component("transformers", "CLIPTokenizer", _CLIP_TOKENIZER, "tokenizer_2/: CLIP BPE"),
-        "text_encoder_3": Component("transformers", "T5EncoderModel", _T5_XXL,
-                                    f"text_encoder_3/config.json: {HUB_QUOTE}"),
-        "tokenizer_3": Component("transformers", "T5TokenizerFast", _T5_TOKENIZER,
-                                 "tokenizer_3/: T5 sentencepiece (unigram), 32100 pieces + 28 extra ids"),
+        "text_encoder_3": Component(
+            "transformers", "T5EncoderModel", _T5_XXL, f"text_encoder_3/config.json: {HUB_QUOTE}"
+        ),
+        "tokenizer_3": Component(
+            "transformers",
+            "T5TokenizerFast",
+            _T5_TOKENIZER,
+            "tokenizer_3/: T5 sentencepiece (unigram), 32100 pieces + 28 extra ids",
+        ),
     },
 )
 
@@ -145,31 +217,64 @@ SDXL_BASE = Architecture(
     pipeline_class="StableDiffusionXLPipeline",
     components={
         # HUB_QUOTE of unet/config.json (several identical copies in the corpus).
-        "unet": Component("diffusers", "UNet2DConditionModel", {
-            "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-            "block_out_channels": (320, 640, 1280),
-            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            "mid_block_type": "UNetMidBlock2DCrossAttn", "attention_head_dim": (5, 10, 20),
-            "transformer_layers_per_block": (1, 2, 10), "cross_attention_dim": 2048, "use_linear_projection": True,
-            "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "addition_embed_type": "text_time",
-            "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
-            "flip_sin_to_cos": True, "freq_shift": 0,
-        }, f"unet/config.json: {HUB_QUOTE}"),
+        "unet": Component(
+            "diffusers",
+            "UNet2DConditionModel",
+            {
+                "sample_size": 128,
+                "in_channels": 4,
+                "out_channels": 4,
+                "layers_per_block": 2,
+                "block_out_channels": (320, 640, 1280),
+                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                "mid_block_type": "UNetMidBlock2DCrossAttn",
+                "attention_head_dim": (5, 10, 20),
+                "transformer_layers_per_block": (1, 2, 10),
+                "cross_attention_dim": 2048,
+                "use_linear_projection": True,
+                "norm_num_groups": 32,
+                "norm_eps": 1e-5,
+                "act_fn": "silu",
+                "addition_embed_type": "text_time",
+                "addition_time_embed_dim": 256,
+                "projection_class_embeddings_input_dim": 2816,
+                "flip_sin_to_cos": True,
+                "freq_shift": 0,
+            },
+            f"unet/config.json: {HUB_QUOTE}",
+        ),
         # HUB_QUOTE of scheduler/scheduler_config.json, every key.
-        "scheduler": Component("diffusers", "EulerDiscreteScheduler", {
-            "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
-            "interpolation_type": "linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
-            "sample_max_value": 1.0, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
-            "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False,
-        }, f"scheduler/scheduler_config.json: {HUB_QUOTE}"),
+        "scheduler": Component(
+            "diffusers",
+            "EulerDiscreteScheduler",
+            {
+                "beta_end": 0.012,
+                "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085,
+                "clip_sample": False,
+                "interpolation_type": "linear",
+                "num_train_timesteps": 1000,
+                "prediction_type": "epsilon",
+                "sample_max_value": 1.0,
+                "set_alpha_to_one": False,
+                "skip_prk_steps": True,
+                "steps_offset": 1,
+                "timestep_spacing": "leading",
+                "trained_betas": None,
+                "use_karras_sigmas": False,
+            },
+            f"scheduler/scheduler_config.json: {HUB_QUOTE}",
+        ),
         "vae": Component("diffusers", "AutoencoderKL", _SDXL_VAE, f"vae/config.json: {HUB_QUOTE}"),
         "text_encoder": Component("transformers", "CLIPTextModel", _CLIP_L, f"text_encoder/config.json: {HUB_QUOTE}"),
         "tokenizer": Component("transformers", "CLIPTokenizer", _CLIP_TOKENIZER, "tokenizer/: CLIP BPE"),
-        "text_encoder_2": Component("transformers", "CLIPTextModelWithProjection", _CLIP_G,
-                                    f"text_encoder_2/config.json: {HUB_QUOTE}"),
+        "text_encoder_2": Component(
+            "transformers", "CLIPTextModelWithProjection", _CLIP_G, f"text_encoder_2/config.json: {HUB_QUOTE}"
+        ),
         "tokenizer_2": Component("transformers", "CLIPTokenizer", _CLIP_TOKENIZER, "tokenizer_2/: CLIP BPE"),
-        "image_encoder": None, "feature_extractor": None,
+        "image_encoder": None,
+        "feature_extractor": None,
     },
     notes="The fp16 variant (variant: fp16) holds the same architecture in half precision.",
 )
@@ -179,26 +284,60 @@ FLUX_DEV = Architecture(
     pipeline_class="FluxPipeline",
     components={
         # HUB_QUOTE of transformer/config.json ("Real FLUX.1-dev transformer/config.json values", several copies).
-        "transformer": Component("diffusers", "FluxTransformer2DModel", {
-            "patch_size": 1, "in_channels": 64, "out_channels": None, "num_layers": 19, "num_single_layers": 38,
-            "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
-            "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": (16, 56, 56),
-        }, f"transformer/config.json: {HUB_QUOTE}"),
+        "transformer": Component(
+            "diffusers",
+            "FluxTransformer2DModel",
+            {
+                "patch_size": 1,
+                "in_channels": 64,
+                "out_channels": None,
+                "num_layers": 19,
+                "num_single_layers": 38,
+                "attention_head_dim": 128,
+                "num_attention_heads": 24,
+                "joint_attention_dim": 4096,
+                "pooled_projection_dim": 768,
+                "guidance_embeds": True,
+                "axes_dims_rope": (16, 56, 56),
+            },
+            f"transformer/config.json: {HUB_QUOTE}",
+        ),
         # HUB_QUOTE of scheduler/scheduler_config.json.
-        "scheduler": Component("diffusers", "FlowMatchEulerDiscreteScheduler", {
-            "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15,
-            "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True,
-        }, f"scheduler/scheduler_config.json: {HUB_QUOTE}"),
+        "scheduler": Component(
+            "diffusers",
+            "FlowMatchEulerDiscreteScheduler",
+            {
+                "base_image_seq_len": 256,
+                "base_shift": 0.5,
+                "max_image_seq_len": 4096,
+                "max_shift": 1.15,
+                "num_train_timesteps": 1000,
+                "shift": 3.0,
+                "use_dynamic_shifting": True,
+            },
+            f"scheduler/scheduler_config.json: {HUB_QUOTE}",
+        ),
         # HUB_QUOTE of vae/config.json (block_out_channels [128, 256, 512, 512], latent 16, scaling 0.3611,
         # shift 0.1159, no quant convs).
-        "vae": Component("diffusers", "AutoencoderKL", {
-            **_SDXL_VAE, "latent_channels": 16, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-            "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True,
-        }, f"vae/config.json: {HUB_QUOTE}"),
+        "vae": Component(
+            "diffusers",
+            "AutoencoderKL",
+            {
+                **_SDXL_VAE,
+                "latent_channels": 16,
+                "scaling_factor": 0.3611,
+                "shift_factor": 0.1159,
+                "use_quant_conv": False,
+                "use_post_quant_conv": False,
+                "force_upcast": True,
+            },
+            f"vae/config.json: {HUB_QUOTE}",
+        ),
         "text_encoder": Component("transformers", "CLIPTextModel", _CLIP_L, f"text_encoder/config.json: {HUB_QUOTE}"),
         "tokenizer": Component("transformers", "CLIPTokenizer", _CLIP_TOKENIZER, "tokenizer/: CLIP BPE"),
-        "text_encoder_2": Component("transformers", "T5EncoderModel", _T5_XXL,
-                                    f"text_encoder_2/config.json: {HUB_QUOTE}"),
+        "text_encoder_2": Component(
+            "transformers", "T5EncoderModel", _T5_XXL, f"text_encoder_2/config.json: {HUB_QUOTE}"
+        ),
         "tokenizer_2": Component("transformers", "T5TokenizerFast", _T5_TOKENIZER, "tokenizer_2/: T5 sentencepiece"),
     },
 )
@@ -210,42 +349,98 @@ SANA_1600M_1024 = Architecture(
     aliases=("Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers",),
     pipeline_class="SanaPipeline",
     components={
-        "transformer": Component("diffusers", "SanaTransformer2DModel", {
-            "in_channels": 32, "out_channels": 32, "num_attention_heads": 70, "attention_head_dim": 32,
-            "num_layers": 20, "num_cross_attention_heads": 20, "cross_attention_head_dim": 112,
-            "cross_attention_dim": 2240, "caption_channels": 2304, "mlp_ratio": 2.5, "attention_bias": False,
-            "sample_size": 32, "patch_size": 1, "norm_elementwise_affine": False, "norm_eps": 1e-6,
-            "interpolation_scale": None,
-        }, f"transformer/config.json: {CONVERT_SANA} (model_kwargs['SanaMS_1600M_P1_D20'], image_size 1024)"),
-        "scheduler": Component("diffusers", "DPMSolverMultistepScheduler", {
-            "flow_shift": 3.0, "use_flow_sigmas": True, "prediction_type": "flow_prediction",
-        }, f"scheduler/scheduler_config.json: {CONVERT_SANA} (other keys: the class defaults)"),
+        "transformer": Component(
+            "diffusers",
+            "SanaTransformer2DModel",
+            {
+                "in_channels": 32,
+                "out_channels": 32,
+                "num_attention_heads": 70,
+                "attention_head_dim": 32,
+                "num_layers": 20,
+                "num_cross_attention_heads": 20,
+                "cross_attention_head_dim": 112,
+                "cross_attention_dim": 2240,
+                "caption_channels": 2304,
+                "mlp_ratio": 2.5,
+                "attention_bias": False,
+                "sample_size": 32,
+                "patch_size": 1,
+                "norm_elementwise_affine": False,
+                "norm_eps": 1e-6,
+                "interpolation_scale": None,
+            },
+            f"transformer/config.json: {CONVERT_SANA} (model_kwargs['SanaMS_1600M_P1_D20'], image_size 1024)",
+        ),
+        "scheduler": Component(
+            "diffusers",
+            "DPMSolverMultistepScheduler",
+            {
+                "flow_shift": 3.0,
+                "use_flow_sigmas": True,
+                "prediction_type": "flow_prediction",
+            },
+            f"scheduler/scheduler_config.json: {CONVERT_SANA} (other keys: the class defaults)",
+        ),
         # HUB_QUOTE of vae/config.json (mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers, copied into the pipeline repo).
-        "vae": Component("diffusers", "AutoencoderDC", {
-            "in_channels": 3, "latent_channels": 32, "attention_head_dim": 32,
-            "encoder_block_types": ("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
-            "decoder_block_types": ("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
-            "encoder_block_out_channels": (128, 256, 512, 512, 1024, 1024),
-            "decoder_block_out_channels": (128, 256, 512, 512, 1024, 1024),
-            "encoder_layers_per_block": (2, 2, 2, 3, 3, 3), "decoder_layers_per_block": (3, 3, 3, 3, 3, 3),
-            "encoder_qkv_multiscales": ((), (), (), (5,), (5,), (5,)),
-            "decoder_qkv_multiscales": ((), (), (), (5,), (5,), (5,)),
-            "downsample_block_type": "Conv", "upsample_block_type": "interpolate", "decoder_norm_types": "rms_norm",
-            "decoder_act_fns": "silu", "scaling_factor": 0.41407,
-        }, f"vae/config.json: {HUB_QUOTE}"),
+        "vae": Component(
+            "diffusers",
+            "AutoencoderDC",
+            {
+                "in_channels": 3,
+                "latent_channels": 32,
+                "attention_head_dim": 32,
+                "encoder_block_types": ("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+                "decoder_block_types": ("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+                "encoder_block_out_channels": (128, 256, 512, 512, 1024, 1024),
+                "decoder_block_out_channels": (128, 256, 512, 512, 1024, 1024),
+                "encoder_layers_per_block": (2, 2, 2, 3, 3, 3),
+                "decoder_layers_per_block": (3, 3, 3, 3, 3, 3),
+                "encoder_qkv_multiscales": ((), (), (), (5,), (5,), (5,)),
+                "decoder_qkv_multiscales": ((), (), (), (5,), (5,), (5,)),
+                "downsample_block_type": "Conv",
+                "upsample_block_type": "interpolate",
+                "decoder_norm_types": "rms_norm",
+                "decoder_act_fns": "silu",
+                "scaling_factor": 0.41407,
+            },
+            f"vae/config.json: {HUB_QUOTE}",
+        ),
         # HUB_QUOTE of text_encoder/config.json (Gemma2Model from gemma-2-2b-it).
-        "text_encoder": Component("transformers", "Gemma2Model", {
-            "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26, "num_attention_heads": 8,
-            "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
-            "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-            "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 256,
-            "sliding_window": 4096, "vocab_size": 256000, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
-            "attention_bias": False,
-        }, f"text_encoder/config.json: {HUB_QUOTE}"),
+        "text_encoder": Component(
+            "transformers",
+            "Gemma2Model",
+            {
+                "hidden_size": 2304,
+                "intermediate_size": 9216,
+                "num_hidden_layers": 26,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 4,
+                "head_dim": 256,
+                "hidden_activation": "gelu_pytorch_tanh",
+                "max_position_embeddings": 8192,
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0,
+                "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0,
+                "query_pre_attn_scalar": 256,
+                "sliding_window": 4096,
+                "vocab_size": 256000,
+                "pad_token_id": 0,
+                "eos_token_id": 1,
+                "bos_token_id": 2,
+                "attention_bias": False,
+            },
+            f"text_encoder/config.json: {HUB_QUOTE}",
+        ),
         # Its model_max_length is not in the sources found; SanaPipeline passes max_length itself (its
         # max_sequence_length, 300 by default), so the twin keeps the transformers default.
-        "tokenizer": Component("transformers", "GemmaTokenizerFast", {"padding_side": "right"},
-                               f"tokenizer/: {CONVERT_SANA} (gemma-2-2b-it tokenizer, padding_side right)"),
+        "tokenizer": Component(
+            "transformers",
+            "GemmaTokenizerFast",
+            {"padding_side": "right"},
+            f"tokenizer/: {CONVERT_SANA} (gemma-2-2b-it tokenizer, padding_side right)",
+        ),
     },
 )
 
@@ -256,14 +451,28 @@ SANA_SPRINT_1600M_1024 = Architecture(
     pipeline_class="SanaSprintPipeline",
     components={
         **SANA_1600M_1024.components,
-        "transformer": Component("diffusers", "SanaTransformer2DModel", {
-            **SANA_1600M_1024.components["transformer"].config, "guidance_embeds": True,
-            "qk_norm": "rms_norm_across_heads",
-        }, f"transformer/config.json: {CONVERT_SANA} (SanaSprint_1600M_P1_D20: guidance_embeds, qk_norm)"),
-        "scheduler": Component("diffusers", "SCMScheduler", {
-            "num_train_timesteps": 1000, "prediction_type": "trigflow", "max_timesteps": 1.57080,
-            "intermediate_timesteps": 1.3, "sigma_data": 0.5,
-        }, f"scheduler/scheduler_config.json: {CONVERT_SANA} (SCM scheduler config)"),
+        "transformer": Component(
+            "diffusers",
+            "SanaTransformer2DModel",
+            {
+                **SANA_1600M_1024.components["transformer"].config,
+                "guidance_embeds": True,
+                "qk_norm": "rms_norm_across_heads",
+            },
+            f"transformer/config.json: {CONVERT_SANA} (SanaSprint_1600M_P1_D20: guidance_embeds, qk_norm)",
+        ),
+        "scheduler": Component(
+            "diffusers",
+            "SCMScheduler",
+            {
+                "num_train_timesteps": 1000,
+                "prediction_type": "trigflow",
+                "max_timesteps": 1.57080,
+                "intermediate_timesteps": 1.3,
+                "sigma_data": 0.5,
+            },
+            f"scheduler/scheduler_config.json: {CONVERT_SANA} (SCM scheduler config)",
+        ),
     },
     default_steps=2,
 )
@@ -286,4 +495,5 @@ def architecture_for(source: str) -> Architecture:
     known = sorted(i for a in ARCHITECTURES for i in (a.repo_id, *a.aliases))
     raise UnknownArchitectureError(
         f"no architecture facts for model source {source!r}: a twin needs the published config of a known hub "
-        f"model (one of {known}); add its facts to modm/models/architectures.py")
+        f"model (one of {known}); add its facts to modm/models/architectures.py"
+    )

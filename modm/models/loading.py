@@ -64,8 +64,11 @@ def load_pipeline(spec: ModelSpec, *, device: torch.device | None = None):
     device = device or resolve_device(spec.device)
     index = pipeline_index(spec.source, spec.revision)
     # Components saved as null (e.g. SD3 without T5) must be passed as None explicitly or loading refuses.
-    absent = {name: None for name, value in index.items()
-              if not name.startswith("_") and isinstance(value, list) and value[:1] == [None]}
+    absent = {
+        name: None
+        for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and value[:1] == [None]
+    }
     # diffusers resolves component classes only from modules already imported; our own (the multi-stage U-Net)
     # are imported here. Other libraries named in model_index.json are never imported on a checkpoint's say-so.
     for value in index.values():
@@ -74,7 +77,11 @@ def load_pipeline(spec: ModelSpec, *, device: torch.device | None = None):
     try:
         pipe = DiffusionPipeline.from_pretrained(
             str(Path(spec.source).expanduser()) if Path(spec.source).expanduser().is_dir() else spec.source,
-            dtype=torch_dtype(spec.dtype, device), variant=spec.variant, revision=spec.revision, **absent)
+            dtype=torch_dtype(spec.dtype, device),
+            variant=spec.variant,
+            revision=spec.revision,
+            **absent,
+        )
     except (OSError, ValueError, EnvironmentError) as err:
         raise ModelLoadError(f"cannot load pipeline from {spec.source!r}: {err}") from None
     pipe.set_progress_bar_config(disable=True)

@@ -51,9 +51,17 @@ def _clip_text_config(projection_dim: int | None, hidden: int = 32):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408,
-        hidden_size=hidden, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, layer_norm_eps=1e-5, hidden_act="gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        layer_norm_eps=1e-5,
+        hidden_act="gelu",
         projection_dim=projection_dim or hidden,
     )
 
@@ -65,15 +73,33 @@ def large_components(tokenizer) -> dict:
 
     torch.manual_seed(ZOO_SEED)
     transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=8, attention_head_dim=32,
-        num_attention_heads=6, joint_attention_dim=64, caption_projection_dim=192, pooled_projection_dim=64,
+        sample_size=32,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=8,
+        attention_head_dim=32,
+        num_attention_heads=6,
+        joint_attention_dim=64,
+        caption_projection_dim=192,
+        pooled_projection_dim=64,
         pos_embed_max_size=96,
     )
     torch.manual_seed(ZOO_SEED)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32, 32, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-        sample_size=256, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        sample_size=256,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
         force_upcast=False,
     )
     torch.manual_seed(ZOO_SEED)
@@ -100,32 +126,59 @@ def small_components(tokenizer) -> dict:
 
     torch.manual_seed(ZOO_SEED)
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 1),
-        cross_attention_dim=64, norm_num_groups=8,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 1),
+        cross_attention_dim=64,
+        norm_num_groups=8,
         # SDXL's micro-conditioning: 6 size/crop ids embedded at 8 dims + the pooled text embedding (32).
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
     )
     torch.manual_seed(ZOO_SEED)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-        sample_size=256, scaling_factor=0.13025, force_upcast=False,  # fp32 already: no per-call upcast
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        sample_size=256,
+        scaling_factor=0.13025,
+        force_upcast=False,  # fp32 already: no per-call upcast
     )
     torch.manual_seed(ZOO_SEED)
     text_encoder = CLIPTextModel(_clip_text_config(projection_dim=None))
     torch.manual_seed(ZOO_SEED + 1)
     text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(projection_dim=32))
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        steps_offset=1, timestep_spacing="leading",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
     )
     return {
-        "unet": unet, "vae": vae, "scheduler": scheduler,
-        "text_encoder": text_encoder, "tokenizer": tokenizer,
-        "text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer,
-        "image_encoder": None, "feature_extractor": None,
+        "unet": unet,
+        "vae": vae,
+        "scheduler": scheduler,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": tokenizer,
+        "image_encoder": None,
+        "feature_extractor": None,
     }
 
 
@@ -149,7 +202,8 @@ def save_tiny_open_clip(out_dir: str | Path) -> Path:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "open_clip_model.safetensors")
     preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
     (out_dir / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": TINY_OPEN_CLIP_CONFIG, "preprocess_cfg": preprocess}, indent=2), encoding="utf-8")
+        json.dumps({"model_cfg": TINY_OPEN_CLIP_CONFIG, "preprocess_cfg": preprocess}, indent=2), encoding="utf-8"
+    )
     return out_dir
 
 
@@ -164,10 +218,20 @@ def build_tiny_zoo(root: str | Path) -> TinyZooPaths:
     StableDiffusion3Pipeline(**large_components(tokenizer)).save_pretrained(paths.large)
     StableDiffusionXLPipeline(**small_components(tokenizer)).save_pretrained(paths.small)
     save_tiny_open_clip(paths.clip)
-    paths.manifest.write_text(json.dumps({
-        "large": str(paths.large), "small": str(paths.small), "clip": f"local-dir:{paths.clip}",
-        "tokenizer": str(paths.tokenizer), "seed": ZOO_SEED, "version": ZOO_VERSION,
-    }, indent=2), encoding="utf-8")
+    paths.manifest.write_text(
+        json.dumps(
+            {
+                "large": str(paths.large),
+                "small": str(paths.small),
+                "clip": f"local-dir:{paths.clip}",
+                "tokenizer": str(paths.tokenizer),
+                "seed": ZOO_SEED,
+                "version": ZOO_VERSION,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     return paths
 
 
@@ -179,4 +243,5 @@ def zoo_is_current(root: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return manifest.get("version") == ZOO_VERSION and all(
-        p.is_dir() for p in (paths.large, paths.small, paths.clip, paths.tokenizer))
+        p.is_dir() for p in (paths.large, paths.small, paths.clip, paths.tokenizer)
+    )

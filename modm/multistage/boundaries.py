@@ -18,8 +18,8 @@ class BoundaryOrderError(ValueError):
 
 class SplitMethod(str, Enum):
     OPTIMAL_DENOISER = "optimal-denoiser"  # the paper's Alg. 1
-    UNIFORM_T = "uniform-t"                # equal widths in t ("Timestep" row of the paper's Table 4)
-    UNIFORM_LOG_SNR = "uniform-log-snr"    # equal widths in log-SNR (an "SNR" baseline)
+    UNIFORM_T = "uniform-t"  # equal widths in t ("Timestep" row of the paper's Table 4)
+    UNIFORM_LOG_SNR = "uniform-log-snr"  # equal widths in log-SNR (an "SNR" baseline)
 
 
 def check_ordered_boundaries(values, *, low: float, high: float, what: str) -> tuple[float, ...]:

@@ -46,23 +46,40 @@ def _boundaries(args: argparse.Namespace) -> dict:
                 found = uniform_log_snr_boundaries(schedule, 3, t_min=config.t_min)
             starts = stage_start_steps(found, scheduler, args.steps)
             model_timesteps = list(model_timestep_boundaries(found, scheduler))
-            rows.append({"schedule": kind.value, "method": method.value, "t": list(found.t),
-                         "log_snr": list(found.log_snr), "scheduler": type(scheduler).__name__,
-                         "num_inference_steps": args.steps, "stage_start_step": starts,
-                         "model_timestep_boundaries": model_timesteps})
-    header = f"{'schedule':8} {'method':17} {'t1':>7} {'t2':>7} {'logSNR1':>8} {'logSNR2':>8}  " \
-             f"first step of stage 2/1/0 ({args.steps} steps)   model timesteps"
-    print(f"digits {args.image_size}px, N={len(data)}, K={config.num_samples}, eta={config.eta:.5f}, "
-          f"alpha={config.alpha}, seed={config.seed}")
+            rows.append(
+                {
+                    "schedule": kind.value,
+                    "method": method.value,
+                    "t": list(found.t),
+                    "log_snr": list(found.log_snr),
+                    "scheduler": type(scheduler).__name__,
+                    "num_inference_steps": args.steps,
+                    "stage_start_step": starts,
+                    "model_timestep_boundaries": model_timesteps,
+                }
+            )
+    header = (
+        f"{'schedule':8} {'method':17} {'t1':>7} {'t2':>7} {'logSNR1':>8} {'logSNR2':>8}  "
+        f"first step of stage 2/1/0 ({args.steps} steps)   model timesteps"
+    )
+    print(
+        f"digits {args.image_size}px, N={len(data)}, K={config.num_samples}, eta={config.eta:.5f}, "
+        f"alpha={config.alpha}, seed={config.seed}"
+    )
     print(header)
     for row in rows:
         starts = row["stage_start_step"]
         ts = ", ".join(f"{v:.4g}" for v in row["model_timestep_boundaries"])
-        print(f"{row['schedule']:8} {row['method']:17} {row['t'][0]:7.4f} {row['t'][1]:7.4f} "
-              f"{row['log_snr'][0]:8.3f} {row['log_snr'][1]:8.3f}  "
-              f"{starts[2]!s:>4} {starts[1]!s:>4} {starts[0]!s:>4}  {row['scheduler']:32} {ts}")
-    return {"data": {"image_size": args.image_size, "num_images": len(data)},
-            "clustering": config.model_dump(mode="json"), "rows": rows}
+        print(
+            f"{row['schedule']:8} {row['method']:17} {row['t'][0]:7.4f} {row['t'][1]:7.4f} "
+            f"{row['log_snr'][0]:8.3f} {row['log_snr'][1]:8.3f}  "
+            f"{starts[2]!s:>4} {starts[1]!s:>4} {starts[0]!s:>4}  {row['scheduler']:32} {ts}"
+        )
+    return {
+        "data": {"image_size": args.image_size, "num_images": len(data)},
+        "clustering": config.model_dump(mode="json"),
+        "rows": rows,
+    }
 
 
 def _train(args: argparse.Namespace) -> dict:
@@ -74,30 +91,44 @@ def _train(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     config = EfficiencyConfig(
-        image_size=args.image_size, budget_tflops=args.budget_tflops, num_evals=args.num_evals,
-        fid_samples=args.fid_samples, sampling_steps=args.sampling_steps,
+        image_size=args.image_size,
+        budget_tflops=args.budget_tflops,
+        num_evals=args.num_evals,
+        fid_samples=args.fid_samples,
+        sampling_steps=args.sampling_steps,
         clustering=ClusteringConfig(num_samples=args.num_samples, alpha=args.alpha, seed=args.seed),
-        train=TrainConfig(batch_size=args.batch_size, learning_rate=args.learning_rate,
-                          stage_sampling=StageSampling(args.stage_sampling),
-                          stage_weights=tuple(args.stage_weights) if args.stage_weights else None, seed=args.seed),
-        seed=args.seed)
+        train=TrainConfig(
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            stage_sampling=StageSampling(args.stage_sampling),
+            stage_weights=tuple(args.stage_weights) if args.stage_weights else None,
+            seed=args.seed,
+        ),
+        seed=args.seed,
+    )
     results = run_efficiency_experiment(config, save_dir=args.save_dir)
     b = results["boundaries_timesteps"]
-    print(f"digits {config.image_size}px; boundaries t={[round(v, 4) for v in results['boundaries_t']]} "
-          f"(DDPM timesteps {[round(v, 1) for v in b]}); classifier accuracy {results['classifier_accuracy']:.3f}; "
-          f"real-vs-real FID {results['real_vs_real_fid']:.3f}")
+    print(
+        f"digits {config.image_size}px; boundaries t={[round(v, 4) for v in results['boundaries_t']]} "
+        f"(DDPM timesteps {[round(v, 1) for v in b]}); classifier accuracy {results['classifier_accuracy']:.3f}; "
+        f"real-vs-real FID {results['real_vs_real_fid']:.3f}"
+    )
     for name in ("unified", "multistage"):
         run = results[name]
-        print(f"\n{name}: {run['parameters'] / 1e6:.2f} M params, GFLOPs per training step by stage "
-              f"{[round(f / 1e9, 2) for f in run['step_flops_per_stage']]}, stage probabilities "
-              f"{[round(p, 3) for p in run['stage_probabilities']]}")
+        print(
+            f"\n{name}: {run['parameters'] / 1e6:.2f} M params, GFLOPs per training step by stage "
+            f"{[round(f / 1e9, 2) for f in run['step_flops_per_stage']]}, stage probabilities "
+            f"{[round(p, 3) for p in run['stage_probabilities']]}"
+        )
         print(f"  {'TFLOPs':>7} {'steps':>6} {'FID':>8}  {'loss s0':>8} {'loss s1':>8} {'loss s2':>8} {'wall s':>7}")
         for p in run["curve"]:
             losses = " ".join(f"{v:8.4f}" for v in p["stage_losses"])
             print(f"  {p['train_flops'] / 1e12:7.2f} {p['steps']:6d} {p['fid']:8.3f}  {losses} {p['wall_s']:7.1f}")
     f = results["flops_to_target"]
-    print(f"\nsame quality = FID ≤ {results['target_fid']:.3f}: unified {f['unified'] / 1e12:.2f} TFLOPs, "
-          f"multistage {f['multistage'] / 1e12:.2f} TFLOPs -> multistage/unified = {f['multistage_over_unified']:.2f}")
+    print(
+        f"\nsame quality = FID ≤ {results['target_fid']:.3f}: unified {f['unified'] / 1e12:.2f} TFLOPs, "
+        f"multistage {f['multistage'] / 1e12:.2f} TFLOPs -> multistage/unified = {f['multistage_over_unified']:.2f}"
+    )
     return results
 
 
@@ -117,16 +148,24 @@ def _export(args: argparse.Namespace) -> dict:
     result = {"stage_boundaries": list(unet.config.stage_boundaries)}
     if args.train_steps:
         pipe, before, after = train_text_conditioned_digits(
-            unet, args.train_steps, train_config=TrainConfig(batch_size=args.batch_size, seed=args.seed),
-            limit=args.limit, seed=args.seed)
+            unet,
+            args.train_steps,
+            train_config=TrainConfig(batch_size=args.batch_size, seed=args.seed),
+            limit=args.limit,
+            seed=args.seed,
+        )
         pipe.save_pretrained(args.out)
-        print(f"trained {args.train_steps} steps on digit latents; stage losses "
-              f"{[round(v, 4) for v in before]} -> {[round(v, 4) for v in after]}")
+        print(
+            f"trained {args.train_steps} steps on digit latents; stage losses "
+            f"{[round(v, 4) for v in before]} -> {[round(v, 4) for v in after]}"
+        )
         result.update(train_steps=args.train_steps, stage_losses_before=before, stage_losses_after=after)
     else:
         save_multistage_sd_pipeline(args.out, unet)
-    print(f"wrote a StableDiffusionPipeline with a {unet.num_stages}-stage MultiStageUNet to {args.out}; "
-          "load it with `import modm.multistage` then DiffusionPipeline.from_pretrained")
+    print(
+        f"wrote a StableDiffusionPipeline with a {unet.num_stages}-stage MultiStageUNet to {args.out}; "
+        "load it with `import modm.multistage` then DiffusionPipeline.from_pretrained"
+    )
     return {"out": str(args.out), **result}
 
 
@@ -144,8 +183,9 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("boundaries", help="stage boundaries on digits for each schedule and split method")
     common(b)
-    b.add_argument("--schedule", nargs="+", default=["vp", "ddpm", "edm", "flow"],
-                   choices=["vp", "ddpm", "edm", "flow"])
+    b.add_argument(
+        "--schedule", nargs="+", default=["vp", "ddpm", "edm", "flow"], choices=["vp", "ddpm", "edm", "flow"]
+    )
     b.add_argument("--method", nargs="+", default=list(_DEFAULT_BOUNDARY_METHODS), choices=_DEFAULT_BOUNDARY_METHODS)
     b.add_argument("--eta", type=float, default=2 / 255, help="pixel tolerance on ε* (data in [-1, 1])")
     b.add_argument("--steps", type=int, default=50, help="inference steps for the step-index conversion")
@@ -161,21 +201,43 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--learning-rate", type=float, default=2e-3)
     t.add_argument("--stage-sampling", default="uniform", choices=["uniform", "time", "weights"])
-    t.add_argument("--stage-weights", type=float, nargs="+", default=None,
-                   help="relative stage probabilities, low-noise stage first (with --stage-sampling weights)")
-    t.add_argument("--save-dir", type=Path, default=None,
-                   help="save the trained models here as DDIMPipeline directories (unified/, multistage/)")
+    t.add_argument(
+        "--stage-weights",
+        type=float,
+        nargs="+",
+        default=None,
+        help="relative stage probabilities, low-noise stage first (with --stage-sampling weights)",
+    )
+    t.add_argument(
+        "--save-dir",
+        type=Path,
+        default=None,
+        help="save the trained models here as DDIMPipeline directories (unified/, multistage/)",
+    )
     t.set_defaults(run=_train)
 
     e = sub.add_parser("export", help="save a StableDiffusionPipeline whose unet is a MultiStageUNet")
     e.add_argument("--out", type=Path, required=True)
-    e.add_argument("--unet", type=Path, default=None,
-                   help="a saved text-conditioned MultiStageUNet (4 latent channels, cross_attention_dim 32) to "
-                        "package; default: a new randomly initialised one")
-    e.add_argument("--timestep-boundaries", type=float, nargs="+", default=[333.0, 666.0],
-                   help="stage boundaries in DDIM training timesteps of the new unet (two → three stages)")
-    e.add_argument("--train-steps", type=int, default=0,
-                   help="train the unet this many steps on digit latents (prompts 'a handwritten digit N') first")
+    e.add_argument(
+        "--unet",
+        type=Path,
+        default=None,
+        help="a saved text-conditioned MultiStageUNet (4 latent channels, cross_attention_dim 32) to "
+        "package; default: a new randomly initialised one",
+    )
+    e.add_argument(
+        "--timestep-boundaries",
+        type=float,
+        nargs="+",
+        default=[333.0, 666.0],
+        help="stage boundaries in DDIM training timesteps of the new unet (two → three stages)",
+    )
+    e.add_argument(
+        "--train-steps",
+        type=int,
+        default=0,
+        help="train the unet this many steps on digit latents (prompts 'a handwritten digit N') first",
+    )
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--limit", type=int, default=None, help="train on the first N digits only")
     e.add_argument("--seed", type=int, default=0)

@@ -39,10 +39,12 @@ class ClusteringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     num_samples: int = Field(default=2000, gt=0, description="K: Monte Carlo triples (y, ε, t).")
-    eta: float = Field(default=2 / 255, gt=0,
-                       description="Pixel tolerance η on ε* (data in [-1, 1]); 2/255 is the authors' value.")
-    alpha: float = Field(default=0.9, gt=0, lt=1,
-                         description="Similarity threshold α of the boundary rule (not stated in the paper).")
+    eta: float = Field(
+        default=2 / 255, gt=0, description="Pixel tolerance η on ε* (data in [-1, 1]); 2/255 is the authors' value."
+    )
+    alpha: float = Field(
+        default=0.9, gt=0, lt=1, description="Similarity threshold α of the boundary rule (not stated in the paper)."
+    )
     t_min: float = Field(default=1e-3, ge=0, lt=1, description="Lower end of t ~ U[t_min, 1].")
     seed: int = Field(default=0, description="Seed of the Monte Carlo draws.")
     batch_size: int = Field(default=256, gt=0, description="Samples per optimal-denoiser batch.")
@@ -67,14 +69,16 @@ def pixel_similarity(eps_a: torch.Tensor, eps_b: torch.Tensor, eta: float) -> to
     return close.reshape(close.shape[0], -1).to(torch.float64).mean(1)
 
 
-def similarity_samples(data: torch.Tensor, schedule: Schedule, config: ClusteringConfig
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def similarity_samples(
+    data: torch.Tensor, schedule: Schedule, config: ClusteringConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw the Monte Carlo triples and return (t, S0, S1), each (K,) float64, unsorted."""
     flat = flatten_dataset(data)
     generator = torch.Generator().manual_seed(config.seed)
     n = flat.shape[0]
-    t_all = config.t_min + (1.0 - config.t_min) * torch.rand(config.num_samples, generator=generator,
-                                                            dtype=torch.float64)
+    t_all = config.t_min + (1.0 - config.t_min) * torch.rand(
+        config.num_samples, generator=generator, dtype=torch.float64
+    )
     idx_all = torch.randint(0, n, (config.num_samples,), generator=generator)
     eps_all = torch.randn(config.num_samples, flat.shape[1], generator=generator, dtype=torch.float64)
     data_mean = flat.mean(0)
@@ -82,8 +86,8 @@ def similarity_samples(data: torch.Tensor, schedule: Schedule, config: Clusterin
 
     s0, s1 = [], []
     for start in range(0, config.num_samples, config.batch_size):
-        t = t_all[start:start + config.batch_size]
-        y, eps = flat[idx_all[start:start + config.batch_size]], eps_all[start:start + config.batch_size]
+        t = t_all[start : start + config.batch_size]
+        y, eps = flat[idx_all[start : start + config.batch_size]], eps_all[start : start + config.batch_size]
         a, b = schedule.coefficients(t)
         x_t = a[:, None] * y + b[:, None] * eps
         eps_star_t = optimal_eps(x_t, a, b, flat, chunk=config.data_chunk)
@@ -101,18 +105,21 @@ def alpha_rule(t: torch.Tensor, s0: torch.Tensor, s1: torch.Tensor, alpha: float
     order = torch.argsort(t)
     t, s0, s1 = t[order], s0[order], s1[order]
     count = torch.arange(1, len(t) + 1, dtype=torch.float64)
-    prefix_mean_s0 = torch.cumsum(s0, 0) / count                              # mean over t_k ≤ t[i]
+    prefix_mean_s0 = torch.cumsum(s0, 0) / count  # mean over t_k ≤ t[i]
     suffix_mean_s1 = torch.flip(torch.cumsum(torch.flip(s1, [0]), 0), [0]) / torch.flip(count, [0])
     ok_low = torch.nonzero(prefix_mean_s0 >= alpha).flatten()
     ok_high = torch.nonzero(suffix_mean_s1 >= alpha).flatten()
     if len(ok_low) == 0 or len(ok_high) == 0:
         raise NoBoundaryError(
             f"no t reaches similarity α={alpha} to the {'t=0' if len(ok_low) == 0 else 't=1'} denoiser; "
-            "lower alpha or raise eta")
+            "lower alpha or raise eta"
+        )
     t1, t2 = float(t[ok_low.max()]), float(t[ok_high.min()])
     if not t1 < t2:
-        raise NoBoundaryError(f"the α rule gave t1={t1:.4f} ≥ t2={t2:.4f} at α={alpha}: the two reference "
-                              "denoisers overlap; raise alpha or lower eta")
+        raise NoBoundaryError(
+            f"the α rule gave t1={t1:.4f} ≥ t2={t2:.4f} at α={alpha}: the two reference "
+            "denoisers overlap; raise alpha or lower eta"
+        )
     return t1, t2
 
 
@@ -123,26 +130,30 @@ def optimal_denoiser_boundaries(data: torch.Tensor, schedule: Schedule, config: 
     order = torch.argsort(t)
     return ClusteringResult(
         boundaries=StageBoundaries(t=(t1, t2), schedule=schedule, method=SplitMethod.OPTIMAL_DENOISER),
-        t=tuple(t[order].tolist()), s0=tuple(s0[order].tolist()), s1=tuple(s1[order].tolist()))
+        t=tuple(t[order].tolist()),
+        s0=tuple(s0[order].tolist()),
+        s1=tuple(s1[order].tolist()),
+    )
 
 
 def uniform_t_boundaries(schedule: Schedule, num_stages: int = 3) -> StageBoundaries:
     """Equal widths in t: k / num_stages."""
     if num_stages < 2:
         raise ValueError(f"num_stages must be at least 2, got {num_stages}")
-    return StageBoundaries(t=tuple(k / num_stages for k in range(1, num_stages)), schedule=schedule,
-                           method=SplitMethod.UNIFORM_T)
+    return StageBoundaries(
+        t=tuple(k / num_stages for k in range(1, num_stages)), schedule=schedule, method=SplitMethod.UNIFORM_T
+    )
 
 
-def uniform_log_snr_boundaries(schedule: Schedule, num_stages: int = 3, *, t_min: float = 1e-3,
-                               grid_size: int = 100_001) -> StageBoundaries:
+def uniform_log_snr_boundaries(
+    schedule: Schedule, num_stages: int = 3, *, t_min: float = 1e-3, grid_size: int = 100_001
+) -> StageBoundaries:
     """Equal widths in log-SNR between λ(t_min) and λ(1), mapped back to t on a fine grid."""
     if num_stages < 2:
         raise ValueError(f"num_stages must be at least 2, got {num_stages}")
     grid = torch.linspace(t_min, 1.0, grid_size, dtype=torch.float64)
-    lam = schedule.log_snr(grid)                                           # decreasing
+    lam = schedule.log_snr(grid)  # decreasing
     targets = lam[0] + (lam[-1] - lam[0]) * torch.arange(1, num_stages, dtype=torch.float64) / num_stages
     # First grid point whose λ has fallen to the target (λ is monotone, so searchsorted on -λ).
     idx = torch.searchsorted(-lam, -targets)
-    return StageBoundaries(t=tuple(float(grid[i]) for i in idx), schedule=schedule,
-                           method=SplitMethod.UNIFORM_LOG_SNR)
+    return StageBoundaries(t=tuple(float(grid[i]) for i in idx), schedule=schedule, method=SplitMethod.UNIFORM_LOG_SNR)

@@ -35,7 +35,8 @@ class EfficiencyConfig(BaseModel):
     encoder_channels: tuple[int, ...] = Field(default=(32, 64), description="Shared encoder widths (both models).")
     decoder_channels: tuple[tuple[int, ...], ...] = Field(
         default=((48, 96), (32, 64), (8, 16)),
-        description="Multi-stage decoder widths, low-noise stage first (paper ratio 192/128/16 of 128).")
+        description="Multi-stage decoder widths, low-noise stage first (paper ratio 192/128/16 of 128).",
+    )
     norm_num_groups: int = Field(default=8, gt=0, description="GroupNorm groups of both models.")
     num_train_timesteps: int = Field(default=1000, ge=2, description="DDPM training timesteps (linear betas).")
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig, description="Boundary search.")
@@ -48,8 +49,9 @@ def sample_digits(model: MultiStageUNet, scheduler: DDPMScheduler, num: int, ste
     """num digits (num, 1, S, S) in [-1, 1] from a standard diffusers DDIMPipeline."""
     pipe = DDIMPipeline(unet=model, scheduler=DDIMScheduler.from_config(scheduler.config))
     pipe.set_progress_bar_config(disable=True)
-    images = pipe(batch_size=num, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-                  output_type="np").images                                      # (num, S, S, 1) in [0, 1]
+    images = pipe(
+        batch_size=num, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np"
+    ).images  # (num, S, S, 1) in [0, 1]
     return torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0
 
 
@@ -70,20 +72,32 @@ def _train_and_evaluate(name, model, scheduler, data, config, validation, classi
         while trainer.total_flops < checkpoint:
             trainer.step()
         generated = sample_digits(model, scheduler, config.fid_samples, config.sampling_steps, config.seed)
-        point = {"train_flops": trainer.total_flops, "steps": sum(trainer.steps_per_stage),
-                 "steps_per_stage": list(trainer.steps_per_stage),
-                 "stage_losses": trainer.validation_losses(validation),
-                 "fid": classifier_fid(classifier, reference, generated),
-                 "wall_s": time.perf_counter() - started}
-        logger.info("%s: %.2f TFLOPs, FID %.3f, stage losses %s", name, point["train_flops"] / 1e12, point["fid"],
-                    [round(v, 4) for v in point["stage_losses"]])
+        point = {
+            "train_flops": trainer.total_flops,
+            "steps": sum(trainer.steps_per_stage),
+            "steps_per_stage": list(trainer.steps_per_stage),
+            "stage_losses": trainer.validation_losses(validation),
+            "fid": classifier_fid(classifier, reference, generated),
+            "wall_s": time.perf_counter() - started,
+        }
+        logger.info(
+            "%s: %.2f TFLOPs, FID %.3f, stage losses %s",
+            name,
+            point["train_flops"] / 1e12,
+            point["fid"],
+            [round(v, 4) for v in point["stage_losses"]],
+        )
         curve.append(point)
     if save_dir is not None:  # a DDIMPipeline directory: DiffusionPipeline.from_pretrained loads it back
         DDIMPipeline(unet=model, scheduler=DDIMScheduler.from_config(scheduler.config)).save_pretrained(
-            Path(save_dir) / name)
-    return {"parameters": sum(p.numel() for p in model.parameters()),
-            "step_flops_per_stage": [trainer.step_flops(k) for k in range(len(trainer.ranges))],
-            "stage_probabilities": trainer.probabilities.tolist(), "curve": curve}
+            Path(save_dir) / name
+        )
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "step_flops_per_stage": [trainer.step_flops(k) for k in range(len(trainer.ranges))],
+        "stage_probabilities": trainer.probabilities.tolist(),
+        "curve": curve,
+    }
 
 
 def run_efficiency_experiment(config: EfficiencyConfig, save_dir: str | Path | None = None) -> dict:
@@ -102,32 +116,49 @@ def run_efficiency_experiment(config: EfficiencyConfig, save_dir: str | Path | N
     classifier, accuracy = fit_digit_classifier(data, labels, steps=config.classifier_steps, seed=config.seed)
     # Real-vs-real FID between two halves: the floor the generated samples can approach.
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))
-    floor_fid = classifier_fid(classifier, data[order[: len(data) // 2]], data[order[len(data) // 2:]])
-    validation = make_stage_validation(data, stage_timestep_ranges(boundaries, config.num_train_timesteps),
-                                       config.validation_per_stage, seed=config.seed + 1)
+    floor_fid = classifier_fid(classifier, data[order[: len(data) // 2]], data[order[len(data) // 2 :]])
+    validation = make_stage_validation(
+        data,
+        stage_timestep_ranges(boundaries, config.num_train_timesteps),
+        config.validation_per_stage,
+        seed=config.seed + 1,
+    )
 
-    common = dict(sample_size=config.image_size, in_channels=1, out_channels=1,
-                  block_out_channels=config.encoder_channels, layers_per_block=1,
-                  norm_num_groups=config.norm_num_groups)
+    common = dict(
+        sample_size=config.image_size,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=config.encoder_channels,
+        layers_per_block=1,
+        norm_num_groups=config.norm_num_groups,
+    )
     torch.manual_seed(config.seed)
     unified = MultiStageUNet(decoder_block_out_channels=(config.encoder_channels,), stage_boundaries=(), **common)
     torch.manual_seed(config.seed)
-    multistage = MultiStageUNet(decoder_block_out_channels=config.decoder_channels, stage_boundaries=boundaries,
-                                **common)
+    multistage = MultiStageUNet(
+        decoder_block_out_channels=config.decoder_channels, stage_boundaries=boundaries, **common
+    )
     results = {
         "config": config.model_dump(mode="json"),
-        "boundaries_t": list(clustering.boundaries.t), "boundaries_timesteps": list(boundaries),
-        "classifier_accuracy": accuracy, "real_vs_real_fid": floor_fid,
-        "unified": _train_and_evaluate("unified", unified, scheduler, data, config, validation, classifier, data,
-                                       save_dir),
-        "multistage": _train_and_evaluate("multistage", multistage, scheduler, data, config, validation,
-                                          classifier, data, save_dir),
+        "boundaries_t": list(clustering.boundaries.t),
+        "boundaries_timesteps": list(boundaries),
+        "classifier_accuracy": accuracy,
+        "real_vs_real_fid": floor_fid,
+        "unified": _train_and_evaluate(
+            "unified", unified, scheduler, data, config, validation, classifier, data, save_dir
+        ),
+        "multistage": _train_and_evaluate(
+            "multistage", multistage, scheduler, data, config, validation, classifier, data, save_dir
+        ),
     }
     # Same quality = the worse of the two models' best FIDs, a level both runs reach within the budget.
     target = max(min(p["fid"] for p in results[name]["curve"]) for name in ("unified", "multistage"))
     unified_flops = flops_to_reach(results["unified"]["curve"], target)
     multistage_flops = flops_to_reach(results["multistage"]["curve"], target)
     results["target_fid"] = target
-    results["flops_to_target"] = {"unified": unified_flops, "multistage": multistage_flops,
-                                  "multistage_over_unified": multistage_flops / unified_flops}
+    results["flops_to_target"] = {
+        "unified": unified_flops,
+        "multistage": multistage_flops,
+        "multistage_over_unified": multistage_flops / unified_flops,
+    }
     return results

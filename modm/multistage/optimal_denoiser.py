@@ -39,25 +39,26 @@ def posterior_mean(
         data: the training images (N, ...).
     Returns: float64 (B, ...) posterior means.
     """
-    flat_data = flatten_dataset(data)                                   # (N, D)
-    flat_x = x.reshape(x.shape[0], -1).to(torch.float64)                 # (B, D)
+    flat_data = flatten_dataset(data)  # (N, D)
+    flat_x = x.reshape(x.shape[0], -1).to(torch.float64)  # (B, D)
     if flat_x.shape[1] != flat_data.shape[1]:
         raise ValueError(f"samples have {flat_x.shape[1]} values each but dataset images have {flat_data.shape[1]}")
-    a = a.to(torch.float64).reshape(-1, 1)                               # (B, 1)
+    a = a.to(torch.float64).reshape(-1, 1)  # (B, 1)
     inv_two_var = 1.0 / (2.0 * b.to(torch.float64).reshape(-1, 1) ** 2)  # (B, 1)
 
     running_lse = torch.full((flat_x.shape[0], 1), -torch.inf, dtype=torch.float64)
     mean = torch.zeros_like(flat_x)
-    x_sq = (flat_x**2).sum(1, keepdim=True)                              # (B, 1)
+    x_sq = (flat_x**2).sum(1, keepdim=True)  # (B, 1)
     for start in range(0, flat_data.shape[0], chunk):
-        y = flat_data[start:start + chunk]                               # (n, D)
+        y = flat_data[start : start + chunk]  # (n, D)
         # ‖x − a·y‖² = ‖x‖² − 2a·x·y + a²‖y‖², computed as one matmul per chunk.
         sq_dist = x_sq - 2.0 * a * (flat_x @ y.T) + a**2 * (y**2).sum(1)[None, :]
-        logits = -sq_dist.clamp_min(0.0) * inv_two_var                   # (B, n)
+        logits = -sq_dist.clamp_min(0.0) * inv_two_var  # (B, n)
         chunk_lse = torch.logsumexp(logits, dim=1, keepdim=True)
         new_lse = torch.logaddexp(running_lse, chunk_lse)
         mean = mean * torch.exp(running_lse - new_lse) + torch.softmax(logits, dim=1) @ y * torch.exp(
-            chunk_lse - new_lse)
+            chunk_lse - new_lse
+        )
         running_lse = new_lse
     return mean.reshape(x.shape)
 

@@ -20,17 +20,25 @@ class DigitClassifier(nn.Module):
     def __init__(self, feature_dim: int = 64):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(), nn.Linear(32 * 16, feature_dim), nn.SiLU())
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.SiLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(32 * 16, feature_dim),
+            nn.SiLU(),
+        )
         self.head = nn.Linear(feature_dim, 10)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))                 # (B, 10)
+        return self.head(self.features(images))  # (B, 10)
 
 
-def fit_digit_classifier(images: torch.Tensor, labels: torch.Tensor, *, steps: int = 400, batch_size: int = 128,
-                         seed: int = 0) -> tuple[DigitClassifier, float]:
+def fit_digit_classifier(
+    images: torch.Tensor, labels: torch.Tensor, *, steps: int = 400, batch_size: int = 128, seed: int = 0
+) -> tuple[DigitClassifier, float]:
     """Train on 80% of the digits; return the classifier (eval mode) and its accuracy on the other 20%."""
     if len(images) < 10:
         raise ValueError(f"need at least 10 digit images to train the feature classifier, got {len(images)}")
@@ -68,5 +76,6 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
 @torch.no_grad()
 def classifier_fid(classifier: DigitClassifier, real: torch.Tensor, generated: torch.Tensor) -> float:
     """FID between real and generated (B, 1, S, S) images in [-1, 1], in the classifier's feature space."""
-    return frechet_distance(classifier.features(real).double().numpy(),
-                            classifier.features(generated.clamp(-1, 1)).double().numpy())
+    return frechet_distance(
+        classifier.features(real).double().numpy(), classifier.features(generated.clamp(-1, 1)).double().numpy()
+    )

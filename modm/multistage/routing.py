@@ -40,8 +40,9 @@ def group_by_stage(stages: torch.Tensor, num_stages: int) -> list[tuple[int, tor
     return groups
 
 
-def apply_by_stage(stages: torch.Tensor, num_stages: int,
-                   stage_fn: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def apply_by_stage(
+    stages: torch.Tensor, num_stages: int, stage_fn: Callable[[int, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """Run stage_fn(k, index) for each stage group and scatter the results back into batch order.
 
     stage_fn receives the sample indices of its group and returns that group's outputs (len(index), ...).

@@ -44,12 +44,20 @@ class UnsupportedSchedulerError(ValueError):
 def matching_scheduler(schedule: Schedule) -> SchedulerMixin:
     """The diffusers sampler that discretises schedule (VP-SDE β 0.1→20 ≈ DDPM's linear 1e-4→0.02 over 1000)."""
     if isinstance(schedule, DiscreteDDPMSchedule):
-        return DDIMScheduler(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start,
-                             beta_end=schedule.beta_end, beta_schedule=schedule.beta_schedule.value)
+        return DDIMScheduler(
+            num_train_timesteps=schedule.num_train_timesteps,
+            beta_start=schedule.beta_start,
+            beta_end=schedule.beta_end,
+            beta_schedule=schedule.beta_schedule.value,
+        )
     if isinstance(schedule, VPContinuousSchedule):
         steps = 1000
-        return DDIMScheduler(num_train_timesteps=steps, beta_start=schedule.beta_min / steps,
-                             beta_end=schedule.beta_max / steps, beta_schedule="linear")
+        return DDIMScheduler(
+            num_train_timesteps=steps,
+            beta_start=schedule.beta_min / steps,
+            beta_end=schedule.beta_max / steps,
+            beta_schedule="linear",
+        )
     if isinstance(schedule, EDMSchedule):
         return EDMEulerScheduler(sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max, rho=schedule.rho)
     if isinstance(schedule, FlowMatchingSchedule):
@@ -59,7 +67,7 @@ def matching_scheduler(schedule: Schedule) -> SchedulerMixin:
 
 def _ddpm_log_snr(scheduler: SchedulerMixin, timesteps: torch.Tensor) -> torch.Tensor:
     log_abar = torch.log(scheduler.alphas_cumprod.to(torch.float64))
-    log_snr_table = log_abar - torch.log1p(-torch.exp(log_abar))               # (num_train_timesteps,)
+    log_snr_table = log_abar - torch.log1p(-torch.exp(log_abar))  # (num_train_timesteps,)
     pos = timesteps.to(torch.float64).clamp(0, len(log_snr_table) - 1)
     lo = pos.floor().long().clamp(max=len(log_snr_table) - 2)
     frac = pos - lo
@@ -78,7 +86,8 @@ def _step_log_snr(scheduler: SchedulerMixin) -> torch.Tensor:
         return _ddpm_log_snr(scheduler, scheduler.timesteps)
     raise UnsupportedSchedulerError(
         f"cannot read noise levels from {type(scheduler).__name__}: expected a DDPM-family scheduler "
-        "(alphas_cumprod), FlowMatchEulerDiscreteScheduler or an EDM scheduler")
+        "(alphas_cumprod), FlowMatchEulerDiscreteScheduler or an EDM scheduler"
+    )
 
 
 def stage_per_step(boundaries: StageBoundaries, scheduler: SchedulerMixin, num_inference_steps: int) -> list[int]:
@@ -89,8 +98,9 @@ def stage_per_step(boundaries: StageBoundaries, scheduler: SchedulerMixin, num_i
     return [int(s) for s in boundaries.stage_of_log_snr(_step_log_snr(scheduler))]
 
 
-def stage_start_steps(boundaries: StageBoundaries, scheduler: SchedulerMixin,
-                      num_inference_steps: int) -> dict[int, int | None]:
+def stage_start_steps(
+    boundaries: StageBoundaries, scheduler: SchedulerMixin, num_inference_steps: int
+) -> dict[int, int | None]:
     """For each stage, the index of the first inference step that runs in it (None if no step does)."""
     stages = stage_per_step(boundaries, scheduler, num_inference_steps)
     return {k: (stages.index(k) if k in stages else None) for k in range(boundaries.num_stages)}
@@ -104,14 +114,14 @@ def model_timestep_boundaries(boundaries: StageBoundaries, scheduler: SchedulerM
     """
     targets = torch.tensor(boundaries.log_snr, dtype=torch.float64)
     if isinstance(scheduler, _EDM_SCHEDULERS):
-        sigma = torch.exp(-targets / 2.0)                                     # inverts λ = −2·log σ
+        sigma = torch.exp(-targets / 2.0)  # inverts λ = −2·log σ
         return tuple(float(v) for v in scheduler.precondition_noise(sigma))
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        sigma = torch.sigmoid(-targets / 2.0)                                 # inverts λ = 2·log((1 − σ)/σ)
+        sigma = torch.sigmoid(-targets / 2.0)  # inverts λ = 2·log((1 − σ)/σ)
         return tuple(float(v) for v in sigma * scheduler.config.num_train_timesteps)
     if getattr(scheduler, "alphas_cumprod", None) is not None:
         grid = torch.arange(len(scheduler.alphas_cumprod), dtype=torch.float64)
-        table = _ddpm_log_snr(scheduler, grid)                                 # decreasing in timestep
+        table = _ddpm_log_snr(scheduler, grid)  # decreasing in timestep
         # Linear interpolation of the timestep at which λ crosses each target.
         idx = torch.searchsorted(-table, -targets).clamp(1, len(table) - 1)
         lam_hi, lam_lo = table[idx - 1], table[idx]
@@ -119,4 +129,5 @@ def model_timestep_boundaries(boundaries: StageBoundaries, scheduler: SchedulerM
         return tuple(float(v) for v in (idx - 1 + frac))
     raise UnsupportedSchedulerError(
         f"{type(scheduler).__name__} passes timesteps this module cannot map to noise levels; "
-        "use a DDPM-family, flow-matching or EDM scheduler")
+        "use a DDPM-family, flow-matching or EDM scheduler"
+    )

@@ -27,15 +27,15 @@ __all__ = [
 
 
 class ScheduleKind(str, Enum):
-    VP = "vp"                # score-SDE VP, continuous t (DPM-Solver's setting in the paper)
-    DDPM = "ddpm"            # discrete DDPM/DDIM with a beta table (diffusers DDPMScheduler/DDIMScheduler)
-    EDM = "edm"              # EDM: a = 1, b = σ(t) on Karras' ρ-spaced σ grid
-    FLOW = "flow"            # rectified flow / flow matching: x_t = (1 - t)·x0 + t·ε
+    VP = "vp"  # score-SDE VP, continuous t (DPM-Solver's setting in the paper)
+    DDPM = "ddpm"  # discrete DDPM/DDIM with a beta table (diffusers DDPMScheduler/DDIMScheduler)
+    EDM = "edm"  # EDM: a = 1, b = σ(t) on Karras' ρ-spaced σ grid
+    FLOW = "flow"  # rectified flow / flow matching: x_t = (1 - t)·x0 + t·ε
 
 
 class BetaSchedule(str, Enum):
-    LINEAR = "linear"                  # DDPM: betas linear in [beta_start, beta_end]
-    SCALED_LINEAR = "scaled_linear"    # Stable Diffusion: sqrt(betas) linear
+    LINEAR = "linear"  # DDPM: betas linear in [beta_start, beta_end]
+    SCALED_LINEAR = "scaled_linear"  # Stable Diffusion: sqrt(betas) linear
 
 
 class Schedule(BaseModel):
@@ -151,4 +151,3 @@ def build_schedule(kind: ScheduleKind | str) -> Schedule:
         ScheduleKind.EDM: EDMSchedule,
         ScheduleKind.FLOW: FlowMatchingSchedule,
     }[kind]()
-

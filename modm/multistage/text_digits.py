@@ -31,13 +31,19 @@ def digit_prompt(label: int) -> str:
 def _encode_digits(pipe: StableDiffusionPipeline, images: torch.Tensor, scale: float) -> torch.Tensor:
     pixels = pipe.unet.config.sample_size * pipe.vae_scale_factor
     rgb = F.interpolate(images, size=(pixels, pixels), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
-    return torch.cat([pipe.vae.encode(rgb[i:i + ENCODE_BATCH]).latent_dist.mean * scale
-                      for i in range(0, len(rgb), ENCODE_BATCH)])
+    return torch.cat(
+        [pipe.vae.encode(rgb[i : i + ENCODE_BATCH]).latent_dist.mean * scale for i in range(0, len(rgb), ENCODE_BATCH)]
+    )
 
 
-def train_text_conditioned_digits(unet: MultiStageUNet, steps: int, *, train_config: TrainConfig | None = None,
-                                  limit: int | None = None, seed: int = 0
-                                  ) -> tuple[StableDiffusionPipeline, list[float], list[float]]:
+def train_text_conditioned_digits(
+    unet: MultiStageUNet,
+    steps: int,
+    *,
+    train_config: TrainConfig | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> tuple[StableDiffusionPipeline, list[float], list[float]]:
     """Train unet for steps on digit latents; returns (pipeline, per-stage losses before, after).
 
     The pipeline's VAE gets a scaling factor that gives the digit latents unit variance, as SD's 0.18215 does for
@@ -48,7 +54,7 @@ def train_text_conditioned_digits(unet: MultiStageUNet, steps: int, *, train_con
     train_config = train_config or TrainConfig(batch_size=32, seed=seed)
     images, labels = load_digits_images(8, limit=limit)
     probe = build_multistage_sd_pipeline(unet, TinyStableDiffusionConfig(seed=seed))
-    raw_latents = _encode_digits(probe, images, 1.0)                                      # (N, 4, h, w)
+    raw_latents = _encode_digits(probe, images, 1.0)  # (N, 4, h, w)
     scale = 1.0 / float(raw_latents.std())
     # Same seed, so the same VAE weights; only the configured latent scale differs.
     pipe = build_multistage_sd_pipeline(unet, TinyStableDiffusionConfig(seed=seed, vae_scaling_factor=scale))
@@ -56,11 +62,11 @@ def train_text_conditioned_digits(unet: MultiStageUNet, steps: int, *, train_con
 
     with torch.no_grad():
         prompts = [digit_prompt(n) for n in range(10)] + [""]
-        embeddings = pipe.encode_prompt(prompts, torch.device("cpu"), 1, False)[0]          # (11, 77, D)
+        embeddings = pipe.encode_prompt(prompts, torch.device("cpu"), 1, False)[0]  # (11, 77, D)
     generator = torch.Generator().manual_seed(seed)
     prompt_index = labels.clone()
     prompt_index[torch.rand(len(labels), generator=generator) < UNCONDITIONAL_FRACTION] = 10
-    conditions = embeddings[prompt_index]                                                  # (N, 77, D)
+    conditions = embeddings[prompt_index]  # (N, 77, D)
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     trainer = StageSampledTrainer(unet, scheduler, latents, train_config, conditions=conditions)

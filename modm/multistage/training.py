@@ -31,9 +31,9 @@ __all__ = [
 
 
 class StageSampling(str, Enum):
-    UNIFORM = "uniform"   # every stage 1/n (the paper's DPM-Solver variant; oversamples narrow stages)
-    TIME = "time"         # ∝ the stage's share of timesteps: the same marginal t as a unified model
-    WEIGHTS = "weights"   # the explicit stage_weights
+    UNIFORM = "uniform"  # every stage 1/n (the paper's DPM-Solver variant; oversamples narrow stages)
+    TIME = "time"  # ∝ the stage's share of timesteps: the same marginal t as a unified model
+    WEIGHTS = "weights"  # the explicit stage_weights
 
 
 class TrainConfig(BaseModel):
@@ -44,15 +44,15 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     stage_sampling: StageSampling = Field(default=StageSampling.UNIFORM, description="How the step's stage is drawn.")
     stage_weights: tuple[float, ...] | None = Field(
-        default=None, description="Relative stage probabilities, low-noise stage first (stage_sampling=weights).")
+        default=None, description="Relative stage probabilities, low-noise stage first (stage_sampling=weights)."
+    )
     seed: int = Field(default=0, description="Seed of batches, stages, timesteps and noise.")
 
     @model_validator(mode="after")
     def _weights(self) -> "TrainConfig":
         if (self.stage_sampling is StageSampling.WEIGHTS) != (self.stage_weights is not None):
             raise ValueError("stage_weights must be given exactly when stage_sampling is 'weights'")
-        if self.stage_weights is not None and (any(w < 0 for w in self.stage_weights) or
-                                               sum(self.stage_weights) <= 0):
+        if self.stage_weights is not None and (any(w < 0 for w in self.stage_weights) or sum(self.stage_weights) <= 0):
             raise ValueError(f"stage_weights must be non-negative with a positive sum, got {self.stage_weights}")
         return self
 
@@ -89,8 +89,9 @@ class StageValidationSet:
     conditions: list[torch.Tensor] | None = None
 
 
-def make_stage_validation(data: torch.Tensor, ranges: list[tuple[int, int]], per_stage: int, seed: int,
-                          conditions: torch.Tensor | None = None) -> StageValidationSet:
+def make_stage_validation(
+    data: torch.Tensor, ranges: list[tuple[int, int]], per_stage: int, seed: int, conditions: torch.Tensor | None = None
+) -> StageValidationSet:
     generator = torch.Generator().manual_seed(seed)
     images, noise, timesteps, picked_conditions = [], [], [], []
     for lo, hi in ranges:
@@ -100,8 +101,12 @@ def make_stage_validation(data: torch.Tensor, ranges: list[tuple[int, int]], per
         timesteps.append(torch.randint(lo, hi, (per_stage,), generator=generator))
         if conditions is not None:
             picked_conditions.append(conditions[index])
-    return StageValidationSet(images=images, noise=noise, timesteps=timesteps,
-                              conditions=picked_conditions if conditions is not None else None)
+    return StageValidationSet(
+        images=images,
+        noise=noise,
+        timesteps=timesteps,
+        conditions=picked_conditions if conditions is not None else None,
+    )
 
 
 class StageSampledTrainer:
@@ -111,14 +116,22 @@ class StageSampledTrainer:
     encoder_hidden_states that go with each training image.
     """
 
-    def __init__(self, model: MultiStageUNet, scheduler: DDPMScheduler, data: torch.Tensor, config: TrainConfig,
-                 conditions: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: MultiStageUNet,
+        scheduler: DDPMScheduler,
+        data: torch.Tensor,
+        config: TrainConfig,
+        conditions: torch.Tensor | None = None,
+    ):
         if len(data) == 0:
             raise ValueError("the training set is empty")
         conditioned = model.config.cross_attention_dim is not None
         if conditioned and (conditions is None or len(conditions) != len(data)):
-            raise ValueError(f"a text-conditioned model needs one condition per image: {len(data)} images, "
-                             f"{'no' if conditions is None else len(conditions)} conditions")
+            raise ValueError(
+                f"a text-conditioned model needs one condition per image: {len(data)} images, "
+                f"{'no' if conditions is None else len(conditions)} conditions"
+            )
         if not conditioned and conditions is not None:
             raise ValueError("conditions were given for an unconditional model (cross_attention_dim=None)")
         self.model, self.scheduler, self.data, self.config = model, scheduler, data, config
@@ -126,14 +139,16 @@ class StageSampledTrainer:
         self.ranges = stage_timestep_ranges(model.config.stage_boundaries, scheduler.config.num_train_timesteps)
         self.probabilities = stage_probabilities(config, self.ranges)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         self._step_flops = [self._measure_step_flops(k) for k in range(len(self.ranges))]
         self.total_flops = 0
         self.steps_per_stage = [0] * len(self.ranges)
 
-    def _loss(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-              conditions: torch.Tensor | None = None) -> torch.Tensor:
+    def _loss(
+        self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         noisy = self.scheduler.add_noise(images, noise, timesteps)
         return torch.nn.functional.mse_loss(self.model(noisy, timesteps, conditions).sample, noise)
 
@@ -173,5 +188,7 @@ class StageSampledTrainer:
     def validation_losses(self, validation: StageValidationSet) -> list[float]:
         """Mean ε-MSE on each stage's fixed validation samples."""
         conditions = validation.conditions or [None] * len(validation.images)
-        return [float(self._loss(x, n, t, c)) for x, n, t, c in
-                zip(validation.images, validation.noise, validation.timesteps, conditions)]
+        return [
+            float(self._loss(x, n, t, c))
+            for x, n, t, c in zip(validation.images, validation.noise, validation.timesteps, conditions)
+        ]

@@ -16,9 +16,21 @@ from modm.parallel.partition import balanced_contiguous_split, check_patch_divis
 from modm.parallel.pipeline import ParallelDenoiser, ParallelPipeline, parallelize_denoiser
 
 __all__ = [
-    "ParallelConfig", "ParallelMethod", "GroupNormMode",
-    "ParallelContext", "init_parallel", "backend_for_device",
-    "ParallelPipeline", "ParallelDenoiser", "parallelize_denoiser",
-    "ParallelConfigError", "PatchSplitError", "UnsupportedModelError", "RendezvousError",
-    "balanced_contiguous_split", "check_patch_divisible", "rank_layout", "row_range",
+    "ParallelConfig",
+    "ParallelMethod",
+    "GroupNormMode",
+    "ParallelContext",
+    "init_parallel",
+    "backend_for_device",
+    "ParallelPipeline",
+    "ParallelDenoiser",
+    "parallelize_denoiser",
+    "ParallelConfigError",
+    "PatchSplitError",
+    "UnsupportedModelError",
+    "RendezvousError",
+    "balanced_contiguous_split",
+    "check_patch_divisible",
+    "rank_layout",
+    "row_range",
 ]

@@ -38,8 +38,8 @@ class ParallelContext:
     device: torch.device
     backend: str
     layout: RankLayout
-    world_group: object | None             # None when world_size == 1 (no process group needed)
-    patch_group: object | None             # ranks sharing one image; None when a rank owns the whole image
+    world_group: object | None  # None when world_size == 1 (no process group needed)
+    patch_group: object | None  # ranks sharing one image; None when a rank owns the whole image
     owns_process_group: bool = field(default=False)  # True when init_parallel created it (and destroy tears it down)
 
     @property
@@ -62,8 +62,15 @@ class ParallelContext:
         self.world_group = self.patch_group = None
 
 
-def init_parallel(cfg: ParallelConfig, *, rank: int, world_size: int, init_method: str | None = None,
-                  device: torch.device | str = "cpu", timeout_s: float | None = None) -> ParallelContext:
+def init_parallel(
+    cfg: ParallelConfig,
+    *,
+    rank: int,
+    world_size: int,
+    init_method: str | None = None,
+    device: torch.device | str = "cpu",
+    timeout_s: float | None = None,
+) -> ParallelContext:
     """Join (or adopt) the default process group and build the patch groups for `cfg`.
 
     Args:
@@ -89,19 +96,20 @@ def init_parallel(cfg: ParallelConfig, *, rank: int, world_size: int, init_metho
         if dist.get_rank() != rank or dist.get_world_size() != world_size:
             raise ParallelConfigError(
                 f"an existing process group has rank {dist.get_rank()} of {dist.get_world_size()}, "
-                f"but rank {rank} of {world_size} was requested")
+                f"but rank {rank} of {world_size} was requested"
+            )
     else:
         if init_method is None:
             raise ParallelConfigError("init_method is required to form a new process group (e.g. 'env://')")
         if device.type == "cuda":
             torch.cuda.set_device(device)  # before init: NCCL binds communicators to the current device
         try:
-            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                                    timeout=timeout)
+            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout)
         except Exception as exc:  # torch raises DistStoreError/RuntimeError/TimeoutError depending on the stage
             raise RendezvousError(
                 f"rank {rank} could not form a {backend} process group of {world_size} ranks at {init_method} "
-                f"within {timeout.total_seconds():.0f} s: {exc}") from exc
+                f"within {timeout.total_seconds():.0f} s: {exc}"
+            ) from exc
         owns = True
     # Every rank must create every subgroup, in the same order, even the ones it is not a member of.
     patch_group = None
@@ -111,7 +119,24 @@ def init_parallel(cfg: ParallelConfig, *, rank: int, world_size: int, init_metho
         else:
             created = [dist.new_group(list(ranks), timeout=timeout) for ranks in layout.all_patch_groups]
             patch_group = created[layout.batch_index]
-    logger.info("rank %d/%d joined (%s on %s, stripe %d of %d, CFG half %d)", rank, world_size, backend, device,
-                layout.patch_index, layout.patch_world_size, layout.batch_index)
-    return ParallelContext(cfg, rank, world_size, device, backend, layout, world_group=dist.group.WORLD,
-                           patch_group=patch_group, owns_process_group=owns)
+    logger.info(
+        "rank %d/%d joined (%s on %s, stripe %d of %d, CFG half %d)",
+        rank,
+        world_size,
+        backend,
+        device,
+        layout.patch_index,
+        layout.patch_world_size,
+        layout.batch_index,
+    )
+    return ParallelContext(
+        cfg,
+        rank,
+        world_size,
+        device,
+        backend,
+        layout,
+        world_group=dist.group.WORLD,
+        patch_group=patch_group,
+        owns_process_group=owns,
+    )

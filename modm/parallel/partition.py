@@ -11,7 +11,11 @@ from typing import Sequence
 from modm.parallel.errors import ParallelConfigError, PatchSplitError
 
 __all__ = [
-    "RankLayout", "rank_layout", "row_range", "check_patch_divisible", "balanced_contiguous_split",
+    "RankLayout",
+    "rank_layout",
+    "row_range",
+    "check_patch_divisible",
+    "balanced_contiguous_split",
 ]
 
 
@@ -19,10 +23,10 @@ __all__ = [
 class RankLayout:
     """Where one rank sits when the world is optionally cut into two CFG halves, each splitting the image."""
 
-    batch_index: int                  # 0 = unconditional half, 1 = conditional half (0 without cfg_split)
-    num_batch_splits: int             # 2 with cfg_split, else 1
-    patch_index: int                  # which row stripe this rank owns inside its half
-    patch_world_size: int             # ranks sharing one image (stripes per image)
+    batch_index: int  # 0 = unconditional half, 1 = conditional half (0 without cfg_split)
+    num_batch_splits: int  # 2 with cfg_split, else 1
+    patch_index: int  # which row stripe this rank owns inside its half
+    patch_world_size: int  # ranks sharing one image (stripes per image)
     patch_group_ranks: tuple[int, ...]  # global ranks of this rank's half, in stripe order
     all_patch_groups: tuple[tuple[int, ...], ...]  # every half, in creation order (all ranks create all groups)
 
@@ -37,8 +41,14 @@ def rank_layout(rank: int, world_size: int, cfg_split: bool) -> RankLayout:
     per_half = world_size // splits
     groups = tuple(tuple(range(h * per_half, (h + 1) * per_half)) for h in range(splits))
     batch_index = rank // per_half
-    return RankLayout(batch_index=batch_index, num_batch_splits=splits, patch_index=rank % per_half,
-                      patch_world_size=per_half, patch_group_ranks=groups[batch_index], all_patch_groups=groups)
+    return RankLayout(
+        batch_index=batch_index,
+        num_batch_splits=splits,
+        patch_index=rank % per_half,
+        patch_world_size=per_half,
+        patch_group_ranks=groups[batch_index],
+        all_patch_groups=groups,
+    )
 
 
 def row_range(height: int, parts: int, index: int) -> tuple[int, int]:
@@ -59,13 +69,15 @@ def check_patch_divisible(latent_height: int, downsample_factor: int, parts: int
     """
     if latent_height % downsample_factor:
         raise PatchSplitError(
-            f"latent height {latent_height} is not a multiple of the model's downsampling factor {downsample_factor}")
+            f"latent height {latent_height} is not a multiple of the model's downsampling factor {downsample_factor}"
+        )
     smallest = latent_height // downsample_factor
     if smallest % parts:
         raise PatchSplitError(
             f"the smallest feature map has {smallest} rows (latent {latent_height} / {downsample_factor}), "
             f"which {parts} ranks cannot split into equal stripes; use a height whose latent is a multiple of "
-            f"{downsample_factor * parts}")
+            f"{downsample_factor * parts}"
+        )
 
 
 def balanced_contiguous_split(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:

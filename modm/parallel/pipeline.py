@@ -20,8 +20,13 @@ from modm.parallel.context import ParallelContext
 from modm.parallel.distrifusion import wrap_naive_patch, wrap_sd3_transformer, wrap_unet
 from modm.parallel.errors import ParallelConfigError, UnsupportedModelError
 
-__all__ = ["CollectiveStop", "ParallelDenoiser", "ParallelGenerationStopped", "ParallelPipeline",
-           "parallelize_denoiser"]
+__all__ = [
+    "CollectiveStop",
+    "ParallelDenoiser",
+    "ParallelGenerationStopped",
+    "ParallelPipeline",
+    "parallelize_denoiser",
+]
 
 
 class ParallelGenerationStopped(Exception):
@@ -49,16 +54,18 @@ class _Unchanged:
         pass
 
 
-def parallelize_denoiser(model: nn.Module, ctx: ParallelContext,
-                         timesteps: Callable[[], torch.Tensor] | None = None) -> ParallelDenoiser:
+def parallelize_denoiser(
+    model: nn.Module, ctx: ParallelContext, timesteps: Callable[[], torch.Tensor] | None = None
+) -> ParallelDenoiser:
     """Attach `ctx.config.method` to a UNet2DConditionModel or SD3Transformer2DModel, in place.
 
     `timesteps` returns the scheduler's current timesteps (AsyncDiff stride 2 runs components one step ahead).
     """
     method = ctx.config.method
     if not isinstance(model, (UNet2DConditionModel, SD3Transformer2DModel)):
-        raise UnsupportedModelError(f"parallel inference supports UNet2DConditionModel and SD3Transformer2DModel, "
-                                    f"got {type(model).__name__}")
+        raise UnsupportedModelError(
+            f"parallel inference supports UNet2DConditionModel and SD3Transformer2DModel, got {type(model).__name__}"
+        )
     if method is ParallelMethod.NONE:
         return _Unchanged()
     if method is ParallelMethod.NAIVE_PATCH:
@@ -90,12 +97,15 @@ class ParallelPipeline:
     def __call__(self, *args, stop: CollectiveStop | None = None, **kwargs) -> Any:
         """`stop`: checked after every denoising step on every rank (see CollectiveStop)."""
         if self.ctx.world_size > 1 and kwargs.get("generator") is None and kwargs.get("latents") is None:
-            raise ParallelConfigError("pass a seeded `generator` (or `latents`) so every rank starts from the same "
-                                      "noise")
+            raise ParallelConfigError(
+                "pass a seeded `generator` (or `latents`) so every rank starts from the same noise"
+            )
         if stop is not None:
             if "callback_on_step_end" not in inspect.signature(type(self.pipe).__call__).parameters:
-                raise UnsupportedModelError(f"{type(self.pipe).__name__} takes no callback_on_step_end: a parallel "
-                                            f"generation could not be stopped")
+                raise UnsupportedModelError(
+                    f"{type(self.pipe).__name__} takes no callback_on_step_end: a parallel "
+                    f"generation could not be stopped"
+                )
             kwargs["callback_on_step_end"] = stop.on_step_end
         self.parallel.begin_call()
         try:
@@ -128,6 +138,7 @@ class CollectiveStop:
         if self.ctx.world_group is not None:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ctx.world_group)
         if flag.item() > 0:
-            raise ParallelGenerationStopped(f"stopped after denoising step {step + 1} on all "
-                                            f"{self.ctx.world_size} ranks")
+            raise ParallelGenerationStopped(
+                f"stopped after denoising step {step + 1} on all {self.ctx.world_size} ranks"
+            )
         return {}

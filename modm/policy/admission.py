@@ -17,8 +17,9 @@ def should_admit(admission: Admission | str, *, from_large_model: bool, refined:
     try:
         admission = Admission(admission)
     except ValueError:
-        raise ValueError(f"unknown admission policy {admission!r}; choose one of "
-                         f"{[a.value for a in Admission]}") from None
+        raise ValueError(
+            f"unknown admission policy {admission!r}; choose one of {[a.value for a in Admission]}"
+        ) from None
     for name, value in (("from_large_model", from_large_model), ("refined", refined)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a bool, got {value!r}")

@@ -12,9 +12,9 @@ __all__ = ["AdmissionVerdict", "PoolLoad", "admit", "seconds_to_drain"]
 
 @dataclass(frozen=True)
 class PoolLoad:
-    in_flight: int      # requests sent to the pool and not answered yet (queued or running)
-    replicas: int       # replicas serving the pool, one request at a time each
-    latency_s: float    # profiled seconds of one request on one replica
+    in_flight: int  # requests sent to the pool and not answered yet (queued or running)
+    replicas: int  # replicas serving the pool, one request at a time each
+    latency_s: float  # profiled seconds of one request on one replica
 
     def __post_init__(self) -> None:
         if not isinstance(self.in_flight, int) or self.in_flight < 0:
@@ -39,7 +39,7 @@ class PoolLoad:
 class AdmissionVerdict:
     admitted: bool
     expected_latency_s: float  # of this request, had it been admitted
-    retry_after_s: int         # whole seconds until it would be admitted (0 when admitted), for Retry-After
+    retry_after_s: int  # whole seconds until it would be admitted (0 when admitted), for Retry-After
 
 
 def seconds_to_drain(load: PoolLoad, requests: int) -> int:
@@ -58,5 +58,4 @@ def admit(load: PoolLoad, bound_s: float) -> AdmissionVerdict:
     excess = load.in_flight + 1 - load.capacity(bound_s)
     if excess <= 0:
         return AdmissionVerdict(admitted=True, expected_latency_s=expected, retry_after_s=0)
-    return AdmissionVerdict(admitted=False, expected_latency_s=expected,
-                            retry_after_s=seconds_to_drain(load, excess))
+    return AdmissionVerdict(admitted=False, expected_latency_s=expected, retry_after_s=seconds_to_drain(load, excess))

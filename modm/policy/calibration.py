@@ -21,7 +21,7 @@ from modm.config.schema import KRule, PolicyConfig
 class QualitySample:
     score: float
     k: int
-    quality: float       # Q of the image refined at k
+    quality: float  # Q of the image refined at k
     full_quality: float  # Q of the full large-model image for the same prompt
 
 
@@ -41,8 +41,9 @@ def threshold_for_k(samples: list[QualitySample], alpha: float, min_samples: int
     return best
 
 
-def fit_k_table(samples: Iterable[QualitySample], *, alpha: float = 0.95, total_steps: int = 50,
-                min_samples: int = 20) -> tuple[KRule, ...]:
+def fit_k_table(
+    samples: Iterable[QualitySample], *, alpha: float = 0.95, total_steps: int = 50, min_samples: int = 20
+) -> tuple[KRule, ...]:
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha={alpha} must be in (0, 1]")
     by_k: dict[int, list[QualitySample]] = {}

@@ -19,10 +19,10 @@ from modm.config.schema import MonitorConfig, MonitorMode
 
 @dataclass(frozen=True)
 class WindowStats:
-    request_rate: float               # R, requests per minute
-    hit_rate: float                   # H in [0, 1]
-    k_mix: Mapping[int, float]        # P(k) over hits; normalised here
-    total_steps: int = 50             # T
+    request_rate: float  # R, requests per minute
+    hit_rate: float  # H in [0, 1]
+    k_mix: Mapping[int, float]  # P(k) over hits; normalised here
+    total_steps: int = 50  # T
 
     def __post_init__(self):
         if self.request_rate < 0 or not 0 <= self.hit_rate <= 1:
@@ -47,7 +47,7 @@ class Throughput:
 class Allocation:
     large: int
     small: int
-    target: float          # the unsmoothed heuristic target for N_large
+    target: float  # the unsmoothed heuristic target for N_large
     feasible: bool = True  # quality mode: False when even the best split cannot cover the load
 
 
@@ -132,8 +132,15 @@ class GlobalMonitor:
         n = self.cfg.gpu_budget
         start = n - self.cfg.min_small if self.initial_large is None else self.initial_large
         lo, hi = self.bounds
-        self.pid = PIDController(self.cfg.kp, self.cfg.ki, self.cfg.kd, self.cfg.pid_dt, float(n),
-                                 current=float(max(lo, min(hi, start))), bounds=(float(lo), float(hi)))
+        self.pid = PIDController(
+            self.cfg.kp,
+            self.cfg.ki,
+            self.cfg.kd,
+            self.cfg.pid_dt,
+            float(n),
+            current=float(max(lo, min(hi, start))),
+            bounds=(float(lo), float(hi)),
+        )
 
     @property
     def bounds(self) -> tuple[int, int]:

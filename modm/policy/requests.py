@@ -25,6 +25,7 @@ def check_dimensions(width: int, height: int, *, size_multiple: int, max_size: i
     for side, value in (("width", width), ("height", height)):
         if value <= 0 or value % size_multiple:
             raise InvalidRequestError(
-                f"{side}={value} must be a positive multiple of {size_multiple} for model {model!r}")
+                f"{side}={value} must be a positive multiple of {size_multiple} for model {model!r}"
+            )
         if value > max_size:
             raise InvalidRequestError(f"{side}={value} exceeds the largest size {max_size} of model {model!r}")

@@ -8,12 +8,11 @@ from typing import Sequence
 from modm.config.schema import NIRVANA_K_CHOICES, NIRVANA_TABLE, KRule, PolicyConfig  # noqa: F401 -- re-exported
 
 
-
 @dataclass(frozen=True)
 class RetrievalDecision:
     hit: bool
-    k: int            # steps skipped of total_steps; 0 for a miss
-    strength: float   # img2img strength = 1 - k/T; 1.0 for a miss (a full generation)
+    k: int  # steps skipped of total_steps; 0 for a miss
+    strength: float  # img2img strength = 1 - k/T; 1.0 for a miss (a full generation)
     score: float | None
 
     @classmethod
@@ -48,6 +47,7 @@ class KTable:
             return RetrievalDecision.miss()
         for rule in self.rules:
             if score >= rule.min_score if self.inclusive else score > rule.min_score:
-                return RetrievalDecision(hit=True, k=rule.k, strength=1.0 - rule.k / self.total_steps,
-                                         score=float(score))
+                return RetrievalDecision(
+                    hit=True, k=rule.k, strength=1.0 - rule.k / self.total_steps, score=float(score)
+                )
         return RetrievalDecision.miss(float(score))

@@ -20,7 +20,7 @@ class Pool(str, Enum):
 
 @dataclass(frozen=True)
 class PoolState:
-    replicas: int   # running replicas of the pool's deployment
+    replicas: int  # running replicas of the pool's deployment
     in_flight: int  # requests sent to the pool and not yet answered
 
     @property

@@ -17,7 +17,7 @@ SHARED_NAMESPACE = "@shared"
 @dataclass(frozen=True)
 class CacheScope:
     read: tuple[str, ...]  # namespaces a retrieval searches
-    write: str             # namespace a result of this tenant is admitted to
+    write: str  # namespace a result of this tenant is admitted to
 
 
 def cache_scope(tenant: str, shared_pool_tenants: Collection[str]) -> CacheScope:

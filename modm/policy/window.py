@@ -40,13 +40,21 @@ class WindowCounts:
             raise ValueError(f"k counts {dict(self.k_counts)} do not add up to hits={self.hits}")
 
     def as_dict(self) -> dict:
-        return {"arrivals": self.arrivals, "decided": self.decided, "hits": self.hits,
-                "k_counts": {int(k): int(n) for k, n in self.k_counts.items()}}
+        return {
+            "arrivals": self.arrivals,
+            "decided": self.decided,
+            "hits": self.hits,
+            "k_counts": {int(k): int(n) for k, n in self.k_counts.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> WindowCounts:
-        return cls(arrivals=int(data["arrivals"]), decided=int(data["decided"]), hits=int(data["hits"]),
-                   k_counts={int(k): int(n) for k, n in data["k_counts"].items()})
+        return cls(
+            arrivals=int(data["arrivals"]),
+            decided=int(data["decided"]),
+            hits=int(data["hits"]),
+            k_counts={int(k): int(n) for k, n in data["k_counts"].items()},
+        )
 
 
 class WindowCounter:
@@ -85,6 +93,9 @@ class WindowCounter:
         if elapsed_s <= 0:
             raise ValueError(f"elapsed_s must be positive, got {elapsed_s}")
         counts = self.take()
-        return WindowStats(request_rate=counts.arrivals / elapsed_s * 60.0,
-                           hit_rate=counts.hits / counts.decided if counts.decided else 0.0,
-                           k_mix=dict(counts.k_counts), total_steps=total_steps)
+        return WindowStats(
+            request_rate=counts.arrivals / elapsed_s * 60.0,
+            hit_rate=counts.hits / counts.decided if counts.decided else 0.0,
+            k_mix=dict(counts.k_counts),
+            total_steps=total_steps,
+        )

@@ -4,8 +4,7 @@ Ray-free. `python -m modm.quality.cli` (or `modm quality`) is the command line; 
 into the quality function Q of `modm policy calibrate`.
 """
 
-from modm.quality.calibration import (CalibrationPair, load_calibration_manifest, quality_samples,
-                                      write_quality_samples)
+from modm.quality.calibration import CalibrationPair, load_calibration_manifest, quality_samples, write_quality_samples
 from modm.quality.clip_score import ClipScorer, clip_score_from_embeddings
 from modm.quality.config import ClipScoreConfig, FeatureDims, InceptionConfig, InceptionWeights, PickScoreConfig
 from modm.quality.errors import FidNumericalError, LowRankCovarianceError, QualityInputError
@@ -19,11 +18,42 @@ from modm.quality.pick_score import PickScorer, pick_score_from_embeddings
 from modm.quality.report import GroupRow, format_table, summarise
 
 __all__ = [
-    "CalibrationPair", "ClipScoreConfig", "ClipScorer", "FeatureDims", "FeatureStats", "FidNumericalError",
-    "FidResult", "GroupBy", "GroupRow", "ImageEntry", "ImageSetScores", "InceptionConfig",
-    "InceptionFeatureExtractor", "InceptionOutputs", "InceptionScore", "InceptionWeights", "LowRankCovarianceError",
-    "PickScoreConfig", "PickScorer", "PromptImageMetric", "PromptSource", "QualityInputError", "build_inception",
-    "clip_score_from_embeddings", "compute_feature_stats", "feature_stats", "format_table", "frechet_distance",
-    "group_indices", "inception_score", "load_calibration_manifest", "load_image_set", "load_rgb",
-    "pick_score_from_embeddings", "quality_samples", "score_image_set", "summarise", "write_quality_samples",
+    "CalibrationPair",
+    "ClipScoreConfig",
+    "ClipScorer",
+    "FeatureDims",
+    "FeatureStats",
+    "FidNumericalError",
+    "FidResult",
+    "GroupBy",
+    "GroupRow",
+    "ImageEntry",
+    "ImageSetScores",
+    "InceptionConfig",
+    "InceptionFeatureExtractor",
+    "InceptionOutputs",
+    "InceptionScore",
+    "InceptionWeights",
+    "LowRankCovarianceError",
+    "PickScoreConfig",
+    "PickScorer",
+    "PromptImageMetric",
+    "PromptSource",
+    "QualityInputError",
+    "build_inception",
+    "clip_score_from_embeddings",
+    "compute_feature_stats",
+    "feature_stats",
+    "format_table",
+    "frechet_distance",
+    "group_indices",
+    "inception_score",
+    "load_calibration_manifest",
+    "load_image_set",
+    "load_rgb",
+    "pick_score_from_embeddings",
+    "quality_samples",
+    "score_image_set",
+    "summarise",
+    "write_quality_samples",
 ]

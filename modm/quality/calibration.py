@@ -21,8 +21,13 @@ from modm.quality.errors import QualityInputError
 from modm.quality.evaluate import DEFAULT_READ_BATCH, PromptImageMetric
 from modm.quality.images import ImageEntry, read_manifest_table, iter_image_batches
 
-__all__ = ["CALIBRATION_COLUMNS", "CalibrationPair", "load_calibration_manifest", "quality_samples",
-           "write_quality_samples"]
+__all__ = [
+    "CALIBRATION_COLUMNS",
+    "CalibrationPair",
+    "load_calibration_manifest",
+    "quality_samples",
+    "write_quality_samples",
+]
 
 CALIBRATION_COLUMNS = ("prompt", "score", "k", "refined_path", "full_path")
 
@@ -30,10 +35,10 @@ CALIBRATION_COLUMNS = ("prompt", "score", "k", "refined_path", "full_path")
 @dataclass(frozen=True)
 class CalibrationPair:
     prompt: str
-    score: float        # retrieval similarity of the prompt to the cached image that was refined
-    k: int              # denoising steps skipped by the refinement
+    score: float  # retrieval similarity of the prompt to the cached image that was refined
+    k: int  # denoising steps skipped by the refinement
     refined_path: Path  # the refined (hit) image
-    full_path: Path     # the large model's full generation for the same prompt
+    full_path: Path  # the large model's full generation for the same prompt
 
 
 def load_calibration_manifest(path: str | Path) -> list[CalibrationPair]:
@@ -70,17 +75,21 @@ def _score_all(entries: list[ImageEntry], metric: PromptImageMetric, read_batch:
     return scores
 
 
-def quality_samples(pairs: Sequence[CalibrationPair], metric: PromptImageMetric, *,
-                    read_batch: int = DEFAULT_READ_BATCH) -> list[QualitySample]:
+def quality_samples(
+    pairs: Sequence[CalibrationPair], metric: PromptImageMetric, *, read_batch: int = DEFAULT_READ_BATCH
+) -> list[QualitySample]:
     """One `QualitySample` per pair, with Q = `metric` of each image against the pair's prompt."""
     if not pairs:
         raise QualityInputError("no calibration pairs")
     refined = _score_all([ImageEntry(p.refined_path, p.prompt) for p in pairs], metric, read_batch)
     full_keys = list(dict.fromkeys((p.full_path, p.prompt) for p in pairs))
-    full_scores = dict(zip(full_keys, _score_all([ImageEntry(path, prompt) for path, prompt in full_keys],
-                                                 metric, read_batch)))
-    return [QualitySample(score=p.score, k=p.k, quality=q, full_quality=full_scores[(p.full_path, p.prompt)])
-            for p, q in zip(pairs, refined)]
+    full_scores = dict(
+        zip(full_keys, _score_all([ImageEntry(path, prompt) for path, prompt in full_keys], metric, read_batch))
+    )
+    return [
+        QualitySample(score=p.score, k=p.k, quality=q, full_quality=full_scores[(p.full_path, p.prompt)])
+        for p, q in zip(pairs, refined)
+    ]
 
 
 def write_quality_samples(path: str | Path, samples: Sequence[QualitySample]) -> Path:
@@ -90,8 +99,14 @@ def write_quality_samples(path: str | Path, samples: Sequence[QualitySample]) ->
     import pyarrow.parquet as pq
 
     path = Path(path)
-    table = pa.table({"score": [s.score for s in samples], "k": pa.array([s.k for s in samples], pa.int32()),
-                      "quality": [s.quality for s in samples], "full_quality": [s.full_quality for s in samples]})
+    table = pa.table(
+        {
+            "score": [s.score for s in samples],
+            "k": pa.array([s.k for s in samples], pa.int32()),
+            "quality": [s.quality for s in samples],
+            "full_quality": [s.full_quality for s in samples],
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         pq.write_table(table, path)

@@ -54,8 +54,16 @@ class ClipScorer:
     @classmethod
     def from_config(cls, cfg: ClipScoreConfig, *, device: torch.device | None = None) -> "ClipScorer":
         device = device or resolve_device(cfg.device)
-        return cls(OpenClipEmbedder(cfg.model, cfg.pretrained, device=device, batch_size=cfg.batch_size,
-                                    quick_gelu=cfg.quick_gelu, field="clip"))
+        return cls(
+            OpenClipEmbedder(
+                cfg.model,
+                cfg.pretrained,
+                device=device,
+                batch_size=cfg.batch_size,
+                quick_gelu=cfg.quick_gelu,
+                field="clip",
+            )
+        )
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         if len(images) != len(prompts):

@@ -30,14 +30,18 @@ class PromptImageMetric(Protocol):
 @dataclass(frozen=True)
 class ImageSetScores:
     entries: list[ImageEntry]
-    per_image: dict[str, np.ndarray]    # metric name -> (n,) scores
+    per_image: dict[str, np.ndarray]  # metric name -> (n,) scores
     features: np.ndarray | None = None  # (n, dims) Inception features
-    logits: np.ndarray | None = None    # (n, classes) Inception logits
+    logits: np.ndarray | None = None  # (n, classes) Inception logits
 
 
-def score_image_set(entries: Sequence[ImageEntry], metrics: Sequence[PromptImageMetric] = (),
-                    inception: InceptionFeatureExtractor | None = None, *,
-                    read_batch: int = DEFAULT_READ_BATCH) -> ImageSetScores:
+def score_image_set(
+    entries: Sequence[ImageEntry],
+    metrics: Sequence[PromptImageMetric] = (),
+    inception: InceptionFeatureExtractor | None = None,
+    *,
+    read_batch: int = DEFAULT_READ_BATCH,
+) -> ImageSetScores:
     entries = list(entries)
     if not entries:
         raise QualityInputError("no images to score")
@@ -58,15 +62,17 @@ def score_image_set(entries: Sequence[ImageEntry], metrics: Sequence[PromptImage
             logits.append(out.logits)
     for name, values in per_image.items():
         if not np.isfinite(values).all():
-            raise QualityInputError(f"{name} produced non-finite scores for {int((~np.isfinite(values)).sum())} "
-                                    f"image(s)")
-    return ImageSetScores(entries, per_image,
-                          np.concatenate(features) if features else None,
-                          np.concatenate(logits) if logits else None)
+            raise QualityInputError(
+                f"{name} produced non-finite scores for {int((~np.isfinite(values)).sum())} image(s)"
+            )
+    return ImageSetScores(
+        entries, per_image, np.concatenate(features) if features else None, np.concatenate(logits) if logits else None
+    )
 
 
-def compute_feature_stats(entries: Sequence[ImageEntry], inception: InceptionFeatureExtractor, *,
-                          read_batch: int = DEFAULT_READ_BATCH) -> FeatureStats:
+def compute_feature_stats(
+    entries: Sequence[ImageEntry], inception: InceptionFeatureExtractor, *, read_batch: int = DEFAULT_READ_BATCH
+) -> FeatureStats:
     """FID statistics of an image set (prompts are not needed)."""
     scores = score_image_set(entries, (), inception, read_batch=read_batch)
     return feature_stats(scores.features, inception.extractor_id)

@@ -24,11 +24,18 @@ from scipy import linalg
 
 from modm.quality.errors import FidNumericalError, LowRankCovarianceError, QualityInputError
 
-__all__ = ["DEFAULT_SQRTM_EPS", "FeatureStats", "FidResult", "IMAGINARY_ATOL", "check_rank", "feature_stats",
-           "frechet_distance"]
+__all__ = [
+    "DEFAULT_SQRTM_EPS",
+    "FeatureStats",
+    "FidResult",
+    "IMAGINARY_ATOL",
+    "check_rank",
+    "feature_stats",
+    "frechet_distance",
+]
 
-DEFAULT_SQRTM_EPS = 1e-6   # pytorch_fid's offset
-IMAGINARY_ATOL = 1e-3      # pytorch_fid's test for a negligible imaginary part
+DEFAULT_SQRTM_EPS = 1e-6  # pytorch_fid's offset
+IMAGINARY_ATOL = 1e-3  # pytorch_fid's test for a negligible imaginary part
 # sqrtm's rounding on (near-)singular products is about sqrt(machine eps) per dimension, relative to the traces;
 # it can leave FID(a, a) a hair below 0. Within that it is reported as 0; anything more negative is an error.
 _NEGATIVE_RTOL_PER_DIM = float(np.sqrt(np.finfo(np.float64).eps))
@@ -36,7 +43,7 @@ _NEGATIVE_RTOL_PER_DIM = float(np.sqrt(np.finfo(np.float64).eps))
 
 @dataclass(frozen=True)
 class FeatureStats:
-    mu: np.ndarray     # (d,)
+    mu: np.ndarray  # (d,)
     sigma: np.ndarray  # (d, d)
     n: int
     extractor: str = ""
@@ -101,12 +108,13 @@ class FidResult:
     n_a: int
     n_b: int
     dims: int
-    reliable: bool         # False when either covariance is rank-deficient (allow_low_rank)
+    reliable: bool  # False when either covariance is rank-deficient (allow_low_rank)
     eps_offset_used: bool  # the plain sqrtm was not finite and the eps-offset retry was used
 
 
-def _sqrtm_trace(sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float, *, singular_expected: bool
-                 ) -> tuple[float, bool]:
+def _sqrtm_trace(
+    sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float, *, singular_expected: bool
+) -> tuple[float, bool]:
     """Tr((S_a S_b)^(1/2)) and whether the eps offset was needed."""
     offset_used = False
     with warnings.catch_warnings():
@@ -122,8 +130,10 @@ def _sqrtm_trace(sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float, *, singul
     if np.iscomplexobj(covmean):
         imaginary = float(np.max(np.abs(np.diagonal(covmean).imag)))
         if imaginary > IMAGINARY_ATOL:
-            raise FidNumericalError(f"the matrix square root has imaginary parts up to {imaginary:.3g} on its "
-                                    f"diagonal (> {IMAGINARY_ATOL}): the covariances are numerically unusable")
+            raise FidNumericalError(
+                f"the matrix square root has imaginary parts up to {imaginary:.3g} on its "
+                f"diagonal (> {IMAGINARY_ATOL}): the covariances are numerically unusable"
+            )
         covmean = covmean.real
     return float(np.trace(covmean)), offset_used
 
@@ -135,17 +145,20 @@ def check_rank(n_a: int, n_b: int, dims: int, *, allow_low_rank: bool) -> bool:
         raise LowRankCovarianceError(
             f"FID on {dims}-d features needs more than {dims} images per set, got {n_a} and {n_b}: the "
             f"covariance is singular and the FID unreliable. Use more images (10,000 is usual), fewer feature dims, "
-            f"or allow_low_rank to compute it anyway (marked unreliable)")
+            f"or allow_low_rank to compute it anyway (marked unreliable)"
+        )
     return low_rank
 
 
-def frechet_distance(a: FeatureStats, b: FeatureStats, *, allow_low_rank: bool = False,
-                     eps: float = DEFAULT_SQRTM_EPS) -> FidResult:
+def frechet_distance(
+    a: FeatureStats, b: FeatureStats, *, allow_low_rank: bool = False, eps: float = DEFAULT_SQRTM_EPS
+) -> FidResult:
     if a.dims != b.dims:
         raise QualityInputError(f"feature dimensions differ: {a.dims} vs {b.dims}")
     if a.extractor and b.extractor and a.extractor != b.extractor:
-        raise QualityInputError(f"statistics come from different feature extractors: {a.extractor!r} vs "
-                                f"{b.extractor!r}")
+        raise QualityInputError(
+            f"statistics come from different feature extractors: {a.extractor!r} vs {b.extractor!r}"
+        )
     low_rank = check_rank(a.n, b.n, a.dims, allow_low_rank=allow_low_rank)
     trace_sqrt, offset_used = _sqrtm_trace(a.sigma, b.sigma, eps, singular_expected=low_rank)
     diff = a.mu - b.mu

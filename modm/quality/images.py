@@ -30,8 +30,17 @@ from PIL import Image, UnidentifiedImageError
 
 from modm.quality.errors import QualityInputError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageEntry", "MANIFEST_SUFFIXES", "PromptSource", "iter_image_batches",
-           "load_image_set", "load_rgb", "prompts_of", "read_manifest_table"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageEntry",
+    "MANIFEST_SUFFIXES",
+    "PromptSource",
+    "iter_image_batches",
+    "load_image_set",
+    "load_rgb",
+    "prompts_of",
+    "read_manifest_table",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MANIFEST_SUFFIXES = (".parquet", ".csv")
@@ -39,9 +48,9 @@ _MAX_NAMES_IN_ERROR = 5
 
 
 class PromptSource(str, Enum):
-    SIDECAR = "sidecar"    # <name>.txt next to the image
+    SIDECAR = "sidecar"  # <name>.txt next to the image
     FILENAME = "filename"  # the file name, underscores as spaces (MoDM's eval scripts)
-    NONE = "none"          # no prompts (FID and IS do not need them)
+    NONE = "none"  # no prompts (FID and IS do not need them)
 
 
 @dataclass(frozen=True)
@@ -89,8 +98,10 @@ def _folder_entries(folder: Path, prompts: PromptSource, system: str | None) -> 
         entries.append(ImageEntry(p, prompt=sidecar.read_text(encoding="utf-8").strip(), system=system))
     if missing:
         shown = ", ".join(missing[:_MAX_NAMES_IN_ERROR]) + (" ..." if len(missing) > _MAX_NAMES_IN_ERROR else "")
-        raise QualityInputError(f"{len(missing)} of {len(files)} images in {folder} have no prompt file "
-                                f"<name>.txt: {shown} (use prompts 'filename' to read prompts from file names)")
+        raise QualityInputError(
+            f"{len(missing)} of {len(files)} images in {folder} have no prompt file "
+            f"<name>.txt: {shown} (use prompts 'filename' to read prompts from file names)"
+        )
     return entries
 
 
@@ -131,8 +142,12 @@ def read_manifest_table(path: Path):
         if path.suffix.lower() == ".parquet":
             return pq.read_table(path)
         # Strings stay strings (a prompt such as "1" must not become a number); path/prompt are text anyway.
-        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={"path": pa.string(), "prompt": pa.string(), "system": pa.string()}))
+        return pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(
+                column_types={"path": pa.string(), "prompt": pa.string(), "system": pa.string()}
+            ),
+        )
     except FileNotFoundError:
         raise QualityInputError(f"manifest not found: {path}") from None
     except (pa.ArrowException, OSError) as err:
@@ -144,8 +159,7 @@ def _manifest_entries(path: Path, prompts: PromptSource, system: str | None) -> 
     columns = set(table.column_names)
     needed = {"path"} | ({"prompt"} if prompts is not PromptSource.NONE else set())
     if needed - columns:
-        raise QualityInputError(f"manifest {path} lacks column(s) {sorted(needed - columns)}; "
-                                f"it has {sorted(columns)}")
+        raise QualityInputError(f"manifest {path} lacks column(s) {sorted(needed - columns)}; it has {sorted(columns)}")
     rows = table.to_pylist()
     if not rows:
         raise QualityInputError(f"manifest {path} has no rows")
@@ -162,19 +176,27 @@ def _manifest_entries(path: Path, prompts: PromptSource, system: str | None) -> 
         if prompts is not PromptSource.NONE and (not isinstance(prompt, str) or not prompt.strip()):
             no_prompt.append(i)
         row_system = row.get(system_column)
-        entries.append(ImageEntry(image_path, prompt=prompt.strip() if isinstance(prompt, str) else None,
-                                  system=str(row_system) if row_system not in (None, "") else system,
-                                  hit=_parse_hit(row.get("hit"), i, path), k=_parse_k(row.get("k"), i, path)))
+        entries.append(
+            ImageEntry(
+                image_path,
+                prompt=prompt.strip() if isinstance(prompt, str) else None,
+                system=str(row_system) if row_system not in (None, "") else system,
+                hit=_parse_hit(row.get("hit"), i, path),
+                k=_parse_k(row.get("k"), i, path),
+            )
+        )
     if no_prompt:
-        raise QualityInputError(f"manifest {path}: {len(no_prompt)} row(s) without a prompt, e.g. rows "
-                                f"{no_prompt[:_MAX_NAMES_IN_ERROR]}")
+        raise QualityInputError(
+            f"manifest {path}: {len(no_prompt)} row(s) without a prompt, e.g. rows {no_prompt[:_MAX_NAMES_IN_ERROR]}"
+        )
     if not entries:
         raise QualityInputError(f"manifest {path}: no row is a served image (all failed or warm-up)")
     return entries
 
 
-def load_image_set(source: str | Path, *, prompts: PromptSource = PromptSource.SIDECAR,
-                   system: str | None = None) -> list[ImageEntry]:
+def load_image_set(
+    source: str | Path, *, prompts: PromptSource = PromptSource.SIDECAR, system: str | None = None
+) -> list[ImageEntry]:
     """The images (and prompts and groups) at `source`: a folder or a .parquet/.csv manifest.
 
     `system` labels entries whose source gives no system (a plain folder, or a manifest without that column).
@@ -192,8 +214,9 @@ def load_image_set(source: str | Path, *, prompts: PromptSource = PromptSource.S
     if prompts is not PromptSource.NONE:
         empty = [e.path.name for e in entries if not e.prompt]
         if empty:
-            raise QualityInputError(f"{len(empty)} image(s) in {source} have an empty prompt, e.g. "
-                                    f"{empty[:_MAX_NAMES_IN_ERROR]}")
+            raise QualityInputError(
+                f"{len(empty)} image(s) in {source} have an empty prompt, e.g. {empty[:_MAX_NAMES_IN_ERROR]}"
+            )
     return entries
 
 
@@ -205,11 +228,10 @@ def prompts_of(entries: Sequence[ImageEntry]) -> list[str]:
     return [e.prompt for e in entries]
 
 
-def iter_image_batches(entries: Sequence[ImageEntry], batch_size: int
-                       ) -> Iterator[tuple[slice, list[Image.Image]]]:
+def iter_image_batches(entries: Sequence[ImageEntry], batch_size: int) -> Iterator[tuple[slice, list[Image.Image]]]:
     """(positions, RGB images) batches, so a large set is never held in memory at once."""
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be positive")
     for start in range(0, len(entries), batch_size):
-        chunk = entries[start:start + batch_size]
+        chunk = entries[start : start + batch_size]
         yield slice(start, start + len(chunk)), [load_rgb(e.path) for e in chunk]

@@ -30,14 +30,18 @@ INCEPTION_INPUT_SIZE = 299
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # The module whose output is each feature layer (pytorch_fid's block boundaries in torchvision's names).
-_FEATURE_MODULE = {FeatureDims.POOL1: "maxpool1", FeatureDims.POOL2: "maxpool2",
-                   FeatureDims.MIXED_6E: "Mixed_6e", FeatureDims.POOL3: "avgpool"}
+_FEATURE_MODULE = {
+    FeatureDims.POOL1: "maxpool1",
+    FeatureDims.POOL2: "maxpool2",
+    FeatureDims.MIXED_6E: "Mixed_6e",
+    FeatureDims.POOL3: "avgpool",
+}
 
 
 @dataclass(frozen=True)
 class InceptionOutputs:
     features: np.ndarray  # (n, dims) float64 pooled activations, for FID
-    logits: np.ndarray    # (n, classes) float64 class logits, for the Inception Score
+    logits: np.ndarray  # (n, classes) float64 class logits, for the Inception Score
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -61,14 +65,20 @@ def build_inception(cfg: InceptionConfig) -> torch.nn.Module:
         try:
             return inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1).eval()
         except Exception as err:  # noqa: BLE001 - download/cache failures surface as many types
-            raise ModelLoadError(f"cannot load torchvision Inception_V3_Weights.IMAGENET1K_V1 ({err}); offline, "
-                                 f"pass a local state dict with weights 'file'") from None
+            raise ModelLoadError(
+                f"cannot load torchvision Inception_V3_Weights.IMAGENET1K_V1 ({err}); offline, "
+                f"pass a local state dict with weights 'file'"
+            ) from None
     if cfg.weights is InceptionWeights.FILE:
         state = _load_state_dict(cfg.path)
         if "fc.weight" not in state:
             raise ModelLoadError(f"{cfg.path} is not an Inception3 state dict (no fc.weight)")
-        model = Inception3(num_classes=state["fc.weight"].shape[0], init_weights=False, transform_input=True,
-                           aux_logits=any(k.startswith("AuxLogits.") for k in state))
+        model = Inception3(
+            num_classes=state["fc.weight"].shape[0],
+            init_weights=False,
+            transform_input=True,
+            aux_logits=any(k.startswith("AuxLogits.") for k in state),
+        )
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
@@ -97,8 +107,12 @@ def _calibrate_batch_norms(model: torch.nn.Module, images: int = 1) -> None:
     model.train()
     # Smooth noise images in [0, 1] (32 px upsampled): white noise at 299 px has none of the spatial correlation of
     # real images, and a random network calibrated on it still blows up on them.
-    pixels = F.interpolate(torch.rand(images, 3, 32, 32), size=(INCEPTION_INPUT_SIZE, INCEPTION_INPUT_SIZE),
-                           mode="bilinear", align_corners=False)
+    pixels = F.interpolate(
+        torch.rand(images, 3, 32, 32),
+        size=(INCEPTION_INPUT_SIZE, INCEPTION_INPUT_SIZE),
+        mode="bilinear",
+        align_corners=False,
+    )
     mean, std = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
     model((pixels - mean) / std)  # normalised exactly as `InceptionFeatureExtractor` feeds real images
     model.eval()
@@ -107,8 +121,15 @@ def _calibrate_batch_norms(model: torch.nn.Module, images: int = 1) -> None:
 class InceptionFeatureExtractor:
     """Pooled features of one layer plus the class logits, from one forward pass per batch."""
 
-    def __init__(self, model: torch.nn.Module, *, dims: FeatureDims = FeatureDims.POOL3, extractor_id: str,
-                 device: torch.device, batch_size: int = 32):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        dims: FeatureDims = FeatureDims.POOL3,
+        extractor_id: str,
+        device: torch.device,
+        batch_size: int = 32,
+    ):
         self.model = model.to(device).eval()
         self.dims = FeatureDims(dims)
         self.extractor_id = extractor_id
@@ -121,8 +142,13 @@ class InceptionFeatureExtractor:
 
     @classmethod
     def from_config(cls, cfg: InceptionConfig, *, device: torch.device | None = None) -> "InceptionFeatureExtractor":
-        return cls(build_inception(cfg), dims=cfg.dims, extractor_id=cfg.extractor_id,
-                   device=device or resolve_device(cfg.device), batch_size=cfg.batch_size)
+        return cls(
+            build_inception(cfg),
+            dims=cfg.dims,
+            extractor_id=cfg.extractor_id,
+            device=device or resolve_device(cfg.device),
+            batch_size=cfg.batch_size,
+        )
 
     def _capture(self, module, inputs, output: torch.Tensor) -> None:
         self._captured = output
@@ -130,11 +156,14 @@ class InceptionFeatureExtractor:
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         batch = []
         for im in images:
-            array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0     # (H, W, 3)
-            tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)      # (1, 3, H, W)
-            batch.append(F.interpolate(tensor, size=(INCEPTION_INPUT_SIZE, INCEPTION_INPUT_SIZE),
-                                       mode="bilinear", align_corners=False))
-        pixels = torch.cat(batch).to(self.device)                               # (n, 3, 299, 299)
+            array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+            tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
+            batch.append(
+                F.interpolate(
+                    tensor, size=(INCEPTION_INPUT_SIZE, INCEPTION_INPUT_SIZE), mode="bilinear", align_corners=False
+                )
+            )
+        pixels = torch.cat(batch).to(self.device)  # (n, 3, 299, 299)
         return (pixels - self._mean) / self._std
 
     @torch.inference_mode()
@@ -142,9 +171,9 @@ class InceptionFeatureExtractor:
         features, logits = [], []
         images = list(images)
         for start in range(0, len(images), self.batch_size):
-            out = self.model(self._pixels(images[start:start + self.batch_size]))
-            out = out.logits if hasattr(out, "logits") else out                 # (n, classes)
-            pooled = F.adaptive_avg_pool2d(self._captured, 1).flatten(1)        # (n, dims)
+            out = self.model(self._pixels(images[start : start + self.batch_size]))
+            out = out.logits if hasattr(out, "logits") else out  # (n, classes)
+            pooled = F.adaptive_avg_pool2d(self._captured, 1).flatten(1)  # (n, dims)
             features.append(pooled.double().cpu().numpy())
             logits.append(out.double().cpu().numpy())
         if not features:

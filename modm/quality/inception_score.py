@@ -39,10 +39,10 @@ def inception_score(logits: np.ndarray, splits: int = DEFAULT_IS_SPLITS) -> Ince
         raise QualityInputError(f"the Inception Score with {splits} splits needs at least {splits} images, got {n}")
     if not np.isfinite(logits).all():
         raise QualityInputError("non-finite logits")
-    probs = np.exp(log_softmax(logits, axis=1))                                # (n, classes)
+    probs = np.exp(log_softmax(logits, axis=1))  # (n, classes)
     scores = []
     for chunk in np.array_split(probs, splits):
-        marginal = chunk.mean(axis=0, keepdims=True)                           # (1, classes)
-        kl = rel_entr(chunk, marginal).sum(axis=1)                             # (m,)
+        marginal = chunk.mean(axis=0, keepdims=True)  # (1, classes)
+        kl = rel_entr(chunk, marginal).sum(axis=1)  # (m,)
         scores.append(float(np.exp(kl.mean())))
     return InceptionScore(mean=float(np.mean(scores)), std=float(np.std(scores)), n=n, splits=splits)

@@ -22,8 +22,9 @@ from modm.quality.errors import QualityInputError
 __all__ = ["PickScorer", "pick_score_from_embeddings"]
 
 
-def pick_score_from_embeddings(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
-                               logit_scale: float) -> np.ndarray:
+def pick_score_from_embeddings(
+    image_embeddings: np.ndarray, text_embeddings: np.ndarray, logit_scale: float
+) -> np.ndarray:
     """(n,) PickScores of matched pairs; `logit_scale` is the model's log-scale parameter (exp is applied here)."""
     if not math.isfinite(logit_scale):
         raise QualityInputError(f"logit_scale={logit_scale} is not finite")
@@ -53,8 +54,9 @@ class PickScorer:
             processor = AutoProcessor.from_pretrained(cfg.processor)
             model = CLIPModel.from_pretrained(cfg.model)
         except OSError as err:
-            raise ModelLoadError(f"cannot load PickScore model {cfg.model!r} / processor {cfg.processor!r}: "
-                                 f"{err}") from None
+            raise ModelLoadError(
+                f"cannot load PickScore model {cfg.model!r} / processor {cfg.processor!r}: {err}"
+            ) from None
         return cls(model, processor, device=device, batch_size=cfg.batch_size)
 
     @torch.inference_mode()
@@ -63,14 +65,21 @@ class PickScorer:
             raise QualityInputError(f"{len(images)} images but {len(prompts)} prompts")
         scores = []
         for start in range(0, len(images), self.batch_size):
-            chunk_images = [im.convert("RGB") for im in images[start:start + self.batch_size]]
-            chunk_prompts = list(prompts[start:start + self.batch_size])
+            chunk_images = [im.convert("RGB") for im in images[start : start + self.batch_size]]
+            chunk_prompts = list(prompts[start : start + self.batch_size])
             pixels = self.processor(images=chunk_images, return_tensors="pt")["pixel_values"].to(self.device)
-            text = self.processor(text=chunk_prompts, padding=True, truncation=True, max_length=77,
-                                  return_tensors="pt")
+            text = self.processor(text=chunk_prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
             image_emb = _projected(self.model.get_image_features(pixel_values=pixels))
-            text_emb = _projected(self.model.get_text_features(
-                input_ids=text["input_ids"].to(self.device), attention_mask=text["attention_mask"].to(self.device)))
-            scores.append(pick_score_from_embeddings(image_emb.float().cpu().numpy(), text_emb.float().cpu().numpy(),
-                                                     float(self.model.logit_scale.item())))
+            text_emb = _projected(
+                self.model.get_text_features(
+                    input_ids=text["input_ids"].to(self.device), attention_mask=text["attention_mask"].to(self.device)
+                )
+            )
+            scores.append(
+                pick_score_from_embeddings(
+                    image_emb.float().cpu().numpy(),
+                    text_emb.float().cpu().numpy(),
+                    float(self.model.logit_scale.item()),
+                )
+            )
         return np.concatenate(scores) if scores else np.zeros(0, np.float64)

@@ -25,11 +25,11 @@ __all__ = ["GroupRow", "format_table", "summarise", "write_json", "write_per_ima
 
 @dataclass
 class GroupRow:
-    group_by: str                 # "all", "system", "hit" or "k"
+    group_by: str  # "all", "system", "hit" or "k"
     group: str
     n: int
     means: dict[str, float] = field(default_factory=dict)  # metric -> mean over the group
-    stds: dict[str, float] = field(default_factory=dict)   # metric -> population std over the group
+    stds: dict[str, float] = field(default_factory=dict)  # metric -> population std over the group
     inception_score: float | None = None
     inception_score_std: float | None = None
     note: str = ""
@@ -49,8 +49,9 @@ def _row(scores: ImageSetScores, indices: list[int], group_by: str, group: str, 
     return row
 
 
-def summarise(scores: ImageSetScores, group_by: Sequence[GroupBy] = (), *,
-              is_splits: int = DEFAULT_IS_SPLITS) -> list[GroupRow]:
+def summarise(
+    scores: ImageSetScores, group_by: Sequence[GroupBy] = (), *, is_splits: int = DEFAULT_IS_SPLITS
+) -> list[GroupRow]:
     if is_splits < 1:
         raise QualityInputError(f"is_splits={is_splits} must be at least 1")
     rows = [_row(scores, list(range(len(scores.entries))), ALL, ALL, is_splits)]
@@ -75,8 +76,7 @@ def format_table(rows: Sequence[GroupRow]) -> str:
         cells = [f"{r.group_by}={r.group}" if r.group_by != ALL else ALL, str(r.n)]
         cells += [f"{r.means[m]:.2f} ± {r.stds[m]:.2f}" for m in metrics]
         if has_is:
-            cells.append("-" if r.inception_score is None else
-                         f"{r.inception_score:.3f} ± {r.inception_score_std:.3f}")
+            cells.append("-" if r.inception_score is None else f"{r.inception_score:.3f} ± {r.inception_score_std:.3f}")
         lines.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
@@ -99,8 +99,10 @@ def write_per_image(path: str | Path, scores: ImageSetScores) -> Path:
 
     path = Path(path)
     columns = {
-        "path": [str(e.path) for e in scores.entries], "prompt": [e.prompt for e in scores.entries],
-        "system": [e.system for e in scores.entries], "hit": [e.hit for e in scores.entries],
+        "path": [str(e.path) for e in scores.entries],
+        "prompt": [e.prompt for e in scores.entries],
+        "system": [e.system for e in scores.entries],
+        "hit": [e.hit for e in scores.entries],
         "k": pa.array([e.k for e in scores.entries], pa.int32()),
     }
     columns.update({name: np.asarray(values) for name, values in scores.per_image.items()})

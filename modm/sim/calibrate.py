@@ -21,8 +21,13 @@ from modm.sim.profiles import LatencyProfile, ModelRole
 __all__ = ["profile_from_records"]
 
 
-def profile_from_records(records: Sequence[RequestRecord], *, total_steps: int = 50, gpu: str = "measured",
-                         load_s: dict[ModelRole, float] | None = None) -> LatencyProfile:
+def profile_from_records(
+    records: Sequence[RequestRecord],
+    *,
+    total_steps: int = 50,
+    gpu: str = "measured",
+    load_s: dict[ModelRole, float] | None = None,
+) -> LatencyProfile:
     samples: dict[ModelRole, list[tuple[float, float]]] = {role: [] for role in ModelRole}
     router: list[float] = []
     for record in records:
@@ -36,8 +41,9 @@ def profile_from_records(records: Sequence[RequestRecord], *, total_steps: int =
         if "embed" in timings or "retrieve" in timings:
             router.append(float(timings.get("embed", 0.0)) + float(timings.get("retrieve", 0.0)))
     if not samples[ModelRole.LARGE]:
-        raise ValueError("no successful measured request of the large model carries a 'generate' timing; "
-                         "cannot fit a profile")
+        raise ValueError(
+            "no successful measured request of the large model carries a 'generate' timing; cannot fit a profile"
+        )
     full, fixed = {}, {}
     for role, points in samples.items():
         if not points:
@@ -50,7 +56,10 @@ def profile_from_records(records: Sequence[RequestRecord], *, total_steps: int =
         full[role] = float(max(intercept + slope, 1e-6))
         fixed[role] = float(min(max(intercept, 0.0), full[role]))
     return LatencyProfile(
-        gpu=gpu, full_generation_s=full, fixed_s=fixed,
+        gpu=gpu,
+        full_generation_s=full,
+        fixed_s=fixed,
         **({"load_s": load_s} if load_s is not None else {}),
         router_s=float(np.median(router)) if router else 0.0,
-        source=f"fitted to {sum(len(p) for p in samples.values())} measured requests' generate timings")
+        source=f"fitted to {sum(len(p) for p in samples.values())} measured requests' generate timings",
+    )

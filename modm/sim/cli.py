@@ -73,14 +73,24 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window-s", type=float, default=None, help="monitor window (default: MoDM's 180 s)")
     g.add_argument("--cache-capacity", type=int, default=10_000, help="MoDM cache entries (FIFO)")
     g.add_argument("--admission", choices=[a.value for a in Admission], default=Admission.CACHE_ALL.value)
-    g.add_argument("--k-table", default="minilm-text",
-                   help="MoDM's score->k table preset (minilm-text matches MiniLM embeddings; modm-clip is CLIP's)")
+    g.add_argument(
+        "--k-table",
+        default="minilm-text",
+        help="MoDM's score->k table preset (minilm-text matches MiniLM embeddings; modm-clip is CLIP's)",
+    )
     g.add_argument("--nirvana-capacity", type=int, default=10_000, help="NIRVANA cache size in prompts")
-    g.add_argument("--parametric-hit-rate", type=float, default=None,
-                   help="use the parametric hit model with this hit rate instead of retrieval over embeddings")
-    g.add_argument("--k-mix", type=_k_mix, default=None,
-                   help="parametric k weights, e.g. "
-                        f"{','.join(f'{k}:{v}' for k, v in DEFAULT_PARAMETRIC_K_MIX.items())}")
+    g.add_argument(
+        "--parametric-hit-rate",
+        type=float,
+        default=None,
+        help="use the parametric hit model with this hit rate instead of retrieval over embeddings",
+    )
+    g.add_argument(
+        "--k-mix",
+        type=_k_mix,
+        default=None,
+        help=f"parametric k weights, e.g. {','.join(f'{k}:{v}' for k, v in DEFAULT_PARAMETRIC_K_MIX.items())}",
+    )
     g.add_argument("--seed", type=int, default=42)
 
 
@@ -90,36 +100,60 @@ def _add_workload_options(p: argparse.ArgumentParser, *, default_n: int) -> None
     g.add_argument("--sessions", action="store_true", help="impose loadgen's session model (prompt lists)")
     g.add_argument("-n", "--requests", type=int, default=default_n, help="measured requests")
     g.add_argument("--warm-up", type=int, default=0, help="requests sent first and excluded from reports")
-    g.add_argument("--prefill", action="store_true",
-                   help="warm the cache with the warm-up prompts before time 0 instead of sending them "
-                        "(MoDM's pre-cache of large-model images)")
-    g.add_argument("--embeddings", type=Path, default=None,
-                   help="prompt-embedding cache (.npz); missing prompts are embedded with MiniLM and added")
+    g.add_argument(
+        "--prefill",
+        action="store_true",
+        help="warm the cache with the warm-up prompts before time 0 instead of sending them "
+        "(MoDM's pre-cache of large-model images)",
+    )
+    g.add_argument(
+        "--embeddings",
+        type=Path,
+        default=None,
+        help="prompt-embedding cache (.npz); missing prompts are embedded with MiniLM and added",
+    )
 
 
-def _base_config(args, *, system: SystemMode = SystemMode.MODM, n_gpus: int = 4, profile=None,
-                 mode: MonitorMode = MonitorMode.THROUGHPUT) -> SimConfig:
+def _base_config(
+    args,
+    *,
+    system: SystemMode = SystemMode.MODM,
+    n_gpus: int = 4,
+    profile=None,
+    mode: MonitorMode = MonitorMode.THROUGHPUT,
+) -> SimConfig:
     monitor = {"mode": mode}
     if args.window_s is not None:
         monitor["window_s"] = args.window_s
     parametric = None
     if args.parametric_hit_rate is not None:
-        parametric = ParametricHitConfig(hit_rate=args.parametric_hit_rate,
-                                         **({"k_mix": args.k_mix} if args.k_mix else {}))
+        parametric = ParametricHitConfig(
+            hit_rate=args.parametric_hit_rate, **({"k_mix": args.k_mix} if args.k_mix else {})
+        )
     elif args.k_mix:
         raise ValueError("--k-mix only applies with --parametric-hit-rate")
-    return SimConfig(system=system, n_gpus=n_gpus, profile=profile or resolve_profile("a40"),
-                     monitor=MonitorConfig(**monitor), policy=PolicyConfig(k_table=args.k_table),
-                     cache_capacity=args.cache_capacity, admission=Admission(args.admission),
-                     nirvana_capacity_prompts=args.nirvana_capacity, parametric=parametric, seed=args.seed)
+    return SimConfig(
+        system=system,
+        n_gpus=n_gpus,
+        profile=profile or resolve_profile("a40"),
+        monitor=MonitorConfig(**monitor),
+        policy=PolicyConfig(k_table=args.k_table),
+        cache_capacity=args.cache_capacity,
+        admission=Admission(args.admission),
+        nirvana_capacity_prompts=args.nirvana_capacity,
+        parametric=parametric,
+        seed=args.seed,
+    )
 
 
 def _workload_factory(args, config: SimConfig) -> WorkloadFactory:
     """The run's requests (loadgen reader + session model) and, unless hits are parametric, their embeddings."""
     if args.trace is None:
         if config.parametric is None and config.system is not SystemMode.VANILLA:
-            raise ValueError("without --trace there are no prompts to retrieve over: give --trace, or "
-                             "--parametric-hit-rate for a synthetic workload")
+            raise ValueError(
+                "without --trace there are no prompts to retrieve over: give --trace, or "
+                "--parametric-hit-rate for a synthetic workload"
+            )
         return WorkloadFactory(None, seed=args.seed, default_warm_up=args.warm_up, default_requests=args.requests)
     requests = load_trace(TraceConfig(path=args.trace, n_requests=args.requests, warm_up=args.warm_up))
     if args.sessions:
@@ -128,24 +162,36 @@ def _workload_factory(args, config: SimConfig) -> WorkloadFactory:
     if config.parametric is None:
         started = time.perf_counter()
         embeddings = load_or_embed(args.embeddings, [r.prompt for r in requests])
-        print(f"embeddings: {embeddings.shape[0]} prompts in {time.perf_counter() - started:.1f} s"
-              + (f" (cache {args.embeddings})" if args.embeddings else ""), file=sys.stderr)
-    return WorkloadFactory(requests, embeddings, seed=args.seed, default_warm_up=args.warm_up,
-                           default_prefill=args.prefill)
+        print(
+            f"embeddings: {embeddings.shape[0]} prompts in {time.perf_counter() - started:.1f} s"
+            + (f" (cache {args.embeddings})" if args.embeddings else ""),
+            file=sys.stderr,
+        )
+    return WorkloadFactory(
+        requests, embeddings, seed=args.seed, default_warm_up=args.warm_up, default_prefill=args.prefill
+    )
 
 
 def _arrival(args) -> ArrivalConfig:
     kind = ArrivalKind(args.arrival)
-    return ArrivalConfig(kind=kind, rate_per_min=args.rate, min_rate_per_min=args.min_rate,
-                         max_rate_per_min=args.max_rate, concurrency=args.concurrency, speed=args.speed,
-                         amplitude=args.amplitude, period_s=args.period_s)
+    return ArrivalConfig(
+        kind=kind,
+        rate_per_min=args.rate,
+        min_rate_per_min=args.min_rate,
+        max_rate_per_min=args.max_rate,
+        concurrency=args.concurrency,
+        speed=args.speed,
+        amplitude=args.amplitude,
+        period_s=args.period_s,
+    )
 
 
 # -------------------------------------------------------------------------------------------------- commands
 def _cmd_run(args) -> int:
     profile = resolve_profile(args.profile)
-    config = _base_config(args, system=SystemMode(args.system), n_gpus=args.gpus, profile=profile,
-                          mode=MonitorMode(args.mode))
+    config = _base_config(
+        args, system=SystemMode(args.system), n_gpus=args.gpus, profile=profile, mode=MonitorMode(args.mode)
+    )
     measured = None
     if args.from_run is not None:
         workload, run_config = workload_from_run(args.from_run)
@@ -161,18 +207,21 @@ def _cmd_run(args) -> int:
     summary = result.summary(args.reference_latency_s)
     print(format_summary(summary))
     cost = result.cost()
-    print(f"  simulator       {cost['requests']} requests on {cost['gpus']} GPUs, {cost['simulated_s']:.0f} s "
-          f"simulated in {cost['wall_s']:.2f} s wall ({cost['events_per_s']:,.0f} events/s), "
-          f"{len(result.switches)} model switches")
+    print(
+        f"  simulator       {cost['requests']} requests on {cost['gpus']} GPUs, {cost['simulated_s']:.0f} s "
+        f"simulated in {cost['wall_s']:.2f} s wall ({cost['events_per_s']:,.0f} events/s), "
+        f"{len(result.switches)} model switches"
+    )
     if measured is not None:
         reference = args.reference_latency_s or measured.metadata.get("reference_latency_s")
         real = measured.summarize(reference)
         simulated = result.summary(reference)
         print()
         print(format_comparison(compare_runs([real, simulated], baseline=real.name)))
-        for label, sim_value, real_value in (("throughput", simulated.throughput_req_per_min,
-                                              real.throughput_req_per_min),
-                                             ("hit rate", simulated.hit_rate, real.hit_rate)):
+        for label, sim_value, real_value in (
+            ("throughput", simulated.throughput_req_per_min, real.throughput_req_per_min),
+            ("hit rate", simulated.hit_rate, real.hit_rate),
+        ):
             gap = "-" if not sim_value or not real_value else f"{(sim_value - real_value) / real_value:+.1%}"
             print(f"  gap {label:<10} simulated vs measured: {gap}")
     if args.out is not None:
@@ -194,29 +243,54 @@ def _cmd_reproduce(args) -> int:
         results = [run_throughput(setup, source, out_dir=out and out / "throughput") for setup in (a40, mi210)]
         print("== Throughput at saturation (closed loop, 2 clients per GPU; MoDM in throughput mode)")
         print(format_throughput(results), "\n")
-        payload["throughput"] = [{"setup": r.setup, "ratio_vs_vanilla": {n: r.ratio(n) for n in r.rows},
-                                  "summaries": r.rows, "wall_s": r.cost_s} for r in results]
+        payload["throughput"] = [
+            {
+                "setup": r.setup,
+                "ratio_vs_vanilla": {n: r.ratio(n) for n in r.rows},
+                "summaries": r.rows,
+                "wall_s": r.cost_s,
+            }
+            for r in results
+        ]
     if "slo" in experiments:
-        slo_options = {"n_requests": args.slo_requests, "also_throughput_mode": args.slo_throughput_mode,
-                       "out_dir": out and out / "slo"}
-        results = [run_slo(a40, source, args.small_rates, **slo_options),
-                   run_slo(mi210, source, args.large_rates, **slo_options)]
+        slo_options = {
+            "n_requests": args.slo_requests,
+            "also_throughput_mode": args.slo_throughput_mode,
+            "out_dir": out and out / "slo",
+        }
+        results = [
+            run_slo(a40, source, args.small_rates, **slo_options),
+            run_slo(mi210, source, args.large_rates, **slo_options),
+        ]
         print("== SLO attainment vs Poisson rate (MoDM in quality mode, as MoDM's SLO scripts)")
         print(format_slo(results, args.slo_target))
-        payload["slo"] = [{"setup": r.setup, "target": args.slo_target,
-                           "max_compliant_rate": {n: {k: r.max_compliant_rate(n, k, args.slo_target)
-                                                      for k in ("2x", "4x")} for n in r.points},
-                           "points": {n: [{"rate_per_min": rate, "summary": s} for rate, s in pts]
-                                      for n, pts in r.points.items()}, "wall_s": r.cost_s} for r in results]
+        payload["slo"] = [
+            {
+                "setup": r.setup,
+                "target": args.slo_target,
+                "max_compliant_rate": {
+                    n: {k: r.max_compliant_rate(n, k, args.slo_target) for k in ("2x", "4x")} for n in r.points
+                },
+                "points": {n: [{"rate_per_min": rate, "summary": s} for rate, s in pts] for n, pts in r.points.items()},
+                "wall_s": r.cost_s,
+            }
+            for r in results
+        ]
     if "ramp" in experiments:
-        result = run_ramp(mi210, source, max_rate=args.ramp_max_rate, n_requests=args.ramp_requests,
-                          out_dir=out and out / "ramp")
+        result = run_ramp(
+            mi210, source, max_rate=args.ramp_max_rate, n_requests=args.ramp_requests, out_dir=out and out / "ramp"
+        )
         print("== Increasing load (MoDM Fig. 10; MoDM in quality mode)")
         print(format_ramp(result), "\n")
-        payload["ramp"] = {"setup": result.setup, "max_rate_per_min": result.max_rate,
-                           "peak_offered_req_per_min": result.peak_offered,
-                           "peak_completed_req_per_min": result.peak_completed, "summaries": result.rows,
-                           "modm_allocation": result.allocation, "wall_s": result.cost_s}
+        payload["ramp"] = {
+            "setup": result.setup,
+            "max_rate_per_min": result.max_rate,
+            "peak_offered_req_per_min": result.peak_offered,
+            "peak_completed_req_per_min": result.peak_completed,
+            "summaries": result.rows,
+            "modm_allocation": result.allocation,
+            "wall_s": result.cost_s,
+        }
     print(f"reproduction took {time.perf_counter() - started:.1f} s of wall time")
     if out is not None:
         print(f"wrote {write_json(out / 'reproduce.json', payload)}")
@@ -228,12 +302,15 @@ def _cmd_scale(args) -> int:
     if base.parametric is None:
         base = base.model_copy(update={"parametric": ParametricHitConfig()})
     rows = []
-    print(f"{'requests':>9} {'GPUs':>5} {'system':<8} {'events':>9} {'wall s':>8} {'events/s':>10} "
-          f"{'req/min':>9} {'hit rate':>8}")
+    print(
+        f"{'requests':>9} {'GPUs':>5} {'system':<8} {'events':>9} {'wall s':>8} {'events/s':>10} "
+        f"{'req/min':>9} {'hit rate':>8}"
+    )
     for n_requests, n_gpus in zip(args.requests_list, args.gpus_list):
         for system in args.systems:
-            config = base.model_copy(update={"system": SystemMode(system), "n_gpus": n_gpus,
-                                             "profile": resolve_profile(args.profile)})
+            config = base.model_copy(
+                update={"system": SystemMode(system), "n_gpus": n_gpus, "profile": resolve_profile(args.profile)}
+            )
             config = SimConfig.model_validate(config.model_dump())
             arrival = ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=2 * n_gpus)
             started = time.perf_counter()
@@ -241,11 +318,21 @@ def _cmd_scale(args) -> int:
             result = simulate(config, workload)
             metrics = result.fast_metrics()
             total = time.perf_counter() - started
-            rows.append({"requests": n_requests, "gpus": n_gpus, "system": system, **result.cost(),
-                         "wall_with_setup_s": total, "throughput_req_per_min": metrics.throughput_req_per_min,
-                         "hit_rate": metrics.hit_rate})
-            print(f"{n_requests:9d} {n_gpus:5d} {system:<8} {result.events:9d} {result.wall_s:8.2f} "
-                  f"{result.events_per_s:10,.0f} {metrics.throughput_req_per_min:9.1f} {metrics.hit_rate:8.1%}")
+            rows.append(
+                {
+                    "requests": n_requests,
+                    "gpus": n_gpus,
+                    "system": system,
+                    **result.cost(),
+                    "wall_with_setup_s": total,
+                    "throughput_req_per_min": metrics.throughput_req_per_min,
+                    "hit_rate": metrics.hit_rate,
+                }
+            )
+            print(
+                f"{n_requests:9d} {n_gpus:5d} {system:<8} {result.events:9d} {result.wall_s:8.2f} "
+                f"{result.events_per_s:10,.0f} {metrics.throughput_req_per_min:9.1f} {metrics.hit_rate:8.1%}"
+            )
     if args.out is not None:
         print(f"wrote {write_json(args.out / 'scale.json', {'rows': rows})}")
     return 0
@@ -265,21 +352,31 @@ def _cmd_profile(args) -> int:
 
 # ---------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modm sim", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="modm sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="simulate one run")
     run.add_argument("--system", choices=[m.value for m in SystemMode], default="modm")
-    run.add_argument("--mode", choices=[m.value for m in MonitorMode], default="throughput",
-                     help="MoDM's monitor objective")
+    run.add_argument(
+        "--mode", choices=[m.value for m in MonitorMode], default="throughput", help="MoDM's monitor objective"
+    )
     run.add_argument("--gpus", type=int, default=4)
     run.add_argument("--profile", default="a40", help="a40, mi210, or a latency-profile JSON file")
     run.add_argument("--name", default=None)
-    run.add_argument("--from-run", type=Path, default=None,
-                     help="a loadgen run directory: replay its workload and compare with its measurements")
-    run.add_argument("--reference-latency-s", type=float, default=None,
-                     help="SLO reference (default: the profile's large-model latency, or the run's)")
+    run.add_argument(
+        "--from-run",
+        type=Path,
+        default=None,
+        help="a loadgen run directory: replay its workload and compare with its measurements",
+    )
+    run.add_argument(
+        "--reference-latency-s",
+        type=float,
+        default=None,
+        help="SLO reference (default: the profile's large-model latency, or the run's)",
+    )
     a = run.add_argument_group("arrivals (loadgen's processes)")
     a.add_argument("--arrival", choices=[k.value for k in ArrivalKind], default="poisson")
     a.add_argument("--rate", type=float, default=None, help="poisson/fluctuating rate, req/min")
@@ -295,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     rep = sub.add_parser("reproduce", help="MoDM's experiments, next to the paper's numbers")
-    rep.add_argument("experiments", nargs="*", choices=[*EXPERIMENTS, []], default=[],
-                     help="which experiments (default: all)")
+    rep.add_argument(
+        "experiments", nargs="*", choices=[*EXPERIMENTS, []], default=[], help="which experiments (default: all)"
+    )
     rep.add_argument("--small-profile", default="a40")
     rep.add_argument("--small-gpus", type=int, default=4)
     rep.add_argument("--small-rates", type=_rates, default=[2, 4, 6, 8, 10, 12, 14])
@@ -304,13 +402,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--large-gpus", type=int, default=16)
     rep.add_argument("--large-rates", type=_rates, default=[6, 10, 14, 18, 22, 26, 30])
     rep.add_argument("--slo-target", type=float, default=0.9, help="attainment that counts as compliant")
-    rep.add_argument("--slo-requests", type=int, default=1000,
-                     help="measured requests per SLO point (after the warm-up ones): a prefix of the workload")
-    rep.add_argument("--slo-throughput-mode", action="store_true",
-                     help="also run MoDM in throughput mode in the SLO sweep (as modm-tp)")
+    rep.add_argument(
+        "--slo-requests",
+        type=int,
+        default=1000,
+        help="measured requests per SLO point (after the warm-up ones): a prefix of the workload",
+    )
+    rep.add_argument(
+        "--slo-throughput-mode",
+        action="store_true",
+        help="also run MoDM in throughput mode in the SLO sweep (as modm-tp)",
+    )
     rep.add_argument("--ramp-requests", type=int, default=3000, help="requests of the ramp (no warm-up)")
-    rep.add_argument("--ramp-max-rate", type=float, default=None,
-                     help="ramp ceiling, req/min (default: MoDM's capacity formula)")
+    rep.add_argument(
+        "--ramp-max-rate", type=float, default=None, help="ramp ceiling, req/min (default: MoDM's capacity formula)"
+    )
     _add_workload_options(rep, default_n=1000)
     _add_model_options(rep)
     rep.add_argument("--out", type=Path, default=None)

@@ -27,10 +27,13 @@ class _Strict(BaseModel):
 class ParametricHitConfig(_Strict):
     """Hits without embeddings: every request hits with probability hit_rate, k drawn from k_mix."""
 
-    hit_rate: float = Field(default=0.7, ge=0.0, le=1.0,
-                            description="Probability that a request hits (MoDM's harness assumes 0.7).")
-    k_mix: dict[int, float] = Field(default_factory=lambda: dict(DEFAULT_PARAMETRIC_K_MIX),
-                                    description="Relative weight of each k (steps skipped) among hits.")
+    hit_rate: float = Field(
+        default=0.7, ge=0.0, le=1.0, description="Probability that a request hits (MoDM's harness assumes 0.7)."
+    )
+    k_mix: dict[int, float] = Field(
+        default_factory=lambda: dict(DEFAULT_PARAMETRIC_K_MIX),
+        description="Relative weight of each k (steps skipped) among hits.",
+    )
 
 
 class SimConfig(_Strict):
@@ -40,27 +43,33 @@ class SimConfig(_Strict):
     monitor: MonitorConfig = Field(
         default_factory=MonitorConfig,
         description="Algorithm 1 settings (mode, window, PID, min_small); its gpu_budget is ignored: the "
-                    "simulated monitor splits n_gpus.")
+        "simulated monitor splits n_gpus.",
+    )
     policy: PolicyConfig = Field(
         default_factory=lambda: PolicyConfig(k_table=MINILM_TEXT_TABLE),
         description="MoDM's score -> k table; the default is the MiniLM text->text table, matching the "
-                    "simulator's default embeddings.")
+        "simulator's default embeddings.",
+    )
     cache_capacity: int = Field(default=DEFAULT_CACHE_CAPACITY, gt=0, description="MoDM: images cached (FIFO).")
     admission: Admission = Field(default=Admission.CACHE_ALL, description="MoDM: which outputs enter the cache.")
-    nirvana_capacity_prompts: int = Field(default=10_000, gt=0,
-                                          description="NIRVANA: prompts whose five latents fit in the cache.")
+    nirvana_capacity_prompts: int = Field(
+        default=10_000, gt=0, description="NIRVANA: prompts whose five latents fit in the cache."
+    )
     parametric: ParametricHitConfig | None = Field(
-        default=None, description="Use the parametric hit model instead of retrieval over embeddings.")
+        default=None, description="Use the parametric hit model instead of retrieval over embeddings."
+    )
     monitor_initial_large: int | None = Field(
-        default=None, ge=1, description="Large replicas before the first window; None = n_gpus - min_small.")
+        default=None, ge=1, description="Large replicas before the first window; None = n_gpus - min_small."
+    )
     seed: int = Field(default=42, ge=0, description="Seed of the parametric hit model.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "SimConfig":
         if self.system is SystemMode.MODM:
             if self.n_gpus <= self.monitor.min_small:
-                raise ValueError(f"modm needs more GPUs than monitor.min_small={self.monitor.min_small}; "
-                                 f"got n_gpus={self.n_gpus}")
+                raise ValueError(
+                    f"modm needs more GPUs than monitor.min_small={self.monitor.min_small}; got n_gpus={self.n_gpus}"
+                )
             if not self.profile.has(ModelRole.SMALL):
                 raise ValueError(f"modm needs a small-model latency; profile {self.profile.gpu!r} has none")
             if self.monitor_initial_large is not None and self.monitor_initial_large > self.n_gpus:

@@ -42,8 +42,7 @@ def check_embeddings(embeddings: np.ndarray, n_requests: int) -> np.ndarray:
     """(n_requests, dim) C-contiguous float32 with unit rows, or a ValueError saying what is wrong."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != n_requests:
-        raise ValueError(f"embeddings must have shape ({n_requests}, dim), one row per request; "
-                         f"got {embeddings.shape}")
+        raise ValueError(f"embeddings must have shape ({n_requests}, dim), one row per request; got {embeddings.shape}")
     norms = np.linalg.norm(embeddings, axis=1)
     if embeddings.size and not np.allclose(norms, 1.0, atol=1e-3):
         bad = int(np.argmax(np.abs(norms - 1.0)))
@@ -54,8 +53,9 @@ def check_embeddings(embeddings: np.ndarray, n_requests: int) -> np.ndarray:
 class ParametricHits:
     """Independent hits at `hit_rate`, k drawn from `k_mix` (weights, normalised here)."""
 
-    def __init__(self, n_requests: int, hit_rate: float, k_mix: Mapping[int, float], total_steps: int,
-                 rng: np.random.Generator):
+    def __init__(
+        self, n_requests: int, hit_rate: float, k_mix: Mapping[int, float], total_steps: int, rng: np.random.Generator
+    ):
         if not 0.0 <= hit_rate <= 1.0:
             raise ValueError(f"hit_rate must be in [0, 1], got {hit_rate}")
         ks = np.array(sorted(k_mix), dtype=np.int64)
@@ -107,15 +107,16 @@ class FifoImageCache:
     def cached_requests(self) -> list[int]:
         """Requests whose outputs are cached, oldest first."""
         if self._size < self.capacity:
-            return self._entry_request[:self._size].tolist()
+            return self._entry_request[: self._size].tolist()
         return np.roll(self._entry_request, -self._next_slot).tolist()
 
     def top1(self, request: int) -> tuple[float | None, int | None]:
         """(score, request whose cached output matched) for the request's embedding; (None, None) when empty."""
         if self._size == 0:
             return None, None
-        scores, slots = faiss.knn(self._embeddings[request:request + 1], self._keys[:self._size], 1,
-                                  faiss.METRIC_INNER_PRODUCT)
+        scores, slots = faiss.knn(
+            self._embeddings[request : request + 1], self._keys[: self._size], 1, faiss.METRIC_INNER_PRODUCT
+        )
         return float(scores[0, 0]), int(self._entry_request[slots[0, 0]])
 
     def decide(self, request: int) -> RetrievalDecision:

@@ -18,11 +18,24 @@ __all__ = ["NirvanaLatentCache"]
 class NirvanaLatentCache(LatentCache):
     """`LatentCache` over the workload's prompt embeddings (`embeddings[request]`), without payloads."""
 
-    def __init__(self, embeddings: np.ndarray, capacity_prompts: int, k_table: KTable,
-                 k_choices: Sequence[int] = NIRVANA_K_CHOICES, *, index_config: CacheConfig | None = None,
-                 record_evictions: bool = False):
-        super().__init__(embeddings.shape[1], capacity_prompts, k_table, k_choices, index_config=index_config,
-                         record_evictions=record_evictions)
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        capacity_prompts: int,
+        k_table: KTable,
+        k_choices: Sequence[int] = NIRVANA_K_CHOICES,
+        *,
+        index_config: CacheConfig | None = None,
+        record_evictions: bool = False,
+    ):
+        super().__init__(
+            embeddings.shape[1],
+            capacity_prompts,
+            k_table,
+            k_choices,
+            index_config=index_config,
+            record_evictions=record_evictions,
+        )
         self._embeddings = embeddings
         self._prefilled = 0
 

@@ -47,32 +47,42 @@ class LatencyProfile(BaseModel):
 
     gpu: str = Field(description="GPU type the numbers were measured on (a label).")
     full_generation_s: dict[ModelRole, float] = Field(
-        description="Seconds for one full T-step generation per model on one GPU; 'large' is required.")
+        description="Seconds for one full T-step generation per model on one GPU; 'large' is required."
+    )
     fixed_s: dict[ModelRole, float] = Field(
         default_factory=dict,
-        description="Seconds of each generation that do not scale with steps (text encoder, VAE); 0 if absent.")
+        description="Seconds of each generation that do not scale with steps (text encoder, VAE); 0 if absent.",
+    )
     load_s: dict[ModelRole, float] = Field(
         default_factory=_default_load_s,
-        description="Seconds to switch a GPU to this model (unload, load). Absent models default to 0.")
-    router_s: float = Field(default=0.0, ge=0.0,
-                            description="Seconds per request before dispatch (embedding, retrieval), off-GPU.")
+        description="Seconds to switch a GPU to this model (unload, load). Absent models default to 0.",
+    )
+    router_s: float = Field(
+        default=0.0, ge=0.0, description="Seconds per request before dispatch (embedding, retrieval), off-GPU."
+    )
     source: str = Field(default="", description="Where the numbers come from.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "LatencyProfile":
         if ModelRole.LARGE not in self.full_generation_s:
             raise ValueError(f"profile {self.gpu!r}: full_generation_s needs a 'large' entry")
-        for name, table in (("full_generation_s", self.full_generation_s), ("fixed_s", self.fixed_s),
-                            ("load_s", self.load_s)):
+        for name, table in (
+            ("full_generation_s", self.full_generation_s),
+            ("fixed_s", self.fixed_s),
+            ("load_s", self.load_s),
+        ):
             for role, seconds in table.items():
                 if not seconds >= 0 or (name == "full_generation_s" and not seconds > 0):
-                    raise ValueError(f"profile {self.gpu!r}: {name}[{role.value}]={seconds} must be "
-                                     f"{'positive' if name == 'full_generation_s' else 'non-negative'}")
+                    raise ValueError(
+                        f"profile {self.gpu!r}: {name}[{role.value}]={seconds} must be "
+                        f"{'positive' if name == 'full_generation_s' else 'non-negative'}"
+                    )
         for role, fixed in self.fixed_s.items():
             full = self.full_generation_s.get(role)
             if full is None or fixed > full:
-                raise ValueError(f"profile {self.gpu!r}: fixed_s[{role.value}]={fixed} exceeds the full "
-                                 f"generation time {full}")
+                raise ValueError(
+                    f"profile {self.gpu!r}: fixed_s[{role.value}]={fixed} exceeds the full generation time {full}"
+                )
         return self
 
     def has(self, role: ModelRole) -> bool:
@@ -100,12 +110,16 @@ class LatencyProfile(BaseModel):
 
 BUILTIN_PROFILES: dict[str, LatencyProfile] = {
     "mi210": LatencyProfile(
-        gpu="MI210", full_generation_s={ModelRole.LARGE: MI210_LARGE_S, ModelRole.SMALL: MI210_SMALL_S},
-        source="MoDM multinode code: SD3.5-Large 91.5 s, SDXL 16.5 s (50 steps, 1024x1024); load times assumed"),
+        gpu="MI210",
+        full_generation_s={ModelRole.LARGE: MI210_LARGE_S, ModelRole.SMALL: MI210_SMALL_S},
+        source="MoDM multinode code: SD3.5-Large 91.5 s, SDXL 16.5 s (50 steps, 1024x1024); load times assumed",
+    ),
     "a40": LatencyProfile(
-        gpu="A40", full_generation_s={ModelRole.LARGE: A40_LARGE_S, ModelRole.SMALL: A40_SMALL_S},
+        gpu="A40",
+        full_generation_s={ModelRole.LARGE: A40_LARGE_S, ModelRole.SMALL: A40_SMALL_S},
         source="SD3.5-Large 60 s implied by MoDM's 120 s 2x SLO; SDXL derived by the MI210 ratio 91.5/16.5; "
-               "load times assumed"),
+        "load times assumed",
+    ),
 }
 
 
@@ -116,8 +130,9 @@ def resolve_profile(name_or_path: str | Path) -> LatencyProfile:
         return BUILTIN_PROFILES[key]
     path = Path(name_or_path)
     if not path.is_file():
-        raise ValueError(f"unknown latency profile {str(name_or_path)!r}: not one of {sorted(BUILTIN_PROFILES)} "
-                         f"and not a file")
+        raise ValueError(
+            f"unknown latency profile {str(name_or_path)!r}: not one of {sorted(BUILTIN_PROFILES)} and not a file"
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

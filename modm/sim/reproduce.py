@@ -29,17 +29,29 @@ from modm.sim.simulator import simulate
 from modm.sim.workload import WorkloadFactory
 
 __all__ = [
-    "PAPER", "ExperimentSetup", "RampResult", "SloResult", "ThroughputResult",
-    "format_ramp", "format_slo", "format_throughput", "modm_ramp_max_rate", "run_ramp", "run_slo",
-    "run_throughput", "system_configs",
+    "PAPER",
+    "ExperimentSetup",
+    "RampResult",
+    "SloResult",
+    "ThroughputResult",
+    "format_ramp",
+    "format_slo",
+    "format_throughput",
+    "modm_ramp_max_rate",
+    "run_ramp",
+    "run_slo",
+    "run_throughput",
+    "system_configs",
 ]
 
 # The paper's numbers (modm.md §5) printed next to ours. Throughput ratios are vs Vanilla SD3.5-Large.
 PAPER = {
     "throughput_ratio": {"modm": "2.5x (SDXL, DiffusionDB)", "nirvana": "~1.2x", "vanilla": "1.0x"},
-    "slo_max_rate": {("A40", 4, "2x"): {"modm": "10", "vanilla": "~5", "nirvana": "~5"},
-                     ("MI210", 16, "2x"): {"modm": "22", "vanilla": "~14", "nirvana": "~14"},
-                     ("MI210", 16, "4x"): {"modm": "26", "vanilla": "~14", "nirvana": "~14"}},
+    "slo_max_rate": {
+        ("A40", 4, "2x"): {"modm": "10", "vanilla": "~5", "nirvana": "~5"},
+        ("MI210", 16, "2x"): {"modm": "22", "vanilla": "~14", "nirvana": "~14"},
+        ("MI210", 16, "4x"): {"modm": "26", "vanilla": "~14", "nirvana": "~14"},
+    },
     "ramp_saturation": {"vanilla": "~10 req/min", "nirvana": "~12 req/min", "modm": "tracks load to 26 req/min"},
 }
 
@@ -58,14 +70,20 @@ class ExperimentSetup:
 
 
 def system_configs(setup: ExperimentSetup, modm_mode: MonitorMode) -> dict[str, SimConfig]:
-    common = {"profile": setup.profile, "n_gpus": setup.n_gpus,
-              "monitor": setup.base.monitor.model_copy(update={"mode": modm_mode})}
-    return {name: SimConfig.model_validate({**setup.base.model_dump(), "system": SystemMode(name), **common})
-            for name in SYSTEMS}
+    common = {
+        "profile": setup.profile,
+        "n_gpus": setup.n_gpus,
+        "monitor": setup.base.monitor.model_copy(update={"mode": modm_mode}),
+    }
+    return {
+        name: SimConfig.model_validate({**setup.base.model_dump(), "system": SystemMode(name), **common})
+        for name in SYSTEMS
+    }
 
 
-def _run(config: SimConfig, source: WorkloadFactory, arrival: ArrivalConfig, name: str, out_dir: Path | None,
-         **selection) -> tuple[SimResult, RunSummary]:
+def _run(
+    config: SimConfig, source: WorkloadFactory, arrival: ArrivalConfig, name: str, out_dir: Path | None, **selection
+) -> tuple[SimResult, RunSummary]:
     workload, embeddings, prefill = source(arrival, name, **selection)
     result = simulate(config, workload, embeddings, prefill)
     if out_dir is not None:
@@ -84,8 +102,9 @@ class ThroughputResult:
         return self.rows[system].throughput_req_per_min / self.rows["vanilla"].throughput_req_per_min
 
 
-def run_throughput(setup: ExperimentSetup, source: WorkloadFactory, *, clients_per_gpu: int = 2,
-                   out_dir: Path | None = None) -> ThroughputResult:
+def run_throughput(
+    setup: ExperimentSetup, source: WorkloadFactory, *, clients_per_gpu: int = 2, out_dir: Path | None = None
+) -> ThroughputResult:
     arrival = ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=clients_per_gpu * setup.n_gpus)
     rows, cost = {}, 0.0
     for name, config in system_configs(setup, MonitorMode.THROUGHPUT).items():
@@ -95,13 +114,17 @@ def run_throughput(setup: ExperimentSetup, source: WorkloadFactory, *, clients_p
 
 
 def format_throughput(results: Sequence[ThroughputResult]) -> str:
-    lines = [f"{'setup':<9} {'system':<8} {'req/min':>8} {'x vanilla':>9} {'hit rate':>8} {'p50 s':>7}   paper",
-             "-" * 78]
+    lines = [
+        f"{'setup':<9} {'system':<8} {'req/min':>8} {'x vanilla':>9} {'hit rate':>8} {'p50 s':>7}   paper",
+        "-" * 78,
+    ]
     for res in results:
         for name, s in res.rows.items():
             hit = "-" if s.hit_rate is None else f"{s.hit_rate:.1%}"
-            lines.append(f"{res.setup:<9} {name:<8} {s.throughput_req_per_min:8.2f} {res.ratio(name):8.2f}x "
-                         f"{hit:>8} {s.latency_p50_s:7.1f}   {PAPER['throughput_ratio'][name]}")
+            lines.append(
+                f"{res.setup:<9} {name:<8} {s.throughput_req_per_min:8.2f} {res.ratio(name):8.2f}x "
+                f"{hit:>8} {s.latency_p50_s:7.1f}   {PAPER['throughput_ratio'][name]}"
+            )
     return "\n".join(lines)
 
 
@@ -123,9 +146,15 @@ class SloResult:
         return best
 
 
-def run_slo(setup: ExperimentSetup, source: WorkloadFactory, rates: Sequence[float], *,
-            n_requests: int | None = None, also_throughput_mode: bool = False,
-            out_dir: Path | None = None) -> SloResult:
+def run_slo(
+    setup: ExperimentSetup,
+    source: WorkloadFactory,
+    rates: Sequence[float],
+    *,
+    n_requests: int | None = None,
+    also_throughput_mode: bool = False,
+    out_dir: Path | None = None,
+) -> SloResult:
     """MoDM's SLO scripts run quality mode; `also_throughput_mode` adds MoDM in throughput mode as 'modm-tp'."""
     result = SloResult(setup.label, sorted(float(r) for r in rates))
     configs = system_configs(setup, MonitorMode.QUALITY)
@@ -135,8 +164,9 @@ def run_slo(setup: ExperimentSetup, source: WorkloadFactory, rates: Sequence[flo
         result.points[name] = []
         for rate in result.rates:
             arrival = ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=rate)
-            sim, summary = _run(config, source, arrival, f"{name}-{setup.label}@{rate:g}", out_dir,
-                                n_requests=n_requests)
+            sim, summary = _run(
+                config, source, arrival, f"{name}-{setup.label}@{rate:g}", out_dir, n_requests=n_requests
+            )
             result.points[name].append((rate, summary))
             result.cost_s += sim.wall_s
     if out_dir is not None:
@@ -147,8 +177,10 @@ def run_slo(setup: ExperimentSetup, source: WorkloadFactory, rates: Sequence[flo
 def format_slo(results: Sequence[SloResult], target: float) -> str:
     lines = []
     for res in results:
-        lines.append(f"SLO attainment, {res.setup} (rows: rate req/min; cells: 2x / 4x attainment, p99 s"
-                     f"{'; modm-tp = MoDM in throughput mode' if 'modm-tp' in res.points else ''})")
+        lines.append(
+            f"SLO attainment, {res.setup} (rows: rate req/min; cells: 2x / 4x attainment, p99 s"
+            f"{'; modm-tp = MoDM in throughput mode' if 'modm-tp' in res.points else ''})"
+        )
         header = f"{'rate':>6} " + " ".join(f"{name:>24}" for name in res.points)
         lines += [header, "-" * len(header)]
         for i, rate in enumerate(res.rates):
@@ -162,8 +194,9 @@ def format_slo(results: Sequence[SloResult], target: float) -> str:
             ours = {name: res.max_compliant_rate(name, key, target) for name in res.points}
             gpu, n = res.setup.split("x", 1)[1], int(res.setup.split("x", 1)[0])
             paper = PAPER["slo_max_rate"].get((gpu, n, key))
-            ours_text = ", ".join(f"{k} {'<' + format(res.rates[0], 'g') if v is None else format(v, 'g')}"
-                                  for k, v in ours.items())
+            ours_text = ", ".join(
+                f"{k} {'<' + format(res.rates[0], 'g') if v is None else format(v, 'g')}" for k, v in ours.items()
+            )
             paper_text = ", ".join(f"{k} {v}" for k, v in paper.items()) if paper else "-"
             lines.append(f"  highest rate with >= {target:.0%} within {key}: {ours_text}   (paper: {paper_text})")
         lines.append("")
@@ -186,15 +219,21 @@ class RampResult:
     setup: str
     max_rate: float
     rows: dict[str, RunSummary]
-    peak_completed: dict[str, float]   # completions per minute over the last quarter of the arrivals
+    peak_completed: dict[str, float]  # completions per minute over the last quarter of the arrivals
     peak_offered: float
     allocation: list[tuple[float, int, int]]  # MoDM: (t, large, small) per monitor window
     cost_s: float
 
 
-def run_ramp(setup: ExperimentSetup, source: WorkloadFactory, *, max_rate: float | None = None,
-             n_requests: int | None = None, modm_mode: MonitorMode = MonitorMode.QUALITY,
-             out_dir: Path | None = None) -> RampResult:
+def run_ramp(
+    setup: ExperimentSetup,
+    source: WorkloadFactory,
+    *,
+    max_rate: float | None = None,
+    n_requests: int | None = None,
+    modm_mode: MonitorMode = MonitorMode.QUALITY,
+    out_dir: Path | None = None,
+) -> RampResult:
     """The ramp starts at 1 req/min with no warm-up requests (they would sit at the slow end of the ramp); with a
     prefilling factory the warm-up prompts warm the cache instead."""
     warm_up = None if source.default_prefill else 0
@@ -202,8 +241,9 @@ def run_ramp(setup: ExperimentSetup, source: WorkloadFactory, *, max_rate: float
     arrival = ArrivalConfig(kind=ArrivalKind.RAMP, min_rate_per_min=1.0, max_rate_per_min=max_rate)
     rows, peak, allocation, cost, offered = {}, {}, [], 0.0, 0.0
     for name, config in system_configs(setup, modm_mode).items():
-        sim, summary = _run(config, source, arrival, f"{name}-{setup.label}-ramp", out_dir, n_requests=n_requests,
-                            warm_up=warm_up)
+        sim, summary = _run(
+            config, source, arrival, f"{name}-{setup.label}-ramp", out_dir, n_requests=n_requests, warm_up=warm_up
+        )
         rows[name], cost = summary, cost + sim.wall_s
         arrivals = sim.arrival_s[~sim.workload.warm_up]
         t0, t1 = np.quantile(arrivals, 0.75), arrivals.max()
@@ -216,17 +256,23 @@ def run_ramp(setup: ExperimentSetup, source: WorkloadFactory, *, max_rate: float
 
 
 def format_ramp(result: RampResult) -> str:
-    lines = [f"Increasing load, {result.setup}: sigmoid ramp 1 -> {result.max_rate:.1f} req/min; last quarter of the "
-             f"arrivals offers {result.peak_offered:.1f} req/min",
-             f"{'system':<8} {'completed req/min (peak)':>25} {'p99 s':>8} {'hit rate':>9}   paper", "-" * 72]
+    lines = [
+        f"Increasing load, {result.setup}: sigmoid ramp 1 -> {result.max_rate:.1f} req/min; last quarter of the "
+        f"arrivals offers {result.peak_offered:.1f} req/min",
+        f"{'system':<8} {'completed req/min (peak)':>25} {'p99 s':>8} {'hit rate':>9}   paper",
+        "-" * 72,
+    ]
     for name, s in result.rows.items():
         hit = "-" if s.hit_rate is None else f"{s.hit_rate:.1%}"
-        lines.append(f"{name:<8} {result.peak_completed[name]:25.1f} {s.latency_p99_s:8.0f} {hit:>9}   "
-                     f"{PAPER['ramp_saturation'][name]}")
+        lines.append(
+            f"{name:<8} {result.peak_completed[name]:25.1f} {s.latency_p99_s:8.0f} {hit:>9}   "
+            f"{PAPER['ramp_saturation'][name]}"
+        )
     if result.allocation:
         steps = result.allocation[:: max(1, len(result.allocation) // 12)]
-        lines.append("MoDM allocation (t s: large/small): "
-                     + ", ".join(f"{t:.0f}: {large}/{small}" for t, large, small in steps))
+        lines.append(
+            "MoDM allocation (t s: large/small): " + ", ".join(f"{t:.0f}: {large}/{small}" for t, large, small in steps)
+        )
     return "\n".join(lines)
 
 

@@ -32,18 +32,18 @@ _ROLE_NAMES = ("large", "small")
 @dataclass(frozen=True)
 class MonitorDecision:
     t_s: float
-    request_rate: float   # R of the window, req/min
-    hit_rate: float       # H of the window
+    request_rate: float  # R of the window, req/min
+    hit_rate: float  # H of the window
     k_mix: dict[str, int]
-    target_large: float   # Algorithm 1's unsmoothed target
-    large: int            # the PID-smoothed allocation
+    target_large: float  # Algorithm 1's unsmoothed target
+    large: int  # the PID-smoothed allocation
     small: int
     feasible: bool
 
 
 @dataclass(frozen=True)
 class WorkerSwitch:
-    t_s: float     # when the worker started loading the model
+    t_s: float  # when the worker started loading the model
     worker: int
     to_model: str
 
@@ -68,13 +68,13 @@ class SimResult:
     config: SimConfig
     workload: Workload
     arrival_s: np.ndarray
-    start_s: np.ndarray      # when a worker took the request
+    start_s: np.ndarray  # when a worker took the request
     end_s: np.ndarray
     hit: np.ndarray
     k: np.ndarray
     score: np.ndarray
-    served_by: np.ndarray    # 0 large, 1 small, -1 never served
-    worker: np.ndarray       # the GPU worker that served it, -1 never served
+    served_by: np.ndarray  # 0 large, 1 small, -1 never served
+    worker: np.ndarray  # the GPU worker that served it, -1 never served
     completions: np.ndarray  # times each request completed (1 in a correct run)
     stats: list[StatsSample]
     monitor_decisions: list[MonitorDecision]
@@ -98,19 +98,35 @@ class SimResult:
             source = trace[i] if trace is not None else None
             done = self.completions[i] > 0
             hit = bool(self.hit[i])
-            records.append(RequestRecord(
-                index=i, prompt=source.prompt if source else "", source_row=source.source_row if source else i,
-                user=source.user if source else None, session=source.session if source else None,
-                edit=source.edit if source else None, warm_up=bool(self.workload.warm_up[i]),
-                arrival_s=_opt(self.arrival_s[i]), start_s=_opt(self.arrival_s[i]),
-                end_s=_opt(self.end_s[i]) if done else None,
-                latency_s=float(self.end_s[i] - self.arrival_s[i]) if done else None,
-                outcome=Outcome.OK if done else Outcome.NOT_SENT,
-                hit=hit if done else None, score=_opt(self.score[i]), k=int(self.k[i]) if hit else None,
-                model=_ROLE_NAMES[self.served_by[i]] if done else None, mode=mode,
-                timings_json=json.dumps({"queue": float(self.start_s[i] - self.arrival_s[i]),
-                                         "generate": float(self.end_s[i] - self.start_s[i])}) if done else None,
-            ))
+            records.append(
+                RequestRecord(
+                    index=i,
+                    prompt=source.prompt if source else "",
+                    source_row=source.source_row if source else i,
+                    user=source.user if source else None,
+                    session=source.session if source else None,
+                    edit=source.edit if source else None,
+                    warm_up=bool(self.workload.warm_up[i]),
+                    arrival_s=_opt(self.arrival_s[i]),
+                    start_s=_opt(self.arrival_s[i]),
+                    end_s=_opt(self.end_s[i]) if done else None,
+                    latency_s=float(self.end_s[i] - self.arrival_s[i]) if done else None,
+                    outcome=Outcome.OK if done else Outcome.NOT_SENT,
+                    hit=hit if done else None,
+                    score=_opt(self.score[i]),
+                    k=int(self.k[i]) if hit else None,
+                    model=_ROLE_NAMES[self.served_by[i]] if done else None,
+                    mode=mode,
+                    timings_json=json.dumps(
+                        {
+                            "queue": float(self.start_s[i] - self.arrival_s[i]),
+                            "generate": float(self.end_s[i] - self.start_s[i]),
+                        }
+                    )
+                    if done
+                    else None,
+                )
+            )
         return records
 
     def summary(self, reference_latency_s: float | None = None) -> RunSummary:
@@ -126,19 +142,27 @@ class SimResult:
         makespan = float(self.end_s[ok].max() - self.arrival_s[measured].min()) if ok.any() else float("nan")
         n_measured = int(measured.sum())
         return FastMetrics(
-            n_requests=n_measured, n_ok=int(ok.sum()), makespan_s=makespan,
+            n_requests=n_measured,
+            n_ok=int(ok.sum()),
+            makespan_s=makespan,
             throughput_req_per_min=ok.sum() / makespan * 60.0 if makespan > 0 else float("nan"),
             hit_rate=float(self.hit[ok].mean()) if ok.any() else float("nan"),
             latency_p50_s=float(np.percentile(latency, 50)) if latency.size else float("nan"),
             latency_p99_s=float(np.percentile(latency, 99)) if latency.size else float("nan"),
-            slo_attainment={slo_key(m): float(np.sum(latency <= m * reference) / max(n_measured, 1))
-                            for m in SLO_MULTIPLIERS},
+            slo_attainment={
+                slo_key(m): float(np.sum(latency <= m * reference) / max(n_measured, 1)) for m in SLO_MULTIPLIERS
+            },
         )
 
     def cost(self) -> dict[str, float]:
-        return {"wall_s": self.wall_s, "events": self.events, "events_per_s": self.events_per_s,
-                "requests": self.workload.n_requests, "gpus": self.config.n_gpus,
-                "simulated_s": float(np.nanmax(self.end_s)) if self.workload.n_requests else 0.0}
+        return {
+            "wall_s": self.wall_s,
+            "events": self.events,
+            "events_per_s": self.events_per_s,
+            "requests": self.workload.n_requests,
+            "gpus": self.config.n_gpus,
+            "simulated_s": float(np.nanmax(self.end_s)) if self.workload.n_requests else 0.0,
+        }
 
     def metadata(self) -> dict[str, Any]:
         arrival = self.workload.arrival
@@ -156,21 +180,32 @@ class SimResult:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         records = self.to_records()
-        summary = summarize(records, name=self.name, reference_latency_s=self.config.reference_latency_s,
-                            stop_reason="completed")
-        paths = {"records": write_records(out_dir / "records.parquet", records, self.metadata()),
-                 "stats": write_stats(out_dir / "stats.parquet", self.stats)}
+        summary = summarize(
+            records, name=self.name, reference_latency_s=self.config.reference_latency_s, stop_reason="completed"
+        )
+        paths = {
+            "records": write_records(out_dir / "records.parquet", records, self.metadata()),
+            "stats": write_stats(out_dir / "stats.parquet", self.stats),
+        }
         paths["summary"] = out_dir / "summary.json"
         paths["summary"].write_text(json.dumps(summary.model_dump(mode="json"), indent=2))
         (out_dir / "summary.txt").write_text(format_summary(summary) + "\n")
         paths["sim"] = out_dir / "sim.json"
-        paths["sim"].write_text(json.dumps({
-            "cost": self.cost(), "config": self.config.model_dump(mode="json"),
-            "monitor_decisions": [asdict(d) for d in self.monitor_decisions],
-            "switches": [asdict(s) for s in self.switches]}, indent=1))
+        paths["sim"].write_text(
+            json.dumps(
+                {
+                    "cost": self.cost(),
+                    "config": self.config.model_dump(mode="json"),
+                    "monitor_decisions": [asdict(d) for d in self.monitor_decisions],
+                    "switches": [asdict(s) for s in self.switches],
+                },
+                indent=1,
+            )
+        )
         if plots:
-            paths["latency_cdf"] = plot_latency_cdf({self.name: records}, out_dir / "latency_cdf.png",
-                                                    reference_latency_s=self.config.reference_latency_s)
+            paths["latency_cdf"] = plot_latency_cdf(
+                {self.name: records}, out_dir / "latency_cdf.png", reference_latency_s=self.config.reference_latency_s
+            )
             paths["timeline"] = plot_timeline(records, self.stats, out_dir / "timeline.png")
         return paths
 

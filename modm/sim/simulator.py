@@ -84,8 +84,9 @@ def _single_threaded_faiss() -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
-def build_hit_model(config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None,
-                    prefill: np.ndarray | None = None) -> HitModel:
+def build_hit_model(
+    config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None, prefill: np.ndarray | None = None
+) -> HitModel:
     """The hit model `config` asks for: no cache (vanilla), parametric, or retrieval over `embeddings`; caches
     start with the outputs keyed by the rows of `prefill` (a warm cache), if given."""
     model = _hit_model(config, workload, embeddings)
@@ -101,11 +102,18 @@ def _hit_model(config: SimConfig, workload: Workload, embeddings: np.ndarray | N
     if config.system is SystemMode.VANILLA:
         return NoCache()
     if config.parametric is not None:
-        return ParametricHits(workload.n_requests, config.parametric.hit_rate, config.parametric.k_mix, total_steps,
-                              np.random.default_rng(config.seed))
+        return ParametricHits(
+            workload.n_requests,
+            config.parametric.hit_rate,
+            config.parametric.k_mix,
+            total_steps,
+            np.random.default_rng(config.seed),
+        )
     if embeddings is None:
-        raise ValueError(f"system {config.system.value!r} retrieves over prompt embeddings: pass embeddings "
-                         "(one row per request) or configure the parametric hit model")
+        raise ValueError(
+            f"system {config.system.value!r} retrieves over prompt embeddings: pass embeddings "
+            "(one row per request) or configure the parametric hit model"
+        )
     embeddings = check_embeddings(embeddings, workload.n_requests)
     if config.system is SystemMode.NIRVANA:
         return NirvanaLatentCache(embeddings, config.nirvana_capacity_prompts, KTable.nirvana(total_steps))
@@ -143,7 +151,8 @@ class Simulator:
         self.loading: list[ModelRole | None] = [None] * g  # the model a switching worker is loading
         self.state = [_State.IDLE] * g
         self.idle: dict[ModelRole, list[int]] = {
-            role: [w for w in reversed(range(g)) if self.loaded[w] is role] for role in ModelRole}
+            role: [w for w in reversed(range(g)) if self.loaded[w] is role] for role in ModelRole
+        }
         self.n_assigned = {ModelRole.LARGE: n_large, ModelRole.SMALL: g - n_large}
         # One FIFO queue per model pool (vanilla and NIRVANA use only the large one), and the router's count of
         # requests sent to each pool and not yet answered (what `route` reads as in_flight).
@@ -170,11 +179,24 @@ class Simulator:
         with _single_threaded_faiss():
             self._loop()
         wall_s = time.perf_counter() - wall_start
-        return SimResult(config=self.config, workload=self.workload, arrival_s=self.arrival_s,
-                         start_s=self.start_s, end_s=self.end_s, hit=self.hit, k=self.k, score=self.score,
-                         served_by=self.served_by, worker=self.worker, completions=self.completions, stats=self.stats,
-                         monitor_decisions=self.decisions_log, switches=self.switches, events=self.events,
-                         wall_s=wall_s)
+        return SimResult(
+            config=self.config,
+            workload=self.workload,
+            arrival_s=self.arrival_s,
+            start_s=self.start_s,
+            end_s=self.end_s,
+            hit=self.hit,
+            k=self.k,
+            score=self.score,
+            served_by=self.served_by,
+            worker=self.worker,
+            completions=self.completions,
+            stats=self.stats,
+            monitor_decisions=self.decisions_log,
+            switches=self.switches,
+            events=self.events,
+            wall_s=wall_s,
+        )
 
     def _loop(self) -> None:
         wl = self.workload
@@ -244,8 +266,11 @@ class Simulator:
             role = ModelRole.LARGE
         else:
             pools = {r: PoolState(replicas=self.n_assigned[r], in_flight=self.in_flight[r]) for r in ModelRole}
-            role = ModelRole(route(bool(self.hit[request]), self.config.monitor.mode, pools[ModelRole.LARGE],
-                                   pools[ModelRole.SMALL]).value)
+            role = ModelRole(
+                route(
+                    bool(self.hit[request]), self.config.monitor.mode, pools[ModelRole.LARGE], pools[ModelRole.SMALL]
+                ).value
+            )
         self.in_flight[role] += 1
         self.queues[role].append(request)
 
@@ -313,14 +338,25 @@ class Simulator:
     def _monitor_tick(self, *, act: bool) -> None:
         window = self._window
         if self.monitor is not None and act:
-            stats = WindowStats(request_rate=window.requests / self.config.monitor.window_s * 60.0,
-                                hit_rate=window.hits / window.requests if window.requests else 0.0,
-                                k_mix=dict(window.k), total_steps=self.total_steps)
+            stats = WindowStats(
+                request_rate=window.requests / self.config.monitor.window_s * 60.0,
+                hit_rate=window.hits / window.requests if window.requests else 0.0,
+                k_mix=dict(window.k),
+                total_steps=self.total_steps,
+            )
             allocation = self.monitor.step(stats, self.profile.throughput())
-            self.decisions_log.append(MonitorDecision(
-                t_s=self.now, request_rate=stats.request_rate, hit_rate=stats.hit_rate,
-                k_mix={str(k): v for k, v in sorted(stats.k_mix.items())}, target_large=allocation.target,
-                large=allocation.large, small=allocation.small, feasible=allocation.feasible))
+            self.decisions_log.append(
+                MonitorDecision(
+                    t_s=self.now,
+                    request_rate=stats.request_rate,
+                    hit_rate=stats.hit_rate,
+                    k_mix={str(k): v for k, v in sorted(stats.k_mix.items())},
+                    target_large=allocation.target,
+                    large=allocation.large,
+                    small=allocation.small,
+                    feasible=allocation.feasible,
+                )
+            )
             self._reassign(allocation.large)
         self._sample_stats()
         self._window = _Counts()
@@ -328,15 +364,22 @@ class Simulator:
     def _sample_stats(self) -> None:
         n_large = sum(role is ModelRole.LARGE for role in self.assigned)
         totals = self._totals
-        self.stats.append(StatsSample(
-            t_s=self.now, requests=totals.requests, hits=totals.hits,
-            hit_rate=totals.hits / totals.requests if totals.requests else None,
-            large=n_large, small=self.config.n_gpus - n_large,
-            k_mix_json=json.dumps({str(k): v for k, v in sorted(self._window.k.items())}),
-            queue_depths_json=json.dumps({role.value: len(q) for role, q in self.queues.items()})))
+        self.stats.append(
+            StatsSample(
+                t_s=self.now,
+                requests=totals.requests,
+                hits=totals.hits,
+                hit_rate=totals.hits / totals.requests if totals.requests else None,
+                large=n_large,
+                small=self.config.n_gpus - n_large,
+                k_mix_json=json.dumps({str(k): v for k, v in sorted(self._window.k.items())}),
+                queue_depths_json=json.dumps({role.value: len(q) for role, q in self.queues.items()}),
+            )
+        )
 
 
-def simulate(config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None,
-             prefill: np.ndarray | None = None) -> SimResult:
+def simulate(
+    config: SimConfig, workload: Workload, embeddings: np.ndarray | None = None, prefill: np.ndarray | None = None
+) -> SimResult:
     """Build the hit model for `config` (warmed with `prefill` keys, if given) and run the simulation."""
     return Simulator(config, workload, build_hit_model(config, workload, embeddings, prefill)).run()

@@ -41,10 +41,10 @@ class Workload:
 
     name: str
     n_requests: int
-    warm_up: np.ndarray                       # (n,) bool: excluded from every reported number
+    warm_up: np.ndarray  # (n,) bool: excluded from every reported number
     offsets_s: np.ndarray | None
     concurrency: int = 1
-    trace: list[TraceRequest] | None = None   # prompts and session labels; None for synthetic workloads
+    trace: list[TraceRequest] | None = None  # prompts and session labels; None for synthetic workloads
     arrival: ArrivalConfig | None = None
 
     def __post_init__(self):
@@ -65,15 +65,28 @@ class Workload:
         return None if self.trace is None else [r.prompt for r in self.trace]
 
     @classmethod
-    def from_trace(cls, name: str, trace: list[TraceRequest], arrival: ArrivalConfig,
-                   offsets_s: np.ndarray | None) -> "Workload":
-        return cls(name=name, n_requests=len(trace), warm_up=np.array([r.warm_up for r in trace], dtype=bool),
-                   offsets_s=None if offsets_s is None else np.asarray(offsets_s, dtype=np.float64),
-                   concurrency=arrival.concurrency, trace=trace, arrival=arrival)
+    def from_trace(
+        cls, name: str, trace: list[TraceRequest], arrival: ArrivalConfig, offsets_s: np.ndarray | None
+    ) -> "Workload":
+        return cls(
+            name=name,
+            n_requests=len(trace),
+            warm_up=np.array([r.warm_up for r in trace], dtype=bool),
+            offsets_s=None if offsets_s is None else np.asarray(offsets_s, dtype=np.float64),
+            concurrency=arrival.concurrency,
+            trace=trace,
+            arrival=arrival,
+        )
 
 
-def build_workload(trace: TraceConfig, arrival: ArrivalConfig, *, sessions: SessionConfig | None = None,
-                   seed: int = 42, name: str = "sim") -> Workload:
+def build_workload(
+    trace: TraceConfig,
+    arrival: ArrivalConfig,
+    *,
+    sessions: SessionConfig | None = None,
+    seed: int = 42,
+    name: str = "sim",
+) -> Workload:
     """loadgen's workload (reader, session model, arrival process) for a single load-generator worker."""
     requests = load_trace(trace)
     if sessions is not None:
@@ -94,8 +107,9 @@ def workload_from_run(run_dir: str | Path) -> tuple[Workload, RunConfig]:
     return Workload.from_trace(config.name, requests, config.arrival, offsets), config
 
 
-def synthetic_workload(n_requests: int, arrival: ArrivalConfig, *, warm_up: int = 0, seed: int = 42,
-                       name: str = "synthetic") -> Workload:
+def synthetic_workload(
+    n_requests: int, arrival: ArrivalConfig, *, warm_up: int = 0, seed: int = 42, name: str = "synthetic"
+) -> Workload:
     """`n_requests` anonymous requests (for the parametric hit model, which needs no prompts)."""
     if n_requests <= 0 or not 0 <= warm_up < n_requests:
         raise ValueError(f"need n_requests > 0 and 0 <= warm_up < n_requests, got {n_requests}, {warm_up}")
@@ -112,8 +126,15 @@ def synthetic_workload(n_requests: int, arrival: ArrivalConfig, *, warm_up: int 
         raise ValueError(f"a synthetic workload has no timestamps to {arrival.kind.value}; use a trace")
     warm = np.zeros(n_requests, dtype=bool)
     warm[:warm_up] = True
-    return Workload(name=name, n_requests=n_requests, warm_up=warm, offsets_s=offsets,
-                    concurrency=arrival.concurrency, trace=None, arrival=arrival)
+    return Workload(
+        name=name,
+        n_requests=n_requests,
+        warm_up=warm,
+        offsets_s=offsets,
+        concurrency=arrival.concurrency,
+        trace=None,
+        arrival=arrival,
+    )
 
 
 class WorkloadFactory:
@@ -124,9 +145,16 @@ class WorkloadFactory:
     the parametric hit model).
     """
 
-    def __init__(self, requests: list[TraceRequest] | None, embeddings: np.ndarray | None = None, *,
-                 seed: int = 42, default_warm_up: int = 0, default_requests: int | None = None,
-                 default_prefill: bool = False):
+    def __init__(
+        self,
+        requests: list[TraceRequest] | None,
+        embeddings: np.ndarray | None = None,
+        *,
+        seed: int = 42,
+        default_warm_up: int = 0,
+        default_requests: int | None = None,
+        default_prefill: bool = False,
+    ):
         if requests is not None and embeddings is not None and embeddings.shape[0] != len(requests):
             raise ValueError(f"{embeddings.shape[0]} embeddings for {len(requests)} requests")
         self.requests = requests
@@ -136,9 +164,15 @@ class WorkloadFactory:
         self.default_requests = default_requests
         self.default_prefill = default_prefill
 
-    def __call__(self, arrival: ArrivalConfig, name: str, *, n_requests: int | None = None,
-                 warm_up: int | None = None, prefill: bool | None = None) -> tuple[Workload, np.ndarray | None,
-                                                                              np.ndarray | None]:
+    def __call__(
+        self,
+        arrival: ArrivalConfig,
+        name: str,
+        *,
+        n_requests: int | None = None,
+        warm_up: int | None = None,
+        prefill: bool | None = None,
+    ) -> tuple[Workload, np.ndarray | None, np.ndarray | None]:
         """(workload, its embeddings, prefill keys) for the first `warm_up + n_requests` requests. The first
         `warm_up` are sent first and excluded from reports or, with `prefill`, not sent at all: their embeddings
         come back as keys to warm the cache with before time 0 (MoDM's pre-cache)."""
@@ -148,8 +182,11 @@ class WorkloadFactory:
         if self.requests is None:
             if n_requests is None:
                 raise ValueError("a synthetic workload needs n_requests")
-            return synthetic_workload(warm_up + n_requests, arrival, warm_up=warm_up, seed=self.seed,
-                                      name=name), None, None
+            return (
+                synthetic_workload(warm_up + n_requests, arrival, warm_up=warm_up, seed=self.seed, name=name),
+                None,
+                None,
+            )
         total = len(self.requests) if n_requests is None else warm_up + n_requests
         if total > len(self.requests) or warm_up >= total:
             raise ValueError(f"{warm_up} warm-up + {n_requests} requests asked of a list of {len(self.requests)}")

@@ -30,9 +30,9 @@ class BuildContext:
     world: World
     out_dir: Path
     seed: int
-    quick: bool                      # a few steps on a few images: checks that the build runs, trains nothing useful
+    quick: bool  # a few steps on a few images: checks that the build runs, trains nothing useful
     manifest: WorldManifest
-    progress: Callable[[str, int], Callable[[int, float], None]]   # (label, total steps) -> per-step callback
+    progress: Callable[[str, int], Callable[[int, float], None]]  # (label, total steps) -> per-step callback
     _samples: dict[Split, list[WorldSample]] = field(default_factory=dict)
 
     def component_dir(self, name: str) -> Path:
@@ -68,20 +68,35 @@ def _clip_step(seed_offset: int, width: int, steps: int, name: str) -> Callable[
         if ctx.quick:
             spec = replace(spec, steps=2, batch_size=16, train_images=32, warmup_steps=1)
         model, tokenizer, processor, seconds = train_clip(
-            ctx.world, spec, samples=ctx.train_samples(spec.train_images), progress=ctx.progress(name, spec.steps))
+            ctx.world, spec, samples=ctx.train_samples(spec.train_images), progress=ctx.progress(name, spec.steps)
+        )
         save_clip(model, tokenizer, processor, out, spec)
         from modm.embedding.hf_clip import HfClipEmbedder
         from modm.world.eval import retrieval_accuracy
 
         gallery = 32 if ctx.quick else 1000
-        accuracy = retrieval_accuracy(HfClipEmbedder(out, device=torch.device("cpu"), batch_size=256), ctx.world,
-                                      gallery_size=gallery)
+        accuracy = retrieval_accuracy(
+            HfClipEmbedder(out, device=torch.device("cpu"), batch_size=256), ctx.world, gallery_size=gallery
+        )
         params = sum(p.numel() for p in model.parameters())
-        return StepResult(files=["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                                 "processor_config.json"],
-                          info={"train_seconds": round(seconds, 1), "parameters": params, "width": width,
-                                "seed": spec.seed, "steps": spec.steps,
-                                f"retrieval_top1_{gallery}": round(accuracy, 4)})
+        return StepResult(
+            files=[
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "processor_config.json",
+            ],
+            info={
+                "train_seconds": round(seconds, 1),
+                "parameters": params,
+                "width": width,
+                "seed": spec.seed,
+                "steps": spec.steps,
+                f"retrieval_top1_{gallery}": round(accuracy, 4),
+            },
+        )
+
     return run
 
 
@@ -99,8 +114,7 @@ def _judge_step(ctx: BuildContext, out: Path) -> StepResult:
     info: dict[str, Any] = {"train_seconds": round(seconds, 1), "steps": spec.steps}
     for split in (Split.TRAIN, Split.HELDOUT):
         check = ctx.world.samples(EVAL_PROMPTS_START, n_check, split)
-        acc = accuracy([score_image(r, s.scene) for r, s in zip(judge.read(
-            [s.image for s in check]), check)])
+        acc = accuracy([score_image(r, s.scene) for r, s in zip(judge.read([s.image for s in check]), check)])
         info[f"ground_truth_{split.value}"] = {k: round(v, 4) for k, v in acc.items()}
     judge.save(out, spec, info)
     return StepResult(files=["judge.safetensors", "judge.json"], info=info)
@@ -113,6 +127,8 @@ BUILD_STEPS: list[BuildStep] = [
     BuildStep("clip_score", "clip_score", _clip_step(seed_offset=1, width=48, steps=400, name="clip_score")),
     BuildStep("judge", "judge", _judge_step),
 ]
+
+
 # The VAE, the large/small/small2 diffusion pipelines and their per-step cost measurement (modm.world.model_steps).
 def _model_steps() -> list[BuildStep]:
     from modm.world.model_steps import model_build_steps
@@ -134,6 +150,7 @@ def tqdm_progress(label: str, total: int) -> Callable[[int, float], None]:
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         if step + 1 >= total:
             bar.close()
+
     return update
 
 
@@ -146,11 +163,18 @@ def build_command(out_dir: str | Path, seed: int, quick: bool, only: list[str] |
     return shlex.join(parts)
 
 
-def build_world(out_dir: str | Path, *, seed: int = 0, quick: bool = False, only: list[str] | None = None,
-                steps: list[BuildStep] | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
-                threads: int = DEFAULT_BUILD_THREADS,
-                progress: Callable[[str, int], Callable[[int, float], None]] = tqdm_progress,
-                log: Callable[[str], None] = print) -> WorldManifest:
+def build_world(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    only: list[str] | None = None,
+    steps: list[BuildStep] | None = None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    threads: int = DEFAULT_BUILD_THREADS,
+    progress: Callable[[str, int], Callable[[int, float], None]] = tqdm_progress,
+    log: Callable[[str], None] = print,
+) -> WorldManifest:
     """Run the build steps in order (or those named in `only`, keeping the other components already there)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,24 +15,38 @@ import numpy as np
 from modm.world.scene import Scene, WorldObject
 
 COLOUR_WORDS: dict[str, tuple[str, ...]] = {
-    "red": ("red", "crimson", "scarlet"), "green": ("green", "emerald"), "blue": ("blue", "azure"),
-    "yellow": ("yellow", "golden"), "purple": ("purple", "violet"), "orange": ("orange", "tangerine"),
-    "pink": ("pink", "rose"), "cyan": ("cyan", "turquoise"),
+    "red": ("red", "crimson", "scarlet"),
+    "green": ("green", "emerald"),
+    "blue": ("blue", "azure"),
+    "yellow": ("yellow", "golden"),
+    "purple": ("purple", "violet"),
+    "orange": ("orange", "tangerine"),
+    "pink": ("pink", "rose"),
+    "cyan": ("cyan", "turquoise"),
 }
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
-    "circle": ("circle", "disc"), "square": ("square", "box"), "triangle": ("triangle", "wedge"),
-    "diamond": ("diamond", "rhombus"), "cross": ("cross", "plus sign"), "ring": ("ring", "hoop"),
+    "circle": ("circle", "disc"),
+    "square": ("square", "box"),
+    "triangle": ("triangle", "wedge"),
+    "diamond": ("diamond", "rhombus"),
+    "cross": ("cross", "plus sign"),
+    "ring": ("ring", "hoop"),
 }
 SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
 # "on the left"-style phrases (both template sets) and "left side"-style phrases (queries only).
 POSITION_PHRASES: dict[str, tuple[str, ...]] = {
-    "left": ("on the left", "at the left"), "right": ("on the right", "at the right"),
-    "top": ("at the top", "near the top"), "bottom": ("at the bottom", "near the bottom"),
+    "left": ("on the left", "at the left"),
+    "right": ("on the right", "at the right"),
+    "top": ("at the top", "near the top"),
+    "bottom": ("at the bottom", "near the bottom"),
     "centre": ("in the centre", "in the middle"),
 }
 SIDE_PHRASES: dict[str, tuple[str, ...]] = {
-    "left": ("left side",), "right": ("right side",), "top": ("top side", "upper side"),
-    "bottom": ("bottom side", "lower side"), "centre": ("middle", "centre"),
+    "left": ("left side",),
+    "right": ("right side",),
+    "top": ("top side", "upper side"),
+    "bottom": ("bottom side", "lower side"),
+    "centre": ("middle", "centre"),
 }
 
 ALL = frozenset({"shape", "colour", "size", "position"})
@@ -48,34 +62,54 @@ class TemplateSet(str, Enum):
 @dataclass(frozen=True)
 class Template:
     name: str
-    single: str      # one object: fields {size} {colour} {shape} {where} {side}
-    obj: str         # one object inside a two-object caption
-    pair: str        # two objects: {first} {second}
+    single: str  # one object: fields {size} {colour} {shape} {where} {side}
+    obj: str  # one object inside a two-object caption
+    pair: str  # two objects: {first} {second}
     mentions: frozenset[str]
 
 
 GALLERY_TEMPLATES: tuple[Template, ...] = (
-    Template("g-plain", "a {size} {colour} {shape} {where}", "a {size} {colour} {shape} {where}",
-             "{first} and {second}", ALL),
-    Template("g-front", "{Where}, a {size} {colour} {shape}", "a {size} {colour} {shape} {where}",
-             "{first}, and {second}", ALL),
-    Template("g-nosize", "a {colour} {shape} {where}", "a {colour} {shape} {where}", "{first} and {second}",
-             NO_SIZE),
-    Template("g-coloured", "a {size} {shape} coloured {colour}, {where}", "a {size} {colour} {shape} {where}",
-             "two shapes: {first}, {second}", ALL),
-    Template("g-noposition", "a {size} {colour} {shape}", "a {size} {colour} {shape}", "{first} and {second}",
-             NO_POSITION),
+    Template(
+        "g-plain", "a {size} {colour} {shape} {where}", "a {size} {colour} {shape} {where}", "{first} and {second}", ALL
+    ),
+    Template(
+        "g-front",
+        "{Where}, a {size} {colour} {shape}",
+        "a {size} {colour} {shape} {where}",
+        "{first}, and {second}",
+        ALL,
+    ),
+    Template("g-nosize", "a {colour} {shape} {where}", "a {colour} {shape} {where}", "{first} and {second}", NO_SIZE),
+    Template(
+        "g-coloured",
+        "a {size} {shape} coloured {colour}, {where}",
+        "a {size} {colour} {shape} {where}",
+        "two shapes: {first}, {second}",
+        ALL,
+    ),
+    Template(
+        "g-noposition", "a {size} {colour} {shape}", "a {size} {colour} {shape}", "{first} and {second}", NO_POSITION
+    ),
 )
 QUERY_TEMPLATES: tuple[Template, ...] = (
-    Template("q-side", "a {size} {colour} {shape}, {side}", "a {size} {colour} {shape}, {side}",
-             "{first}; {second}", ALL),
-    Template("q-there", "there is a {size} {colour} {shape} {where}", "a {size} {colour} {shape} {where}",
-             "there is {first} beside {second}", ALL),
-    Template("q-list", "{colour} {shape}, {size}, {where}", "{colour} {shape}, {size}, {where}",
-             "{first} with {second}", ALL),
+    Template(
+        "q-side", "a {size} {colour} {shape}, {side}", "a {size} {colour} {shape}, {side}", "{first}; {second}", ALL
+    ),
+    Template(
+        "q-there",
+        "there is a {size} {colour} {shape} {where}",
+        "a {size} {colour} {shape} {where}",
+        "there is {first} beside {second}",
+        ALL,
+    ),
+    Template(
+        "q-list", "{colour} {shape}, {size}, {where}", "{colour} {shape}, {size}, {where}", "{first} with {second}", ALL
+    ),
 )
-TEMPLATES: dict[TemplateSet, tuple[Template, ...]] = {TemplateSet.GALLERY: GALLERY_TEMPLATES,
-                                                      TemplateSet.QUERY: QUERY_TEMPLATES}
+TEMPLATES: dict[TemplateSet, tuple[Template, ...]] = {
+    TemplateSet.GALLERY: GALLERY_TEMPLATES,
+    TemplateSet.QUERY: QUERY_TEMPLATES,
+}
 
 
 @dataclass(frozen=True)
@@ -91,9 +125,14 @@ def _pick(rng: np.random.Generator, words: tuple[str, ...]) -> str:
 
 def _fields(obj: WorldObject, rng: np.random.Generator) -> dict[str, str]:
     where = _pick(rng, POSITION_PHRASES[obj.position])
-    return {"size": _pick(rng, SIZE_WORDS[obj.size]), "colour": _pick(rng, COLOUR_WORDS[obj.colour]),
-            "shape": _pick(rng, SHAPE_WORDS[obj.shape]), "where": where, "Where": where[0].upper() + where[1:],
-            "side": _pick(rng, SIDE_PHRASES[obj.position])}
+    return {
+        "size": _pick(rng, SIZE_WORDS[obj.size]),
+        "colour": _pick(rng, COLOUR_WORDS[obj.colour]),
+        "shape": _pick(rng, SHAPE_WORDS[obj.shape]),
+        "where": where,
+        "Where": where[0].upper() + where[1:],
+        "side": _pick(rng, SIDE_PHRASES[obj.position]),
+    }
 
 
 def caption_with(scene: Scene, template: Template, rng: np.random.Generator) -> Caption:
@@ -106,8 +145,7 @@ def caption_with(scene: Scene, template: Template, rng: np.random.Generator) -> 
     return Caption(text=text, template=template.name, mentions=template.mentions)
 
 
-def caption_scene(scene: Scene, rng: np.random.Generator, template_set: TemplateSet = TemplateSet.GALLERY
-                  ) -> Caption:
+def caption_scene(scene: Scene, rng: np.random.Generator, template_set: TemplateSet = TemplateSet.GALLERY) -> Caption:
     templates = TEMPLATES[template_set]
     return caption_with(scene, templates[int(rng.integers(len(templates)))], rng)
 

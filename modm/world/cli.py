@@ -19,6 +19,7 @@ COMMITTED_WORLD = Path(__file__).resolve().parent / "weights"
 class EvalEntry:
     """A row of `modm world eval`: a name and a factory (world dir, manifest) -> PromptGenerator, or None when the
     component it needs is not in the directory (the row is then skipped, with a note)."""
+
     name: str
     make: Callable[[Path, WorldManifest], object]
 
@@ -93,16 +94,33 @@ def _cmd_eval(args) -> int:
         if generator is None:
             skipped.append(entry.name)
             continue
-        rows.append(evaluate_generator(entry.name, generator, world, judge, scorer, args.samples,
-                                       heldout_samples=args.heldout_samples, real=real))
+        rows.append(
+            evaluate_generator(
+                entry.name,
+                generator,
+                world,
+                judge,
+                scorer,
+                args.samples,
+                heldout_samples=args.heldout_samples,
+                real=real,
+            )
+        )
     retrieval = {"clip": retrieval_accuracy(retriever, world), "clip_score": retrieval_accuracy(scorer, world)}
     print(format_table(rows, retrieval))
     if skipped:
         print(f"skipped (component not in {world_dir}): {', '.join(skipped)}")
     if args.json:
-        body = {"world": str(world_dir), "manifest_command": manifest.command, "seed": manifest.seed,
-                "format_version": manifest.format_version, "samples": args.samples,
-                "models": {r.name: r.to_dict() for r in rows}, "retrieval_top1": retrieval, "skipped": skipped}
+        body = {
+            "world": str(world_dir),
+            "manifest_command": manifest.command,
+            "seed": manifest.seed,
+            "format_version": manifest.format_version,
+            "samples": args.samples,
+            "models": {r.name: r.to_dict() for r in rows},
+            "retrieval_top1": retrieval,
+            "skipped": skipped,
+        }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")

@@ -35,14 +35,14 @@ class ClipTrainSpec:
     layers: int = 2
     heads: int = 4
     projection_dim: int = 64
-    patch_size: int = 8           # 4x4 patches of a 32x32 image: a quarter of the cost of patch 4
+    patch_size: int = 8  # 4x4 patches of a 32x32 image: a quarter of the cost of patch 4
     steps: int = 800
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 50
     train_images: int = 20_000
-    captions_per_image: int = 3   # the image's own caption and other gallery captions of its scene
+    captions_per_image: int = 3  # the image's own caption and other gallery captions of its scene
     attribute_loss_weight: float = 1.0  # auxiliary slot-attribute heads on the embeddings (training only)
 
 
@@ -50,24 +50,38 @@ def clip_config(spec: ClipTrainSpec, tokenizer, image_size: int):
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     text = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.width, intermediate_size=spec.width * 2,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-        max_position_embeddings=WORLD_CONTEXT_LENGTH, projection_dim=spec.projection_dim,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
+        vocab_size=len(tokenizer),
+        hidden_size=spec.width,
+        intermediate_size=spec.width * 2,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        max_position_embeddings=WORLD_CONTEXT_LENGTH,
+        projection_dim=spec.projection_dim,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     vision = CLIPVisionConfig(
-        image_size=image_size, patch_size=spec.patch_size, hidden_size=spec.width,
-        intermediate_size=spec.width * 2, num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-        projection_dim=spec.projection_dim)
+        image_size=image_size,
+        patch_size=spec.patch_size,
+        hidden_size=spec.width,
+        intermediate_size=spec.width * 2,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        projection_dim=spec.projection_dim,
+    )
     return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=spec.projection_dim)
 
 
 def image_processor(image_size: int):
     from transformers import CLIPImageProcessor
 
-    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size,
-                                                                                 "width": image_size},
-                              image_mean=list(CLIP_IMAGE_MEAN), image_std=list(CLIP_IMAGE_STD))
+    return CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=list(CLIP_IMAGE_MEAN),
+        image_std=list(CLIP_IMAGE_STD),
+    )
 
 
 def pixels_from_uint8(images: np.ndarray) -> torch.Tensor:
@@ -91,10 +105,10 @@ def _scene_keys(scenes: list[Scene]) -> np.ndarray:
 
 @dataclass
 class ClipTrainData:
-    pixels: torch.Tensor      # (n, 3, h, w)
-    input_ids: torch.Tensor   # (n, c, length)
+    pixels: torch.Tensor  # (n, 3, h, w)
+    input_ids: torch.Tensor  # (n, c, length)
     mention_set: torch.Tensor  # (n, c) index into _MENTION_SETS
-    keys: torch.Tensor        # (n, len(_MENTION_SETS))
+    keys: torch.Tensor  # (n, len(_MENTION_SETS))
     slots: dict[str, torch.Tensor]  # judge-style slot targets (shape/colour/size per position), for the aux heads
 
 
@@ -113,36 +127,43 @@ class AttributeHeads(torch.nn.Module):
 
     def loss(self, emb: torch.Tensor, slots: dict[str, torch.Tensor]) -> torch.Tensor:
         ce = torch.nn.functional.cross_entropy
-        return sum(ce(self.heads[k](emb).view(-1, self.sizes[k]), slots[k].flatten(), ignore_index=-100)
-                   for k in self.sizes)
+        return sum(
+            ce(self.heads[k](emb).view(-1, self.sizes[k]), slots[k].flatten(), ignore_index=-100) for k in self.sizes
+        )
 
 
-def make_train_data(world: World, spec: ClipTrainSpec, tokenizer, samples: list[WorldSample] | None = None
-                    ) -> ClipTrainData:
+def make_train_data(
+    world: World, spec: ClipTrainSpec, tokenizer, samples: list[WorldSample] | None = None
+) -> ClipTrainData:
     samples = samples if samples is not None else world.samples(0, spec.train_images, Split.TRAIN)
-    captions = [[world.recaption(s.index, Split.TRAIN, v) for v in range(spec.captions_per_image)]
-                for s in samples]
+    captions = [[world.recaption(s.index, Split.TRAIN, v) for v in range(spec.captions_per_image)] for s in samples]
     flat = [c.text for cs in captions for c in cs]
-    ids = tokenizer(flat, padding="max_length", max_length=WORLD_CONTEXT_LENGTH, truncation=True,
-                    return_tensors="pt").input_ids.view(len(samples), spec.captions_per_image, -1)
+    ids = tokenizer(
+        flat, padding="max_length", max_length=WORLD_CONTEXT_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids.view(len(samples), spec.captions_per_image, -1)
     mention = torch.tensor([[_MENTION_SETS.index(c.mentions) for c in cs] for cs in captions])
     from modm.world.judge import slot_targets
 
-    return ClipTrainData(pixels=pixels_from_uint8(np.stack([s.image for s in samples])), input_ids=ids,
-                         mention_set=mention, keys=torch.from_numpy(_scene_keys([s.scene for s in samples])),
-                         slots=slot_targets([s.scene for s in samples]))
+    return ClipTrainData(
+        pixels=pixels_from_uint8(np.stack([s.image for s in samples])),
+        input_ids=ids,
+        mention_set=mention,
+        keys=torch.from_numpy(_scene_keys([s.scene for s in samples])),
+        slots=slot_targets([s.scene for s in samples]),
+    )
 
 
 def soft_targets(keys: torch.Tensor, mention_set: torch.Tensor) -> torch.Tensor:
     """(B captions, B images) 1/0: image i has every attribute caption j names."""
-    caption_keys = keys.gather(1, mention_set[:, None])          # (B, 1): caption j's own scene key
-    image_keys = keys[:, mention_set].T                          # (B_j, B_i): image i's key in caption j's set
+    caption_keys = keys.gather(1, mention_set[:, None])  # (B, 1): caption j's own scene key
+    image_keys = keys[:, mention_set].T  # (B_j, B_i): image i's key in caption j's set
     return (image_keys == caption_keys).float()
 
 
-def contrastive_loss(text_emb: torch.Tensor, image_emb: torch.Tensor, logit_scale: torch.Tensor,
-                     targets: torch.Tensor) -> torch.Tensor:
-    logits = logit_scale.exp().clamp(max=100.0) * text_emb @ image_emb.T    # (captions, images)
+def contrastive_loss(
+    text_emb: torch.Tensor, image_emb: torch.Tensor, logit_scale: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    logits = logit_scale.exp().clamp(max=100.0) * text_emb @ image_emb.T  # (captions, images)
     t2i = targets / targets.sum(1, keepdim=True)
     i2t = targets.T / targets.T.sum(1, keepdim=True)
     loss_t = -(t2i * logits.log_softmax(1)).sum(1).mean()
@@ -150,8 +171,13 @@ def contrastive_loss(text_emb: torch.Tensor, image_emb: torch.Tensor, logit_scal
     return (loss_t + loss_i) / 2
 
 
-def train_clip(world: World, spec: ClipTrainSpec, *, samples: list[WorldSample] | None = None,
-               progress: Callable[[int, float], None] | None = None):
+def train_clip(
+    world: World,
+    spec: ClipTrainSpec,
+    *,
+    samples: list[WorldSample] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+):
     """Train a world CLIP on `samples` (default: train samples 0..train_images-1); returns (model, tokenizer,
     processor, seconds of training)."""
     import tempfile
@@ -166,8 +192,7 @@ def train_clip(world: World, spec: ClipTrainSpec, *, samples: list[WorldSample] 
     n = data.pixels.shape[0]
     image_heads, text_heads = AttributeHeads(spec.projection_dim), AttributeHeads(spec.projection_dim)
     params = [*model.parameters(), *image_heads.parameters(), *text_heads.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay,
-                                  betas=(0.9, 0.98))
+    optimiser = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
         if step < spec.warmup_steps:
@@ -183,15 +208,18 @@ def train_clip(world: World, spec: ClipTrainSpec, *, samples: list[WorldSample] 
         idx = torch.randint(0, n, (spec.batch_size,), generator=generator)
         which = torch.randint(0, spec.captions_per_image, (spec.batch_size,), generator=generator)
         input_ids = data.input_ids[idx, which]
-        input_ids = input_ids[:, :int((input_ids != tokenizer.pad_token_id).sum(1).max()) + 1]  # keep one end token
+        input_ids = input_ids[:, : int((input_ids != tokenizer.pad_token_id).sum(1).max()) + 1]  # keep one end token
         mention = data.mention_set[idx, which]
         attention_mask = torch.ones_like(input_ids)  # causal text tower, pooled at the first end token
         text = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         image = model.get_image_features(pixel_values=data.pixels[idx])
         text, image = _features(text), _features(image)
-        loss = contrastive_loss(torch.nn.functional.normalize(text, dim=-1),
-                                torch.nn.functional.normalize(image, dim=-1), model.logit_scale,
-                                soft_targets(data.keys[idx], mention))
+        loss = contrastive_loss(
+            torch.nn.functional.normalize(text, dim=-1),
+            torch.nn.functional.normalize(image, dim=-1),
+            model.logit_scale,
+            soft_targets(data.keys[idx], mention),
+        )
         if spec.attribute_loss_weight:
             slots = {k: v[idx] for k, v in data.slots.items()}
             # captions that leave out size or position cannot say where or how big: image side only for those

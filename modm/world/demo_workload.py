@@ -45,8 +45,7 @@ def world_demo_workload(users: int = USERS, requests: int = REQUESTS, seed: int 
     return [(user, prompt) for user, _, prompt in world_demo_requests(users, requests, seed)]
 
 
-def world_demo_requests(users: int = USERS, requests: int = REQUESTS, seed: int = SEED
-                        ) -> list[tuple[str, Scene, str]]:
+def world_demo_requests(users: int = USERS, requests: int = REQUESTS, seed: int = SEED) -> list[tuple[str, Scene, str]]:
     """(user, scene, prompt) in arrival order: the prompt is a caption of the scene."""
     if users < 1 or requests < 1:
         raise ValueError(f"users and requests must be >= 1, got users={users}, requests={requests}")

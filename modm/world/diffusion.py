@@ -29,7 +29,7 @@ class DiffusionTrainSpec:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     caption_dropout: float = 0.1  # classifier-free guidance: this fraction trains unconditionally
-    ema_decay: float = 0.999      # the cap of diffusers' EMA warm-up schedule
+    ema_decay: float = 0.999  # the cap of diffusers' EMA warm-up schedule
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -40,11 +40,11 @@ class DiffusionTrainSpec:
 class TrainingSet:
     """Normalised latents and their captions' conditioning, row-aligned."""
 
-    latents: torch.Tensor                 # (n, C, h, w)
-    prompt_embeds: torch.Tensor           # (n, L, D)
-    pooled: torch.Tensor                  # (n, P)
-    null_prompt_embeds: torch.Tensor      # (L, D): the unconditional input
-    null_pooled: torch.Tensor             # (P,)
+    latents: torch.Tensor  # (n, C, h, w)
+    prompt_embeds: torch.Tensor  # (n, L, D)
+    pooled: torch.Tensor  # (n, P)
+    null_prompt_embeds: torch.Tensor  # (L, D): the unconditional input
+    null_pooled: torch.Tensor  # (P,)
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -79,7 +79,7 @@ def encode_captions(pipe, captions: list[str], batch_size: int = 512) -> tuple[t
     kwargs = _encode_kwargs(pipe)
     embeds, pooled = [], []
     for i in range(0, len(captions), batch_size):
-        out = pipe.encode_prompt(prompt=captions[i:i + batch_size], **kwargs)
+        out = pipe.encode_prompt(prompt=captions[i : i + batch_size], **kwargs)
         embeds.append(out[0].float())
         pooled.append(out[2].float())
     return torch.cat(embeds), torch.cat(pooled)
@@ -97,8 +97,9 @@ def null_condition(pipe) -> tuple[torch.Tensor, torch.Tensor]:
 def training_set(pipe, latents: torch.Tensor, captions: list[str]) -> TrainingSet:
     embeds, pooled = encode_captions(pipe, captions)
     null_embeds, null_pooled = null_condition(pipe)
-    return TrainingSet(latents=latents, prompt_embeds=embeds, pooled=pooled,
-                       null_prompt_embeds=null_embeds, null_pooled=null_pooled)
+    return TrainingSet(
+        latents=latents, prompt_embeds=embeds, pooled=pooled, null_prompt_embeds=null_embeds, null_pooled=null_pooled
+    )
 
 
 class RectifiedFlowObjective:
@@ -112,13 +113,19 @@ class RectifiedFlowObjective:
 
         n = x0.shape[0]
         sigmas = compute_density_for_timestep_sampling(
-            "logit_normal", n, logit_mean=self.logit_mean, logit_std=self.logit_std, generator=generator)
+            "logit_normal", n, logit_mean=self.logit_mean, logit_std=self.logit_std, generator=generator
+        )
         sigmas = sigmas.view(n, 1, 1, 1)
         noise = torch.randn(x0.shape, generator=generator)
         noisy = (1.0 - sigmas) * x0 + sigmas * noise
         # FlowMatchEulerDiscreteScheduler's timesteps are sigma * num_train_timesteps (1000).
-        pred = model(hidden_states=noisy, timestep=sigmas.view(n) * 1000.0, encoder_hidden_states=embeds,
-                     pooled_projections=pooled, return_dict=False)[0]
+        pred = model(
+            hidden_states=noisy,
+            timestep=sigmas.view(n) * 1000.0,
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
         return F.mse_loss(pred, noise - x0)
 
 
@@ -137,8 +144,13 @@ class EpsilonObjective:
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         noisy = self.scheduler.add_noise(x0, noise, t)
-        pred = model(noisy, t, encoder_hidden_states=embeds, return_dict=False,
-                     added_cond_kwargs={"text_embeds": pooled, "time_ids": self.time_ids.expand(n, -1)})[0]
+        pred = model(
+            noisy,
+            t,
+            encoder_hidden_states=embeds,
+            return_dict=False,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": self.time_ids.expand(n, -1)},
+        )[0]
         return F.mse_loss(pred, noise)
 
 
@@ -149,8 +161,9 @@ def _lr_at(step: int, spec: DiffusionTrainSpec) -> float:
     return spec.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_denoiser(model, objective, data: TrainingSet, spec: DiffusionTrainSpec, *,
-                   progress: ProgressFn | None = None) -> float:
+def train_denoiser(
+    model, objective, data: TrainingSet, spec: DiffusionTrainSpec, *, progress: ProgressFn | None = None
+) -> float:
     """Train `model` in place; at the end its weights are the EMA weights. Returns the mean loss of the last 10%."""
     from diffusers.training_utils import EMAModel
 

@@ -25,8 +25,8 @@ class WorldFormatError(ValueError):
 @dataclass
 class ComponentRecord:
     name: str
-    path: str                       # subfolder, relative to the world directory
-    files: list[str]                # files (relative to the subfolder) that must exist
+    path: str  # subfolder, relative to the world directory
+    files: list[str]  # files (relative to the subfolder) that must exist
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -39,10 +39,13 @@ class WorldManifest:
     components: dict[str, ComponentRecord] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        body = {"format_version": self.format_version, "command": self.command, "seed": self.seed,
-                "image_size": self.image_size,
-                "components": {n: {"path": c.path, "files": c.files, "info": c.info}
-                               for n, c in self.components.items()}}
+        body = {
+            "format_version": self.format_version,
+            "command": self.command,
+            "seed": self.seed,
+            "image_size": self.image_size,
+            "components": {n: {"path": c.path, "files": c.files, "info": c.info} for n, c in self.components.items()},
+        }
         return json.dumps(body, indent=2, sort_keys=False) + "\n"
 
     def save(self, world_dir: str | Path) -> Path:
@@ -54,8 +57,9 @@ class WorldManifest:
     def load(cls, world_dir: str | Path) -> WorldManifest:
         path = Path(world_dir) / MANIFEST_NAME
         if not path.is_file():
-            raise WorldFormatError(f"{world_dir}: not a world directory (no {MANIFEST_NAME}); build one with "
-                                   f"`modm world build DIR`")
+            raise WorldFormatError(
+                f"{world_dir}: not a world directory (no {MANIFEST_NAME}); build one with `modm world build DIR`"
+            )
         try:
             body = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
@@ -63,10 +67,13 @@ class WorldManifest:
         missing = [k for k in ("format_version", "command", "seed", "image_size", "components") if k not in body]
         if missing:
             raise WorldFormatError(f"{path}: manifest lacks {missing}")
-        components = {n: ComponentRecord(n, c["path"], list(c.get("files", [])), dict(c.get("info", {})))
-                      for n, c in body["components"].items()}
-        return cls(int(body["format_version"]), str(body["command"]), int(body["seed"]), int(body["image_size"]),
-                   components)
+        components = {
+            n: ComponentRecord(n, c["path"], list(c.get("files", [])), dict(c.get("info", {})))
+            for n, c in body["components"].items()
+        }
+        return cls(
+            int(body["format_version"]), str(body["command"]), int(body["seed"]), int(body["image_size"]), components
+        )
 
 
 def validate_world_dir(world_dir: str | Path, required: tuple[str, ...] = ()) -> WorldManifest:
@@ -76,14 +83,15 @@ def validate_world_dir(world_dir: str | Path, required: tuple[str, ...] = ()) ->
         raise WorldFormatError(f"{world_dir}: no such world directory")
     manifest = WorldManifest.load(world_dir)
     if manifest.format_version != WORLD_FORMAT_VERSION:
-        raise WorldFormatError(f"{world_dir}: built with world format {manifest.format_version}, this code reads "
-                               f"{WORLD_FORMAT_VERSION}; rebuild it with `{manifest.command}`")
+        raise WorldFormatError(
+            f"{world_dir}: built with world format {manifest.format_version}, this code reads "
+            f"{WORLD_FORMAT_VERSION}; rebuild it with `{manifest.command}`"
+        )
     absent = [name for name in required if name not in manifest.components]
     if absent:
         raise WorldFormatError(f"{world_dir}: missing component(s) {absent} (has {sorted(manifest.components)})")
     for record in manifest.components.values():
         missing_files = [f for f in record.files if not (world_dir / record.path / f).is_file()]
         if missing_files:
-            raise WorldFormatError(f"{world_dir / record.path}: component {record.name!r} is missing "
-                                   f"{missing_files}")
+            raise WorldFormatError(f"{world_dir / record.path}: component {record.name!r} is missing {missing_files}")
     return manifest

@@ -23,7 +23,7 @@ from modm.world.world import Split, World, WorldSample
 
 FEATURE_DIM = 64
 EMPTY = "empty"
-SLOT_SHAPES = (EMPTY, *SHAPES)   # class 0: no object in the slot
+SLOT_SHAPES = (EMPTY, *SHAPES)  # class 0: no object in the slot
 ATTRIBUTES = ("count", "shape", "colour", "size", "position", "shape_colour", "all")
 WEIGHTS_NAME, CONFIG_NAME = "judge.safetensors", "judge.json"
 
@@ -36,8 +36,13 @@ class JudgeNet(nn.Module):
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
 
-        self.conv = nn.Sequential(*block(3, w, 1), *block(w, 2 * w, 2), *block(2 * w, 2 * w, 1),
-                                  *block(2 * w, 4 * w, 2), *block(4 * w, 4 * w, 2))
+        self.conv = nn.Sequential(
+            *block(3, w, 1),
+            *block(w, 2 * w, 2),
+            *block(2 * w, 2 * w, 1),
+            *block(2 * w, 4 * w, 2),
+            *block(4 * w, 4 * w, 2),
+        )
         side = image_size // 8
         self.embed = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * side * side, FEATURE_DIM))
         n_slots = len(POSITIONS)
@@ -53,9 +58,11 @@ class JudgeNet(nn.Module):
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         f = torch.relu(self.features(pixels))
         n = pixels.shape[0]
-        return {"shape": self.shape_head(f).view(n, len(POSITIONS), -1),
-                "colour": self.colour_head(f).view(n, len(POSITIONS), -1),
-                "size": self.size_head(f).view(n, len(POSITIONS), -1)}
+        return {
+            "shape": self.shape_head(f).view(n, len(POSITIONS), -1),
+            "colour": self.colour_head(f).view(n, len(POSITIONS), -1),
+            "size": self.size_head(f).view(n, len(POSITIONS), -1),
+        }
 
 
 def judge_pixels(images: np.ndarray) -> torch.Tensor:
@@ -81,6 +88,7 @@ def slot_targets(scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
 @dataclass(frozen=True)
 class JudgeReading:
     """What the judge sees: position -> (shape, colour, size)."""
+
     objects: dict[str, tuple[str, str, str]]
 
 
@@ -92,7 +100,7 @@ class JudgeTrainSpec:
     batch_size: int = 128
     lr: float = 2e-3
     train_images: int = 20_000
-    heldout_fraction: float = 0.1   # the judge grades held-out pairs, so it sees them (it is not a model under test)
+    heldout_fraction: float = 0.1  # the judge grades held-out pairs, so it sees them (it is not a model under test)
 
 
 class Judge:
@@ -110,19 +118,27 @@ class Judge:
         readings: list[JudgeReading] = []
         arr = as_uint8_batch(images, self.image_size)
         for start in range(0, len(arr), batch_size):
-            out = self.net(judge_pixels(arr[start:start + batch_size]).to(self.device))
+            out = self.net(judge_pixels(arr[start : start + batch_size]).to(self.device))
             shape, colour, size = (out[k].argmax(-1).cpu().numpy() for k in ("shape", "colour", "size"))
             for i in range(shape.shape[0]):
-                readings.append(JudgeReading({
-                    POSITIONS[p]: (SLOT_SHAPES[shape[i, p]], COLOUR_NAMES[colour[i, p]], SIZES[size[i, p]])
-                    for p in range(len(POSITIONS)) if shape[i, p] != 0}))
+                readings.append(
+                    JudgeReading(
+                        {
+                            POSITIONS[p]: (SLOT_SHAPES[shape[i, p]], COLOUR_NAMES[colour[i, p]], SIZES[size[i, p]])
+                            for p in range(len(POSITIONS))
+                            if shape[i, p] != 0
+                        }
+                    )
+                )
         return readings
 
     @torch.inference_mode()
     def features(self, images, batch_size: int = 256) -> np.ndarray:
         arr = as_uint8_batch(images, self.image_size)
-        out = [self.net.features(judge_pixels(arr[s:s + batch_size]).to(self.device)).cpu().numpy()
-               for s in range(0, len(arr), batch_size)]
+        out = [
+            self.net.features(judge_pixels(arr[s : s + batch_size]).to(self.device)).cpu().numpy()
+            for s in range(0, len(arr), batch_size)
+        ]
         return np.concatenate(out).astype(np.float64) if out else np.zeros((0, FEATURE_DIM))
 
     def save(self, out_dir: str | Path, spec: JudgeTrainSpec, info: dict) -> Path:
@@ -130,12 +146,18 @@ class Judge:
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.cpu().contiguous()
-                 for k, v in self.net.state_dict().items()}
+        state = {
+            k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.cpu().contiguous()
+            for k, v in self.net.state_dict().items()
+        }
         save_file(state, str(out_dir / WEIGHTS_NAME))
-        (out_dir / CONFIG_NAME).write_text(json.dumps({"width": spec.width, "image_size": self.image_size,
-                                                       "train_spec": asdict(spec), **info}, indent=2) + "\n",
-                                           encoding="utf-8")
+        (out_dir / CONFIG_NAME).write_text(
+            json.dumps(
+                {"width": spec.width, "image_size": self.image_size, "train_spec": asdict(spec), **info}, indent=2
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         return out_dir
 
     @classmethod
@@ -181,14 +203,21 @@ def score_image(reading: JudgeReading, scene: Scene, mentions: frozenset[str] = 
         if o.position in free:
             seen_position, seen = o.position, free.pop(o.position)
         elif free:  # the object is elsewhere: take the reading most like it
-            seen_position = max(free, key=lambda p: (free[p][0] == o.shape) + (free[p][1] == o.colour)
-                                + (free[p][2] == o.size))
+            seen_position = max(
+                free, key=lambda p: (free[p][0] == o.shape) + (free[p][1] == o.colour) + (free[p][2] == o.size)
+            )
             seen = free.pop(seen_position)
         else:
             per_object.append(dict.fromkeys(("shape", "colour", "size", "position"), False))
             continue
-        per_object.append({"shape": seen[0] == o.shape, "colour": seen[1] == o.colour, "size": seen[2] == o.size,
-                           "position": seen_position == o.position})
+        per_object.append(
+            {
+                "shape": seen[0] == o.shape,
+                "colour": seen[1] == o.colour,
+                "size": seen[2] == o.size,
+                "position": seen_position == o.position,
+            }
+        )
     result = {"count": len(reading.objects) == scene.count}
     for attribute in ("shape", "colour", "size", "position"):
         result[attribute] = all(p[attribute] for p in per_object) if attribute in mentions else True
@@ -203,8 +232,13 @@ def accuracy(scores: Sequence[dict[str, bool]]) -> dict[str, float]:
     return {a: float(np.mean([s[a] for s in scores])) for a in ATTRIBUTES}
 
 
-def train_judge(world: World, spec: JudgeTrainSpec, *, samples: list[WorldSample] | None = None,
-                progress: Callable[[int, float], None] | None = None) -> tuple[Judge, float]:
+def train_judge(
+    world: World,
+    spec: JudgeTrainSpec,
+    *,
+    samples: list[WorldSample] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[Judge, float]:
     """Train on ground-truth images of both splits (default: the spec's share of each, from index 0); returns the
     judge and the seconds of training."""
     torch.manual_seed(spec.seed)
@@ -216,8 +250,7 @@ def train_judge(world: World, spec: JudgeTrainSpec, *, samples: list[WorldSample
     targets = slot_targets([s.scene for s in samples])
     net = JudgeNet(width=spec.width, image_size=world.image_size)
     optimiser = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=spec.lr, total_steps=spec.steps,
-                                                    pct_start=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=spec.lr, total_steps=spec.steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(spec.seed)
     ce = nn.CrossEntropyLoss(ignore_index=-100)
     net.train()

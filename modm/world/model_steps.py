@@ -69,18 +69,26 @@ def vae_step(ctx, out: Path):
     check = ctx.world.samples(EVAL_PROMPTS_START, 16 if ctx.quick else 512)
     x = pixels(_images(check))
     recon = reconstruct(vae, x)
-    info = {"train_seconds": round(seconds, 1), "steps": spec.steps, "seed": spec.seed,
-            "latent": [spec.latent_channels, WORLD_IMAGE_SIZE // spec.downsample, WORLD_IMAGE_SIZE // spec.downsample],
-            "shift_factor": round(vae.config.shift_factor, 5), "scaling_factor": round(vae.config.scaling_factor, 5),
-            "psnr_db": round(psnr(x, recon), 2), "parameters": sum(p.numel() for p in vae.parameters())}
+    info = {
+        "train_seconds": round(seconds, 1),
+        "steps": spec.steps,
+        "seed": spec.seed,
+        "latent": [spec.latent_channels, WORLD_IMAGE_SIZE // spec.downsample, WORLD_IMAGE_SIZE // spec.downsample],
+        "shift_factor": round(vae.config.shift_factor, 5),
+        "scaling_factor": round(vae.config.scaling_factor, 5),
+        "psnr_db": round(psnr(x, recon), 2),
+        "parameters": sum(p.numel() for p in vae.parameters()),
+    }
     judge_dir = ctx.out_dir / ctx.manifest.components["judge"].path if "judge" in ctx.manifest.components else None
     if judge_dir is not None:  # legibility: the judge reads reconstructions as it reads the originals
         from modm.world.judge import Judge, accuracy, score_image
         from modm.world.vae import to_uint8
 
         judge = Judge.load(judge_dir)
-        info["judge_on_reconstructions"] = {k: round(v, 4) for k, v in accuracy(
-            [score_image(r, s.scene) for r, s in zip(judge.read(to_uint8(recon)), check)]).items()}
+        info["judge_on_reconstructions"] = {
+            k: round(v, 4)
+            for k, v in accuracy([score_image(r, s.scene) for r, s in zip(judge.read(to_uint8(recon)), check)]).items()
+        }
     vae.to(torch.float16).save_pretrained(out)
     return StepResult(files=["config.json", "diffusion_pytorch_model.safetensors"], info=info)
 
@@ -110,12 +118,27 @@ def _diffusion_step(role: str, train: DiffusionTrainSpec, build_model, build_pip
         final_loss = train_denoiser(model, objective_for(pipe), data, spec, progress=ctx.progress(role, spec.steps))
         seconds = time.perf_counter() - started
         params = sum(p.numel() for p in model.parameters())
-        info = {"class": type(pipe).__name__, "denoiser": type(model).__name__, "parameters": params,
-                "train_seconds": round(seconds, 1), "final_loss": round(final_loss, 4), "train_images": n_images,
-                **{k: v for k, v in spec.to_json().items() if k in ("steps", "batch_size", "seed")}}
-        save_pipeline(pipe, out, {"role": role, "train": spec.to_json(), "info": info,
-                                  "serving": world_model_spec(out, role).model_dump(exclude={"source"})})
+        info = {
+            "class": type(pipe).__name__,
+            "denoiser": type(model).__name__,
+            "parameters": params,
+            "train_seconds": round(seconds, 1),
+            "final_loss": round(final_loss, 4),
+            "train_images": n_images,
+            **{k: v for k, v in spec.to_json().items() if k in ("steps", "batch_size", "seed")},
+        }
+        save_pipeline(
+            pipe,
+            out,
+            {
+                "role": role,
+                "train": spec.to_json(),
+                "info": info,
+                "serving": world_model_spec(out, role).model_dump(exclude={"source"}),
+            },
+        )
         return StepResult(files=PIPELINE_FILES, info=info)
+
     return run
 
 
@@ -141,16 +164,19 @@ def step_costs_step(ctx, out: Path):
     for role in ("large", "small", "small2"):
         spec = world_model_spec(ctx.component_dir(role), role, device="cpu")
         generator = DiffusionGenerator(load_pipeline(spec), spec, role)
-        costs[role] = generator.measure_step_cost_s(WORLD_IMAGE_SIZE, steps=(2, 4) if ctx.quick else (2, 12),
-                                                    repeats=1 if ctx.quick else 3)
+        costs[role] = generator.measure_step_cost_s(
+            WORLD_IMAGE_SIZE, steps=(2, 4) if ctx.quick else (2, 12), repeats=1 if ctx.quick else 3
+        )
     info = {f"{role}_step_ms": round(1000 * c, 2) for role, c in costs.items()}
     info["large_small_ratio"] = round(costs["large"] / max(costs["small"], 1e-9), 2)
     info["large_small2_ratio"] = round(costs["large"] / max(costs["small2"], 1e-9), 2)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_costs.json").write_text(__import__("json").dumps(info, indent=2) + "\n", encoding="utf-8")
-    print(f"per-step cost at {WORLD_IMAGE_SIZE}x{WORLD_IMAGE_SIZE}, batch 1, guidance on: "
-          + ", ".join(f"{r} {1000 * c:.2f} ms" for r, c in costs.items())
-          + f"; large:small = {info['large_small_ratio']} (target 5.5), large:small2 = {info['large_small2_ratio']}")
+    print(
+        f"per-step cost at {WORLD_IMAGE_SIZE}x{WORLD_IMAGE_SIZE}, batch 1, guidance on: "
+        + ", ".join(f"{r} {1000 * c:.2f} ms" for r, c in costs.items())
+        + f"; large:small = {info['large_small_ratio']} (target 5.5), large:small2 = {info['large_small2_ratio']}"
+    )
     return StepResult(files=["step_costs.json"], info=info)
 
 
@@ -160,12 +186,17 @@ def model_build_steps():
 
     return [
         BuildStep("vae", "vae", vae_step),
-        BuildStep("large", "large", _diffusion_step("large", LARGE_TRAIN, _large_model, large_pipeline,
-                                                    lambda pipe: RectifiedFlowObjective())),
-        BuildStep("small", "small", _diffusion_step("small", SMALL_TRAIN, _small_model(SMALL), small_pipeline,
-                                                    _epsilon)),
-        BuildStep("small2", "small2", _diffusion_step("small2", SMALL2_TRAIN, _small_model(SMALL2),
-                                                      small_pipeline, _epsilon)),
+        BuildStep(
+            "large",
+            "large",
+            _diffusion_step("large", LARGE_TRAIN, _large_model, large_pipeline, lambda pipe: RectifiedFlowObjective()),
+        ),
+        BuildStep(
+            "small", "small", _diffusion_step("small", SMALL_TRAIN, _small_model(SMALL), small_pipeline, _epsilon)
+        ),
+        BuildStep(
+            "small2", "small2", _diffusion_step("small2", SMALL2_TRAIN, _small_model(SMALL2), small_pipeline, _epsilon)
+        ),
         BuildStep("step_costs", "step_costs", step_costs_step),
     ]
 
@@ -182,6 +213,7 @@ def _eval_entry(role: str):
             return None
         pipe = load_pipeline(world_model_spec(world_dir / manifest.components[role].path, role, device="cpu"))
         return pipeline_generator(pipe, steps=EVAL_STEPS, role=role)
+
     return make
 
 

@@ -53,8 +53,8 @@ SMALL2 = SmallSpec(block_out_channels=(16, 32), heads=(1, 2), time_embed_dim=8)
 @dataclass(frozen=True)
 class TextEncoders:
     tokenizer: object
-    plain: object           # CLIPTextModel (SDXL's first encoder)
-    projected: object       # CLIPTextModelWithProjection (SD3's two, SDXL's second)
+    plain: object  # CLIPTextModel (SDXL's first encoder)
+    projected: object  # CLIPTextModelWithProjection (SD3's two, SDXL's second)
 
     @property
     def hidden(self) -> int:
@@ -93,14 +93,18 @@ def large_transformer(spec: LargeSpec, latent_channels: int, latent_size: int, e
 
     torch.manual_seed(seed)
     return SD3Transformer2DModel(
-        sample_size=latent_size, patch_size=2, in_channels=latent_channels, out_channels=latent_channels,
-        num_layers=spec.num_layers, attention_head_dim=spec.attention_head_dim,
+        sample_size=latent_size,
+        patch_size=2,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        num_layers=spec.num_layers,
+        attention_head_dim=spec.attention_head_dim,
         num_attention_heads=spec.num_attention_heads,
-        joint_attention_dim=2 * encoders.hidden,           # the two CLIPs' hidden states, concatenated
+        joint_attention_dim=2 * encoders.hidden,  # the two CLIPs' hidden states, concatenated
         caption_projection_dim=spec.num_attention_heads * spec.attention_head_dim,
-        pooled_projection_dim=2 * encoders.projection,     # the two CLIPs' pooled embeddings, concatenated
-        pos_embed_max_size=latent_size,                    # patches of a 2x larger request (max_size)
-        qk_norm="rms_norm",                                # as SD3.5: keeps attention logits bounded
+        pooled_projection_dim=2 * encoders.projection,  # the two CLIPs' pooled embeddings, concatenated
+        pos_embed_max_size=latent_size,  # patches of a 2x larger request (max_size)
+        qk_norm="rms_norm",  # as SD3.5: keeps attention logits bounded
     )
 
 
@@ -110,14 +114,21 @@ def small_unet(spec: SmallSpec, latent_channels: int, latent_size: int, encoders
     torch.manual_seed(seed)
     levels = len(spec.block_out_channels)
     return UNet2DConditionModel(
-        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels, layers_per_block=1,
+        sample_size=latent_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        layers_per_block=1,
         block_out_channels=spec.block_out_channels,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
-        attention_head_dim=spec.heads, use_linear_projection=True, transformer_layers_per_block=1,
-        cross_attention_dim=2 * encoders.hidden, norm_num_groups=min(16, spec.block_out_channels[0]),
+        attention_head_dim=spec.heads,
+        use_linear_projection=True,
+        transformer_layers_per_block=1,
+        cross_attention_dim=2 * encoders.hidden,
+        norm_num_groups=min(16, spec.block_out_channels[0]),
         # SDXL's micro-conditioning: 6 size/crop ids embedded + the second encoder's pooled embedding.
-        addition_embed_type="text_time", addition_time_embed_dim=spec.time_embed_dim,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=spec.time_embed_dim,
         projection_class_embeddings_input_dim=6 * spec.time_embed_dim + encoders.projection,
     )
 
@@ -126,10 +137,16 @@ def large_pipeline(transformer, vae, encoders: TextEncoders):
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=LARGE_SHIFT), vae=vae,
-        text_encoder=encoders.projected, tokenizer=encoders.tokenizer,
-        text_encoder_2=encoders.projected, tokenizer_2=encoders.tokenizer,
-        text_encoder_3=None, tokenizer_3=None)
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=LARGE_SHIFT),
+        vae=vae,
+        text_encoder=encoders.projected,
+        tokenizer=encoders.tokenizer,
+        text_encoder_2=encoders.projected,
+        tokenizer_2=encoders.tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -138,12 +155,24 @@ def small_pipeline(unet, vae, encoders: TextEncoders):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     scheduler = EulerDiscreteScheduler(  # SDXL's
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        steps_offset=1, timestep_spacing="leading")
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
     pipe = StableDiffusionXLPipeline(
-        unet=unet, scheduler=scheduler, vae=vae, text_encoder=encoders.plain, tokenizer=encoders.tokenizer,
-        text_encoder_2=encoders.projected, tokenizer_2=encoders.tokenizer,
-        force_zeros_for_empty_prompt=True, add_watermarker=False)
+        unet=unet,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=encoders.plain,
+        tokenizer=encoders.tokenizer,
+        text_encoder_2=encoders.projected,
+        tokenizer_2=encoders.tokenizer,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -178,8 +207,14 @@ def world_model_spec(path: str | Path, role: str, **overrides):
 
     if role not in SERVING:
         raise ValueError(f"role must be one of {sorted(SERVING)}, got {role!r}")
-    fields = {"source": str(path), "default_size": WORLD_IMAGE_SIZE, "max_size": 2 * WORLD_IMAGE_SIZE,
-              "max_sequence_length": WORLD_T5_TOKENS, **SERVING[role], **overrides}
+    fields = {
+        "source": str(path),
+        "default_size": WORLD_IMAGE_SIZE,
+        "max_size": 2 * WORLD_IMAGE_SIZE,
+        "max_sequence_length": WORLD_T5_TOKENS,
+        **SERVING[role],
+        **overrides,
+    }
     return ModelSpec(**fields)
 
 
@@ -195,7 +230,15 @@ def pipeline_generator(pipe, *, steps: int = 20, guidance_scale: float | None = 
     def generate(prompts, seeds):
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         with torch.inference_mode():
-            out = pipe(prompt=list(prompts), height=WORLD_IMAGE_SIZE, width=WORLD_IMAGE_SIZE,
-                       num_inference_steps=steps, guidance_scale=guidance, generator=generators, **extra)
+            out = pipe(
+                prompt=list(prompts),
+                height=WORLD_IMAGE_SIZE,
+                width=WORLD_IMAGE_SIZE,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generators,
+                **extra,
+            )
         return out.images
+
     return generate

@@ -34,7 +34,7 @@ def object_coverage(obj: WorldObject, size: int, supersample: int = DEFAULT_SUPE
     cx, cy = POSITION_CENTRES[obj.position]
     cx, cy = (cx + obj.dx) * fine, (cy + obj.dy) * fine
     radius = SIZE_RADII[obj.size] * obj.radius_scale * fine
-    coords = (np.arange(fine, dtype=np.float32) + 0.5)
+    coords = np.arange(fine, dtype=np.float32) + 0.5
     u = ((coords - cx) / radius)[None, :]
     v = ((coords - cy) / radius)[:, None]
     mask = _inside(obj.shape, u, v).astype(np.float32)

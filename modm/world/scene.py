@@ -13,7 +13,7 @@ import numpy as np
 
 
 class Split(str, Enum):
-    TRAIN = "train"      # never shows a held-out (shape, colour) pair
+    TRAIN = "train"  # never shows a held-out (shape, colour) pair
     HELDOUT = "heldout"  # every scene has at least one object with a held-out pair
 
 
@@ -37,19 +37,29 @@ POSITION_PAIRS: tuple[tuple[str, str], ...] = (("left", "right"), ("top", "botto
 MAX_OBJECTS = 2
 
 # One held-out colour per shape, all different: every shape and every colour still occurs in training.
-HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset({
-    ("circle", "cyan"), ("square", "orange"), ("triangle", "purple"),
-    ("diamond", "red"), ("cross", "yellow"), ("ring", "green"),
-})
+HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("circle", "cyan"),
+        ("square", "orange"),
+        ("triangle", "purple"),
+        ("diamond", "red"),
+        ("cross", "yellow"),
+        ("ring", "green"),
+    }
+)
 
 # Geometry in units of the image side.
 POSITION_CENTRES: dict[str, tuple[float, float]] = {  # (x, y), y down
-    "left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75), "centre": (0.5, 0.5),
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
+    "centre": (0.5, 0.5),
 }
 SIZE_RADII: dict[str, float] = {"small": 0.125, "large": 0.215}
-POSITION_JITTER = 0.04   # +- of the side, uniform, per axis
-RADIUS_JITTER = 0.10     # +- relative
-COLOUR_JITTER = 0.05     # +- per channel
+POSITION_JITTER = 0.04  # +- of the side, uniform, per axis
+RADIUS_JITTER = 0.10  # +- relative
+COLOUR_JITTER = 0.05  # +- per channel
 BACKGROUND_GREY = (0.18, 0.82)
 BACKGROUND_TINT = 0.06
 
@@ -76,7 +86,7 @@ class WorldObject:
 
 @dataclass(frozen=True)
 class Scene:
-    objects: tuple[WorldObject, ...]          # in POSITIONS order of their position
+    objects: tuple[WorldObject, ...]  # in POSITIONS order of their position
     background: tuple[float, float, float]
 
     @property
@@ -94,11 +104,16 @@ class Scene:
 def _sample_object(rng: np.random.Generator, position: str, shape: str, colour: str) -> WorldObject:
     base = np.asarray(COLOURS[colour])
     rgb = np.clip(base + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, 3), 0.0, 1.0)
-    return WorldObject(shape=shape, colour=colour, size=SIZES[int(rng.integers(len(SIZES)))], position=position,
-                       dx=float(rng.uniform(-POSITION_JITTER, POSITION_JITTER)),
-                       dy=float(rng.uniform(-POSITION_JITTER, POSITION_JITTER)),
-                       radius_scale=float(rng.uniform(1 - RADIUS_JITTER, 1 + RADIUS_JITTER)),
-                       rgb=(float(rgb[0]), float(rgb[1]), float(rgb[2])))
+    return WorldObject(
+        shape=shape,
+        colour=colour,
+        size=SIZES[int(rng.integers(len(SIZES)))],
+        position=position,
+        dx=float(rng.uniform(-POSITION_JITTER, POSITION_JITTER)),
+        dy=float(rng.uniform(-POSITION_JITTER, POSITION_JITTER)),
+        radius_scale=float(rng.uniform(1 - RADIUS_JITTER, 1 + RADIUS_JITTER)),
+        rgb=(float(rgb[0]), float(rgb[1]), float(rgb[2])),
+    )
 
 
 def _sample_pair(rng: np.random.Generator, heldout: bool) -> tuple[str, str]:
@@ -127,5 +142,4 @@ def sample_scene(rng: np.random.Generator, split: Split) -> Scene:
     grey = rng.uniform(*BACKGROUND_GREY)
     background = np.clip(grey + rng.uniform(-BACKGROUND_TINT, BACKGROUND_TINT, 3), 0.0, 1.0)
     objects.sort(key=lambda o: POSITIONS.index(o.position))
-    return Scene(objects=tuple(objects), background=(float(background[0]), float(background[1]),
-                                                     float(background[2])))
+    return Scene(objects=tuple(objects), background=(float(background[0]), float(background[1]), float(background[2])))

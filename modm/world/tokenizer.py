@@ -24,7 +24,7 @@ _N_MERGES = 49152 - 256 - 2  # as in open_clip's SimpleTokenizer
 def _clip_merges() -> list[tuple[str, str]]:
     with gzip.open(default_bpe()) as f:
         lines = f.read().decode("utf-8").split("\n")
-    return [tuple(line.split()) for line in lines[1: _N_MERGES + 1]]
+    return [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]
 
 
 def _merges_used(word: str, ranks: dict[tuple[str, str], int]) -> list[tuple[str, str]]:

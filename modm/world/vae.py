@@ -45,10 +45,17 @@ def build_vae(spec: VaeTrainSpec, *, shift_factor: float = 0.0, scaling_factor: 
 
     n = len(spec.block_out_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=spec.latent_channels,
-        block_out_channels=spec.block_out_channels, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        norm_num_groups=16, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=spec.latent_channels,
+        block_out_channels=spec.block_out_channels,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        norm_num_groups=16,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
         force_upcast=False,  # fp32 on CPU already; no per-call upcast
         **latent_normalisation(spec.latent_channels, shift_factor, scaling_factor),
     )
@@ -56,8 +63,12 @@ def build_vae(spec: VaeTrainSpec, *, shift_factor: float = 0.0, scaling_factor: 
 
 def latent_normalisation(channels: int, shift_factor: float, scaling_factor: float) -> dict:
     """VAE config entries that make SD3's (shift, scale) and SDXL's (mean, std, scale) normalisations agree."""
-    return {"shift_factor": float(shift_factor), "scaling_factor": float(scaling_factor),
-            "latents_mean": (float(shift_factor),) * channels, "latents_std": (1.0,) * channels}
+    return {
+        "shift_factor": float(shift_factor),
+        "scaling_factor": float(scaling_factor),
+        "latents_mean": (float(shift_factor),) * channels,
+        "latents_std": (1.0,) * channels,
+    }
 
 
 def pixels(images: np.ndarray) -> torch.Tensor:
@@ -107,7 +118,7 @@ def train_vae(images: np.ndarray, spec: VaeTrainSpec, *, progress: ProgressFn | 
 @torch.no_grad()
 def encode_latents(vae, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Unnormalised posterior means (deterministic)."""
-    return torch.cat([vae.encode(x[i:i + batch_size]).latent_dist.mode() for i in range(0, len(x), batch_size)])
+    return torch.cat([vae.encode(x[i : i + batch_size]).latent_dist.mode() for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
@@ -120,8 +131,9 @@ def latent_factors(vae, x: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def reconstruct(vae, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([vae.decode(vae.encode(x[i:i + batch_size]).latent_dist.mode()).sample
-                      for i in range(0, len(x), batch_size)]).clamp(-1, 1)
+    return torch.cat(
+        [vae.decode(vae.encode(x[i : i + batch_size]).latent_dist.mode()).sample for i in range(0, len(x), batch_size)]
+    ).clamp(-1, 1)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:

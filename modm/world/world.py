@@ -59,8 +59,7 @@ class World:
 
     def sample(self, index: int, split: Split = Split.TRAIN) -> WorldSample:
         scene, caption = self.scene(index, split)
-        return WorldSample(index=int(index), split=Split(split), scene=scene, caption=caption,
-                           image=self.render(scene))
+        return WorldSample(index=int(index), split=Split(split), scene=scene, caption=caption, image=self.render(scene))
 
     def samples(self, start: int, count: int, split: Split = Split.TRAIN) -> list[WorldSample]:
         return [self.sample(i, split) for i in range(start, start + count)]
@@ -80,8 +79,9 @@ class World:
             return own
         return caption_scene(scene, self._rng(split, index, _RECAPTION_STREAM, variant), TemplateSet.GALLERY)
 
-    def image_batch(self, indices: Iterable[int], split: Split = Split.TRAIN
-                    ) -> tuple[np.ndarray, list[str], list[Scene]]:
+    def image_batch(
+        self, indices: Iterable[int], split: Split = Split.TRAIN
+    ) -> tuple[np.ndarray, list[str], list[Scene]]:
         """(n, size, size, 3) uint8 images, their captions and scenes."""
         images, captions, scenes = [], [], []
         for i in indices:

@@ -16,8 +16,7 @@ import cache_testkit as kit
 
 from modm.cache import ImageCache
 
-KILL_POINTS = ("png_renamed", "segment_tmp_written", "before_eviction", "snapshot_tmp_written",
-               "snapshot_renamed")
+KILL_POINTS = ("png_renamed", "segment_tmp_written", "before_eviction", "snapshot_tmp_written", "snapshot_renamed")
 
 
 def main() -> None:
@@ -55,8 +54,7 @@ def main() -> None:
 
     ImageCache._evict_oldest = evict_oldest
 
-    cache = ImageCache(kit.make_config(directory, capacity=int(capacity), compact_every=int(compact_every)),
-                       kit.DIM)
+    cache = ImageCache(kit.make_config(directory, capacity=int(capacity), compact_every=int(compact_every)), kit.DIM)
     seed = len(cache) and cache.entries()[-1].id + 1
     while True:
         adding["id"] = seed

@@ -42,13 +42,30 @@ def make_config(directory, **overrides) -> CacheConfig:
 
 def add_seeded(cache, seed: int, tenant: str = "alice", k: int = 0):
     """Admit the entry defined by `seed` (image, embedding and prompt all derive from it)."""
-    return cache.add(tiny_png(seed), unit_vector(seed, cache.dim), prompt=f"prompt {seed}", tenant=tenant,
-                     source_model="tiny-large", k=k)
+    return cache.add(
+        tiny_png(seed),
+        unit_vector(seed, cache.dim),
+        prompt=f"prompt {seed}",
+        tenant=tenant,
+        source_model="tiny-large",
+        k=k,
+    )
 
 
 def add_seeded_batch(cache, seeds, tenant_of=lambda seed: "alice"):
     """Admit the entries defined by `seeds` in one commit (faster than one add per seed)."""
     from modm.cache import NewEntry
 
-    return cache.add_many([NewEntry(png_bytes=tiny_png(s), embedding=unit_vector(s, cache.dim), prompt=f"prompt {s}",
-                                    tenant=tenant_of(s), source_model="tiny-large", k=0) for s in seeds])
+    return cache.add_many(
+        [
+            NewEntry(
+                png_bytes=tiny_png(s),
+                embedding=unit_vector(s, cache.dim),
+                prompt=f"prompt {s}",
+                tenant=tenant_of(s),
+                source_model="tiny-large",
+                k=0,
+            )
+            for s in seeds
+        ]
+    )

@@ -22,10 +22,15 @@ def open_cache(cache_dir):
     """
     opened = []
 
-    def _open(directory=None, dim: int = DIM, durable: bool = False, background_index_builds: bool = False,
-              **overrides) -> ImageCache:
-        cache = ImageCache(make_config(directory or cache_dir, **overrides), dim, durable=durable,
-                           background_index_builds=background_index_builds)
+    def _open(
+        directory=None, dim: int = DIM, durable: bool = False, background_index_builds: bool = False, **overrides
+    ) -> ImageCache:
+        cache = ImageCache(
+            make_config(directory or cache_dir, **overrides),
+            dim,
+            durable=durable,
+            background_index_builds=background_index_builds,
+        )
         opened.append(cache)
         return cache
 

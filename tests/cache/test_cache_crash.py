@@ -26,8 +26,11 @@ CAPACITY, COMPACT_EVERY = 4, 3
 def _run_child(directory, kill_point="none", kill_at_id=-1, kill_after_lines=None):
     """Run the child until it dies; return the ids it reported as added (returned from `add`)."""
     child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(directory), str(CAPACITY), str(COMPACT_EVERY), kill_point,
-         str(kill_at_id)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, str(CHILD), str(directory), str(CAPACITY), str(COMPACT_EVERY), kill_point, str(kill_at_id)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     reported = []
     try:
         if kill_after_lines is not None:
@@ -62,13 +65,16 @@ def _assert_exactly(directory, live_ids):
     assert next_id == (live_ids[-1] + 1 if live_ids else 0)
 
 
-@pytest.mark.parametrize(("kill_point", "kill_at_id", "committed_through"), [
-    ("png_renamed", 6, 5),            # image written, no segment: not committed
-    ("segment_tmp_written", 6, 5),    # segment complete under its tmp name: not committed
-    ("before_eviction", 6, 6),        # committed; the evicted entry's image is still on disk
-    ("snapshot_tmp_written", 5, 5),   # compaction after admission 5 dies before its rename
-    ("snapshot_renamed", 5, 5),       # ... or after it, before deleting the segments it covers
-])
+@pytest.mark.parametrize(
+    ("kill_point", "kill_at_id", "committed_through"),
+    [
+        ("png_renamed", 6, 5),  # image written, no segment: not committed
+        ("segment_tmp_written", 6, 5),  # segment complete under its tmp name: not committed
+        ("before_eviction", 6, 6),  # committed; the evicted entry's image is still on disk
+        ("snapshot_tmp_written", 5, 5),  # compaction after admission 5 dies before its rename
+        ("snapshot_renamed", 5, 5),  # ... or after it, before deleting the segments it covers
+    ],
+)
 def test_sigkill_inside_an_admission(cache_dir, kill_point, kill_at_id, committed_through):
     reported = _run_child(cache_dir, kill_point, kill_at_id)
     assert reported == list(range(kill_at_id))  # the child died inside add(kill_at_id)
@@ -109,12 +115,12 @@ def _journal_only_cache(open_cache, cache_dir, tmp_path, n=6):
 
 def test_stray_tmp_files_and_an_uncommitted_image_are_removed(open_cache, cache_dir, tmp_path):
     copy = _journal_only_cache(open_cache, cache_dir, tmp_path)
-    (copy / "images" / "000000000006.png").write_bytes(tiny_png(6))            # image, no segment
-    (copy / "images" / "000000000007.png.tmp").write_bytes(tiny_png(7)[:10])   # torn image
+    (copy / "images" / "000000000006.png").write_bytes(tiny_png(6))  # image, no segment
+    (copy / "images" / "000000000007.png.tmp").write_bytes(tiny_png(7)[:10])  # torn image
     (copy / "journal" / "000000000007-000000000007.parquet.tmp").write_bytes(b"PAR1")
     (copy / "snapshots" / "snapshot-000000000006.parquet.tmp").write_bytes(b"PAR1")
     (copy / "modm-cache.json.tmp").write_bytes(b"{")
-    (copy / "images" / "README").write_text("an operator's note")             # not ours: left alone
+    (copy / "images" / "README").write_text("an operator's note")  # not ours: left alone
     with ImageCache(make_config(copy), DIM) as cache:
         assert [e.id for e in cache.entries()] == list(range(6))
         assert add_seeded(cache, 6).id == 6

@@ -45,8 +45,12 @@ def test_an_add_is_fsynced_and_committed_before_it_returns(open_cache, cache_dir
     png = f"images/{entry.id:012d}.png"
     segment = f"journal/{entry.id:012d}-{entry.id:012d}.parquet"
     assert relative(disk_events, cache_dir) == [
-        ("fsync", png + ".tmp"), ("rename", png), ("fsync", "images"),               # the image, durable first
-        ("fsync", segment + ".tmp"), ("rename", segment), ("fsync", "journal"),      # then the commit point
+        ("fsync", png + ".tmp"),
+        ("rename", png),
+        ("fsync", "images"),  # the image, durable first
+        ("fsync", segment + ".tmp"),
+        ("rename", segment),
+        ("fsync", "journal"),  # then the commit point
     ]
 
 
@@ -55,4 +59,6 @@ def test_a_non_durable_cache_still_renames_atomically_but_skips_fsync(open_cache
     disk_events.clear()
     entry = add_seeded(cache, 0)
     assert relative(disk_events, cache_dir) == [
-        ("rename", f"images/{entry.id:012d}.png"), ("rename", f"journal/{entry.id:012d}-{entry.id:012d}.parquet")]
+        ("rename", f"images/{entry.id:012d}.png"),
+        ("rename", f"journal/{entry.id:012d}-{entry.id:012d}.parquet"),
+    ]

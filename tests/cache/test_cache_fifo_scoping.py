@@ -63,8 +63,13 @@ def test_match_carries_metadata_from_the_clock(cache_dir):
         cache.add(tiny_png(0), unit_vector(0), prompt="a red fox", tenant="alice", source_model="sd35-large", k=15)
         match = cache.query(unit_vector(0), ["alice"])
     assert match.entry_id == 0 and match.score == pytest.approx(1.0, abs=1e-6)
-    assert (match.entry.prompt, match.entry.tenant, match.entry.created_at, match.entry.source_model,
-            match.entry.k) == ("a red fox", "alice", 1234.5, "sd35-large", 15)
+    assert (
+        match.entry.prompt,
+        match.entry.tenant,
+        match.entry.created_at,
+        match.entry.source_model,
+        match.entry.k,
+    ) == ("a red fox", "alice", 1234.5, "sd35-large", 15)
 
 
 def test_batched_query_matches_single_queries_with_per_row_scopes(open_cache):
@@ -93,8 +98,10 @@ def test_batched_query_matches_single_queries_with_per_row_scopes(open_cache):
 
 def test_add_many_commits_a_batch_and_applies_capacity(open_cache):
     cache = open_cache(capacity=3)
-    items = [NewEntry(png_bytes=tiny_png(s), embedding=unit_vector(s), prompt=f"p{s}", tenant="alice",
-                      source_model="m", k=0) for s in range(5)]
+    items = [
+        NewEntry(png_bytes=tiny_png(s), embedding=unit_vector(s), prompt=f"p{s}", tenant="alice", source_model="m", k=0)
+        for s in range(5)
+    ]
     entries = cache.add_many(items)
     assert [e.id for e in entries] == [0, 1, 2, 3, 4]
     assert [e.id for e in cache.entries()] == [2, 3, 4]

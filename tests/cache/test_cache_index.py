@@ -23,7 +23,7 @@ def test_hnsw_returns_the_same_top1_as_exact_search(open_cache, tmp_path):
         add_seeded_batch(exact, range(start, start + 25), lambda seed: ("alice", "bob")[seed % 7 == 0])
         add_seeded_batch(hnsw, range(start, start + 25), lambda seed: ("alice", "bob")[seed % 7 == 0])
     assert hnsw.stats().namespaces["alice"].index_kind is IndexKind.HNSW  # 257 entries
-    assert hnsw.stats().namespaces["bob"].index_kind is IndexKind.FLAT    # 43 entries
+    assert hnsw.stats().namespaces["bob"].index_kind is IndexKind.FLAT  # 43 entries
     assert exact.stats().namespaces["alice"].index_kind is IndexKind.FLAT
 
     queries = _near_duplicate_queries(range(300))
@@ -73,13 +73,21 @@ def test_reopen_builds_hnsw_directly(open_cache, cache_dir):
     reopened = open_cache(capacity=200, hnsw_min_entries=30)
     stats = reopened.stats().namespaces["alice"]
     assert (stats.index_kind, stats.hnsw_builds, stats.tombstones) == (IndexKind.HNSW, 1, 0)
-    assert [m.entry_id for m in reopened.query_batch(_near_duplicate_queries(range(60)), [["alice"]] * 60)] \
-        == list(range(60))
+    assert [m.entry_id for m in reopened.query_batch(_near_duplicate_queries(range(60)), [["alice"]] * 60)] == list(
+        range(60)
+    )
 
 
 def test_namespace_index_contract():
-    index = NamespaceIndex(DIM, hnsw_min_entries=3, hnsw_exit_entries=2, hnsw_m=8, hnsw_ef_search=16,
-                           hnsw_ef_construction=16, tombstone_rebuild_fraction=0.5)
+    index = NamespaceIndex(
+        DIM,
+        hnsw_min_entries=3,
+        hnsw_exit_entries=2,
+        hnsw_m=8,
+        hnsw_ef_search=16,
+        hnsw_ef_construction=16,
+        tombstone_rebuild_fraction=0.5,
+    )
     scores, ids = index.search(unit_vector(0)[None])
     assert ids.tolist() == [-1] and np.isneginf(scores).all()
     index.add(np.array([5, 6], dtype=np.int64), np.stack([unit_vector(5), unit_vector(6)]))
@@ -94,8 +102,15 @@ def test_namespace_index_contract():
     assert index.kind is IndexKind.FLAT and index.tombstones == 0
     assert index.search(unit_vector(7)[None])[1].tolist() == [7]
     with pytest.raises(ValueError, match="hnsw_exit_entries"):
-        NamespaceIndex(DIM, hnsw_min_entries=3, hnsw_exit_entries=4, hnsw_m=8, hnsw_ef_search=16,
-                       hnsw_ef_construction=16, tombstone_rebuild_fraction=0.5)
+        NamespaceIndex(
+            DIM,
+            hnsw_min_entries=3,
+            hnsw_exit_entries=4,
+            hnsw_m=8,
+            hnsw_ef_search=16,
+            hnsw_ef_construction=16,
+            tombstone_rebuild_fraction=0.5,
+        )
 
 
 def test_concurrent_admissions_and_queries(open_cache):

@@ -135,15 +135,24 @@ def test_a_file_in_place_of_the_directory_is_refused(tmp_path):
         ImageCache(make_config(target), DIM)
 
 
-@pytest.mark.parametrize(("manifest", "message", "error"), [
-    (b"{not json", "unreadable manifest", CacheCorruptError),
-    (b'["a list"]', "not a modm-image-cache manifest", CacheCorruptError),
-    (b'{"format": "other-tool", "format_version": 1, "dim": 16}', "not a modm-image-cache manifest",
-     CacheCorruptError),
-    (b'{"format": "modm-image-cache", "format_version": 99, "dim": 16}', "format version 99", CacheCorruptError),
-    (b'{"format": "modm-image-cache", "format_version": 1, "dim": 512}',
-     "holds 512-dimensional embeddings but the embedder produces 16", CacheDimensionError),
-])
+@pytest.mark.parametrize(
+    ("manifest", "message", "error"),
+    [
+        (b"{not json", "unreadable manifest", CacheCorruptError),
+        (b'["a list"]', "not a modm-image-cache manifest", CacheCorruptError),
+        (
+            b'{"format": "other-tool", "format_version": 1, "dim": 16}',
+            "not a modm-image-cache manifest",
+            CacheCorruptError,
+        ),
+        (b'{"format": "modm-image-cache", "format_version": 99, "dim": 16}', "format version 99", CacheCorruptError),
+        (
+            b'{"format": "modm-image-cache", "format_version": 1, "dim": 512}',
+            "holds 512-dimensional embeddings but the embedder produces 16",
+            CacheDimensionError,
+        ),
+    ],
+)
 def test_bad_manifest_is_refused_untouched(cache_dir, manifest, message, error):
     _make_cache(cache_dir)
     (cache_dir / "modm-cache.json").write_bytes(manifest)
@@ -175,6 +184,7 @@ def test_unreadable_snapshot_is_refused_untouched(cache_dir):
 
 def test_parquet_with_a_foreign_schema_is_refused(cache_dir):
     import pyarrow as pa
+
     _make_cache(cache_dir)
     snapshot = next((cache_dir / "snapshots").iterdir())
     pq.write_table(pa.table({"id": [1, 2], "caption": ["a", "b"]}), snapshot)
@@ -186,4 +196,7 @@ def test_parquet_with_a_foreign_schema_is_refused(cache_dir):
 def test_manifest_records_format_and_dim(cache_dir):
     _make_cache(cache_dir)
     assert json.loads((cache_dir / "modm-cache.json").read_text()) == {
-        "format": "modm-image-cache", "format_version": 1, "dim": DIM}
+        "format": "modm-image-cache",
+        "format_version": 1,
+        "dim": DIM,
+    }

@@ -47,8 +47,7 @@ def test_warm_admits_every_readable_image(open_cache, folder, caplog):
     cache = open_cache()
     embedder = RecordingEmbedder()
     with caplog.at_level(logging.WARNING):
-        report = warm_from_folder(cache, folder, embedder, tenant="shared", source_model="sd35-large",
-                                  batch_size=2)
+        report = warm_from_folder(cache, folder, embedder, tenant="shared", source_model="sd35-large", batch_size=2)
     prompts = ["a red fox in snow", "a green meadow at dawn", "c blue sky", "e transparent logo"]
     assert (report.added, report.skipped, report.skipped_files) == (4, 1, ("d_broken.png",))
     assert report.ignored == 3  # two sidecars and the notes
@@ -93,8 +92,9 @@ def test_warm_bad_arguments(open_cache, folder, tmp_path):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         warm_from_folder(cache, folder, RecordingEmbedder(), tenant="t", source_model="m", batch_size=0)
     with pytest.raises(ValueError, match=rf"embed_fn returned shape \(2, 3\) for 2 images; expected \(2, {DIM}\)"):
-        warm_from_folder(cache, folder, lambda images, prompts: np.ones((len(images), 3)), tenant="t",
-                         source_model="m", batch_size=2)
+        warm_from_folder(
+            cache, folder, lambda images, prompts: np.ones((len(images), 3)), tenant="t", source_model="m", batch_size=2
+        )
     assert len(cache) == 0
 
 
@@ -118,13 +118,20 @@ def _warm_config(tmp_path, tiny_zoo, *, serve: bool):
     import yaml
 
     model = {"device": "cpu", "num_inference_steps": 2, "default_size": 64, "max_size": 64}
-    system = {"mode": "modm",
-              "models": {"large": {"source": str(tiny_zoo.large), **model},
-                         "small": {"source": str(tiny_zoo.small), **model}},
-              "embedder": {"kind": "open_clip", "model": f"local-dir:{tiny_zoo.clip}", "device": "cpu"},
-              "cache": {"directory": str(tmp_path / "cache"), "capacity": 10}}
-    doc = {"applications": [{"name": "modm", "import_path": "deployments.app:build_app",
-                             "args": {"system": system}}]} if serve else system
+    system = {
+        "mode": "modm",
+        "models": {
+            "large": {"source": str(tiny_zoo.large), **model},
+            "small": {"source": str(tiny_zoo.small), **model},
+        },
+        "embedder": {"kind": "open_clip", "model": f"local-dir:{tiny_zoo.clip}", "device": "cpu"},
+        "cache": {"directory": str(tmp_path / "cache"), "capacity": 10},
+    }
+    doc = (
+        {"applications": [{"name": "modm", "import_path": "deployments.app:build_app", "args": {"system": system}}]}
+        if serve
+        else system
+    )
     path = tmp_path / ("serve.yaml" if serve else "system.yaml")
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
@@ -165,8 +172,7 @@ def test_cli_cache_warm_refuses_a_mode_without_an_image_cache(tmp_path, tiny_zoo
 
     config = _warm_config(tmp_path, tiny_zoo, serve=False)
     system = yaml.safe_load(config.read_text())
-    config.write_text(yaml.safe_dump({**system, "mode": "nirvana", "embedder": {"kind": "minilm",
-                                                                                   "device": "cpu"}}))
+    config.write_text(yaml.safe_dump({**system, "mode": "nirvana", "embedder": {"kind": "minilm", "device": "cpu"}}))
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
     assert main(["cache", "warm", "--config", str(config), "--prompts", str(prompts)]) == 2

@@ -22,6 +22,7 @@ class _Remote:
     def remote(self, *args):
         async def call():
             return self.fn(*args)
+
         return call()
 
 

@@ -14,8 +14,10 @@ def system_config(zoo, cache_dir) -> dict:
     model = {"device": "cpu", "num_inference_steps": 4, "default_size": 64, "max_size": 128}
     return {
         "mode": "modm",
-        "models": {"large": {"source": str(zoo.large), **model},
-                   "small": {"source": str(zoo.small), "guidance_scale": 7.5, **model}},
+        "models": {
+            "large": {"source": str(zoo.large), **model},
+            "small": {"source": str(zoo.small), "guidance_scale": 7.5, **model},
+        },
         "embedder": {"kind": "minilm", "device": "cpu"},
         "cache": {"directory": str(cache_dir), "admission": "cache-all"},
         "policy": {"k_table": "minilm-text"},
@@ -64,10 +66,20 @@ def parallel_app(serve_app, http_port, tiny_zoo):
     import deployments.app
     from deployments.app import build_app
 
-    large = {"source": str(tiny_zoo.large), "device": "cpu", "num_inference_steps": 3, "default_size": 64,
-             "max_size": 128, "parallel": {"method": "distrifusion", "world_size": 2, "always_synchronous": True}}
-    system = {"mode": "vanilla", "models": {"large": large}, "monitor": {"gpu_budget": 1, "min_small": 0},
-              "serving": {"request_timeout_s": 45}}
+    large = {
+        "source": str(tiny_zoo.large),
+        "device": "cpu",
+        "num_inference_steps": 3,
+        "default_size": 64,
+        "max_size": 128,
+        "parallel": {"method": "distrifusion", "world_size": 2, "always_synchronous": True},
+    }
+    system = {
+        "mode": "vanilla",
+        "models": {"large": large},
+        "monitor": {"gpu_budget": 1, "min_small": 0},
+        "serving": {"request_timeout_s": 45},
+    }
     defaults = dict(deployments.app.DEFAULT_DEPLOYMENT_OPTIONS)
     graceful_shutdown_s = deployments.app.graceful_shutdown_s
     deployments.app.DEFAULT_DEPLOYMENT_OPTIONS.update(health_check_period_s=1.0, graceful_shutdown_timeout_s=2.0)

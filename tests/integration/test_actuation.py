@@ -12,6 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.ray
 
+
 def replicas(name: str) -> int:
     from ray import serve
 
@@ -30,8 +31,11 @@ def drive(base_url: str, prompts, tenants, until, timeout_s: float, workers: int
                 with lock:
                     prompt, tenant = next(prompts), next(tenants)
                     counts["sent"] += 1
-                r = c.post("/v1/images/generations", json={"prompt": prompt, "size": "64x64", "steps": 2},
-                           headers={"X-Tenant-Id": tenant})
+                r = c.post(
+                    "/v1/images/generations",
+                    json={"prompt": prompt, "size": "64x64", "steps": 2},
+                    headers={"X-Tenant-Id": tenant},
+                )
                 with lock:
                     counts["ok"] += r.status_code == 200
                     if r.status_code != 200:
@@ -54,16 +58,26 @@ def test_hit_heavy_then_miss_heavy_load_moves_the_split(serve_app, client):
     assert (replicas("LargeModel"), replicas("SmallModel")) == (2, 1)  # initial: N - min_small large
 
     same = itertools.repeat("a quiet harbor with fishing boats at dawn")
-    hits = drive(serve_app, same, itertools.repeat("it-actuation-hits"),
-                 until=lambda: replicas("LargeModel") == 1 and replicas("SmallModel") == 2, timeout_s=150)
+    hits = drive(
+        serve_app,
+        same,
+        itertools.repeat("it-actuation-hits"),
+        until=lambda: replicas("LargeModel") == 1 and replicas("SmallModel") == 2,
+        timeout_s=150,
+    )
     stats = client.get("/v1/stats").json()
     assert hits["reached"], (hits, stats, replicas("LargeModel"), replicas("SmallModel"))
     assert hits["failed"] == [] and stats["retries"] == 0 and stats["errors"] == 0, (hits, stats)
 
     # Retrieval is scoped to the tenant: a fresh tenant per request is a guaranteed miss.
     fresh_tenants = (f"it-actuation-miss-{i}" for i in itertools.count())
-    misses = drive(serve_app, same, fresh_tenants,
-                   until=lambda: replicas("LargeModel") == 2 and replicas("SmallModel") == 1, timeout_s=150)
+    misses = drive(
+        serve_app,
+        same,
+        fresh_tenants,
+        until=lambda: replicas("LargeModel") == 2 and replicas("SmallModel") == 1,
+        timeout_s=150,
+    )
     stats = client.get("/v1/stats").json()
     assert misses["reached"], (misses, stats)
     assert misses["failed"] == [] and stats["retries"] == 0 and stats["errors"] == 0, (misses, stats)

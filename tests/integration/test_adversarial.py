@@ -14,28 +14,56 @@ pytestmark = pytest.mark.ray
 
 SENT: Counter = Counter()  # status code -> responses, over the whole module (printed at the end)
 
-odd_text = st.text(st.characters(codec=None, categories=None), max_size=40) | st.sampled_from([
-    "../../etc/passwd", "/etc/shadow", "nul\x00byte", "\ud800 lone surrogate", "\u202e\u200b\ufeff", "名前 ✨",
-    "%s%s%n", "' OR 1=1 --", "<script>alert(1)</script>", " ", "\n\t", "64x64\x00", "1e309"])
-json_leaf = (st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats(allow_nan=True, allow_infinity=True)
-             | odd_text)
-json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=3)
-                          | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+odd_text = st.text(st.characters(codec=None, categories=None), max_size=40) | st.sampled_from(
+    [
+        "../../etc/passwd",
+        "/etc/shadow",
+        "nul\x00byte",
+        "\ud800 lone surrogate",
+        "\u202e\u200b\ufeff",
+        "名前 ✨",
+        "%s%s%n",
+        "' OR 1=1 --",
+        "<script>alert(1)</script>",
+        " ",
+        "\n\t",
+        "64x64\x00",
+        "1e309",
+    ]
+)
+json_leaf = (
+    st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats(allow_nan=True, allow_infinity=True) | odd_text
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 FIELDS = ["prompt", "n", "size", "response_format", "seed", "steps", "model", "user"]
 bodies = st.one_of(
     # the API's fields with values of any type, some missing, sometimes an unknown one
     st.fixed_dictionaries({}, optional={f: json_value for f in FIELDS}).flatmap(
-        lambda d: st.just(d) | st.dictionaries(odd_text, json_value, min_size=1, max_size=2).map(lambda x: {**d, **x})),
+        lambda d: st.just(d) | st.dictionaries(odd_text, json_value, min_size=1, max_size=2).map(lambda x: {**d, **x})
+    ),
     # right types, hostile or out-of-range values
-    st.fixed_dictionaries({"prompt": odd_text}, optional={
-        "n": st.integers(-(2**70), 2**70), "size": st.from_regex(r"\A\d{0,6}x\d{0,6}\Z") | odd_text,
-        "seed": st.integers(-(2**70), 2**70), "steps": st.integers(-(2**70), 2**70)}),
+    st.fixed_dictionaries(
+        {"prompt": odd_text},
+        optional={
+            "n": st.integers(-(2**70), 2**70),
+            "size": st.from_regex(r"\A\d{0,6}x\d{0,6}\Z") | odd_text,
+            "seed": st.integers(-(2**70), 2**70),
+            "steps": st.integers(-(2**70), 2**70),
+        },
+    ),
     json_value,  # not an object at all
 )
 # Any value HTTP allows in a header (RFC 9110 field-value: visible ASCII, inner spaces, obs-text bytes); control
 # bytes are refused by Serve's HTTP server itself (see test_illegal_http_gets_a_4xx_from_the_http_server).
-header_values = st.lists(st.integers(0x20, 0x7E) | st.integers(0x80, 0xFF), min_size=1, max_size=80).map(
-    bytes).filter(lambda b: b.strip() == b)
+header_values = (
+    st.lists(st.integers(0x20, 0x7E) | st.integers(0x80, 0xFF), min_size=1, max_size=80)
+    .map(bytes)
+    .filter(lambda b: b.strip() == b)
+)
 
 
 def check(response: httpx.Response) -> None:
@@ -48,9 +76,13 @@ def check(response: httpx.Response) -> None:
 
 
 @settings(max_examples=220, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(body=bodies, tenant=st.none() | header_values, content_type=st.sampled_from(
-    ["application/json", "application/json; charset=utf-8", "text/plain", "application/x-www-form-urlencoded",
-     None]))
+@given(
+    body=bodies,
+    tenant=st.none() | header_values,
+    content_type=st.sampled_from(
+        ["application/json", "application/json; charset=utf-8", "text/plain", "application/x-www-form-urlencoded", None]
+    ),
+)
 def test_hostile_bodies_and_headers_never_get_a_5xx(client, body, tenant, content_type):
     if isinstance(body, dict) and "steps" not in body:
         body = {**body, "steps": 1}  # a body that happens to be valid costs one denoising step, not four
@@ -68,8 +100,18 @@ def test_bytes_that_are_not_json_get_a_4xx(client, raw):
     check(client.post("/v1/images/generations", content=raw, headers={"Content-Type": "application/json"}))
 
 
-@pytest.mark.parametrize("prompt", ["\ud800 a lone surrogate", "nul\x00byte", "\u202e\u200b\ufeff", "🐱" * 500,
-                                    "\U0010ffff" * 3, "../../etc/passwd", "a\r\nX-Injected: 1"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "\ud800 a lone surrogate",
+        "nul\x00byte",
+        "\u202e\u200b\ufeff",
+        "🐱" * 500,
+        "\U0010ffff" * 3,
+        "../../etc/passwd",
+        "a\r\nX-Injected: 1",
+    ],
+)
 def test_well_typed_hostile_prompts_are_served_or_refused_with_a_reason(client, prompt):
     content = json.dumps({"prompt": prompt, "steps": 1}, ensure_ascii=True).encode()
     response = client.post("/v1/images/generations", content=content, headers={"Content-Type": "application/json"})
@@ -95,9 +137,17 @@ def test_giant_bodies_get_413_before_being_read(client):
     assert response.status_code == 413
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"X-Tenant-Id: a\x01b\r\n", b"X-Tenant-Id: a\x00b\r\n", b"Content-Length: abc\r\n",
-    b"Content-Length: 5\r\nContent-Length: 7\r\n", b"Bad Header Name: x\r\n", b"\x80\xff: x\r\n"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"X-Tenant-Id: a\x01b\r\n",
+        b"X-Tenant-Id: a\x00b\r\n",
+        b"Content-Length: abc\r\n",
+        b"Content-Length: 5\r\nContent-Length: 7\r\n",
+        b"Bad Header Name: x\r\n",
+        b"\x80\xff: x\r\n",
+    ],
+)
 def test_illegal_http_gets_a_4xx_from_the_http_server(serve_app, request_bytes):
     """Framing errors never reach the app: Serve's HTTP server (uvicorn/h11) answers them, in plain text."""
     import socket
@@ -111,8 +161,15 @@ def test_illegal_http_gets_a_4xx_from_the_http_server(serve_app, request_bytes):
     assert 400 <= status < 500, status_line
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/v1/images/generations"), ("DELETE", "/v1/stats"),
-                                          ("GET", "/nope"), ("POST", "/v1/images/generations/../../etc/passwd")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v1/images/generations"),
+        ("DELETE", "/v1/stats"),
+        ("GET", "/nope"),
+        ("POST", "/v1/images/generations/../../etc/passwd"),
+    ],
+)
 def test_unknown_routes_and_methods_get_a_json_reason(client, method, path):
     check(client.request(method, path))
 

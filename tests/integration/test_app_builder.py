@@ -9,8 +9,10 @@ SYSTEM = {"models": {"large": {"source": "a"}, "small": {"source": "b"}}, "monit
 
 
 def test_required_resources_count_the_gpu_budget_once():
-    args = AppArgs(system=SYSTEM, actor_options={"LargeModel": {"num_gpus": 1}, "SmallModel": {"num_gpus": 1},
-                                                 "Embedder": {"num_gpus": 0.5}})
+    args = AppArgs(
+        system=SYSTEM,
+        actor_options={"LargeModel": {"num_gpus": 1}, "SmallModel": {"num_gpus": 1}, "Embedder": {"num_gpus": 0.5}},
+    )
     need = required_resources(args.system_config(), args)
     assert need["GPU"] == pytest.approx(4 * 1 + 0.5)
     assert need["CPU"] == pytest.approx(4 * 1 + 0.25 + 1 + 0.5 + 0.1)
@@ -24,31 +26,38 @@ def test_model_replica_bounds_follow_the_budget():
     assert large["policy"]["policy_function"] == "deployments.autoscaling:monitor_target_policy"
 
 
-@pytest.mark.parametrize("args, message", [
-    ({}, "exactly one"),
-    ({"system": SYSTEM, "config": "x.yaml"}, "exactly one"),
-    ({"system": SYSTEM, "actor_options": {"Nope": {}}}, "unknown deployment"),
-    ({"system": SYSTEM, "actor_options": {"Router": {"num_cpu": 1}}}, "unsupported option"),
-    ({"system": {**SYSTEM, "monitor": {"gpu_budget": 0}}}, "gpu_budget"),
-    ({"config": "/nonexistent/system.yaml"}, "not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({}, "exactly one"),
+        ({"system": SYSTEM, "config": "x.yaml"}, "exactly one"),
+        ({"system": SYSTEM, "actor_options": {"Nope": {}}}, "unknown deployment"),
+        ({"system": SYSTEM, "actor_options": {"Router": {"num_cpu": 1}}}, "unsupported option"),
+        ({"system": {**SYSTEM, "monitor": {"gpu_budget": 0}}}, "gpu_budget"),
+        ({"config": "/nonexistent/system.yaml"}, "not found"),
+    ],
+)
 def test_bad_app_args(args, message):
     with pytest.raises(ValueError, match=message):
         build_app(args)
 
 
-@pytest.mark.parametrize("device, options, strategy, rank", [
-    ("cuda", {"num_cpus": 2}, "STRICT_PACK", {"CPU": 1.0, "GPU": 1.0}),
-    ("cpu", {"num_cpus": 0.5}, "PACK", {"CPU": 1.0}),
-])
+@pytest.mark.parametrize(
+    "device, options, strategy, rank",
+    [
+        ("cuda", {"num_cpus": 2}, "STRICT_PACK", {"CPU": 1.0, "GPU": 1.0}),
+        ("cpu", {"num_cpus": 0.5}, "PACK", {"CPU": 1.0}),
+    ],
+)
 def test_a_parallel_model_declares_its_ranks_as_placement_group_bundles(device, options, strategy, rank):
     """Issue 13: Serve reserves the ranks with each replica (the replica's own bundle first), so Serve and the
     autoscaler see their devices and remove them with the replica."""
     from deployments.app import parallel_placement
     from modm.config import ModelSpec
 
-    spec = ModelSpec(source="a", device=device, profiled_latency_s=10.0,
-                     parallel={"method": "distrifusion", "world_size": 2})
+    spec = ModelSpec(
+        source="a", device=device, profiled_latency_s=10.0, parallel={"method": "distrifusion", "world_size": 2}
+    )
     placement = parallel_placement(spec, options)
     assert placement["placement_group_strategy"] == strategy
     assert placement["placement_group_bundles"] == [{"CPU": float(options["num_cpus"])}, rank, rank]

@@ -8,20 +8,57 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
-def test_benchmark_runs_every_baseline_and_writes_both_tables(ray_cluster, serve_app, http_port, tiny_zoo,
-                                                                  tmp_path, capsys):
+def test_benchmark_runs_every_baseline_and_writes_both_tables(
+    ray_cluster, serve_app, http_port, tiny_zoo, tmp_path, capsys
+):
     from deployments.benchmark import build_parser, run_benchmark
 
     trace = tmp_path / "prompts.tsv"
-    trace.write_text("prompt\n" + "\n".join(
-        ["a red fox in the snow", "a lighthouse in a storm", "a bowl of ramen", "an astronaut on a horse",
-         "a steam train at dusk", "a jellyfish in deep water", "a violin on a chair", "a desert cactus at noon",
-         "a snowy owl on a branch", "a neon city street"]) + "\n",
-        encoding="utf-8")
-    args = build_parser().parse_args([
-        "--trace", str(trace), "--requests", "4", "--warm-up", "1", "--budget", "2", "--concurrency", "2",
-        "--steps", "26", "--systems", "vanilla,modm-throughput,nirvana", "--zoo", str(tiny_zoo.root),
-        "--out", str(tmp_path / "bench"), "--sweep-rates", "120", "--sweep-requests", "2"])
+    trace.write_text(
+        "prompt\n"
+        + "\n".join(
+            [
+                "a red fox in the snow",
+                "a lighthouse in a storm",
+                "a bowl of ramen",
+                "an astronaut on a horse",
+                "a steam train at dusk",
+                "a jellyfish in deep water",
+                "a violin on a chair",
+                "a desert cactus at noon",
+                "a snowy owl on a branch",
+                "a neon city street",
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    args = build_parser().parse_args(
+        [
+            "--trace",
+            str(trace),
+            "--requests",
+            "4",
+            "--warm-up",
+            "1",
+            "--budget",
+            "2",
+            "--concurrency",
+            "2",
+            "--steps",
+            "26",
+            "--systems",
+            "vanilla,modm-throughput,nirvana",
+            "--zoo",
+            str(tiny_zoo.root),
+            "--out",
+            str(tmp_path / "bench"),
+            "--sweep-rates",
+            "120",
+            "--sweep-requests",
+            "2",
+        ]
+    )
     result = run_benchmark(args, http_port)
 
     rows = {row["name"]: row for row in result["comparison"]["rows"]}
@@ -42,5 +79,9 @@ def test_benchmark_runs_every_baseline_and_writes_both_tables(ray_cluster, serve
     assert "x base" in out and "FID vs vanilla" in out
 
     with pytest.raises(ValueError, match="--steps above 25"):
-        run_benchmark(build_parser().parse_args(["--trace", str(trace), "--steps", "20", "--systems",
-                                                 "vanilla,nirvana", "--out", str(tmp_path / "b2")]), http_port)
+        run_benchmark(
+            build_parser().parse_args(
+                ["--trace", str(trace), "--steps", "20", "--systems", "vanilla,nirvana", "--out", str(tmp_path / "b2")]
+            ),
+            http_port,
+        )

@@ -27,9 +27,9 @@ from PIL import Image
 
 pytestmark = pytest.mark.ray
 
-APP = "modm"                    # the session app of tests/integration/conftest.py
-CLIENT_TIMEOUT_S = 90.0         # above the app's request timeout: a request still open after this is lost
-RECOVERY_TIMEOUT_S = 180.0     # a ceiling for a loaded 2-core machine; a replacement takes ~5-40 s there
+APP = "modm"  # the session app of tests/integration/conftest.py
+CLIENT_TIMEOUT_S = 90.0  # above the app's request timeout: a request still open after this is lost
+RECOVERY_TIMEOUT_S = 180.0  # a ceiling for a loaded 2-core machine; a replacement takes ~5-40 s there
 EXPLICIT_ERROR_STATUSES = {429, 503, 504}  # shed, failed or timed out, each with a JSON reason
 
 
@@ -39,15 +39,21 @@ class Tally:
     """Outcomes of one load run: every request sent ends in exactly one of completed, rejected or lost."""
 
     sent: int = 0
-    completed: int = 0                # 200 with an image
-    rejected: int = 0                 # an explicit error: 429/503/504 with a JSON reason
-    lost: int = 0                     # no answer, a transport error, or an error without a reason
-    five_xx: int = 0                  # responses with a 5xx status (explicit 503/504 included)
+    completed: int = 0  # 200 with an image
+    rejected: int = 0  # an explicit error: 429/503/504 with a JSON reason
+    lost: int = 0  # no answer, a transport error, or an error without a reason
+    five_xx: int = 0  # responses with a 5xx status (explicit 503/504 included)
     reasons: Counter = field(default_factory=Counter)
 
     def row(self) -> dict:
-        return {"sent": self.sent, "completed": self.completed, "rejected": self.rejected, "lost": self.lost,
-                "5xx": self.five_xx, "reasons": dict(self.reasons)}
+        return {
+            "sent": self.sent,
+            "completed": self.completed,
+            "rejected": self.rejected,
+            "lost": self.lost,
+            "5xx": self.five_xx,
+            "reasons": dict(self.reasons),
+        }
 
 
 def classify(tally: Tally, response: httpx.Response | None, failure: str | None) -> None:
@@ -128,8 +134,9 @@ def report(record_property, name: str, counts: dict) -> None:
 def assert_every_request_answered(tally: Tally) -> None:
     assert tally.sent == tally.completed + tally.rejected + tally.lost, tally.row()
     assert tally.lost == 0, tally.row()
-    assert tally.five_xx == sum(n for reason, n in tally.reasons.items() if reason[:3] in ("503", "504")), \
+    assert tally.five_xx == sum(n for reason, n in tally.reasons.items() if reason[:3] in ("503", "504")), (
         f"a 5xx other than an explicit 503/504: {tally.row()}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- replicas
@@ -137,8 +144,11 @@ def alive_actors(class_name: str) -> list[dict]:
     """ALIVE actors of one class, e.g. 'ServeReplica:modm:LargeModel', with their 'ActorID', 'Name' and 'Pid'."""
     import ray._private.state
 
-    return [actor for actor in ray._private.state.actors(actor_state_name="ALIVE").values()
-            if actor["ActorClassName"] == class_name]
+    return [
+        actor
+        for actor in ray._private.state.actors(actor_state_name="ALIVE").values()
+        if actor["ActorClassName"] == class_name
+    ]
 
 
 def replica_actors(app: str, deployment: str) -> list[dict]:
@@ -162,12 +172,18 @@ def wait_replaced(app: str, deployment: str, dead_actor_id: str, running: int, k
         if not seen or seen[-1] != status.status.value:
             seen.append(status.status.value)
         alive = {actor["ActorID"] for actor in replica_actors(app, deployment)}
-        if (status.status.value == "HEALTHY" and status.replica_states.get("RUNNING", 0) == running
-                and dead_actor_id not in alive and len(alive) == running):
+        if (
+            status.status.value == "HEALTHY"
+            and status.replica_states.get("RUNNING", 0) == running
+            and dead_actor_id not in alive
+            and len(alive) == running
+        ):
             return {"recovery_s": round(time.monotonic() - killed_at, 1), "statuses": seen}
         time.sleep(0.25)
-    raise AssertionError(f"{app}/{deployment} not back to {running} healthy replicas within "
-                         f"{RECOVERY_TIMEOUT_S:.0f}s (statuses {seen}, now {deployment_status(app, deployment)})")
+    raise AssertionError(
+        f"{app}/{deployment} not back to {running} healthy replicas within "
+        f"{RECOVERY_TIMEOUT_S:.0f}s (statuses {seen}, now {deployment_status(app, deployment)})"
+    )
 
 
 # ------------------------------------------------------------------------------------------- 1. model replica
@@ -179,24 +195,38 @@ def test_a_model_replica_killed_under_load_loses_no_request(serve_app, record_pr
     assert before.status.value == "HEALTHY" and running >= 2, before  # another replica keeps serving meanwhile
 
     # A fresh tenant per request is a guaranteed cache miss, so every request goes to LargeModel.
-    load = HttpLoad(serve_app, total=24, concurrency=4,
-                    body=lambda i: {"prompt": f"a lantern festival over a river, view {i}", "size": "64x64",
-                                    "steps": 4, "seed": i},
-                    headers=lambda i: {"X-Tenant-Id": f"it-faults-replica-{i}"}).start()
+    load = HttpLoad(
+        serve_app,
+        total=24,
+        concurrency=4,
+        body=lambda i: {"prompt": f"a lantern festival over a river, view {i}", "size": "64x64", "steps": 4, "seed": i},
+        headers=lambda i: {"X-Tenant-Id": f"it-faults-replica-{i}"},
+    ).start()
     load.wait_for(6)
     victim = replica_actors(APP, "LargeModel")[0]
     ray.kill(ray.get_actor(victim["Name"], namespace="serve"))
     killed_at, sent_before_kill = time.monotonic(), load.tally.sent
     tally = load.join()
     recovery = wait_replaced(APP, "LargeModel", victim["ActorID"], running, killed_at)
-    after = httpx.post(f"{serve_app}/v1/images/generations", timeout=CLIENT_TIMEOUT_S,
-                       json={"prompt": "a lantern festival over a river", "size": "64x64", "steps": 4},
-                       headers={"X-Tenant-Id": "it-faults-replica-after"})
+    after = httpx.post(
+        f"{serve_app}/v1/images/generations",
+        timeout=CLIENT_TIMEOUT_S,
+        json={"prompt": "a lantern festival over a river", "size": "64x64", "steps": 4},
+        headers={"X-Tenant-Id": "it-faults-replica-after"},
+    )
 
-    report(record_property, "model_replica_killed",
-           {**tally.row(), "sent_before_kill": sent_before_kill, "replicas_before": running,
-            "replicas_after": deployment_status(APP, "LargeModel").replica_states.get("RUNNING", 0), **recovery,
-            "after_recovery_status": after.status_code})
+    report(
+        record_property,
+        "model_replica_killed",
+        {
+            **tally.row(),
+            "sent_before_kill": sent_before_kill,
+            "replicas_before": running,
+            "replicas_after": deployment_status(APP, "LargeModel").replica_states.get("RUNNING", 0),
+            **recovery,
+            "after_recovery_status": after.status_code,
+        },
+    )
     assert_every_request_answered(tally)
     # The router retries a generation whose replica died once, on a live replica: none should fail.
     assert tally.completed == tally.sent, tally.row()
@@ -206,8 +236,9 @@ def test_a_model_replica_killed_under_load_loses_no_request(serve_app, record_pr
 # ---------------------------------------------------------------------------------------- 2. parallel worker
 def ranks_of(replica: dict) -> dict[str, dict]:
     """The rank actors a model replica started (their owner is the replica's worker)."""
-    return {actor["ActorID"]: actor for actor in alive_actors("_RankWorker")
-            if actor["OwnerAddress"] == replica["Address"]}
+    return {
+        actor["ActorID"]: actor for actor in alive_actors("_RankWorker") if actor["OwnerAddress"] == replica["Address"]
+    }
 
 
 def test_a_parallel_rank_killed_under_load_gets_its_replica_replaced(parallel_app, record_property):
@@ -216,8 +247,9 @@ def test_a_parallel_rank_killed_under_load_gets_its_replica_replaced(parallel_ap
     ranks_before = ranks_of(replica)
     assert len(ranks_before) == 2, ranks_before
 
-    load = HttpLoad(base, total=12, concurrency=3,
-                    body=lambda i: {"prompt": f"a paper boat on a puddle, take {i}", "seed": i}).start()
+    load = HttpLoad(
+        base, total=12, concurrency=3, body=lambda i: {"prompt": f"a paper boat on a puddle, take {i}", "seed": i}
+    ).start()
     load.wait_for(3)
     victim = next(iter(ranks_before.values()))  # either rank: both hold the group's collectives
     os.kill(victim["Pid"], signal.SIGKILL)
@@ -225,12 +257,23 @@ def test_a_parallel_rank_killed_under_load_gets_its_replica_replaced(parallel_ap
     tally = load.join()
     recovery = wait_replaced(app, "LargeModel", replica["ActorID"], 1, killed_at)
     ranks_after = set(ranks_of(replica_actors(app, "LargeModel")[0]))
-    after = httpx.post(f"{base}/v1/images/generations", timeout=CLIENT_TIMEOUT_S,
-                       json={"prompt": "a paper boat on a puddle", "seed": 1})
+    after = httpx.post(
+        f"{base}/v1/images/generations",
+        timeout=CLIENT_TIMEOUT_S,
+        json={"prompt": "a paper boat on a puddle", "seed": 1},
+    )
 
-    report(record_property, "parallel_rank_killed",
-           {**tally.row(), "sent_before_kill": sent_before_kill, **recovery,
-            "new_ranks": len(ranks_after - set(ranks_before)), "after_recovery_status": after.status_code})
+    report(
+        record_property,
+        "parallel_rank_killed",
+        {
+            **tally.row(),
+            "sent_before_kill": sent_before_kill,
+            **recovery,
+            "new_ranks": len(ranks_after - set(ranks_before)),
+            "after_recovery_status": after.status_code,
+        },
+    )
     assert_every_request_answered(tally)
     assert tally.completed >= 3, tally.row()
     # The replica whose rank died failed its health check and was replaced, with a fresh group of ranks.
@@ -278,8 +321,7 @@ def test_the_cache_owner_sigkilled_during_admissions_loses_no_committed_entry(se
     serve.get_deployment_handle("Router", app_name=APP).drain_admissions.remote().result(timeout_s=60)
     cache = serve.get_deployment_handle("CacheIndex", app_name=APP)
     embedder = serve.get_deployment_handle("Embedder", app_name=APP)
-    items = [(n, SUBJECTS[n % len(SUBJECTS)][0], solid_png(n))
-             for n in range(len(SUBJECTS) * ADMISSIONS_PER_SUBJECT)]
+    items = [(n, SUBJECTS[n % len(SUBJECTS)][0], solid_png(n)) for n in range(len(SUBJECTS) * ADMISSIONS_PER_SUBJECT)]
     keys = [embedder.embed_for_cache.remote(png, prompt) for _, prompt, png in items]
     keys = [key.result(timeout_s=60) for key in keys]
     entries_before = cache.stats.remote().result(timeout_s=30)["entries"]
@@ -294,7 +336,8 @@ def test_the_cache_owner_sigkilled_during_admissions_loses_no_committed_entry(se
         _, prompt, png = items[n]
         try:
             entry_id = cache.add.remote(png, keys[n], prompt, CACHE_TENANT, "large", 0).result(
-                timeout_s=CLIENT_TIMEOUT_S)
+                timeout_s=CLIENT_TIMEOUT_S
+            )
         except TimeoutError:
             outcome = "lost: no answer"
         except Exception as err:  # the explicit error a caller sees when the owner dies under its call
@@ -325,8 +368,11 @@ def test_the_cache_owner_sigkilled_during_admissions_loses_no_committed_entry(se
     lost = sum(n for reason, n in errors.items() if reason.startswith("lost"))
     ids = [o for o in outcomes.values() if isinstance(o, int)]
     # Every add that returned an id, before or after the kill, is there with its own image.
-    missing = [n for n, entry_id in outcomes.items() if isinstance(entry_id, int)
-               and cache.get_png.remote(entry_id).result(timeout_s=30) != items[n][2]]
+    missing = [
+        n
+        for n, entry_id in outcomes.items()
+        if isinstance(entry_id, int) and cache.get_png.remote(entry_id).result(timeout_s=30) != items[n][2]
+    ]
 
     # Retrieval works on the rebuilt index: each subject's paraphrase finds one of that subject's entries (told
     # apart by their images: an add that raised may still have committed, and its id is known only from here).
@@ -334,18 +380,34 @@ def test_the_cache_owner_sigkilled_during_admissions_loses_no_committed_entry(se
     item_of_png = {png: n for n, _, png in items}
     subjects_stored = sorted({n % len(SUBJECTS) for n, o in outcomes.items() if isinstance(o, int)})
     queries = {s: embedder.embed_text.remote(SUBJECTS[s][1]) for s in subjects_stored}
-    retrieval = {s: cache.query.remote(q.result(timeout_s=60), [CACHE_TENANT]).result(timeout_s=30)
-                 for s, q in queries.items()}
-    found = {s: item_of_png[cache.get_png.remote(m["entry_id"]).result(timeout_s=30)] % len(SUBJECTS)
-             for s, m in retrieval.items() if m is not None and k_table.decide(m["score"]).hit}
+    retrieval = {
+        s: cache.query.remote(q.result(timeout_s=60), [CACHE_TENANT]).result(timeout_s=30) for s, q in queries.items()
+    }
+    found = {
+        s: item_of_png[cache.get_png.remote(m["entry_id"]).result(timeout_s=30)] % len(SUBJECTS)
+        for s, m in retrieval.items()
+        if m is not None and k_table.decide(m["score"]).hit
+    }
     paraphrase_hits = sum(found.get(s) == s for s in subjects_stored)
 
-    report(record_property, "cache_owner_sigkilled",
-           {"sent": len(items), "completed": len(ids), "rejected": sum(errors.values()) - lost, "lost": lost,
+    report(
+        record_property,
+        "cache_owner_sigkilled",
+        {
+            "sent": len(items),
+            "completed": len(ids),
+            "rejected": sum(errors.values()) - lost,
+            "lost": lost,
             "5xx": None,  # admissions go through the deployment handle, not HTTP
-            "reasons": dict(errors), "committed_before_kill": len(committed), "entries_before": entries_before,
-            "entries_after": stats["entries"], "missing_committed": len(missing),
-            "paraphrase_hits": f"{paraphrase_hits}/{len(subjects_stored)}", **recovery})
+            "reasons": dict(errors),
+            "committed_before_kill": len(committed),
+            "entries_before": entries_before,
+            "entries_after": stats["entries"],
+            "missing_committed": len(missing),
+            "paraphrase_hits": f"{paraphrase_hits}/{len(subjects_stored)}",
+            **recovery,
+        },
+    )
     assert lost == 0, outcomes
     assert len(outcomes) == len(items) and committed, outcomes
     assert not missing, f"committed entries lost or changed: {missing}"

@@ -68,21 +68,24 @@ def test_n_images_and_seeds(client):
     assert len(data) == 2 and data[0]["b64_json"] != data[1]["b64_json"]
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    ({"prompt": "x", "size": "65x64"}, 400, "width=65"),
-    ({"prompt": "x", "size": "1024x1024"}, 400, "largest size"),
-    ({"prompt": "x", "size": "big"}, 422, "size"),
-    ({"prompt": "x", "steps": 0}, 422, "steps"),
-    ({"prompt": "x", "steps": 9}, 400, "steps=9"),
-    ({"prompt": "x", "n": 3}, 400, "n=3"),
-    ({"prompt": ""}, 422, "prompt"),
-    ({"prompt": "   "}, 422, "blank"),
-    ({"prompt": "x" * 501}, 400, "501 characters"),
-    ({"prompt": 3}, 422, "prompt"),
-    ({}, 422, "prompt"),
-    ({"prompt": "x", "response_format": "url"}, 422, "response_format"),
-    ({"prompt": "x", "unexpected": 1}, 422, "unexpected"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ({"prompt": "x", "size": "65x64"}, 400, "width=65"),
+        ({"prompt": "x", "size": "1024x1024"}, 400, "largest size"),
+        ({"prompt": "x", "size": "big"}, 422, "size"),
+        ({"prompt": "x", "steps": 0}, 422, "steps"),
+        ({"prompt": "x", "steps": 9}, 400, "steps=9"),
+        ({"prompt": "x", "n": 3}, 400, "n=3"),
+        ({"prompt": ""}, 422, "prompt"),
+        ({"prompt": "   "}, 422, "blank"),
+        ({"prompt": "x" * 501}, 400, "501 characters"),
+        ({"prompt": 3}, 422, "prompt"),
+        ({}, 422, "prompt"),
+        ({"prompt": "x", "response_format": "url"}, 422, "response_format"),
+        ({"prompt": "x", "unexpected": 1}, 422, "unexpected"),
+    ],
+)
 def test_bad_requests_get_a_reason(client, body, status, fragment):
     response = client.post("/v1/images/generations", json=body)
     assert response.status_code == status, response.text
@@ -116,10 +119,17 @@ def test_metrics_reach_the_ray_metrics_endpoint(client, ray_cluster, metrics_por
 
     import httpx
 
-    client.post("/v1/images/generations", json={"prompt": "a teapot on a table", "size": "64x64", "steps": 2},
-                headers={"X-Tenant-Id": "it-metrics"})
-    wanted = ("modm_requests_total", "modm_request_latency_seconds", "modm_allocation_replicas",
-              "modm_model_compute_seconds")
+    client.post(
+        "/v1/images/generations",
+        json={"prompt": "a teapot on a table", "size": "64x64", "steps": 2},
+        headers={"X-Tenant-Id": "it-metrics"},
+    )
+    wanted = (
+        "modm_requests_total",
+        "modm_request_latency_seconds",
+        "modm_allocation_replicas",
+        "modm_model_compute_seconds",
+    )
     deadline = time.monotonic() + 60
     text = ""
     while time.monotonic() < deadline:
@@ -136,10 +146,19 @@ def test_grafana_dashboard_queries_metrics_the_app_exports():
     from pathlib import Path
 
     dashboard = json.loads((Path(__file__).parents[2] / "cluster" / "grafana-dashboard.json").read_text())
-    exported = {"modm_requests_total", "modm_hits_by_k_total", "modm_request_latency_seconds",
-                "modm_routing_overhead_seconds", "modm_queue_depth", "modm_admissions_dropped_total",
-                "modm_allocation_replicas", "modm_allocation_target_large", "modm_window_request_rate_per_min",
-                "modm_window_hit_rate", "modm_model_compute_seconds"}
+    exported = {
+        "modm_requests_total",
+        "modm_hits_by_k_total",
+        "modm_request_latency_seconds",
+        "modm_routing_overhead_seconds",
+        "modm_queue_depth",
+        "modm_admissions_dropped_total",
+        "modm_allocation_replicas",
+        "modm_allocation_target_large",
+        "modm_window_request_rate_per_min",
+        "modm_window_hit_rate",
+        "modm_model_compute_seconds",
+    }
     used = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:

@@ -20,12 +20,23 @@ def nirvana(serve_app, tiny_zoo, tmp_path_factory):
 
     from deployments.app import build_app
 
-    model = {"source": str(tiny_zoo.large), "device": "cpu", "num_inference_steps": STEPS, "default_size": 64,
-             "max_size": 128}
-    system = {"mode": "nirvana", "models": {"large": model}, "embedder": {"kind": "minilm", "device": "cpu"},
-              "cache": {"directory": str(tmp_path_factory.mktemp("nirvana-cache"))},
-              "policy": {"total_steps": STEPS}, "monitor": {"gpu_budget": 1, "min_small": 0},
-              "limits": {"max_steps": STEPS, "max_images": 2}, "serving": {"request_timeout_s": 60}}
+    model = {
+        "source": str(tiny_zoo.large),
+        "device": "cpu",
+        "num_inference_steps": STEPS,
+        "default_size": 64,
+        "max_size": 128,
+    }
+    system = {
+        "mode": "nirvana",
+        "models": {"large": model},
+        "embedder": {"kind": "minilm", "device": "cpu"},
+        "cache": {"directory": str(tmp_path_factory.mktemp("nirvana-cache"))},
+        "policy": {"total_steps": STEPS},
+        "monitor": {"gpu_budget": 1, "min_small": 0},
+        "limits": {"max_steps": STEPS, "max_images": 2},
+        "serving": {"request_timeout_s": 60},
+    }
     serve.run(build_app({"system": system}), name="nirvana", route_prefix="/nirvana", blocking=False)
     url = f"{serve_app}/nirvana"
     wait_healthy(url, timeout_s=180)

@@ -21,15 +21,17 @@ def test_a_parallel_large_model_serves_the_same_image_as_one_device(parallel_app
     response = httpx.post(f"{base}/v1/images/generations", json=body, timeout=120)
     assert response.status_code == 200, response.text
     assert response.json()["modm"]["model"] == "large"
-    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))),
-                        dtype=np.int16)
+    served = np.asarray(
+        Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))), dtype=np.int16
+    )
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank: float reductions then add up in the same order
     try:
         single = DiffusionGenerator.from_spec(ModelSpec(**{**large, "parallel": {}}), "large")
-        reference = np.asarray(single.txt2img(GenerationRequest("a lighthouse in a storm", 64, 64, 3, 5)),
-                               dtype=np.int16)
+        reference = np.asarray(
+            single.txt2img(GenerationRequest("a lighthouse in a storm", 64, 64, 3, 5)), dtype=np.int16
+        )
     finally:
         torch.set_num_threads(threads)
     diff = np.abs(served - reference)
@@ -45,8 +47,9 @@ def test_a_parallel_large_model_serves_the_same_image_as_one_device(parallel_app
 def _alive(class_name: str) -> list[dict]:
     import ray._private.state
 
-    return [a for a in ray._private.state.actors(actor_state_name="ALIVE").values()
-            if a["ActorClassName"] == class_name]
+    return [
+        a for a in ray._private.state.actors(actor_state_name="ALIVE").values() if a["ActorClassName"] == class_name
+    ]
 
 
 def _replica_and_ranks(app: str) -> tuple[dict, list[dict]]:
@@ -59,8 +62,9 @@ def test_the_replica_placement_group_holds_its_rank_bundles(parallel_app):
     import ray
     from ray import serve
 
-    placement = serve.get_deployment_handle("LargeModel", app_name=parallel_app["app"]).placement.remote().result(
-        timeout_s=60)
+    placement = (
+        serve.get_deployment_handle("LargeModel", app_name=parallel_app["app"]).placement.remote().result(timeout_s=60)
+    )
     pg_id = placement["replica"]
     assert pg_id and placement["ranks"] == [pg_id, pg_id], placement  # the ranks run in the replica's group
     table = ray.util.placement_group_table()[pg_id]
@@ -81,13 +85,15 @@ def test_a_cancelled_parallel_request_stops_every_rank_and_frees_the_group(paral
     host, port = base.removeprefix("http://").split("/")[0].split(":")
     body = json.dumps({"prompt": "a very long parallel generation", "size": "64x64", "steps": 200}).encode()
     sock = socket.create_connection((host, int(port)))  # a raw client, so the test decides when it goes away
-    sock.sendall(f"POST /parallel/v1/images/generations HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
-                 f"Content-Type: application/json\r\n\r\n".encode() + body)
+    sock.sendall(
+        f"POST /parallel/v1/images/generations HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: application/json\r\n\r\n".encode()
+        + body
+    )
     time.sleep(3.0)  # the long request is running on both ranks
     sock.close()
     disconnected = time.perf_counter()
-    after = httpx.post(f"{base}/v1/images/generations", json={"prompt": "a short one", "size": "64x64"},
-                       timeout=120)
+    after = httpx.post(f"{base}/v1/images/generations", json={"prompt": "a short one", "size": "64x64"}, timeout=120)
     freed_after_s = time.perf_counter() - disconnected
     stats = large.stats.remote().result(timeout_s=60)
     print(f"\nparallel cancel: the next request was answered {freed_after_s:.1f}s after the disconnect; {stats}")
@@ -118,6 +124,9 @@ def test_killing_the_replica_removes_its_rank_actors(parallel_app):
         if alive and alive[0]["ActorID"] != replica["ActorID"] and len(_replica_and_ranks(parallel_app["app"])[1]) == 2:
             break
         time.sleep(1)
-    response = httpx.post(f"{parallel_app['url']}/v1/images/generations",
-                          json={"prompt": "after the replacement", "size": "64x64"}, timeout=120)
+    response = httpx.post(
+        f"{parallel_app['url']}/v1/images/generations",
+        json={"prompt": "after the replacement", "size": "64x64"},
+        timeout=120,
+    )
     assert response.status_code == 200, response.text

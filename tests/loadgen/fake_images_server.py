@@ -103,14 +103,21 @@ class FakeImagesServer:
             self.state.hits += 1
         self.state.k_mix[str(k) if hit else "miss"] += 1
         image = base64.b64encode(b"\x89PNG fake image").decode()
-        return web.json_response({
-            "created": int(time.time()),
-            "data": [{"b64_json": image}],
-            "modm": {"hit": hit, "score": score, "k": k if hit else None, "model": "small" if hit else "large",
-                     "mode": "modm" if self.settings.cache else "vanilla",
-                     "timings_s": {"total": time.monotonic() - started},
-                     "request_id": f"req-{self.state.requests}"},
-        })
+        return web.json_response(
+            {
+                "created": int(time.time()),
+                "data": [{"b64_json": image}],
+                "modm": {
+                    "hit": hit,
+                    "score": score,
+                    "k": k if hit else None,
+                    "model": "small" if hit else "large",
+                    "mode": "modm" if self.settings.cache else "vanilla",
+                    "timings_s": {"total": time.monotonic() - started},
+                    "request_id": f"req-{self.state.requests}",
+                },
+            }
+        )
 
     def _check_body(self, body) -> str | None:
         if not isinstance(body, dict):
@@ -139,11 +146,16 @@ class FakeImagesServer:
 
     async def stats(self, request: web.Request) -> web.Response:
         requests = self.state.requests
-        return web.json_response({
-            "requests": requests, "hits": self.state.hits, "hit_rate": self.state.hits / requests if requests else 0.0,
-            "k_mix": dict(self.state.k_mix), "allocation": {"large": 1, "small": self.settings.replicas - 1},
-            "queue_depths": {"large": 0, "small": 0, "in_flight": self.state.in_flight},
-        })
+        return web.json_response(
+            {
+                "requests": requests,
+                "hits": self.state.hits,
+                "hit_rate": self.state.hits / requests if requests else 0.0,
+                "k_mix": dict(self.state.k_mix),
+                "allocation": {"large": 1, "small": self.settings.replicas - 1},
+                "queue_depths": {"large": 0, "small": 0, "in_flight": self.state.in_flight},
+            }
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -96,8 +96,9 @@ def test_arrival_offsets_dispatch_and_config_rules():
     trace = [TraceRequest(prompt="p", source_row=i, timestamp_s=100.0 + 3 * i) for i in range(5)]
     rng = np.random.default_rng(0)
     assert arrival_offsets(ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=4), trace, rng) is None
-    np.testing.assert_allclose(arrival_offsets(ArrivalConfig(kind=ArrivalKind.REPLAY, speed=3.0), trace, rng),
-                               [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(
+        arrival_offsets(ArrivalConfig(kind=ArrivalKind.REPLAY, speed=3.0), trace, rng), [0, 1, 2, 3, 4]
+    )
     ramp = arrival_offsets(ArrivalConfig(kind=ArrivalKind.RAMP, max_rate_per_min=10.0), trace, rng)
     np.testing.assert_allclose(ramp, sigmoid_ramp_offsets(5, 1.0, 10.0))
     # Two workers at half the rate each superpose to the full rate.
@@ -114,9 +115,15 @@ def test_arrival_offsets_dispatch_and_config_rules():
 
 def test_workers_split_one_session_workload_with_their_own_seeds():
     def config(worker_id: int) -> RunConfig:
-        return RunConfig(trace=TraceConfig(path=str(DIFFUSIONDB_SAMPLE), n_requests=90),
-                         sessions=SessionConfig(), arrival=ArrivalConfig(rate_per_min=30.0),
-                         client=ClientConfig(url="http://127.0.0.1:1"), seed=11, n_workers=3, worker_id=worker_id)
+        return RunConfig(
+            trace=TraceConfig(path=str(DIFFUSIONDB_SAMPLE), n_requests=90),
+            sessions=SessionConfig(),
+            arrival=ArrivalConfig(rate_per_min=30.0),
+            client=ClientConfig(url="http://127.0.0.1:1"),
+            seed=11,
+            n_workers=3,
+            worker_id=worker_id,
+        )
 
     whole, _ = prepare_workload(config(0).model_copy(update={"n_workers": 1}))
     parts = [prepare_workload(config(w)) for w in range(3)]

@@ -62,8 +62,14 @@ def test_open_loop_run_with_sessions_records_everything(make_server, tmp_path):
         assert r.latency_s == pytest.approx(r.end_s - r.arrival_s)
         assert r.request_id.startswith("req-") and r.tenant == "team-a" and r.session is not None
     assert server.state.tenants == {"team-a": 28}
-    assert server.state.bodies[0] | {"prompt": ""} == {"prompt": "", "n": 1, "size": "256x256",
-                                                     "response_format": "b64_json", "seed": None, "steps": 4}
+    assert server.state.bodies[0] | {"prompt": ""} == {
+        "prompt": "",
+        "n": 1,
+        "size": "256x256",
+        "response_format": "b64_json",
+        "seed": None,
+        "steps": 4,
+    }
     assert artifacts.result.stats and artifacts.result.stats[-1].requests == 28
     assert artifacts.result.stats[-1].large == 1
 
@@ -121,8 +127,12 @@ def test_connection_refused_stops_after_consecutive_failures():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     trace = [TraceRequest(prompt=f"p {i}", source_row=i) for i in range(10)]
-    result = run_load(trace, client(f"http://127.0.0.1:{port}", max_consecutive_failures=3, stats_poll_period_s=None),
-                      offsets_s=None, concurrency=1)
+    result = run_load(
+        trace,
+        client(f"http://127.0.0.1:{port}", max_consecutive_failures=3, stats_poll_period_s=None),
+        offsets_s=None,
+        concurrency=1,
+    )
     assert [r.outcome for r in result.records[:3]] == [Outcome.CONNECTION_ERROR] * 3
     assert result.stop_reason is StopReason.SERVER_UNRESPONSIVE
     assert all(r.outcome is Outcome.NOT_SENT for r in result.records[3:])
@@ -147,20 +157,91 @@ def test_http_errors_are_recorded_with_message_and_retry_after(make_server):
 def test_cli_run_report_compare_sweep(make_server, tmp_path, capsys):
     modm = make_server(miss_latency_s=0.03, hit_latency_s=0.005)
     vanilla = make_server(miss_latency_s=0.03, cache=False)
-    common = ["--trace", str(SHARED_TSV), "-n", "12", "--sessions", "--session-users", "2", "--no-progress",
-              "--stats-period-s", "0.05", "--reference-latency-s", "0.03"]
-    assert main(["run", *common, "--url", modm.url, "--arrival", "closed-loop", "--concurrency", "2",
-                 "--out", str(tmp_path / "modm"), "--wait-ready-s", "5"]) == 0
-    assert main(["run", *common, "--url", vanilla.url, "--arrival", "closed-loop", "--concurrency", "2",
-                 "--out", str(tmp_path / "vanilla")]) == 0
+    common = [
+        "--trace",
+        str(SHARED_TSV),
+        "-n",
+        "12",
+        "--sessions",
+        "--session-users",
+        "2",
+        "--no-progress",
+        "--stats-period-s",
+        "0.05",
+        "--reference-latency-s",
+        "0.03",
+    ]
+    assert (
+        main(
+            [
+                "run",
+                *common,
+                "--url",
+                modm.url,
+                "--arrival",
+                "closed-loop",
+                "--concurrency",
+                "2",
+                "--out",
+                str(tmp_path / "modm"),
+                "--wait-ready-s",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "run",
+                *common,
+                "--url",
+                vanilla.url,
+                "--arrival",
+                "closed-loop",
+                "--concurrency",
+                "2",
+                "--out",
+                str(tmp_path / "vanilla"),
+            ]
+        )
+        == 0
+    )
     assert "run modm: 12/12 ok" in capsys.readouterr().out
 
-    assert main(["report", str(tmp_path / "modm"), str(tmp_path / "vanilla"), "--plots-dir", str(tmp_path / "plots"),
-                 "--json", str(tmp_path / "summaries.json")]) == 0
-    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"latency_cdf.png", "timeline_modm.png",
-                                                                 "timeline_vanilla.png"}
-    assert main(["compare", str(tmp_path / "modm"), str(tmp_path / "vanilla"), "--baseline", "vanilla",
-                 "--json", str(tmp_path / "compare.json")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "modm"),
+                str(tmp_path / "vanilla"),
+                "--plots-dir",
+                str(tmp_path / "plots"),
+                "--json",
+                str(tmp_path / "summaries.json"),
+            ]
+        )
+        == 0
+    )
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {
+        "latency_cdf.png",
+        "timeline_modm.png",
+        "timeline_vanilla.png",
+    }
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "modm"),
+                str(tmp_path / "vanilla"),
+                "--baseline",
+                "vanilla",
+                "--json",
+                str(tmp_path / "compare.json"),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "vanilla (base)" in table and "x base" in table
     rows = {r["name"]: r for r in json.loads((tmp_path / "compare.json").read_text())["rows"]}
@@ -175,8 +256,22 @@ def test_cli_run_report_compare_sweep(make_server, tmp_path, capsys):
     assert {"sweep@600", "sweep@1200"} <= set(modm.state.tenants)
     assert points[1]["summary"]["hit_rate"] < 0.9
 
-    assert main(["run", "--trace", str(tmp_path / "nope.tsv"), "--url", modm.url, "--out", str(tmp_path / "x"),
-                 "--rate", "5"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--trace",
+                str(tmp_path / "nope.tsv"),
+                "--url",
+                modm.url,
+                "--out",
+                str(tmp_path / "x"),
+                "--rate",
+                "5",
+            ]
+        )
+        == 2
+    )
     assert "nope.tsv: file not found" in capsys.readouterr().err
     assert main(["run", *common, "--url", modm.url, "--arrival", "ramp", "--out", str(tmp_path / "y")]) == 2
     assert "needs max_rate_per_min" in capsys.readouterr().err
@@ -195,9 +290,15 @@ def test_kept_images_are_written_and_recorded_relative_to_the_run(make_server, t
     server = make_server(miss_latency_s=0.01, replicas=2, cache=False)
     (tmp_path / "prompts.txt").write_text("".join(f"prompt number {i}\n" for i in range(4)))
     out = tmp_path / "run"
-    run(RunConfig(name="kept", trace=TraceConfig(path=tmp_path / "prompts.txt", n_requests=4),
-                  arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=2),
-                  client=client(server.url, stats_poll_period_s=None, image_dir=out / "images"), out_dir=out))
+    run(
+        RunConfig(
+            name="kept",
+            trace=TraceConfig(path=tmp_path / "prompts.txt", n_requests=4),
+            arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=2),
+            client=client(server.url, stats_poll_period_s=None, image_dir=out / "images"),
+            out_dir=out,
+        )
+    )
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}.png" for i in range(4)]
     records, _ = read_records(out / RECORDS_FILE)
     assert sorted(r.path for r in records) == [f"images/{i:06d}.png" for i in range(4)]
@@ -209,6 +310,10 @@ def test_seed_from_row_gives_each_prompt_its_own_reproducible_seed():
 
     config = client("http://127.0.0.1:1", seed_from_row=True)
     assert build_body(TraceRequest(prompt="a", source_row=7), config)["seed"] == 7
-    assert build_body(TraceRequest(prompt="a", source_row=7, seed=99),
-                      config.model_copy(update={"forward_trace_seed": True}))["seed"] == 99
+    assert (
+        build_body(
+            TraceRequest(prompt="a", source_row=7, seed=99), config.model_copy(update={"forward_trace_seed": True})
+        )["seed"]
+        == 99
+    )
     assert build_body(TraceRequest(prompt="a", source_row=7), client("http://127.0.0.1:1"))["seed"] is None

@@ -15,12 +15,23 @@ from loadgen.readers import read_diffusiondb_parquet, read_mjhq_json, read_promp
 from conftest import DIFFUSIONDB_SAMPLE as SHARED_TSV
 
 # DiffusionDB's metadata.parquet schema (poloclub/diffusiondb), column for column.
-DIFFUSIONDB_SCHEMA = pa.schema([
-    ("image_name", pa.string()), ("prompt", pa.string()), ("part_id", pa.uint16()), ("seed", pa.uint32()),
-    ("step", pa.uint16()), ("cfg", pa.float32()), ("sampler", pa.uint8()), ("width", pa.uint16()),
-    ("height", pa.uint16()), ("user_name", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")),
-    ("image_nsfw", pa.float32()), ("prompt_nsfw", pa.float32()),
-])
+DIFFUSIONDB_SCHEMA = pa.schema(
+    [
+        ("image_name", pa.string()),
+        ("prompt", pa.string()),
+        ("part_id", pa.uint16()),
+        ("seed", pa.uint32()),
+        ("step", pa.uint16()),
+        ("cfg", pa.float32()),
+        ("sampler", pa.uint8()),
+        ("width", pa.uint16()),
+        ("height", pa.uint16()),
+        ("user_name", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("image_nsfw", pa.float32()),
+        ("prompt_nsfw", pa.float32()),
+    ]
+)
 T0 = datetime(2022, 8, 1, tzinfo=timezone.utc)
 # File order is not time order: minutes after T0 for rows 0..9.
 MINUTES = [9, 3, 7, 0, 5, 1, 8, 2, 6, 4]
@@ -28,9 +39,21 @@ MINUTES = [9, 3, 7, 0, 5, 1, 8, 2, 6, 4]
 
 def diffusiondb_rows(n: int = 10) -> list[dict]:
     return [
-        {"image_name": f"{i}.webp", "prompt": f"prompt at minute {MINUTES[i]}", "part_id": 1, "seed": 1000 + i,
-         "step": 50, "cfg": 7.0, "sampler": 8, "width": 512, "height": 512, "user_name": f"user{i % 3}",
-         "timestamp": T0 + timedelta(minutes=MINUTES[i]), "image_nsfw": 0.1, "prompt_nsfw": 0.0}
+        {
+            "image_name": f"{i}.webp",
+            "prompt": f"prompt at minute {MINUTES[i]}",
+            "part_id": 1,
+            "seed": 1000 + i,
+            "step": 50,
+            "cfg": 7.0,
+            "sampler": 8,
+            "width": 512,
+            "height": 512,
+            "user_name": f"user{i % 3}",
+            "timestamp": T0 + timedelta(minutes=MINUTES[i]),
+            "image_nsfw": 0.1,
+            "prompt_nsfw": 0.0,
+        }
         for i in range(n)
     ]
 
@@ -90,8 +113,9 @@ def test_diffusiondb_null_and_unparseable_timestamps_name_the_row(tmp_path):
 def test_diffusiondb_iso_string_timestamps_are_accepted(tmp_path):
     rows = [{**r, "timestamp": r["timestamp"].isoformat()} for r in diffusiondb_rows()]
     path = tmp_path / "text_ts.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=DIFFUSIONDB_SCHEMA.set(10, pa.field("timestamp", pa.string()))),
-                   path)
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=DIFFUSIONDB_SCHEMA.set(10, pa.field("timestamp", pa.string()))), path
+    )
     assert read_diffusiondb_parquet(path, 1, start_row=0)[0].prompt == "prompt at minute 0"
 
 
@@ -121,8 +145,11 @@ def test_diffusiondb_wrong_encoding_and_wrong_types(tmp_path):
 @pytest.fixture
 def mjhq_file(tmp_path):
     categories = ["animals", "art", "fashion", "food", "indoor", "landscape", "logo", "people", "plants", "vehicles"]
-    data = {f"img{c:02d}{i}": {"category": name, "prompt": f"{name} {i}"} for c, name in enumerate(categories)
-            for i in range(6)}
+    data = {
+        f"img{c:02d}{i}": {"category": name, "prompt": f"{name} {i}"}
+        for c, name in enumerate(categories)
+        for i in range(6)
+    }
     path = tmp_path / "meta_data.json"
     path.write_text(json.dumps(data))
     return path
@@ -170,8 +197,11 @@ def test_shared_diffusiondb_tsv_reads_all_prompts():
 
 def test_csv_with_quotes_timestamps_and_users(tmp_path):
     path = tmp_path / "trace.csv"
-    path.write_text('prompt,user_name,timestamp,seed\n"a cat, oil painting",ann,2022-08-01T00:00:00,7\n'
-                    '"a dog, ""sketch""",bob,2022-08-01T00:00:30+00:00,\n', encoding="utf-8")
+    path.write_text(
+        'prompt,user_name,timestamp,seed\n"a cat, oil painting",ann,2022-08-01T00:00:00,7\n'
+        '"a dog, ""sketch""",bob,2022-08-01T00:00:30+00:00,\n',
+        encoding="utf-8",
+    )
     trace = read_prompt_table(path)
     assert [r.prompt for r in trace] == ["a cat, oil painting", 'a dog, "sketch"']
     assert trace[1].timestamp_s - trace[0].timestamp_s == 30.0

@@ -14,9 +14,22 @@ from loadgen.records import RECORD_SCHEMA, StatsSample, read_records, read_stats
 
 def rec(index, arrival, latency, outcome=Outcome.OK, hit=None, k=None, model=None, warm_up=False, error=None):
     end = None if latency is None else arrival + latency
-    return RequestRecord(index=index, prompt=f"p{index}", source_row=index, arrival_s=arrival, start_s=arrival,
-                         end_s=end, latency_s=latency, outcome=outcome, hit=hit, k=k, model=model, warm_up=warm_up,
-                         status=200 if outcome is Outcome.OK else None, error=error)
+    return RequestRecord(
+        index=index,
+        prompt=f"p{index}",
+        source_row=index,
+        arrival_s=arrival,
+        start_s=arrival,
+        end_s=end,
+        latency_s=latency,
+        outcome=outcome,
+        hit=hit,
+        k=k,
+        model=model,
+        warm_up=warm_up,
+        status=200 if outcome is Outcome.OK else None,
+        error=error,
+    )
 
 
 @pytest.fixture
@@ -66,8 +79,12 @@ def test_summary_edge_cases():
 
 def test_comparison_ratios_against_baseline(records):
     modm = summarize(records, name="modm", reference_latency_s=2.0)
-    vanilla_records = [dataclasses.replace(r, latency_s=r.latency_s * 2, end_s=r.arrival_s + r.latency_s * 2)
-                       if r.outcome is Outcome.OK else r for r in records]
+    vanilla_records = [
+        dataclasses.replace(r, latency_s=r.latency_s * 2, end_s=r.arrival_s + r.latency_s * 2)
+        if r.outcome is Outcome.OK
+        else r
+        for r in records
+    ]
     vanilla = summarize(vanilla_records, name="vanilla", reference_latency_s=2.0)
     table = compare_runs([modm, vanilla], baseline="vanilla")
     row = {r.name: r for r in table.rows}

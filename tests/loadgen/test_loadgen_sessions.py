@@ -28,8 +28,11 @@ def _words(text: str) -> set[str]:
 def _best_recent_similarity(trace, window: int) -> float:
     """Mean over requests of the best word-overlap (Jaccard) with any of the previous ``window`` requests."""
     words = [_words(r.prompt) for r in trace]
-    best = [max((len(w & p) / len(w | p) for p in words[max(0, i - window) : i]), default=0.0)
-            for i, w in enumerate(words) if i > 0]
+    best = [
+        max((len(w & p) / len(w | p) for p in words[max(0, i - window) : i]), default=0.0)
+        for i, w in enumerate(words)
+        if i > 0
+    ]
     return float(np.mean(best))
 
 

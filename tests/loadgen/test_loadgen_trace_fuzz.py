@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from loadgen import TraceConfig, load_trace
 
 text_like = st.text(st.characters(codec="utf-8"), max_size=200).map(lambda s: s.encode("utf-8"))
-json_like = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                    max_size=3),
-                         max_leaves=10).map(lambda v: json.dumps(v).encode())
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=10,
+).map(lambda v: json.dumps(v).encode())
 contents = st.binary(max_size=300) | text_like | json_like
 
 

@@ -9,14 +9,31 @@ from modm.multistage.cli import main
 
 def test_boundaries_command_prints_and_writes_json(tmp_path, capsys):
     out = tmp_path / "boundaries.json"
-    code = main(["boundaries", "--schedule", "ddpm", "flow", "--image-size", "8", "--limit", "200",
-                 "--num-samples", "300", "--steps", "20", "--json", str(out)])
+    code = main(
+        [
+            "boundaries",
+            "--schedule",
+            "ddpm",
+            "flow",
+            "--image-size",
+            "8",
+            "--limit",
+            "200",
+            "--num-samples",
+            "300",
+            "--steps",
+            "20",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "optimal-denoiser" in printed and "FlowMatchEulerDiscreteScheduler" in printed
     rows = json.loads(out.read_text())["rows"]
     assert {(r["schedule"], r["method"]) for r in rows} == {
-        (s, m) for s in ("ddpm", "flow") for m in ("optimal-denoiser", "uniform-t", "uniform-log-snr")}
+        (s, m) for s in ("ddpm", "flow") for m in ("optimal-denoiser", "uniform-t", "uniform-log-snr")
+    }
     for row in rows:
         t1, t2 = row["t"]
         assert 0 < t1 < t2 < 1

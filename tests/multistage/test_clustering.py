@@ -73,13 +73,13 @@ def test_pixel_similarity_counts_entries_within_eta():
 
 def test_alpha_rule_on_known_curves():
     t = torch.linspace(0.001, 1.0, 1000, dtype=torch.float64)
-    dip = ((t > 0.3) & (t < 0.7)).double()          # similarity 1 outside (0.3, 0.7), 0 inside
+    dip = ((t > 0.3) & (t < 0.7)).double()  # similarity 1 outside (0.3, 0.7), 0 inside
     t1, t2 = alpha_rule(t, 1 - dip, 1 - dip, alpha=0.9)
     # Running mean of S0 stays ≥ 0.9 until the dip has taken 10% of the samples seen: 0.3 / 0.9 ≈ 0.333.
     assert t1 == pytest.approx(0.3 / 0.9, abs=2e-3)
     assert t2 == pytest.approx(1 - 0.3 / 0.9, abs=2e-3)
     with pytest.raises(NoBoundaryError, match="t1="):
-        alpha_rule(t, torch.ones_like(t), torch.ones_like(t), alpha=0.9)   # no dip: t1 = 1 > t2
+        alpha_rule(t, torch.ones_like(t), torch.ones_like(t), alpha=0.9)  # no dip: t1 = 1 > t2
     with pytest.raises(NoBoundaryError, match="alpha"):
         alpha_rule(t, torch.zeros_like(t), torch.ones_like(t), alpha=0.9)
 

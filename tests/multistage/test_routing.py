@@ -33,12 +33,20 @@ def test_mixed_batch_equals_per_sample_routing():
     models = [dummy_model(k) for k in range(3)]
     stages = route_timesteps(t, BOUNDARIES)
     batched = apply_by_stage(stages, 3, lambda k, index: models[k](sample[index], t[index]))
-    one_by_one = torch.cat([models[int(route_timesteps(t[i:i + 1], BOUNDARIES))](sample[i:i + 1], t[i:i + 1])
-                            for i in range(len(t))])
+    one_by_one = torch.cat(
+        [models[int(route_timesteps(t[i : i + 1], BOUNDARIES))](sample[i : i + 1], t[i : i + 1]) for i in range(len(t))]
+    )
     torch.testing.assert_close(batched, one_by_one)
     # The offset reveals which model produced each row: stages 2, 0, 1, 1, 0, 2, 1.
-    assert (batched - sample * (t / (t + 1)).reshape(-1, 1, 1, 1)).mean((1, 2, 3)).round().tolist() == \
-        [200.0, 0.0, 100.0, 100.0, 0.0, 200.0, 100.0]
+    assert (batched - sample * (t / (t + 1)).reshape(-1, 1, 1, 1)).mean((1, 2, 3)).round().tolist() == [
+        200.0,
+        0.0,
+        100.0,
+        100.0,
+        0.0,
+        200.0,
+        100.0,
+    ]
 
 
 def test_each_stage_function_is_called_once_with_its_own_samples():

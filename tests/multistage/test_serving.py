@@ -39,8 +39,14 @@ def pipe(pipeline_dir):
 
 
 def txt2img(pipe, seed: int, prompt: str = "a red circle") -> np.ndarray:
-    return pipe(prompt=prompt, height=SIZE, width=SIZE, num_inference_steps=STEPS,
-                generator=torch.Generator().manual_seed(seed), output_type="np").images
+    return pipe(
+        prompt=prompt,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images
 
 
 def test_model_index_names_the_multistage_unet(pipeline_dir):
@@ -65,8 +71,16 @@ def test_img2img_from_pipe_is_deterministic(pipe):
     img2img = AutoPipelineForImage2Image.from_pipe(pipe)
     assert img2img.unet is pipe.unet
     init = Image.fromarray((txt2img(pipe, 3)[0] * 255).astype(np.uint8))
-    run = lambda seed: img2img(prompt="a blue square", image=init, strength=0.6, num_inference_steps=STEPS,
-                               generator=torch.Generator().manual_seed(seed), output_type="np").images
+    run = lambda seed: (
+        img2img(
+            prompt="a blue square",
+            image=init,
+            strength=0.6,
+            num_inference_steps=STEPS,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        ).images
+    )
     first, again, other = run(5), run(5), run(6)
     assert first.shape == (1, SIZE, SIZE, 3)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
@@ -85,8 +99,9 @@ def test_mismatched_components_are_rejected():
 
 def test_a_trained_text_conditioned_unet_is_served(tmp_path):
     unet = tiny_text_conditioned_unet((333.0, 666.0), seed=1, sample_size=4)  # trained on 32 px digits: cheap
-    trained, before, after = train_text_conditioned_digits(unet, 24, limit=96,
-                                                           train_config=TrainConfig(batch_size=16, seed=0))
+    trained, before, after = train_text_conditioned_digits(
+        unet, 24, limit=96, train_config=TrainConfig(batch_size=16, seed=0)
+    )
     assert all(a < b for a, b in zip(after, before)), (before, after)
     trained.save_pretrained(tmp_path)
     served = load_pipeline(ModelSpec(source=str(tmp_path), device="cpu"))
@@ -103,10 +118,12 @@ def test_the_ordinary_loader_finds_the_class_in_a_fresh_process(pipeline_dir):
     import subprocess
     import sys
 
-    code = ("import sys; from modm.config import ModelSpec; from modm.models.loading import load_pipeline; "
-            "assert 'modm.multistage' not in sys.modules; "
-            f"pipe = load_pipeline(ModelSpec(source={str(pipeline_dir)!r}, device='cpu')); "
-            "print(type(pipe.unet).__name__)")
+    code = (
+        "import sys; from modm.config import ModelSpec; from modm.models.loading import load_pipeline; "
+        "assert 'modm.multistage' not in sys.modules; "
+        f"pipe = load_pipeline(ModelSpec(source={str(pipeline_dir)!r}, device='cpu')); "
+        "print(type(pipe.unet).__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("MultiStageUNet")

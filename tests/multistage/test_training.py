@@ -26,9 +26,16 @@ BOUNDARIES = (250.0, 800.0)
 
 def small_unet(decoders=((16, 32), (8, 16), (8, 8)), boundaries=BOUNDARIES) -> MultiStageUNet:
     torch.manual_seed(0)
-    return MultiStageUNet(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                          decoder_block_out_channels=decoders, stage_boundaries=boundaries, layers_per_block=1,
-                          norm_num_groups=4)
+    return MultiStageUNet(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        decoder_block_out_channels=decoders,
+        stage_boundaries=boundaries,
+        layers_per_block=1,
+        norm_num_groups=4,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +78,9 @@ def test_step_flops_follow_decoder_width_and_match_a_unified_model(digits):
 
 def test_short_training_lowers_the_loss_of_every_stage(digits):
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    trainer = StageSampledTrainer(small_unet(), scheduler, digits,
-                                  TrainConfig(batch_size=32, learning_rate=3e-3, seed=0))
+    trainer = StageSampledTrainer(
+        small_unet(), scheduler, digits, TrainConfig(batch_size=32, learning_rate=3e-3, seed=0)
+    )
     validation = make_stage_validation(digits, trainer.ranges, per_stage=64, seed=1)
     before = trainer.validation_losses(validation)
     for _ in range(45):

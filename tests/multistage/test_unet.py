@@ -12,9 +12,16 @@ from modm.multistage.unet import CheckpointClassError, MultiStageUNet, StageCoun
 
 def tiny_unet(**overrides) -> MultiStageUNet:
     torch.manual_seed(0)
-    kwargs = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                  decoder_block_out_channels=((16, 16), (8, 16), (8, 8)), stage_boundaries=(333.0, 666.0),
-                  layers_per_block=1, norm_num_groups=4)
+    kwargs = dict(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        decoder_block_out_channels=((16, 16), (8, 16), (8, 8)),
+        stage_boundaries=(333.0, 666.0),
+        layers_per_block=1,
+        norm_num_groups=4,
+    )
     kwargs.update(overrides)
     return MultiStageUNet(**kwargs)
 
@@ -46,8 +53,8 @@ def test_mixed_batch_equals_per_sample_routing():
     t = torch.tensor([900, 10, 500, 400, 5])
     with torch.no_grad():
         batched = model(sample, t).sample
-        assert sorted(calls) == [(0, 2), (1, 2), (2, 1)]     # one call per stage, grouped
-        single = torch.cat([model(sample[i:i + 1], t[i:i + 1]).sample for i in range(5)])
+        assert sorted(calls) == [(0, 2), (1, 2), (2, 1)]  # one call per stage, grouped
+        single = torch.cat([model(sample[i : i + 1], t[i : i + 1]).sample for i in range(5)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
@@ -73,9 +80,15 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_checkpoint_of_another_class_is_refused(tmp_path):
-    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
-                down_block_types=("DownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(tmp_path)
+    UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).save_pretrained(tmp_path)
     with pytest.raises(CheckpointClassError, match="UNet2DModel"):
         MultiStageUNet.from_pretrained(tmp_path)
 
@@ -118,8 +131,11 @@ def test_runs_in_a_standard_ddim_pipeline_deterministically():
     calls = record_decoder_calls(model)
     pipe = DDIMPipeline(unet=model, scheduler=DDIMScheduler(num_train_timesteps=1000))
     pipe.set_progress_bar_config(disable=True)
-    run = lambda seed: pipe(batch_size=2, num_inference_steps=6, generator=torch.Generator().manual_seed(seed),
-                            output_type="np").images
+    run = lambda seed: (
+        pipe(
+            batch_size=2, num_inference_steps=6, generator=torch.Generator().manual_seed(seed), output_type="np"
+        ).images
+    )
     first, again, other = run(0), run(0), run(1)
     assert first.shape == (2, 8, 8, 1)
     assert (first == again).all() and not (first == other).all()

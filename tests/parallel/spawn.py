@@ -40,7 +40,10 @@ def _entry(fn, rank: int, world_size: int, port: int, results, kwargs) -> None:
 
 # Installed modules only: the forkserver does not inherit this test folder's sys.path and skips what it cannot import.
 PRELOAD = [
-    "torch", "modm.parallel", "modm.models.tiny_zoo", "modm.models.tokenizer",
+    "torch",
+    "modm.parallel",
+    "modm.models.tiny_zoo",
+    "modm.models.tokenizer",
     "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",
     "diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3",
 ]
@@ -52,8 +55,10 @@ def run_ranks(fn, world_size: int, *, timeout_s: float = 90.0, **kwargs) -> list
     ctx.set_forkserver_preload(PRELOAD)
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, results, kwargs), daemon=True)
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_entry, args=(fn, r, world_size, port, results, kwargs), daemon=True)
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     out: dict[int, object] = {}
@@ -64,8 +69,9 @@ def run_ranks(fn, world_size: int, *, timeout_s: float = 90.0, **kwargs) -> list
         while len(out) < world_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RankFailure(f"ranks {sorted(set(range(world_size)) - set(out))} did not finish "
-                                  f"within {timeout_s} s")
+                raise RankFailure(
+                    f"ranks {sorted(set(range(world_size)) - set(out))} did not finish within {timeout_s} s"
+                )
             try:
                 rank, ok, value = results.get(timeout=min(remaining, 1.0))
             except queue.Empty:

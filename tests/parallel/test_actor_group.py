@@ -19,8 +19,9 @@ from tiny import tiny_sdxl_pipeline  # noqa: E402
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 STEPS = 4
-REQUEST = dict(prompt="a lighthouse", num_inference_steps=STEPS, height=64, width=64, guidance_scale=5.0,
-               output_type="np")
+REQUEST = dict(
+    prompt="a lighthouse", num_inference_steps=STEPS, height=64, width=64, guidance_scale=5.0, output_type="np"
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,17 @@ def test_a_stopped_request_ends_on_every_rank_in_the_given_placement_group(ray_c
     pg = placement_group([{"CPU": 0.1}, {"CPU": 1}, {"CPU": 1}], strategy="PACK")
     ray.get(pg.ready(), timeout=60)
     cfg = ParallelConfig(method="distrifusion", world_size=2, warmup_steps=STEPS, timeout_s=60)
-    group = ParallelActorGroup(cfg, model_spec, cpus_per_rank=1, start_timeout_s=150, request_timeout_s=60,
-                               placement_group=pg, first_bundle=1)
+    group = ParallelActorGroup(
+        cfg, model_spec, cpus_per_rank=1, start_timeout_s=150, request_timeout_s=60, placement_group=pg, first_bundle=1
+    )
     try:
         group.start()
-        pg_ids = ray.get([w.__ray_call__.remote(lambda self: ray.get_runtime_context().get_placement_group_id())
-                          for w in group.workers])
+        pg_ids = ray.get(
+            [
+                w.__ray_call__.remote(lambda self: ray.get_runtime_context().get_placement_group_id())
+                for w in group.workers
+            ]
+        )
         assert pg_ids == [pg.id.hex()] * 2
         ray.get(group.submit(REQUEST, seed=0), timeout=60)  # warm: the long request's time is all denoising
         started = time.monotonic()

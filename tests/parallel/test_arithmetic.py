@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from modm.parallel import (
-    GroupNormMode, ParallelConfig, ParallelConfigError, ParallelMethod, PatchSplitError, balanced_contiguous_split,
-    check_patch_divisible, rank_layout, row_range,
+    GroupNormMode,
+    ParallelConfig,
+    ParallelConfigError,
+    ParallelMethod,
+    PatchSplitError,
+    balanced_contiguous_split,
+    check_patch_divisible,
+    rank_layout,
+    row_range,
 )
 from modm.parallel.asyncdiff import TimestepChoice, step_plan
 from modm.parallel.asyncdiff.structure import describe, flatten_into, rebuild
@@ -22,21 +29,33 @@ def test_config_defaults_and_enums():
     assert cfg.comm_checkpoint == 60 and cfg.is_patch_method
 
 
-@pytest.mark.parametrize("kwargs,fragment", [
-    (dict(method="none", world_size=2), "method 'none' runs on one rank"),
-    (dict(method="asyncdiff", world_size=2, model_n=3), "needs world_size model_n + stride - 1 = 3, got 2"),
-    (dict(method="asyncdiff", world_size=3, model_n=2, stride=2, warmup_steps=0), "warmup_steps >= 1"),
-    (dict(method="asyncdiff", world_size=2, cfg_split=True), "cfg_split is not supported"),
-    (dict(method="distrifusion", world_size=3, cfg_split=True), "even world_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(method="none", world_size=2), "method 'none' runs on one rank"),
+        (dict(method="asyncdiff", world_size=2, model_n=3), "needs world_size model_n + stride - 1 = 3, got 2"),
+        (dict(method="asyncdiff", world_size=3, model_n=2, stride=2, warmup_steps=0), "warmup_steps >= 1"),
+        (dict(method="asyncdiff", world_size=2, cfg_split=True), "cfg_split is not supported"),
+        (dict(method="distrifusion", world_size=3, cfg_split=True), "even world_size"),
+    ],
+)
 def test_config_rejects_inconsistent_settings(kwargs, fragment):
     # pydantic reports validator errors as ValidationError (a ValueError) carrying our message
     with pytest.raises(ValueError, match=fragment.replace("+", r"\+")):
         ParallelConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(stride=3), dict(world_size=0), dict(method="tensor"),
-                                    dict(groupnorm_mode="sync_gn"), dict(unknown=1), dict(comm_checkpoint=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(stride=3),
+        dict(world_size=0),
+        dict(method="tensor"),
+        dict(groupnorm_mode="sync_gn"),
+        dict(unknown=1),
+        dict(comm_checkpoint=0),
+    ],
+)
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         ParallelConfig(**kwargs)
@@ -88,10 +107,16 @@ def _brute_force_best(costs, parts):
     return best
 
 
-@pytest.mark.parametrize("costs,parts", [
-    ([1, 1, 1, 1], 2), ([5, 1, 1, 1, 1, 1], 2), ([1, 2, 3, 4, 5, 6, 7, 8], 3), ([3, 0, 0, 9, 1], 4),
-    ([0.2, 4.0, 4.1, 0.3, 2.2, 2.1, 0.1], 3),
-])
+@pytest.mark.parametrize(
+    "costs,parts",
+    [
+        ([1, 1, 1, 1], 2),
+        ([5, 1, 1, 1, 1, 1], 2),
+        ([1, 2, 3, 4, 5, 6, 7, 8], 3),
+        ([3, 0, 0, 9, 1], 4),
+        ([0.2, 4.0, 4.1, 0.3, 2.2, 2.1, 0.1], 3),
+    ],
+)
 def test_balanced_split_is_optimal_contiguous_and_complete(costs, parts):
     ranges = balanced_contiguous_split(costs, parts)
     assert len(ranges) == parts and ranges[0][0] == 0 and ranges[-1][1] == len(costs)
@@ -122,7 +147,7 @@ def test_stride_one_each_rank_computes_its_component():
 
 def test_stride_two_alternates_compute_and_reuse():
     world = [step_plan(2, rank=r, warmup_steps=2, model_n=2, stride=2, time_shift=False) for r in range(3)]
-    assert [p.compute for p in world] == [{0}, {1}, {1}]            # extra rank 2 runs the last component
+    assert [p.compute for p in world] == [{0}, {1}, {1}]  # extra rank 2 runs the last component
     assert [p.timestep for p in world] == [TimestepChoice.NEXT, TimestepChoice.NEXT, TimestepChoice.CURRENT]
     assert [p.store_cache for p in world] == [True, True, False] and {p.output_source for p in world} == {2}
     reuse = [step_plan(3, rank=r, warmup_steps=2, model_n=2, stride=2, time_shift=False) for r in range(3)]

@@ -17,8 +17,14 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def ranks(clip_tokenizer):
-    return run_ranks(traffic_workers.asyncdiff_sd3_traffic, 2, timeout_s=200, tokenizer=clip_tokenizer,
-                     steps=STEPS, warmup_steps=WARMUP)
+    return run_ranks(
+        traffic_workers.asyncdiff_sd3_traffic,
+        2,
+        timeout_s=200,
+        tokenizer=clip_tokenizer,
+        steps=STEPS,
+        warmup_steps=WARMUP,
+    )
 
 
 def test_only_component_boundaries_are_broadcast(ranks):
@@ -30,12 +36,16 @@ def test_only_component_boundaries_are_broadcast(ranks):
         assert every_block["cache_bytes"] == ASYNC_STEPS * sum(every_block["buffer_bytes"])
         assert boundaries["prediction_bytes"] == every_block["prediction_bytes"] > 0
     first = ranks[0]
-    per_step = {name: (first[name]["cache_bytes"] + first[name]["prediction_bytes"]) / ASYNC_STEPS
-                for name in ("every_block", "boundaries")}
-    print(f"\nAsyncDiff, SD3 with {first['boundaries']['units']} blocks (SD3.5-Large's count, tiny width), "
-          f"2 gloo ranks, 64x64, bytes per step past the warm-up: every block {per_step['every_block']:.0f}, "
-          f"component boundaries {per_step['boundaries']:.0f} "
-          f"({per_step['every_block'] / per_step['boundaries']:.1f}x less)")
+    per_step = {
+        name: (first[name]["cache_bytes"] + first[name]["prediction_bytes"]) / ASYNC_STEPS
+        for name in ("every_block", "boundaries")
+    }
+    print(
+        f"\nAsyncDiff, SD3 with {first['boundaries']['units']} blocks (SD3.5-Large's count, tiny width), "
+        f"2 gloo ranks, 64x64, bytes per step past the warm-up: every block {per_step['every_block']:.0f}, "
+        f"component boundaries {per_step['boundaries']:.0f} "
+        f"({per_step['every_block'] / per_step['boundaries']:.1f}x less)"
+    )
     assert per_step["boundaries"] * 10 < per_step["every_block"]
 
 

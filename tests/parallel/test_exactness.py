@@ -56,11 +56,14 @@ def test_each_rank_runs_one_torch_thread(two_ranks):
     assert [r["num_threads"] for r in two_ranks] == [1, 1]
 
 
-@pytest.mark.parametrize("suite,name", [
-    ("distrifusion_unet", "sync"),          # warm-up >= steps
-    ("distrifusion_unet", "always_sync"),   # synchronous communication at every step
-    ("distrifusion_sd3", "sync"),
-])
+@pytest.mark.parametrize(
+    "suite,name",
+    [
+        ("distrifusion_unet", "sync"),  # warm-up >= steps
+        ("distrifusion_unet", "always_sync"),  # synchronous communication at every step
+        ("distrifusion_sd3", "sync"),
+    ],
+)
 def test_synchronous_distrifusion_equals_single_device(two_ranks, suite, name):
     res = _results(two_ranks, suite)
     assert _max_abs(res[name], res["reference"]) <= EXACT_ATOL
@@ -72,11 +75,16 @@ def test_naive_patch_differs_from_single_device(two_ranks, suite):
     assert _max_abs(res["naive"], res["reference"]) > 1e-3
 
 
-@pytest.mark.parametrize("suite,name", [
-    ("distrifusion_unet", "async_corrected"), ("distrifusion_unet", "async_stale"),
-    ("distrifusion_unet", "async_sync_gn"), ("distrifusion_unet", "async_separate"),
-    ("distrifusion_sd3", "async"),
-])
+@pytest.mark.parametrize(
+    "suite,name",
+    [
+        ("distrifusion_unet", "async_corrected"),
+        ("distrifusion_unet", "async_stale"),
+        ("distrifusion_unet", "async_sync_gn"),
+        ("distrifusion_unet", "async_separate"),
+        ("distrifusion_sd3", "async"),
+    ],
+)
 def test_asynchronous_distrifusion_is_finite_and_closer_than_naive_patch(two_ranks, suite, name):
     res = _results(two_ranks, suite)
     assert np.isfinite(res[name]).all()

@@ -11,12 +11,24 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from modm.parallel import (
-    ParallelConfig, ParallelConfigError, ParallelContext, ParallelPipeline, RendezvousError, UnsupportedModelError,
-    init_parallel, parallelize_denoiser, rank_layout,
+    ParallelConfig,
+    ParallelConfigError,
+    ParallelContext,
+    ParallelPipeline,
+    RendezvousError,
+    UnsupportedModelError,
+    init_parallel,
+    parallelize_denoiser,
+    rank_layout,
 )
 from modm.parallel.asyncdiff import AsyncDiffModel, AsyncUnit, denoiser_units
 from modm.parallel.distrifusion import (
-    CommManager, DistriConv2d, DistriCrossAttention, DistriGroupNorm, DistriSelfAttention, wrap_unet,
+    CommManager,
+    DistriConv2d,
+    DistriCrossAttention,
+    DistriGroupNorm,
+    DistriSelfAttention,
+    wrap_unet,
 )
 from spawn import free_port
 from tiny import tiny_sdxl_pipeline
@@ -24,16 +36,33 @@ from tiny import tiny_sdxl_pipeline
 
 def _unet(down=("DownBlock2D", "CrossAttnDownBlock2D"), up=("CrossAttnUpBlock2D", "UpBlock2D")):
     torch.manual_seed(0)
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=down, up_block_types=up,
-                                cross_attention_dim=8, norm_num_groups=4, attention_head_dim=2)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=8,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    )
 
 
 def _offline_ctx(**overrides) -> ParallelContext:
     """A rank-0-of-2 context without a process group: enough to wrap (wrapping never communicates)."""
     cfg = ParallelConfig(world_size=2, **overrides)
-    return ParallelContext(cfg, rank=0, world_size=2, device=torch.device("cpu"), backend="gloo",
-                           layout=rank_layout(0, 2, cfg.cfg_split), world_group=None, patch_group=None)
+    return ParallelContext(
+        cfg,
+        rank=0,
+        world_size=2,
+        device=torch.device("cpu"),
+        backend="gloo",
+        layout=rank_layout(0, 2, cfg.cfg_split),
+        world_group=None,
+        patch_group=None,
+    )
 
 
 def test_wrap_unet_swaps_every_spatial_layer_and_remove_restores_them():
@@ -46,7 +75,8 @@ def test_wrap_unet_swaps_every_spatial_layer_and_remove_restores_them():
     assert len(convs) == len(k_by_k) and [c.is_first_layer for c in convs].count(True) == 1
     assert isinstance(wrapped["conv_in"], DistriConv2d) and wrapped["conv_in"].is_first_layer
     assert sum(isinstance(m, DistriGroupNorm) for m in wrapped.values()) == sum(
-        isinstance(m, nn.GroupNorm) for m in before.values())
+        isinstance(m, nn.GroupNorm) for m in before.values()
+    )
     assert any(isinstance(m, DistriSelfAttention) for m in wrapped.values())
     assert any(isinstance(m, DistriCrossAttention) for m in wrapped.values())
     assert wrapped["conv_in"].weight is before["conv_in"].weight  # attributes read through to the wrapped layer
@@ -58,8 +88,9 @@ def test_wrap_unet_swaps_every_spatial_layer_and_remove_restores_them():
 def test_unsupported_attention_block_is_rejected_and_the_model_left_intact():
     unet = _unet(down=("DownBlock2D", "AttnDownBlock2D"), up=("AttnUpBlock2D", "UpBlock2D"))
     before = {n: m for n, m in unet.named_modules()}
-    with pytest.raises(UnsupportedModelError,
-                       match="down_blocks.1.attentions.0: a diffusers Attention under ModuleList"):
+    with pytest.raises(
+        UnsupportedModelError, match="down_blocks.1.attentions.0: a diffusers Attention under ModuleList"
+    ):
         wrap_unet(unet, _offline_ctx(method="distrifusion"))
     assert all(unet.get_submodule(n) is m for n, m in before.items() if n)
 
@@ -75,8 +106,9 @@ def test_asyncdiff_rejects_unsupported_models_and_too_many_components():
         parallelize_denoiser(nn.Linear(2, 2), _offline_ctx(method="asyncdiff", model_n=2))
     with pytest.raises(ParallelConfigError, match="stride 2 needs"):
         cfg = ParallelConfig(method="asyncdiff", world_size=3, model_n=2, stride=2)
-        AsyncDiffModel(_unet(), ParallelContext(cfg, 0, 3, torch.device("cpu"), "gloo", rank_layout(0, 3, False),
-                                                None, None))
+        AsyncDiffModel(
+            _unet(), ParallelContext(cfg, 0, 3, torch.device("cpu"), "gloo", rank_layout(0, 3, False), None, None)
+        )
 
 
 def test_asyncdiff_units_follow_execution_order_and_given_costs_set_the_split():
@@ -127,8 +159,7 @@ def test_multi_rank_pipeline_demands_a_seeded_generator(clip_tokenizer):
 
 def test_world_size_must_match_the_config():
     with pytest.raises(ParallelConfigError, match="does not match"):
-        init_parallel(ParallelConfig(method="distrifusion", world_size=2), rank=0, world_size=4,
-                      init_method="env://")
+        init_parallel(ParallelConfig(method="distrifusion", world_size=2), rank=0, world_size=4, init_method="env://")
 
 
 @pytest.mark.timeout(60)
@@ -145,8 +176,7 @@ def _wrapper_kwargs(patch_index: int, **cfg) -> dict:
     from modm.parallel.distrifusion import PatchStepState
 
     state = PatchStepState(ParallelConfig(method="distrifusion", world_size=2, **cfg))
-    return dict(comm=CommManager(None, 2, patch_index, 60), state=state, patch_index=patch_index,
-                patch_world_size=2)
+    return dict(comm=CommManager(None, 2, patch_index, 60), state=state, patch_index=patch_index, patch_world_size=2)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -158,7 +188,7 @@ def test_first_layer_conv_cuts_its_rows_from_the_full_input(stride):
     half = full.shape[2] // 2
     for index in range(2):
         wrapper = DistriConv2d(conv, is_first_layer=True, key="conv_in", **_wrapper_kwargs(index))
-        torch.testing.assert_close(wrapper(x), full[:, :, index * half:(index + 1) * half])
+        torch.testing.assert_close(wrapper(x), full[:, :, index * half : (index + 1) * half])
 
 
 def test_separate_groupnorm_past_warmup_is_groupnorm_of_the_stripe():

@@ -28,20 +28,45 @@ def tiny_sd3_pipeline(tokenizer=None):
     components = large_components(tokenizer or _tokenizer())
     torch.manual_seed(0)
     components["transformer"] = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=3, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
-        pos_embed_max_size=96, dual_attention_layers=(0,), qk_norm="rms_norm")
+        sample_size=32,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=3,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        pos_embed_max_size=96,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
     pipe = StableDiffusion3Pipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def sdxl_inputs(steps: int = 4, size: int = 64, seed: int = 0, guidance_scale: float = 5.0) -> dict:
-    return dict(prompt="a red bicycle", num_inference_steps=steps, height=size, width=size,
-                guidance_scale=guidance_scale, generator=torch.Generator("cpu").manual_seed(seed),
-                output_type="pt")
+    return dict(
+        prompt="a red bicycle",
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="pt",
+    )
 
 
 def sd3_inputs(steps: int = 4, size: int = 64, seed: int = 0) -> dict:
-    return dict(prompt="a red bicycle", num_inference_steps=steps, height=size, width=size, guidance_scale=5.0,
-                generator=torch.Generator("cpu").manual_seed(seed), output_type="pt", max_sequence_length=77)
+    return dict(
+        prompt="a red bicycle",
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+        guidance_scale=5.0,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="pt",
+        max_sequence_length=77,
+    )

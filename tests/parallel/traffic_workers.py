@@ -11,16 +11,27 @@ from tiny import sd3_inputs, tiny_sd3_pipeline
 SD35_LARGE_BLOCKS = 38  # stabilityai/stable-diffusion-3.5-large transformer/config.json: num_layers
 
 
-def asyncdiff_sd3_traffic(rank: int, world_size: int, init_method: str, tokenizer, steps: int,
-                          warmup_steps: int) -> dict:
+def asyncdiff_sd3_traffic(
+    rank: int, world_size: int, init_method: str, tokenizer, steps: int, warmup_steps: int
+) -> dict:
     """One SD3 AsyncDiff run per cache-sync rule on 2 ranks, with SD3.5-Large's 38 blocks at a tiny width: bytes
     broadcast (caches, predictions), the image, and the cache layout."""
     pipe = tiny_sd3_pipeline(tokenizer)
     torch.manual_seed(0)
     pipe.transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=SD35_LARGE_BLOCKS,
-        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=16,
-        pooled_projection_dim=64, pos_embed_max_size=96, qk_norm="rms_norm").eval()
+        sample_size=32,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=SD35_LARGE_BLOCKS,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        caption_projection_dim=16,
+        pooled_projection_dim=64,
+        pos_embed_max_size=96,
+        qk_norm="rms_norm",
+    ).eval()
     out = {}
     try:
         for name, boundaries_only in (("boundaries", True), ("every_block", False)):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 
 from modm.parallel import (
-    ParallelConfig, ParallelPipeline, PatchSplitError, init_parallel,
+    ParallelConfig,
+    ParallelPipeline,
+    PatchSplitError,
+    init_parallel,
 )
 from tiny import sd3_inputs, sdxl_inputs, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
@@ -38,16 +41,23 @@ def _teardown() -> None:
 def distrifusion_unet(rank: int, world_size: int, init_method: str, tokenizer) -> dict:
     pipe = tiny_sdxl_pipeline(tokenizer)
     inputs = lambda: sdxl_inputs(steps=STEPS)  # noqa: E731
-    results = _suite(pipe, inputs, {
-        "sync": dict(method="distrifusion", warmup_steps=STEPS),
-        "always_sync": dict(method="distrifusion", warmup_steps=0, always_synchronous=True),
-        "naive": dict(method="naive_patch"),
-        "async_corrected": dict(method="distrifusion", warmup_steps=1, groupnorm_mode="corrected_async"),
-        "async_stale": dict(method="distrifusion", warmup_steps=1, groupnorm_mode="stale"),
-        "async_sync_gn": dict(method="distrifusion", warmup_steps=1, groupnorm_mode="sync", comm_checkpoint=3),
-        "async_separate": dict(method="distrifusion", warmup_steps=1, groupnorm_mode="separate"),
-        "cfg_split": dict(method="distrifusion", cfg_split=True, warmup_steps=0),
-    }, rank, world_size, init_method)
+    results = _suite(
+        pipe,
+        inputs,
+        {
+            "sync": dict(method="distrifusion", warmup_steps=STEPS),
+            "always_sync": dict(method="distrifusion", warmup_steps=0, always_synchronous=True),
+            "naive": dict(method="naive_patch"),
+            "async_corrected": dict(method="distrifusion", warmup_steps=1, groupnorm_mode="corrected_async"),
+            "async_stale": dict(method="distrifusion", warmup_steps=1, groupnorm_mode="stale"),
+            "async_sync_gn": dict(method="distrifusion", warmup_steps=1, groupnorm_mode="sync", comm_checkpoint=3),
+            "async_separate": dict(method="distrifusion", warmup_steps=1, groupnorm_mode="separate"),
+            "cfg_split": dict(method="distrifusion", cfg_split=True, warmup_steps=0),
+        },
+        rank,
+        world_size,
+        init_method,
+    )
     # A height whose smallest feature map (48 px -> latent 6 -> 3 rows) 2 ranks cannot split: clear error, no hang.
     cfg = ParallelConfig(method="distrifusion", world_size=world_size)
     ctx = init_parallel(cfg, rank=rank, world_size=world_size, init_method=init_method, timeout_s=60)
@@ -65,28 +75,48 @@ def distrifusion_unet(rank: int, world_size: int, init_method: str, tokenizer) -
 def distrifusion_sd3(rank: int, world_size: int, init_method: str, tokenizer) -> dict:
     pipe = tiny_sd3_pipeline(tokenizer)
     inputs = lambda: sd3_inputs(steps=STEPS)  # noqa: E731
-    return _suite(pipe, inputs, {
-        "sync": dict(method="distrifusion", warmup_steps=STEPS),
-        "naive": dict(method="naive_patch"),
-        "async": dict(method="distrifusion", warmup_steps=1),
-        "cfg_split": dict(method="distrifusion", cfg_split=True),
-    }, rank, world_size, init_method)
+    return _suite(
+        pipe,
+        inputs,
+        {
+            "sync": dict(method="distrifusion", warmup_steps=STEPS),
+            "naive": dict(method="naive_patch"),
+            "async": dict(method="distrifusion", warmup_steps=1),
+            "cfg_split": dict(method="distrifusion", cfg_split=True),
+        },
+        rank,
+        world_size,
+        init_method,
+    )
 
 
 def asyncdiff_models(rank: int, world_size: int, init_method: str, tokenizer) -> dict:
     """Stride 1 on 2 ranks, for the UNet and the SD3 transformer."""
     out = {}
-    for family, pipe, inputs in (("unet", tiny_sdxl_pipeline(tokenizer), lambda: sdxl_inputs(steps=STEPS)),
-                                 ("sd3", tiny_sd3_pipeline(tokenizer), lambda: sd3_inputs(steps=STEPS))):
-        results = _suite(pipe, inputs, {
-            "exact": dict(method="asyncdiff", model_n=2, warmup_steps=STEPS),
-            "async": dict(method="asyncdiff", model_n=2, warmup_steps=2),
-            "async_shift": dict(method="asyncdiff", model_n=2, warmup_steps=2, time_shift=True),
-        }, rank, world_size, init_method)
+    for family, pipe, inputs in (
+        ("unet", tiny_sdxl_pipeline(tokenizer), lambda: sdxl_inputs(steps=STEPS)),
+        ("sd3", tiny_sd3_pipeline(tokenizer), lambda: sd3_inputs(steps=STEPS)),
+    ):
+        results = _suite(
+            pipe,
+            inputs,
+            {
+                "exact": dict(method="asyncdiff", model_n=2, warmup_steps=STEPS),
+                "async": dict(method="asyncdiff", model_n=2, warmup_steps=2),
+                "async_shift": dict(method="asyncdiff", model_n=2, warmup_steps=2, time_shift=True),
+            },
+            rank,
+            world_size,
+            init_method,
+        )
         out.update({f"{family}_{k}": v for k, v in results.items()})
         # Past the warm-up each rank must run only its own component.
-        ctx = init_parallel(ParallelConfig(method="asyncdiff", world_size=world_size, model_n=2, warmup_steps=2),
-                            rank=rank, world_size=world_size, init_method=init_method)
+        ctx = init_parallel(
+            ParallelConfig(method="asyncdiff", world_size=world_size, model_n=2, warmup_steps=2),
+            rank=rank,
+            world_size=world_size,
+            init_method=init_method,
+        )
         parallel = ParallelPipeline(pipe, ctx)
         parallel(**inputs())
         runner = parallel.parallel
@@ -100,19 +130,28 @@ def asyncdiff_stride2(rank: int, world_size: int, init_method: str, tokenizer) -
     """Stride 2 (model_n=2 on 3 ranks), UNet."""
     pipe = tiny_sdxl_pipeline(tokenizer)
     inputs = lambda: sdxl_inputs(steps=STEPS)  # noqa: E731
-    return _suite(pipe, inputs, {
-        "exact": dict(method="asyncdiff", model_n=2, stride=2, warmup_steps=STEPS),
-        "async": dict(method="asyncdiff", model_n=2, stride=2, warmup_steps=2),
-    }, rank, world_size, init_method)
+    return _suite(
+        pipe,
+        inputs,
+        {
+            "exact": dict(method="asyncdiff", model_n=2, stride=2, warmup_steps=STEPS),
+            "async": dict(method="asyncdiff", model_n=2, stride=2, warmup_steps=2),
+        },
+        rank,
+        world_size,
+        init_method,
+    )
 
 
 def two_rank_suites(rank: int, world_size: int, init_method: str, tokenizer) -> dict:
     """Everything that runs on 2 ranks, on one process group (spawning and importing dominate the test time)."""
     try:
-        return {"distrifusion_unet": distrifusion_unet(rank, world_size, init_method, tokenizer),
-                "distrifusion_sd3": distrifusion_sd3(rank, world_size, init_method, tokenizer),
-                "asyncdiff": asyncdiff_models(rank, world_size, init_method, tokenizer),
-                "num_threads": torch.get_num_threads()}
+        return {
+            "distrifusion_unet": distrifusion_unet(rank, world_size, init_method, tokenizer),
+            "distrifusion_sd3": distrifusion_sd3(rank, world_size, init_method, tokenizer),
+            "asyncdiff": asyncdiff_models(rank, world_size, init_method, tokenizer),
+            "num_threads": torch.get_num_threads(),
+        }
     finally:
         _teardown()
 
@@ -129,10 +168,19 @@ def four_rank_suites(rank: int, world_size: int, init_method: str, tokenizer) ->
     try:
         pipe = tiny_sdxl_pipeline(tokenizer)
         inputs = lambda: sdxl_inputs(steps=STEPS)  # noqa: E731
-        return {"cfg_split_patches": _suite(pipe, inputs, {
-            "sync": dict(method="distrifusion", cfg_split=True, warmup_steps=STEPS),
-            "async": dict(method="distrifusion", cfg_split=True, warmup_steps=1),
-            "naive": dict(method="naive_patch", cfg_split=True),
-        }, rank, world_size, init_method)}
+        return {
+            "cfg_split_patches": _suite(
+                pipe,
+                inputs,
+                {
+                    "sync": dict(method="distrifusion", cfg_split=True, warmup_steps=STEPS),
+                    "async": dict(method="distrifusion", cfg_split=True, warmup_steps=1),
+                    "naive": dict(method="naive_patch", cfg_split=True),
+                },
+                rank,
+                world_size,
+                init_method,
+            )
+        }
     finally:
         _teardown()

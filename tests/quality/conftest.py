@@ -41,14 +41,31 @@ def pick_dirs(tmp_path_factory) -> tuple[Path, Path]:
     from modm.models.tokenizer import build_clip_tokenizer
 
     root = tmp_path_factory.mktemp("pick")
-    text = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
-                max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    vision = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                  image_size=TINY_CLIP_IMAGE_SIZE, patch_size=8)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=TINY_CLIP_IMAGE_SIZE,
+        patch_size=8,
+    )
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(root / "model")
-    image_processor = CLIPImageProcessor(size={"shortest_edge": TINY_CLIP_IMAGE_SIZE},
-                                         crop_size={"height": TINY_CLIP_IMAGE_SIZE, "width": TINY_CLIP_IMAGE_SIZE})
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": TINY_CLIP_IMAGE_SIZE},
+        crop_size={"height": TINY_CLIP_IMAGE_SIZE, "width": TINY_CLIP_IMAGE_SIZE},
+    )
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=build_clip_tokenizer(root / "bpe"))
     processor.save_pretrained(root / "processor")
     return root / "model", root / "processor"

@@ -10,8 +10,13 @@ import pytest
 import yaml
 
 from modm.cli import main as modm_main
-from modm.quality import (CalibrationPair, QualityInputError, load_calibration_manifest, quality_samples,
-                          write_quality_samples)
+from modm.quality import (
+    CalibrationPair,
+    QualityInputError,
+    load_calibration_manifest,
+    quality_samples,
+    write_quality_samples,
+)
 
 from .conftest import noise_image
 
@@ -35,10 +40,12 @@ def _pairs(tmp_path: Path) -> list[CalibrationPair]:
     noise_image(9).point(lambda _: 100).save(tmp_path / "full_a.png")
     noise_image(9).point(lambda _: 50).save(tmp_path / "full_b.png")
     # Prompt "a" refined at two k from one full image; prompt "bb" at two k from another.
-    return [CalibrationPair("a", 0.31, 30, tmp_path / "refined_0.png", tmp_path / "full_a.png"),
-            CalibrationPair("a", 0.29, 25, tmp_path / "refined_1.png", tmp_path / "full_a.png"),
-            CalibrationPair("bb", 0.28, 15, tmp_path / "refined_2.png", tmp_path / "full_b.png"),
-            CalibrationPair("bb", 0.27, 10, tmp_path / "refined_3.png", tmp_path / "full_b.png")]
+    return [
+        CalibrationPair("a", 0.31, 30, tmp_path / "refined_0.png", tmp_path / "full_a.png"),
+        CalibrationPair("a", 0.29, 25, tmp_path / "refined_1.png", tmp_path / "full_a.png"),
+        CalibrationPair("bb", 0.28, 15, tmp_path / "refined_2.png", tmp_path / "full_b.png"),
+        CalibrationPair("bb", 0.27, 10, tmp_path / "refined_3.png", tmp_path / "full_b.png"),
+    ]
 
 
 def test_quality_samples_score_refined_and_full_images(tmp_path):
@@ -63,8 +70,10 @@ def test_samples_feed_modm_policy_calibrate(tmp_path, capsys):
 
 def test_calibration_manifest(tmp_path):
     _pairs(tmp_path)
-    (tmp_path / "m.csv").write_text("prompt,score,k,refined_path,full_path\n"
-                                    "a,0.31,30,refined_0.png,full_a.png\nbb,0.28,15,refined_2.png,full_b.png\n")
+    (tmp_path / "m.csv").write_text(
+        "prompt,score,k,refined_path,full_path\n"
+        "a,0.31,30,refined_0.png,full_a.png\nbb,0.28,15,refined_2.png,full_b.png\n"
+    )
     pairs = load_calibration_manifest(tmp_path / "m.csv")
     assert pairs[1] == CalibrationPair("bb", 0.28, 15, tmp_path / "refined_2.png", tmp_path / "full_b.png")
     (tmp_path / "bad.csv").write_text("prompt,score,k,refined_path,full_path\na,0.3,0,r.png,f.png\n")

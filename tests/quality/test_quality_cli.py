@@ -21,25 +21,56 @@ RANDOM_INCEPTION = ["--inception-weights", "random", "--device", "cpu"]
 def served(tmp_path):
     """Six served images: two systems, hits at two k and misses, as a parquet manifest."""
     write_folder(tmp_path / "images", [f"prompt {i}" for i in range(6)], sizes=[(48, 48), (64, 32)])
-    pq.write_table(pa.table({
-        "path": [f"images/img_{i:03d}.png" for i in range(6)], "prompt": [f"prompt {i}" for i in range(6)],
-        "system": ["modm"] * 4 + ["vanilla"] * 2, "hit": [True, True, True, False, False, False],
-        "k": pa.array([25, 25, 5, None, None, None], pa.int32())}), tmp_path / "served.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "path": [f"images/img_{i:03d}.png" for i in range(6)],
+                "prompt": [f"prompt {i}" for i in range(6)],
+                "system": ["modm"] * 4 + ["vanilla"] * 2,
+                "hit": [True, True, True, False, False, False],
+                "k": pa.array([25, 25, 5, None, None, None], pa.int32()),
+            }
+        ),
+        tmp_path / "served.parquet",
+    )
     return tmp_path / "served.parquet"
 
 
 def test_score_table_per_group(served, tmp_path, open_clip_dir, pick_dirs, capsys):
     out = tmp_path / "quality.json"
-    argv = ["score", str(served), "--is-splits", "2", "--json", str(out), "--per-image", str(tmp_path / "p.parquet"),
-            "--clip-model", f"local-dir:{open_clip_dir}", "--pick-model", str(pick_dirs[0]),
-            "--pick-processor", str(pick_dirs[1]), "--batch-size", "4", *RANDOM_INCEPTION]
+    argv = [
+        "score",
+        str(served),
+        "--is-splits",
+        "2",
+        "--json",
+        str(out),
+        "--per-image",
+        str(tmp_path / "p.parquet"),
+        "--clip-model",
+        f"local-dir:{open_clip_dir}",
+        "--pick-model",
+        str(pick_dirs[0]),
+        "--pick-processor",
+        str(pick_dirs[1]),
+        "--batch-size",
+        "4",
+        *RANDOM_INCEPTION,
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "system=vanilla" in printed and "hit=miss" in printed and "k=25" in printed and "PickScore" in printed
     groups = {(g["group_by"], g["group"]): g for g in json.loads(out.read_text())["groups"]}
     assert {key: g["n"] for key, g in groups.items()} == {
-        ("all", "all"): 6, ("system", "modm"): 4, ("system", "vanilla"): 2, ("hit", "hit"): 3, ("hit", "miss"): 3,
-        ("k", "5"): 1, ("k", "25"): 2, ("k", "miss"): 3}
+        ("all", "all"): 6,
+        ("system", "modm"): 4,
+        ("system", "vanilla"): 2,
+        ("hit", "hit"): 3,
+        ("hit", "miss"): 3,
+        ("k", "5"): 1,
+        ("k", "25"): 2,
+        ("k", "miss"): 3,
+    }
     clip = ClipScorer.from_config(ClipScoreConfig(model=f"local-dir:{open_clip_dir}", device="cpu"))
     entries = load_image_set(served)
     from modm.quality.images import load_rgb
@@ -67,26 +98,74 @@ def test_ref_stats_then_fid_against_them(tmp_path, capsys):
     assert "needs more than 64 images" in capsys.readouterr().err
 
     out = tmp_path / "fid.json"
-    assert main(["fid", str(folder), str(stats_path), "--dims", "64", "--allow-low-rank", "--json", str(out),
-                 *RANDOM_INCEPTION]) == 0
+    assert (
+        main(
+            [
+                "fid",
+                str(folder),
+                str(stats_path),
+                "--dims",
+                "64",
+                "--allow-low-rank",
+                "--json",
+                str(out),
+                *RANDOM_INCEPTION,
+            ]
+        )
+        == 0
+    )
     assert "UNRELIABLE" in capsys.readouterr().out
     assert json.loads(out.read_text())["groups"][0]["fid"] == pytest.approx(0.0, abs=1e-6 * np.trace(stats.sigma))
 
-    assert main(["fid", str(other), str(stats_path), "--dims", "64", "--allow-low-rank", "--json", str(out),
-                 "--group-by", "system", *RANDOM_INCEPTION]) == 0
+    assert (
+        main(
+            [
+                "fid",
+                str(other),
+                str(stats_path),
+                "--dims",
+                "64",
+                "--allow-low-rank",
+                "--json",
+                str(out),
+                "--group-by",
+                "system",
+                *RANDOM_INCEPTION,
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["groups"]
     assert [(r["group"], r["n_a"], r["n_b"]) for r in rows] == [("all", 4, 3), ("system=a", 2, 3), ("system=b", 2, 3)]
     assert all(r["fid"] > 0 for r in rows)
     other_vs_ref = rows[0]["fid"]
-    assert main(["fid", str(folder), str(other), "--dims", "64", "--allow-low-rank", "--json", str(out),
-                 *RANDOM_INCEPTION]) == 0
+    assert (
+        main(
+            ["fid", str(folder), str(other), "--dims", "64", "--allow-low-rank", "--json", str(out), *RANDOM_INCEPTION]
+        )
+        == 0
+    )
     assert other_vs_ref > 0
     assert json.loads(out.read_text())["groups"][0]["fid"] == pytest.approx(other_vs_ref, rel=1e-6)
 
     # A group too small for a covariance is refused up front, naming the group.
     (tmp_path / "lonely.csv").write_text(other.read_text() + "other/img_000.png,x,c\n")
-    assert main(["fid", str(tmp_path / "lonely.csv"), str(stats_path), "--dims", "64", "--allow-low-rank",
-                 "--group-by", "system", *RANDOM_INCEPTION]) == 2
+    assert (
+        main(
+            [
+                "fid",
+                str(tmp_path / "lonely.csv"),
+                str(stats_path),
+                "--dims",
+                "64",
+                "--allow-low-rank",
+                "--group-by",
+                "system",
+                *RANDOM_INCEPTION,
+            ]
+        )
+        == 2
+    )
     assert "group system=c of" in capsys.readouterr().err
 
     # Statistics from another feature layer are refused rather than compared.
@@ -101,8 +180,21 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     write_folder(tmp_path / "noprompts", ["x"])
     (tmp_path / "noprompts" / "img_000.txt").unlink()
     # Prompts are checked before any model loads (this CLIP directory does not even exist).
-    assert main(["score", str(tmp_path / "noprompts"), "--metrics", "clip", "--clip-model",
-                 f"local-dir:{tmp_path / 'absent'}", "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "score",
+                str(tmp_path / "noprompts"),
+                "--metrics",
+                "clip",
+                "--clip-model",
+                f"local-dir:{tmp_path / 'absent'}",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "no prompt file" in capsys.readouterr().err
     assert main(["fid", str(tmp_path / "stats.npz"), str(tmp_path / "noprompts"), *RANDOM_INCEPTION]) == 2
     assert "put the stats file" in capsys.readouterr().err
@@ -112,11 +204,25 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
 
 def test_calibration_samples_command(tmp_path, open_clip_dir, capsys):
     write_folder(tmp_path, ["r0", "r1", "f"])
-    (tmp_path / "m.csv").write_text("prompt,score,k,refined_path,full_path\n"
-                                    "a fox,0.30,30,img_000.png,img_002.png\na fox,0.27,10,img_001.png,img_002.png\n")
+    (tmp_path / "m.csv").write_text(
+        "prompt,score,k,refined_path,full_path\n"
+        "a fox,0.30,30,img_000.png,img_002.png\na fox,0.27,10,img_001.png,img_002.png\n"
+    )
     out = tmp_path / "samples.csv"
-    assert main(["calibration-samples", str(tmp_path / "m.csv"), str(out), "--clip-model",
-                 f"local-dir:{open_clip_dir}", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "calibration-samples",
+                str(tmp_path / "m.csv"),
+                str(out),
+                "--clip-model",
+                f"local-dir:{open_clip_dir}",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "modm policy calibrate" in capsys.readouterr().out
     rows = out.read_text().splitlines()
     assert rows[0].replace('"', "") == "score,k,quality,full_quality" and len(rows) == 3

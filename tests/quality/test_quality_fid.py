@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from modm.quality import (FeatureStats, FidNumericalError, LowRankCovarianceError, QualityInputError,
-                          compute_feature_stats, feature_stats, frechet_distance, load_image_set)
+from modm.quality import (
+    FeatureStats,
+    FidNumericalError,
+    LowRankCovarianceError,
+    QualityInputError,
+    compute_feature_stats,
+    feature_stats,
+    frechet_distance,
+    load_image_set,
+)
 from modm.quality.images import PromptSource
 
 from .conftest import write_folder
@@ -104,8 +112,9 @@ def test_stats_file_round_trip_and_bad_files(tmp_path):
 
 def test_inception_fid_of_folders_self_zero_and_symmetric(tmp_path, inception):
     # Different sizes in one folder: every image is resized to 299 px for the network.
-    a = load_image_set(write_folder(tmp_path / "a", ["p"] * 4, seed=0, sizes=[(48, 48), (64, 40)]),
-                       prompts=PromptSource.NONE)
+    a = load_image_set(
+        write_folder(tmp_path / "a", ["p"] * 4, seed=0, sizes=[(48, 48), (64, 40)]), prompts=PromptSource.NONE
+    )
     b = load_image_set(write_folder(tmp_path / "b", ["p"] * 4, seed=100), prompts=PromptSource.NONE)
     stats_a, stats_b = compute_feature_stats(a, inception), compute_feature_stats(b, inception)
     assert stats_a.dims == 64 and stats_a.n == 4 and stats_a.extractor == inception.extractor_id

@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from modm.embedding import OpenClipEmbedder
-from modm.quality import (ClipScoreConfig, ClipScorer, PickScoreConfig, PickScorer, QualityInputError,
-                          clip_score_from_embeddings, inception_score, pick_score_from_embeddings)
+from modm.quality import (
+    ClipScoreConfig,
+    ClipScorer,
+    PickScoreConfig,
+    PickScorer,
+    QualityInputError,
+    clip_score_from_embeddings,
+    inception_score,
+    pick_score_from_embeddings,
+)
 
 from .conftest import noise_image
 
@@ -54,8 +62,9 @@ def test_clip_scorer_matches_the_embedder_and_takes_any_mode_and_size(open_clip_
 
 def test_pick_scorer_matches_clip_model_logits_per_image(pick_dirs):
     model_dir, processor_dir = pick_dirs
-    scorer = PickScorer.from_config(PickScoreConfig(model=str(model_dir), processor=str(processor_dir),
-                                                    device="cpu", batch_size=2))
+    scorer = PickScorer.from_config(
+        PickScoreConfig(model=str(model_dir), processor=str(processor_dir), device="cpu", batch_size=2)
+    )
     images = [noise_image(i, (40 + 8 * i, 40)) for i in range(3)]
     prompts = ["a cat", "two dogs on a beach at sunset", "a bowl of fruit"]
     scores = scorer.score(images, prompts)
@@ -70,8 +79,9 @@ def test_pick_scorer_missing_model_fails_clearly(tmp_path, pick_dirs):
     from modm.models import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="PickScore model"):
-        PickScorer.from_config(PickScoreConfig(model=str(tmp_path / "absent"), processor=str(pick_dirs[1]),
-                                               device="cpu"))
+        PickScorer.from_config(
+            PickScoreConfig(model=str(tmp_path / "absent"), processor=str(pick_dirs[1]), device="cpu")
+        )
 
 
 def test_inception_score_known_values():

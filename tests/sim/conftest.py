@@ -22,14 +22,16 @@ def poisson_workload(n: int, rate_per_min: float, *, seed: int = 0, warm_up: int
     rng = np.random.default_rng(seed)
     offsets = np.cumsum(rng.exponential(60.0 / rate_per_min, size=n))
     trace = [TraceRequest(prompt=f"prompt {i}", source_row=i, warm_up=i < warm_up) for i in range(n)]
-    return Workload.from_trace("test", trace, ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=rate_per_min),
-                               offsets)
+    return Workload.from_trace(
+        "test", trace, ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=rate_per_min), offsets
+    )
 
 
 def closed_loop_workload(n: int, concurrency: int) -> Workload:
     trace = [TraceRequest(prompt=f"prompt {i}", source_row=i) for i in range(n)]
-    return Workload.from_trace("test", trace, ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=concurrency),
-                               None)
+    return Workload.from_trace(
+        "test", trace, ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=concurrency), None
+    )
 
 
 @pytest.fixture

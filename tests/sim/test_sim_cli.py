@@ -16,8 +16,29 @@ from modm.sim.cli import main
 
 def test_run_writes_a_loadgen_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", "--parametric-hit-rate", "0.6", "-n", "150", "--warm-up", "20", "--arrival", "poisson",
-                 "--rate", "6", "--gpus", "4", "--profile", "a40", "--window-s", "120", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--parametric-hit-rate",
+            "0.6",
+            "-n",
+            "150",
+            "--warm-up",
+            "20",
+            "--arrival",
+            "poisson",
+            "--rate",
+            "6",
+            "--gpus",
+            "4",
+            "--profile",
+            "a40",
+            "--window-s",
+            "120",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "150/150 ok" in printed and "events/s" in printed
@@ -32,8 +53,22 @@ def test_run_writes_a_loadgen_run_directory(tmp_path, capsys):
 def test_bad_input_exits_with_status_2_and_names_the_problem(tmp_path, capsys):
     assert main(["run", "--system", "modm", "-n", "10", "--rate", "2"]) == 2
     assert "--trace" in capsys.readouterr().err
-    assert main(["run", "--profile", str(tmp_path / "missing.json"), "--parametric-hit-rate", "0.5",
-                 "--rate", "2", "-n", "10"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--profile",
+                str(tmp_path / "missing.json"),
+                "--parametric-hit-rate",
+                "0.5",
+                "--rate",
+                "2",
+                "-n",
+                "10",
+            ]
+        )
+        == 2
+    )
     assert "unknown latency profile" in capsys.readouterr().err
 
 
@@ -41,14 +76,21 @@ def _measured_run(tmp_path, profile: LatencyProfile):
     """A stand-in for a real loadgen run: its RunConfig stored with records of a vanilla server on 2 replicas."""
     tsv = tmp_path / "prompts.tsv"
     tsv.write_text("prompt\n" + "\n".join(f"a painting of object {i}" for i in range(80)) + "\n")
-    config = RunConfig(name="measured", trace=TraceConfig(path=tsv, n_requests=60, warm_up=5),
-                       arrival=ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=40.0),
-                       client=ClientConfig(url="http://127.0.0.1:9", api_key="secret"), reference_latency_s=2.0)
+    config = RunConfig(
+        name="measured",
+        trace=TraceConfig(path=tsv, n_requests=60, warm_up=5),
+        arrival=ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=40.0),
+        client=ClientConfig(url="http://127.0.0.1:9", api_key="secret"),
+        reference_latency_s=2.0,
+    )
     workload, _ = workload_from_run_config(config)
     result = simulate(SimConfig(system=SystemMode.VANILLA, n_gpus=2, profile=profile), workload)
     run_dir = tmp_path / "measured"
-    write_records(run_dir / "records.parquet", result.to_records(),
-                  {"config": config.model_dump(mode="json"), "reference_latency_s": 2.0})
+    write_records(
+        run_dir / "records.parquet",
+        result.to_records(),
+        {"config": config.model_dump(mode="json"), "reference_latency_s": 2.0},
+    )
     return run_dir, result
 
 
@@ -68,8 +110,9 @@ def test_from_run_replays_the_recorded_workload_and_prints_the_gap(tmp_path, cap
     workload, config = workload_from_run(run_dir)
     assert config.client.api_key is None
     np.testing.assert_allclose(workload.offsets_s, measured.arrival_s)
-    code = main(["run", "--from-run", str(run_dir), "--system", "vanilla", "--gpus", "2",
-                 "--profile", str(profile_path)])
+    code = main(
+        ["run", "--from-run", str(run_dir), "--system", "vanilla", "--gpus", "2", "--profile", str(profile_path)]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "gap throughput" in printed and "+0.0%" in printed
@@ -101,8 +144,7 @@ def test_embeddings_are_cached_by_prompt_and_only_missing_ones_are_embedded(tmp_
 
 
 def test_profile_is_fitted_to_a_runs_generate_timings(tmp_path, capsys):
-    truth = LatencyProfile(gpu="cpu", full_generation_s={"large": 3.0, "small": 0.8}, fixed_s={"small": 0.2},
-                           load_s={})
+    truth = LatencyProfile(gpu="cpu", full_generation_s={"large": 3.0, "small": 0.8}, fixed_s={"small": 0.2}, load_s={})
     from modm.sim import ParametricHitConfig
 
     from conftest import poisson_workload

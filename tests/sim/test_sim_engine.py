@@ -37,10 +37,15 @@ def test_same_seed_same_run_different_seed_different_run(system, embeddings_400)
         assert not np.array_equal(other.hit, p1.hit)
 
 
-@pytest.mark.parametrize("system,mode", [(SystemMode.MODM, MonitorMode.THROUGHPUT),
-                                         (SystemMode.MODM, MonitorMode.QUALITY),
-                                         (SystemMode.VANILLA, MonitorMode.THROUGHPUT),
-                                         (SystemMode.NIRVANA, MonitorMode.THROUGHPUT)])
+@pytest.mark.parametrize(
+    "system,mode",
+    [
+        (SystemMode.MODM, MonitorMode.THROUGHPUT),
+        (SystemMode.MODM, MonitorMode.QUALITY),
+        (SystemMode.VANILLA, MonitorMode.THROUGHPUT),
+        (SystemMode.NIRVANA, MonitorMode.THROUGHPUT),
+    ],
+)
 @pytest.mark.parametrize("closed_loop", [False, True])
 def test_every_request_completes_exactly_once(system, mode, closed_loop, embeddings_400):
     workload = closed_loop_workload(400, 12) if closed_loop else poisson_workload(400, 30.0, warm_up=50)
@@ -67,10 +72,15 @@ def test_model_service_times_follow_the_profile(embeddings_400):
     np.testing.assert_allclose(service[small], (1 - result.k[small] / 50) * 16.5, rtol=1e-9)
 
 
-@pytest.mark.parametrize("system,mode", [(SystemMode.VANILLA, MonitorMode.THROUGHPUT),
-                                         (SystemMode.NIRVANA, MonitorMode.THROUGHPUT),
-                                         (SystemMode.MODM, MonitorMode.QUALITY),
-                                         (SystemMode.MODM, MonitorMode.THROUGHPUT)])
+@pytest.mark.parametrize(
+    "system,mode",
+    [
+        (SystemMode.VANILLA, MonitorMode.THROUGHPUT),
+        (SystemMode.NIRVANA, MonitorMode.THROUGHPUT),
+        (SystemMode.MODM, MonitorMode.QUALITY),
+        (SystemMode.MODM, MonitorMode.THROUGHPUT),
+    ],
+)
 def test_slo_attainment_does_not_fall_when_capacity_rises(system, mode, embeddings_400):
     workload = poisson_workload(400, 12.0, seed=3, warm_up=40)
     attainment = []
@@ -100,16 +110,21 @@ def test_quality_mode_lets_idle_large_replicas_refine_hits():
     config = _config(n_gpus=8, mode=MonitorMode.QUALITY, parametric=ParametricHitConfig(hit_rate=0.8))
     result = simulate(config, workload)
     assert np.any(result.hit & (result.served_by == 0))
-    throughput = simulate(config.model_copy(update={"monitor": MonitorConfig(mode=MonitorMode.THROUGHPUT)}),
-                          workload)
+    throughput = simulate(config.model_copy(update={"monitor": MonitorConfig(mode=MonitorMode.THROUGHPUT)}), workload)
     assert not np.any(throughput.hit & (throughput.served_by == 0))
 
 
 def test_switches_cost_the_target_models_load_time():
-    profile = LatencyProfile(gpu="t", full_generation_s={"large": 10.0, "small": 2.0},
-                             load_s={"large": 7.0, "small": 3.0})
-    config = SimConfig(n_gpus=4, profile=profile, monitor=MonitorConfig(window_s=60.0), monitor_initial_large=3,
-                       parametric=ParametricHitConfig(hit_rate=0.95))
+    profile = LatencyProfile(
+        gpu="t", full_generation_s={"large": 10.0, "small": 2.0}, load_s={"large": 7.0, "small": 3.0}
+    )
+    config = SimConfig(
+        n_gpus=4,
+        profile=profile,
+        monitor=MonitorConfig(window_s=60.0),
+        monitor_initial_large=3,
+        parametric=ParametricHitConfig(hit_rate=0.95),
+    )
     result = simulate(config, poisson_workload(600, 60.0, seed=4))
     assert any(s.to_model == "small" for s in result.switches)
     for switch in result.switches:
@@ -178,8 +193,13 @@ def test_decisions_come_from_the_live_policy_objects(monkeypatch, embeddings_400
 
 
 def test_a_small_pool_scaled_to_zero_hands_its_waiting_hits_to_the_large_pool():
-    config = SimConfig(n_gpus=4, profile=MI210, monitor=MonitorConfig(min_small=0, window_s=120.0),
-                       monitor_initial_large=1, parametric=ParametricHitConfig(hit_rate=0.15))
+    config = SimConfig(
+        n_gpus=4,
+        profile=MI210,
+        monitor=MonitorConfig(min_small=0, window_s=120.0),
+        monitor_initial_large=1,
+        parametric=ParametricHitConfig(hit_rate=0.15),
+    )
     result = simulate(config, poisson_workload(300, 20.0, seed=8))  # overloaded and miss-heavy: all go large
     assert result.monitor_decisions[-1].small == 0
     assert np.all(result.completions == 1)
@@ -192,8 +212,9 @@ def test_prefill_warms_the_cache_instead_of_sending_the_warm_up_requests(system)
     from modm.sim import WorkloadFactory
 
     emb = clustered_embeddings(300, n_topics=25, seed=4)
-    factory = WorkloadFactory([TraceRequest(prompt=f"p{i}", source_row=i) for i in range(300)], emb,
-                              default_warm_up=100, default_prefill=True)
+    factory = WorkloadFactory(
+        [TraceRequest(prompt=f"p{i}", source_row=i) for i in range(300)], emb, default_warm_up=100, default_prefill=True
+    )
     workload, embeddings, keys = factory(ArrivalConfig(kind=ArrivalKind.POISSON, rate_per_min=4.0), "warm")
     assert workload.n_requests == 200 and not workload.warm_up.any() and keys.shape == (100, emb.shape[1])
     assert workload.trace[0].source_row == 100 and np.array_equal(embeddings, emb[100:])

@@ -62,8 +62,9 @@ def test_parametric_hit_model_draws_the_configured_rates():
         expected = weight / sum(mix.values())
         assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / len(hits))
     assert all(d.strength == pytest.approx(1 - d.k / 50) for d in hits[:50])
-    assert not any(d.hit for d in (ParametricHits(100, 0.0, {}, 50, np.random.default_rng(0)).decide(i)
-                                   for i in range(100)))
+    assert not any(
+        d.hit for d in (ParametricHits(100, 0.0, {}, 50, np.random.default_rng(0)).decide(i) for i in range(100))
+    )
     with pytest.raises(ValueError, match="in \\(0, 50\\)"):
         ParametricHits(10, 0.5, {50: 1.0}, 50, np.random.default_rng(0))
 
@@ -72,19 +73,26 @@ def test_parametric_hit_model_draws_the_configured_rates():
 def test_fifo_cache_matches_the_live_index_and_evicts_the_oldest():
     emb = clustered_embeddings(300, n_topics=40, seed=1)
     cache = FifoImageCache(emb, capacity=50, k_table=KTable(MINILM_TEXT_TABLE, 50), admission=Admission.CACHE_ALL)
-    reference = NamespaceIndex(emb.shape[1], hnsw_min_entries=10_000, hnsw_exit_entries=9_000, hnsw_m=16,
-                               hnsw_ef_search=32, hnsw_ef_construction=40, tombstone_rebuild_fraction=0.25)
+    reference = NamespaceIndex(
+        emb.shape[1],
+        hnsw_min_entries=10_000,
+        hnsw_exit_entries=9_000,
+        hnsw_m=16,
+        hnsw_ef_search=32,
+        hnsw_ef_construction=40,
+        tombstone_rebuild_fraction=0.25,
+    )
     order: list[int] = []
     for i in range(300):
         score, _ = cache.top1(i)
-        ref_scores, _ = reference.search(emb[i:i + 1])
+        ref_scores, _ = reference.search(emb[i : i + 1])
         if order:
             assert score == pytest.approx(float(ref_scores[0]), abs=1e-5)
         else:
             assert score is None
         cache.complete(i, cache.decide(i), from_large_model=True)
         order.append(i)
-        reference.add(np.array([i]), emb[i:i + 1])
+        reference.add(np.array([i]), emb[i : i + 1])
         if len(order) > 50:
             reference.remove([order.pop(0)])
     assert cache.cached_requests() == order
@@ -95,7 +103,7 @@ def test_cache_large_admits_only_full_generations_of_the_large_model():
     emb = clustered_embeddings(3, n_topics=1)
     cache = FifoImageCache(emb, capacity=10, k_table=KTable(MINILM_TEXT_TABLE, 50), admission=Admission.CACHE_LARGE)
     hit = RetrievalDecision(hit=True, k=30, strength=0.4, score=0.99)
-    cache.complete(0, hit, from_large_model=True)   # a hit refined by a large replica (quality mode)
+    cache.complete(0, hit, from_large_model=True)  # a hit refined by a large replica (quality mode)
     cache.complete(1, hit, from_large_model=False)
     assert len(cache) == 0
     cache.complete(2, RetrievalDecision.miss(), from_large_model=True)
@@ -108,26 +116,26 @@ def _nirvana(emb, capacity_prompts):
 
 
 def test_nirvana_lcbfu_evicts_unused_and_small_k_entries_first():
-    emb = np.eye(8, dtype=np.float32)                  # prompts 0, 1, 2 are unrelated to each other
-    emb[3] = emb[0]                                    # request 3 repeats prompt 0 (cosine 1 -> k up to 25)
+    emb = np.eye(8, dtype=np.float32)  # prompts 0, 1, 2 are unrelated to each other
+    emb[3] = emb[0]  # request 3 repeats prompt 0 (cosine 1 -> k up to 25)
     cache = _nirvana(emb, capacity_prompts=2)
     for prompt in (0, 1):
         cache.complete(prompt, RetrievalDecision.miss(), from_large_model=True)
     assert len(cache) == 10
     decision = cache.decide(3)
     assert decision.hit and decision.k == 25 and cache.entries_of(0)[25] == 1
-    cache.complete(2, RetrievalDecision.miss(), from_large_model=True)   # no room for 5 more: evict
+    cache.complete(2, RetrievalDecision.miss(), from_large_model=True)  # no room for 5 more: evict
     # Score f*k: prompt 0's k=25 entry scores 25, everything else 0. Ties: the older prompt first, then smaller k;
     # eviction stops once a prompt has lost all of its entries (prompt 1).
     assert cache.eviction_log == [(0, 5), (0, 10), (0, 15), (0, 20), (1, 5), (1, 10), (1, 15), (1, 20), (1, 25)]
     assert cache.prompts() == [0, 2] and cache.entries_of(0) == {25: 1} and len(cache) == 6
-    assert not cache.decide(1).hit                     # prompt 1 left the index with its last entry
+    assert not cache.decide(1).hit  # prompt 1 left the index with its last entry
 
 
 def test_nirvana_hit_needs_an_entry_no_deeper_than_the_similarity_allows():
     emb = np.zeros((3, 4), dtype=np.float32)
     emb[0] = [1, 0, 0, 0]
-    emb[1] = [0.8, 0.6, 0, 0]                          # cosine 0.8 with prompt 0: NIRVANA allows k <= 10
+    emb[1] = [0.8, 0.6, 0, 0]  # cosine 0.8 with prompt 0: NIRVANA allows k <= 10
     emb[2] = [0, 0, 1, 0]
     cache = _nirvana(emb, capacity_prompts=4)
     cache.complete(0, RetrievalDecision.miss(), from_large_model=True)

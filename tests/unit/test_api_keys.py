@@ -31,12 +31,21 @@ def test_inline_and_file_keys_map_to_their_tenants(tmp_path):
     assert keyring.tenant_for("Bearer k-carol") == "carol"
 
 
-@pytest.mark.parametrize("header, reason", [
-    (None, "missing API key"), ("", "missing API key"), ("   ", "missing API key"),
-    ("k-alice", "Bearer <key>"), ("Basic azphbGljZQ==", "Bearer <key>"), ("Bearer", "Bearer <key>"),
-    ("Bearer k-mallory", "invalid API key"), ("Bearer " + "k" * 10_000, "longer than"),
-    ("Bearer клю́ч", "invalid API key"), ("Bearer k-alice\x00", "invalid API key"),
-])
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        (None, "missing API key"),
+        ("", "missing API key"),
+        ("   ", "missing API key"),
+        ("k-alice", "Bearer <key>"),
+        ("Basic azphbGljZQ==", "Bearer <key>"),
+        ("Bearer", "Bearer <key>"),
+        ("Bearer k-mallory", "invalid API key"),
+        ("Bearer " + "k" * 10_000, "longer than"),
+        ("Bearer клю́ч", "invalid API key"),
+        ("Bearer k-alice\x00", "invalid API key"),
+    ],
+)
 def test_refusals_give_a_reason(header, reason):
     keyring = ring(api_keys=[{"sha256": sha("k-alice"), "tenant": "alice"}])
     with pytest.raises(AuthenticationError, match=reason):
@@ -52,14 +61,17 @@ def test_any_header_value_gives_a_tenant_or_an_authentication_error(header):
         assert str(err)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("abc alice\n", ":1: sha256 must be 64"),
-    (f"{sha('a')}\n", ":1: expected '<sha256-hex> <tenant>'"),
-    (f"# c\n{sha('a')} alice extra\n", ":2: expected"),
-    (f"{sha('a')} ../etc\n", ":1: tenant names must be"),
-    (f"{sha('a').upper()} alice\n", "lower-case hex"),
-    (f"{sha('a')} alice\n{sha('a')} bob\n", ":2: this key hash is already bound to tenant 'alice'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("abc alice\n", ":1: sha256 must be 64"),
+        (f"{sha('a')}\n", ":1: expected '<sha256-hex> <tenant>'"),
+        (f"# c\n{sha('a')} alice extra\n", ":2: expected"),
+        (f"{sha('a')} ../etc\n", ":1: tenant names must be"),
+        (f"{sha('a').upper()} alice\n", "lower-case hex"),
+        (f"{sha('a')} alice\n{sha('a')} bob\n", ":2: this key hash is already bound to tenant 'alice'"),
+    ],
+)
 def test_malformed_keys_files_name_the_line(text, message):
     with pytest.raises(ValueError, match=message):
         parse_api_keys_file(text, "keys.txt")

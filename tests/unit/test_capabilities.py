@@ -10,8 +10,14 @@ from diffusers import SanaSprintPipeline
 from modm.config import ConfigError, ModelSpec, SystemMode
 from modm.config.parallel import ParallelConfig, ParallelMethod
 from modm.generation.capabilities import (
-    CapabilityError, ModelNeeds, check_model_capabilities, model_needs, parallel_problem, refine_problem,
-    resume_problem, steps_problem,
+    CapabilityError,
+    ModelNeeds,
+    check_model_capabilities,
+    model_needs,
+    parallel_problem,
+    refine_problem,
+    resume_problem,
+    steps_problem,
 )
 from modm.models.loading import ModelLoadError
 
@@ -32,8 +38,12 @@ def pipes(clip_tokenizer):
 
     from modm.models.tiny_zoo import small_components
 
-    return {"sd3": tiny_sd3_pipeline(clip_tokenizer), "flux": tiny_flux_pipeline(clip_tokenizer),
-            "sana": tiny_sana_pipeline(), "sdxl": StableDiffusionXLPipeline(**small_components(clip_tokenizer))}
+    return {
+        "sd3": tiny_sd3_pipeline(clip_tokenizer),
+        "flux": tiny_flux_pipeline(clip_tokenizer),
+        "sana": tiny_sana_pipeline(),
+        "sdxl": StableDiffusionXLPipeline(**small_components(clip_tokenizer)),
+    }
 
 
 def test_what_each_tiny_family_can_do(pipes):
@@ -61,8 +71,7 @@ def test_refusals_name_the_field_and_the_reason(pipes):
     assert err.value.field == "models.large.source"
     assert isinstance(err.value, ModelLoadError) and isinstance(err.value, ConfigError)
     with pytest.raises(CapabilityError, match=r"^models.large.parallel.method: distrifusion supports"):
-        check_model_capabilities(pipes["flux"], ModelNeeds(parallel=ParallelMethod.DISTRIFUSION),
-                                 field="models.large")
+        check_model_capabilities(pipes["flux"], ModelNeeds(parallel=ParallelMethod.DISTRIFUSION), field="models.large")
     check_model_capabilities(pipes["flux"], ModelNeeds(resume=True, steps=50), field="models.large")
     check_model_capabilities(pipes["sana"], ModelNeeds(refine=True, steps=50), field="models.small")
 
@@ -118,8 +127,9 @@ def test_build_time_check_reads_configs_only(saved):
 
     flux_parallel = ModelSpec(source=saved["flux"], parallel=ParallelConfig(method="distrifusion", world_size=2))
     with pytest.raises(CapabilityError) as err:
-        check_spec_capabilities(flux_parallel, model_needs(SystemMode.VANILLA, "large", flux_parallel),
-                                field="models.large")
+        check_spec_capabilities(
+            flux_parallel, model_needs(SystemMode.VANILLA, "large", flux_parallel), field="models.large"
+        )
     assert err.value.field == "models.large.parallel.method"
     sdxl = ModelSpec(source=saved["sdxl"])
     with pytest.raises(CapabilityError, match="init_noise_sigma") as err:
@@ -134,8 +144,12 @@ def test_build_time_check_reads_configs_only(saved):
 def test_build_app_refuses_what_the_mode_cannot_do(saved, tmp_path):
     from deployments.app import build_app
 
-    system = {"mode": "nirvana", "models": {"large": {"source": saved["sdxl"], "device": "cpu"}},
-              "embedder": {"kind": "minilm", "device": "cpu", "retrieval": "text-text"},
-              "cache": {"directory": str(tmp_path / "cache")}, "policy": {"k_table": "nirvana"}}
+    system = {
+        "mode": "nirvana",
+        "models": {"large": {"source": saved["sdxl"], "device": "cpu"}},
+        "embedder": {"kind": "minilm", "device": "cpu", "retrieval": "text-text"},
+        "cache": {"directory": str(tmp_path / "cache")},
+        "policy": {"k_table": "nirvana"},
+    }
     with pytest.raises(ConfigError, match=r"models\.large\.source: .*init_noise_sigma"):
         build_app({"system": system, "check_resources": False})

@@ -56,7 +56,7 @@ def test_ray_up_config_passes_rays_autoscaler_schema(ray_up):
 
     validate_config(ray_up)
     wrong = copy.deepcopy(ray_up)
-    wrong["available_node_types"]["gpu_worker"]["num_gpus"] = 4   # the schema's key is resources: {GPU: 4}
+    wrong["available_node_types"]["gpu_worker"]["num_gpus"] = 4  # the schema's key is resources: {GPU: 4}
     with pytest.raises(jsonschema.ValidationError, match="num_gpus"):
         validate_config(wrong)
 
@@ -115,8 +115,11 @@ def test_dockerfile_copies_every_package_and_dockerignore_keeps_local_state_out(
     copied = {line.split()[2] for line in dockerfile.splitlines() if line.startswith("COPY ")}
     packages = {pattern.rstrip("*") for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages <= copied and PYPROJECT["project"]["readme"] in dockerfile
-    ignored = {line for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-               if line and not line.startswith("#")}
+    ignored = {
+        line
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    }
     assert {".venv", ".modm", "artifacts", "**/__pycache__", ".git"} <= ignored
     assert not ignored & (copied | packages)
 
@@ -138,8 +141,9 @@ def pod_specs(doc: dict) -> list[dict]:
 
 
 def test_every_gpu_serve_config_has_a_committed_manifest():
-    assert [m.name for m in MANIFESTS] == sorted(f"rayservice-{p.stem.removeprefix('gpu-')}.yaml"
-                                                 for p in GPU_SERVE_CONFIGS)
+    assert [m.name for m in MANIFESTS] == sorted(
+        f"rayservice-{p.stem.removeprefix('gpu-')}.yaml" for p in GPU_SERVE_CONFIGS
+    )
     assert sorted(manifest_source(m)[1] for m in MANIFESTS) == GPU_SERVE_CONFIGS
 
 
@@ -149,7 +153,8 @@ def test_committed_manifest_is_what_the_generator_renders_now(manifest, monkeypa
     monkeypatch.chdir(ROOT)
     assert kuberay.main(argv) == 0
     assert capsys.readouterr().out == manifest.read_text(encoding="utf-8"), (
-        f"stale: python -m deployments.kuberay {shlex.join(argv)} > {manifest.relative_to(ROOT)}")
+        f"stale: python -m deployments.kuberay {shlex.join(argv)} > {manifest.relative_to(ROOT)}"
+    )
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
@@ -171,7 +176,7 @@ def test_serve_schema_catches_a_broken_serve_config():
     from ray.serve.schema import ServeDeploySchema
 
     serve_config = read_yaml(GPU_SERVE_CONFIGS[0])
-    serve_config["applications"][0]["import_path"] = "build_app"   # no module
+    serve_config["applications"][0]["import_path"] = "build_app"  # no module
     with pytest.raises(ValidationError, match="import_path"):
         ServeDeploySchema.model_validate(serve_config)
 
@@ -204,8 +209,11 @@ def test_every_pod_mounts_the_shared_claim_over_the_cache_and_exports_metrics(ma
     podmonitor = read_yaml(CLUSTER / "podmonitor.yaml")["spec"]
     (endpoint,) = podmonitor["podMetricsEndpoints"]
     for spec in pod_specs(doc):
-        claims = {v["name"] for v in spec["volumes"]
-                  if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]}
+        claims = {
+            v["name"]
+            for v in spec["volumes"]
+            if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
+        }
         (container,) = spec["containers"]
         mounts = [PurePosixPath(m["mountPath"]) for m in container["volumeMounts"] if m["name"] in claims]
         assert any(mount in cache.parents for mount in mounts)
@@ -231,14 +239,17 @@ def options(**overrides) -> kuberay.RayServiceOptions:
     return kuberay.RayServiceOptions(name="modm", image="modm:test", ray_version=ray_pin(), **overrides)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("cache.directory", ".modm/cache"),          # relative: the pod's working directory, lost with the pod
-    ("cache.directory", "/data/modm/cache"),     # absolute, but on the pod's own disk
-    ("cache.directory", "/mnt/modm"),            # the mount point itself, not a directory on the volume
-    ("models.large.source", "/models/sd35"),
-    ("models.small.source", "./zoo/small"),
-    ("embedder.model", "local-dir:/opt/clip"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("cache.directory", ".modm/cache"),  # relative: the pod's working directory, lost with the pod
+        ("cache.directory", "/data/modm/cache"),  # absolute, but on the pod's own disk
+        ("cache.directory", "/mnt/modm"),  # the mount point itself, not a directory on the volume
+        ("models.large.source", "/models/sd35"),
+        ("models.small.source", "./zoo/small"),
+        ("embedder.model", "local-dir:/opt/clip"),
+    ],
+)
 def test_generator_refuses_paths_off_the_shared_volume(field, value):
     with pytest.raises(ValueError, match=re.escape(repr(value.removeprefix("local-dir:")))):
         kuberay.render_rayservice(gpu_serve_config_with(field, value), options())

@@ -22,26 +22,40 @@ def test_embedded_default_config_is_valid():
 
 def test_defaults_are_modm_paper_constants():
     cfg = config_from_dict(BASE)
-    assert [(r.min_score, r.k) for r in cfg.policy.k_table] == [(0.30, 30), (0.29, 25), (0.28, 15), (0.27, 10),
-                                                                 (0.25, 5)]
+    assert [(r.min_score, r.k) for r in cfg.policy.k_table] == [
+        (0.30, 30),
+        (0.29, 25),
+        (0.28, 15),
+        (0.27, 10),
+        (0.25, 5),
+    ]
     assert (cfg.monitor.kp, cfg.monitor.ki, cfg.monitor.kd) == (0.6, 0.05, 0.05)
     assert cfg.monitor.window_s == 180 and cfg.policy.total_steps == 50
 
 
-@pytest.mark.parametrize("data, field, value", [
-    (with_(models={"large": {"source": "a", "dtype": "float8"}, "small": {"source": "b"}}), "models.large.dtype",
-     "float8"),
-    (with_(policy={"k_table": [{"min_score": 0.3, "k": 10}, {"min_score": 0.2, "k": 20}]}), "policy", "k=10"),
-    (with_(policy={"k_table": [{"min_score": 0.2, "k": 20}, {"min_score": 0.3, "k": 10}]}), "policy", "0.2"),
-    (with_(policy={"k_table": "nope"}), "policy.k_table", "nope"),
-    (with_(cache={"capacity": 0}), "cache.capacity", "0"),
-    (with_(cache={"admission": "cache-some"}), "cache.admission", "cache-some"),
-    (with_(monitor={"gpu_budget": 1, "min_small": 1}), "monitor", "min_small=1"),
-    (with_(models={"large": {"source": "a", "device": "gpu"}, "small": {"source": "b"}}), "models.large.device",
-     "gpu"),
-    (with_(bogus=1), "bogus", "1"),
-    (with_(embedder={"kind": "minilm", "retrieval": "text-image"}), "embedder", "image tower"),
-])
+@pytest.mark.parametrize(
+    "data, field, value",
+    [
+        (
+            with_(models={"large": {"source": "a", "dtype": "float8"}, "small": {"source": "b"}}),
+            "models.large.dtype",
+            "float8",
+        ),
+        (with_(policy={"k_table": [{"min_score": 0.3, "k": 10}, {"min_score": 0.2, "k": 20}]}), "policy", "k=10"),
+        (with_(policy={"k_table": [{"min_score": 0.2, "k": 20}, {"min_score": 0.3, "k": 10}]}), "policy", "0.2"),
+        (with_(policy={"k_table": "nope"}), "policy.k_table", "nope"),
+        (with_(cache={"capacity": 0}), "cache.capacity", "0"),
+        (with_(cache={"admission": "cache-some"}), "cache.admission", "cache-some"),
+        (with_(monitor={"gpu_budget": 1, "min_small": 1}), "monitor", "min_small=1"),
+        (
+            with_(models={"large": {"source": "a", "device": "gpu"}, "small": {"source": "b"}}),
+            "models.large.device",
+            "gpu",
+        ),
+        (with_(bogus=1), "bogus", "1"),
+        (with_(embedder={"kind": "minilm", "retrieval": "text-image"}), "embedder", "image tower"),
+    ],
+)
 def test_errors_name_field_and_value(data, field, value):
     with pytest.raises(ConfigError) as err:
         config_from_dict(data)
@@ -88,17 +102,24 @@ def test_shipped_serve_configs_are_valid(name):
         assert args.options_for("LargeModel")["num_gpus"] == 1 and cfg.policy.k_table[-1].min_score == 0.25
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"embedder": {"kind": "open_clip"}}, "text->text"),
-    ({"policy": {"total_steps": 25}}, "must be below total_steps=25"),
-    ({"policy": {"k_table": "minilm-text"}}, "own k table"),
-    ({"cache": {"capacity": 4}}, "holds none"),
-    ({"models": {"large": {"source": "a", "parallel": {"method": "distrifusion", "world_size": 2}}}},
-     "parallel inference"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"embedder": {"kind": "open_clip"}}, "text->text"),
+        ({"policy": {"total_steps": 25}}, "must be below total_steps=25"),
+        ({"policy": {"k_table": "minilm-text"}}, "own k table"),
+        ({"cache": {"capacity": 4}}, "holds none"),
+        (
+            {"models": {"large": {"source": "a", "parallel": {"method": "distrifusion", "world_size": 2}}}},
+            "parallel inference",
+        ),
+    ],
+)
 def test_nirvana_mode_needs_what_it_resumes_from(changes, message):
     nirvana = {"mode": "nirvana", "models": {"large": {"source": "a"}}, "embedder": {"kind": "minilm"}}
-    assert config_from_dict(nirvana).policy.k_table == config_from_dict(
-        {**nirvana, "policy": {"k_table": "nirvana"}}).policy.k_table
+    assert (
+        config_from_dict(nirvana).policy.k_table
+        == config_from_dict({**nirvana, "policy": {"k_table": "nirvana"}}).policy.k_table
+    )
     with pytest.raises(ConfigError, match=message):
         config_from_dict({**nirvana, **changes})

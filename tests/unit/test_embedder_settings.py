@@ -13,8 +13,11 @@ from modm.quality.config import ClipScoreConfig
 
 REGISTRY = open_clip.list_pretrained()
 MODELS = set(open_clip.list_models())
-TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 def _needs_quick_gelu(model, tag) -> bool:
@@ -29,8 +32,11 @@ def test_the_gpu_configs_clip_is_built_with_quick_gelu_and_openai_normalisation(
     settings = resolve_open_clip_settings("ViT-L-14", "openai")
     assert settings.quick_gelu and settings.force_quick_gelu
     assert settings.mean == open_clip.OPENAI_DATASET_MEAN and settings.std == open_clip.OPENAI_DATASET_STD
-    assert open_clip_create_kwargs(settings) == {"force_quick_gelu": True, "image_mean": settings.mean,
-                                                 "image_std": settings.std}
+    assert open_clip_create_kwargs(settings) == {
+        "force_quick_gelu": True,
+        "image_mean": settings.mean,
+        "image_std": settings.std,
+    }
     assert not resolve_open_clip_settings("ViT-L-14-quickgelu", "openai").force_quick_gelu  # already QuickGELU
 
 
@@ -94,13 +100,15 @@ def test_a_tiny_build_with_the_resolved_settings_has_the_weights_activation_and_
 
 def test_embedder_and_clip_score_refuse_a_disagreeing_activation_before_fetching_weights():
     with pytest.raises(ConfigError, match="embedder.quick_gelu: False disagrees"):
-        build_embedder(EmbedderConfig(kind="open_clip", model="ViT-L-14", pretrained="openai", quick_gelu=False,
-                                      device="cpu"))
+        build_embedder(
+            EmbedderConfig(kind="open_clip", model="ViT-L-14", pretrained="openai", quick_gelu=False, device="cpu")
+        )
     with pytest.raises(ConfigError, match="clip.quick_gelu: False disagrees"):
         ClipScorer.from_config(ClipScoreConfig(quick_gelu=False, device="cpu"))
     with pytest.raises(ConfigError, match="clip.model: 'ViT-L-14-quickgelu' builds QuickGELU"):
-        ClipScorer.from_config(ClipScoreConfig(model="ViT-L-14-quickgelu", pretrained="laion2b_s32b_b82k",
-                                               device="cpu"))
+        ClipScorer.from_config(
+            ClipScoreConfig(model="ViT-L-14-quickgelu", pretrained="laion2b_s32b_b82k", device="cpu")
+        )
     default = ClipScoreConfig()
     assert resolve_open_clip_settings(default.model, default.pretrained).quick_gelu  # CLIPScore's ViT-L/14
 

@@ -26,8 +26,10 @@ def make_config(zoo, cache_dir, **overrides):
 @pytest.fixture(scope="module")
 def generators(tiny_zoo, tmp_path_factory):
     cfg = make_config(tiny_zoo, tmp_path_factory.mktemp("unused"))
-    return (DiffusionGenerator.from_spec(cfg.models.large, "large"),
-            DiffusionGenerator.from_spec(cfg.models.small, "small"))
+    return (
+        DiffusionGenerator.from_spec(cfg.models.large, "large"),
+        DiffusionGenerator.from_spec(cfg.models.small, "small"),
+    )
 
 
 def engine_for(cfg, generators, minilm):
@@ -63,8 +65,7 @@ def test_tenants_do_not_share_cached_images(tiny_zoo, tmp_path, generators, mini
 
 
 def test_cache_large_does_not_admit_refined_hits(tiny_zoo, tmp_path, generators, minilm):
-    cfg = make_config(tiny_zoo, tmp_path / "c", cache={"directory": str(tmp_path / "c"),
-                                                       "admission": "cache-large"})
+    cfg = make_config(tiny_zoo, tmp_path / "c", cache={"directory": str(tmp_path / "c"), "admission": "cache-large"})
     engine = engine_for(cfg, generators, minilm)
     engine.generate(ImageRequest("a red bicycle leaning on a wall"))
     hit = engine.generate(ImageRequest("a red bicycle leaning against a wall"))
@@ -98,15 +99,18 @@ def test_vanilla_mode_never_touches_a_cache(tiny_zoo, tmp_path, generators):
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("request_, message", [
-    (ImageRequest(""), "prompt"),
-    (ImageRequest("x" * 301), "301 characters"),
-    (ImageRequest("ok", steps=0), "steps=0"),
-    (ImageRequest("ok", steps=9), "steps=9"),
-    (ImageRequest("ok", width=100, height=64), "width=100"),
-    (ImageRequest("ok", width=256, height=256), "largest size"),
-    (ImageRequest("ok", tenant=""), "tenant"),
-])
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (ImageRequest(""), "prompt"),
+        (ImageRequest("x" * 301), "301 characters"),
+        (ImageRequest("ok", steps=0), "steps=0"),
+        (ImageRequest("ok", steps=9), "steps=9"),
+        (ImageRequest("ok", width=100, height=64), "width=100"),
+        (ImageRequest("ok", width=256, height=256), "largest size"),
+        (ImageRequest("ok", tenant=""), "tenant"),
+    ],
+)
 def test_bad_requests_fail_before_any_work(tiny_zoo, tmp_path, generators, minilm, request_, message):
     engine = engine_for(make_config(tiny_zoo, tmp_path / "c"), generators, minilm)
     with pytest.raises(InvalidRequestError, match=message):

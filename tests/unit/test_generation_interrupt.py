@@ -13,8 +13,10 @@ from modm.generation.generator import GenerationInterrupted, StepControl
 @pytest.fixture(scope="module")
 def generators(tiny_zoo):
     spec = {"device": "cpu", "default_size": 64, "max_size": 128}
-    return (DiffusionGenerator.from_spec(ModelSpec(source=str(tiny_zoo.large), **spec), "large"),
-            DiffusionGenerator.from_spec(ModelSpec(source=str(tiny_zoo.small), **spec), "small"))
+    return (
+        DiffusionGenerator.from_spec(ModelSpec(source=str(tiny_zoo.large), **spec), "large"),
+        DiffusionGenerator.from_spec(ModelSpec(source=str(tiny_zoo.small), **spec), "small"),
+    )
 
 
 def test_uninterrupted_runs_count_every_step(generators):

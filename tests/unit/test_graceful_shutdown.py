@@ -31,17 +31,27 @@ def test_gpu_model_without_profiled_latency_is_refused_naming_the_field():
 
 
 def test_timeout_scales_the_profile_by_pixels_steps_and_margin():
-    large = {"source": "a", "profiled_latency_s": 2.0, "default_size": 512, "max_size": 1024,
-             "num_inference_steps": 50}
-    system = config_from_dict({"mode": "vanilla", "models": {"large": large},
-                               "limits": {"max_steps": 100}, "serving": {"request_timeout_s": 1000}}, "system")
+    large = {"source": "a", "profiled_latency_s": 2.0, "default_size": 512, "max_size": 1024, "num_inference_steps": 50}
+    system = config_from_dict(
+        {
+            "mode": "vanilla",
+            "models": {"large": large},
+            "limits": {"max_steps": 100},
+            "serving": {"request_timeout_s": 1000},
+        },
+        "system",
+    )
     assert graceful_shutdown_s(system.models.large, system) == pytest.approx(2.0 * 4 * 2 * GRACEFUL_SHUTDOWN_MARGIN)
 
 
 def test_timeout_is_capped_by_and_defaults_to_the_request_timeout():
-    system = config_from_dict({"models": {"large": {"source": "a", "profiled_latency_s": 500.0},
-                                          "small": {"source": "b"}},
-                               "serving": {"request_timeout_s": 600}}, "system")
+    system = config_from_dict(
+        {
+            "models": {"large": {"source": "a", "profiled_latency_s": 500.0}, "small": {"source": "b"}},
+            "serving": {"request_timeout_s": 600},
+        },
+        "system",
+    )
     assert graceful_shutdown_s(system.models.large, system) == 600  # no request outlives its timeout
     assert graceful_shutdown_s(system.models.small, system) == 600  # unprofiled: the safe default
 
@@ -57,5 +67,4 @@ def test_shipped_gpu_configs_cover_a_generation(path):
         assert config.graceful_shutdown_timeout_s >= spec.profiled_latency_s * GRACEFUL_SHUTDOWN_MARGIN
         assert config.graceful_shutdown_wait_loop_s < config.graceful_shutdown_timeout_s
     # The router holds each request as long as the model does.
-    assert deployments["Router"]._deployment_config.graceful_shutdown_timeout_s == \
-        system.serving.request_timeout_s
+    assert deployments["Router"]._deployment_config.graceful_shutdown_timeout_s == system.serving.request_timeout_s

@@ -15,13 +15,15 @@ from modm.models.tokenizer import build_clip_tokenizer
 @pytest.fixture(scope="module")
 def large(tiny_zoo):
     return DiffusionGenerator.from_spec(
-        ModelSpec(source=str(tiny_zoo.large), device="cpu", default_size=64, max_size=256), "large")
+        ModelSpec(source=str(tiny_zoo.large), device="cpu", default_size=64, max_size=256), "large"
+    )
 
 
 @pytest.fixture(scope="module")
 def small(tiny_zoo):
     return DiffusionGenerator.from_spec(
-        ModelSpec(source=str(tiny_zoo.small), device="cpu", default_size=64, max_size=256), "small")
+        ModelSpec(source=str(tiny_zoo.small), device="cpu", default_size=64, max_size=256), "small"
+    )
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -32,8 +34,12 @@ REQ = GenerationRequest(prompt="a cute cat on a sofa", width=64, height=64, step
 
 
 def test_zoo_classes_are_the_real_ones(large, small):
-    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionXLPipeline, \
-        UNet2DConditionModel
+    from diffusers import (
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
 
     assert isinstance(large.pipe, StableDiffusion3Pipeline)
     assert isinstance(large.pipe.transformer, SD3Transformer2DModel)
@@ -115,11 +121,13 @@ def test_offline_tokenizer_matches_open_clip(tmp_path):
 
 
 def test_open_clip_embedder_shapes_and_norms(tiny_zoo):
-    emb = build_embedder(EmbedderConfig(kind="open_clip", model=f"local-dir:{tiny_zoo.clip}", device="cpu",
-                                        batch_size=2))
+    emb = build_embedder(
+        EmbedderConfig(kind="open_clip", model=f"local-dir:{tiny_zoo.clip}", device="cpu", batch_size=2)
+    )
     text = emb.embed_text(["a", "b c", "d e f"])  # 2 batches
-    images = emb.embed_images([Image.new("RGB", (64, 64)), Image.new("RGB", (100, 30), "red"),
-                               Image.new("L", (40, 40))])
+    images = emb.embed_images(
+        [Image.new("RGB", (64, 64)), Image.new("RGB", (100, 30), "red"), Image.new("L", (40, 40))]
+    )
     for x in (text, images):
         assert x.shape == (3, 64) and x.dtype == np.float32 and x.flags.c_contiguous
         assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
@@ -129,8 +137,9 @@ def test_open_clip_embedder_shapes_and_norms(tiny_zoo):
 
 
 def test_minilm_ranks_a_paraphrase_above_an_unrelated_prompt(minilm):
-    q, para, other = minilm.embed_text(["a cute cat sitting on a sofa", "a kitten lying on a couch",
-                                        "a spaceship orbiting jupiter"])
+    q, para, other = minilm.embed_text(
+        ["a cute cat sitting on a sofa", "a kitten lying on a couch", "a spaceship orbiting jupiter"]
+    )
     assert q @ para > 0.5 > 0.2 > q @ other
     assert minilm.embed_text(["x"]).shape == (1, 384)
     assert np.allclose(minilm.embed_for_cache([None], ["a cute cat sitting on a sofa"])[0], q, atol=1e-6)

@@ -20,11 +20,24 @@ from modm.policy import (
 MODM = KTable.from_config(PolicyConfig())
 
 
-@pytest.mark.parametrize("score, hit, k", [
-    (None, False, 0), (0.0, False, 0), (0.2499, False, 0), (0.25, True, 5), (0.2699, True, 5), (0.27, True, 10),
-    (0.2799, True, 10), (0.28, True, 15), (0.2899, True, 15), (0.29, True, 25), (0.2999, True, 25), (0.30, True, 30),
-    (0.99, True, 30),
-])
+@pytest.mark.parametrize(
+    "score, hit, k",
+    [
+        (None, False, 0),
+        (0.0, False, 0),
+        (0.2499, False, 0),
+        (0.25, True, 5),
+        (0.2699, True, 5),
+        (0.27, True, 10),
+        (0.2799, True, 10),
+        (0.28, True, 15),
+        (0.2899, True, 15),
+        (0.29, True, 25),
+        (0.2999, True, 25),
+        (0.30, True, 30),
+        (0.99, True, 30),
+    ],
+)
 def test_modm_table_edges(score, hit, k):
     decision = MODM.decide(score)
     assert (decision.hit, decision.k) == (hit, k)
@@ -174,8 +187,12 @@ def test_request_limit_checks_name_the_field():
     limits = RequestLimits(max_prompt_chars=10, max_steps=8)
     check_request_limits("ok", None, "t", limits)
     check_dimensions(64, 32, size_multiple=16, max_size=64, model="large")
-    for args, fragment in [(("x" * 11, None, "t"), "11 characters"), (("ok", 9, "t"), "steps=9"),
-                           (("", None, "t"), "prompt"), (("ok", None, " "), "tenant")]:
+    for args, fragment in [
+        (("x" * 11, None, "t"), "11 characters"),
+        (("ok", 9, "t"), "steps=9"),
+        (("", None, "t"), "prompt"),
+        (("ok", None, " "), "tenant"),
+    ]:
         with pytest.raises(InvalidRequestError, match=fragment):
             check_request_limits(*args, limits)
     with pytest.raises(InvalidRequestError, match="height=40"):

@@ -27,8 +27,11 @@ def scripted(*outcomes):
     return call, calls
 
 
-@pytest.mark.parametrize("lost", [ActorDiedError(), ActorUnavailableError("unreachable", b"\0" * 16),
-                                  ReplicaUnavailableError("replica-1")], ids=type)
+@pytest.mark.parametrize(
+    "lost",
+    [ActorDiedError(), ActorUnavailableError("unreachable", b"\0" * 16), ReplicaUnavailableError("replica-1")],
+    ids=type,
+)
 def test_a_lost_replica_is_retried_once(lost):
     call, calls = scripted(lost, b"png")
     assert asyncio.run(retry(call, "large model")) == b"png"
@@ -42,11 +45,15 @@ def test_a_second_loss_is_raised():
     assert len(calls) == 2
 
 
-@pytest.mark.parametrize("error", [
-    RayTaskError("generate", "traceback", ActorDiedError()).as_instanceof_cause(),  # the replica's own worker died
-    RayTaskError("generate", "traceback", ValueError("bad size")).as_instanceof_cause(),
-    ValueError("bad size"),
-], ids=["replica raised ActorDiedError", "replica raised ValueError", "ValueError"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RayTaskError("generate", "traceback", ActorDiedError()).as_instanceof_cause(),  # the replica's own worker died
+        RayTaskError("generate", "traceback", ValueError("bad size")).as_instanceof_cause(),
+        ValueError("bad size"),
+    ],
+    ids=["replica raised ActorDiedError", "replica raised ValueError", "ValueError"],
+)
 def test_an_error_the_replica_answered_with_is_not_retried(error):
     call, calls = scripted(error, b"never")
     with pytest.raises(type(error)):

@@ -12,8 +12,9 @@ from modm.generation.resume import LatentSnapshots, schedule_from_step
 
 @pytest.fixture(scope="module")
 def large(tiny_zoo):
-    return DiffusionGenerator.from_spec(ModelSpec(source=str(tiny_zoo.large), device="cpu", default_size=64,
-                                                  max_size=256), "large")
+    return DiffusionGenerator.from_spec(
+        ModelSpec(source=str(tiny_zoo.large), device="cpu", default_size=64, max_size=256), "large"
+    )
 
 
 def _request(prompt="a red fox in the snow", steps=10, seed=3):

@@ -32,8 +32,9 @@ def clip_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def flux(clip_tokenizer):
     pipe = tiny_flux_pipeline(clip_tokenizer)
-    spec = ModelSpec(source="tiny-flux", device="cpu", guidance_scale=3.5, max_sequence_length=32, default_size=16,
-                     max_size=256)
+    spec = ModelSpec(
+        source="tiny-flux", device="cpu", guidance_scale=3.5, max_sequence_length=32, default_size=16, max_size=256
+    )
     return DiffusionGenerator(pipe, spec, "large")
 
 
@@ -69,8 +70,16 @@ def test_flux_resume_runs_the_tail_of_the_schedule_down_to_sigma_zero(flux):
         return {}
 
     pipe = flux.pipe
-    call = dict(prompt="a fox", height=32, width=32, num_inference_steps=10, guidance_scale=3.5,
-                max_sequence_length=32, output_type="latent", callback_on_step_end=record)
+    call = dict(
+        prompt="a fox",
+        height=32,
+        width=32,
+        num_inference_steps=10,
+        guidance_scale=3.5,
+        max_sequence_length=32,
+        output_type="latent",
+        callback_on_step_end=record,
+    )
     pipe(**call, generator=torch.Generator().manual_seed(0))
     full_steps, seen[:] = list(seen), []
     with schedule_from_step(pipe.scheduler, 4):

@@ -38,8 +38,14 @@ def _image(seed=0) -> Image.Image:
 
 
 def _call(**kw) -> dict:
-    return dict(prompt="a red fox in the snow", num_inference_steps=STEPS, guidance_scale=4.5,
-                generator=torch.Generator("cpu").manual_seed(7), output_type="np", **kw)
+    return dict(
+        prompt="a red fox in the snow",
+        num_inference_steps=STEPS,
+        guidance_scale=4.5,
+        generator=torch.Generator("cpu").manual_seed(7),
+        output_type="np",
+        **kw,
+    )
 
 
 def test_strength_one_equals_text_to_image(sana, refiner):
@@ -58,7 +64,8 @@ def test_strength_runs_the_last_int_t_strength_steps_from_the_noised_image(sana,
         return {}
 
     hook = refiner.transformer.register_forward_pre_hook(
-        lambda module, args: first_input.append(args[0][:1].clone()) if not first_input else None)
+        lambda module, args: first_input.append(args[0][:1].clone()) if not first_input else None
+    )
     try:
         refiner(**_call(image=_image(), strength=strength, callback_on_step_end=count))
     finally:
@@ -66,7 +73,7 @@ def test_strength_runs_the_last_int_t_strength_steps_from_the_noised_image(sana,
     assert len(steps_run) == int(STEPS * strength + 1e-6)
     scheduler = sana.scheduler
     scheduler.set_timesteps(STEPS)
-    assert steps_run == [int(t) for t in scheduler.timesteps[STEPS - len(steps_run):]]  # the schedule's tail
+    assert steps_run == [int(t) for t in scheduler.timesteps[STEPS - len(steps_run) :]]  # the schedule's tail
     # Start latents: (1 - sigma) * VAE latents * scaling_factor + sigma * noise, at the cut's sigma.
     start = refine_start_step(STEPS, strength)
     noise = torch.randn((1, 4, SIZE // 2, SIZE // 2), generator=torch.Generator("cpu").manual_seed(7))
@@ -101,8 +108,9 @@ def test_start_step_is_moDMs_cut():
 def test_the_small_model_refines_sana_with_it(sana):
     twin = image_to_image_twin(sana)
     assert type(twin) is SanaImg2ImgPipeline and twin.transformer is sana.transformer  # weights shared
-    small = DiffusionGenerator(sana, ModelSpec(source="tiny-sana", device="cpu", guidance_scale=4.5,
-                                               default_size=SIZE, max_size=256), "small")
+    small = DiffusionGenerator(
+        sana, ModelSpec(source="tiny-sana", device="cpu", guidance_scale=4.5, default_size=SIZE, max_size=256), "small"
+    )
     request = GenerationRequest(prompt="a red fox", width=SIZE, height=SIZE, steps=STEPS, seed=1)
     out = small.img2img(request, _image(), strength=0.5)
     assert out.size == (SIZE, SIZE)

@@ -31,17 +31,24 @@ def test_on_a_real_cache_only_opted_in_tenants_reuse_each_others_images(tmp_path
     opted_in = {"alice", "bob"}
     png = b"\x89PNG\r\n\x1a\n" + bytes(32)
     with ImageCache(CacheConfig(directory=str(tmp_path / "cache")), dim, durable=False) as cache:
+
         def admit(tenant):
-            return cache.add(png, vector, prompt=f"by {tenant}", tenant=cache_scope(tenant, opted_in).write,
-                             source_model="large", k=0).id
+            return cache.add(
+                png,
+                vector,
+                prompt=f"by {tenant}",
+                tenant=cache_scope(tenant, opted_in).write,
+                source_model="large",
+                k=0,
+            ).id
 
         def found(tenant):
             match = cache.query(vector, list(cache_scope(tenant, opted_in).read))
             return None if match is None else match.entry_id
 
         by_alice = admit("alice")
-        assert found("bob") == by_alice          # both opted in
-        assert found("carol") is None            # carol did not opt in
+        assert found("bob") == by_alice  # both opted in
+        assert found("carol") is None  # carol did not opt in
         by_carol = admit("carol")
         assert found("carol") == by_carol
         assert found("alice") == by_alice and found("bob") == by_alice  # carol's image is not shared

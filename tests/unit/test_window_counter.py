@@ -57,8 +57,9 @@ def test_router_reports_merge_into_the_monitor_window():
     assert stats.request_rate == 8 and stats.hit_rate == 0.5 and dict(stats.k_mix) == {10: 4}
 
 
-@pytest.mark.parametrize("bad", [{"arrivals": -1}, {"hits": 2, "decided": 1, "k_counts": {5: 2}},
-                                 {"hits": 1, "decided": 1, "k_counts": {}}])
+@pytest.mark.parametrize(
+    "bad", [{"arrivals": -1}, {"hits": 2, "decided": 1, "k_counts": {5: 2}}, {"hits": 1, "decided": 1, "k_counts": {}}]
+)
 def test_inconsistent_counts_are_refused(bad):
     with pytest.raises(ValueError):
         WindowCounts(**bad)

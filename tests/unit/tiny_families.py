@@ -38,30 +38,81 @@ def tiny_flux_pipeline(clip_tokenizer):
     t5_tokenizer = build_t5_tokenizer()
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-        guidance_embeds=True)
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,
+    )
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408, hidden_size=32,
-        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
-        hidden_act="gelu", projection_dim=32))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=32,
+        )
+    )
     torch.manual_seed(0)
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", decoder_start_token_id=0,
-        dropout_rate=0.0))
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            decoder_start_token_id=0,
+            dropout_rate=0.0,
+        )
+    )
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1,
-        latent_channels=4, norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.1159, scaling_factor=0.3611)
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
     scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's scheduler_config.json
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-        max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer,
-                        text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer, transformer=transformer)
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
     return _ready(pipe)
 
 
@@ -73,27 +124,67 @@ def tiny_sana_pipeline():
     tokenizer = build_gemma_tokenizer()
     torch.manual_seed(0)
     transformer = SanaTransformer2DModel(
-        patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
-        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
-        sample_size=32)
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=4,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=4,
+        cross_attention_dim=8,
+        caption_channels=8,
+        sample_size=32,
+    )
     torch.manual_seed(0)
     vae = AutoencoderDC(
-        in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=("ResBlock", "EfficientViTBlock"),
-        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
-        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
-        encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), downsample_block_type="conv",
-        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
-        scaling_factor=0.41407)
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    )
     torch.manual_seed(0)
-    text_encoder = Gemma2Model(Gemma2Config(
-        head_dim=16, hidden_size=8, intermediate_size=64, max_position_embeddings=8192, num_attention_heads=2,
-        num_hidden_layers=1, num_key_value_heads=2, vocab_size=len(tokenizer), attn_implementation="eager"))
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            head_dim=16,
+            hidden_size=8,
+            intermediate_size=64,
+            max_position_embeddings=8192,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            attn_implementation="eager",
+        )
+    )
     scheduler = DPMSolverMultistepScheduler(  # Sana_1600M_1024px_diffusers' scheduler_config.json
-        beta_schedule="linear", beta_start=0.0001, beta_end=0.02, flow_shift=3.0, use_flow_sigmas=True,
-        prediction_type="flow_prediction", solver_order=2, algorithm_type="dpmsolver++", final_sigmas_type="zero",
-        lower_order_final=True, num_train_timesteps=1000)
-    pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                        scheduler=scheduler)
+        beta_schedule="linear",
+        beta_start=0.0001,
+        beta_end=0.02,
+        flow_shift=3.0,
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        solver_order=2,
+        algorithm_type="dpmsolver++",
+        final_sigmas_type="zero",
+        lower_order_final=True,
+        num_train_timesteps=1000,
+    )
+    pipe = SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
     return _ready(pipe)
 
 
@@ -115,8 +206,17 @@ def tiny_sd3_pipeline(clip_tokenizer):
     components = large_components(clip_tokenizer)
     torch.manual_seed(0)
     components["transformer"] = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=3, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
-        pos_embed_max_size=96)
+        sample_size=32,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=3,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        pos_embed_max_size=96,
+    )
     pipe = StableDiffusion3Pipeline(**components)
     return _ready(pipe)

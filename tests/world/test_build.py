@@ -109,8 +109,9 @@ def test_the_text_tower_loads_as_a_pipeline_text_encoder(quick_world):
 
     encoder = CLIPTextModelWithProjection.from_pretrained(quick_world / "clip", dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(quick_world / "clip")
-    ids = tokenizer(["a red circle"], padding="max_length", max_length=tokenizer.model_max_length,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        ["a red circle"], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     out = encoder(ids, output_hidden_states=True)
     assert out.text_embeds.shape == (1, encoder.config.projection_dim)
     assert tokenizer.model_max_length <= encoder.config.max_position_embeddings
@@ -120,8 +121,9 @@ def test_eval_on_too_few_images_for_fid_says_so(quick_world, tmp_path, capsys):
     from modm.world.cli import main
 
     out = tmp_path / "eval.json"
-    assert main(["eval", "--world", str(quick_world), "--samples", "8", "--heldout-samples", "4",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["eval", "--world", str(quick_world), "--samples", "8", "--heldout-samples", "4", "--json", str(out)]) == 0
+    )
     printed = capsys.readouterr().out
     assert "FID needs more than 64 images" in printed
     body = json.loads(out.read_text())

@@ -24,8 +24,9 @@ def test_the_committed_world_clip_retrieves_far_above_chance():
     from modm.embedding.embedder import build_embedder
     from modm.world.eval import retrieval_accuracy
 
-    embedder = build_embedder(EmbedderConfig(kind="hf_clip", model=str(COMMITTED_WORLD / "clip"), device="cpu",
-                                             batch_size=128))
+    embedder = build_embedder(
+        EmbedderConfig(kind="hf_clip", model=str(COMMITTED_WORLD / "clip"), device="cpu", batch_size=128)
+    )
     # 100 images: chance is about 1/100 (a little more where scenes repeat)
     assert retrieval_accuracy(embedder, World(seed=0), gallery_size=100) >= 0.7
 
@@ -64,10 +65,12 @@ def test_eval_of_the_renderer_scores_high_and_of_other_images_low():
     judge = Judge.load(COMMITTED_WORLD / "judge", torch.device("cpu"))
     scorer = HfClipEmbedder(COMMITTED_WORLD / "clip_score", device=torch.device("cpu"), batch_size=128)
     real = judge.features([s.image for s in world.samples(2_000_000, 10)])  # 40 images are too few for FID anyway
-    truth = evaluate_generator("truth", ground_truth_generator(world), world, judge, scorer, 40,
-                               heldout_samples=40, real=real)
-    other = evaluate_generator("other", other_image_generator(world), world, judge, scorer, 40,
-                               heldout_samples=40, real=real)
+    truth = evaluate_generator(
+        "truth", ground_truth_generator(world), world, judge, scorer, 40, heldout_samples=40, real=real
+    )
+    other = evaluate_generator(
+        "other", other_image_generator(world), world, judge, scorer, 40, heldout_samples=40, real=real
+    )
     assert truth.judge["all"] >= 0.95 and truth.judge_heldout["all"] >= 0.95
     assert other.judge["all"] <= 0.2 and other.judge_heldout["all"] <= 0.2
     assert truth.clip_score > other.clip_score + 5

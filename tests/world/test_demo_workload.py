@@ -30,8 +30,15 @@ def test_users_rephrase_and_vary_their_previous_prompt():
     for user, scene, _ in rows:
         if user in previous:
             before = previous[user]
-            changes = sum(a.attributes()[k] != b.attributes()[k] for a, b in zip(scene.objects, before.objects)
-                          for k in ("shape", "colour", "size", "position")) if scene.count == before.count else 9
+            changes = (
+                sum(
+                    a.attributes()[k] != b.attributes()[k]
+                    for a, b in zip(scene.objects, before.objects)
+                    for k in ("shape", "colour", "size", "position")
+                )
+                if scene.count == before.count
+                else 9
+            )
             same += changes == 0 and scene == before
             one_change += changes == 1
         previous[user] = scene

@@ -50,5 +50,5 @@ def test_accuracy_averages_per_attribute_and_refuses_nothing():
 
 def test_slot_targets_mark_empty_slots():
     t = slot_targets([TWO])
-    assert t["shape"][0].tolist() == [1, 2, 0, 0, 0]   # circle left, square right, nothing elsewhere
+    assert t["shape"][0].tolist() == [1, 2, 0, 0, 0]  # circle left, square right, nothing elsewhere
     assert t["colour"][0, 2] == -100 and t["size"][0, 1] == 1

@@ -67,17 +67,29 @@ def test_model_build_steps_run_for_a_few_iterations(tmp_path):
     seeded.save(world_dir)
     logged: list[str] = []
     steps = ["vae", *ROLES, "step_costs"]
-    manifest = build_world(world_dir, quick=True, only=steps, threads=2,
-                           progress=lambda label, total: (lambda step, loss: None), log=logged.append)
+    manifest = build_world(
+        world_dir,
+        quick=True,
+        only=steps,
+        threads=2,
+        progress=lambda label, total: lambda step, loss: None,
+        log=logged.append,
+    )
     assert [line.split(":")[0] for line in logged[:-1]] == steps
     validate_world_dir(world_dir, ("clip", *steps))
     if "judge" in committed.components:
         assert "judge_on_reconstructions" in manifest.components["vae"].info
     for role in ROLES:
         pipe = load_pipeline(world_model_spec(world_dir / role, role, device="cpu"))
-        image = pipe(prompt=PROMPT, num_inference_steps=1, guidance_scale=2.0, height=32, width=32,
-                     generator=torch.Generator().manual_seed(0), **(
-                         {"max_sequence_length": 1} if role == "large" else {})).images[0]
+        image = pipe(
+            prompt=PROMPT,
+            num_inference_steps=1,
+            guidance_scale=2.0,
+            height=32,
+            width=32,
+            generator=torch.Generator().manual_seed(0),
+            **({"max_sequence_length": 1} if role == "large" else {}),
+        ).images[0]
         assert image.size == (32, 32)
         assert manifest.components[role].info["steps"] == 3
 
@@ -94,14 +106,27 @@ def test_training_is_deterministic_by_seed():
         from diffusers import SD3Transformer2DModel
 
         torch.manual_seed(0)
-        model = SD3Transformer2DModel(sample_size=4, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
-                                      attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
-                                      caption_projection_dim=16, pooled_projection_dim=8, pos_embed_max_size=4)
+        model = SD3Transformer2DModel(
+            sample_size=4,
+            patch_size=2,
+            in_channels=4,
+            out_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            caption_projection_dim=16,
+            pooled_projection_dim=8,
+            pos_embed_max_size=4,
+        )
         data_gen = torch.Generator().manual_seed(1)
-        data = TrainingSet(latents=torch.randn(8, 4, 4, 4, generator=data_gen),
-                           prompt_embeds=torch.randn(8, 5, 16, generator=data_gen),
-                           pooled=torch.randn(8, 8, generator=data_gen),
-                           null_prompt_embeds=torch.zeros(5, 16), null_pooled=torch.zeros(8))
+        data = TrainingSet(
+            latents=torch.randn(8, 4, 4, 4, generator=data_gen),
+            prompt_embeds=torch.randn(8, 5, 16, generator=data_gen),
+            pooled=torch.randn(8, 8, generator=data_gen),
+            null_prompt_embeds=torch.zeros(5, 16),
+            null_pooled=torch.zeros(8),
+        )
         spec = DiffusionTrainSpec(steps=3, batch_size=4, warmup_steps=1, seed=5)
         loss = train_denoiser(model, RectifiedFlowObjective(), data, spec)
         return loss, model.state_dict()

@@ -18,7 +18,13 @@ import torch.distributed as dist
 from torch import nn
 
 from modm.parallel.asyncdiff.split import (
-    StepPlan, TimestepChoice, UnitTimer, denoiser_units, only_boundaries_are_read, owner_of, step_plan,
+    StepPlan,
+    TimestepChoice,
+    UnitTimer,
+    denoiser_units,
+    only_boundaries_are_read,
+    owner_of,
+    step_plan,
 )
 from modm.parallel.asyncdiff.structure import OutputStructure, describe, flatten_into, rebuild
 from modm.parallel.config import ParallelMethod
@@ -65,8 +71,14 @@ class AsyncUnit(nn.Module):
 class AsyncDiffModel:
     """AsyncDiff for a UNet2DConditionModel or SD3Transformer2DModel (stride 1 or 2, warm-up, time shift)."""
 
-    def __init__(self, model: nn.Module, ctx: ParallelContext, *, timesteps: Callable[[], torch.Tensor] | None = None,
-                 unit_costs: list[float] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        ctx: ParallelContext,
+        *,
+        timesteps: Callable[[], torch.Tensor] | None = None,
+        unit_costs: list[float] | None = None,
+    ):
         cfg = ctx.config
         if cfg.method is not ParallelMethod.ASYNCDIFF:
             raise ParallelConfigError(f"AsyncDiffModel needs method asyncdiff, got {cfg.method.value}")
@@ -102,15 +114,15 @@ class AsyncDiffModel:
             model.register_forward_hook(self._after_forward),
         ]
         self.step = 0
-        self.units_computed = 0                        # blocks this rank ran in the current call (observability)
-        self.cache_bytes_broadcast = 0                 # payload of this call's cache broadcasts
-        self.prediction_bytes_broadcast = 0            # ... and of its prediction broadcasts
+        self.units_computed = 0  # blocks this rank ran in the current call (observability)
+        self.cache_bytes_broadcast = 0  # payload of this call's cache broadcasts
+        self.prediction_bytes_broadcast = 0  # ... and of its prediction broadcasts
         self._plan: StepPlan | None = None
         self._previous_timestep: Any = None
         self._structures: list[OutputStructure | None] = [None] * len(units)
-        self._slots: list[tuple[int, int]] = []      # (start, end) of each unit inside its component's buffer
+        self._slots: list[tuple[int, int]] = []  # (start, end) of each unit inside its component's buffer
         self._buffers: list[torch.Tensor] | None = None
-        self._pending: dict[int, Any] = {}             # outputs of the first caching step, before buffers exist
+        self._pending: dict[int, Any] = {}  # outputs of the first caching step, before buffers exist
 
     @property
     def bytes_broadcast(self) -> int:
@@ -138,8 +150,9 @@ class AsyncDiffModel:
         self.unit_costs = list(costs)
         self.components = balanced_contiguous_split(costs, self.ctx.config.model_n)
         self._component_of = [c for c, (a, b) in enumerate(self.components) for _ in range(a, b)]
-        logger.info("AsyncDiff components: %s", [[self.unit_keys[a], self.unit_keys[b - 1]]
-                                                 for a, b in self.components])
+        logger.info(
+            "AsyncDiff components: %s", [[self.unit_keys[a], self.unit_keys[b - 1]] for a, b in self.components]
+        )
 
     # -- units ----------------------------------------------------------------------------------------------------
     def _run_unit(self, unit: AsyncUnit, args, kwargs):
@@ -191,8 +204,14 @@ class AsyncDiffModel:
         cfg = self.ctx.config
         bound = self._signature.bind(*args, **kwargs)
         timestep = bound.arguments.get("timestep")
-        plan = step_plan(self.step, rank=self.ctx.rank, warmup_steps=cfg.warmup_steps, model_n=cfg.model_n,
-                         stride=cfg.stride, time_shift=cfg.time_shift)
+        plan = step_plan(
+            self.step,
+            rank=self.ctx.rank,
+            warmup_steps=cfg.warmup_steps,
+            model_n=cfg.model_n,
+            stride=cfg.stride,
+            time_shift=cfg.time_shift,
+        )
         if plan.store_cache and plan.compute_all:
             # A new run of caches: drop the old layout (resolution or batch may have changed).
             self._buffers, self._structures, self._pending = None, [None] * len(self.unit_keys), {}
@@ -224,8 +243,7 @@ class AsyncDiffModel:
             if tensor is None:
                 continue
             self.cache_bytes_broadcast += tensor.numel() * tensor.element_size()
-            works.append(dist.broadcast(tensor, src=owner_of(component), group=self.ctx.world_group,
-                                        async_op=True))
+            works.append(dist.broadcast(tensor, src=owner_of(component), group=self.ctx.world_group, async_op=True))
         for work in works:
             work.wait()
 

@@ -16,17 +16,25 @@ from torch import nn
 
 from modm.parallel.errors import ParallelConfigError, UnsupportedModelError
 
-__all__ = ["Unit", "denoiser_units", "only_boundaries_are_read", "UnitTimer", "TimestepChoice", "StepPlan",
-           "step_plan", "owner_of"]
+__all__ = [
+    "Unit",
+    "denoiser_units",
+    "only_boundaries_are_read",
+    "UnitTimer",
+    "TimestepChoice",
+    "StepPlan",
+    "step_plan",
+    "owner_of",
+]
 
 
 @dataclass(frozen=True)
 class Unit:
     """One block of the denoiser that AsyncDiff can compute or replace by its cached output."""
 
-    key: str           # module path, e.g. "down_blocks.0.attentions.1"
+    key: str  # module path, e.g. "down_blocks.0.attentions.1"
     parent: nn.Module
-    name: str          # attribute (or ModuleList index) under `parent`
+    name: str  # attribute (or ModuleList index) under `parent`
 
 
 def _children(parent: nn.Module, prefix: str, names) -> list[Unit]:
@@ -62,8 +70,9 @@ def denoiser_units(model: nn.Module) -> list[Unit]:
         return units
     if isinstance(model, SD3Transformer2DModel):
         return _children(model.transformer_blocks, "transformer_blocks", range(len(model.transformer_blocks)))
-    raise UnsupportedModelError(f"AsyncDiff supports UNet2DConditionModel and SD3Transformer2DModel, "
-                                f"got {type(model).__name__}")
+    raise UnsupportedModelError(
+        f"AsyncDiff supports UNet2DConditionModel and SD3Transformer2DModel, got {type(model).__name__}"
+    )
 
 
 def only_boundaries_are_read(model: nn.Module) -> bool:
@@ -101,25 +110,24 @@ def owner_of(component: int) -> int:
 
 
 class TimestepChoice(str, Enum):
-    CURRENT = "current"    # the timestep the pipeline passed
+    CURRENT = "current"  # the timestep the pipeline passed
     PREVIOUS = "previous"  # time shift: the previous (noisier) step's timestep
-    NEXT = "next"          # stride 2: compute one step ahead (the current one on the last step)
+    NEXT = "next"  # stride 2: compute one step ahead (the current one on the last step)
 
 
 @dataclass(frozen=True)
 class StepPlan:
     """What one rank does at one denoising step."""
 
-    compute_all: bool                 # warm-up: run the whole model
-    compute: frozenset[int]           # components to compute (when not compute_all); others return caches
-    store_cache: bool                 # write computed outputs into the component caches
-    sync_caches_first: bool           # broadcast every component cache from its owner before the forward
-    output_source: int | None         # rank whose prediction everyone takes (None: all already agree)
+    compute_all: bool  # warm-up: run the whole model
+    compute: frozenset[int]  # components to compute (when not compute_all); others return caches
+    store_cache: bool  # write computed outputs into the component caches
+    sync_caches_first: bool  # broadcast every component cache from its owner before the forward
+    output_source: int | None  # rank whose prediction everyone takes (None: all already agree)
     timestep: TimestepChoice
 
 
-def step_plan(step: int, *, rank: int, warmup_steps: int, model_n: int, stride: int,
-              time_shift: bool) -> StepPlan:
+def step_plan(step: int, *, rank: int, warmup_steps: int, model_n: int, stride: int, time_shift: bool) -> StepPlan:
     """AsyncDiff's schedule (czg1225/AsyncDiff async_sd.py), as a pure function.
 
     Stride 1 (world = model_n): past the warm-up, rank r computes component r from the previous step's outputs of

@@ -48,7 +48,7 @@ def flatten_into(output: Any, flat: torch.Tensor) -> None:
         nonlocal offset
         if isinstance(value, torch.Tensor):
             n = value.numel()
-            flat[offset:offset + n].copy_(value.reshape(-1))
+            flat[offset : offset + n].copy_(value.reshape(-1))
             offset += n
         elif isinstance(value, (tuple, list)):
             for item in value:
@@ -68,7 +68,7 @@ def rebuild(structure: OutputStructure, flat: torch.Tensor) -> Any:
             n = 1
             for d in shape:
                 n *= d
-            view = flat[offset:offset + n].view(shape)
+            view = flat[offset : offset + n].view(shape)
             offset += n
             return view
         if spec[0] == "none":

@@ -10,8 +10,19 @@ from modm.parallel.distrifusion.tokens import DistriPatchEmbed, GatherTokens
 from modm.parallel.distrifusion.unet import unet_downsample_factor, wrap_naive_patch, wrap_sd3_transformer, wrap_unet
 
 __all__ = [
-    "CommManager", "PatchStepState", "PatchWrapper", "PatchParallelModel",
-    "DistriConv2d", "DistriGroupNorm", "DistriSelfAttention", "DistriCrossAttention", "DistriJointAttention",
-    "DistriPatchEmbed", "GatherTokens",
-    "wrap_unet", "wrap_sd3_transformer", "wrap_naive_patch", "unet_downsample_factor",
+    "CommManager",
+    "PatchStepState",
+    "PatchWrapper",
+    "PatchParallelModel",
+    "DistriConv2d",
+    "DistriGroupNorm",
+    "DistriSelfAttention",
+    "DistriCrossAttention",
+    "DistriJointAttention",
+    "DistriPatchEmbed",
+    "GatherTokens",
+    "wrap_unet",
+    "wrap_sd3_transformer",
+    "wrap_naive_patch",
+    "unet_downsample_factor",
 ]

@@ -43,8 +43,10 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 def _reject_extra(key: str, attention_mask, kwargs) -> None:
     if attention_mask is not None or kwargs:
-        raise UnsupportedModelError(f"{key}: attention masks and extra attention kwargs ({sorted(kwargs)}) are "
-                                    "not supported by patch parallelism")
+        raise UnsupportedModelError(
+            f"{key}: attention masks and extra attention kwargs ({sorted(kwargs)}) are "
+            "not supported by patch parallelism"
+        )
 
 
 def _finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -66,9 +68,9 @@ class DistriSelfAttention(PatchWrapper):
         if encoder_hidden_states is not None or hidden_states.dim() != 3:
             raise UnsupportedModelError(f"{self.key}: self-attention expects (B, L, C) tokens and no context")
         _reject_extra(self.key, attention_mask, kwargs)
-        query = _heads(attn.to_q(hidden_states), attn.heads)                        # (B, h, L/n, D)
-        kv = torch.cat([attn.to_k(hidden_states), attn.to_v(hidden_states)], -1)   # (B, L/n, 2*inner)
-        full_kv = self.exchange(kv, lambda parts: torch.cat(parts, dim=1))          # (B, L, 2*inner)
+        query = _heads(attn.to_q(hidden_states), attn.heads)  # (B, h, L/n, D)
+        kv = torch.cat([attn.to_k(hidden_states), attn.to_v(hidden_states)], -1)  # (B, L/n, 2*inner)
+        full_kv = self.exchange(kv, lambda parts: torch.cat(parts, dim=1))  # (B, L, 2*inner)
         key, value = (_heads(t, attn.heads) for t in full_kv.chunk(2, dim=-1))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
@@ -136,8 +138,10 @@ class DistriJointAttention(PatchWrapper):
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         if encoder_hidden_states is not None:
-            c_query, c_key, c_value = (_heads(proj(encoder_hidden_states), attn.heads)
-                                       for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            c_query, c_key, c_value = (
+                _heads(proj(encoder_hidden_states), attn.heads)
+                for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+            )
             if attn.norm_added_q is not None:
                 c_query = attn.norm_added_q(c_query)
             if attn.norm_added_k is not None:

@@ -44,8 +44,16 @@ class PatchWrapper(nn.Module):
     `key` is the layer's module path; it names the layer's slot in the CommManager, identically on every rank.
     """
 
-    def __init__(self, module: nn.Module, *, key: str, comm: CommManager, state: PatchStepState,
-                 patch_index: int, patch_world_size: int):
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        key: str,
+        comm: CommManager,
+        state: PatchStepState,
+        patch_index: int,
+        patch_world_size: int,
+    ):
         super().__init__()
         self.module = module
         self.key = key

@@ -60,8 +60,10 @@ class CommManager:
         idx = self._index_by_key.get(key)
         if idx is not None:
             if self._slots[idx].shape != like.shape:
-                raise RuntimeError(f"{key}: exchanged tensor changed shape from {tuple(self._slots[idx].shape)} "
-                                   f"to {tuple(like.shape)} within one resolution")
+                raise RuntimeError(
+                    f"{key}: exchanged tensor changed shape from {tuple(self._slots[idx].shape)} "
+                    f"to {tuple(like.shape)} within one resolution"
+                )
             return idx
         if self.allocated:
             raise RuntimeError(f"{key} asked for a communication slot after the buffers were allocated")
@@ -89,7 +91,7 @@ class CommManager:
     def peer_views(self, idx: int) -> list[torch.Tensor]:
         """This slot in every peer's buffer (index = stripe), shaped like the registered tensor."""
         s = self._slots[idx]
-        return [buf[s.start:s.end].view(s.shape) for buf in self._buffers]
+        return [buf[s.start : s.end].view(s.shape) for buf in self._buffers]
 
     # -- synchronous exchange -------------------------------------------------------------------------------------
     def gather_sync(self, idx: int, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -119,7 +121,7 @@ class CommManager:
             self.flush()  # one all_gather covers one contiguous range of slots
         self.wait(idx)
         s = self._slots[idx]
-        self._buffers[self.my_index][s.start:s.end].view(s.shape).copy_(tensor)
+        self._buffers[self.my_index][s.start : s.end].view(s.shape).copy_(tensor)
         self._queue.append(idx)
         if len(self._queue) >= self.comm_checkpoint:
             self.flush()

@@ -21,7 +21,8 @@ def check_conv_supported(conv: nn.Conv2d, key: str) -> None:
     if conv.padding_mode != "zeros" or conv.dilation != (1, 1) or conv.stride[0] not in (1, 2):
         raise UnsupportedModelError(
             f"{key}: conv with padding_mode={conv.padding_mode}, dilation={conv.dilation}, stride={conv.stride} "
-            "is not supported by the halo exchange")
+            "is not supported by the halo exchange"
+        )
     if conv.padding[0] != kh // 2:
         raise UnsupportedModelError(f"{key}: height padding {conv.padding[0]} is not kernel//2 = {kh // 2}")
 
@@ -40,8 +41,9 @@ class DistriConv2d(PatchWrapper):
 
     def _conv_rows(self, padded_rows: torch.Tensor) -> torch.Tensor:
         conv = self.module
-        return F.conv2d(padded_rows, conv.weight, conv.bias, conv.stride, (0, conv.padding[1]), conv.dilation,
-                        conv.groups)
+        return F.conv2d(
+            padded_rows, conv.weight, conv.bias, conv.stride, (0, conv.padding[1]), conv.dilation, conv.groups
+        )
 
     def _sliced_forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: full input (B, C, H, W) -> this stripe's output rows (B, C', H_out / n, W_out)."""
@@ -50,8 +52,8 @@ class DistriConv2d(PatchWrapper):
         height = x.shape[2]
         out_height = (height + 2 * ph - kh) // sh + 1
         o0, o1 = row_range(out_height, self.patch_world_size, self.patch_index)
-        lo, hi = o0 * sh - ph, (o1 - 1) * sh - ph + kh   # input rows needed, may stick out of the image
-        rows = x[:, :, max(lo, 0):min(hi, height)]
+        lo, hi = o0 * sh - ph, (o1 - 1) * sh - ph + kh  # input rows needed, may stick out of the image
+        rows = x[:, :, max(lo, 0) : min(hi, height)]
         rows = F.pad(rows, (0, 0, max(0, -lo), max(0, hi - height)))
         return self._conv_rows(rows)
 

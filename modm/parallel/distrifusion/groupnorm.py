@@ -43,12 +43,15 @@ class DistriGroupNorm(PatchWrapper):
         elif mode is GroupNormMode.CORRECTED_ASYNC and not self.state.synchronous:
             mean, var = self.exchange(stats, lambda all_stats: self._corrected(all_stats, stats))
         else:  # SYNC, STALE, and every mode during the synchronous warm-up
-            mean, var = self.exchange(stats, lambda all_stats: _combine(*torch.stack(all_stats).float().unbind(1)),
-                                      force_sync=mode is GroupNormMode.SYNC)
+            mean, var = self.exchange(
+                stats,
+                lambda all_stats: _combine(*torch.stack(all_stats).float().unbind(1)),
+                force_sync=mode is GroupNormMode.SYNC,
+            )
 
         # Fold mean, rstd and the affine into one per-channel scale and shift: a single pass over x.
         per_group = c // norm.num_groups
-        scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)   # (B, C)
+        scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)  # (B, C)
         shift = -mean.repeat_interleave(per_group, dim=1) * scale
         if norm.affine:
             scale = scale * norm.weight
@@ -64,11 +67,11 @@ class DistriGroupNorm(PatchWrapper):
         stale[self.patch_index] = stale_own
         means, variances = torch.stack(stale).float().unbind(1)
         stale_own = stale_own.float()
-        second = variances + means ** 2                       # E[x^2] per stripe
+        second = variances + means**2  # E[x^2] per stripe
         fresh_mean, fresh_var = fresh.float().unbind(0)
-        fresh_second = fresh_var + fresh_mean ** 2
+        fresh_second = fresh_var + fresh_mean**2
         mean = means.mean(0) + (fresh_mean - stale_own[0])
-        var = second.mean(0) + (fresh_second - (stale_own[1] + stale_own[0] ** 2)) - mean ** 2
+        var = second.mean(0) + (fresh_second - (stale_own[1] + stale_own[0] ** 2)) - mean**2
         # The corrected variance can go negative on small feature maps; fall back to the stripe's own.
         var = torch.where(var < 0, fresh_var, var)
         return mean, var

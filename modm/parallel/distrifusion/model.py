@@ -33,7 +33,7 @@ def take_batch_half(value: Any, batch: int, half: int) -> Any:
     if isinstance(value, torch.Tensor):
         if value.dim() >= 1 and value.shape[0] == batch:
             size = batch // 2
-            return value[half * size:(half + 1) * size]
+            return value[half * size : (half + 1) * size]
         return value
     if isinstance(value, dict):
         return {k: take_batch_half(v, batch, half) for k, v in value.items()}
@@ -45,8 +45,15 @@ def take_batch_half(value: Any, batch: int, half: int) -> Any:
 class PatchParallelModel:
     """Owns the hooks, the comm manager, the step state and the swapped layers of one patch-parallel denoiser."""
 
-    def __init__(self, model: nn.Module, ctx: ParallelContext, *, downsample_factor: int, slice_input_rows: bool,
-                 output_is_stripe: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        ctx: ParallelContext,
+        *,
+        downsample_factor: int,
+        slice_input_rows: bool,
+        output_is_stripe: bool = True,
+    ):
         self.model = model
         self.ctx = ctx
         self.downsample_factor = downsample_factor
@@ -70,8 +77,12 @@ class PatchParallelModel:
 
     @property
     def wrapper_kwargs(self) -> dict:
-        return dict(comm=self.comm, state=self.state, patch_index=self.ctx.patch_index,
-                    patch_world_size=self.ctx.patch_world_size)
+        return dict(
+            comm=self.comm,
+            state=self.state,
+            patch_index=self.ctx.patch_index,
+            patch_world_size=self.ctx.patch_world_size,
+        )
 
     # -- per call -------------------------------------------------------------------------------------------------
     def begin_call(self) -> None:
@@ -102,7 +113,8 @@ class PatchParallelModel:
             if batch % 2:
                 raise ParallelConfigError(
                     f"cfg_split needs the model called with both CFG halves (an even batch), got batch {batch}; "
-                    "enable guidance (guidance_scale > 1) or turn cfg_split off")
+                    "enable guidance (guidance_scale > 1) or turn cfg_split off"
+                )
             for name, value in bound.arguments.items():
                 bound.arguments[name] = take_batch_half(value, batch, self.ctx.layout.batch_index)
         if self.slice_input_rows and self.ctx.patch_world_size > 1:
@@ -148,5 +160,5 @@ class PatchParallelModel:
         splits = range(self.ctx.layout.num_batch_splits)
         if not self.output_is_stripe:
             return torch.cat([parts[h * per_half] for h in splits], dim=0)
-        halves = [torch.cat(parts[h * per_half:(h + 1) * per_half], dim=2) for h in splits]
+        halves = [torch.cat(parts[h * per_half : (h + 1) * per_half], dim=2) for h in splits]
         return torch.cat(halves, dim=0)

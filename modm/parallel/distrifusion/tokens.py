@@ -28,7 +28,7 @@ class DistriPatchEmbed(PatchWrapper):
         tokens = self.module(latent)  # (B, Hp*Wp, D), row-major patches
         rows, cols = latent.shape[-2] // self.patch_size, latent.shape[-1] // self.patch_size
         r0, r1 = row_range(rows, self.patch_world_size, self.patch_index)
-        return tokens[:, r0 * cols:r1 * cols]
+        return tokens[:, r0 * cols : r1 * cols]
 
 
 class GatherTokens(PatchWrapper):
@@ -41,4 +41,4 @@ class GatherTokens(PatchWrapper):
         out = self.module(tokens).contiguous()  # (B, L/n, D')
         parts = [torch.empty_like(out) for _ in range(self.patch_world_size)]
         dist.all_gather(parts, out, group=self.comm.group)
-        return torch.cat(parts, dim=1)           # (B, L, D')
+        return torch.cat(parts, dim=1)  # (B, L, D')

@@ -33,7 +33,8 @@ def _require(model: nn.Module, cls: type) -> None:
 def _require_method(ctx: ParallelContext, method: ParallelMethod) -> None:
     if ctx.config.method is not method:
         raise ParallelConfigError(
-            f"this walker implements {method.value}, the context is for {ctx.config.method.value}")
+            f"this walker implements {method.value}, the context is for {ctx.config.method.value}"
+        )
 
 
 def wrap_unet(unet: UNet2DConditionModel, ctx: ParallelContext) -> PatchParallelModel:
@@ -67,7 +68,8 @@ def _swap_unet_layers(module: nn.Module, parallel: PatchParallelModel, prefix: s
             else:
                 raise UnsupportedModelError(
                     f"{key}: a diffusers Attention under {type(module).__name__} is not supported by DistriFusion "
-                    "(only attn1/attn2 of BasicTransformerBlock, as in SD/SDXL UNets)")
+                    "(only attn1/attn2 of BasicTransformerBlock, as in SD/SDXL UNets)"
+                )
         elif isinstance(child, (nn.BatchNorm2d, nn.InstanceNorm2d)):
             raise UnsupportedModelError(f"{key}: {type(child).__name__} needs whole-image statistics")
         else:
@@ -84,25 +86,36 @@ def wrap_sd3_transformer(transformer: SD3Transformer2DModel, ctx: ParallelContex
     _require(transformer, SD3Transformer2DModel)
     _require_method(ctx, ParallelMethod.DISTRIFUSION)
     patch = transformer.config.patch_size
-    parallel = PatchParallelModel(transformer, ctx, downsample_factor=patch, slice_input_rows=False,
-                                  output_is_stripe=False)
+    parallel = PatchParallelModel(
+        transformer, ctx, downsample_factor=patch, slice_input_rows=False, output_is_stripe=False
+    )
     if ctx.patch_world_size > 1:
         if not isinstance(transformer.pos_embed, PatchEmbed):
             parallel.remove()
             raise UnsupportedModelError(f"pos_embed is {type(transformer.pos_embed).__name__}, expected PatchEmbed")
-        parallel.swap(transformer, "pos_embed", DistriPatchEmbed(
-            transformer.pos_embed, patch_size=patch, key="pos_embed", **parallel.wrapper_kwargs))
+        parallel.swap(
+            transformer,
+            "pos_embed",
+            DistriPatchEmbed(transformer.pos_embed, patch_size=patch, key="pos_embed", **parallel.wrapper_kwargs),
+        )
         for i, block in enumerate(transformer.transformer_blocks):
             if not isinstance(block, JointTransformerBlock):
                 parallel.remove()
                 raise UnsupportedModelError(f"transformer_blocks.{i} is {type(block).__name__}")
-            parallel.swap(block, "attn", DistriJointAttention(
-                block.attn, key=f"transformer_blocks.{i}.attn", **parallel.wrapper_kwargs))
+            parallel.swap(
+                block,
+                "attn",
+                DistriJointAttention(block.attn, key=f"transformer_blocks.{i}.attn", **parallel.wrapper_kwargs),
+            )
             if block.attn2 is not None:  # SD3.5 dual attention: image-only self-attention
-                parallel.swap(block, "attn2", DistriSelfAttention(
-                    block.attn2, key=f"transformer_blocks.{i}.attn2", **parallel.wrapper_kwargs))
-        parallel.swap(transformer, "proj_out", GatherTokens(
-            transformer.proj_out, key="proj_out", **parallel.wrapper_kwargs))
+                parallel.swap(
+                    block,
+                    "attn2",
+                    DistriSelfAttention(block.attn2, key=f"transformer_blocks.{i}.attn2", **parallel.wrapper_kwargs),
+                )
+        parallel.swap(
+            transformer, "proj_out", GatherTokens(transformer.proj_out, key="proj_out", **parallel.wrapper_kwargs)
+        )
     return parallel
 
 
@@ -115,5 +128,6 @@ def wrap_naive_patch(model: nn.Module, ctx: ParallelContext) -> PatchParallelMod
         factor = model.config.patch_size
     else:
         raise UnsupportedModelError(
-            f"naive patch supports UNet2DConditionModel and SD3Transformer2DModel, got {type(model).__name__}")
+            f"naive patch supports UNet2DConditionModel and SD3Transformer2DModel, got {type(model).__name__}"
+        )
     return PatchParallelModel(model, ctx, downsample_factor=factor, slice_input_rows=True)
