@@ -24,7 +24,8 @@ from deployments.warm import warm_before_serving
 from modm.config import SystemConfig, SystemMode
 from modm.config.schema import TENANT_PATTERN, TENANT_RULE
 from modm.constants import DEFAULT_TENANT
-from modm.policy import KTable, Pool, PoolState, RetrievalDecision, WindowCounter, route, should_admit
+from modm.policy import KTable, PoolState, RetrievalDecision, WindowCounter, route, should_admit
+from modm.roles import ModelRole
 from modm.policy.api_keys import ApiKeyRing, AuthenticationError
 from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain
 from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
@@ -55,10 +56,10 @@ class Router:
         self.api_keys = ApiKeyRing.from_config(self.config.auth)
         api.state.max_body_bytes = self.config.limits.max_body_bytes  # one Router per replica process
         self.metrics = RouterMetrics(self.mode.value)
-        self.model_info = {Pool.LARGE: await large.info.remote()}
+        self.model_info = {ModelRole.LARGE: await large.info.remote()}
         if small is not None:
-            self.model_info[Pool.SMALL] = await small.info.remote()
-        self.in_flight = {Pool.LARGE: 0, Pool.SMALL: 0}
+            self.model_info[ModelRole.SMALL] = await small.info.remote()
+        self.in_flight = {ModelRole.LARGE: 0, ModelRole.SMALL: 0}
         self.allocation = {
             "large": self.config.monitor.gpu_budget if small is None else 1,
             "small": 0 if small is None else 1,
@@ -71,12 +72,12 @@ class Router:
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         # Seconds per request of each pool, for admission control: the config's profile, else measured by the
         # replica in the background (until then every request is admitted).
-        self.latency_s: dict[Pool, float | None] = {
-            Pool.LARGE: self.config.models.large.profiled_latency_s,
-            Pool.SMALL: None,
+        self.latency_s: dict[ModelRole, float | None] = {
+            ModelRole.LARGE: self.config.models.large.profiled_latency_s,
+            ModelRole.SMALL: None,
         }
         if small is not None:
-            self.latency_s[Pool.SMALL] = self.config.models.small.profiled_latency_s
+            self.latency_s[ModelRole.SMALL] = self.config.models.small.profiled_latency_s
         self._profiler = asyncio.get_running_loop().create_task(self._profile_pools())
         # cache.warm: fill the cache before this router serves (the app is not RUNNING until it is done).
         self.warm_report = await warm_before_serving(self.config, large, embedder, cache)
@@ -177,7 +178,7 @@ class Router:
 
     def _check(self, body: GenerationBody, tenant: str) -> tuple[int, int, int]:
         """The same limits the models enforce, checked here before any work is sent."""
-        limits, info = self.config.limits, self.model_info[Pool.LARGE]
+        limits, info = self.config.limits, self.model_info[ModelRole.LARGE]
         if body.n > limits.max_images:
             raise RequestRejected(400, f"n={body.n} exceeds the limit of {limits.max_images} images per request")
         steps = body.steps or info["num_inference_steps"]
@@ -214,9 +215,14 @@ class Router:
             self.metrics.overhead.observe(time.perf_counter() - t0, tags={"mode": self.mode.value})
         self._unreported.decided(decision.hit, decision.k)  # H and P(k) at decision time, before generation
         pool = (
-            route(decision.hit, self.config.monitor.mode, self._pool_state(Pool.LARGE), self._pool_state(Pool.SMALL))
+            route(
+                decision.hit,
+                self.config.monitor.mode,
+                self._pool_state(ModelRole.LARGE),
+                self._pool_state(ModelRole.SMALL),
+            )
             if self.small is not None
-            else Pool.LARGE
+            else ModelRole.LARGE
         )
         self._check_admission(pool, decision)
         seed = self.config.seed if body.seed is None else body.seed
@@ -302,7 +308,7 @@ class Router:
 
     async def _one_image(
         self,
-        pool: Pool,
+        pool: ModelRole,
         decision: RetrievalDecision,
         match: dict | None,
         prompt: str,
@@ -311,7 +317,7 @@ class Router:
         steps: int,
         seed: int,
     ) -> bytes:
-        handle = self.large if pool is Pool.LARGE else self.small
+        handle = self.large if pool is ModelRole.LARGE else self.small
         if self.mode is SystemMode.NIRVANA:
             return await self._nirvana_image(decision, match, prompt, width, height, steps, seed)
         if not decision.hit:
@@ -385,7 +391,7 @@ class Router:
         except Exception:
             logger.exception("latent cache admission failed (the response was already sent)")
 
-    def _pool_load(self, pool: Pool) -> PoolLoad | None:
+    def _pool_load(self, pool: ModelRole) -> PoolLoad | None:
         latency = self.latency_s[pool]
         return (
             None
@@ -395,7 +401,7 @@ class Router:
             )
         )
 
-    def _check_admission(self, pool: Pool, decision: RetrievalDecision) -> None:
+    def _check_admission(self, pool: ModelRole, decision: RetrievalDecision) -> None:
         """429 + Retry-After when this request would be answered later than the bound (SLO or timeout)."""
         backpressure, load = self.config.backpressure, self._pool_load(pool)
         if not backpressure.admission_control or load is None:
@@ -412,18 +418,18 @@ class Router:
                 headers={"Retry-After": str(verdict.retry_after_s)},
             )
 
-    def _retry_after_s(self, pool: Pool, suggested_s: float | None) -> int:
+    def _retry_after_s(self, pool: ModelRole, suggested_s: float | None) -> int:
         if suggested_s is not None:
             return max(1, round(suggested_s))
         load = self._pool_load(pool)
         return 1 if load is None else seconds_to_drain(load, 1)
 
-    def _reject(self, decision: RetrievalDecision, pool: Pool) -> None:
+    def _reject(self, decision: RetrievalDecision, pool: ModelRole) -> None:
         self.totals["rejected"] += 1
         self.metrics.record("hit" if decision.hit else "miss", "rejected", pool.value, decision.k, None)
 
     async def _profile_pools(self) -> None:
-        handles = {Pool.LARGE: self.large, Pool.SMALL: self.small}
+        handles = {ModelRole.LARGE: self.large, ModelRole.SMALL: self.small}
         for pool, handle in handles.items():
             if handle is None or self.latency_s[pool] is not None:
                 continue
@@ -434,18 +440,18 @@ class Router:
                     "router: profiling the %s model failed; its requests skip admission control", pool.value
                 )
 
-    def _pool_state(self, pool: Pool) -> PoolState:
+    def _pool_state(self, pool: ModelRole) -> PoolState:
         return PoolState(replicas=self.allocation[pool.value], in_flight=self.in_flight[pool])
 
-    def _enter(self, pool: Pool) -> None:
+    def _enter(self, pool: ModelRole) -> None:
         self.in_flight[pool] += 1
         self.metrics.set_in_flight(pool.value, self.in_flight[pool])
 
-    def _leave(self, pool: Pool) -> None:
+    def _leave(self, pool: ModelRole) -> None:
         self.in_flight[pool] -= 1
         self.metrics.set_in_flight(pool.value, self.in_flight[pool])
 
-    def _count(self, decision: RetrievalDecision, pool: Pool, seconds: float) -> None:
+    def _count(self, decision: RetrievalDecision, pool: ModelRole, seconds: float) -> None:
         self.totals["requests"] += 1
         self.totals["hits" if decision.hit else "misses"] += 1
         self.totals[f"served_{pool.value}"] += 1
@@ -454,9 +460,9 @@ class Router:
         self.metrics.record("hit" if decision.hit else "miss", "ok", pool.value, decision.k, seconds)
 
     # -------------------------------------------------------------------------------------------- background
-    def _admit(self, png: bytes, prompt: str, namespace: str, pool: Pool, decision: RetrievalDecision) -> None:
+    def _admit(self, png: bytes, prompt: str, namespace: str, pool: ModelRole, decision: RetrievalDecision) -> None:
         if self.mode is not SystemMode.MODM or not should_admit(
-            self.config.cache.admission, from_large_model=pool is Pool.LARGE, refined=decision.hit
+            self.config.cache.admission, from_large_model=pool is ModelRole.LARGE, refined=decision.hit
         ):
             return
         self._in_background(self._admit_one(png, prompt, namespace, pool, decision.k))
@@ -471,7 +477,7 @@ class Router:
         self._admissions.add(task)
         task.add_done_callback(self._admissions.discard)
 
-    async def _admit_one(self, png: bytes, prompt: str, namespace: str, pool: Pool, k: int) -> None:
+    async def _admit_one(self, png: bytes, prompt: str, namespace: str, pool: ModelRole, k: int) -> None:
         try:
             key = await self.embedder.embed_for_cache.remote(png, prompt)
             await self.cache.add.remote(png, key, prompt, namespace, pool.value, k)

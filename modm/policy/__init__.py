@@ -13,7 +13,7 @@ from modm.policy.monitor import (
     throughput_target,
     workloads,
 )
-from modm.policy.routing import Pool, PoolState, route
+from modm.policy.routing import PoolState, route
 from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
 from modm.policy.retrieval import NIRVANA_K_CHOICES, NIRVANA_TABLE, KTable, RetrievalDecision
 from modm.policy.window import WindowCounter, WindowCounts
@@ -28,7 +28,6 @@ __all__ = [
     "NIRVANA_K_CHOICES",
     "NIRVANA_TABLE",
     "PIDController",
-    "Pool",
     "PoolState",
     "QualitySample",
     "RetrievalDecision",

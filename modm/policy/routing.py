@@ -8,14 +8,8 @@ small model. A pool with no replicas never receives work while the other has som
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
-
 from modm.config.schema import MonitorMode
-
-
-class Pool(str, Enum):
-    LARGE = "large"
-    SMALL = "small"
+from modm.roles import ModelRole
 
 
 @dataclass(frozen=True)
@@ -28,11 +22,11 @@ class PoolState:
         return max(0, self.replicas - self.in_flight)
 
 
-def route(hit: bool, mode: MonitorMode, large: PoolState, small: PoolState) -> Pool:
+def route(hit: bool, mode: MonitorMode, large: PoolState, small: PoolState) -> ModelRole:
     if not hit:
-        return Pool.LARGE
+        return ModelRole.LARGE
     if small.replicas == 0:
-        return Pool.LARGE
+        return ModelRole.LARGE
     if mode is MonitorMode.QUALITY and large.idle_replicas > 0:
-        return Pool.LARGE
-    return Pool.SMALL
+        return ModelRole.LARGE
+    return ModelRole.SMALL

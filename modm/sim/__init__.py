@@ -5,7 +5,7 @@ from modm.sim.config import DEFAULT_PARAMETRIC_K_MIX, ParametricHitConfig, SimCo
 from modm.sim.embeddings import load_or_embed
 from modm.sim.hits import FifoImageCache, HitModel, NoCache, ParametricHits
 from modm.sim.nirvana import NirvanaLatentCache
-from modm.sim.profiles import BUILTIN_PROFILES, LatencyProfile, ModelRole, resolve_profile
+from modm.sim.profiles import BUILTIN_PROFILES, LatencyProfile, resolve_profile
 from modm.sim.results import FastMetrics, MonitorDecision, SimResult, WorkerSwitch
 from modm.sim.simulator import Simulator, build_hit_model, simulate
 from modm.sim.workload import Workload, WorkloadFactory, build_workload, synthetic_workload, workload_from_run
@@ -17,7 +17,6 @@ __all__ = [
     "FifoImageCache",
     "HitModel",
     "LatencyProfile",
-    "ModelRole",
     "MonitorDecision",
     "NirvanaLatentCache",
     "NoCache",

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from loadgen.records import Outcome, RequestRecord
-from modm.sim.profiles import LatencyProfile, ModelRole
+from modm.sim.profiles import LatencyProfile
+from modm.roles import ModelRole
 
 __all__ = ["profile_from_records"]
 

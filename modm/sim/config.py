@@ -12,7 +12,8 @@ from modm.config.schema import (
     SystemMode,
 )
 from modm.constants import DEFAULT_CACHE_CAPACITY
-from modm.sim.profiles import BUILTIN_PROFILES, LatencyProfile, ModelRole
+from modm.sim.profiles import BUILTIN_PROFILES, LatencyProfile
+from modm.roles import ModelRole
 
 __all__ = ["DEFAULT_PARAMETRIC_K_MIX", "ParametricHitConfig", "SimConfig"]
 

@@ -15,12 +15,12 @@ a profiling run on a real GPU:
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modm.policy import Throughput
+from modm.roles import ModelRole
 from modm.sim.constants import (
     A40_LARGE_S,
     A40_SMALL_S,
@@ -30,12 +30,7 @@ from modm.sim.constants import (
     MI210_SMALL_S,
 )
 
-__all__ = ["BUILTIN_PROFILES", "LatencyProfile", "ModelRole", "resolve_profile"]
-
-
-class ModelRole(str, Enum):
-    LARGE = "large"  # full generations (SD3.5-Large, FLUX.1-dev); also resumes NIRVANA latents
-    SMALL = "small"  # refines cache hits (SDXL, SANA)
+__all__ = ["BUILTIN_PROFILES", "LatencyProfile", "resolve_profile"]
 
 
 def _default_load_s() -> dict[ModelRole, float]:

@@ -23,7 +23,8 @@ from loadgen.plots import plot_slo_vs_rate
 from loadgen.report import RunSummary
 from modm.config.schema import MonitorMode, SystemMode
 from modm.sim.config import SimConfig
-from modm.sim.profiles import LatencyProfile, ModelRole
+from modm.sim.profiles import LatencyProfile
+from modm.roles import ModelRole
 from modm.sim.results import SimResult
 from modm.sim.simulator import simulate
 from modm.sim.workload import WorkloadFactory

@@ -35,7 +35,7 @@ from modm.policy.routing import PoolState, route
 from modm.sim.config import SimConfig
 from modm.sim.hits import FifoImageCache, HitModel, NoCache, ParametricHits, check_embeddings
 from modm.sim.nirvana import NirvanaLatentCache
-from modm.sim.profiles import ModelRole
+from modm.roles import ModelRole
 from modm.sim.results import MonitorDecision, SimResult, WorkerSwitch
 from modm.sim.workload import Workload
 

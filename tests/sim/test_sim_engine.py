@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from modm.config.schema import MonitorConfig, MonitorMode, SystemMode
-from modm.sim import BUILTIN_PROFILES, LatencyProfile, ModelRole, ParametricHitConfig, SimConfig, simulate
+from modm.roles import ModelRole
+from modm.sim import BUILTIN_PROFILES, LatencyProfile, ParametricHitConfig, SimConfig, simulate
 
 from conftest import closed_loop_workload, clustered_embeddings, poisson_workload
 

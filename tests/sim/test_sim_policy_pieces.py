@@ -10,11 +10,11 @@ import pytest
 from modm.cache.index import NamespaceIndex
 from modm.config.schema import MINILM_TEXT_TABLE, Admission
 from modm.policy import KTable, RetrievalDecision
+from modm.roles import ModelRole
 from modm.sim import (
     BUILTIN_PROFILES,
     FifoImageCache,
     LatencyProfile,
-    ModelRole,
     NirvanaLatentCache,
     ParametricHits,
     resolve_profile,

@@ -159,16 +159,17 @@ def test_calibration_bad_input():
 
 def test_routing_rules():
     from modm.config import MonitorMode
-    from modm.policy import Pool, PoolState, route
+    from modm.policy import PoolState, route
+    from modm.roles import ModelRole
 
     busy_large, idle_large = PoolState(2, 2), PoolState(2, 1)
     small = PoolState(1, 5)
     for mode in MonitorMode:
-        assert route(False, mode, idle_large, small) is Pool.LARGE
-        assert route(True, mode, busy_large, small) is Pool.SMALL
-        assert route(True, mode, idle_large, PoolState(0, 0)) is Pool.LARGE
-    assert route(True, MonitorMode.QUALITY, idle_large, small) is Pool.LARGE
-    assert route(True, MonitorMode.THROUGHPUT, idle_large, small) is Pool.SMALL
+        assert route(False, mode, idle_large, small) is ModelRole.LARGE
+        assert route(True, mode, busy_large, small) is ModelRole.SMALL
+        assert route(True, mode, idle_large, PoolState(0, 0)) is ModelRole.LARGE
+    assert route(True, MonitorMode.QUALITY, idle_large, small) is ModelRole.LARGE
+    assert route(True, MonitorMode.THROUGHPUT, idle_large, small) is ModelRole.SMALL
 
 
 def test_monitor_state_stays_within_bounds():
