@@ -21,7 +21,7 @@ from PIL import Image
 from deployments.constants import TARGET_REPLICAS_METRIC
 from deployments.metrics import ModelMetrics
 from modm.config import ModelSpec
-from modm.engine import png_bytes
+from modm.images import png_bytes
 from modm.generation import DiffusionGenerator, GenerationRequest, size_multiple, spec_call_kwargs
 from modm.generation.generator import GenerationInterrupted, StepControl
 from modm.parallel import ParallelMethod

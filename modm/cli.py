@@ -57,7 +57,7 @@ def _cmd_cache_warm(args) -> int:
     from modm.cache import ImageCache, read_prompts, warm_from_prompts
     from modm.config import ConfigError, SystemMode, load_config, resolve_relative_paths
     from modm.embedding import build_embedder, embedding_dim
-    from modm.engine import png_bytes
+    from modm.images import png_bytes
     from modm.generation import DiffusionGenerator, GenerationRequest
     from modm.policy.tenancy import cache_scope
 

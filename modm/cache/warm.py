@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from modm.cache.constants import WARM_BATCH_SIZE
+from modm.images import png_bytes
 from modm.cache.image_cache import ImageCache
 from modm.cache.records import NewEntry, check_text
 
@@ -62,9 +63,7 @@ def _load_png(path: Path) -> tuple[Image.Image, bytes]:
     """Decode any supported image, and re-encode it as an RGB PNG (the format the cache stores)."""
     with Image.open(path) as image:
         rgb = image.convert("RGB")
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG")
-    return rgb, buffer.getvalue()
+    return rgb, png_bytes(rgb)
 
 
 def warm_from_folder(
