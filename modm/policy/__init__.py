@@ -1,4 +1,4 @@
-"""Pure decision logic: numbers in, numbers out. No models, no Ray; shared by the engine, deployments and simulator."""
+"""Pure decision logic: numbers in, numbers out. No models, no Ray; shared by the request pipeline and the simulator."""
 
 from modm.policy.admission import should_admit
 from modm.policy.calibration import QualitySample, fit_k_table
