@@ -69,13 +69,24 @@ class RouterMetrics:
 
 
 class MonitorMetrics:
+    """modm.serving.monitor.MonitorMetricsSink."""
+
     def __init__(self):
-        self.allocation = metrics.Gauge(
+        self.replicas = metrics.Gauge(
             "modm_allocation_replicas", "Replicas the monitor assigns per model.", tag_keys=("model",)
         )
         self.target = metrics.Gauge("modm_allocation_target_large", "Algorithm 1 target for large replicas.")
         self.window_rate = metrics.Gauge("modm_window_request_rate_per_min", "R over the last monitor window.")
         self.window_hit_rate = metrics.Gauge("modm_window_hit_rate", "H over the last monitor window.")
+
+    def window(self, request_rate: float, hit_rate: float) -> None:
+        self.window_rate.set(request_rate)
+        self.window_hit_rate.set(hit_rate)
+
+    def allocation(self, large: int, small: int, target: float) -> None:
+        self.replicas.set(large, tags={"model": "large"})
+        self.replicas.set(small, tags={"model": "small"})
+        self.target.set(target)
 
 
 class ModelMetrics:

@@ -4,14 +4,14 @@ It loads no model and decides nothing: HTTP bodies and headers become pipeline c
 pipeline's backends (deployments/handles.py), and the pipeline's answers and refusals become JSON responses.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Serve's class-based view hands FastAPI the endpoints' annotations as they
+# are, and FastAPI must see the `Request` class itself, not the string "Request".
 import base64
 
 from fastapi import Header, Request, Response
 from ray import serve
 
-from deployments.api import DecisionInfo, GenerationBody, GenerationResponse, ImageData
+from deployments.api import GenerationBody, GenerationResponse, ImageData
 from deployments.handles import HandleProxy
 from deployments.ingress import api, body_schema, read_json_body
 from deployments.metrics import RouterMetrics
@@ -62,21 +62,10 @@ class Router:
                 tenant=tenant,
             )
         )
-        decision = served.decision
         return GenerationResponse(
             created=served.created,
             data=[ImageData(b64_json=base64.b64encode(png).decode("ascii")) for png in served.images],
-            modm=DecisionInfo(
-                request_id=decision.request_id,
-                mode=decision.mode,
-                hit=decision.hit,
-                score=decision.score,
-                k=decision.k,
-                strength=decision.strength,
-                model=decision.model.value,
-                timings_s=decision.timings_s,
-                entry_id=decision.entry_id,
-            ),
+            modm=served.decision,
         )
 
     @api.get("/healthz")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict
+
 from modm.constants import DEFAULT_TENANT
 from modm.policy.tenancy import CacheScope
 from modm.roles import ModelRole
@@ -40,9 +42,10 @@ class Job:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What the system decided for a request (the response's `modm` record)."""
+class Decision(BaseModel):
+    """What the system decided for a request: the response's `modm` record (also its HTTP schema)."""
+
+    model_config = ConfigDict(frozen=True)
 
     request_id: str
     mode: str
@@ -52,7 +55,8 @@ class Decision:
     strength: float
     model: ModelRole
     timings_s: dict[str, float]
-    entry_id: int | None = None  # MoDM: the cache entry a hit was refined from
+    # MoDM: the cache entry a hit was refined from (GET /v1/cache/{entry_id} serves its image); None otherwise.
+    entry_id: int | None = None
 
 
 @dataclass(frozen=True)
