@@ -36,7 +36,7 @@ class HandleProxy:
                 response.cancel()
                 raise
             except BackPressureError as err:
-                raise QueueFull(str(err), getattr(err, "retry_after_s", None)) from None
+                raise QueueFull(str(err), err.retry_after_s) from None
             except (RayActorError, ReplicaUnavailableError) as err:  # ActorDiedError, ActorUnavailableError
                 if isinstance(err, RayTaskError):  # the replica answered with an error: a retry would repeat it
                     raise
