@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DIFFUSIONDB_SAMPLE
+from trace_samples import DIFFUSIONDB_SAMPLE
 from pydantic import ValidationError
 
 from loadgen import (

@@ -26,7 +26,7 @@ from loadgen import (
 )
 from loadgen.cli import main
 
-from conftest import DIFFUSIONDB_SAMPLE as SHARED_TSV
+from trace_samples import DIFFUSIONDB_SAMPLE as SHARED_TSV
 
 
 def client(url: str, **overrides) -> ClientConfig:

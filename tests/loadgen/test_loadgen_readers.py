@@ -12,7 +12,7 @@ import pytest
 from loadgen import TraceConfig, TraceFormat, TraceFormatError, load_trace
 from loadgen.readers import read_diffusiondb_parquet, read_mjhq_json, read_prompt_lines, read_prompt_table
 
-from conftest import DIFFUSIONDB_SAMPLE as SHARED_TSV
+from trace_samples import DIFFUSIONDB_SAMPLE as SHARED_TSV
 
 # DiffusionDB's metadata.parquet schema (poloclub/diffusiondb), column for column.
 DIFFUSIONDB_SCHEMA = pa.schema(

@@ -13,7 +13,7 @@ from loadgen import EditKind, SessionConfig, TraceConfig, apply_session_model, l
 from loadgen.config import EditWeights
 from loadgen.sessions import edit_prompt
 
-from conftest import DIFFUSIONDB_SAMPLE as SHARED_TSV
+from trace_samples import DIFFUSIONDB_SAMPLE as SHARED_TSV
 
 
 @pytest.fixture(scope="module")

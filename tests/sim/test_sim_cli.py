@@ -147,7 +147,7 @@ def test_profile_is_fitted_to_a_runs_generate_timings(tmp_path, capsys):
     truth = LatencyProfile(gpu="cpu", full_generation_s={"large": 3.0, "small": 0.8}, fixed_s={"small": 0.2}, load_s={})
     from modm.sim import ParametricHitConfig
 
-    from conftest import poisson_workload
+    from sim_workloads import poisson_workload
 
     config = SimConfig(n_gpus=4, profile=truth, parametric=ParametricHitConfig(hit_rate=0.7))
     result = simulate(config, poisson_workload(300, 2.0, seed=9))

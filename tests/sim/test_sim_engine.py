@@ -9,7 +9,7 @@ from modm.config.schema import MonitorConfig, MonitorMode, SystemMode
 from modm.roles import ModelRole
 from modm.sim import BUILTIN_PROFILES, LatencyProfile, ParametricHitConfig, SimConfig, simulate
 
-from conftest import closed_loop_workload, clustered_embeddings, poisson_workload
+from sim_workloads import closed_loop_workload, clustered_embeddings, poisson_workload
 
 MI210 = BUILTIN_PROFILES["mi210"]
 

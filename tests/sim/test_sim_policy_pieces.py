@@ -21,7 +21,7 @@ from modm.sim import (
     resolve_profile,
 )
 
-from conftest import clustered_embeddings
+from sim_workloads import clustered_embeddings
 
 
 # ----------------------------------------------------------------------------------------------------- profiles
