@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from deployments.local_cluster import free_port, wait_healthy
-from loadgen.runner import RECORDS_FILE
+from modm.workload.runs import RECORDS_FILE
 from modm.config import config_from_dict
 from modm.demo import ensure_zoo, tiny_config_path
 from modm.policy import NIRVANA_K_CHOICES
@@ -114,17 +114,10 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     from ray import serve
 
     from deployments.app import build_app
-    from loadgen import (
-        ArrivalConfig,
-        ArrivalKind,
-        ClientConfig,
-        RunConfig,
-        SessionConfig,
-        TraceConfig,
-        compare_runs,
-        format_comparison,
-        run,
-    )
+    from loadgen.config import ClientConfig, RunConfig
+    from loadgen.runner import run
+    from modm.workload.compare import compare_runs, format_comparison
+    from modm.workload.config import ArrivalConfig, ArrivalKind, SessionConfig, TraceConfig
     from loadgen.runner import write_run
 
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -210,7 +203,7 @@ def slo_sweep(args: argparse.Namespace, measured, reference_s: float, name: str)
     """Poisson arrivals at each --sweep-rates rate on the system just measured, each point with fresh prompts (rows
     after the measured run's, different per point) against the cache that run warmed, as MoDM's SLO runs start
     from a filled cache."""
-    from loadgen import TraceConfig
+    from modm.workload.config import TraceConfig
     from loadgen.sweep import run_sweep
 
     first_row = (measured.trace.start_row or 0) + args.requests + args.warm_up
@@ -233,7 +226,7 @@ def slo_sweep(args: argparse.Namespace, measured, reference_s: float, name: str)
 
 
 def sweep_table(args: argparse.Namespace, sweeps: dict[str, list]) -> dict:
-    from loadgen.plots import plot_slo_vs_rate
+    from modm.workload.plots import plot_slo_vs_rate
 
     plot = plot_slo_vs_rate(sweeps, args.out / "slo_vs_rate.png")
     keys = sorted(

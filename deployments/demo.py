@@ -57,7 +57,10 @@ def wait_app(url: str, timeout_s: float) -> float:
 
 def send_workload(url: str, out_dir: Path, workload: Path, size: int, concurrency: int) -> dict:
     """Send the workload, keeping every image; write the run and its contact sheet (CONTACT_SHEET) to out_dir."""
-    from loadgen import ArrivalConfig, ArrivalKind, ClientConfig, RunConfig, TraceConfig, format_summary, run
+    from loadgen.config import ClientConfig, RunConfig
+    from loadgen.runner import run
+    from modm.workload.config import ArrivalConfig, ArrivalKind, TraceConfig
+    from modm.workload.report import format_summary
     from loadgen.contact_sheet import fetch_cached_images, write_contact_sheet
     from loadgen.runner import write_run
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from loadgen.records import Outcome, RequestRecord
+from modm.workload.records import Outcome, RequestRecord
 from modm.sim.profiles import LatencyProfile
 from modm.roles import ModelRole
 

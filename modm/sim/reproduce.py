@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from loadgen import ArrivalConfig, ArrivalKind
-from loadgen.plots import plot_slo_vs_rate
-from loadgen.report import RunSummary
+from modm.workload.config import ArrivalConfig, ArrivalKind
+from modm.workload.plots import plot_slo_vs_rate
+from modm.workload.report import RunSummary
 from modm.config.schema import MonitorMode, SystemMode
 from modm.sim.config import SimConfig
 from modm.sim.profiles import LatencyProfile

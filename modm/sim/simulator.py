@@ -27,7 +27,7 @@ from enum import IntEnum
 import faiss
 import numpy as np
 
-from loadgen.records import StatsSample
+from modm.workload.records import StatsSample
 from modm.config.schema import SystemMode
 from modm.policy import GlobalMonitor, KTable, RetrievalDecision, WindowCounter
 from modm.policy.routing import PoolState, route

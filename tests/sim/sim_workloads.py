@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from loadgen import ArrivalConfig, ArrivalKind, TraceRequest
+from modm.workload.config import ArrivalConfig, ArrivalKind
+from modm.workload.trace import TraceRequest
 from modm.sim import Workload
 
 
