@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from deployments.local_cluster import free_port  # noqa: E402
+from tools.local_cluster import free_port  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
