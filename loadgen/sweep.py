@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 
 from loadgen.config import RunConfig
+from loadgen.runner import resolve_reference_latency, run_async
 from modm.workload.config import ArrivalConfig, ArrivalKind
 from modm.workload.plots import plot_slo_vs_rate
-from modm.workload.report import RunSummary
-from loadgen.runner import resolve_reference_latency, run_async
 from modm.workload.prepare import prepare_workload
+from modm.workload.report import RunSummary
 
 __all__ = ["SweepResult", "run_sweep", "sweep_async"]
 

@@ -203,8 +203,8 @@ def slo_sweep(args: argparse.Namespace, measured, reference_s: float, name: str)
     """Poisson arrivals at each --sweep-rates rate on the system just measured, each point with fresh prompts (rows
     after the measured run's, different per point) against the cache that run warmed, as MoDM's SLO runs start
     from a filled cache."""
-    from modm.workload.config import TraceConfig
     from loadgen.sweep import run_sweep
+    from modm.workload.config import TraceConfig
 
     first_row = (measured.trace.start_row or 0) + args.requests + args.warm_up
     points = []

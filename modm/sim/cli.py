@@ -17,12 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from modm.workload.compare import compare_runs, format_comparison
-from modm.workload.config import ArrivalConfig, ArrivalKind, SessionConfig, TraceConfig
-from modm.workload.readers import load_trace
-from modm.workload.runs import load_run
-from modm.workload.sessions import apply_session_model
-from modm.workload.report import format_summary
 from modm.config.schema import Admission, MonitorConfig, MonitorMode, PolicyConfig, SystemMode
 from modm.sim.calibrate import profile_from_records
 from modm.sim.config import DEFAULT_PARAMETRIC_K_MIX, ParametricHitConfig, SimConfig
@@ -40,6 +34,12 @@ from modm.sim.reproduce import (
 )
 from modm.sim.simulator import simulate
 from modm.sim.workload import WorkloadFactory, synthetic_workload, workload_from_run
+from modm.workload.compare import compare_runs, format_comparison
+from modm.workload.config import ArrivalConfig, ArrivalKind, SessionConfig, TraceConfig
+from modm.workload.readers import load_trace
+from modm.workload.report import format_summary
+from modm.workload.runs import load_run
+from modm.workload.sessions import apply_session_model
 
 __all__ = ["build_parser", "main"]
 

@@ -7,8 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from modm.config.schema import Admission, MonitorConfig, PolicyConfig, SystemMode
 from modm.constants import DEFAULT_CACHE_CAPACITY
 from modm.policy.tables import MINILM_TEXT_TABLE
-from modm.sim.profiles import BUILTIN_PROFILES, LatencyProfile
 from modm.roles import ModelRole
+from modm.sim.profiles import BUILTIN_PROFILES, LatencyProfile
 
 __all__ = ["DEFAULT_PARAMETRIC_K_MIX", "ParametricHitConfig", "SimConfig"]
 

@@ -27,16 +27,16 @@ from enum import IntEnum
 import faiss
 import numpy as np
 
-from modm.workload.records import StatsSample
 from modm.config.schema import SystemMode
 from modm.policy import GlobalMonitor, KTable, RetrievalDecision, WindowCounter
 from modm.policy.routing import PoolState, route
+from modm.roles import ModelRole
 from modm.sim.config import SimConfig
 from modm.sim.hits import FifoImageCache, HitModel, NoCache, ParametricHits, check_embeddings
 from modm.sim.nirvana import NirvanaLatentCache
-from modm.roles import ModelRole
 from modm.sim.results import MonitorDecision, SimResult, WorkerSwitch
 from modm.sim.workload import Workload
+from modm.workload.records import StatsSample
 
 __all__ = ["Simulator", "build_hit_model", "simulate"]
 
