@@ -11,6 +11,7 @@ COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users modm ./modm
 COPY --chown=ray:users deployments ./deployments
 COPY --chown=ray:users loadgen ./loadgen
+COPY --chown=ray:users tools ./tools
 COPY --chown=ray:users cluster/install-gpu.sh ./cluster/install-gpu.sh
 RUN sh cluster/install-gpu.sh .
 

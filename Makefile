@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m deployments.demo
+	$(PY) -m tools.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

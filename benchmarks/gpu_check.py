@@ -40,7 +40,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from modm.config import config_from_dict
-from modm.config.schema import NIRVANA_K_CHOICES, SystemConfig
+from modm.config.schema import SystemConfig
+from modm.policy.tables import NIRVANA_K_CHOICES
 from modm.models.architectures import Architecture, architecture_for
 from modm.models.twins import TWIN_SIDE, build_twin, load_serve_app_args
 

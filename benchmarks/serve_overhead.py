@@ -84,9 +84,10 @@ def main() -> None:
     from ray import serve
 
     from deployments.app import build_app
-    from deployments.local_cluster import free_port, wait_healthy
+    from tools.local_cluster import free_port, wait_healthy
     from modm.config import load_config
-    from modm.demo import ensure_zoo, tiny_config_path
+    from modm.demo import ensure_zoo
+    from tools.serve_configs import tiny_config_path
 
     ensure_zoo(load_config(tiny_config_path()), args.zoo)
     compute = in_process_compute_s(args.zoo, args.size)

@@ -21,30 +21,24 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from loadgen.client import StopReason
-from loadgen.compare import compare_runs, format_comparison
-from loadgen.config import (
-    ArrivalConfig,
-    ArrivalKind,
-    ClientConfig,
-    RunConfig,
-    SessionConfig,
-    TraceConfig,
-    TraceFormat,
-)
+from loadgen.config import ClientConfig, RunConfig
 from loadgen.constants import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_REFERENCE_PROBES,
     DEFAULT_REQUEST_TIMEOUT_S,
-    DEFAULT_SEED,
     DEFAULT_STATS_POLL_PERIOD_S,
 )
-from loadgen.plots import plot_latency_cdf, plot_slo_vs_rate, plot_timeline
 from loadgen.protocol import wait_until_ready
-from loadgen.report import format_summary
-from loadgen.runner import load_run, run
+from loadgen.runner import run
 from loadgen.sweep import run_sweep
+from modm.workload.compare import compare_runs, format_comparison
+from modm.workload.config import ArrivalConfig, ArrivalKind, SessionConfig, TraceConfig, TraceFormat
+from modm.workload.constants import DEFAULT_SEED
+from modm.workload.plots import plot_latency_cdf, plot_slo_vs_rate, plot_timeline
+from modm.workload.report import format_summary
+from modm.workload.runs import load_run
 
 __all__ = ["build_parser", "main"]
 

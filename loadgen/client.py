@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from loadgen.config import ClientConfig
 from loadgen.protocol import make_http_client, send_one
-from loadgen.records import Outcome, RequestRecord, StatsSample
 from loadgen.server_stats import StatsPoller
-from loadgen.trace import TraceRequest
+from modm.workload.records import Outcome, RequestRecord, StatsSample
+from modm.workload.trace import TraceRequest
 
 __all__ = ["LoadResult", "StopReason", "measure_reference_latency", "run_load", "send_load"]
 

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from loadgen.config import ClientConfig
 from loadgen.protocol import CACHE_IMAGE_PATH, build_headers
-from loadgen.records import Outcome, RequestRecord
+from modm.workload.records import Outcome, RequestRecord
 
 __all__ = ["build_contact_sheet", "fetch_cached_images", "write_contact_sheet"]
 

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 
 from loadgen.config import ClientConfig
-from loadgen.records import Outcome, RequestRecord
-from loadgen.trace import TraceRequest
+from modm.workload.records import Outcome, RequestRecord
+from modm.workload.trace import TraceRequest
 
 __all__ = [
     "CACHE_IMAGE_PATH",

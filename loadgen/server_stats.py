@@ -8,7 +8,7 @@ import json
 import httpx
 
 from loadgen.protocol import STATS_PATH
-from loadgen.records import StatsSample
+from modm.workload.records import StatsSample
 
 __all__ = ["StatsPoller", "parse_stats"]
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import httpx
 
-from loadgen.config import ArrivalConfig, ArrivalKind, RunConfig
-from loadgen.plots import plot_slo_vs_rate
-from loadgen.report import RunSummary
-from loadgen.runner import prepare_workload, resolve_reference_latency, run_async
+from loadgen.config import RunConfig
+from loadgen.runner import resolve_reference_latency, run_async
+from modm.workload.config import ArrivalConfig, ArrivalKind
+from modm.workload.plots import plot_slo_vs_rate
+from modm.workload.prepare import prepare_workload
+from modm.workload.report import RunSummary
 
 __all__ = ["SweepResult", "run_sweep", "sweep_async"]
 

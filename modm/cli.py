@@ -201,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.set_defaults(func=_cmd_calibrate)
 
     demo = sub.add_parser("demo", help="run the request pipeline in-process over the embedded workload")
-    demo.add_argument("--config", type=Path, default=None, help="system config (default: the embedded local.yaml)")
+    demo.add_argument(
+        "--config", type=Path, default=None, help="system config (default: the embedded world system.yaml)"
+    )
     demo.add_argument("--zoo", default=".modm/zoo", help="where the tiny zoo lives (built when missing)")
     demo.add_argument("--workload", type=Path, default=None, help="TSV of user<TAB>prompt (default: embedded)")
     demo.add_argument("--size", type=int, default=None, help="image side in pixels (default: the config's)")

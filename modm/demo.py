@@ -16,14 +16,9 @@ from modm.serving.local import LocalBackends
 
 
 def default_config_path() -> Path:
-    """The embedded default: the local Serve config (the trained miniature world's models), whose args.system is
-    the system config."""
-    return Path(str(resources.files("deployments") / "configs" / "local.yaml"))
-
-
-def tiny_config_path() -> Path:
-    """The same app on the tiny random zoo (shapes and classes only: the serving benchmark, the zoo's tests)."""
-    return Path(str(resources.files("deployments") / "configs" / "local-tiny.yaml"))
+    """The embedded default: the world's system config (the trained miniature world's models), the system that
+    deployments/configs/local.yaml serves."""
+    return Path(str(resources.files("modm") / "world" / "system.yaml"))
 
 
 def demo_workload_path(config: SystemConfig | None = None) -> Path:

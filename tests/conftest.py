@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from deployments.local_cluster import free_port  # noqa: E402
+from tools.local_cluster import free_port  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,13 +56,17 @@ def http_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_cluster(metrics_port):
-    """One private local Ray cluster per test session (address="local": never one another process started)."""
+    """One private local Ray cluster per test session (address="local": never one another process started).
+
+    Replicas' and actors' stdout/stderr stay in the session's log files (`ray.init(...).address_info["session_dir"]`
+    + /logs: worker-*.out/err, serve/replica_*.log) instead of streaming into pytest's output: log_to_driver=False."""
     import ray
 
     ray.init(
         address="local",
         num_cpus=12,
         include_dashboard=False,
+        log_to_driver=False,
         _metrics_export_port=metrics_port,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
     )

@@ -1,13 +1,10 @@
 from modm.config.loader import ConfigError, config_from_dict, load_config, resolve_relative_paths
 from modm.config.schema import (
-    MINILM_TEXT_TABLE,
-    MODM_CLIP_TABLE,
     Admission,
     CacheConfig,
     Dtype,
     EmbedderConfig,
     EmbedderKind,
-    KRule,
     ModelsConfig,
     ModelSpec,
     MonitorConfig,
@@ -27,9 +24,6 @@ __all__ = [
     "Dtype",
     "EmbedderConfig",
     "EmbedderKind",
-    "KRule",
-    "MINILM_TEXT_TABLE",
-    "MODM_CLIP_TABLE",
     "ModelSpec",
     "ModelsConfig",
     "MonitorConfig",

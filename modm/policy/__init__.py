@@ -1,45 +1,52 @@
-"""Pure decision logic: numbers in, numbers out. No models, no Ray; shared by the request pipeline and the simulator."""
+"""Pure decision logic: numbers in, numbers out. No models, no Ray; shared by the request pipeline and the simulator.
 
-from modm.policy.admission import should_admit
-from modm.policy.calibration import QualitySample, fit_k_table
-from modm.policy.monitor import (
-    Allocation,
-    GlobalMonitor,
-    PIDController,
-    Throughput,
-    WindowStats,
-    quality_target,
-    refine_fraction,
-    throughput_target,
-    workloads,
-)
-from modm.policy.routing import PoolState, route
-from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
-from modm.policy.retrieval import NIRVANA_K_CHOICES, NIRVANA_TABLE, KTable, RetrievalDecision
-from modm.policy.window import WindowCounter, WindowCounts
+The names below load on first use (PEP 562): the config schema imports `modm.policy.tables`, which runs this file,
+and most policy modules import the schema, so importing them here eagerly would be a cycle.
+"""
 
-__all__ = [
-    "Allocation",
-    "GlobalMonitor",
-    "InvalidRequestError",
-    "check_dimensions",
-    "check_request_limits",
-    "KTable",
-    "NIRVANA_K_CHOICES",
-    "NIRVANA_TABLE",
-    "PIDController",
-    "PoolState",
-    "QualitySample",
-    "RetrievalDecision",
-    "Throughput",
-    "WindowStats",
-    "fit_k_table",
-    "quality_target",
-    "refine_fraction",
-    "route",
-    "should_admit",
-    "throughput_target",
-    "workloads",
-    "WindowCounter",
-    "WindowCounts",
-]
+from importlib import import_module
+
+_HOMES = {
+    "should_admit": "admission",
+    "QualitySample": "calibration",
+    "fit_k_table": "calibration",
+    "Allocation": "monitor",
+    "GlobalMonitor": "monitor",
+    "PIDController": "monitor",
+    "Throughput": "monitor",
+    "WindowStats": "monitor",
+    "quality_target": "monitor",
+    "refine_fraction": "monitor",
+    "throughput_target": "monitor",
+    "workloads": "monitor",
+    "PoolState": "routing",
+    "route": "routing",
+    "InvalidRequestError": "requests",
+    "check_dimensions": "requests",
+    "check_request_limits": "requests",
+    "KTable": "retrieval",
+    "RetrievalDecision": "retrieval",
+    "KRule": "tables",
+    "MINILM_TEXT_TABLE": "tables",
+    "MODM_CLIP_TABLE": "tables",
+    "NAMED_K_TABLES": "tables",
+    "NIRVANA_K_CHOICES": "tables",
+    "NIRVANA_TABLE": "tables",
+    "WindowCounter": "window",
+    "WindowCounts": "window",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

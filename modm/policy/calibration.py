@@ -14,7 +14,8 @@ from typing import Iterable
 
 import numpy as np
 
-from modm.config.schema import KRule, PolicyConfig
+from modm.config.schema import PolicyConfig
+from modm.policy.tables import KRule
 
 
 @dataclass(frozen=True)

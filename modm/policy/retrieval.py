@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from modm.config.schema import NIRVANA_K_CHOICES, NIRVANA_TABLE, KRule, PolicyConfig  # noqa: F401 -- re-exported
+from modm.config.schema import PolicyConfig
+from modm.policy.tables import NIRVANA_TABLE, KRule
 
 
 @dataclass(frozen=True)

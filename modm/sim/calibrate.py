@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from loadgen.records import Outcome, RequestRecord
-from modm.sim.profiles import LatencyProfile
 from modm.roles import ModelRole
+from modm.sim.profiles import LatencyProfile
+from modm.workload.records import Outcome, RequestRecord
 
 __all__ = ["profile_from_records"]
 

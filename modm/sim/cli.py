@@ -17,18 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from loadgen import (
-    ArrivalConfig,
-    ArrivalKind,
-    SessionConfig,
-    TraceConfig,
-    apply_session_model,
-    compare_runs,
-    format_comparison,
-    load_run,
-    load_trace,
-)
-from loadgen.report import format_summary
 from modm.config.schema import Admission, MonitorConfig, MonitorMode, PolicyConfig, SystemMode
 from modm.sim.calibrate import profile_from_records
 from modm.sim.config import DEFAULT_PARAMETRIC_K_MIX, ParametricHitConfig, SimConfig
@@ -46,6 +34,12 @@ from modm.sim.reproduce import (
 )
 from modm.sim.simulator import simulate
 from modm.sim.workload import WorkloadFactory, synthetic_workload, workload_from_run
+from modm.workload.compare import compare_runs, format_comparison
+from modm.workload.config import ArrivalConfig, ArrivalKind, SessionConfig, TraceConfig
+from modm.workload.readers import load_trace
+from modm.workload.report import format_summary
+from modm.workload.runs import load_run
+from modm.workload.sessions import apply_session_model
 
 __all__ = ["build_parser", "main"]
 
@@ -97,7 +91,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_workload_options(p: argparse.ArgumentParser, *, default_n: int) -> None:
     g = p.add_argument_group("workload (the load generator's readers and session model)")
     g.add_argument("--trace", type=Path, help="prompt file: DiffusionDB parquet, MJHQ json, TSV/CSV or text")
-    g.add_argument("--sessions", action="store_true", help="impose loadgen's session model (prompt lists)")
+    g.add_argument("--sessions", action="store_true", help="impose the session model (prompt lists)")
     g.add_argument("-n", "--requests", type=int, default=default_n, help="measured requests")
     g.add_argument("--warm-up", type=int, default=0, help="requests sent first and excluded from reports")
     g.add_argument(
@@ -147,7 +141,7 @@ def _base_config(
 
 
 def _workload_factory(args, config: SimConfig) -> WorkloadFactory:
-    """The run's requests (loadgen reader + session model) and, unless hits are parametric, their embeddings."""
+    """The run's requests (modm.workload reader + session model) and, unless hits are parametric, their embeddings."""
     if args.trace is None:
         if config.parametric is None and config.system is not SystemMode.VANILLA:
             raise ValueError(
@@ -377,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="SLO reference (default: the profile's large-model latency, or the run's)",
     )
-    a = run.add_argument_group("arrivals (loadgen's processes)")
+    a = run.add_argument_group("arrivals")
     a.add_argument("--arrival", choices=[k.value for k in ArrivalKind], default="poisson")
     a.add_argument("--rate", type=float, default=None, help="poisson/fluctuating rate, req/min")
     a.add_argument("--min-rate", type=float, default=1.0)

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from modm.config.schema import (
-    MINILM_TEXT_TABLE,
-    Admission,
-    MonitorConfig,
-    PolicyConfig,
-    SystemMode,
-)
+from modm.config.schema import Admission, MonitorConfig, PolicyConfig, SystemMode
 from modm.constants import DEFAULT_CACHE_CAPACITY
-from modm.sim.profiles import BUILTIN_PROFILES, LatencyProfile
+from modm.policy.tables import MINILM_TEXT_TABLE
 from modm.roles import ModelRole
+from modm.sim.profiles import BUILTIN_PROFILES, LatencyProfile
 
 __all__ = ["DEFAULT_PARAMETRIC_K_MIX", "ParametricHitConfig", "SimConfig"]
 

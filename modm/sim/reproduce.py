@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from loadgen import ArrivalConfig, ArrivalKind
-from loadgen.plots import plot_slo_vs_rate
-from loadgen.report import RunSummary
 from modm.config.schema import MonitorMode, SystemMode
+from modm.roles import ModelRole
 from modm.sim.config import SimConfig
 from modm.sim.profiles import LatencyProfile
-from modm.roles import ModelRole
 from modm.sim.results import SimResult
 from modm.sim.simulator import simulate
 from modm.sim.workload import WorkloadFactory
+from modm.workload.config import ArrivalConfig, ArrivalKind
+from modm.workload.plots import plot_slo_vs_rate
+from modm.workload.report import RunSummary
 
 __all__ = [
     "PAPER",

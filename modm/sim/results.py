@@ -1,8 +1,8 @@
 """A simulated run, in the load generator's terms: the same records, stats samples, summary, files and plots.
 
-A run directory written by `SimResult.write` has the layout of a loadgen run directory (records.parquet with the
-run metadata, stats.parquet, summary.json/.txt, latency_cdf.png, timeline.png), so `modm-loadgen report` and
-`compare` read simulated and measured runs alike; sim.json adds the monitor's decisions, the model switches and
+A run directory written by `SimResult.write` is a modm.workload run directory like a loadgen run's (records.parquet
+with the run metadata, stats.parquet, summary.json/.txt, latency_cdf.png, timeline.png), so `modm-loadgen report`
+and `compare` read simulated and measured runs alike; sim.json adds the monitor's decisions, the model switches and
 the simulator's cost.
 """
 
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loadgen.constants import SLO_MULTIPLIERS
-from loadgen.plots import plot_latency_cdf, plot_timeline
-from loadgen.records import Outcome, RequestRecord, StatsSample, write_records, write_stats
-from loadgen.report import RunSummary, format_summary, slo_key, summarize
+from modm.workload.constants import SLO_MULTIPLIERS
+from modm.workload.records import Outcome, RequestRecord, StatsSample
+from modm.workload.report import RunSummary, slo_key, summarize
+from modm.workload.runs import write_run_files
 
 if TYPE_CHECKING:
     from modm.sim.config import SimConfig
@@ -177,20 +177,19 @@ class SimResult:
 
     def write(self, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
         """A loadgen-style run directory plus sim.json (monitor decisions, switches, cost)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         records = self.to_records()
-        summary = summarize(
-            records, name=self.name, reference_latency_s=self.config.reference_latency_s, stop_reason="completed"
+        summary = self.summary()
+        paths = write_run_files(
+            out_dir,
+            self.name,
+            records,
+            self.stats,
+            self.metadata(),
+            summary,
+            self.config.reference_latency_s,
+            plots=plots,
         )
-        paths = {
-            "records": write_records(out_dir / "records.parquet", records, self.metadata()),
-            "stats": write_stats(out_dir / "stats.parquet", self.stats),
-        }
-        paths["summary"] = out_dir / "summary.json"
-        paths["summary"].write_text(json.dumps(summary.model_dump(mode="json"), indent=2))
-        (out_dir / "summary.txt").write_text(format_summary(summary) + "\n")
-        paths["sim"] = out_dir / "sim.json"
+        paths["sim"] = Path(out_dir) / "sim.json"
         paths["sim"].write_text(
             json.dumps(
                 {
@@ -202,11 +201,6 @@ class SimResult:
                 indent=1,
             )
         )
-        if plots:
-            paths["latency_cdf"] = plot_latency_cdf(
-                {self.name: records}, out_dir / "latency_cdf.png", reference_latency_s=self.config.reference_latency_s
-            )
-            paths["timeline"] = plot_timeline(records, self.stats, out_dir / "timeline.png")
         return paths
 
 

@@ -19,25 +19,24 @@ import heapq
 import json
 import math
 import time
-from collections import Counter, deque
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from enum import IntEnum
 
 import faiss
 import numpy as np
 
-from loadgen.records import StatsSample
 from modm.config.schema import SystemMode
-from modm.policy import GlobalMonitor, KTable, RetrievalDecision, WindowStats
+from modm.policy import GlobalMonitor, KTable, RetrievalDecision, WindowCounter
 from modm.policy.routing import PoolState, route
+from modm.roles import ModelRole
 from modm.sim.config import SimConfig
 from modm.sim.hits import FifoImageCache, HitModel, NoCache, ParametricHits, check_embeddings
 from modm.sim.nirvana import NirvanaLatentCache
-from modm.roles import ModelRole
 from modm.sim.results import MonitorDecision, SimResult, WorkerSwitch
 from modm.sim.workload import Workload
+from modm.workload.records import StatsSample
 
 __all__ = ["Simulator", "build_hit_model", "simulate"]
 
@@ -56,21 +55,6 @@ class _State(IntEnum):
     IDLE = 0
     BUSY = 1
     SWITCHING = 2
-
-
-@dataclass
-class _Counts:
-    """Arrivals, hits and hits per k since some moment (a monitor window, or the start of the run)."""
-
-    requests: int = 0
-    hits: int = 0
-    k: Counter = field(default_factory=Counter)
-
-    def add(self, decision: RetrievalDecision) -> None:
-        self.requests += 1
-        if decision.hit:
-            self.hits += 1
-            self.k[decision.k] += 1
 
 
 @contextmanager
@@ -163,8 +147,9 @@ class Simulator:
         self._sequence = 0
         self.now = 0.0
         self.events = 0
-        self._window = _Counts()
-        self._totals = _Counts()
+        # The router's and monitor's own counter: one per monitor window, and one over the whole run.
+        self._window = WindowCounter()
+        self._totals = WindowCounter()
         self.stats: list[StatsSample] = []
         self.decisions_log: list[MonitorDecision] = []
         self.switches: list[WorkerSwitch] = []
@@ -208,7 +193,7 @@ class Simulator:
             released = min(wl.concurrency, n)
         else:
             released = 0
-        self._sample_stats()
+        self._sample_stats(self._window.peek().k_counts)
         if n:
             self._push(self.config.monitor.window_s, _Event.MONITOR, 0)
         next_arrival = 0  # open loop: index of the next offset to read
@@ -243,7 +228,7 @@ class Simulator:
                 if arrived < n:
                     self._push(t + self.config.monitor.window_s, _Event.MONITOR, 0)
             self._dispatch()
-        self._sample_stats()
+        self._sample_stats(self._window.peek().k_counts)
 
     # ---------------------------------------------------------------------------------------------- requests
     def _arrive(self, request: int) -> None:
@@ -254,8 +239,9 @@ class Simulator:
         self.k[request] = decision.k
         if decision.score is not None:
             self.score[request] = decision.score
-        self._window.add(decision)
-        self._totals.add(decision)
+        for counter in (self._window, self._totals):  # arrival and decision happen at once here
+            counter.arrived()
+            counter.decided(decision.hit, decision.k)
         if self.profile.router_s > 0:
             self._push(self.now + self.profile.router_s, _Event.READY, request)
         else:
@@ -336,14 +322,9 @@ class Simulator:
 
     # ----------------------------------------------------------------------------------------------- monitor
     def _monitor_tick(self, *, act: bool) -> None:
-        window = self._window
+        window_k = self._window.peek().k_counts
         if self.monitor is not None and act:
-            stats = WindowStats(
-                request_rate=window.requests / self.config.monitor.window_s * 60.0,
-                hit_rate=window.hits / window.requests if window.requests else 0.0,
-                k_mix=dict(window.k),
-                total_steps=self.total_steps,
-            )
+            stats = self._window.close(self.config.monitor.window_s, self.total_steps)
             allocation = self.monitor.step(stats, self.profile.throughput())
             self.decisions_log.append(
                 MonitorDecision(
@@ -358,21 +339,23 @@ class Simulator:
                 )
             )
             self._reassign(allocation.large)
-        self._sample_stats()
-        self._window = _Counts()
+        else:
+            self._window.take()  # a window not acted on starts over too
+        self._sample_stats(window_k)
 
-    def _sample_stats(self) -> None:
+    def _sample_stats(self, window_k: Mapping[int, int]) -> None:
+        """A stats sample: run totals, the current split and queues, and the k mix of the window just counted."""
         n_large = sum(role is ModelRole.LARGE for role in self.assigned)
-        totals = self._totals
+        totals = self._totals.peek()
         self.stats.append(
             StatsSample(
                 t_s=self.now,
-                requests=totals.requests,
+                requests=totals.arrivals,
                 hits=totals.hits,
-                hit_rate=totals.hits / totals.requests if totals.requests else None,
+                hit_rate=totals.hits / totals.decided if totals.decided else None,
                 large=n_large,
                 small=self.config.n_gpus - n_large,
-                k_mix_json=json.dumps({str(k): v for k, v in sorted(self._window.k.items())}),
+                k_mix_json=json.dumps({str(k): v for k, v in sorted(window_k.items())}),
                 queue_depths_json=json.dumps({role.value: len(q) for role, q in self.queues.items()}),
             )
         )

@@ -1,9 +1,9 @@
-"""Workloads for the simulator, built by the load generator's own pieces so a simulated run and a measured run
-see the same requests in the same order at the same offsets.
+"""Workloads for the simulator, built by modm.workload, as the load generator's are, so a simulated run and a
+measured run see the same requests in the same order at the same offsets.
 
-`build_workload` is `loadgen.prepare_workload` for one load-generator worker without a server URL;
-`workload_from_run` rebuilds the exact workload of a recorded loadgen run (its RunConfig is stored in the
-records file), which is what a simulator-vs-measurement comparison needs.
+`build_workload` is `modm.workload.prepare.prepare_workload` for one worker; `workload_from_run` rebuilds the exact
+workload of a recorded loadgen run (its run config is stored in the records file), which is what a
+simulator-vs-measurement comparison needs.
 """
 
 from __future__ import annotations
@@ -13,23 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from loadgen import (
-    ArrivalConfig,
-    ArrivalKind,
-    RunConfig,
-    SessionConfig,
-    TraceConfig,
-    TraceRequest,
-    apply_session_model,
+from modm.workload.arrivals import (
     arrival_offsets,
     fluctuating_offsets,
-    load_run,
-    load_trace,
     poisson_offsets,
-    prepare_workload,
     sigmoid_ramp_offsets,
+    worker_rng,
 )
-from loadgen.arrivals import worker_rng
+from modm.workload.config import ArrivalConfig, ArrivalKind, SessionConfig, TraceConfig, WorkloadConfig
+from modm.workload.prepare import prepare_workload
+from modm.workload.runs import load_run
+from modm.workload.trace import TraceRequest
 
 __all__ = ["Workload", "WorkloadFactory", "build_workload", "synthetic_workload", "workload_from_run"]
 
@@ -87,22 +81,18 @@ def build_workload(
     seed: int = 42,
     name: str = "sim",
 ) -> Workload:
-    """loadgen's workload (reader, session model, arrival process) for a single load-generator worker."""
-    requests = load_trace(trace)
-    if sessions is not None:
-        requests = apply_session_model(requests, sessions, seed=seed)
-    offsets = arrival_offsets(arrival, requests, worker_rng(seed, 1, 0), n_workers=1)
+    """The workload (reader, session model, arrival process) of a single load-generator worker."""
+    config = WorkloadConfig(name=name, trace=trace, sessions=sessions, arrival=arrival, seed=seed)
+    requests, offsets = prepare_workload(config)
     return Workload.from_trace(name, requests, arrival, offsets)
 
 
-def workload_from_run(run_dir: str | Path) -> tuple[Workload, RunConfig]:
-    """The workload a recorded loadgen run sent (rebuilt from its stored RunConfig and the trace file)."""
-    stored = load_run(run_dir)
-    raw = stored.metadata.get("config")
+def workload_from_run(run_dir: str | Path) -> tuple[Workload, WorkloadConfig]:
+    """The workload a recorded loadgen run sent (rebuilt from its stored run config and the trace file)."""
+    raw = load_run(run_dir).metadata.get("config")
     if not raw:
         raise ValueError(f"{run_dir}: the records file carries no run config; cannot rebuild its workload")
-    raw = {**raw, "client": {**raw["client"], "api_key": None}}  # stored masked; the simulator sends nothing
-    config = RunConfig.model_validate(raw)
+    config = WorkloadConfig.from_run_config(raw)  # the client part (URL, masked API key) is not the simulator's
     requests, offsets = prepare_workload(config)
     return Workload.from_trace(config.name, requests, config.arrival, offsets), config
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.ray
 def test_benchmark_runs_every_baseline_and_writes_both_tables(
     ray_cluster, serve_app, http_port, tiny_zoo, tmp_path, capsys
 ):
-    from deployments.benchmark import build_parser, run_benchmark
+    from tools.benchmark import build_parser, run_benchmark
 
     trace = tmp_path / "prompts.tsv"
     trace.write_text(

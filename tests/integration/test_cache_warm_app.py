@@ -5,7 +5,7 @@ prompt is already a hit."""
 import httpx
 import pytest
 
-from deployments.local_cluster import wait_healthy
+from tools.local_cluster import wait_healthy
 
 pytestmark = pytest.mark.ray
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from modm.config import SystemMode, config_from_dict
-from modm.config.schema import NIRVANA_TABLE
+from modm.policy.tables import NIRVANA_TABLE
 from modm.models.architectures import architecture_for
 from modm.models.twins import (
     TWIN_SIDE,

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from deployments.local_cluster import wait_healthy
+from tools.local_cluster import wait_healthy
 
 pytestmark = pytest.mark.ray
 

@@ -107,7 +107,7 @@ def test_killing_the_replica_removes_its_rank_actors(parallel_app):
 
     import ray
 
-    from deployments.local_cluster import wait_healthy
+    from tools.local_cluster import wait_healthy
 
     replica, ranks = _replica_and_ranks(parallel_app["app"])
     assert len(ranks) == 2

@@ -14,7 +14,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from deployments.local_cluster import wait_healthy
+from tools.local_cluster import wait_healthy
 
 pytestmark = pytest.mark.ray
 

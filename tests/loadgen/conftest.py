@@ -1,8 +1,7 @@
-"""Fixtures for the load generator's tests: fake images servers on 127.0.0.1 and small trace files."""
+"""Fixtures for the load generator's tests: fake images servers on 127.0.0.1."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,3 @@ def make_server():
     yield factory
     for server in servers:
         server.stop()
-
-
-# The first 1,000 rows of DiffusionDB (prompt, ir_id, part), shipped so that the tests need nothing outside the repo.
-DIFFUSIONDB_SAMPLE = Path(__file__).parent / "data" / "diffusiondb_prompts_1k.tsv"

@@ -18,7 +18,7 @@ from loadgen.contact_sheet import (
     write_contact_sheet,
 )
 from loadgen.protocol import _fill_from_response
-from loadgen.records import Outcome, RequestRecord
+from modm.workload.records import Outcome, RequestRecord
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 200, 0)
 

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DIFFUSIONDB_SAMPLE
+from trace_samples import DIFFUSIONDB_SAMPLE
 from pydantic import ValidationError
 
-from loadgen import (
-    ArrivalConfig,
-    ArrivalKind,
-    ClientConfig,
-    RunConfig,
-    SessionConfig,
-    TraceConfig,
-    TraceRequest,
-    arrival_offsets,
-    prepare_workload,
-    worker_seed,
-)
-from loadgen.arrivals import (
+from loadgen.config import ClientConfig, RunConfig
+from modm.workload.arrivals import arrival_offsets, worker_seed
+from modm.workload.config import ArrivalConfig, ArrivalKind, SessionConfig, TraceConfig
+from modm.workload.prepare import prepare_workload
+from modm.workload.trace import TraceRequest
+from modm.workload.arrivals import (
     fluctuating_offsets,
     poisson_offsets,
     replay_offsets,

@@ -9,10 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loadgen import TraceConfig, TraceFormat, TraceFormatError, load_trace
-from loadgen.readers import read_diffusiondb_parquet, read_mjhq_json, read_prompt_lines, read_prompt_table
+from modm.workload.config import TraceConfig, TraceFormat
+from modm.workload.errors import TraceFormatError
+from modm.workload.readers import load_trace
+from modm.workload.readers import read_diffusiondb_parquet, read_mjhq_json, read_prompt_lines, read_prompt_table
 
-from conftest import DIFFUSIONDB_SAMPLE as SHARED_TSV
+from trace_samples import DIFFUSIONDB_SAMPLE as SHARED_TSV
 
 # DiffusionDB's metadata.parquet schema (poloclub/diffusiondb), column for column.
 DIFFUSIONDB_SCHEMA = pa.schema(

@@ -7,9 +7,11 @@ import json
 
 import pytest
 
-from loadgen import Outcome, RequestRecord, compare_runs, format_comparison, format_summary, summarize
-from loadgen.plots import plot_latency_cdf, plot_slo_vs_rate, plot_timeline
-from loadgen.records import RECORD_SCHEMA, StatsSample, read_records, read_stats, write_records, write_stats
+from modm.workload.compare import compare_runs, format_comparison
+from modm.workload.records import Outcome, RequestRecord
+from modm.workload.report import format_summary, summarize
+from modm.workload.plots import plot_latency_cdf, plot_slo_vs_rate, plot_timeline
+from modm.workload.records import RECORD_SCHEMA, StatsSample, read_records, read_stats, write_records, write_stats
 
 
 def rec(index, arrival, latency, outcome=Outcome.OK, hit=None, k=None, model=None, warm_up=False, error=None):

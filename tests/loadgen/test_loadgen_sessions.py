@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from loadgen import EditKind, SessionConfig, TraceConfig, apply_session_model, load_trace
-from loadgen.config import EditWeights
-from loadgen.sessions import edit_prompt
+from modm.workload.config import EditKind, SessionConfig, TraceConfig
+from modm.workload.readers import load_trace
+from modm.workload.sessions import apply_session_model
+from modm.workload.config import EditWeights
+from modm.workload.sessions import edit_prompt
 
-from conftest import DIFFUSIONDB_SAMPLE as SHARED_TSV
+from trace_samples import DIFFUSIONDB_SAMPLE as SHARED_TSV
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loadgen import TraceConfig, load_trace
+from modm.workload.config import TraceConfig
+from modm.workload.readers import load_trace
 
 text_like = st.text(st.characters(codec="utf-8"), max_size=200).map(lambda s: s.encode("utf-8"))
 json_like = st.recursive(

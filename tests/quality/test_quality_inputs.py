@@ -88,7 +88,7 @@ def test_csv_and_parquet_manifests_with_groups(tmp_path):
 
 
 def test_loadgen_records_with_paths_are_a_manifest(tmp_path):
-    from loadgen.records import Outcome, RequestRecord, read_records, write_records
+    from modm.workload.records import Outcome, RequestRecord, read_records, write_records
 
     write_folder(tmp_path / "img", ["a", "b", "c"])
     records = [

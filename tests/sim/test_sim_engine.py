@@ -9,7 +9,7 @@ from modm.config.schema import MonitorConfig, MonitorMode, SystemMode
 from modm.roles import ModelRole
 from modm.sim import BUILTIN_PROFILES, LatencyProfile, ParametricHitConfig, SimConfig, simulate
 
-from conftest import closed_loop_workload, clustered_embeddings, poisson_workload
+from sim_workloads import closed_loop_workload, clustered_embeddings, poisson_workload
 
 MI210 = BUILTIN_PROFILES["mi210"]
 
@@ -209,7 +209,8 @@ def test_a_small_pool_scaled_to_zero_hands_its_waiting_hits_to_the_large_pool():
 
 @pytest.mark.parametrize("system", [SystemMode.MODM, SystemMode.NIRVANA])
 def test_prefill_warms_the_cache_instead_of_sending_the_warm_up_requests(system):
-    from loadgen import ArrivalConfig, ArrivalKind, TraceRequest
+    from modm.workload.config import ArrivalConfig, ArrivalKind
+    from modm.workload.trace import TraceRequest
     from modm.sim import WorkloadFactory
 
     emb = clustered_embeddings(300, n_topics=25, seed=4)

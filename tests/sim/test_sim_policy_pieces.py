@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from modm.cache.index import NamespaceIndex
-from modm.config.schema import MINILM_TEXT_TABLE, Admission
+from modm.config.schema import Admission
+from modm.policy.tables import MINILM_TEXT_TABLE
 from modm.policy import KTable, RetrievalDecision
 from modm.roles import ModelRole
 from modm.sim import (
@@ -20,7 +21,7 @@ from modm.sim import (
     resolve_profile,
 )
 
-from conftest import clustered_embeddings
+from sim_workloads import clustered_embeddings
 
 
 # ----------------------------------------------------------------------------------------------------- profiles

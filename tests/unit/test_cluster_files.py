@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from deployments import kuberay
+from tools import kuberay
 from deployments.app import AppArgs, required_resources
 from modm.config import load_config
 
@@ -130,7 +130,7 @@ def test_dockerfile_copies_every_package_and_dockerignore_keeps_local_state_out(
 def manifest_source(manifest: Path) -> tuple[list[str], Path]:
     """The generator's argv from the manifest's first line, and the Serve config it names."""
     first = manifest.read_text(encoding="utf-8").splitlines()[0]
-    assert first.startswith(kuberay.GENERATED_BY), f"{manifest.name} was not written by deployments.kuberay"
+    assert first.startswith(kuberay.GENERATED_BY), f"{manifest.name} was not written by tools.kuberay"
     argv = shlex.split(first.removeprefix(kuberay.GENERATED_BY))
     return argv, ROOT / argv[0]
 
@@ -153,7 +153,7 @@ def test_committed_manifest_is_what_the_generator_renders_now(manifest, monkeypa
     monkeypatch.chdir(ROOT)
     assert kuberay.main(argv) == 0
     assert capsys.readouterr().out == manifest.read_text(encoding="utf-8"), (
-        f"stale: python -m deployments.kuberay {shlex.join(argv)} > {manifest.relative_to(ROOT)}"
+        f"stale: python -m tools.kuberay {shlex.join(argv)} > {manifest.relative_to(ROOT)}"
     )
 
 

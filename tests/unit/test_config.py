@@ -1,7 +1,8 @@
 import pytest
 
 from modm.config import ConfigError, SystemMode, config_from_dict, load_config
-from modm.demo import default_config_path, tiny_config_path
+from modm.demo import default_config_path
+from tools.serve_configs import local_config_path, tiny_config_path
 
 BASE = {"models": {"large": {"source": "a"}, "small": {"source": "b"}}}
 
@@ -18,6 +19,19 @@ def test_embedded_default_config_is_valid():
     assert cfg.policy.k_table[0].min_score > cfg.policy.k_table[-1].min_score
     tiny = load_config(tiny_config_path())
     assert tiny.embedder.kind.value == "minilm" and tiny.models.large.source == ".modm/zoo/large"
+
+
+def test_the_in_process_demo_runs_the_system_the_local_serve_config_serves():
+    # Two files (modm's own, so the library never reads the Serve layer's data); one system. Only where the cache
+    # lives differs.
+    def without_cache_directory(cfg):
+        data = cfg.model_dump(mode="json")
+        data["cache"].pop("directory")
+        return data
+
+    assert without_cache_directory(load_config(default_config_path())) == without_cache_directory(
+        load_config(local_config_path())
+    )
 
 
 def test_defaults_are_modm_paper_constants():

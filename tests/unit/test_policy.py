@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from modm.config import KRule, MonitorConfig, PolicyConfig
+from modm.config import MonitorConfig, PolicyConfig
+from modm.policy.tables import KRule
 from modm.policy import (
     GlobalMonitor,
     KTable,

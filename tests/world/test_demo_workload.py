@@ -55,7 +55,8 @@ def test_bad_sizes_are_refused():
 
 def test_the_world_config_gets_the_world_workload():
     from modm.config import load_config
-    from modm.demo import default_config_path, tiny_config_path
+    from modm.demo import default_config_path
+    from tools.serve_configs import tiny_config_path
 
     assert demo_workload_path(load_config(default_config_path())).name == "world_demo_prompts.tsv"
     assert demo_workload_path(load_config(tiny_config_path())).name == "demo_prompts.tsv"

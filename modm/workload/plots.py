@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from loadgen.records import Outcome, RequestRecord, StatsSample
-from loadgen.report import RunSummary
+from modm.workload.records import Outcome, RequestRecord, StatsSample
+from modm.workload.report import RunSummary
 
 __all__ = ["plot_latency_cdf", "plot_slo_vs_rate", "plot_timeline"]
 

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from loadgen.config import EditKind, SessionConfig
-from loadgen.trace import TraceRequest, with_prompt
+from modm.workload.config import EditKind, SessionConfig
+from modm.workload.trace import TraceRequest, with_prompt
 
 __all__ = ["apply_session_model", "edit_prompt"]
 

@@ -2,7 +2,7 @@
 model alone (vanilla) and against NIRVANA (latent cache, large model only), on a local Ray cluster, through HTTP.
 Prints the throughput ratio table and the quality table; writes JSON, records, kept images and plots.
 
-    python -m deployments.benchmark --trace ../shared/data/diffusiondb_prompts_10k.tsv --requests 150 \\
+    python -m tools.benchmark --trace ../shared/data/diffusiondb_prompts_10k.tsv --requests 150 \\
         --warm-up 30 --budget 3 --out runs/bench
 
 Each system is deployed as its own Serve app (fresh cache), driven by the load generator in closed loop with the
@@ -24,11 +24,12 @@ from pathlib import Path
 
 import yaml
 
-from deployments.local_cluster import free_port, wait_healthy
-from loadgen.runner import RECORDS_FILE
 from modm.config import config_from_dict
-from modm.demo import ensure_zoo, tiny_config_path
+from modm.demo import ensure_zoo
 from modm.policy import NIRVANA_K_CHOICES
+from modm.workload.runs import RECORDS_FILE
+from tools.local_cluster import free_port, wait_healthy
+from tools.serve_configs import tiny_config_path
 
 SYSTEMS = ("vanilla", "modm-throughput", "modm-quality", "nirvana")
 REFERENCE_SYSTEM = "vanilla"  # the large model alone: the throughput baseline and the FID reference
@@ -114,18 +115,10 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     from ray import serve
 
     from deployments.app import build_app
-    from loadgen import (
-        ArrivalConfig,
-        ArrivalKind,
-        ClientConfig,
-        RunConfig,
-        SessionConfig,
-        TraceConfig,
-        compare_runs,
-        format_comparison,
-        run,
-    )
+    from loadgen import ClientConfig, RunConfig, run
     from loadgen.runner import write_run
+    from modm.workload.compare import compare_runs, format_comparison
+    from modm.workload.config import ArrivalConfig, ArrivalKind, SessionConfig, TraceConfig
 
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
     if set(chosen) - set(SYSTEMS) or REFERENCE_SYSTEM not in chosen:
@@ -210,8 +203,8 @@ def slo_sweep(args: argparse.Namespace, measured, reference_s: float, name: str)
     """Poisson arrivals at each --sweep-rates rate on the system just measured, each point with fresh prompts (rows
     after the measured run's, different per point) against the cache that run warmed, as MoDM's SLO runs start
     from a filled cache."""
-    from loadgen import TraceConfig
     from loadgen.sweep import run_sweep
+    from modm.workload.config import TraceConfig
 
     first_row = (measured.trace.start_row or 0) + args.requests + args.warm_up
     points = []
@@ -233,7 +226,7 @@ def slo_sweep(args: argparse.Namespace, measured, reference_s: float, name: str)
 
 
 def sweep_table(args: argparse.Namespace, sweeps: dict[str, list]) -> dict:
-    from loadgen.plots import plot_slo_vs_rate
+    from modm.workload.plots import plot_slo_vs_rate
 
     plot = plot_slo_vs_rate(sweeps, args.out / "slo_vs_rate.png")
     keys = sorted(

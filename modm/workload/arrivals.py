@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from loadgen.config import ArrivalConfig, ArrivalKind
-from loadgen.trace import TraceRequest
+from modm.workload.config import ArrivalConfig, ArrivalKind
+from modm.workload.trace import TraceRequest
 
 __all__ = [
     "arrival_offsets",

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loadgen.config import TraceConfig, TraceFormat
-from loadgen.constants import DEFAULT_DIFFUSIONDB_START_ROW
-from loadgen.errors import TraceFormatError
-from loadgen.trace import TraceRequest
+from modm.workload.config import TraceConfig, TraceFormat
+from modm.workload.constants import DEFAULT_DIFFUSIONDB_START_ROW
+from modm.workload.errors import TraceFormatError
+from modm.workload.trace import TraceRequest
 
 __all__ = [
     "detect_format",

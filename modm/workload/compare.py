@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loadgen.report import RunSummary
+from modm.workload.report import RunSummary
 
 __all__ = ["Comparison", "ComparisonRow", "compare_runs", "format_comparison"]
 

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from loadgen.constants import SLO_MULTIPLIERS
-from loadgen.records import Outcome, RequestRecord
+from modm.workload.constants import SLO_MULTIPLIERS
+from modm.workload.records import Outcome, RequestRecord
 
 __all__ = ["RunSummary", "format_summary", "slo_key", "summarize"]
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import httpx
 import yaml
 
-from deployments.local_cluster import wait_healthy
 from modm.config import load_config
-from modm.demo import default_config_path, demo_workload_path, ensure_zoo, read_workload
+from modm.demo import demo_workload_path, ensure_zoo, read_workload
+from tools.local_cluster import wait_healthy
+from tools.serve_configs import local_config_path
 
 DASHBOARD = "http://127.0.0.1:8265"
 CONTACT_SHEET = "contact_sheet.png"
@@ -57,9 +58,11 @@ def wait_app(url: str, timeout_s: float) -> float:
 
 def send_workload(url: str, out_dir: Path, workload: Path, size: int, concurrency: int) -> dict:
     """Send the workload, keeping every image; write the run and its contact sheet (CONTACT_SHEET) to out_dir."""
-    from loadgen import ArrivalConfig, ArrivalKind, ClientConfig, RunConfig, TraceConfig, format_summary, run
+    from loadgen import ClientConfig, RunConfig, run
     from loadgen.contact_sheet import fetch_cached_images, write_contact_sheet
     from loadgen.runner import write_run
+    from modm.workload.config import ArrivalConfig, ArrivalKind, TraceConfig
+    from modm.workload.report import format_summary
 
     shutil.rmtree(out_dir, ignore_errors=True)
     rows = len(read_workload(workload))
@@ -99,7 +102,7 @@ def send_workload(url: str, out_dir: Path, workload: Path, size: int, concurrenc
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, default=default_config_path(), help="Serve config to deploy")
+    parser.add_argument("--config", type=Path, default=local_config_path(), help="Serve config to deploy")
     parser.add_argument(
         "--workload", type=Path, default=None, help="user<TAB>prompt TSV (default: the config's embedded workload)"
     )
