@@ -125,8 +125,8 @@ class _RankWorker:
 
     def generate(self, request: GenerationRequest, request_id: str) -> tuple[Image.Image, int] | None:
         """Run one request (the seeded generator gives every rank the same noise); rank 0 returns the image and the
-        denoising steps run, the other ranks None. Raises ParallelGenerationStopped (on every rank, after the same
-        step, with its steps_run) once stop(request_id) reached any rank."""
+        denoising steps run, the other ranks None. Once stop(request_id) reached any rank, every rank leaves after
+        the same step and rank 0 raises ParallelGenerationStopped (with its steps_run)."""
         if self.parallel is None:
             raise RuntimeError("worker used before setup()")
         stop = CollectiveStop(self.ctx, lambda: request_id in self._stop_requested)

@@ -123,13 +123,13 @@ async def run_stoppable(work: Awaitable[T], control: StepControl, counters: Gene
                 await asyncio.shield(task)
             except (asyncio.CancelledError, Exception):  # its outcome is read below; a new cancel must not end the wait
                 pass
-        _log_cancelled(task, control, counters, name)
+        _record_cancelled(task, control, counters, name)
         raise
     finally:
         counters.denoising_steps += control.steps_run
 
 
-def _log_cancelled(task: asyncio.Future, control: StepControl, counters: GenerationCounters, name: str) -> None:
+def _record_cancelled(task: asyncio.Future, control: StepControl, counters: GenerationCounters, name: str) -> None:
     error = None if task.cancelled() else task.exception()
     if isinstance(error, GenerationInterrupted):
         counters.interrupted += 1
