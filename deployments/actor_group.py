@@ -9,10 +9,14 @@ A model deployment configured with `parallel: {method, world_size}` holds one of
 2. starts one `_RankWorker` actor in each bundle,
 3. asks rank 0 for an address and port on its node, then has every rank join the process group *concurrently*
    (a join blocks until all ranks arrive, so sequential calls would deadlock),
-4. loads the pipeline on every rank from the loader it was given (a `ModelSpec` or a picklable callable),
+4. loads the model spec's pipeline on every rank, held by a `DiffusionGenerator` (so the ranks build the pipeline
+   call exactly as one device does),
 5. runs each request on all ranks and answers from rank 0 (every rank computes the same image); `stop(request_id)`
    ends a request at its next denoising step on every rank (the same step: the ranks agree by an all-reduce, see
    `modm.parallel.CollectiveStop`), so a cancelled or timed-out request frees the group promptly.
+
+`ActorGroupGenerator` is the group behind modm's `Generator` interface, for `ModelService`: cancellation, counters
+and metrics as on one device.
 
 Every step of start-up has a timeout: a missing rank or an unsatisfiable reservation is a `RendezvousError`, never
 a hang. `check_health()` raises when a worker died, so Serve restarts the replica; from then on the group refuses new
@@ -26,23 +30,37 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable, Union
+import uuid
+from collections.abc import Iterable
 
 import ray
 import torch
+from PIL import Image
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from modm.config.schema import ModelSpec
+from modm.generation import (
+    DiffusionGenerator,
+    GenerationCounters,
+    GenerationInterrupted,
+    GenerationRequest,
+    Operation,
+    StepControl,
+    UnsupportedOperationError,
+    run_stoppable,
+    unsupported_operation,
+)
+from modm.models.loading import load_pipeline
 from modm.parallel import ParallelConfig, ParallelPipeline, RendezvousError, init_parallel
 from modm.parallel.pipeline import CollectiveStop, ParallelGenerationStopped
 
 __all__ = [
+    "ActorGroupGenerator",
     "ParallelActorGroup",
     "ActorGroupUnhealthy",
     "ParallelGenerationStopped",
-    "PipelineLoader",
     "START_TIMEOUT_S",
     "REQUEST_TIMEOUT_S",
     "HEALTH_TIMEOUT_S",
@@ -55,9 +73,6 @@ START_TIMEOUT_S = 300.0  # reserve bundles + start actors + rendezvous + load th
 REQUEST_TIMEOUT_S = 600.0  # one generation on all ranks
 HEALTH_TIMEOUT_S = 10.0  # every worker answers a ping
 
-# Called on every rank with that rank's device; returns a diffusers pipeline. Must be picklable.
-PipelineLoader = Union[ModelSpec, Callable[[torch.device], Any]]
-
 
 class ActorGroupUnhealthy(RuntimeError):
     """A worker of the group died or stopped answering; the process group is unusable."""
@@ -69,16 +84,9 @@ def rank_bundles(world_size: int, *, use_gpu: bool, cpus_per_rank: float = 1) ->
     return [dict(bundle) for _ in range(world_size)]
 
 
-def _load(loader: PipelineLoader, device: torch.device):
-    if isinstance(loader, ModelSpec):
-        from modm.models.loading import load_pipeline
-
-        return load_pipeline(loader, device=device)
-    return loader(device)
-
-
 class _RankWorker:
-    """One rank: owns its device, its share of the process group and a full copy of the pipeline."""
+    """One rank: owns its device, its share of the process group and a full copy of the pipeline (in a
+    DiffusionGenerator, whose calls run with the parallel denoiser)."""
 
     def __init__(self, rank: int, config: dict, torch_threads: int):
         self.rank = rank
@@ -86,6 +94,7 @@ class _RankWorker:
         self.torch_threads = torch_threads
         torch.set_num_threads(torch_threads)
         self.parallel: ParallelPipeline | None = None
+        self.generator: DiffusionGenerator | None = None
         self.ctx = None
         self._stop_requested: set[str] = set()  # request ids; written by stop() on the control thread
 
@@ -96,7 +105,9 @@ class _RankWorker:
             port = sock.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
-    def setup(self, init_method: str, loader: PipelineLoader, timeout_s: float) -> str:
+    def setup(self, init_method: str, spec: ModelSpec, name: str, timeout_s: float) -> tuple[str, int]:
+        """Join the process group and load the model; returns this rank's device and the size multiple requests
+        must meet (the pipeline's own, times the row stripes of a patch method)."""
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so its device is always cuda:0.
         device = torch.device("cuda:0") if ray.get_gpu_ids() else torch.device("cpu")
         self.ctx = init_parallel(
@@ -107,21 +118,28 @@ class _RankWorker:
             device=device,
             timeout_s=timeout_s,
         )
-        self.parallel = ParallelPipeline(_load(loader, device), self.ctx)
-        return str(device)
+        self.parallel = ParallelPipeline(load_pipeline(spec, device=device), self.ctx)
+        stripes = self.config.world_size if self.config.is_patch_method else 1
+        self.generator = DiffusionGenerator(self.parallel.pipe, spec, name, row_stripes=stripes)
+        return str(device), self.generator.size_multiple
 
-    def generate(self, request: dict, seed: int, request_id: str | None = None):
-        """Run one request; rank 0 returns the pipeline's images, the other ranks None. Raises
-        ParallelGenerationStopped (on every rank, after the same step) once stop(request_id) reached any rank."""
+    def generate(self, request: GenerationRequest, request_id: str) -> tuple[Image.Image, int] | None:
+        """Run one request (the seeded generator gives every rank the same noise); rank 0 returns the image and the
+        denoising steps run, the other ranks None. Once stop(request_id) reached any rank, every rank leaves after
+        the same step and rank 0 raises ParallelGenerationStopped (with its steps_run)."""
         if self.parallel is None:
             raise RuntimeError("worker used before setup()")
-        generator = torch.Generator("cpu").manual_seed(seed)  # identical initial noise on every rank
-        stop = None if request_id is None else CollectiveStop(self.ctx, lambda: request_id in self._stop_requested)
+        stop = CollectiveStop(self.ctx, lambda: request_id in self._stop_requested)
         try:
-            output = self.parallel(**request, generator=generator, stop=stop)
+            with self.parallel.calling():
+                image = self.generator.txt2img(request, stop)
+        except ParallelGenerationStopped:
+            if self.rank == 0:
+                raise
+            return None  # rank 0 reports the stop; nobody reads the other ranks' results
         finally:
             self._stop_requested.discard(request_id)
-        return output.images if self.rank == 0 else None
+        return (image, stop.steps_run) if self.rank == 0 else None
 
     @ray.method(concurrency_group="control")
     def stop(self, request_id: str) -> None:
@@ -140,7 +158,7 @@ class _RankWorker:
             self.parallel.remove()
         if self.ctx is not None:
             self.ctx.destroy()
-        self.parallel = self.ctx = None
+        self.parallel = self.generator = self.ctx = None
 
 
 class ParallelActorGroup:
@@ -153,8 +171,9 @@ class ParallelActorGroup:
     def __init__(
         self,
         config: ParallelConfig,
-        loader: PipelineLoader,
+        spec: ModelSpec,
         *,
+        name: str = "parallel",
         use_gpu: bool = False,
         cpus_per_rank: float = 1,
         torch_threads: int = 1,
@@ -164,10 +183,12 @@ class ParallelActorGroup:
         placement_group=None,
         first_bundle: int = 0,
     ):
-        """`placement_group`: schedule rank r into its bundle `first_bundle + r` (a Serve replica passes its own,
-        whose bundle 0 holds the replica); None: reserve a placement group of its own at start()."""
+        """`spec`: the model every rank loads (its own `parallel` field is not read: `config` is); `name`: its role,
+        in errors. `placement_group`: schedule rank r into its bundle `first_bundle + r` (a Serve replica passes its
+        own, whose bundle 0 holds the replica); None: reserve a placement group of its own at start()."""
         self.config = config
-        self.loader = loader
+        self.spec = spec
+        self.name = name
         self.use_gpu = use_gpu
         self.cpus_per_rank = cpus_per_rank
         self.torch_threads = torch_threads
@@ -178,6 +199,8 @@ class ParallelActorGroup:
         self._owns_pg = placement_group is None
         self._first_bundle = first_bundle if placement_group is not None else 0
         self._workers: list = []
+        self.devices: list[str] = []  # by rank, once started
+        self.size_multiple: int | None = None  # what image sides must be a multiple of, once started
         self._broken: str | None = None  # why the group can no longer serve, once check_health() found out
         # All ranks must receive requests in the same order, so submission to the workers is serialised.
         self._submit_lock = threading.Lock()
@@ -234,8 +257,8 @@ class ParallelActorGroup:
         try:
             host, port = ray.get(self._workers[0].rendezvous_address.remote(), timeout=self._left(deadline))
             remaining = self._left(deadline)
-            devices = ray.get(
-                [w.setup.remote(f"tcp://{host}:{port}", self.loader, remaining) for w in self._workers],
+            ranks = ray.get(
+                [w.setup.remote(f"tcp://{host}:{port}", self.spec, self.name, remaining) for w in self._workers],
                 timeout=remaining,
             )
         except (GetTimeoutError, RayActorError) as exc:
@@ -246,7 +269,9 @@ class ParallelActorGroup:
         except Exception:
             self.shutdown()
             raise
-        logger.info("parallel actor group up: %s x%d on %s", self.config.method.value, self.world_size, devices)
+        self.devices = [device for device, _ in ranks]
+        self.size_multiple = ranks[0][1]
+        logger.info("parallel actor group up: %s x%d on %s", self.config.method.value, self.world_size, self.devices)
         return self
 
     @staticmethod
@@ -257,17 +282,16 @@ class ParallelActorGroup:
         return left
 
     # -- requests -------------------------------------------------------------------------------------------------
-    def submit(self, request: dict, seed: int, request_id: str | None = None) -> ray.ObjectRef:
-        """Start `request` (pipeline keyword arguments, no generator) on every rank; returns rank 0's result ref.
-        With a `request_id`, `stop(request_id)` can end it at its next denoising step."""
+    def submit(self, request: GenerationRequest, request_id: str | None = None) -> ray.ObjectRef:
+        """Start `request` on every rank; returns the ref of rank 0's (image, denoising steps run).
+        `stop(request_id)` can end it at its next denoising step."""
         if not self._workers:
             raise RuntimeError("actor group is not started")
         if self._broken is not None:
             raise ActorGroupUnhealthy(f"{self._broken}; this replica is being replaced")
-        if "generator" in request:
-            raise ValueError("pass `seed`, not a generator: each rank builds its own identical generator")
+        request_id = uuid.uuid4().hex if request_id is None else request_id
         with self._submit_lock:
-            refs = [w.generate.remote(request, seed, request_id) for w in self._workers]
+            refs = [w.generate.remote(request, request_id) for w in self._workers]
         return refs[0]
 
     def stop(self, request_id: str) -> None:
@@ -276,9 +300,10 @@ class ParallelActorGroup:
         for worker in self._workers:
             worker.stop.remote(request_id)
 
-    def generate(self, request: dict, seed: int):
-        """Run `request` on all ranks and return rank 0's images."""
-        return ray.get(self.submit(request, seed), timeout=self.request_timeout_s)
+    def generate(self, request: GenerationRequest) -> Image.Image:
+        """Run `request` on all ranks and return rank 0's image."""
+        image, _ = ray.get(self.submit(request), timeout=self.request_timeout_s)
+        return image
 
     # -- health and teardown --------------------------------------------------------------------------------------
     def check_health(self) -> None:
@@ -315,3 +340,65 @@ class ParallelActorGroup:
         if self._pg is not None and self._owns_pg:  # a replica's own group goes with the replica
             remove_placement_group(self._pg)
         self._pg = None
+
+
+class ActorGroupGenerator:
+    """modm's `Generator` over a started `ParallelActorGroup`: full generations only (the parallel methods do not
+    refine or resume; the config schema keeps parallel models off those roles).
+
+    A cancelled txt2img stops at its next denoising step on every rank, and the call returns once rank 0 reported
+    the stop, so the replica's slot is held until the group is free; rank 0 reports the steps it ran.
+    """
+
+    operations = frozenset({Operation.TXT2IMG})
+
+    def __init__(self, group: ParallelActorGroup):
+        if group.size_multiple is None:
+            raise RuntimeError("actor group is not started")
+        self.group = group
+        self.name = group.name
+        self.size_multiple = group.size_multiple
+        self.device_description = f"{group.config.method.value} x{group.world_size} on {group.devices}"
+        self.counters = GenerationCounters()
+
+    @classmethod
+    def start(cls, spec: ModelSpec, name: str, **group_options) -> "ActorGroupGenerator":
+        """Start a group for `spec.parallel` (`group_options`: ParallelActorGroup's placement and timeouts)."""
+        return cls(ParallelActorGroup(spec.parallel, spec, name=name, **group_options).start())
+
+    def check_operations(self, operations: Iterable[Operation]) -> None:
+        missing = set(operations) - self.operations
+        if missing:
+            raise self._unsupported(*missing)
+
+    def _unsupported(self, *operations: Operation) -> UnsupportedOperationError:
+        how = f"{self.group.config.method.value} parallel inference"
+        return unsupported_operation(self.name, how, self.operations, operations)
+
+    async def txt2img(self, req: GenerationRequest) -> Image.Image:
+        request_id = uuid.uuid4().hex
+        control = StepControl(on_stop=lambda: self.group.stop(request_id))
+        return await run_stoppable(self._on_ranks(req, request_id, control), control, self.counters, name=self.name)
+
+    async def _on_ranks(self, req: GenerationRequest, request_id: str, control: StepControl) -> Image.Image:
+        try:
+            image, control.steps_run = await self.group.submit(req, request_id)
+        except GenerationInterrupted as stopped:  # Ray's wrapper of rank 0's ParallelGenerationStopped
+            control.steps_run = stopped.steps_run
+            raise
+        return image
+
+    async def img2img(self, req: GenerationRequest, image: Image.Image, strength: float) -> Image.Image:
+        raise self._unsupported(Operation.IMG2IMG)
+
+    async def txt2img_with_snapshots(self, req: GenerationRequest, snapshot_steps: tuple[int, ...]):
+        raise self._unsupported(Operation.SNAPSHOTS)
+
+    async def resume(self, req: GenerationRequest, latents: torch.Tensor, steps_done: int) -> Image.Image:
+        raise self._unsupported(Operation.RESUME)
+
+    def check_health(self) -> None:
+        self.group.check_health()  # raises when a rank died: Serve then restarts the replica
+
+    def close(self) -> None:
+        self.group.shutdown()

@@ -90,6 +90,8 @@ class MonitorMetrics:
 
 
 class ModelMetrics:
+    """modm.generation.ModelService's metrics sink (`ModelMetricsSink`) in a Serve replica."""
+
     def __init__(self, role: str):
         self.role = role
         self.compute = metrics.Histogram(

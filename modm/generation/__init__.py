@@ -5,5 +5,34 @@ from modm.generation.generator import (
     size_multiple,
     spec_call_kwargs,
 )
+from modm.generation.interface import (
+    GenerationCounters,
+    Generator,
+    Operation,
+    UnsupportedOperationError,
+    run_stoppable,
+    unsupported_operation,
+)
+from modm.generation.local import LocalGenerator
+from modm.generation.service import InMemoryModelMetrics, ModelMetricsSink, ModelService
+from modm.generation.steps import GenerationInterrupted, StepControl
 
-__all__ = ["DiffusionGenerator", "GenerationRequest", "InvalidRequestError", "size_multiple", "spec_call_kwargs"]
+__all__ = [
+    "DiffusionGenerator",
+    "GenerationCounters",
+    "GenerationInterrupted",
+    "GenerationRequest",
+    "Generator",
+    "InMemoryModelMetrics",
+    "InvalidRequestError",
+    "LocalGenerator",
+    "ModelMetricsSink",
+    "ModelService",
+    "Operation",
+    "StepControl",
+    "UnsupportedOperationError",
+    "run_stoppable",
+    "size_multiple",
+    "spec_call_kwargs",
+    "unsupported_operation",
+]

@@ -10,15 +10,15 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from modm.config.schema import ModelSpec
 from modm.generation.resume import LatentSnapshots, schedule_from_step
+from modm.generation.steps import StepControl
 from modm.models.loading import ModelLoadError, load_pipeline
 from modm.policy.requests import InvalidRequestError, check_dimensions
 
@@ -33,33 +33,6 @@ class GenerationRequest:
     steps: int
     seed: int
     guidance_scale: float | None = None  # None: the model spec's default
-
-
-class GenerationInterrupted(Exception):
-    """Raised out of a pipeline call whose StepControl was stopped; the image is abandoned."""
-
-
-@dataclass
-class StepControl:
-    """Lets another thread stop a running generation at its next denoising step, and counts the steps it ran.
-
-    A serving replica runs the pipeline in a worker thread, which cancelling the awaiting coroutine does not stop;
-    the pipeline calls `callback_on_step_end` after every step, and raising there leaves the loop at once (setting
-    the pipeline's `_interrupt` would instead skip the remaining steps and still decode, and it is shared by every
-    call on the same pipeline object).
-    """
-
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    steps_run: int = 0
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def on_step_end(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        self.steps_run += 1
-        if self.stop_event.is_set():
-            raise GenerationInterrupted(f"stopped after denoising step {step + 1}")
-        return {}
 
 
 def size_multiple(pipe) -> int:
@@ -113,11 +86,13 @@ def image_to_image_twin(pipe):
 class DiffusionGenerator:
     """txt2img and img2img on one model; `name` is its role in the system ("large" or "small")."""
 
-    def __init__(self, pipe, spec: ModelSpec, name: str):
+    def __init__(self, pipe, spec: ModelSpec, name: str, *, row_stripes: int = 1):
+        """`row_stripes`: how many row stripes a parallel patch method cuts the image into; each must still be a
+        multiple of the pipeline's patch, so every rank refuses a bad size before any collective."""
         self.pipe = pipe
         self.spec = spec
         self.name = name
-        self.size_multiple = size_multiple(pipe)
+        self.size_multiple = size_multiple(pipe) * row_stripes
         self._txt2img_kwargs = spec_call_kwargs(pipe, spec)
         self._refine_pipe = None
 
@@ -245,7 +220,8 @@ class DiffusionGenerator:
     def resume(
         self, req: GenerationRequest, latents: torch.Tensor, steps_done: int, control: StepControl | None = None
     ) -> Image.Image:
-        """The last req.steps - steps_done steps of a run, from its latents after `steps_done` steps."""
+        """The last req.steps - steps_done steps of a run, from its latents after `steps_done` steps (any float dtype:
+        a cache may hold them in float16)."""
         self.check_request(req)
         if not 0 < steps_done < req.steps:
             raise InvalidRequestError(f"cannot resume after step {steps_done} of a {req.steps}-step run")
@@ -255,7 +231,7 @@ class DiffusionGenerator:
             out = self.pipe(
                 height=req.height,
                 width=req.width,
-                latents=latents.to(self.device),
+                latents=latents.to(self.device, self.pipe.dtype),
                 **self._common(req),
                 **self._txt2img_kwargs,
                 **_step_callback(self.pipe, control),

@@ -6,7 +6,8 @@ denoiser); the parallel denoiser returns the full prediction on every rank, so e
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, Protocol
 
 import torch
@@ -14,6 +15,7 @@ import torch.distributed as dist
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 from torch import nn
 
+from modm.generation.steps import GenerationInterrupted, StepControl
 from modm.parallel.asyncdiff import AsyncDiffModel
 from modm.parallel.config import ParallelMethod
 from modm.parallel.context import ParallelContext
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 
-class ParallelGenerationStopped(Exception):
+class ParallelGenerationStopped(GenerationInterrupted):
     """A stop was requested: every rank left the denoising loop after the same step."""
 
 
@@ -94,22 +96,23 @@ class ParallelPipeline:
         self.denoiser_name = denoiser_name
         self.parallel = parallelize_denoiser(denoiser, ctx, timesteps=lambda: self.pipe.scheduler.timesteps)
 
-    def __call__(self, *args, stop: CollectiveStop | None = None, **kwargs) -> Any:
-        """`stop`: checked after every denoising step on every rank (see CollectiveStop)."""
+    def __call__(self, *args, **kwargs) -> Any:
+        """To stop it part-way, pass `callback_on_step_end=CollectiveStop(ctx, requested).on_step_end` (the ranks
+        agree on the step)."""
         if self.ctx.world_size > 1 and kwargs.get("generator") is None and kwargs.get("latents") is None:
             raise ParallelConfigError(
                 "pass a seeded `generator` (or `latents`) so every rank starts from the same noise"
             )
-        if stop is not None:
-            if "callback_on_step_end" not in inspect.signature(type(self.pipe).__call__).parameters:
-                raise UnsupportedModelError(
-                    f"{type(self.pipe).__name__} takes no callback_on_step_end: a parallel "
-                    f"generation could not be stopped"
-                )
-            kwargs["callback_on_step_end"] = stop.on_step_end
+        with self.calling():
+            return self.pipe(*args, **kwargs)
+
+    @contextmanager
+    def calling(self) -> Iterator[None]:
+        """Around one call of `self.pipe` made by other code (a DiffusionGenerator holding it): the parallel denoiser
+        resets its per-call state."""
         self.parallel.begin_call()
         try:
-            return self.pipe(*args, **kwargs)
+            yield
         finally:
             self.parallel.end_call()
 
@@ -118,7 +121,7 @@ class ParallelPipeline:
         self.parallel.remove()
 
 
-class CollectiveStop:
+class CollectiveStop(StepControl):
     """Stops a parallel generation at its next denoising step, at the same step on every rank.
 
     Each rank asks `requested()` (its own view of the stop signal, e.g. an event set by another thread) after every
@@ -128,17 +131,19 @@ class CollectiveStop:
     """
 
     def __init__(self, ctx: ParallelContext, requested: Callable[[], bool]):
+        super().__init__()
         self.ctx = ctx
         self.requested = requested
-        self.steps_run = 0
 
-    def on_step_end(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        self.steps_run += 1
-        flag = torch.tensor([1.0 if self.requested() else 0.0], device=self.ctx.device)
+    def should_stop(self) -> bool:
+        seen = self.stop_event.is_set() or self.requested()
+        flag = torch.tensor([1.0 if seen else 0.0], device=self.ctx.device)
         if self.ctx.world_group is not None:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ctx.world_group)
-        if flag.item() > 0:
-            raise ParallelGenerationStopped(
-                f"stopped after denoising step {step + 1} on all {self.ctx.world_size} ranks"
-            )
-        return {}
+        return flag.item() > 0
+
+    def interrupted(self) -> ParallelGenerationStopped:
+        return ParallelGenerationStopped(
+            f"stopped after denoising step {self.steps_run} on all {self.ctx.world_size} ranks",
+            steps_run=self.steps_run,
+        )

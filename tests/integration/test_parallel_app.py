@@ -99,7 +99,25 @@ def test_a_cancelled_parallel_request_stops_every_rank_and_frees_the_group(paral
     print(f"\nparallel cancel: the next request was answered {freed_after_s:.1f}s after the disconnect; {stats}")
     assert after.status_code == 200, after.text
     assert stats["interrupted"] - before["interrupted"] == 1, (before, stats)
+    assert stats["generations"] - before["generations"] == 2, (before, stats)
+    # Rank 0 reports the steps each generation ran: the short one's 3, and the long one's until its stop.
+    steps_of_long = stats["denoising_steps"] - before["denoising_steps"] - parallel_app["large"]["num_inference_steps"]
+    assert 0 < steps_of_long < 200, (before, stats)
     assert freed_after_s < 20  # 200 steps on 2 ranks take far longer
+
+
+def test_a_parallel_model_refuses_to_refine_by_name(parallel_app):
+    from PIL import Image
+    from ray import serve
+
+    from modm.generation import UnsupportedOperationError
+    from modm.images import png_bytes
+
+    large = serve.get_deployment_handle("LargeModel", app_name=parallel_app["app"])
+    png = png_bytes(Image.new("RGB", (64, 64)))
+    with pytest.raises(UnsupportedOperationError, match="large model runs distrifusion .* does not do img2img"):
+        large.refine.remote("a lighthouse", png, 0.5, 64, 64, 3, 0).result(timeout_s=60)
+    assert large.info.remote().result(timeout_s=60)["operations"] == ["txt2img"]
 
 
 def test_killing_the_replica_removes_its_rank_actors(parallel_app):

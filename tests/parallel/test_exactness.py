@@ -125,6 +125,15 @@ def test_asyncdiff_ranks_run_only_their_component_after_warmup(two_ranks, family
         assert computed == expected
 
 
+def test_a_stop_seen_by_one_rank_ends_the_generation_on_both_after_the_same_step(two_ranks):
+    """The actor group's ranks: a DiffusionGenerator over the parallel pipeline, stopped by a CollectiveStop."""
+    for rank in two_ranks:
+        res = rank["collective_stop"]
+        assert res["stopped"] == ("ParallelGenerationStopped", 3, "stopped after denoising step 3 on all 2 ranks")
+        assert res["size_multiple"] == 32  # the tiny SDXL's 16 px patch, times 2 row stripes
+        assert res["max_diff_to_one_device"] <= 1  # the group is intact: the next call is exact (8-bit image)
+
+
 def test_asyncdiff_stride_two(three_ranks):
     res = _results(three_ranks, "asyncdiff_stride2")
     assert _max_abs(res["exact"], res["reference"]) <= EXACT_ATOL

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import torch
 
 from modm.parallel import (
@@ -143,6 +146,35 @@ def asyncdiff_stride2(rank: int, world_size: int, init_method: str, tokenizer) -
     )
 
 
+def collective_stop(rank: int, world_size: int, init_method: str, tokenizer) -> dict:
+    """A DiffusionGenerator on the parallel pipeline, as each actor-group rank runs it: only rank 1 sees a stop,
+    after its 3rd step; both ranks must leave after that step, and the group then serves the next call exactly."""
+    from modm.config import ModelSpec
+    from modm.generation import DiffusionGenerator, GenerationInterrupted, GenerationRequest
+    from modm.parallel.pipeline import CollectiveStop
+
+    pipe = tiny_sdxl_pipeline(tokenizer)
+    spec = ModelSpec(source="tiny-sdxl", device="cpu", guidance_scale=5.0)
+    request = GenerationRequest("a lighthouse", 64, 64, STEPS, seed=0)
+    reference = np.asarray(DiffusionGenerator(pipe, spec, "large").txt2img(request), dtype=np.int16)
+    cfg = ParallelConfig(method="distrifusion", world_size=world_size, warmup_steps=STEPS)
+    ctx = init_parallel(cfg, rank=rank, world_size=world_size, init_method=init_method, timeout_s=60)
+    parallel = ParallelPipeline(pipe, ctx)
+    generator = DiffusionGenerator(parallel.pipe, spec, "large", row_stripes=world_size)
+    stop = CollectiveStop(ctx, lambda: rank == 1 and stop.steps_run >= 3)
+    out: dict = {"size_multiple": generator.size_multiple}
+    try:
+        with parallel.calling():
+            generator.txt2img(replace(request, steps=50), stop)
+    except GenerationInterrupted as stopped:
+        out["stopped"] = (type(stopped).__name__, stopped.steps_run, str(stopped))
+    with parallel.calling():
+        image = generator.txt2img(request, CollectiveStop(ctx, lambda: False))
+    out["max_diff_to_one_device"] = int(np.abs(np.asarray(image, dtype=np.int16) - reference).max())
+    parallel.remove()
+    return out
+
+
 def two_rank_suites(rank: int, world_size: int, init_method: str, tokenizer) -> dict:
     """Everything that runs on 2 ranks, on one process group (spawning and importing dominate the test time)."""
     try:
@@ -150,6 +182,7 @@ def two_rank_suites(rank: int, world_size: int, init_method: str, tokenizer) -> 
             "distrifusion_unet": distrifusion_unet(rank, world_size, init_method, tokenizer),
             "distrifusion_sd3": distrifusion_sd3(rank, world_size, init_method, tokenizer),
             "asyncdiff": asyncdiff_models(rank, world_size, init_method, tokenizer),
+            "collective_stop": collective_stop(rank, world_size, init_method, tokenizer),
             "num_threads": torch.get_num_threads(),
         }
     finally:

@@ -7,7 +7,7 @@ import pytest
 
 from modm.config import ModelSpec
 from modm.generation import DiffusionGenerator, GenerationRequest
-from modm.generation.generator import GenerationInterrupted, StepControl
+from modm.generation.steps import GenerationInterrupted, StepControl
 
 
 @pytest.fixture(scope="module")
