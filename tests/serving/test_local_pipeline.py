@@ -48,11 +48,10 @@ class Served:
     def __init__(self, cfg, services):
         models, embedder = services
         self.cache = ImageCache(cfg.cache, embedder.embedder.dim) if cfg.mode.value == "modm" else None
-        backends = Backends(
-            models=models if self.cache else {ModelRole.LARGE: models[ModelRole.LARGE]},
-            embedder=embedder if self.cache else None,
-            cache=ImageCacheService(self.cache) if self.cache else None,
-        )
+        if self.cache is None:
+            backends = Backends(models={ModelRole.LARGE: models[ModelRole.LARGE]})
+        else:
+            backends = Backends(models=models, embedder=embedder, cache=ImageCacheService(self.cache))
         self.pipeline = RequestPipeline(cfg, backends)
         run(self.pipeline.start())
 
