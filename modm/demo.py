@@ -10,7 +10,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from modm.config import SystemConfig, load_config
+from modm.config import SystemConfig, load_config, resolve_relative_paths
 from modm.serving import ImageRequest, RequestPipeline
 from modm.serving.local import LocalBackends
 
@@ -58,7 +58,10 @@ def ensure_zoo(config: SystemConfig, zoo_dir: Path) -> None:
 def run_demo(
     config_path: Path | None, zoo_dir: Path, workload: Path | None, size: int | None, steps: int | None, cache_dir: Path
 ) -> dict:
-    config = load_config(config_path or default_config_path())
+    # The embedded config names its models relative to the directory that holds the modm package; a user's config,
+    # relative to where the command runs.
+    base = Path(str(resources.files("modm"))).parent if config_path is None else Path.cwd()
+    config = resolve_relative_paths(load_config(config_path or default_config_path()), base)
     # A fresh cache per demo run, so the output shows the cache filling up from empty.
     shutil.rmtree(cache_dir, ignore_errors=True)
     config = config.model_copy(update={"cache": config.cache.model_copy(update={"directory": str(cache_dir)})})
