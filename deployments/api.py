@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modm.serving.request import Decision
+
 SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
@@ -47,23 +49,10 @@ class ImageData(BaseModel):
     b64_json: str
 
 
-class DecisionInfo(BaseModel):
-    request_id: str
-    mode: str
-    hit: bool
-    score: float | None
-    k: int
-    strength: float
-    model: str
-    timings_s: dict[str, float]
-    # MoDM: the cache entry a hit was refined from (GET /v1/cache/{entry_id} serves its image); None otherwise.
-    entry_id: int | None = None
-
-
 class GenerationResponse(BaseModel):
     created: int
     data: list[ImageData]
-    modm: DecisionInfo
+    modm: Decision
 
 
 def error_body(message: str, kind: str) -> dict:

@@ -1,9 +1,9 @@
 """The app builder: `import_path: deployments.app:build_app` in a Serve config.
 
 `args` (validated by AppArgs): the system config (a YAML path or inline), per-deployment Ray actor options, and
-whether to check the cluster's resources first. The builder binds Embedder, CacheIndex, LargeModel, SmallModel,
-Monitor and the Router ingress; in vanilla mode only LargeModel and the Router; in nirvana mode Embedder, LatentCache,
-LargeModel and the Router.
+whether to check the cluster's resources first. The builder binds the deployments MODE_DEPLOYMENTS names for the
+config's mode: LargeModel, SmallModel, Embedder, CacheIndex, Monitor and the Router ingress in modm mode; LargeModel
+and the Router in vanilla mode; LargeModel, Embedder, LatentCache and the Router in nirvana mode.
 """
 
 from __future__ import annotations
@@ -33,16 +33,19 @@ from modm.config import (
 from modm.embedding import embedding_dim
 from modm.policy import NIRVANA_K_CHOICES
 from modm.policy.api_keys import ApiKeyRing
+from modm.roles import ModelRole
 
 logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAMES = ("Router", "Embedder", "CacheIndex", "LargeModel", "SmallModel", "Monitor", "LatentCache")
-# Which deployments each mode runs (LatentCache: NIRVANA's cache of intermediate latents).
+# Which deployments each mode runs, in binding order (each after the deployments it calls; the Router ingress last).
+# LatentCache: NIRVANA's cache of intermediate latents. The builder binds exactly these.
 MODE_DEPLOYMENTS = {
-    SystemMode.MODM: ("Router", "Embedder", "CacheIndex", "LargeModel", "SmallModel", "Monitor"),
-    SystemMode.VANILLA: ("Router", "LargeModel"),
-    SystemMode.NIRVANA: ("Router", "Embedder", "LatentCache", "LargeModel"),
+    SystemMode.MODM: ("LargeModel", "SmallModel", "Embedder", "CacheIndex", "Monitor", "Router"),
+    SystemMode.VANILLA: ("LargeModel", "Router"),
+    SystemMode.NIRVANA: ("LargeModel", "Embedder", "LatentCache", "Router"),
 }
+MODEL_DEPLOYMENTS = {ModelRole.LARGE: "LargeModel", ModelRole.SMALL: "SmallModel"}
 ACTOR_OPTION_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
 
 # Per-replica concurrency: a model replica runs one generation at a time (one GPU); the others are light.
@@ -273,12 +276,6 @@ def _check_capabilities(system) -> None:
 
 
 def build_app(args: dict) -> serve.Application:
-    from deployments.cache_index import CacheIndexServer
-    from deployments.embedder import EmbedderServer
-    from deployments.model import ModelServer
-    from deployments.monitor import MonitorServer
-    from deployments.router import Router
-
     try:
         parsed = AppArgs.model_validate(args)
         # Pin relative paths to this process's working directory (on a local cluster: where `ray start` ran),
@@ -302,68 +299,68 @@ def build_app(args: dict) -> serve.Application:
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
-    system_dict = system.model_dump(mode="json")
+    return _bind(system, parsed)
+
+
+def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
+    """Bind the mode's deployments (MODE_DEPLOYMENTS) in order, each with the handles it calls; the Router last."""
+    from deployments.cache_index import CacheIndexServer
+    from deployments.embedder import EmbedderServer
+    from deployments.latent_cache import LatentCacheServer
+    from deployments.model import ModelServer
+    from deployments.monitor import MonitorServer
+    from deployments.router import Router
+
     # Serve fails a model call fast (BackPressureError -> 503) when this many wait at the router's handle.
     queue_bound = {"max_queued_requests": system.backpressure.max_queued_requests or -1}
+    dim = embedding_dim(system.embedder) if system.mode is not SystemMode.VANILLA else 0
 
-    def model_options(spec: ModelSpec, name: str) -> dict:
-        return {
-            "graceful_shutdown_timeout_s": graceful_shutdown_s(spec, system),
-            **parallel_placement(spec, parsed.options_for(name)),
-        }
-
-    # A stopping Router replica finishes the requests it holds; none outlives request_timeout_s.
-    router_options = {"graceful_shutdown_timeout_s": system.serving.request_timeout_s}
-    if system.mode is SystemMode.VANILLA:
-        large = _deployment(
-            ModelServer,
-            "LargeModel",
-            parsed,
-            num_replicas=system.monitor.gpu_budget,
-            **queue_bound,
-            **model_options(system.models.large, "LargeModel"),
-        ).bind(system.models.large.model_dump(mode="json"), "large")
-        return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large)
-    if system.mode is SystemMode.NIRVANA:
-        from deployments.latent_cache import LatentCacheServer
-
-        large = _deployment(
-            ModelServer,
-            "LargeModel",
-            parsed,
-            num_replicas=system.monitor.gpu_budget,
-            **queue_bound,
-            **model_options(system.models.large, "LargeModel"),
-        ).bind(system.models.large.model_dump(mode="json"), "large", snapshot_steps=NIRVANA_K_CHOICES)
-        embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
-        latents = _deployment(LatentCacheServer, "LatentCache", parsed, num_replicas=1).bind(
-            system.cache.model_dump(mode="json"), embedding_dim(system.embedder), system.policy.total_steps
+    def model(role: ModelRole) -> serve.Application:
+        name, spec = MODEL_DEPLOYMENTS[role], getattr(system.models, role.value)
+        replicas = (
+            {"autoscaling_config": model_autoscaling(system, role.value)}
+            if system.mode is SystemMode.MODM
+            else {"num_replicas": system.monitor.gpu_budget}
         )
-        return _deployment(Router, "Router", parsed, **router_options).bind(system_dict, large, None, embedder, latents)
+        snapshots = NIRVANA_K_CHOICES if system.mode is SystemMode.NIRVANA else ()
+        return _deployment(
+            ModelServer,
+            name,
+            parsed,
+            **replicas,
+            **queue_bound,
+            graceful_shutdown_timeout_s=graceful_shutdown_s(spec, system),
+            **parallel_placement(spec, parsed.options_for(name)),
+        ).bind(spec.model_dump(mode="json"), role.value, snapshot_steps=snapshots)
 
-    large = _deployment(
-        ModelServer,
-        "LargeModel",
-        parsed,
-        autoscaling_config=model_autoscaling(system, "large"),
-        **queue_bound,
-        **model_options(system.models.large, "LargeModel"),
-    ).bind(system.models.large.model_dump(mode="json"), "large")
-    small = _deployment(
-        ModelServer,
-        "SmallModel",
-        parsed,
-        autoscaling_config=model_autoscaling(system, "small"),
-        **queue_bound,
-        **model_options(system.models.small, "SmallModel"),
-    ).bind(system.models.small.model_dump(mode="json"), "small")
-    embedder = _deployment(EmbedderServer, "Embedder", parsed).bind(system.embedder.model_dump(mode="json"))
-    cache = _deployment(CacheIndexServer, "CacheIndex", parsed, num_replicas=1).bind(
-        system.cache.model_dump(mode="json"), embedding_dim(system.embedder)
-    )
-    monitor = _deployment(MonitorServer, "Monitor", parsed, num_replicas=1).bind(
-        system.monitor.model_dump(mode="json"), system.policy.total_steps, large, small
-    )
-    return _deployment(Router, "Router", parsed, **router_options).bind(
-        system_dict, large, small, embedder, cache, monitor
-    )
+    bound: dict[str, serve.Application] = {}
+    binders = {
+        "LargeModel": lambda: model(ModelRole.LARGE),
+        "SmallModel": lambda: model(ModelRole.SMALL),
+        "Embedder": lambda: _deployment(EmbedderServer, "Embedder", parsed).bind(
+            system.embedder.model_dump(mode="json")
+        ),
+        "CacheIndex": lambda: _deployment(CacheIndexServer, "CacheIndex", parsed, num_replicas=1).bind(
+            system.cache.model_dump(mode="json"), dim
+        ),
+        "LatentCache": lambda: _deployment(LatentCacheServer, "LatentCache", parsed, num_replicas=1).bind(
+            system.cache.model_dump(mode="json"), dim, system.policy.total_steps
+        ),
+        "Monitor": lambda: _deployment(MonitorServer, "Monitor", parsed, num_replicas=1).bind(
+            system.monitor.model_dump(mode="json"), system.policy.total_steps, bound["LargeModel"], bound["SmallModel"]
+        ),
+        # A stopping Router replica finishes the requests it holds; none outlives request_timeout_s.
+        "Router": lambda: _deployment(
+            Router, "Router", parsed, graceful_shutdown_timeout_s=system.serving.request_timeout_s
+        ).bind(
+            system.model_dump(mode="json"),
+            bound["LargeModel"],
+            bound.get("SmallModel"),
+            bound.get("Embedder"),
+            bound.get("CacheIndex", bound.get("LatentCache")),
+            bound.get("Monitor"),
+        ),
+    }
+    for name in MODE_DEPLOYMENTS[system.mode]:
+        bound[name] = binders[name]()
+    return bound["Router"]

@@ -1,29 +1,28 @@
-"""The ingress's HTTP plumbing: the FastAPI app the Router serves, one JSON error shape for every refusal (ours,
-FastAPI's validation errors, Starlette's 404/405/413), and the request-body size limit."""
+"""The ingress's HTTP plumbing: the FastAPI app the Router serves, one JSON error shape for every refusal (the
+pipeline's, FastAPI's validation errors, Starlette's 404/405), and reading a JSON body under a size limit."""
+
+from __future__ import annotations
+
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from deployments.api import error_body
-from modm.config.schema import RequestLimits
+from modm.serving.errors import RequestRefused
 
-__all__ = ["BodySizeLimit", "RequestRejected", "api"]
+__all__ = ["api", "body_schema", "read_json_body"]
+
+M = TypeVar("M", bound=BaseModel)
 
 api = FastAPI(
     title="modm",
     version="0.1.0",
     description="Text-to-image serving with a mixture of diffusion models and a cache of final images.",
 )
-
-
-class RequestRejected(Exception):
-    def __init__(
-        self, status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.headers = status, message, kind, headers
 
 
 @api.exception_handler(RequestValidationError)
@@ -42,44 +41,31 @@ async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
     )
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 for a request body over the limit, before it is read in full (by Content-Length, or
-    while a chunked body streams in). The limit is per replica: `api.state.max_body_bytes`, set by the Router."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = api.state.max_body_bytes
-        too_large = HTTPException(413, f"the request body exceeds the limit of {limit} bytes")
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            response = await _http_error(
-                None,
-                too_large
-                if declared.isdigit()
-                else HTTPException(400, "Content-Length must be a non-negative integer"),
-            )
-            return await response(scope, receive, send)
-        received = 0
-
-        async def counting_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise too_large  # FastAPI passes HTTPExceptions from body reading through to _http_error
-            return message
-
-        await self.app(scope, counting_receive, send)
+@api.exception_handler(RequestRefused)
+async def _refused(request: Request, err: RequestRefused) -> JSONResponse:
+    return JSONResponse(status_code=err.status, content=error_body(err.message, err.kind), headers=err.headers())
 
 
-api.state.max_body_bytes = RequestLimits().max_body_bytes  # until a Router sets its config's limit
-api.add_middleware(BodySizeLimit)
+async def read_json_body(request: Request, model: type[M], limit: int) -> M:
+    """The request's JSON body as `model`: 413 for a body over `limit` bytes before it is read in full (by
+    Content-Length, or while a chunked body streams in), 422 for one that does not validate."""
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise HTTPException(400, "Content-Length must be a non-negative integer")
+    too_large = HTTPException(413, f"the request body exceeds the limit of {limit} bytes")
+    if declared is not None and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    try:
+        return model.model_validate_json(bytes(body))
+    except ValidationError as err:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
 
 
-@api.exception_handler(RequestRejected)
-async def _rejected(request: Request, err: RequestRejected) -> JSONResponse:
-    return JSONResponse(status_code=err.status, content=error_body(err.message, err.kind), headers=err.headers)
+def body_schema(model: type[BaseModel]) -> dict:
+    """OpenAPI `requestBody` of an endpoint that reads its body with `read_json_body`."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}

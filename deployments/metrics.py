@@ -33,7 +33,7 @@ class RouterMetrics:
             boundaries=OVERHEAD_BUCKETS_S,
             tag_keys=("mode",),
         )
-        self.in_flight = metrics.Gauge(
+        self.queue_depth = metrics.Gauge(
             "modm_queue_depth", "Requests in flight per model pool.", tag_keys=("mode", "model")
         )
         self.admissions_dropped = metrics.Counter(
@@ -47,25 +47,46 @@ class RouterMetrics:
             tag_keys=("mode",),
         )
 
-    def record(self, decision: str, status: str, model: str | None, k: int, seconds: float | None) -> None:
+    # modm.serving.metrics.ServingMetrics
+    def request_finished(self, decision: str, status: str, model: str | None, k: int, seconds: float | None) -> None:
         self.requests.inc(tags={"mode": self.mode, "decision": decision, "status": status})
         if decision == "hit":
             self.hits_by_k.inc(tags={"mode": self.mode, "k": str(k)})
         if model is not None and seconds is not None:
             self.latency.observe(seconds, tags={"mode": self.mode, "model": model})
 
-    def set_in_flight(self, model: str, n: int) -> None:
-        self.in_flight.set(n, tags={"mode": self.mode, "model": model})
+    def in_flight(self, model: str, n: int) -> None:
+        self.queue_depth.set(n, tags={"mode": self.mode, "model": model})
+
+    def retrieval_overhead(self, seconds: float) -> None:
+        self.overhead.observe(seconds, tags={"mode": self.mode})
+
+    def retrieval_failed(self) -> None:
+        self.retrieval_failures.inc(tags={"mode": self.mode})
+
+    def admission_dropped(self) -> None:
+        self.admissions_dropped.inc(tags={"mode": self.mode})
 
 
 class MonitorMetrics:
+    """modm.serving.monitor.MonitorMetricsSink."""
+
     def __init__(self):
-        self.allocation = metrics.Gauge(
+        self.replicas = metrics.Gauge(
             "modm_allocation_replicas", "Replicas the monitor assigns per model.", tag_keys=("model",)
         )
         self.target = metrics.Gauge("modm_allocation_target_large", "Algorithm 1 target for large replicas.")
         self.window_rate = metrics.Gauge("modm_window_request_rate_per_min", "R over the last monitor window.")
         self.window_hit_rate = metrics.Gauge("modm_window_hit_rate", "H over the last monitor window.")
+
+    def window(self, request_rate: float, hit_rate: float) -> None:
+        self.window_rate.set(request_rate)
+        self.window_hit_rate.set(hit_rate)
+
+    def allocation(self, large: int, small: int, target: float) -> None:
+        self.replicas.set(large, tags={"model": "large"})
+        self.replicas.set(small, tags={"model": "small"})
+        self.target.set(target)
 
 
 class ModelMetrics:

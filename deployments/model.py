@@ -84,8 +84,8 @@ class ModelServer:
     async def profile(self) -> float:
         return await self.service.profile()
 
-    def info(self) -> dict:
-        return self.service.info()
+    async def info(self) -> dict:
+        return await self.service.info()
 
     def stats(self) -> dict:
         return self.service.stats()

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--min-samples", type=int, default=20)
     cal.set_defaults(func=_cmd_calibrate)
 
-    demo = sub.add_parser("demo", help="run the engine over the embedded workload")
+    demo = sub.add_parser("demo", help="run the request pipeline in-process over the embedded workload")
     demo.add_argument(
         "--config", type=Path, default=None, help="system config (default: the embedded world system.yaml)"
     )

@@ -1,16 +1,18 @@
-"""The in-process demo: the engine over the embedded workload; prints each decision and a summary."""
+"""The in-process demo: the request pipeline with in-process backends over the embedded workload; prints each
+decision and a summary."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import statistics
 import time
-from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-from modm.config import SystemConfig, load_config
-from modm.engine import Engine, ImageRequest
+from modm.config import SystemConfig, load_config, resolve_relative_paths
+from modm.serving import ImageRequest, RequestPipeline
+from modm.serving.local import LocalBackends
 
 
 def default_config_path() -> Path:
@@ -56,13 +58,30 @@ def ensure_zoo(config: SystemConfig, zoo_dir: Path) -> None:
 def run_demo(
     config_path: Path | None, zoo_dir: Path, workload: Path | None, size: int | None, steps: int | None, cache_dir: Path
 ) -> dict:
-    config = load_config(config_path or default_config_path())
+    # The embedded config names its models relative to the directory that holds the modm package; a user's config,
+    # relative to where the command runs.
+    base = Path(str(resources.files("modm"))).parent if config_path is None else Path.cwd()
+    config = resolve_relative_paths(load_config(config_path or default_config_path()), base)
     # A fresh cache per demo run, so the output shows the cache filling up from empty.
     shutil.rmtree(cache_dir, ignore_errors=True)
     config = config.model_copy(update={"cache": config.cache.model_copy(update={"directory": str(cache_dir)})})
     ensure_zoo(config, zoo_dir)
+    rows = read_workload(workload or demo_workload_path(config))
+    with LocalBackends(config) as local:
+        return asyncio.run(_serve_workload(config, local, rows, size, steps, cache_dir))
+
+
+async def _serve_workload(
+    config: SystemConfig,
+    local: LocalBackends,
+    rows: list[tuple[str, str]],
+    size: int | None,
+    steps: int | None,
+    cache_dir: Path,
+) -> dict:
     started = time.perf_counter()
-    engine = Engine.from_config(config)
+    pipeline = RequestPipeline(config, local.backends)
+    await pipeline.start()
     load_s = time.perf_counter() - started
     print(
         f"loaded {config.mode.value}: large={config.models.large.source} small="
@@ -71,30 +90,34 @@ def run_demo(
     )
     print(f"{'#':>3} {'user':<5} {'decision':<8} {'score':>6} {'k':>3} {'model':<6} {'seconds':>7}  prompt")
     records = []
-    for i, (user, prompt) in enumerate(read_workload(workload or demo_workload_path(config))):
+    for i, (user, prompt) in enumerate(rows):
         t0 = time.perf_counter()
-        result = engine.generate(ImageRequest(prompt=prompt, tenant="demo", width=size, height=size, steps=steps))
+        served = await pipeline.generate(
+            ImageRequest(prompt=prompt, tenant="demo", width=size, height=size, steps=steps)
+        )
+        await pipeline.drain_admissions()  # one request at a time: the next one may hit what this one cached
         seconds = time.perf_counter() - t0
-        r = result.record
-        records.append((r, seconds))
-        score = f"{r.score:.3f}" if r.score is not None else "-"
+        d = served.decision
+        records.append((d, seconds))
+        score = f"{d.score:.3f}" if d.score is not None else "-"
         print(
-            f"{i:>3} {user:<5} {'hit' if r.hit else 'miss':<8} {score:>6} {r.k:>3} {r.model:<6} {seconds:>7.2f}  "
+            f"{i:>3} {user:<5} {'hit' if d.hit else 'miss':<8} {score:>6} {d.k:>3} {d.model.value:<6} {seconds:>7.2f}  "
             f"{prompt[:60]}",
             flush=True,
         )
-    hits = [s for r, s in records if r.hit]
-    misses = [s for r, s in records if not r.hit]
-    k_mix = Counter(r.k for r, _ in records if r.hit)
+    stats = await pipeline.stats()
+    await pipeline.close()
+    hits = [s for d, s in records if d.hit]
+    misses = [s for d, s in records if not d.hit]
     summary = {
         "requests": len(records),
         "hits": len(hits),
         "misses": len(misses),
         "hit_rate": len(hits) / max(1, len(records)),
-        "k_mix": dict(sorted(k_mix.items())),
+        "k_mix": {int(k): n for k, n in stats["k_mix"].items()},
         "median_hit_s": statistics.median(hits) if hits else None,
         "median_miss_s": statistics.median(misses) if misses else None,
-        "cache_entries": len(engine.cache) if engine.cache is not None else 0,
+        "cache_entries": stats.get("cache", {}).get("entries", 0),
     }
     print(
         f"\n{summary['requests']} requests: {summary['hits']} hits, {summary['misses']} misses "

@@ -7,6 +7,7 @@ stops when the awaiting task is cancelled: cancelling a coroutine does not stop 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterable
 from typing import Callable
 
@@ -30,6 +31,9 @@ class LocalGenerator:
         self.size_multiple = diffusion.size_multiple
         self.device_description = str(diffusion.device)
         self.counters = GenerationCounters()
+        # A diffusers pipeline is not re-entrant (its scheduler keeps the step index): one generation at a time.
+        # A thread lock, taken in the worker thread, so that a call cancelled while it waits stops at its first step.
+        self._pipeline_free = threading.Lock()
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, name: str, *, device: torch.device | None = None) -> "LocalGenerator":
@@ -58,8 +62,12 @@ class LocalGenerator:
 
     async def _in_thread(self, run: Callable, *args):
         control = StepControl()
-        work = asyncio.to_thread(run, *args, control)
+        work = asyncio.to_thread(self._one_at_a_time, run, *args, control)
         return await run_stoppable(work, control, self.counters, name=self.name)
+
+    def _one_at_a_time(self, run: Callable, *args):
+        with self._pipeline_free:
+            return run(*args)
 
     def check_health(self) -> None:
         """Cheap: the pipeline is loaded and its device answers."""

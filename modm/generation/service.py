@@ -129,8 +129,9 @@ class ModelService:
                 logger.info("%s model profiled: %.3f s per full generation", self.role, self._latency_s)
             return self._latency_s
 
-    def info(self) -> dict:
-        """What the router needs to validate requests before sending any work."""
+    async def info(self) -> dict:
+        """What the request pipeline needs to validate requests before sending any work (async, as every call a
+        pipeline makes of a model pool)."""
         return {
             "role": self.role,
             "source": self.spec.source,

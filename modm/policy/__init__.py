@@ -1,4 +1,4 @@
-"""Pure decision logic: numbers in, numbers out. No models, no Ray; shared by the engine, deployments and simulator.
+"""Pure decision logic: numbers in, numbers out. No models, no Ray; shared by the request pipeline and the simulator.
 
 The names below load on first use (PEP 562): the config schema imports `modm.policy.tables`, which runs this file,
 and most policy modules import the schema, so importing them here eagerly would be a cycle.

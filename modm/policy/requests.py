@@ -1,4 +1,4 @@
-"""Request limits: pure checks shared by the engine, the generators and the Serve router (which loads no model)."""
+"""Request limits: pure checks shared by the request pipeline and the generators."""
 
 from __future__ import annotations
 

@@ -3,112 +3,97 @@ not answered with 503. Driven through the cache's public API: the cache is fille
 FIFO evicts the matched entry before its image is fetched."""
 
 import asyncio
-from collections import Counter
 
 from cache_testkit import DIM, add_seeded, make_config, unit_vector
 
-from deployments.cache_index import CacheIndexServer
-from deployments.router import Router
-from modm.config import PolicyConfig
-from modm.policy import KTable
+from modm.cache import ImageCache
+from modm.config import config_from_dict
+from modm.roles import ModelRole
+from modm.serving import Backends, ImageRequest, RequestPipeline
+from modm.serving.services import ImageCacheService
 
 
-class _Remote:
-    """A handle method: `.remote(*args)` returns an awaitable of the plain call, as a Serve handle does."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def remote(self, *args):
-        async def call():
-            return self.fn(*args)
-
-        return call()
-
-
-class _Handle:
-    def __init__(self, target):
-        self.target = target
-
-    def __getattr__(self, name):
-        return _Remote(getattr(self.target, name))
-
-
-class _Embedder:
-    def __init__(self, vector):
-        self.vector = vector
-
-    def embed_text(self, prompt):
-        return self.vector
-
-
-def _fill_past_capacity(server: CacheIndexServer, capacity: int) -> None:
-    for seed in range(100, 100 + capacity):
-        add_seeded(server.cache, seed)
+def _fill_past_capacity(cache: ImageCache) -> None:
+    for seed in range(100, 100 + cache.config.capacity):
+        add_seeded(cache, seed)
 
 
 def test_fetch_of_an_evicted_entry_is_none(tmp_path):
-    server = CacheIndexServer(make_config(tmp_path / "c", capacity=2).model_dump(mode="json"), DIM)
-    try:
-        add_seeded(server.cache, 1)
-        match = server.query(unit_vector(1), ["alice"])
-        assert match is not None and server.fetch_png(match["entry_id"]) is not None
-        _fill_past_capacity(server, 2)
-        assert server.fetch_png(match["entry_id"]) is None
-    finally:
-        server.cache.close()
+    with ImageCache(make_config(tmp_path / "c", capacity=2), DIM) as cache:
+        service = ImageCacheService(cache)
+        add_seeded(cache, 1)
+        match = asyncio.run(service.query(unit_vector(1), ["alice"]))
+        assert match is not None and asyncio.run(service.fetch_png(match.entry_id)) is not None
+        _fill_past_capacity(cache)
+        assert asyncio.run(service.fetch_png(match.entry_id)) is None
 
 
-class _RetrievalStep:
-    """The router's retrieval step on its own: no Serve, no models."""
-
-    _retrieve = Router._retrieve
-    _call_retrying = Router._call_retrying
-    _count_retry = Router._count_retry
-    _retry_if_replica_lost = staticmethod(Router._retry_if_replica_lost)
+class _Embedder:
+    async def embed_text(self, prompt):
+        return unit_vector(1)  # the vector of entry 1: score 1.0, a hit at the top k
 
 
-def _router_with(server: CacheIndexServer, vector) -> _RetrievalStep:
-    router = _RetrievalStep()
-    router.embedder = _Handle(_Embedder(vector))
-    router.k_table = KTable.from_config(PolicyConfig())
-    router.totals = Counter()
+class _Pool:
+    def __init__(self):
+        self.calls = []
 
-    class EvictingCache:
-        """The real cache, with more admissions landing between the query and the fetch."""
+    async def info(self):
+        return {"size_multiple": 8, "default_size": 64, "max_size": 64, "num_inference_steps": 50}
 
-        def query(self, embedding, namespaces):
-            found = server.query(embedding, namespaces)
-            _fill_past_capacity(server, server.cache.config.capacity)
-            return found
+    async def profile(self):
+        return 1.0
 
-        def fetch_png(self, entry_id):
-            return server.fetch_png(entry_id)
+    async def generate(self, *args):
+        self.calls.append("generate")
+        return b"png"
 
-    router.cache = _Handle(EvictingCache())
-    return router
+    async def refine(self, prompt, png, *args):
+        self.calls.append(("refine", png))
+        return b"png"
 
 
-def test_router_serves_an_entry_evicted_before_fetch_as_a_miss(tmp_path):
-    server = CacheIndexServer(make_config(tmp_path / "c", capacity=2).model_dump(mode="json"), DIM)
-    try:
-        add_seeded(server.cache, 1)
-        router = _router_with(server, unit_vector(1))  # the same vector: score 1.0, a hit at the top k
-        decision, _match = asyncio.run(router._retrieve("prompt 1", ["alice"], {}))
-        assert not decision.hit and decision.k == 0
-        assert decision.score is not None and decision.score > 0.99  # the query did match
-        assert router.totals["evicted_before_fetch"] == 1
-    finally:
-        server.cache.close()
+class EvictingCache(ImageCacheService):
+    """The real cache, with more admissions landing between the query and the fetch."""
+
+    async def query(self, embedding, namespaces):
+        found = await super().query(embedding, namespaces)
+        _fill_past_capacity(self.cache)
+        return found
 
 
-def test_router_hit_carries_the_fetched_image(tmp_path):
-    server = CacheIndexServer(make_config(tmp_path / "c", capacity=4).model_dump(mode="json"), DIM)
-    try:
-        add_seeded(server.cache, 1)
-        router = _router_with(server, unit_vector(1))
-        router.cache = _Handle(server)  # no admissions in between
-        decision, match = asyncio.run(router._retrieve("prompt 1", ["alice"], {}))
-        assert decision.hit and match["png"] == server.cache.get_png(match["entry_id"])
-    finally:
-        server.cache.close()
+def _serve(cache_service, tmp_path):
+    config = config_from_dict(
+        {
+            "mode": "modm",
+            "models": {"large": {"source": "l"}, "small": {"source": "s"}},
+            "cache": {"directory": str(tmp_path / "unused"), "admission": "cache-large"},
+            "policy": {"k_table": "minilm-text"},
+        }
+    )
+    pools = {ModelRole.LARGE: _Pool(), ModelRole.SMALL: _Pool()}
+    pipeline = RequestPipeline(config, Backends(models=pools, embedder=_Embedder(), cache=cache_service))
+
+    async def scenario():
+        await pipeline.start()
+        served = await pipeline.generate(ImageRequest("prompt 1", tenant="alice"))
+        return served, await pipeline.stats()
+
+    served, stats = asyncio.run(scenario())
+    return served.decision, stats, pools
+
+
+def test_an_entry_evicted_before_fetch_is_served_as_a_miss(tmp_path):
+    with ImageCache(make_config(tmp_path / "c", capacity=2), DIM) as cache:
+        add_seeded(cache, 1)
+        decision, stats, pools = _serve(EvictingCache(cache), tmp_path)
+    assert not decision.hit and decision.k == 0 and decision.model is ModelRole.LARGE
+    assert decision.score is not None and decision.score > 0.99  # the query did match
+    assert stats["evicted_before_fetch"] == 1 and pools[ModelRole.LARGE].calls == ["generate"]
+
+
+def test_a_hit_refines_the_fetched_image(tmp_path):
+    with ImageCache(make_config(tmp_path / "c", capacity=4), DIM) as cache:
+        add_seeded(cache, 1)
+        decision, _, pools = _serve(ImageCacheService(cache), tmp_path)
+        expected = cache.get_png(decision.entry_id)
+    assert decision.hit and pools[ModelRole.SMALL].calls == [("refine", expected)]

@@ -384,9 +384,9 @@ def test_the_cache_owner_sigkilled_during_admissions_loses_no_committed_entry(se
         s: cache.query.remote(q.result(timeout_s=60), [CACHE_TENANT]).result(timeout_s=30) for s, q in queries.items()
     }
     found = {
-        s: item_of_png[cache.get_png.remote(m["entry_id"]).result(timeout_s=30)] % len(SUBJECTS)
+        s: item_of_png[cache.get_png.remote(m.entry_id).result(timeout_s=30)] % len(SUBJECTS)
         for s, m in retrieval.items()
-        if m is not None and k_table.decide(m["score"]).hit
+        if m is not None and k_table.decide(m.score).hit
     }
     paraphrase_hits = sum(found.get(s) == s for s in subjects_stored)
 

@@ -140,7 +140,8 @@ def test_a_cancelled_generation_stops_on_every_rank_in_the_given_placement_group
         image = Image.open(io.BytesIO(png))
         assert _same_image(image, _reference(model_spec, REQUEST))
         assert service.stats()["denoising_steps"] == stats["denoising_steps"] + STEPS
-        assert service.info()["size_multiple"] == 32 and service.info()["operations"] == ["txt2img"]
+        info = asyncio.run(service.info())
+        assert info["size_multiple"] == 32 and info["operations"] == ["txt2img"]
 
         with pytest.raises(UnsupportedOperationError, match="large model runs distrifusion .* does not do img2img"):
             asyncio.run(service.refine(REQUEST.prompt, png, 0.5, 64, 64, STEPS, 0))

@@ -138,7 +138,7 @@ def test_the_small_model_builds_its_refine_pipeline_at_start_up():
 
 def test_info_names_the_generators_size_rule_and_operations():
     service, _ = _service(SteppingModel())
-    assert service.info() == {
+    assert asyncio.run(service.info()) == {
         "role": "large",
         "source": "stand-in",
         "size_multiple": 8,
@@ -169,7 +169,7 @@ def test_a_parallel_generator_refuses_what_its_method_cannot_do_by_name():
     service = ModelService(ActorGroupGenerator(group), SPEC)
     with pytest.raises(UnsupportedOperationError, match="does not do resume"):
         asyncio.run(service.resume("a red boat", np.zeros((1, 4, 8, 8), np.float16), 2, 64, 64, 4, 0))
-    assert service.info()["operations"] == ["txt2img"] and service.stats()["generations"] == 0
+    assert asyncio.run(service.info())["operations"] == ["txt2img"] and service.stats()["generations"] == 0
 
 
 # ------------------------------------------------------------------------------------------ the tiny zoo's models

@@ -1,30 +1,55 @@
-"""The router retries a call once when the replica that took it died, and never otherwise."""
+"""A call is retried once when the replica that took it died, and never otherwise: the handle proxy turns Ray's
+replica-loss exceptions into ReplicaLost (and nothing else), the pipeline's caller retries ReplicaLost once."""
 
 import asyncio
 
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
-from ray.serve.exceptions import ReplicaUnavailableError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 
-from deployments.router import Router
+from deployments.handles import HandleProxy
+from modm.serving.calls import retry_if_replica_lost
+from modm.serving.errors import QueueFull, ReplicaLost
 
-retry = Router._retry_if_replica_lost
+
+class Response:
+    """Stands in for a DeploymentResponse: awaitable, plays one outcome, records whether it was cancelled."""
+
+    def __init__(self, outcome):
+        self.outcome, self.cancelled = outcome, False
+
+    def __await__(self):
+        return self._play().__await__()
+
+    async def _play(self):
+        if self.outcome == "slow":
+            await asyncio.sleep(30)
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self):
+        self.cancelled = True
 
 
-def scripted(*outcomes):
-    """A call that plays `outcomes` in order (an exception is raised, anything else returned); counts calls."""
-    calls = []
+class ScriptedHandle:
+    """A deployment handle whose `generate.remote()` answers the outcomes in order."""
 
-    async def answer(outcome):
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+    def __init__(self, *outcomes):
+        self.outcomes, self.responses = list(outcomes), []
 
-    def call():
-        calls.append(1)
-        return answer(outcomes[len(calls) - 1])
+    @property
+    def generate(self):
+        return self
 
-    return call, calls
+    def remote(self, *args):
+        self.responses.append(Response(self.outcomes[len(self.responses)]))
+        return self.responses[-1]
+
+
+def call_retrying(handle):
+    proxy = HandleProxy(handle)
+    return asyncio.run(retry_if_replica_lost(lambda: proxy.generate("a prompt"), "large model"))
 
 
 @pytest.mark.parametrize(
@@ -33,16 +58,16 @@ def scripted(*outcomes):
     ids=type,
 )
 def test_a_lost_replica_is_retried_once(lost):
-    call, calls = scripted(lost, b"png")
-    assert asyncio.run(retry(call, "large model")) == b"png"
-    assert len(calls) == 2
+    handle = ScriptedHandle(lost, b"png")
+    assert call_retrying(handle) == b"png"
+    assert len(handle.responses) == 2
 
 
 def test_a_second_loss_is_raised():
-    call, calls = scripted(ActorDiedError(), ActorDiedError(), b"never")
-    with pytest.raises(ActorDiedError):
-        asyncio.run(retry(call, "large model"))
-    assert len(calls) == 2
+    handle = ScriptedHandle(ActorDiedError(), ActorDiedError(), b"never")
+    with pytest.raises(ReplicaLost):
+        call_retrying(handle)
+    assert len(handle.responses) == 2
 
 
 @pytest.mark.parametrize(
@@ -55,37 +80,32 @@ def test_a_second_loss_is_raised():
     ids=["replica raised ActorDiedError", "replica raised ValueError", "ValueError"],
 )
 def test_an_error_the_replica_answered_with_is_not_retried(error):
-    call, calls = scripted(error, b"never")
+    handle = ScriptedHandle(error, b"never")
     with pytest.raises(type(error)):
-        asyncio.run(retry(call, "large model"))
-    assert len(calls) == 1
+        call_retrying(handle)
+    assert len(handle.responses) == 1
+
+
+def test_a_full_queue_is_queue_full_and_not_retried():
+    handle = ScriptedHandle(BackPressureError(num_queued_requests=64, max_queued_requests=64), b"never")
+    with pytest.raises(QueueFull):
+        call_retrying(handle)
+    assert len(handle.responses) == 1
 
 
 def test_success_is_one_call():
-    call, calls = scripted(b"png")
-    assert asyncio.run(retry(call, "cache")) == b"png"
-    assert len(calls) == 1
-
-
-class SlowCall:
-    """Stands in for a DeploymentResponse: awaitable, and records whether it was cancelled."""
-
-    def __init__(self):
-        self.cancelled = False
-
-    def __await__(self):
-        return asyncio.sleep(30).__await__()
-
-    def cancel(self):
-        self.cancelled = True
+    handle = ScriptedHandle(b"png")
+    assert call_retrying(handle) == b"png"
+    assert len(handle.responses) == 1
 
 
 def test_a_request_that_times_out_cancels_its_model_call():
-    slow = SlowCall()
+    handle = ScriptedHandle("slow")
+    proxy = HandleProxy(handle)
 
     async def timed_out():
-        await asyncio.wait_for(retry(lambda: slow, "large model"), timeout=0.05)
+        await asyncio.wait_for(proxy.generate("a prompt"), timeout=0.05)
 
     with pytest.raises(asyncio.TimeoutError):
         asyncio.run(timed_out())
-    assert slow.cancelled  # so the replica stops at its next denoising step instead of finishing the image
+    assert handle.responses[0].cancelled  # so the replica stops at its next denoising step instead of finishing

@@ -1,8 +1,9 @@
 """`cache.warm`: the Serve app fills its cache from a prompt list with the large model before the router serves.
 
-MoDM pre-caches 10k large-model images before serving. The router runs this in its constructor, so the app is not
-RUNNING (and no request is routed) until the cache is warm; it uses the app's own LargeModel replicas (as many
-generations at once as there are replicas), Embedder and cache, exactly as a miss's admission does:
+MoDM pre-caches 10k large-model images before serving. The pipeline runs this when it starts (in the Serve app: in
+the Router's constructor, so the app is not RUNNING and no request is routed until the cache is warm); it uses the
+app's own large-model pool (as many generations at once as there are replicas), embedder and cache, exactly as a
+miss's admission does:
 
 - modm mode: one full generation per prompt, keyed by its image embedding, into the CacheIndex (persistent; prompts
   the namespace already holds are skipped, so a restart does not regenerate them);
@@ -19,27 +20,30 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from modm.cache.warm import read_prompts
 from modm.config import SystemConfig, SystemMode
 from modm.constants import DEFAULT_TENANT
 from modm.policy.tenancy import cache_scope
+from modm.roles import ModelRole
+from modm.serving.backends import Backends
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(__name__)
 
 
-async def warm_before_serving(config: SystemConfig, large, embedder, cache) -> dict:
+async def warm_cache(config: SystemConfig, backends: Backends) -> dict:
     """Run `config.cache.warm`; returns {"generated", "already_cached", "failed"} (all zero without a warm)."""
-    from modm.cache.warm import read_prompts  # the router needs modm.cache only here
 
     report = {"generated": 0, "already_cached": 0, "failed": 0}
     warm = config.cache.warm
     if warm is None or config.mode is SystemMode.VANILLA:
         return report
     prompts = read_prompts(warm.prompts, warm.limit)
+    large, embedder, cache = backends.models[ModelRole.LARGE], backends.embedder, backends.cache
     spec = config.models.large
     size, steps, seed = spec.default_size, spec.num_inference_steps, config.seed
     if config.mode is SystemMode.MODM:
         namespace = cache_scope(DEFAULT_TENANT, config.tenancy.shared_pool_tenants).write
-        cached = set(await cache.cached_prompts.remote(namespace))
+        cached = set(await cache.cached_prompts(namespace))
     else:
         namespace = f"{DEFAULT_TENANT}/{size}x{size}/{steps}"  # the router's NIRVANA namespace of such requests
         cached = set()
@@ -53,13 +57,13 @@ async def warm_before_serving(config: SystemConfig, large, embedder, cache) -> d
         async with at_once:
             try:
                 if config.mode is SystemMode.MODM:
-                    png = await large.generate.remote(prompt, size, size, steps, seed)
-                    key = await embedder.embed_for_cache.remote(png, prompt)
-                    await cache.add.remote(png, key, prompt, namespace, "large", 0)
+                    png = await large.generate(prompt, size, size, steps, seed)
+                    key = await embedder.embed_for_cache(png, prompt)
+                    await cache.add(png, key, prompt, namespace, "large", 0)
                 else:
-                    _, latents = await large.generate_with_snapshots.remote(prompt, size, size, steps, seed)
-                    key = await embedder.embed_text.remote(prompt)
-                    await cache.add.remote(key, namespace, latents)
+                    _, latents = await large.generate_with_snapshots(prompt, size, size, steps, seed)
+                    key = await embedder.embed_text(prompt)
+                    await cache.add(key, namespace, latents)
             except Exception:
                 report["failed"] += 1
                 logger.exception("warm: generating %r failed; skipped", prompt[:80])

@@ -1,0 +1,49 @@
+"""Every backend in this process: one model service per role, the embedder, and the mode's cache. What `modm demo`
+serves the pipeline with; the Serve app runs the same services as deployments."""
+
+from __future__ import annotations
+
+from modm.cache import ImageCache
+from modm.config import SystemConfig, SystemMode
+from modm.embedding import build_embedder
+from modm.policy import NIRVANA_K_CHOICES
+from modm.roles import ModelRole
+from modm.serving.backends import Backends
+from modm.serving.services import EmbedderService, ImageCacheService, LatentCacheService
+
+__all__ = ["LocalBackends"]
+
+
+class LocalBackends:
+    """`backends` for `config`, loaded now; a context manager that closes the image cache (its directory lock)."""
+
+    def __init__(self, config: SystemConfig):
+        from modm.generation import LocalGenerator, ModelService
+
+        roles = (ModelRole.LARGE, ModelRole.SMALL) if config.mode is SystemMode.MODM else (ModelRole.LARGE,)
+        snapshots = NIRVANA_K_CHOICES if config.mode is SystemMode.NIRVANA else ()
+        models = {}
+        for role in roles:
+            spec = getattr(config.models, role.value)
+            models[role] = ModelService(LocalGenerator.from_spec(spec, role.value), spec, snapshot_steps=snapshots)
+        self.image_cache: ImageCache | None = None
+        self.backends = Backends(models=models)
+        if config.mode is SystemMode.VANILLA:
+            return
+        embedder = build_embedder(config.embedder)
+        self.backends.embedder = EmbedderService(embedder)
+        if config.mode is SystemMode.MODM:
+            self.image_cache = ImageCache(config.cache, embedder.dim)
+            self.backends.cache = ImageCacheService(self.image_cache)
+        else:
+            self.backends.cache = LatentCacheService(config.cache, embedder.dim, config.policy.total_steps)
+
+    def close(self) -> None:
+        if self.image_cache is not None:
+            self.image_cache.close()
+
+    def __enter__(self) -> LocalBackends:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,134 @@
+"""MoDM's global monitor as a service: routers report their window counts (modm.policy.WindowCounts, counted at
+arrival); every window it turns them into R, H and P(k), steps Algorithm 1 (modm.policy.GlobalMonitor) and applies
+the resulting allocation through an injected callback (in the Serve app: a broadcast of the replica targets to the
+model deployments, whose autoscaling policy enacts them)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from modm.config import MonitorConfig
+from modm.policy import Allocation, GlobalMonitor, Throughput, WindowCounter, WindowCounts, WindowStats
+from modm.roles import ModelRole
+from modm.serving.backends import Clock, ModelPool, SystemClock
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MonitorMetricsSink", "MonitorService"]
+
+HISTORY_SHOWN = 20  # windows get_allocation() returns
+
+
+class MonitorMetricsSink(Protocol):
+    def window(self, request_rate: float, hit_rate: float) -> None: ...
+
+    def allocation(self, large: int, small: int, target: float) -> None: ...
+
+
+class MonitorService:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        total_steps: int,
+        pools: dict[ModelRole, ModelPool],
+        apply: Callable[[Allocation], Awaitable[None]],
+        *,
+        clock: Clock | None = None,
+        metrics: MonitorMetricsSink | None = None,
+    ):
+        self.config, self.total_steps, self.pools = config, total_steps, pools
+        self._apply, self.clock, self.metrics = apply, clock or SystemClock(), metrics
+        self.monitor = GlobalMonitor(config)
+        self.allocation: Allocation = self.monitor.current
+        self.throughput: Throughput | None = None
+        self._window = WindowCounter()
+        self._window_started = self.clock.monotonic()
+        self.history: list[dict] = []
+
+    def report(self, counts: dict) -> None:
+        """Counts seen by one router since its last report (`WindowCounts.as_dict()`)."""
+        self._window.merge(WindowCounts.from_dict(counts))
+
+    def get_allocation(self) -> dict:
+        throughput = self.throughput
+        return {
+            "large": self.allocation.large,
+            "small": self.allocation.small,
+            "target_large": self.allocation.target,
+            "feasible": self.allocation.feasible,
+            "mode": self.config.mode.value,
+            "window_s": self.config.window_s,
+            "throughput_per_min": None
+            if throughput is None
+            else {"large": throughput.large_per_min, "small": throughput.small_per_min},
+            "history": self.history[-HISTORY_SHOWN:],
+        }
+
+    async def run(self) -> None:
+        """Apply the initial allocation (retrying while the model pools start), then step every window."""
+        while True:
+            try:
+                await self.apply(self.allocation)
+                break
+            except Exception as err:
+                logger.info("monitor: model replicas not reachable yet (%s); retrying", type(err).__name__)
+                await self.clock.sleep(1.0)
+        self._window_started = self.clock.monotonic()
+        while True:
+            await self.clock.sleep(self.config.window_s)
+            try:
+                await self.step()
+            except Exception:  # a failed window must not stop the monitor
+                logger.exception("monitor: window failed")
+
+    async def step(self) -> Allocation:
+        """Close the window, step Algorithm 1 on it, and apply the allocation."""
+        stats = self._close_window()
+        self.allocation = self.monitor.step(stats, await self._profile())
+        self.history.append(
+            {
+                "t": self.clock.wall(),
+                "R": stats.request_rate,
+                "H": stats.hit_rate,
+                "large": self.allocation.large,
+                "small": self.allocation.small,
+            }
+        )
+        if self.metrics is not None:
+            self.metrics.window(stats.request_rate, stats.hit_rate)
+        logger.info(
+            "monitor: R=%.1f/min H=%.2f -> large=%d small=%d (target %.2f)",
+            stats.request_rate,
+            stats.hit_rate,
+            self.allocation.large,
+            self.allocation.small,
+            self.allocation.target,
+        )
+        await self.apply(self.allocation)
+        return self.allocation
+
+    async def apply(self, allocation: Allocation) -> None:
+        if self.metrics is not None:
+            self.metrics.allocation(allocation.large, allocation.small, allocation.target)
+        # Re-sent every window so replicas started since the last change learn the target too.
+        await self._apply(allocation)
+
+    async def _profile(self) -> Throughput:
+        if self.throughput is None:
+            large_s = await self.pools[ModelRole.LARGE].profile()
+            small_s = await self.pools[ModelRole.SMALL].profile()
+            self.throughput = Throughput.from_latencies(large_s, small_s)
+            logger.info(
+                "monitor: profiled P_large=%.2f P_small=%.2f req/min/replica",
+                self.throughput.large_per_min,
+                self.throughput.small_per_min,
+            )
+        return self.throughput
+
+    def _close_window(self) -> WindowStats:
+        now = self.clock.monotonic()
+        stats = self._window.close(max(now - self._window_started, 1e-6), self.total_steps)
+        self._window_started = now
+        return stats
