@@ -315,6 +315,7 @@ def _half_transparent() -> bytes:
         (_half_transparent(), "transparent pixels"),
         (upload()[:60], "image"),
     ],
+    ids=["not-an-image", "gif", "too-large", "cmyk", "transparent", "truncated"],
 )
 def test_bad_images_are_refused_with_the_reason(build, data, fragment):
     async def scenario():
