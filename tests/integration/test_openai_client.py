@@ -17,7 +17,7 @@ import openai
 import pytest
 from PIL import Image
 
-from deployments.local_cluster import wait_healthy
+from tools.local_cluster import wait_healthy
 
 pytestmark = pytest.mark.ray
 
