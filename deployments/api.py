@@ -1,59 +1,56 @@
-"""The HTTP API's request and response bodies (OpenAI Images shape plus modm's decision record)."""
+"""The HTTP side of the API's contract: the error body every refusal has, and how the OpenAPI schema documents each
+status an endpoint can answer (with Retry-After and WWW-Authenticate where they come). The request and response
+bodies are Ray-free, in modm.serving.images_api."""
 
 from __future__ import annotations
 
-import re
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from modm.serving.request import Decision
-
-SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+from pydantic import BaseModel, Field
 
 
-class GenerationBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1, description="What to draw.")
-    n: int = Field(default=1, ge=1, description="Images to generate (each with seed, seed+1, ...).")
-    size: str | None = Field(default=None, description="'WIDTHxHEIGHT', e.g. '1024x1024'; default: the model's.")
-    response_format: Literal["b64_json"] = Field(default="b64_json", description="Only base64 PNG is served.")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Noise seed; default: the system seed.")
-    steps: int | None = Field(default=None, ge=1, description="Denoising steps T; default: the model's.")
-    model: str | None = Field(default=None, description="Accepted for OpenAI compatibility; ignored.")
-    user: str | None = Field(default=None, max_length=256, description="Accepted for OpenAI compatibility.")
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("prompt must not be blank")
-        return v
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str | None) -> str | None:
-        if v is not None and not SIZE_PATTERN.match(v):
-            raise ValueError(f"size must look like '512x512', got {v!r}")
-        return v
-
-    def dimensions(self) -> tuple[int, int] | None:
-        if self.size is None:
-            return None
-        width, height = SIZE_PATTERN.match(self.size).groups()
-        return int(width), int(height)
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What was wrong, naming the field or the limit.")
+    type: str = Field(
+        description="invalid_request_error, authentication_error, permission_error, not_found, overloaded, "
+        "timeout or server_error."
+    )
 
 
-class ImageData(BaseModel):
-    b64_json: str
-
-
-class GenerationResponse(BaseModel):
-    created: int
-    data: list[ImageData]
-    modm: Decision
+class ErrorBody(BaseModel):
+    error: ErrorDetail
 
 
 def error_body(message: str, kind: str) -> dict:
     return {"error": {"message": message, "type": kind}}
+
+
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+WWW_AUTHENTICATE = {
+    "WWW-Authenticate": {
+        "description": 'The scheme to authenticate with: Bearer realm="modm".',
+        "schema": {"type": "string"},
+    }
+}
+ERRORS = {
+    400: ("The request is well-formed but cannot be served (a limit, a size, an unsupported value, a bad image).", {}),
+    401: ("Missing or invalid API key (only when API keys are configured).", WWW_AUTHENTICATE),
+    403: ("X-Tenant-Id names another tenant than the API key's.", {}),
+    404: ("No such resource, or not this tenant's, or its link expired.", {}),
+    413: ("The request body exceeds limits.max_body_bytes (edits: limits.max_upload_bytes).", {}),
+    422: ("The body does not validate: a field of the wrong type, out of range, or unknown.", {}),
+    429: ("Admission control: the request would finish later than the latency bound.", RETRY_AFTER),
+    503: ("A model pool's queue is full (with Retry-After), or a model or the response store failed.", RETRY_AFTER),
+    504: ("No answer within serving.request_timeout_s.", {}),
+}
+# The statuses an image request (generation or edit) can get.
+IMAGE_REQUEST_ERRORS = (400, 401, 403, 413, 422, 429, 503, 504)
+
+
+def error_responses(*statuses: int) -> dict:
+    """FastAPI `responses=` documenting `statuses` with the error body and their headers."""
+    out = {}
+    for status in statuses:
+        description, headers = ERRORS[status]
+        out[status] = {"model": ErrorBody, "description": description}
+        if headers:
+            out[status]["headers"] = headers
+    return out

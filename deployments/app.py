@@ -3,12 +3,15 @@
 `args` (validated by AppArgs): the system config (a YAML path or inline), per-deployment Ray actor options, and
 whether to check the cluster's resources first. The builder binds the deployments MODE_DEPLOYMENTS names for the
 config's mode: LargeModel, SmallModel, Embedder, CacheIndex, Monitor and the Router ingress in modm mode; LargeModel
-and the Router in vanilla mode; LargeModel, Embedder, LatentCache and the Router in nirvana mode.
+and the Router in vanilla mode; LargeModel, Embedder, LatentCache and the Router in nirvana mode; and in every mode
+the ResponseStore of images answered as URLs. Each build generates the key that signs those URLs and hands it to
+every Router replica (a redeploy invalidates the links of the previous one, as their images are gone too).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +40,23 @@ from modm.roles import ModelRole
 
 logger = logging.getLogger("ray.serve")
 
-DEPLOYMENT_NAMES = ("Router", "Embedder", "CacheIndex", "LargeModel", "SmallModel", "Monitor", "LatentCache")
+DEPLOYMENT_NAMES = (
+    "Router",
+    "Embedder",
+    "CacheIndex",
+    "LargeModel",
+    "SmallModel",
+    "Monitor",
+    "LatentCache",
+    "ResponseStore",
+)
 # Which deployments each mode runs, in binding order (each after the deployments it calls; the Router ingress last).
-# LatentCache: NIRVANA's cache of intermediate latents. The builder binds exactly these.
+# LatentCache: NIRVANA's cache of intermediate latents; ResponseStore: the images answered as URLs. The builder
+# binds exactly these.
 MODE_DEPLOYMENTS = {
-    SystemMode.MODM: ("LargeModel", "SmallModel", "Embedder", "CacheIndex", "Monitor", "Router"),
-    SystemMode.VANILLA: ("LargeModel", "Router"),
-    SystemMode.NIRVANA: ("LargeModel", "Embedder", "LatentCache", "Router"),
+    SystemMode.MODM: ("LargeModel", "SmallModel", "Embedder", "CacheIndex", "Monitor", "ResponseStore", "Router"),
+    SystemMode.VANILLA: ("LargeModel", "ResponseStore", "Router"),
+    SystemMode.NIRVANA: ("LargeModel", "Embedder", "LatentCache", "ResponseStore", "Router"),
 }
 MODEL_DEPLOYMENTS = {ModelRole.LARGE: "LargeModel", ModelRole.SMALL: "SmallModel"}
 ACTOR_OPTION_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
@@ -57,6 +70,7 @@ MAX_ONGOING = {
     "SmallModel": 1,
     "Monitor": 64,
     "LatentCache": 256,
+    "ResponseStore": 256,
 }
 DEFAULT_ACTOR_OPTIONS = {
     "Router": {"num_cpus": 0.25},
@@ -66,6 +80,7 @@ DEFAULT_ACTOR_OPTIONS = {
     "SmallModel": {"num_cpus": 1},
     "Monitor": {"num_cpus": 0.1},
     "LatentCache": {"num_cpus": 0.5},
+    "ResponseStore": {"num_cpus": 0.1},
 }
 
 
@@ -309,6 +324,7 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
     from deployments.latent_cache import LatentCacheServer
     from deployments.model import ModelServer
     from deployments.monitor import MonitorServer
+    from deployments.response_store import ResponseStoreServer
     from deployments.router import Router
 
     # Serve fails a model call fast (BackPressureError -> 503) when this many wait at the router's handle.
@@ -349,6 +365,9 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
         "Monitor": lambda: _deployment(MonitorServer, "Monitor", parsed, num_replicas=1).bind(
             system.monitor.model_dump(mode="json"), system.policy.total_steps, bound["LargeModel"], bound["SmallModel"]
         ),
+        "ResponseStore": lambda: _deployment(ResponseStoreServer, "ResponseStore", parsed, num_replicas=1).bind(
+            system.serving.model_dump(mode="json")
+        ),
         # A stopping Router replica finishes the requests it holds; none outlives request_timeout_s.
         "Router": lambda: _deployment(
             Router, "Router", parsed, graceful_shutdown_timeout_s=system.serving.request_timeout_s
@@ -359,6 +378,8 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
             bound.get("Embedder"),
             bound.get("CacheIndex", bound.get("LatentCache")),
             bound.get("Monitor"),
+            store=bound["ResponseStore"],
+            signing_key=secrets.token_hex(32),
         ),
     }
     for name in MODE_DEPLOYMENTS[system.mode]:

@@ -58,6 +58,33 @@ class Dtype(str, Enum):
     BFLOAT16 = "bfloat16"
 
 
+class ImageQuality(str, Enum):
+    """OpenAI's `quality` values; each maps to a number of denoising steps per model (ModelSpec.quality_steps)."""
+
+    AUTO = "auto"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    XHIGH = "xhigh"
+    MAX = "max"
+    STANDARD = "standard"
+    HD = "hd"
+
+
+# A quality's default steps as a fraction of the model's num_inference_steps T, rounded, at least 1. Never more than
+# T: the model's default schedule is what it was configured to serve at; fewer steps trade detail for latency.
+QUALITY_STEP_FRACTIONS = {
+    ImageQuality.LOW: 0.5,
+    ImageQuality.MEDIUM: 0.75,
+    ImageQuality.STANDARD: 1.0,
+    ImageQuality.AUTO: 1.0,
+    ImageQuality.HIGH: 1.0,
+    ImageQuality.HD: 1.0,
+    ImageQuality.XHIGH: 1.0,
+    ImageQuality.MAX: 1.0,
+}
+
+
 class ModelSpec(_Strict):
     """A diffusers pipeline: a hub id or a local directory written by `save_pretrained`."""
 
@@ -87,6 +114,16 @@ class ModelSpec(_Strict):
         description="Run each replica of this model on several devices (DistriFusion, AsyncDiff): the replica "
         "reserves world_size devices in a placement group and drives one rank actor on each.",
     )
+    quality_steps: dict[ImageQuality, Annotated[int, Field(gt=0, le=1000)]] = Field(
+        default_factory=dict,
+        description="Denoising steps per API `quality` (low, medium, high, ...). A level not named here runs "
+        "QUALITY_STEP_FRACTIONS of num_inference_steps: low 1/2, medium 3/4, every other level all of them.",
+    )
+
+    def steps_for_quality(self, quality: ImageQuality) -> int:
+        if quality in self.quality_steps:
+            return self.quality_steps[quality]
+        return max(1, round(self.num_inference_steps * QUALITY_STEP_FRACTIONS[quality]))
 
     @model_validator(mode="after")
     def _sizes(self) -> "ModelSpec":
@@ -252,6 +289,11 @@ class RequestLimits(_Strict):
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="Largest HTTP request body; larger ones get 413 before being read."
     )
+    max_upload_bytes: int = Field(
+        default=16 << 20,
+        ge=1024,
+        description="Largest multipart body of an image edit (the image and the form fields); larger: 413.",
+    )
 
 
 class ServingConfig(_Strict):
@@ -266,6 +308,22 @@ class ServingConfig(_Strict):
         gt=0,
         description="Cache admissions in flight at once; beyond, new results are "
         "not cached (counted in modm_admissions_dropped_total).",
+    )
+    model_id: str = Field(
+        default="modm",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
+        description="The id GET /v1/models lists for this system; a request's `model` must be it (or absent).",
+    )
+    image_url_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long an image answered as a URL (response_format url) stays in the response store "
+        "and its signed link stays valid.",
+    )
+    response_store_max_bytes: int = Field(
+        default=256 << 20,
+        ge=1 << 20,
+        description="Memory of the response store; beyond, its oldest images are dropped (their links 404).",
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from modm.cache.records import Match
 from modm.roles import ModelRole
+from modm.serving.response_store import StoredImage
 
 __all__ = [
     "Backends",
@@ -25,6 +26,7 @@ __all__ = [
     "LatentCacheBackend",
     "ModelPool",
     "MonitorLink",
+    "ResponseStoreBackend",
     "SystemClock",
     "TextEmbedder",
 ]
@@ -98,6 +100,16 @@ class MonitorLink(Protocol):
     async def get_allocation(self) -> dict: ...
 
 
+class ResponseStoreBackend(Protocol):
+    """Where images answered as URLs wait for their links (modm.serving.response_store.ResponseStore)."""
+
+    async def put(self, data: bytes, media_type: str, tenant: str) -> str:
+        """Keep one image; returns its id."""
+
+    async def get(self, image_id: str) -> StoredImage | None:
+        """The image, or None when it is unknown, expired or dropped."""
+
+
 class Clock(Protocol):
     def monotonic(self) -> float: ...
 
@@ -121,10 +133,12 @@ class SystemClock:
 @dataclass
 class Backends:
     """Everything a pipeline calls. `models` holds the large pool, and the small one in MoDM mode; `cache` is the
-    image cache (MoDM) or the latent cache (NIRVANA); vanilla needs neither it nor the embedder."""
+    image cache (MoDM) or the latent cache (NIRVANA); vanilla needs neither it nor the embedder. `store` keeps the
+    images answered as URLs (without it, response_format "url" is refused)."""
 
     models: dict[ModelRole, ModelPool]
     embedder: TextEmbedder | None = None
     cache: ImageCacheBackend | LatentCacheBackend | None = None
     monitor: MonitorLink | None = None
+    store: ResponseStoreBackend | None = None
     clock: Clock = field(default_factory=SystemClock)

@@ -20,6 +20,7 @@ __all__ = [
     "RequestInvalid",
     "RequestRefused",
     "RequestTimedOut",
+    "StoreFailed",
 ]
 
 
@@ -75,6 +76,12 @@ class ModelFailed(PoolRefused):
 
 class QueueRejected(PoolRefused):
     kind = "overloaded"
+
+
+class StoreFailed(PoolRefused):
+    """503: the response store could not keep the images a URL answer links to."""
+
+    kind = "server_error"
 
 
 class RequestTimedOut(RequestRefused):

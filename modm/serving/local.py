@@ -1,4 +1,5 @@
-"""Every backend in this process: one model service per role, the embedder, and the mode's cache. What `modm demo`
+"""Every backend in this process: one model service per role, the embedder, the mode's cache and the response
+store. What `modm demo`
 serves the pipeline with; the Serve app runs the same services as deployments."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from modm.embedding import build_embedder
 from modm.policy import NIRVANA_K_CHOICES
 from modm.roles import ModelRole
 from modm.serving.backends import Backends
+from modm.serving.response_store import ResponseStore
 from modm.serving.services import EmbedderService, ImageCacheService, LatentCacheService
 
 __all__ = ["LocalBackends"]
@@ -27,7 +29,10 @@ class LocalBackends:
             spec = getattr(config.models, role.value)
             models[role] = ModelService(LocalGenerator.from_spec(spec, role.value), spec, snapshot_steps=snapshots)
         self.image_cache: ImageCache | None = None
-        self.backends = Backends(models=models)
+        serving = config.serving
+        self.backends = Backends(
+            models=models, store=ResponseStore(serving.image_url_ttl_s, serving.response_store_max_bytes)
+        )
         if config.mode is SystemMode.VANILLA:
             return
         embedder = build_embedder(config.embedder)

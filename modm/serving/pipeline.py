@@ -3,6 +3,11 @@
     tenant -> validate -> count arrival -> retrieve (mode strategy) -> count decision -> route to a pool ->
     admission control -> render n images (retrying a lost replica once) -> count -> cache admission in background
 
+An edit (an uploaded image refined toward a prompt) takes the path of a cache hit without the cache: the image is
+checked, then refined by the small pool's img2img (the large model's img2img twin in vanilla and nirvana mode),
+under the same admission control, retries and timeout; its results are never cached. `deliver` encodes the images
+in the asked format and, for URL answers, writes them to the response store and signs their links.
+
 Ray-free and written once: `modm demo` runs it with in-process services, the Serve Router with proxies over
 deployment handles (deployments/router.py), the unit tests with fakes. Everything the router used to decide —
 authentication, tenancy, limits, routing, admission control, retries, the monitor's window counts, the bound on
@@ -13,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from modm.config import SystemConfig, SystemMode
-from modm.config.schema import TENANT_PATTERN, TENANT_RULE
+from modm.config.parallel import ParallelMethod
+from modm.config.schema import TENANT_PATTERN, TENANT_RULE, ImageQuality, ModelSpec
 from modm.constants import DEFAULT_TENANT
+from modm.images import ImageFormat, UploadError, encode_as, png_bytes, read_upload
 from modm.policy import PoolState, RetrievalDecision, WindowCounter, route
 from modm.policy.api_keys import ApiKeyRing, AuthenticationError
 from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain
@@ -39,9 +47,21 @@ from modm.serving.errors import (
     QueueRejected,
     RequestInvalid,
     RequestTimedOut,
+    StoreFailed,
 )
+from modm.serving.images_api import ModelCard, ModelList
+from modm.serving.links import LinkSigner
 from modm.serving.metrics import NoMetrics, ServingMetrics
-from modm.serving.request import Decision, ImageRequest, Job, ServedImages
+from modm.serving.request import (
+    Decision,
+    DeliveredImage,
+    Delivery,
+    EditRequest,
+    ImageRequest,
+    Job,
+    ServedImages,
+)
+from modm.serving.response_store import StoredImage
 from modm.serving.strategies import Retrieved, strategy_for
 from modm.serving.warm import warm_cache
 
@@ -51,10 +71,21 @@ __all__ = ["RequestPipeline"]
 
 
 class RequestPipeline:
-    def __init__(self, config: SystemConfig, backends: Backends, *, metrics: ServingMetrics | None = None):
+    def __init__(
+        self,
+        config: SystemConfig,
+        backends: Backends,
+        *,
+        metrics: ServingMetrics | None = None,
+        signing_key: bytes | None = None,
+    ):
+        """`signing_key` signs the links of URL answers; every pipeline whose links must open on the others (the
+        Router replicas of one app) shares one. None: a fresh key, for a pipeline alone in its process."""
         self.config, self.mode, self.backends = config, config.mode, backends
         self._check_backends()
         self.clock = backends.clock
+        self.signer = LinkSigner(signing_key or secrets.token_bytes(32), self.clock.wall)
+        self.started_at = int(self.clock.wall())
         self.metrics = metrics or NoMetrics()
         self.api_keys = ApiKeyRing.from_config(config.auth)
         self.roles = tuple(backends.models)
@@ -98,6 +129,7 @@ class RequestPipeline:
         """Learn the pools' limits, start profiling and monitor reports, and run `cache.warm` before serving."""
         for role in self.roles:
             self.model_info[role] = await self.backends.models[role].info()
+        self.started_at = int(self.clock.wall())
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._profile_pools()))
         if self.backends.monitor is not None:
@@ -135,17 +167,40 @@ class RequestPipeline:
             raise AuthenticationFailed(str(err)) from None
 
     def validate(self, request: ImageRequest) -> Job:
-        """The same limits the models enforce, checked before any work is sent; defaults resolved."""
-        limits, info = self.config.limits, self.model_info[ModelRole.LARGE]
-        if not 1 <= request.n <= limits.max_images:
-            raise RequestInvalid(f"n={request.n} must be in [1, {limits.max_images}] images per request")
-        steps = info["num_inference_steps"] if request.steps is None else request.steps
+        """The same limits the models enforce, checked before any work is sent; defaults resolved. A generation may
+        be routed to either pool, so its size must suit both."""
+        info = self.model_info[ModelRole.LARGE]
         width = info["default_size"] if request.width is None else request.width
         height = info["default_size"] if request.height is None else request.height
+        return self._job(request, width, height, self._steps(request, ModelRole.LARGE), self.roles)
+
+    def _steps(self, request: ImageRequest, role: ModelRole) -> int:
+        """The request's steps, else its quality's on `role`'s model (ModelSpec.quality_steps), else the model's."""
+        if request.steps is not None:
+            if request.quality not in (None, ImageQuality.AUTO):
+                raise RequestInvalid("give steps or quality, not both: quality stands for a number of steps")
+            return request.steps
+        if request.quality is None:
+            return self.model_info[role]["num_inference_steps"]
+        return self._spec(role).steps_for_quality(request.quality)
+
+    def _spec(self, role: ModelRole) -> ModelSpec:
+        return getattr(self.config.models, role.value)
+
+    def _job(self, request: ImageRequest, width: int, height: int, steps: int, roles) -> Job:
+        limits = self.config.limits
+        served_id = self.config.serving.model_id
+        if request.model is not None and request.model != served_id:
+            raise RequestInvalid(
+                f"model {request.model[:100]!r} is not served here; this system is {served_id!r} (GET /v1/models)"
+            )
+        if not 1 <= request.n <= limits.max_images:
+            raise RequestInvalid(f"n={request.n} must be in [1, {limits.max_images}] images per request")
         seed = self.config.seed if request.seed is None else request.seed
         try:
             check_request_limits(request.prompt, steps, request.tenant, limits)
-            for role, model in self.model_info.items():
+            for role in roles:
+                model = self.model_info[role]
                 check_dimensions(
                     width, height, size_multiple=model["size_multiple"], max_size=model["max_size"], model=role.value
                 )
@@ -171,9 +226,12 @@ class RequestPipeline:
         # R counts every valid request, also those later rejected, timed out or failed (malformed ones are no load).
         self.window.arrived()
         self.totals["arrivals"] += 1
+        return await self._within_timeout(self._serve(job, start))
+
+    async def _within_timeout(self, serving: Awaitable[ServedImages]) -> ServedImages:
         timeout_s = self.config.serving.request_timeout_s
         try:
-            return await asyncio.wait_for(self._serve(job, start), timeout=timeout_s)
+            return await asyncio.wait_for(serving, timeout=timeout_s)
         except asyncio.TimeoutError:
             self.totals["errors"] += 1
             self.metrics.request_finished("none", "timeout", None, 0, None)
@@ -184,33 +242,18 @@ class RequestPipeline:
         decision = retrieved.decision
         self.window.decided(decision.hit, decision.k)  # H and P(k) at decision time, before generation
         role = self._route(decision)
-        self._check_admission(role, decision)
-        t0 = self.clock.monotonic()
-        self._enter(role)
-        try:
-            images = await asyncio.gather(
-                *[self.strategy.render(job, retrieved, role, job.seed + i) for i in range(job.n)]
-            )
-        except QueueFull as err:  # the pool's bounded queue (backpressure.max_queued_requests) is full
-            self._reject(decision, role)
-            raise QueueRejected(
-                f"the {role.value} model is overloaded: {err}",
-                retry_after_s=self._retry_after_s(role, err.retry_after_s),
-            ) from None
-        except Exception as err:
-            self.totals["errors"] += 1
-            self.metrics.request_finished(_decision_label(decision), "error", role.value, decision.k, None)
-            logger.exception("request %s failed on the %s model", job.request_id, role.value)
-            raise ModelFailed(f"the {role.value} model failed: {type(err).__name__}") from None
-        finally:
-            self._leave(role)
-        job.timings_s["generate"] = self.clock.monotonic() - t0
+        label = _decision_label(decision)
+        self._check_admission(role, label, decision.k)
+        images = await self._render(
+            job, role, label, decision.k, lambda seed: self.strategy.render(job, retrieved, role, seed)
+        )
         for png in images:
             self.strategy.admit(job, retrieved, role, png)
         self._count(decision, role, self.clock.monotonic() - start)
-        return ServedImages(
-            images=list(images),
-            decision=Decision(
+        return self._served(
+            job,
+            images,
+            Decision(
                 request_id=job.request_id,
                 mode=self.mode.value,
                 hit=decision.hit,
@@ -221,8 +264,156 @@ class RequestPipeline:
                 timings_s=job.timings_s,
                 entry_id=self.strategy.entry_id(retrieved),
             ),
-            created=int(self.clock.wall()),
         )
+
+    async def _render(
+        self, job: Job, role: ModelRole, label: str, k: int, image: Callable[[int], Awaitable[bytes]]
+    ) -> list[bytes]:
+        """The job's n images on the `role` pool, `image(seed)` each; pool failures become refusals."""
+        t0 = self.clock.monotonic()
+        self._enter(role)
+        try:
+            images = await asyncio.gather(*[image(job.seed + i) for i in range(job.n)])
+        except QueueFull as err:  # the pool's bounded queue (backpressure.max_queued_requests) is full
+            self._reject(label, k, role)
+            raise QueueRejected(
+                f"the {role.value} model is overloaded: {err}",
+                retry_after_s=self._retry_after_s(role, err.retry_after_s),
+            ) from None
+        except Exception as err:
+            self.totals["errors"] += 1
+            self.metrics.request_finished(label, "error", role.value, k, None)
+            logger.exception("request %s failed on the %s model", job.request_id, role.value)
+            raise ModelFailed(f"the {role.value} model failed: {type(err).__name__}") from None
+        finally:
+            self._leave(role)
+        job.timings_s["generate"] = self.clock.monotonic() - t0
+        return list(images)
+
+    def _served(self, job: Job, images: list[bytes], decision: Decision) -> ServedImages:
+        return ServedImages(
+            images=images, decision=decision, created=int(self.clock.wall()), width=job.width, height=job.height
+        )
+
+    # --------------------------------------------------------------------------------------------------- edits
+    async def edit(self, request: EditRequest) -> ServedImages:
+        """Refine the uploaded image toward the prompt (img2img at request.strength); never cached. Edits are not
+        counted in the monitor's window (R, H, P(k) describe generations)."""
+        role = self._edit_role()
+        info = self.model_info[role]
+        image = await asyncio.to_thread(self._read_upload, request.image, info["max_size"])
+        multiple = info["size_multiple"]
+        # No size: the image's own, rounded down to the model's size multiple.
+        width = max(multiple, image.width // multiple * multiple) if request.width is None else request.width
+        height = max(multiple, image.height // multiple * multiple) if request.height is None else request.height
+        job = self._job(request, width, height, self._steps(request, role), (role,))
+        png = await asyncio.to_thread(png_bytes, image)
+        self.totals["edits"] += 1
+        return await self._within_timeout(self._serve_edit(job, role, png, request.strength))
+
+    def _edit_role(self) -> ModelRole:
+        """MoDM: the small pool, as a cache hit. Vanilla and nirvana: the large model's img2img twin."""
+        role = ModelRole.SMALL if ModelRole.SMALL in self.backends.models else ModelRole.LARGE
+        if self._spec(role).parallel.method is not ParallelMethod.NONE:
+            raise RequestInvalid(
+                f"edits run img2img on the {role.value} model, whose parallel inference has none; "
+                "this deployment serves generations only"
+            )
+        return role
+
+    @staticmethod
+    def _read_upload(data: bytes, max_side: int):
+        try:
+            return read_upload(data, max_side=max_side)
+        except UploadError as err:
+            raise RequestInvalid(f"image: {err}") from None
+
+    async def _serve_edit(self, job: Job, role: ModelRole, png: bytes, strength: float) -> ServedImages:
+        start = self.clock.monotonic()
+        k = round((1.0 - strength) * job.steps)  # the steps refinement skips, as a hit's k
+        self._check_admission(role, "edit", k)
+        pool = self.backends.models[role]
+
+        def refine(seed: int) -> Awaitable[bytes]:
+            return self._call(
+                lambda: pool.refine(job.prompt, png, strength, job.width, job.height, job.steps, seed),
+                f"{role.value} model",
+            )
+
+        images = await self._render(job, role, "edit", k, refine)
+        self.totals[f"served_{role.value}"] += 1
+        self.metrics.request_finished("edit", "ok", role.value, k, self.clock.monotonic() - start)
+        return self._served(
+            job,
+            images,
+            Decision(
+                request_id=job.request_id,
+                mode=self.mode.value,
+                hit=False,
+                score=None,
+                k=k,
+                strength=strength,
+                model=role,
+                timings_s=job.timings_s,
+                operation="edit",
+            ),
+        )
+
+    # ------------------------------------------------------------------------------------------------ delivery
+    async def deliver(self, images: list[bytes], delivery: Delivery, tenant: str) -> list[DeliveredImage]:
+        """The images in the asked format, inline, or written to the response store (before the answer is sent)
+        with a signed link each."""
+        media_type = delivery.image_format.media_type
+        if delivery.image_format is not ImageFormat.PNG:
+            images = [
+                await asyncio.to_thread(encode_as, png, delivery.image_format, delivery.compression) for png in images
+            ]
+        if not delivery.as_url:
+            return [DeliveredImage(media_type, data=data) for data in images]
+        store = self.backends.store
+        if store is None:
+            raise RequestInvalid("response_format 'url' needs a response store, and this deployment has none")
+        try:
+            ids = await asyncio.gather(
+                *[
+                    self._call(lambda data=data: store.put(data, media_type, tenant), "response store")
+                    for data in images
+                ]
+            )
+        except Exception as err:
+            logger.exception("the response store failed")
+            raise StoreFailed(f"the response store failed: {type(err).__name__}") from None
+        ttl_s = self.config.serving.image_url_ttl_s
+        return [DeliveredImage(media_type, link=self.signer.sign(image_id, tenant, ttl_s)) for image_id in ids]
+
+    async def stored_image(
+        self, image_id: str, expires: int, signature: str, tenant_header: str | None, authorization: str | None
+    ) -> StoredImage:
+        """The image behind a signed link. Links open without credentials; a caller who presents some (an API key,
+        or X-Tenant-Id on an open API) must be the image's tenant. Unknown, expired, dropped, badly signed and
+        other tenants' images get the same 404, so a link reveals nothing about the others."""
+        # Credentials are an API key where keys are configured (the OpenAI client always sends one), else X-Tenant-Id.
+        presented = authorization is not None if self.api_keys is not None else tenant_header is not None
+        caller = self.tenant(tenant_header, authorization) if presented else None
+        not_found = NotFound("no such image, or its link expired")
+        if self.backends.store is None:
+            raise not_found
+        stored = await self._call(lambda: self.backends.store.get(image_id), "response store")
+        if stored is None or not self.signer.valid(image_id, stored.tenant, expires, signature):
+            raise not_found
+        if caller is not None and caller != stored.tenant:
+            raise not_found
+        return stored
+
+    # -------------------------------------------------------------------------------------------------- models
+    def models(self) -> ModelList:
+        """GET /v1/models: the one model this system is, by its configured id."""
+        return ModelList(data=[ModelCard(id=self.config.serving.model_id, created=self.started_at)])
+
+    def model(self, model_id: str) -> ModelCard:
+        if model_id != self.config.serving.model_id:
+            raise NotFound(f"no model {model_id[:100]!r}; this system is {self.config.serving.model_id!r}")
+        return self.models().data[0]
 
     async def _retrieve(self, job: Job) -> Retrieved:
         if self.mode is SystemMode.VANILLA:
@@ -260,7 +451,7 @@ class RequestPipeline:
             return None
         return PoolLoad(in_flight=self.in_flight[role], replicas=max(1, self.allocation[role]), latency_s=latency)
 
-    def _check_admission(self, role: ModelRole, decision: RetrievalDecision) -> None:
+    def _check_admission(self, role: ModelRole, label: str, k: int) -> None:
         """429 + Retry-After when this request would be answered later than the bound (SLO or timeout)."""
         backpressure, load = self.config.backpressure, self._pool_load(role)
         if not backpressure.admission_control or load is None:
@@ -268,7 +459,7 @@ class RequestPipeline:
         bound_s = backpressure.max_expected_latency_s or self.config.serving.request_timeout_s
         verdict = admit(load, bound_s)
         if not verdict.admitted:
-            self._reject(decision, role)
+            self._reject(label, k, role)
             raise Overloaded(
                 f"the {role.value} model is busy: this request would take about {verdict.expected_latency_s:.1f}s, "
                 f"over the {bound_s:g}s bound; retry in {verdict.retry_after_s}s",
@@ -281,9 +472,9 @@ class RequestPipeline:
         load = self._pool_load(role)
         return 1 if load is None else seconds_to_drain(load, 1)
 
-    def _reject(self, decision: RetrievalDecision, role: ModelRole) -> None:
+    def _reject(self, label: str, k: int, role: ModelRole) -> None:
         self.totals["rejected"] += 1
-        self.metrics.request_finished(_decision_label(decision), "rejected", role.value, decision.k, None)
+        self.metrics.request_finished(label, "rejected", role.value, k, None)
 
     def _enter(self, role: ModelRole) -> None:
         self.in_flight[role] += 1
@@ -314,6 +505,7 @@ class RequestPipeline:
             "rejected": self.totals["rejected"],
             "arrivals": self.totals["arrivals"],
             "retries": self.totals["retries"],
+            "edits": self.totals["edits"],
             "evicted_before_fetch": self.totals["evicted_before_fetch"],
             "k_mix": {str(k): n for k, n in sorted(self.k_mix.items())},
             "served_by": {role.value: self.totals[f"served_{role.value}"] for role in ModelRole},

@@ -15,7 +15,7 @@ def test_required_resources_count_the_gpu_budget_once():
     )
     need = required_resources(args.system_config(), args)
     assert need["GPU"] == pytest.approx(4 * 1 + 0.5)
-    assert need["CPU"] == pytest.approx(4 * 1 + 0.25 + 1 + 0.5 + 0.1)
+    assert need["CPU"] == pytest.approx(4 * 1 + 0.25 + 1 + 0.5 + 0.1 + 0.1)  # ... Monitor, ResponseStore
 
 
 def test_model_replica_bounds_follow_the_budget():

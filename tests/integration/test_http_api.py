@@ -82,7 +82,7 @@ def test_n_images_and_seeds(client):
         ({"prompt": "x" * 501}, 400, "501 characters"),
         ({"prompt": 3}, 422, "prompt"),
         ({}, 422, "prompt"),
-        ({"prompt": "x", "response_format": "url"}, 422, "response_format"),
+        ({"prompt": "x", "response_format": "jpg"}, 422, "response_format"),
         ({"prompt": "x", "unexpected": 1}, 422, "unexpected"),
     ],
 )
