@@ -53,13 +53,15 @@ def _cmd_config_check(args) -> int:
 
 
 def _cmd_cache_warm(args) -> int:
-    """Fill the image cache from a prompt list with the large model, before serving (MoDM pre-caches 10k)."""
-    from modm.cache import ImageCache, read_prompts, warm_from_prompts
+    """Fill the image cache from a prompt list with the large model, before serving (MoDM pre-caches 10k): the
+    app's own warm-up (modm.serving.warm) on in-process backends."""
+    import asyncio
+
+    from modm.cache import read_prompts
     from modm.config import ConfigError, SystemMode, load_config, resolve_relative_paths
-    from modm.embedding import build_embedder, embedding_dim
-    from modm.images import png_bytes
-    from modm.generation import DiffusionGenerator, GenerationRequest
-    from modm.policy.tenancy import cache_scope
+    from modm.roles import ModelRole
+    from modm.serving.local import LocalBackends
+    from modm.serving.warm import warm_cache
 
     cfg = resolve_relative_paths(load_config(args.config), Path.cwd())
     if cfg.mode is not SystemMode.MODM:
@@ -72,50 +74,26 @@ def _cmd_cache_warm(args) -> int:
             )
         )
     prompts = read_prompts(args.prompts, args.limit)
-    namespace = cache_scope(args.tenant, cfg.tenancy.shared_pool_tenants).write
-    large = cfg.models.large
-    generator = DiffusionGenerator.from_spec(large, "large")
-    embedder = build_embedder(cfg.embedder)
-
-    def generate(prompt: str) -> bytes:
-        return png_bytes(
-            generator.txt2img(
-                GenerationRequest(
-                    prompt=prompt,
-                    width=large.default_size,
-                    height=large.default_size,
-                    steps=large.num_inference_steps,
-                    seed=cfg.seed,
-                )
-            )
-        )
 
     def progress(done: int, total: int, prompt: str) -> None:
         print(f"warm: {done}/{total} generated: {prompt[:60]}", file=sys.stderr, flush=True)
 
-    with ImageCache(cfg.cache, embedding_dim(cfg.embedder)) as cache:
-        report = warm_from_prompts(
-            cache,
-            prompts,
-            generate,
-            embedder.embed_for_cache,
-            tenant=namespace,
-            source_model="large",
-            progress=progress,
-        )
-        entries = len(cache)
+    with LocalBackends(cfg, roles=(ModelRole.LARGE,)) as local:
+        report = asyncio.run(warm_cache(cfg, local.backends, prompts=prompts, tenant=args.tenant, progress=progress))
+        entries = len(local.image_cache)
     print(
         json.dumps(
             {
-                "generated": report.generated,
-                "already_cached": report.already_cached,
-                "prompts": report.total,
-                "namespace": namespace,
+                "generated": report["generated"],
+                "already_cached": report["already_cached"],
+                "failed": report["failed"],
+                "prompts": len(prompts),
+                "namespace": report["namespace"],
                 "cache_entries": entries,
             }
         )
     )
-    return 0
+    return 1 if report["failed"] else 0
 
 
 def _cmd_calibrate(args) -> int:

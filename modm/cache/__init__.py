@@ -26,12 +26,10 @@ from modm.cache.image_cache import CacheStats, ImageCache, NamespaceStats
 from modm.cache.index import IndexKind
 from modm.cache.records import CacheEntry, Match, NewEntry
 from modm.cache.warm import (
-    PromptWarmReport,
     WarmReport,
     prompt_for_image,
     read_prompts,
     warm_from_folder,
-    warm_from_prompts,
 )
 
 __all__ = [
@@ -48,11 +46,9 @@ __all__ = [
     "Match",
     "NamespaceStats",
     "NewEntry",
-    "PromptWarmReport",
     "WarmReport",
     "prompt_for_image",
     "read_prompts",
     "should_admit",
     "warm_from_folder",
-    "warm_from_prompts",
 ]

@@ -3,7 +3,6 @@ images, or generate one image per prompt of a list with the large model (`modm c
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Callable
@@ -20,12 +19,10 @@ from modm.cache.records import NewEntry, check_text
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "PromptWarmReport",
     "WarmReport",
     "prompt_for_image",
     "read_prompts",
     "warm_from_folder",
-    "warm_from_prompts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -145,16 +142,6 @@ def warm_from_folder(
 # ---------------------------------------------------------------------------------------------- from a prompt list
 PROMPT_COLUMN = "prompt"
 
-GenerateFn = Callable[[str], bytes]  # prompt -> PNG of a full large-model generation
-ProgressFn = Callable[[int, int, str], None]  # (done, total, prompt)
-
-
-@dataclass(frozen=True)
-class PromptWarmReport:
-    generated: int  # prompts generated and admitted by this run
-    already_cached: int  # prompts skipped because the namespace already holds an entry for them
-    total: int  # distinct prompts considered (after the limit)
-
 
 def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[str]:
     """The prompts of a .txt (one a line) or .tsv file (its 'prompt' column, else its last column; a first row
@@ -174,46 +161,3 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[str]
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} holds no prompt")
     return prompts[:limit] if limit is not None else prompts
-
-
-def warm_from_prompts(
-    cache: ImageCache,
-    prompts: list[str],
-    generate_fn: GenerateFn,
-    embed_fn: EmbedFn,
-    *,
-    tenant: str,
-    source_model: str,
-    progress: ProgressFn | None = None,
-) -> PromptWarmReport:
-    """Fill `cache` for `tenant` with one full large-model generation per prompt (MoDM warms with 10k images).
-
-    Resumable and idempotent: a prompt whose namespace already holds an entry is skipped, and each image is
-    admitted as soon as it is generated, so an interrupted run loses at most the image in progress.
-    """
-    check_text(tenant, "tenant")
-    check_text(source_model, "source_model")
-    if len(prompts) > cache.config.capacity:
-        logger.warning(
-            "warm: %d prompts exceed the cache capacity %d; FIFO keeps the last %d, and a rerun "
-            "regenerates the evicted ones",
-            len(prompts),
-            cache.config.capacity,
-            cache.config.capacity,
-        )
-    cached = {e.prompt for e in cache.entries() if e.tenant == tenant}
-    distinct = list(dict.fromkeys(prompts))
-    todo = [p for p in distinct if p not in cached]
-    for done, prompt in enumerate(todo, start=1):
-        png = generate_fn(prompt)
-        with Image.open(io.BytesIO(png)) as opened:
-            image = opened.convert("RGB")
-        vector = np.asarray(embed_fn([image], [prompt]))
-        if vector.shape != (1, cache.dim):
-            raise ValueError(f"embed_fn returned shape {vector.shape} for one image; expected (1, {cache.dim})")
-        cache.add(png, vector[0], prompt=prompt, tenant=tenant, source_model=source_model, k=0)
-        if progress is not None:
-            progress(done, len(todo), prompt)
-    report = PromptWarmReport(generated=len(todo), already_cached=len(distinct) - len(todo), total=len(distinct))
-    logger.info("warm: %s", report)
-    return report

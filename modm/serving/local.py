@@ -17,12 +17,14 @@ __all__ = ["LocalBackends"]
 
 
 class LocalBackends:
-    """`backends` for `config`, loaded now; a context manager that closes the image cache (its directory lock)."""
+    """`backends` for `config`, loaded now; a context manager that closes the image cache (its directory lock).
+    `roles`: the model pools to load (default: those the mode serves)."""
 
-    def __init__(self, config: SystemConfig):
+    def __init__(self, config: SystemConfig, *, roles: tuple[ModelRole, ...] | None = None):
         from modm.generation import LocalGenerator, ModelService
 
-        roles = (ModelRole.LARGE, ModelRole.SMALL) if config.mode is SystemMode.MODM else (ModelRole.LARGE,)
+        if roles is None:
+            roles = (ModelRole.LARGE, ModelRole.SMALL) if config.mode is SystemMode.MODM else (ModelRole.LARGE,)
         snapshots = NIRVANA_K_CHOICES if config.mode is SystemMode.NIRVANA else ()
         models = {}
         for role in roles:

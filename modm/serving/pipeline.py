@@ -107,7 +107,7 @@ class RequestPipeline:
         self.latency_s = {role: specs[role].profiled_latency_s for role in self.roles}
         self.model_info: dict[ModelRole, dict] = {}
         self.strategy = strategy_for(self.mode)(config, backends, self._call, self.background, self.totals)
-        self.warm_report = {"generated": 0, "already_cached": 0, "failed": 0}
+        self.warm_report = {"generated": 0, "already_cached": 0, "failed": 0, "namespace": None}
         self._tasks: list[asyncio.Task] = []
 
     def _check_backends(self) -> None:

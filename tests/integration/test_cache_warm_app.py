@@ -61,7 +61,7 @@ def test_modm_app_serves_a_warmed_prompt_as_a_hit(serve_app, tiny_zoo, tmp_path_
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
             stats = client.get("/v1/stats").json()
-            assert stats["warm"] == {"generated": 2, "already_cached": 0, "failed": 0}, stats
+            assert stats["warm"] == {"generated": 2, "already_cached": 0, "failed": 0, "namespace": "default"}, stats
             assert stats["cache"]["entries"] == 2
             response = client.post("/v1/images/generations", json={"prompt": PROMPTS[0], "size": "64x64"})
             assert response.status_code == 200, response.text

@@ -90,6 +90,6 @@ def test_the_warm_up_fills_the_cache_before_serving_and_skips_what_it_holds(tmp_
         entries = run(cache.stats())["entries"]
     finally:
         cache.cache.close()
-    assert first.pipeline.warm_report == {"generated": 2, "already_cached": 0, "failed": 0}
-    assert again.pipeline.warm_report == {"generated": 0, "already_cached": 2, "failed": 0}
+    assert first.pipeline.warm_report == {"generated": 2, "already_cached": 0, "failed": 0, "namespace": "default"}
+    assert again.pipeline.warm_report == {"generated": 0, "already_cached": 2, "failed": 0, "namespace": "default"}
     assert entries == 2 and {c[1] for c in first.large.calls} == {"a cat", "a dog"}
