@@ -8,6 +8,8 @@ checked, then refined by the small pool's img2img (the large model's img2img twi
 under the same admission control, retries and timeout; its results are never cached. `deliver` encodes the images
 in the asked format and, for URL answers, writes them to the response store and signs their links.
 
+Tenants are resolved by `tenants.py`, images delivered (encoded, or stored behind signed links) by `delivery.py`.
+
 Ray-free and written once: `modm demo` runs it with in-process services, the Serve Router with proxies over
 deployment handles (deployments/router.py), the unit tests with fakes. Everything the router used to decide —
 authentication, tenancy, limits, routing, admission control, retries, the monitor's window counts, the bound on
@@ -26,11 +28,10 @@ from typing import Any
 
 from modm.config import SystemConfig, SystemMode
 from modm.config.parallel import ParallelMethod
-from modm.config.schema import TENANT_PATTERN, TENANT_RULE, ImageQuality, ModelSpec
-from modm.constants import DEFAULT_TENANT
-from modm.images import ImageFormat, UploadError, encode_as, png_bytes, read_upload
+from modm.config.schema import ImageQuality, ModelSpec
+from modm.images import UploadError, png_bytes, read_upload
 from modm.policy import PoolState, RetrievalDecision, WindowCounter, route
-from modm.policy.api_keys import ApiKeyRing, AuthenticationError
+from modm.policy.api_keys import ApiKeyRing
 from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain
 from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
 from modm.policy.tenancy import cache_scope
@@ -38,18 +39,16 @@ from modm.roles import ModelRole
 from modm.serving.backends import Backends
 from modm.serving.calls import BackgroundWork, retry_if_replica_lost
 from modm.serving.errors import (
-    AuthenticationFailed,
     ModelFailed,
     NotFound,
     Overloaded,
-    PermissionDenied,
     QueueFull,
     QueueRejected,
     RequestInvalid,
     RequestTimedOut,
-    StoreFailed,
 )
 from modm.serving.images_api import ModelCard, ModelList
+from modm.serving.delivery import ImageDelivery
 from modm.serving.links import LinkSigner
 from modm.serving.metrics import NoMetrics, ServingMetrics
 from modm.serving.request import (
@@ -63,6 +62,7 @@ from modm.serving.request import (
 )
 from modm.serving.response_store import StoredImage
 from modm.serving.strategies import Retrieved, strategy_for
+from modm.serving.tenants import TenantResolver
 from modm.serving.warm import warm_cache
 
 logger = logging.getLogger(__name__)
@@ -84,10 +84,9 @@ class RequestPipeline:
         self.config, self.mode, self.backends = config, config.mode, backends
         self._check_backends()
         self.clock = backends.clock
-        self.signer = LinkSigner(signing_key or secrets.token_bytes(32), self.clock.wall)
         self.started_at = int(self.clock.wall())
         self.metrics = metrics or NoMetrics()
-        self.api_keys = ApiKeyRing.from_config(config.auth)
+        self.tenants = TenantResolver(ApiKeyRing.from_config(config.auth))
         self.roles = tuple(backends.models)
         self.totals: Counter[str] = Counter()
         self.k_mix: Counter[int] = Counter()
@@ -107,6 +106,8 @@ class RequestPipeline:
         self.latency_s = {role: specs[role].profiled_latency_s for role in self.roles}
         self.model_info: dict[ModelRole, dict] = {}
         self.strategy = strategy_for(self.mode)(config, backends, self._call, self.background, self.totals)
+        signer = LinkSigner(signing_key or secrets.token_bytes(32), self.clock.wall)
+        self.delivery = ImageDelivery(backends.store, signer, config.serving.image_url_ttl_s, self._call)
         self.warm_report = {"generated": 0, "already_cached": 0, "failed": 0, "namespace": None}
         self._tasks: list[asyncio.Task] = []
 
@@ -145,26 +146,12 @@ class RequestPipeline:
 
     # ------------------------------------------------------------------------------------------------ requests
     def tenant(self, header: str | None, authorization: str | None) -> str:
-        """With API keys the key names the tenant (X-Tenant-Id may only repeat it); without, the header does."""
-        if self.api_keys is not None:
-            tenant = self.authenticate(authorization)
-            if header is not None and header != tenant:
-                raise PermissionDenied("X-Tenant-Id names another tenant than the API key's")
-            return tenant
-        if header is None:
-            return DEFAULT_TENANT
-        if not TENANT_PATTERN.match(header):
-            raise RequestInvalid(f"X-Tenant-Id must be {TENANT_RULE}")
-        return header
+        """The request's tenant (modm.serving.tenants): refuses bad or missing credentials."""
+        return self.tenants.tenant(header, authorization)
 
     def authenticate(self, authorization: str | None) -> str | None:
-        """The key's tenant; None when the API is open."""
-        if self.api_keys is None:
-            return None
-        try:
-            return self.api_keys.tenant_for(authorization)
-        except AuthenticationError as err:
-            raise AuthenticationFailed(str(err)) from None
+        """The API key's tenant; None when the API is open."""
+        return self.tenants.authenticate(authorization)
 
     def validate(self, request: ImageRequest) -> Job:
         """The same limits the models enforce, checked before any work is sent; defaults resolved. A generation may
@@ -361,49 +348,15 @@ class RequestPipeline:
 
     # ------------------------------------------------------------------------------------------------ delivery
     async def deliver(self, images: list[bytes], delivery: Delivery, tenant: str) -> list[DeliveredImage]:
-        """The images in the asked format, inline, or written to the response store (before the answer is sent)
-        with a signed link each."""
-        media_type = delivery.image_format.media_type
-        if delivery.image_format is not ImageFormat.PNG:
-            images = [
-                await asyncio.to_thread(encode_as, png, delivery.image_format, delivery.compression) for png in images
-            ]
-        if not delivery.as_url:
-            return [DeliveredImage(media_type, data=data) for data in images]
-        store = self.backends.store
-        if store is None:
-            raise RequestInvalid("response_format 'url' needs a response store, and this deployment has none")
-        try:
-            ids = await asyncio.gather(
-                *[
-                    self._call(lambda data=data: store.put(data, media_type, tenant), "response store")
-                    for data in images
-                ]
-            )
-        except Exception as err:
-            logger.exception("the response store failed")
-            raise StoreFailed(f"the response store failed: {type(err).__name__}") from None
-        ttl_s = self.config.serving.image_url_ttl_s
-        return [DeliveredImage(media_type, link=self.signer.sign(image_id, tenant, ttl_s)) for image_id in ids]
+        """The images in the asked format, inline or as signed links (modm.serving.delivery)."""
+        return await self.delivery.deliver(images, delivery, tenant)
 
     async def stored_image(
         self, image_id: str, expires: int, signature: str, tenant_header: str | None, authorization: str | None
     ) -> StoredImage:
-        """The image behind a signed link. Links open without credentials; a caller who presents some (an API key,
-        or X-Tenant-Id on an open API) must be the image's tenant. Unknown, expired, dropped, badly signed and
-        other tenants' images get the same 404, so a link reveals nothing about the others."""
-        # Credentials are an API key where keys are configured (the OpenAI client always sends one), else X-Tenant-Id.
-        presented = authorization is not None if self.api_keys is not None else tenant_header is not None
-        caller = self.tenant(tenant_header, authorization) if presented else None
-        not_found = NotFound("no such image, or its link expired")
-        if self.backends.store is None:
-            raise not_found
-        stored = await self._call(lambda: self.backends.store.get(image_id), "response store")
-        if stored is None or not self.signer.valid(image_id, stored.tenant, expires, signature):
-            raise not_found
-        if caller is not None and caller != stored.tenant:
-            raise not_found
-        return stored
+        """The image behind a signed link; a caller who presents credentials must be the image's tenant."""
+        caller = self.tenants.presented(tenant_header, authorization)
+        return await self.delivery.stored_image(image_id, expires, signature, caller)
 
     # -------------------------------------------------------------------------------------------------- models
     def models(self) -> ModelList:
