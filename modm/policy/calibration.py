@@ -59,9 +59,12 @@ def fit_k_table(
     rules: list[KRule] = []
     for k in sorted(by_k, reverse=True):
         threshold = threshold_for_k(by_k[k], alpha, min_samples)
-        if threshold is None or (rules and threshold >= rules[-1].min_score):
+        if threshold is None:
             continue
-        rules.append(KRule(min_score=round(threshold, 6), k=k))
+        threshold = round(threshold, 6)  # compared as stored: two raw thresholds may round to one
+        if rules and threshold >= rules[-1].min_score:
+            continue
+        rules.append(KRule(min_score=threshold, k=k))
     if not rules:
         raise ValueError(f"no k reaches alpha={alpha} with at least {min_samples} samples")
     return PolicyConfig(total_steps=total_steps, k_table=tuple(rules)).k_table

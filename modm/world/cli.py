@@ -127,6 +127,64 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    import numpy as np
+    import torch
+
+    from modm.embedding.hf_clip import HfClipEmbedder
+    from modm.models.loading import load_pipeline
+    from modm.quality.calibration import write_quality_samples
+    from modm.world.calibrate import calibration_samples, calibration_stream, pipeline_refiner
+    from modm.world.format import validate_world_dir
+    from modm.world.judge import Judge
+    from modm.world.pipelines import SERVING, pipeline_generator, world_model_spec
+
+    if args.cached < 1 or args.queries < 1:
+        raise ValueError(f"--cached and --queries must be >= 1, got {args.cached} and {args.queries}")
+    torch.set_num_threads(args.threads)
+    world_dir = Path(args.world)
+    manifest = validate_world_dir(world_dir, ("clip", "judge", "large", args.small))
+    device = torch.device("cpu")
+
+    def pipe(role):
+        return load_pipeline(world_model_spec(world_dir / manifest.components[role].path, role, device="cpu"))
+
+    cache, queries = calibration_stream(args.cached, args.queries, args.seed)
+    run = calibration_samples(
+        cache,
+        queries,
+        generate_large=pipeline_generator(pipe("large"), steps=args.total_steps, role="large"),
+        refine_small=pipeline_refiner(
+            pipe(args.small), total_steps=args.total_steps, guidance_scale=SERVING[args.small]["guidance_scale"]
+        ),
+        embedder=HfClipEmbedder(world_dir / manifest.components["clip"].path, device=device, batch_size=256),
+        judge=Judge.load(world_dir / manifest.components["judge"].path, device),
+        total_steps=args.total_steps,
+        progress=print,
+    )
+    write_quality_samples(args.samples_out, run.samples)
+    print(f"wrote {len(run.samples)} samples to {args.samples_out} (fit: modm policy calibrate {args.samples_out})")
+    print(f"large, full {args.total_steps} steps: judge all {run.full_accuracy['all']:.3f}")
+    for k, acc in run.refined_accuracy.items():
+        print(f"{args.small} refining the best cached image at k={k}: judge all {acc['all']:.3f}")
+    if args.json:
+        body = {
+            "world": str(world_dir),
+            "small": args.small,
+            "cached": args.cached,
+            "queries": args.queries,
+            "seed": args.seed,
+            "total_steps": args.total_steps,
+            "full_accuracy": run.full_accuracy,
+            "refined_accuracy": {str(k): v for k, v in run.refined_accuracy.items()},
+            "score_quantiles": dict(zip(("p10", "p50", "p90"), np.quantile(run.scores, [0.1, 0.5, 0.9]).tolist())),
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modm world", description="the trained miniature world")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -145,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, help="also write the results here")
     ev.add_argument("--threads", type=int, default=DEFAULT_BUILD_THREADS)
     ev.set_defaults(func=_cmd_eval)
+    cal = sub.add_parser(
+        "calibrate", help="k-table calibration samples: cached large images refined by the small at each k, judged"
+    )
+    cal.add_argument("--world", default=str(COMMITTED_WORLD), help="world directory (default: the committed one)")
+    cal.add_argument("--cached", type=int, default=200, help="large-model images in the cache")
+    cal.add_argument("--queries", type=int, default=200, help="related queries (rephrase / vary / new)")
+    cal.add_argument("--small", default="small", choices=("small", "small2"), help="the refining model")
+    cal.add_argument("--total-steps", type=int, default=50, help="T")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--samples-out", required=True, help="CSV or parquet of (score, k, quality, full_quality)")
+    cal.add_argument("--json", default=None, help="also write per-k judge accuracy here")
+    cal.add_argument("--threads", type=int, default=DEFAULT_BUILD_THREADS)
+    cal.set_defaults(func=_cmd_calibrate)
     return parser
 
 

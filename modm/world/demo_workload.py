@@ -25,7 +25,7 @@ REQUESTS = 24
 SEED = 0
 
 
-def _vary(scene: Scene, rng: np.random.Generator) -> Scene:
+def vary_scene(scene: Scene, rng: np.random.Generator) -> Scene:
     """The scene with one attribute of one object changed (a position only where it stays free)."""
     i = int(rng.integers(scene.count))
     obj = scene.objects[i]
@@ -58,7 +58,7 @@ def world_demo_requests(users: int = USERS, requests: int = REQUESTS, seed: int 
         if user not in scenes or draw >= REPHRASE + VARY:
             scenes[user] = sample_scene(rng, Split.TRAIN)
         elif draw >= REPHRASE:
-            scenes[user] = _vary(scenes[user], rng)
+            scenes[user] = vary_scene(scenes[user], rng)
         template_set = TemplateSet.QUERY if rng.random() < 0.3 else TemplateSet.GALLERY
         rows.append((user, scenes[user], caption_scene(scenes[user], rng, template_set).text))
     return rows

@@ -3,7 +3,7 @@
 Captions are encoded once by the pipeline's own `encode_prompt` (frozen text encoders), so the model is trained on
 exactly the embeddings the pipeline feeds it at inference; the unconditional embedding for classifier-free guidance
 is the pipeline's own negative (SD3: the encoding of ""; SDXL: zeros, `force_zeros_for_empty_prompt`). Latents are
-the VAE's posterior means, normalised with the VAE's own factors.
+the VAE's posterior means, normalised as the pipeline class normalises them (SD3 with the shift, SDXL without).
 """
 
 from __future__ import annotations
@@ -50,15 +50,16 @@ class TrainingSet:
         return len(self.latents)
 
 
-def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """What the pipelines feed the denoiser: (z - shift) * scale (decoding inverts it)."""
-    shift = vae.config.shift_factor or 0.0
+def normalise_latents(vae, latents: torch.Tensor, *, shifted: bool) -> torch.Tensor:
+    """What the pipeline feeds its denoiser: SD3's (z - shift) * scale (`shifted`), SDXL's z * scale (decoding
+    inverts each; see modm.world.vae)."""
+    shift = (vae.config.shift_factor or 0.0) if shifted else 0.0
     return (latents - shift) * vae.config.scaling_factor
 
 
 @torch.no_grad()
-def world_latents(vae, images: np.ndarray) -> torch.Tensor:
-    return normalise_latents(vae, encode_latents(vae, pixels(images)))
+def world_latents(vae, images: np.ndarray, *, shifted: bool) -> torch.Tensor:
+    return normalise_latents(vae, encode_latents(vae, pixels(images)), shifted=shifted)
 
 
 def _encode_kwargs(pipe) -> dict:

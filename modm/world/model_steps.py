@@ -38,11 +38,15 @@ from modm.world.pipelines import (
 )
 from modm.world.vae import VaeTrainSpec, pixels, psnr, reconstruct, train_vae
 
-VAE_SPEC = VaeTrainSpec()
-# Training budgets (2 cores): the small models train on fewer steps than the large, as SDXL is to SD3.5-Large.
-LARGE_TRAIN = DiffusionTrainSpec(steps=400, batch_size=32, learning_rate=1e-3, warmup_steps=50)
-SMALL_TRAIN = DiffusionTrainSpec(steps=100, batch_size=16, learning_rate=1e-3, warmup_steps=20)
-SMALL2_TRAIN = DiffusionTrainSpec(steps=60, batch_size=16, learning_rate=1e-3, warmup_steps=20)
+# 8 latent channels at 16x16: measured, the judge reads 0.71 shape+colour on reconstructions of 4-channel latents
+# after 400 steps, 0.90 on 8-channel ones after 800 of 1,200 (the judge's reading of reconstructions caps what the
+# diffusion models can score).
+VAE_SPEC = VaeTrainSpec(latent_channels=8, steps=1200, batch_size=32)
+# Training budgets (the whole build within 40 minutes of one core): the small models train on fewer steps than the
+# large, as SDXL is to SD3.5-Large.
+LARGE_TRAIN = DiffusionTrainSpec(steps=900, batch_size=64, learning_rate=1e-3, warmup_steps=50)
+SMALL_TRAIN = DiffusionTrainSpec(steps=500, batch_size=64, learning_rate=1e-3, warmup_steps=50)
+SMALL2_TRAIN = DiffusionTrainSpec(steps=300, batch_size=64, learning_rate=1e-3, warmup_steps=30)
 TRAIN_IMAGES = {"large": 12_000, "small": 4_000, "small2": 4_000}
 PIPELINE_FILES = ["model_index.json", "world_model.json"]
 _SEED_OFFSETS = {"vae": 10, "large": 11, "small": 12, "small2": 13}
@@ -99,7 +103,9 @@ def _load_vae(ctx):
     return AutoencoderKL.from_pretrained(str(ctx.component_dir("vae")), dtype=torch.float32).eval()
 
 
-def _diffusion_step(role: str, train: DiffusionTrainSpec, build_model, build_pipe, objective_for):
+def _diffusion_step(role: str, train: DiffusionTrainSpec, build_model, build_pipe, objective_for, *, shifted: bool):
+    """`shifted`: the pipeline class subtracts the VAE's shift_factor (SD3) or not (SDXL)."""
+
     def run(ctx, out: Path):
         from modm.world.build import StepResult
 
@@ -110,7 +116,7 @@ def _diffusion_step(role: str, train: DiffusionTrainSpec, build_model, build_pip
         encoders = text_encoders_from_clip(ctx.component_dir("clip"))
         vae = _load_vae(ctx)
         samples = ctx.train_samples(n_images)
-        latents = world_latents(vae, _images(samples))
+        latents = world_latents(vae, _images(samples), shifted=shifted)
         model = build_model(latents.shape[1], latents.shape[-1], encoders, spec.seed)
         pipe = build_pipe(model, vae, encoders)
         data = training_set(pipe, latents, [s.prompt for s in samples])
@@ -189,13 +195,24 @@ def model_build_steps():
         BuildStep(
             "large",
             "large",
-            _diffusion_step("large", LARGE_TRAIN, _large_model, large_pipeline, lambda pipe: RectifiedFlowObjective()),
+            _diffusion_step(
+                "large",
+                LARGE_TRAIN,
+                _large_model,
+                large_pipeline,
+                lambda pipe: RectifiedFlowObjective(),
+                shifted=True,
+            ),
         ),
         BuildStep(
-            "small", "small", _diffusion_step("small", SMALL_TRAIN, _small_model(SMALL), small_pipeline, _epsilon)
+            "small",
+            "small",
+            _diffusion_step("small", SMALL_TRAIN, _small_model(SMALL), small_pipeline, _epsilon, shifted=False),
         ),
         BuildStep(
-            "small2", "small2", _diffusion_step("small2", SMALL2_TRAIN, _small_model(SMALL2), small_pipeline, _epsilon)
+            "small2",
+            "small2",
+            _diffusion_step("small2", SMALL2_TRAIN, _small_model(SMALL2), small_pipeline, _epsilon, shifted=False),
         ),
         BuildStep("step_costs", "step_costs", step_costs_step),
     ]

@@ -1,9 +1,10 @@
 """The world's VAE: a diffusers `AutoencoderKL` for 32x32 images, trained here, shared by the large and small models.
 
-One latent layout serves both pipeline classes: SD3 normalises latents with `shift_factor`/`scaling_factor`, SDXL
-with `latents_mean`/`latents_std` and `scaling_factor`; setting latents_mean to the shift (every channel) and
-latents_std to 1 makes the two normalisations the same map, so one VAE (and one latent channel count) fits both.
-Both factors are computed from the trained encoder's latents, as SD3 and SDXL computed theirs.
+Its latents are normalised as each pipeline class does: SD3 with `(z - shift_factor) * scaling_factor`, SDXL with
+`z * scaling_factor` (SDXL's pipelines take a mean only as a 4-channel `latents_mean`, `view(1, 4, 1, 1)`, and the
+world's latents have 8 channels, so none is set). Each denoiser is trained on its own pipeline's normalisation
+(`modm.world.diffusion.normalise_latents`). Both factors are computed from the trained encoder's latents, as SD3 and
+SDXL computed theirs.
 """
 
 from __future__ import annotations
@@ -57,17 +58,17 @@ def build_vae(spec: VaeTrainSpec, *, shift_factor: float = 0.0, scaling_factor: 
         use_quant_conv=False,
         use_post_quant_conv=False,
         force_upcast=False,  # fp32 on CPU already; no per-call upcast
-        **latent_normalisation(spec.latent_channels, shift_factor, scaling_factor),
+        **latent_normalisation(shift_factor, scaling_factor),
     )
 
 
-def latent_normalisation(channels: int, shift_factor: float, scaling_factor: float) -> dict:
-    """VAE config entries that make SD3's (shift, scale) and SDXL's (mean, std, scale) normalisations agree."""
+def latent_normalisation(shift_factor: float, scaling_factor: float) -> dict:
+    """VAE config entries of the world's latent normalisation (no `latents_mean`/`latents_std`: see the module doc)."""
     return {
         "shift_factor": float(shift_factor),
         "scaling_factor": float(scaling_factor),
-        "latents_mean": (float(shift_factor),) * channels,
-        "latents_std": (1.0,) * channels,
+        "latents_mean": None,
+        "latents_std": None,
     }
 
 
@@ -111,7 +112,7 @@ def train_vae(images: np.ndarray, spec: VaeTrainSpec, *, progress: ProgressFn | 
             progress(step, mse.item())
     vae.eval()
     shift, scale = latent_factors(vae, data[: min(len(data), 4096)])
-    vae.register_to_config(**latent_normalisation(spec.latent_channels, shift, scale))
+    vae.register_to_config(**latent_normalisation(shift, scale))
     return vae
 
 

@@ -149,6 +149,14 @@ def test_calibration_recovers_thresholds():
         assert rule.min_score > truth[rule.k] - 0.15
 
 
+def test_calibration_drops_a_k_whose_threshold_rounds_to_the_next_ones():
+    """Two k with raw thresholds that differ below the stored 6 decimals: the smaller k is dominated, not a
+    table with a repeated score (which PolicyConfig refuses)."""
+    samples = [QualitySample(0.72006166, k, 1.0, 1.0) for k in (30, 10) for _ in range(5)]
+    samples += [QualitySample(0.72006151, 10, 1.0, 1.0)] * 5 + [QualitySample(0.1, k, 0.0, 1.0) for k in (30, 10)] * 3
+    assert [(r.min_score, r.k) for r in fit_k_table(samples, alpha=0.9, min_samples=5)] == [(0.720062, 30)]
+
+
 def test_calibration_bad_input():
     with pytest.raises(ValueError, match="no calibration samples"):
         fit_k_table([])

@@ -1,0 +1,154 @@
+"""In-world k-table calibration samples: MoDM's hits replayed with the world's models, graded by the judge.
+
+A cache of the large model's images of world prompts; a stream of queries related to them by the demo workload's
+locality model (`modm.world.demo_workload`: a rephrase of a cached scene, a variation of one attribute of it, or a
+new scene). Each query retrieves its best cached image as MoDM does (world CLIP text embedding against the cached
+images' embeddings, cosine score), and the small model refines that image at every k of `K_CHOICES` (img2img at
+strength 1 - k/T, as the engine serves a hit). The quality Q of an image is the judge's GenEval-style verdict (1 when
+it shows every attribute its prompt names, else 0); Q_full is the verdict on the large model's full T-step image of
+the same query. The samples (score, k, quality, full_quality) are what `modm policy calibrate` fits a table to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modm.policy.calibration import QualitySample
+from modm.world.captions import TemplateSet, caption_scene
+from modm.world.demo_workload import REPHRASE, VARY, vary_scene
+from modm.world.judge import Judge, accuracy, score_image
+from modm.world.scene import Scene, Split, sample_scene
+
+K_CHOICES = (5, 10, 15, 20, 25, 30)  # the k MoDM's table grants (of T = 50)
+QUALITY_ATTRIBUTE = "all"  # the judge's verdict that is Q: every attribute the prompt names is right
+CALIBRATION_SEED = 0
+
+
+@dataclass(frozen=True)
+class CalibrationQuery:
+    prompt: str
+    scene: Scene
+    mentions: frozenset[str]
+    relation: str  # "rephrase", "vary" or "new": how the query was drawn from its cached scene
+
+
+def calibration_stream(cached: int, queries: int, seed: int = CALIBRATION_SEED):
+    """(cached prompts and scenes, queries): each query relates to a random cached scene by the locality model."""
+    rng = np.random.default_rng(seed)
+    cache = []
+    for _ in range(cached):
+        scene = sample_scene(rng, Split.TRAIN)
+        cache.append((caption_scene(scene, rng).text, scene))
+    stream = []
+    for _ in range(queries):
+        draw = rng.random()
+        base = cache[int(rng.integers(len(cache)))][1]
+        if draw < REPHRASE:
+            scene, relation = base, "rephrase"
+        elif draw < REPHRASE + VARY:
+            scene, relation = vary_scene(base, rng), "vary"
+        else:
+            scene, relation = sample_scene(rng, Split.TRAIN), "new"
+        template_set = TemplateSet.QUERY if rng.random() < 0.3 else TemplateSet.GALLERY
+        caption = caption_scene(scene, rng, template_set)
+        stream.append(CalibrationQuery(caption.text, scene, caption.mentions, relation))
+    return cache, stream
+
+
+ImagesFn = Callable[[Sequence[str], Sequence[int]], list[Image.Image]]
+RefineFn = Callable[[Sequence[str], Sequence[Image.Image], Sequence[int], float], list[Image.Image]]
+
+
+def _batched(fn, items: Sequence, batch_size: int, *rest) -> list:
+    out: list = []
+    for start in range(0, len(items), batch_size):
+        out.extend(fn(items[start : start + batch_size], *(r[start : start + batch_size] for r in rest)))
+    return out
+
+
+@dataclass
+class CalibrationRun:
+    samples: list[QualitySample]
+    full_accuracy: dict[str, float]  # the large model's full generations of the queries
+    refined_accuracy: dict[int, dict[str, float]]  # per k, over all queries
+    scores: list[float]
+    relations: list[str]
+
+
+def calibration_samples(
+    cache: Sequence[tuple[str, Scene]],
+    queries: Sequence[CalibrationQuery],
+    *,
+    generate_large: ImagesFn,
+    refine_small: RefineFn,
+    embedder,
+    judge: Judge,
+    total_steps: int,
+    k_choices: Sequence[int] = K_CHOICES,
+    batch_size: int = 16,
+    progress: Callable[[str], None] = lambda _: None,
+) -> CalibrationRun:
+    """Replay the queries' hits at every k; Q is the judge's verdict on `QUALITY_ATTRIBUTE`."""
+    if not cache or not queries:
+        raise ValueError("calibration needs a non-empty cache and query stream")
+    if any(not 0 < k < total_steps for k in k_choices):
+        raise ValueError(f"every k of {list(k_choices)} must be in (0, {total_steps})")
+    progress(f"large: {len(cache)} cached images")
+    cached_images = _batched(generate_large, [p for p, _ in cache], batch_size, list(range(len(cache))))
+    progress(f"large: {len(queries)} full generations")
+    seeds = [100_000 + i for i in range(len(queries))]
+    prompts = [q.prompt for q in queries]
+    full = _batched(generate_large, prompts, batch_size, seeds)
+    similarity = embedder.embed_text(prompts) @ embedder.embed_images(cached_images).T
+    best = np.argmax(similarity, axis=1)
+    scores = [float(similarity[i, j]) for i, j in enumerate(best)]
+    sources = [cached_images[j] for j in best]
+
+    def verdicts(images):
+        return [score_image(r, q.scene, q.mentions) for r, q in zip(judge.read(images), queries)]
+
+    full_verdicts = verdicts(full)
+    samples: list[QualitySample] = []
+    refined_accuracy = {}
+    for k in k_choices:
+        progress(f"small: refinements at k={k}")
+        strength = 1.0 - k / total_steps
+        refined = _batched(lambda p, i, s: refine_small(p, i, s, strength), prompts, batch_size, sources, seeds)
+        refined_verdicts = verdicts(refined)
+        refined_accuracy[k] = accuracy(refined_verdicts)
+        samples += [
+            QualitySample(score, k, float(r[QUALITY_ATTRIBUTE]), float(f[QUALITY_ATTRIBUTE]))
+            for score, r, f in zip(scores, refined_verdicts, full_verdicts)
+        ]
+    return CalibrationRun(samples, accuracy(full_verdicts), refined_accuracy, scores, [q.relation for q in queries])
+
+
+def pipeline_refiner(pipe, *, total_steps: int, guidance_scale: float) -> RefineFn:
+    """img2img of a world SDXL-class pipeline as the engine serves a hit: T steps scheduled, the last
+    int(T * strength) run from the re-noised cached image; each image's noise from its own seed."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from modm.world.pipelines import WORLD_IMAGE_SIZE
+
+    refine = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+    refine.set_progress_bar_config(disable=True)
+
+    def run(prompts, images, seeds, strength):
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        with torch.inference_mode():
+            out = refine(
+                prompt=list(prompts),
+                image=[im.convert("RGB").resize((WORLD_IMAGE_SIZE, WORLD_IMAGE_SIZE)) for im in images],
+                strength=strength,
+                num_inference_steps=total_steps,
+                guidance_scale=guidance_scale,
+                generator=generators,
+            )
+        return out.images
+
+    return run

@@ -1,0 +1,81 @@
+"""In-world k-table calibration samples (`modm.world.calibrate`) with the renderer standing in for the models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from modm.policy import fit_k_table
+from modm.world.calibrate import calibration_samples, calibration_stream
+from modm.world.cli import COMMITTED_WORLD
+from modm.world.world import World
+
+
+def test_the_stream_is_deterministic_and_relates_queries_to_the_cache():
+    cache_a, queries_a = calibration_stream(20, 60, seed=3)
+    cache_b, queries_b = calibration_stream(20, 60, seed=3)
+    assert cache_a == cache_b and queries_a == queries_b
+    relations = {q.relation for q in queries_a}
+    assert relations == {"rephrase", "vary", "new"}
+    cached_scenes = [scene for _, scene in cache_a]
+    assert all(q.scene in cached_scenes for q in queries_a if q.relation == "rephrase")
+    assert calibration_stream(20, 60, seed=4)[1] != queries_a
+
+
+def test_a_refiner_that_returns_the_cached_image_is_right_on_rephrases_and_wrong_on_variations():
+    """The renderer as the large model; the 'small' hands back the retrieved cached image unchanged. Rephrased
+    queries then retrieve an image of their own scene (right); varied ones mostly one that differs in an attribute."""
+    from modm.embedding.hf_clip import HfClipEmbedder
+    from modm.world.judge import Judge
+
+    world = World(seed=0)
+    cache, queries = calibration_stream(24, 48, seed=1)
+    scene_of = {prompt: scene for prompt, scene in cache} | {q.prompt: q.scene for q in queries}
+
+    def generate_large(prompts, seeds):
+        return [Image.fromarray(world.render(scene_of[p])) for p in prompts]
+
+    def refine_small(prompts, images, seeds, strength):
+        assert 0 < strength < 1
+        return list(images)
+
+    run = calibration_samples(
+        cache,
+        queries,
+        generate_large=generate_large,
+        refine_small=refine_small,
+        embedder=HfClipEmbedder(COMMITTED_WORLD / "clip", device=torch.device("cpu"), batch_size=64),
+        judge=Judge.load(COMMITTED_WORLD / "judge", torch.device("cpu")),
+        total_steps=50,
+        k_choices=(10, 30),
+    )
+    assert len(run.samples) == 2 * len(queries)
+    assert run.full_accuracy["all"] >= 0.9  # the renderer's own image of every query
+    by_relation = {}
+    for sample, relation in zip(run.samples, run.relations * 2):
+        by_relation.setdefault(relation, []).append(sample.quality)
+    rephrase, vary = (sum(by_relation[r]) / len(by_relation[r]) for r in ("rephrase", "vary"))
+    # a variation may change an attribute its caption does not name, or retrieve another cached scene it matches
+    assert rephrase >= 0.8 and vary <= rephrase - 0.25
+    # rephrases retrieve with higher scores than new scenes, so a table fits above the new scenes' scores
+    new_scores = [s for s, r in zip(run.scores, run.relations) if r == "new"]
+    rephrase_scores = [s for s, r in zip(run.scores, run.relations) if r == "rephrase"]
+    assert sorted(rephrase_scores)[len(rephrase_scores) // 2] > sorted(new_scores)[len(new_scores) // 2]
+    table = fit_k_table(run.samples, alpha=0.9, total_steps=50, min_samples=5)
+    assert table and all(rule.k in (10, 30) for rule in table)
+
+
+def test_bad_k_is_refused():
+    cache, queries = calibration_stream(2, 2)
+    with pytest.raises(ValueError, match="must be in"):
+        calibration_samples(
+            cache,
+            queries,
+            generate_large=None,
+            refine_small=None,
+            embedder=None,
+            judge=None,
+            total_steps=50,
+            k_choices=(50,),
+        )
