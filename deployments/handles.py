@@ -43,4 +43,5 @@ class HandleProxy:
                 raise ReplicaLost(type(err).__name__) from err
 
         call.__name__ = name
+        setattr(self, name, call)  # built once per method: later lookups find it without __getattr__
         return call

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from modm.serving.errors import ReplicaLost
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# How strategies and delivery call a backend: (call, what) -> its result, retried once if the replica was lost.
+Call = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
 
-__all__ = ["BackgroundWork", "retry_if_replica_lost"]
+__all__ = ["BackgroundWork", "Call", "retry_if_replica_lost"]
 
 
 async def retry_if_replica_lost(

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from modm.images import ImageFormat, encode_as
 from modm.serving.backends import ResponseStoreBackend
+from modm.serving.calls import Call
 from modm.serving.errors import NotFound, RequestInvalid, StoreFailed
 from modm.serving.links import LinkSigner
 from modm.serving.request import DeliveredImage, Delivery
@@ -18,8 +17,6 @@ from modm.serving.response_store import StoredImage
 logger = logging.getLogger(__name__)
 
 __all__ = ["ImageDelivery"]
-
-Call = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]  # (call, what) -> result, retrying
 
 
 class ImageDelivery:

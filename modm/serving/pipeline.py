@@ -240,15 +240,13 @@ class RequestPipeline:
         return self._served(
             job,
             images,
-            Decision(
-                request_id=job.request_id,
-                mode=self.mode.value,
+            self._decision(
+                job,
+                role,
                 hit=decision.hit,
                 score=decision.score,
                 k=decision.k,
                 strength=decision.strength,
-                model=role,
-                timings_s=job.timings_s,
                 entry_id=self.strategy.entry_id(retrieved),
             ),
         )
@@ -276,6 +274,9 @@ class RequestPipeline:
             self._leave(role)
         job.timings_s["generate"] = self.clock.monotonic() - t0
         return list(images)
+
+    def _decision(self, job: Job, role: ModelRole, **outcome) -> Decision:
+        return Decision(request_id=job.request_id, mode=self.mode.value, model=role, timings_s=job.timings_s, **outcome)
 
     def _served(self, job: Job, images: list[bytes], decision: Decision) -> ServedImages:
         return ServedImages(
@@ -333,17 +334,7 @@ class RequestPipeline:
         return self._served(
             job,
             images,
-            Decision(
-                request_id=job.request_id,
-                mode=self.mode.value,
-                hit=False,
-                score=None,
-                k=k,
-                strength=strength,
-                model=role,
-                timings_s=job.timings_s,
-                operation="edit",
-            ),
+            self._decision(job, role, hit=False, score=None, k=k, strength=strength, operation="edit"),
         )
 
     # ------------------------------------------------------------------------------------------------ delivery

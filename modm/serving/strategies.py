@@ -14,11 +14,10 @@ serves and calls the backends through the pipeline's retrying caller.
 from __future__ import annotations
 
 import logging
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from modm.config import SystemConfig, SystemMode
 from modm.policy import KTable, RetrievalDecision
 from modm.roles import ModelRole
 from modm.serving.backends import Backends
-from modm.serving.calls import BackgroundWork
+from modm.serving.calls import BackgroundWork, Call
 from modm.serving.request import Job
 
 logger = logging.getLogger(__name__)
@@ -42,8 +41,6 @@ __all__ = [
     "VanillaStrategy",
     "strategy_for",
 ]
-
-Call = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]  # (call, what) -> result, retrying
 
 
 @dataclass(frozen=True)
@@ -130,9 +127,9 @@ class ModmStrategy(ModeStrategy[CachedImage]):
 
     async def retrieve(self, job: Job) -> CachedImage:
         cache, embedder = self.backends.cache, self.backends.embedder
-        t0 = time.perf_counter()
+        t0 = self.backends.clock.monotonic()
         query = await embedder.embed_text(job.prompt)
-        t1 = time.perf_counter()
+        t1 = self.backends.clock.monotonic()
         job.timings_s["embed"] = t1 - t0
         match = await cache.query(query, list(job.scope.read))
         decision = self.k_table.decide(None if match is None else match.score)
@@ -146,7 +143,7 @@ class ModmStrategy(ModeStrategy[CachedImage]):
                 retrieved = CachedImage(RetrievalDecision.miss(decision.score))
             else:
                 retrieved = CachedImage(decision, entry_id=match.entry_id, png=png)
-        job.timings_s["retrieve"] = time.perf_counter() - t1
+        job.timings_s["retrieve"] = self.backends.clock.monotonic() - t1
         return retrieved
 
     def miss(self, job: Job) -> CachedImage:
