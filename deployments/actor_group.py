@@ -48,6 +48,7 @@ from modm.generation import (
     GenerationRequest,
     Operation,
     StepControl,
+    StepCosts,
     UnsupportedOperationError,
     run_stoppable,
     unsupported_operation,
@@ -360,6 +361,7 @@ class ActorGroupGenerator:
         self.size_multiple = group.size_multiple
         self.device_description = f"{group.config.method.value} x{group.world_size} on {group.devices}"
         self.counters = GenerationCounters()
+        self.costs = StepCosts()
 
     @classmethod
     def start(cls, spec: ModelSpec, name: str, **group_options) -> "ActorGroupGenerator":
@@ -378,7 +380,9 @@ class ActorGroupGenerator:
     async def txt2img(self, req: GenerationRequest) -> Image.Image:
         request_id = uuid.uuid4().hex
         control = StepControl(on_stop=lambda: self.group.stop(request_id))
-        return await run_stoppable(self._on_ranks(req, request_id, control), control, self.counters, name=self.name)
+        return await run_stoppable(
+            self._on_ranks(req, request_id, control), control, self.counters, name=self.name, costs=self.costs
+        )
 
     async def _on_ranks(self, req: GenerationRequest, request_id: str, control: StepControl) -> Image.Image:
         try:

@@ -61,7 +61,8 @@ MODE_DEPLOYMENTS = {
 MODEL_DEPLOYMENTS = {ModelRole.LARGE: "LargeModel", ModelRole.SMALL: "SmallModel"}
 ACTOR_OPTION_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
 
-# Per-replica concurrency: a model replica runs one generation at a time (one GPU); the others are light.
+# Per-replica concurrency: a model replica runs one generation at a time (one GPU) unless it batches
+# (model_max_ongoing); the others are light.
 MAX_ONGOING = {
     "Router": 512,
     "Embedder": 64,
@@ -148,7 +149,15 @@ def graceful_shutdown_s(spec: ModelSpec, system: SystemConfig) -> float:
         return cap
     pixels = (spec.max_size / spec.default_size) ** 2
     steps = max(1.0, system.limits.max_steps / spec.num_inference_steps)
-    return min(cap, spec.profiled_latency_s * pixels * steps * GRACEFUL_SHUTDOWN_MARGIN)
+    # A batching replica holds up to model_max_ongoing(spec) requests; no batching gain is assumed.
+    held = model_max_ongoing(spec)
+    return min(cap, spec.profiled_latency_s * pixels * steps * held * GRACEFUL_SHUTDOWN_MARGIN)
+
+
+def model_max_ongoing(spec: ModelSpec) -> int:
+    """Requests a model replica holds at once: one without batching; with it, a running batch and the next one
+    forming behind it (more would only queue inside the replica, where the router cannot see or re-route them)."""
+    return 2 * spec.batching.max_batch_size if spec.batching.batches else 1
 
 
 def _checked_warm(system: SystemConfig) -> SystemConfig:
@@ -346,6 +355,7 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
             **replicas,
             **queue_bound,
             graceful_shutdown_timeout_s=graceful_shutdown_s(spec, system),
+            max_ongoing_requests=model_max_ongoing(spec),
             **parallel_placement(spec, parsed.options_for(name)),
         ).bind(spec.model_dump(mode="json"), role.value, snapshot_steps=snapshots)
 

@@ -89,6 +89,9 @@ class MonitorMetrics:
         self.target.set(target)
 
 
+BATCH_SIZE_BUCKETS = [1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5]  # upper bounds: batches of 1, 2, 3-4, 5-8, ...
+
+
 class ModelMetrics:
     """modm.generation.ModelService's metrics sink (`ModelMetricsSink`) in a Serve replica."""
 
@@ -101,5 +104,15 @@ class ModelMetrics:
             tag_keys=("model", "task"),
         )
 
+        self.batch_size = metrics.Histogram(
+            "modm_model_batch_size",
+            "Requests per model pass (one pipeline call, or one denoising step of a step-level batch).",
+            boundaries=BATCH_SIZE_BUCKETS,
+            tag_keys=("model",),
+        )
+
     def observe(self, task: str, seconds: float) -> None:
         self.compute.observe(seconds, tags={"model": self.role, "task": task})
+
+    def batch(self, size: int) -> None:
+        self.batch_size.observe(size, tags={"model": self.role})

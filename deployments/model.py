@@ -17,7 +17,7 @@ import torch
 from deployments.constants import TARGET_REPLICAS_METRIC
 from deployments.metrics import ModelMetrics
 from modm.config import ModelSpec
-from modm.generation import Generator, LocalGenerator, ModelService
+from modm.generation import Generator, ModelService, generator_from_spec
 from modm.parallel import ParallelMethod
 
 logger = logging.getLogger("ray.serve")
@@ -40,7 +40,7 @@ def _rank_placement(spec: ModelSpec) -> dict:
 
 def _start_generator(spec: ModelSpec, role: str) -> Generator:
     if spec.parallel.method is ParallelMethod.NONE:
-        return LocalGenerator.from_spec(spec, role)
+        return generator_from_spec(spec, role)
     # One model on several devices: this replica holds no weights, it drives one rank actor per device.
     from deployments.actor_group import ActorGroupGenerator
 
@@ -86,6 +86,9 @@ class ModelServer:
 
     async def info(self) -> dict:
         return await self.service.info()
+
+    async def capacity(self) -> dict:
+        return await self.service.capacity()
 
     def stats(self) -> dict:
         return self.service.stats()

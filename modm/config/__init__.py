@@ -1,6 +1,8 @@
 from modm.config.loader import ConfigError, config_from_dict, load_config, resolve_relative_paths
 from modm.config.schema import (
     Admission,
+    BatchEngine,
+    BatchingConfig,
     CacheConfig,
     Dtype,
     EmbedderConfig,
@@ -19,6 +21,8 @@ from modm.config.schema import (
 
 __all__ = [
     "Admission",
+    "BatchEngine",
+    "BatchingConfig",
     "CacheConfig",
     "ConfigError",
     "Dtype",

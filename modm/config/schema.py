@@ -85,6 +85,39 @@ QUALITY_STEP_FRACTIONS = {
 }
 
 
+class BatchEngine(str, Enum):
+    NONE = "none"  # one request at a time (MoDM's and NIRVANA's replicas)
+    REQUEST = "request"  # compatible requests share one pipeline call
+    STEP = "step"  # requests join and leave a running batch at denoising-step boundaries (SD3, SDXL families)
+
+
+class BatchingConfig(_Strict):
+    """How one model replica batches the requests it holds (modm.generation.engines)."""
+
+    engine: BatchEngine = Field(
+        default=BatchEngine.NONE,
+        description="none: one request at a time; request: compatible requests (same operation, size, steps, "
+        "guidance and strength) run as one pipeline call; step: continuous batching at denoising-step boundaries "
+        "(pipelines of other families fall back to request).",
+    )
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="Most requests one batch holds.")
+    max_wait_ms: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=10_000.0,
+        description="How long an idle replica waits for company before it starts a batch smaller than "
+        "max_batch_size (requests that queued behind a running batch start without waiting).",
+    )
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
+
+    @property
+    def batches(self) -> bool:
+        return self.engine is not BatchEngine.NONE and self.max_batch_size > 1
+
+
 class ModelSpec(_Strict):
     """A diffusers pipeline: a hub id or a local directory written by `save_pretrained`."""
 
@@ -113,6 +146,10 @@ class ModelSpec(_Strict):
         default_factory=ParallelConfig,
         description="Run each replica of this model on several devices (DistriFusion, AsyncDiff): the replica "
         "reserves world_size devices in a placement group and drives one rank actor on each.",
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig,
+        description="Batching of this model's requests inside each replica (none, request-level or step-level).",
     )
     quality_steps: dict[ImageQuality, Annotated[int, Field(gt=0, le=1000)]] = Field(
         default_factory=dict,

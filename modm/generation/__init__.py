@@ -14,7 +14,10 @@ from modm.generation.interface import (
     unsupported_operation,
 )
 from modm.generation.local import LocalGenerator
+from modm.generation.engines import batching_generator, generator_from_spec
+from modm.generation.request_batching import RequestBatchingGenerator
 from modm.generation.service import InMemoryModelMetrics, ModelMetricsSink, ModelService
+from modm.generation.step_costs import StepCosts
 from modm.generation.steps import GenerationInterrupted, StepControl
 
 __all__ = [
@@ -29,8 +32,12 @@ __all__ = [
     "ModelMetricsSink",
     "ModelService",
     "Operation",
+    "RequestBatchingGenerator",
     "StepControl",
+    "StepCosts",
     "UnsupportedOperationError",
+    "batching_generator",
+    "generator_from_spec",
     "run_stoppable",
     "size_multiple",
     "spec_call_kwargs",

@@ -11,6 +11,7 @@ import inspect
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -125,27 +126,43 @@ class DiffusionGenerator:
         if req.steps <= 0:
             raise InvalidRequestError(f"steps={req.steps} must be positive")
 
-    def _common(self, req: GenerationRequest) -> dict:
+    def _common(self, reqs: Sequence[GenerationRequest]) -> dict:
+        """The call arguments of a batch of compatible requests (`batch_key`): a prompt and a seeded generator per
+        request, so that each image is the one its request would get alone."""
+        first = reqs[0]
         return {
-            "prompt": req.prompt,
-            "num_inference_steps": req.steps,
-            "guidance_scale": self.spec.guidance_scale if req.guidance_scale is None else req.guidance_scale,
-            "generator": torch.Generator("cpu").manual_seed(req.seed),
+            "prompt": [req.prompt for req in reqs],
+            "num_inference_steps": first.steps,
+            "guidance_scale": self.spec.guidance_scale if first.guidance_scale is None else first.guidance_scale,
+            "generator": [torch.Generator("cpu").manual_seed(req.seed) for req in reqs],
         }
+
+    def _check_batch(self, reqs: Sequence[GenerationRequest]) -> None:
+        if not reqs:
+            raise ValueError("a batch needs at least one request")
+        for req in reqs:
+            self.check_request(req)
+        if len({batch_key(req) for req in reqs}) > 1:
+            raise ValueError(f"requests of one batch must share size, steps and guidance: {[*reqs]}")
 
     @torch.inference_mode()
     def txt2img(self, req: GenerationRequest, control: StepControl | None = None) -> Image.Image:
         """Full generation: all req.steps denoising steps from noise. Raises GenerationInterrupted when `control`
         is stopped meanwhile."""
-        self.check_request(req)
+        return self.txt2img_batch([req], control)[0]
+
+    @torch.inference_mode()
+    def txt2img_batch(self, reqs: Sequence[GenerationRequest], control: StepControl | None = None) -> list[Image.Image]:
+        """`txt2img` of compatible requests (same `batch_key`) in one pipeline call."""
+        self._check_batch(reqs)
         out = self.pipe(
-            height=req.height,
-            width=req.width,
-            **self._common(req),
+            height=reqs[0].height,
+            width=reqs[0].width,
+            **self._common(reqs),
             **self._txt2img_kwargs,
             **_step_callback(self.pipe, control),
         )
-        return out.images[0]
+        return list(out.images)
 
     @torch.inference_mode()
     def img2img(
@@ -153,27 +170,38 @@ class DiffusionGenerator:
     ) -> Image.Image:
         """Refinement: re-noise `image` to strength and run the last int(steps * strength) steps. Raises
         GenerationInterrupted when `control` is stopped meanwhile."""
-        self.check_request(req)
-        if not 0.0 < strength <= 1.0:
-            raise InvalidRequestError(f"strength={strength} must be in (0, 1]")
-        image = image.convert("RGB")
-        if image.size != (req.width, req.height):
-            image = image.resize((req.width, req.height), Image.Resampling.BICUBIC)
+        return self.img2img_batch([req], [image], strength, control)[0]
+
+    @torch.inference_mode()
+    def img2img_batch(
+        self,
+        reqs: Sequence[GenerationRequest],
+        images: Sequence[Image.Image],
+        strength: float,
+        control: StepControl | None = None,
+    ) -> list[Image.Image]:
+        """`img2img` of compatible requests at one strength in one pipeline call, `images[i]` refined for `reqs[i]`."""
+        self._check_batch(reqs)
+        check_strength(strength)
+        if len(images) != len(reqs):
+            raise ValueError(f"{len(images)} images for {len(reqs)} requests")
+        width, height = reqs[0].width, reqs[0].height
+        images = [_sized_rgb(image, width, height) for image in images]
         refine_pipe = self.refine_pipe
-        size = {"height": req.height, "width": req.width} if self._img2img_takes_size else {}
-        common = self._common(req)
+        size = {"height": height, "width": width} if self._img2img_takes_size else {}
+        common = self._common(reqs)
         # img2img runs int(steps * strength) steps; with few steps that can round to zero, which diffusers cannot
         # run. Refine with at least one step by stretching the schedule just enough.
-        common["num_inference_steps"] = max(req.steps, math.ceil(1.0 / strength - 1e-9))
+        common["num_inference_steps"] = refine_schedule_steps(reqs[0].steps, strength)
         out = refine_pipe(
-            image=image,
+            image=images,
             strength=strength,
             **size,
             **common,
             **self._img2img_kwargs,
             **_step_callback(refine_pipe, control),
         )
-        return out.images[0]
+        return list(out.images)
 
     def check_capabilities(self, needs) -> None:
         """Refuse (CapabilityError naming `models.<name>.<field>`) a model that cannot do what `needs` asks
@@ -196,10 +224,18 @@ class DiffusionGenerator:
         self, req: GenerationRequest, snapshot_steps: tuple[int, ...], control: StepControl | None = None
     ) -> tuple[Image.Image, dict[int, torch.Tensor]]:
         """Full generation that also returns the latents after each step count in `snapshot_steps` (CPU)."""
-        self.check_request(req)
-        outside = [s for s in snapshot_steps if not 0 < s < req.steps]
+        return self.txt2img_with_snapshots_batch([req], snapshot_steps, control)[0]
+
+    @torch.inference_mode()
+    def txt2img_with_snapshots_batch(
+        self, reqs: Sequence[GenerationRequest], snapshot_steps: tuple[int, ...], control: StepControl | None = None
+    ) -> list[tuple[Image.Image, dict[int, torch.Tensor]]]:
+        """`txt2img_with_snapshots` of compatible requests in one pipeline call; each gets its own latents."""
+        self._check_batch(reqs)
+        steps = reqs[0].steps
+        outside = [s for s in snapshot_steps if not 0 < s < steps]
         if outside:
-            raise InvalidRequestError(f"snapshot steps {outside} are not inside a {req.steps}-step run")
+            raise InvalidRequestError(f"snapshot steps {outside} are not inside a {steps}-step run")
         snapshots = LatentSnapshots(snapshot_steps)
 
         def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
@@ -207,14 +243,17 @@ class DiffusionGenerator:
             return {} if control is None else control.on_step_end(pipe, step, timestep, callback_kwargs)
 
         out = self.pipe(
-            height=req.height,
-            width=req.width,
-            **self._common(req),
+            height=reqs[0].height,
+            width=reqs[0].width,
+            **self._common(reqs),
             **self._txt2img_kwargs,
             callback_on_step_end=on_step_end,
             callback_on_step_end_tensor_inputs=["latents"],
         )
-        return out.images[0], snapshots.latents
+        return [
+            (image, {done: latents[i : i + 1].clone() for done, latents in snapshots.latents.items()})
+            for i, image in enumerate(out.images)
+        ]
 
     @torch.inference_mode()
     def resume(
@@ -222,21 +261,32 @@ class DiffusionGenerator:
     ) -> Image.Image:
         """The last req.steps - steps_done steps of a run, from its latents after `steps_done` steps (any float dtype:
         a cache may hold them in float16)."""
-        self.check_request(req)
-        if not 0 < steps_done < req.steps:
-            raise InvalidRequestError(f"cannot resume after step {steps_done} of a {req.steps}-step run")
-        if latents.ndim < 3 or latents.shape[0] != 1:
-            raise InvalidRequestError(f"latents of shape {tuple(latents.shape)} are not one image's latents")
+        return self.resume_batch([req], [latents], steps_done, control)[0]
+
+    @torch.inference_mode()
+    def resume_batch(
+        self,
+        reqs: Sequence[GenerationRequest],
+        latents: Sequence[torch.Tensor],
+        steps_done: int,
+        control: StepControl | None = None,
+    ) -> list[Image.Image]:
+        """`resume` of compatible requests from one step in one pipeline call, `latents[i]` for `reqs[i]`."""
+        self._check_batch(reqs)
+        if len(latents) != len(reqs):
+            raise ValueError(f"{len(latents)} latents for {len(reqs)} requests")
+        for one in latents:
+            check_resume(one, steps_done, reqs[0].steps)
         with schedule_from_step(self.pipe.scheduler, steps_done):
             out = self.pipe(
-                height=req.height,
-                width=req.width,
-                latents=latents.to(self.device, self.pipe.dtype),
-                **self._common(req),
+                height=reqs[0].height,
+                width=reqs[0].width,
+                latents=torch.cat([one.to(self.device, self.pipe.dtype) for one in latents]),
+                **self._common(reqs),
                 **self._txt2img_kwargs,
                 **_step_callback(self.pipe, control),
             )
-        return out.images[0]
+        return list(out.images)
 
     @torch.inference_mode()
     def measure_step_cost_s(self, size: int, *, steps: tuple[int, int] = (2, 12), repeats: int = 3) -> float:
@@ -263,6 +313,35 @@ class DiffusionGenerator:
         run(steps[0])  # warm-up
         low, high = run(steps[0]), run(steps[1])
         return max(high - low, 0.0) / (steps[1] - steps[0])
+
+
+def batch_key(req: GenerationRequest) -> tuple:
+    """Requests with equal keys can share one pipeline call: same size, steps and guidance."""
+    return (req.width, req.height, req.steps, req.guidance_scale)
+
+
+def check_strength(strength: float) -> None:
+    if not 0.0 < strength <= 1.0:
+        raise InvalidRequestError(f"strength={strength} must be in (0, 1]")
+
+
+def check_resume(latents: torch.Tensor, steps_done: int, steps: int) -> None:
+    if not 0 < steps_done < steps:
+        raise InvalidRequestError(f"cannot resume after step {steps_done} of a {steps}-step run")
+    if latents.ndim < 3 or latents.shape[0] != 1:
+        raise InvalidRequestError(f"latents of shape {tuple(latents.shape)} are not one image's latents")
+
+
+def refine_schedule_steps(steps: int, strength: float) -> int:
+    """The schedule length img2img is called with: `steps`, stretched so that int(length * strength) >= 1."""
+    return max(steps, math.ceil(1.0 / strength - 1e-9))
+
+
+def _sized_rgb(image: Image.Image, width: int, height: int) -> Image.Image:
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    return image
 
 
 def spec_call_kwargs(pipe, spec: ModelSpec) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 
 from modm.generation.generator import GenerationRequest
+from modm.generation.step_costs import StepCosts
 from modm.generation.steps import GenerationInterrupted, StepControl
 
 __all__ = [
@@ -78,6 +80,7 @@ class Generator(Protocol):
     operations: frozenset[Operation]  # what this implementation runs
     device_description: str  # where it runs, for logs ("cuda:0", "distrifusion x2 on ['cuda:0', 'cuda:0']")
     counters: GenerationCounters
+    costs: StepCosts  # seconds per image-step at each batch size run, for the replica's capacity
 
     def check_operations(self, operations: Iterable[Operation]) -> None:
         """Raise a clear error unless this model can run every one of `operations`; load now what they need (so a
@@ -105,17 +108,29 @@ class Generator(Protocol):
         ...
 
 
-async def run_stoppable(work: Awaitable[T], control: StepControl, counters: GenerationCounters, *, name: str) -> T:
-    """Await `work`, one generation driven by `control`, counting it in `counters`.
+async def run_stoppable(
+    work: Awaitable[T],
+    control: StepControl,
+    counters: GenerationCounters,
+    *,
+    name: str,
+    costs: StepCosts | None = None,
+) -> T:
+    """Await `work`, one generation driven by `control`, counting it in `counters` (and its cost, as a batch of one,
+    in `costs`).
 
     When the awaiting task is cancelled (e.g. the client went away), stop the generation at its next denoising step
     and return (raising CancelledError) only once it has stopped, so the next request does not share the device with
     an abandoned one; a second cancel while waiting does not shorten that wait.
     """
     counters.generations += 1
+    start = time.perf_counter()
     task = asyncio.ensure_future(work)
     try:
-        return await asyncio.shield(task)
+        result = await asyncio.shield(task)
+        if costs is not None:
+            costs.observe(1, time.perf_counter() - start, control.steps_run)
+        return result
     except asyncio.CancelledError:
         control.stop()
         while not task.done():

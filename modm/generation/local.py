@@ -17,6 +17,7 @@ from PIL import Image
 from modm.config.schema import ModelSpec
 from modm.generation.generator import DiffusionGenerator, GenerationRequest
 from modm.generation.interface import GenerationCounters, Operation, run_stoppable
+from modm.generation.step_costs import StepCosts
 from modm.generation.steps import StepControl
 
 __all__ = ["LocalGenerator"]
@@ -31,6 +32,7 @@ class LocalGenerator:
         self.size_multiple = diffusion.size_multiple
         self.device_description = str(diffusion.device)
         self.counters = GenerationCounters()
+        self.costs = StepCosts()
         # A diffusers pipeline is not re-entrant (its scheduler keeps the step index): one generation at a time.
         # A thread lock, taken in the worker thread, so that a call cancelled while it waits stops at its first step.
         self._pipeline_free = threading.Lock()
@@ -63,7 +65,7 @@ class LocalGenerator:
     async def _in_thread(self, run: Callable, *args):
         control = StepControl()
         work = asyncio.to_thread(self._one_at_a_time, run, *args, control)
-        return await run_stoppable(work, control, self.counters, name=self.name)
+        return await run_stoppable(work, control, self.counters, name=self.name, costs=self.costs)
 
     def _one_at_a_time(self, run: Callable, *args):
         with self._pipeline_free:

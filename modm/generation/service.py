@@ -31,16 +31,24 @@ PROFILE_PROMPT = "a dog riding a bike"
 
 class ModelMetricsSink(Protocol):
     def observe(self, task: str, seconds: float) -> None:
-        """One finished `task` ("generate", "refine" or "resume") took `seconds` of model compute."""
+        """One finished `task` ("generate", "refine" or "resume") took `seconds` (its batch's, when batched)."""
+        ...
+
+    def batch(self, size: int) -> None:
+        """One pass of the model ran `size` requests together."""
         ...
 
 
 class InMemoryModelMetrics:
-    """Counts and total seconds per task, in this process (bounded: two numbers per task)."""
+    """Counts and total seconds per task, and passes per batch size, in this process (bounded)."""
 
     def __init__(self):
         self.count: dict[str, int] = defaultdict(int)
         self.seconds: dict[str, float] = defaultdict(float)
+        self.batch_sizes: dict[int, int] = defaultdict(int)
+
+    def batch(self, size: int) -> None:
+        self.batch_sizes[size] += 1
 
     def observe(self, task: str, seconds: float) -> None:
         self.count[task] += 1
@@ -65,6 +73,7 @@ class ModelService:
         self.snapshot_steps = tuple(snapshot_steps)
         self.metrics = InMemoryModelMetrics() if metrics is None else metrics
         generator.check_operations(self.operations_needed())
+        generator.costs.add_listener(self.metrics.batch)
         self._latency_s: float | None = spec.profiled_latency_s
         self._profile_lock = asyncio.Lock()
 
@@ -141,6 +150,12 @@ class ModelService:
             "num_inference_steps": self.spec.num_inference_steps,
             "operations": sorted(op.value for op in self.generator.operations),
         }
+
+    async def capacity(self) -> dict:
+        """What this replica's batches cost, measured as it serves (`StepCosts.as_dict()`), and its full
+        generation's step count: the monitor's throughput and admission control's batch latency
+        (`modm.policy.BatchCapacity`)."""
+        return {**self.generator.costs.as_dict(), "num_inference_steps": self.spec.num_inference_steps}
 
     def stats(self) -> dict:
         """The generator's counters: generations started, generations stopped by a cancel, denoising steps run."""

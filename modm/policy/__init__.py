@@ -8,6 +8,7 @@ from importlib import import_module
 
 _HOMES = {
     "should_admit": "admission",
+    "BatchCapacity": "capacity",
     "QualitySample": "calibration",
     "fit_k_table": "calibration",
     "Allocation": "monitor",

@@ -77,6 +77,9 @@ class ModelPool(Protocol):
     async def profile(self) -> float:
         """Seconds per full generation at the default size and steps."""
 
+    async def capacity(self) -> dict:
+        """What one replica's batches cost, measured as it serves (`modm.policy.BatchCapacity.from_costs`)."""
+
     async def generate(self, prompt: str, width: int, height: int, steps: int, seed: int) -> bytes: ...
 
     async def refine(

@@ -21,7 +21,7 @@ class LocalBackends:
     `roles`: the model pools to load (default: those the mode serves)."""
 
     def __init__(self, config: SystemConfig, *, roles: tuple[ModelRole, ...] | None = None):
-        from modm.generation import LocalGenerator, ModelService
+        from modm.generation import ModelService, generator_from_spec
 
         if roles is None:
             roles = (ModelRole.LARGE, ModelRole.SMALL) if config.mode is SystemMode.MODM else (ModelRole.LARGE,)
@@ -29,7 +29,7 @@ class LocalBackends:
         models = {}
         for role in roles:
             spec = getattr(config.models, role.value)
-            models[role] = ModelService(LocalGenerator.from_spec(spec, role.value), spec, snapshot_steps=snapshots)
+            models[role] = ModelService(generator_from_spec(spec, role.value), spec, snapshot_steps=snapshots)
         self.image_cache: ImageCache | None = None
         serving = config.serving
         self.backends = Backends(

@@ -10,7 +10,15 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from modm.config import MonitorConfig
-from modm.policy import Allocation, GlobalMonitor, Throughput, WindowCounter, WindowCounts, WindowStats
+from modm.policy import (
+    Allocation,
+    BatchCapacity,
+    GlobalMonitor,
+    Throughput,
+    WindowCounter,
+    WindowCounts,
+    WindowStats,
+)
 from modm.roles import ModelRole
 from modm.serving.backends import Clock, ModelPool, SystemClock
 
@@ -43,6 +51,7 @@ class MonitorService:
         self.monitor = GlobalMonitor(config)
         self.allocation: Allocation = self.monitor.current
         self.throughput: Throughput | None = None
+        self._profiled_s: dict[ModelRole, float] = {}  # batch-1 seconds per full generation, measured once
         self._window = WindowCounter()
         self._window_started = self.clock.monotonic()
         self.history: list[dict] = []
@@ -116,16 +125,32 @@ class MonitorService:
         await self._apply(allocation)
 
     async def _profile(self) -> Throughput:
-        if self.throughput is None:
-            large_s = await self.pools[ModelRole.LARGE].profile()
-            small_s = await self.pools[ModelRole.SMALL].profile()
-            self.throughput = Throughput.from_latencies(large_s, small_s)
+        """P per replica: full generations per minute at the batch size each pool runs now, as its replicas
+        measure it while serving; until a pool has run anything, 60 / its batch-1 profile (MoDM's P)."""
+        per_min = {role: await self._per_min(role) for role in (ModelRole.LARGE, ModelRole.SMALL)}
+        throughput = Throughput(per_min[ModelRole.LARGE], per_min[ModelRole.SMALL])
+        if throughput != self.throughput:
             logger.info(
-                "monitor: profiled P_large=%.2f P_small=%.2f req/min/replica",
-                self.throughput.large_per_min,
-                self.throughput.small_per_min,
+                "monitor: P_large=%.2f P_small=%.2f full generations/min/replica",
+                throughput.large_per_min,
+                throughput.small_per_min,
             )
-        return self.throughput
+        self.throughput = throughput
+        return throughput
+
+    async def _per_min(self, role: ModelRole) -> float:
+        pool = self.pools[role]
+        try:
+            costs = await pool.capacity()
+            measured = BatchCapacity.from_costs(costs).generations_per_min(int(costs["num_inference_steps"]))
+        except Exception as err:  # a pool that cannot say: its profile
+            logger.debug("monitor: capacity of the %s model not read: %r", role.value, err)
+            measured = None
+        if measured is not None:
+            return measured
+        if role not in self._profiled_s:
+            self._profiled_s[role] = await pool.profile()
+        return 60.0 / self._profiled_s[role]
 
     def _close_window(self) -> WindowStats:
         now = self.clock.monotonic()

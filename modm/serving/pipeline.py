@@ -30,7 +30,7 @@ from modm.config import SystemConfig, SystemMode
 from modm.config.parallel import ParallelMethod
 from modm.config.schema import ImageQuality, ModelSpec
 from modm.images import UploadError, png_bytes, read_upload
-from modm.policy import PoolState, RetrievalDecision, WindowCounter, route
+from modm.policy import BatchCapacity, PoolState, RetrievalDecision, WindowCounter, route
 from modm.policy.api_keys import ApiKeyRing
 from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain
 from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
@@ -104,6 +104,9 @@ class RequestPipeline:
         # pool in the background (until then every request is admitted).
         specs = {ModelRole.LARGE: config.models.large, ModelRole.SMALL: config.models.small}
         self.latency_s = {role: specs[role].profiled_latency_s for role in self.roles}
+        # What one replica's batches cost, as the pools measure it while serving (None until they report).
+        self.capacity: dict[ModelRole, BatchCapacity | None] = dict.fromkeys(self.roles)
+        self.total_steps = {role: specs[role].num_inference_steps for role in self.roles}
         self.model_info: dict[ModelRole, dict] = {}
         self.strategy = strategy_for(self.mode)(config, backends, self._call, self.background, self.totals)
         signer = LinkSigner(signing_key or secrets.token_bytes(32), self.clock.wall)
@@ -393,7 +396,17 @@ class RequestPipeline:
         latency = self.latency_s[role]
         if latency is None:
             return None
-        return PoolLoad(in_flight=self.in_flight[role], replicas=max(1, self.allocation[role]), latency_s=latency)
+        capacity = self.capacity[role]
+        max_batch = 1 if capacity is None else capacity.max_batch_size
+        # A full batch's latency as measured at that size (or the nearest size run); unmeasured: no batching gain.
+        full = None if capacity is None else capacity.batch_latency_s(max_batch, self.total_steps[role])
+        return PoolLoad(
+            in_flight=self.in_flight[role],
+            replicas=max(1, self.allocation[role]),
+            latency_s=latency,
+            max_batch=max_batch,
+            full_batch_latency_s=None if max_batch == 1 else full,
+        )
 
     def _check_admission(self, role: ModelRole, label: str, k: int) -> None:
         """429 + Retry-After when this request would be answered later than the bound (SLO or timeout)."""
@@ -493,6 +506,8 @@ class RequestPipeline:
                 logger.exception("monitor report failed")
 
     async def _profile_pools(self) -> None:
+        """The batch-1 latency once (unless the config gives it), then the batch costs the pools measure while
+        they serve, every report interval."""
         for role in self.roles:
             if self.latency_s[role] is not None:
                 continue
@@ -500,6 +515,17 @@ class RequestPipeline:
                 self.latency_s[role] = await self.backends.models[role].profile()
             except Exception:
                 logger.exception("profiling the %s model failed; its requests skip admission control", role.value)
+        while True:
+            await self.refresh_capacity()
+            await self.clock.sleep(self.config.serving.stats_report_interval_s)
+
+    async def refresh_capacity(self) -> None:
+        """Ask each pool (one of its replicas) what its batches cost now."""
+        for role in self.roles:
+            try:
+                self.capacity[role] = BatchCapacity.from_costs(await self.backends.models[role].capacity())
+            except Exception as err:  # keep the last view; admission control works without it
+                logger.debug("capacity of the %s model not read: %r", role.value, err)
 
 
 def _decision_label(decision: RetrievalDecision) -> str:

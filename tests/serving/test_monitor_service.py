@@ -93,3 +93,21 @@ def test_the_initial_allocation_is_retried_until_the_pools_answer():
 
     run(scenario())
     assert clock.sleeps[:2] == [1.0, 1.0] and len(applied) == 1
+
+
+def test_throughput_is_what_the_pools_measure_at_the_batch_sizes_they_run():
+    applied = []
+    monitor, clock = service(applied)
+    large, small = monitor.pools[ModelRole.LARGE], monitor.pools[ModelRole.SMALL]
+    monitor.report(counts(60, 30))
+    clock.now = 60.0
+    run(monitor.step())
+    assert monitor.get_allocation()["throughput_per_min"] == {"large": 10.0, "small": 60.0}  # the batch-1 profiles
+    # The large replicas now run batches of ~4 at 0.03 s per image-step (50 steps): 40 generations/min each.
+    large.costs = {"max_batch_size": 4, "mean_batch_size": 3.8, "seconds_per_image_step": {1: 0.12, 4: 0.03}}
+    monitor.report(counts(60, 30))
+    clock.now = 120.0
+    run(monitor.step())
+    throughput = monitor.get_allocation()["throughput_per_min"]
+    assert abs(throughput["large"] - 40.0) < 1e-9 and throughput["small"] == 60.0
+    assert small.costs["seconds_per_image_step"] == {}

@@ -116,6 +116,36 @@ def test_admission_control_refuses_what_would_finish_after_the_bound():
     assert len(h.large.calls) == 2
 
 
+def test_admission_control_counts_the_batches_a_batching_pool_measured():
+    # 10 s alone, but the replica runs batches of 4 in 12 s (0.06 s per image-step of 50 steps): within the 25 s
+    # bound it serves two rounds of four, where one request at a time it would serve two requests.
+    h = vanilla(
+        models={"large": {"source": "fake/large", "profiled_latency_s": 10.0}},
+        backpressure={"max_expected_latency_s": 25.0},
+        monitor={"gpu_budget": 1, "min_small": 0},
+    )
+    h.large.costs = {"max_batch_size": 4, "mean_batch_size": 4.0, "seconds_per_image_step": {4: 0.06}, "passes": {}}
+
+    async def scenario():
+        await started(h)
+        await h.pipeline.refresh_capacity()
+        h.large.gate = asyncio.Event()
+        admitted = [asyncio.ensure_future(h.pipeline.generate(ImageRequest(f"p{i}"))) for i in range(8)]
+        await asyncio.sleep(0.01)
+        refused = None
+        try:
+            await asyncio.wait_for(h.pipeline.generate(ImageRequest("one too many")), 1.0)
+        except RequestRefused as err:
+            refused = err
+        h.large.gate.set()
+        await asyncio.gather(*admitted)
+        return refused
+
+    refused = run(scenario())
+    assert refused.status == 429 and refused.headers() == {"Retry-After": "12"}
+    assert len(h.large.calls) == 8
+
+
 def test_a_pool_without_a_profile_is_profiled_then_admission_control_applies():
     h = vanilla(backpressure={"max_expected_latency_s": 1.5})
     h.large.profile_s = 1.0

@@ -97,3 +97,50 @@ def test_seconds_to_drain():
     assert seconds_to_drain(PoolLoad(5, 2, 0.4), 5) == 2  # 3 rounds x 0.4 s = 1.2 s -> 2
     with pytest.raises(ValueError, match="requests"):
         seconds_to_drain(PoolLoad(5, 2, 0.4), 0)
+
+
+# ------------------------------------------------------------------------------------------------ batching replicas
+@pytest.mark.parametrize(
+    "in_flight, expected",
+    [
+        (0, 1.0),  # alone in its batch
+        (3, 2.5),  # the fourth of a batch of four: a full batch
+        (4, 2.5 + 1.0),  # one full batch ahead, then alone
+        (9, 2 * 2.5 + 1.5),  # two full batches ahead, then a batch of two (1 + 1.5 * 1/3)
+    ],
+)
+def test_a_batching_replica_serves_the_requests_ahead_in_full_batches(in_flight, expected):
+    load = PoolLoad(in_flight=in_flight, replicas=1, latency_s=1.0, max_batch=4, full_batch_latency_s=2.5)
+    assert math.isclose(load.expected_latency_s(), expected)
+
+
+def test_batching_capacity_and_drain_time_count_full_batches():
+    load = PoolLoad(in_flight=0, replicas=2, latency_s=1.0, max_batch=4, full_batch_latency_s=2.5)
+    assert load.capacity(5.0) == 2 * 4 * 2  # two rounds of a full batch on each of two replicas
+    assert load.capacity(1.0) == 4 * 2  # a bound shorter than a batch still lets one round in
+    assert seconds_to_drain(load, 9) == math.ceil(2 * 2.5)  # 9 requests: two rounds of 8
+    assert admit(PoolLoad(in_flight=15, replicas=2, latency_s=1.0, max_batch=4, full_batch_latency_s=2.5), 5.0).admitted
+    assert not admit(
+        PoolLoad(in_flight=16, replicas=2, latency_s=1.0, max_batch=4, full_batch_latency_s=2.5), 5.0
+    ).admitted
+
+
+def test_an_unmeasured_batch_assumes_no_gain():
+    load = PoolLoad(in_flight=7, replicas=1, latency_s=1.0, max_batch=4)
+    assert load.batch_latency_s(4) == 4.0 and load.expected_latency_s() == 8.0
+    assert PoolLoad(in_flight=7, replicas=1, latency_s=1.0).expected_latency_s() == 8.0  # same as one at a time
+
+
+@given(loads, st.integers(min_value=1, max_value=16), st.floats(min_value=0.1, max_value=4.0))
+def test_batching_never_makes_the_estimate_worse_than_one_at_a_time(load, max_batch, gain):
+    """With a full batch no slower than max_batch requests one at a time, waiting is never longer."""
+    full = load.latency_s * max(1.0, max_batch / max(gain, 1.0))
+    batched = PoolLoad(load.in_flight, load.replicas, load.latency_s, max_batch=max_batch, full_batch_latency_s=full)
+    assert batched.expected_latency_s() <= load.expected_latency_s() + 1e-9
+
+
+def test_bad_batch_settings_are_refused():
+    with pytest.raises(ValueError, match="max_batch"):
+        PoolLoad(in_flight=0, replicas=1, latency_s=1.0, max_batch=0)
+    with pytest.raises(ValueError, match="full_batch_latency_s"):
+        PoolLoad(in_flight=0, replicas=1, latency_s=1.0, max_batch=2, full_batch_latency_s=float("nan"))
