@@ -36,14 +36,24 @@ REFERENCE_SYSTEM = "vanilla"  # the large model alone: the throughput baseline a
 
 
 def system_variants(
-    base: dict, budget: int, steps: int, size: int, window_s: float, work: Path, names: tuple[str, ...] = SYSTEMS
+    base: dict,
+    budget: int,
+    steps: int,
+    size: int,
+    window_s: float,
+    work: Path,
+    names: tuple[str, ...] = SYSTEMS,
+    batching: dict | None = None,
 ) -> dict[str, dict]:
-    """The same models, steps and replica budget for every system; only mode and monitor objective differ."""
+    """The same models, steps, batching engine and replica budget for every system; only mode and monitor objective
+    differ."""
     variants = {}
     for name in names:
         system = json.loads(json.dumps(base))
         for role in ("large", "small"):
             system["models"][role].update(num_inference_steps=steps, default_size=size)
+            if batching is not None:
+                system["models"][role]["batching"] = dict(batching)
         system["monitor"].update(gpu_budget=budget, window_s=window_s)
         system["cache"]["directory"] = str((work / name / "cache").resolve())
         if name in ("vanilla", "nirvana"):  # the large model alone, with NIRVANA's latent cache or none
@@ -74,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(SYSTEMS),
         help="comma-separated; nirvana needs --steps above 25 (it caches latents after 5..25)",
     )
+    parser.add_argument(
+        "--batching",
+        choices=("none", "request", "step"),
+        default="none",
+        help="the batching engine of every system's model replicas (models.<role>.batching.engine)",
+    )
+    parser.add_argument("--max-batch-size", type=int, default=4, help="with --batching: requests per batch")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="with --batching: wait for company")
     parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     sweep = parser.add_argument_group("SLO sweep (optional)")
@@ -137,7 +155,14 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     base["models"]["large"]["source"] = str((args.zoo / "large").resolve())
     base["models"]["small"]["source"] = str((args.zoo / "small").resolve())
     shutil.rmtree(args.out, ignore_errors=True)
-    variants = system_variants(base, args.budget, args.steps, args.size, args.window_s, args.out, tuple(chosen))
+    batching = (
+        None
+        if args.batching == "none"
+        else {"engine": args.batching, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms}
+    )
+    variants = system_variants(
+        base, args.budget, args.steps, args.size, args.window_s, args.out, tuple(chosen), batching=batching
+    )
 
     summaries, reference_s, runs, sweeps = [], None, {}, {}
     for name in chosen:
