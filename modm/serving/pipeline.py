@@ -470,6 +470,8 @@ class RequestPipeline:
             "allocation": {role.value: n for role, n in self.allocation.items()},
             "pending_admissions": len(self.background),
             "warm": self.warm_report,
+            # What a replica of each pool measured of its batches (the last view the router read).
+            "batching": {role.value: _capacity_view(self.capacity[role]) for role in self.roles},
         }
         if self.backends.cache is not None:
             out["cache"] = await self.backends.cache.stats()
@@ -526,6 +528,16 @@ class RequestPipeline:
                 self.capacity[role] = BatchCapacity.from_costs(await self.backends.models[role].capacity())
             except Exception as err:  # keep the last view; admission control works without it
                 logger.debug("capacity of the %s model not read: %r", role.value, err)
+
+
+def _capacity_view(capacity: BatchCapacity | None) -> dict | None:
+    if capacity is None:
+        return None
+    return {
+        "max_batch_size": capacity.max_batch_size,
+        "mean_batch_size": capacity.mean_batch_size,
+        "seconds_per_image_step": {str(b): s for b, s in sorted(capacity.seconds_per_image_step.items())},
+    }
 
 
 def _decision_label(decision: RetrievalDecision) -> str:

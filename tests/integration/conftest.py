@@ -10,13 +10,17 @@ from tools.local_cluster import wait_healthy
 pytestmark = pytest.mark.ray
 
 
+# The session app's model replicas batch, so every HTTP test also goes through a batching engine.
+BATCHING = {"engine": "request", "max_batch_size": 4, "max_wait_ms": 20}
+
+
 def system_config(zoo, cache_dir) -> dict:
     model = {"device": "cpu", "num_inference_steps": 4, "default_size": 64, "max_size": 128}
     return {
         "mode": "modm",
         "models": {
-            "large": {"source": str(zoo.large), **model},
-            "small": {"source": str(zoo.small), "guidance_scale": 7.5, **model},
+            "large": {"source": str(zoo.large), **model, "batching": BATCHING},
+            "small": {"source": str(zoo.small), "guidance_scale": 7.5, **model, "batching": BATCHING},
         },
         "embedder": {"kind": "minilm", "device": "cpu"},
         "cache": {"directory": str(cache_dir), "admission": "cache-all"},

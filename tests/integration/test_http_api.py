@@ -114,6 +114,22 @@ def test_stats_health_and_docs(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_batching_replicas_report_what_their_batches_cost(client):
+    """The session app's models batch (conftest.BATCHING): after a generation the router's view of the large pool's
+    costs, read from a replica over its handle, is in /v1/stats."""
+    import time
+
+    assert generate(client, "a red tractor in a wheat field", tenant="it-batching", n=2).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        view = client.get("/v1/stats").json()["batching"]["large"]
+        if view and view["seconds_per_image_step"]:
+            break
+        time.sleep(0.3)
+    assert view["max_batch_size"] == 4 and 1 <= view["mean_batch_size"] <= 2
+    assert all(int(b) in (1, 2) and s > 0 for b, s in view["seconds_per_image_step"].items())
+
+
 def test_metrics_reach_the_ray_metrics_endpoint(client, ray_cluster, metrics_port):
     import time
 
@@ -129,6 +145,7 @@ def test_metrics_reach_the_ray_metrics_endpoint(client, ray_cluster, metrics_por
         "modm_request_latency_seconds",
         "modm_allocation_replicas",
         "modm_model_compute_seconds",
+        "modm_model_batch_size",
     )
     deadline = time.monotonic() + 60
     text = ""
@@ -158,9 +175,11 @@ def test_grafana_dashboard_queries_metrics_the_app_exports():
         "modm_window_request_rate_per_min",
         "modm_window_hit_rate",
         "modm_model_compute_seconds",
+        "modm_model_batch_size",
     }
     used = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            used |= {m.removesuffix("_bucket") for m in re.findall(r"ray_(modm_[a-z_]+)", target["expr"])}
+            names = re.findall(r"ray_(modm_[a-z_]+)", target["expr"])
+            used |= {re.sub(r"_(bucket|sum|count)$", "", m) for m in names}
     assert used and used <= exported, used - exported

@@ -68,3 +68,29 @@ def test_shipped_gpu_configs_cover_a_generation(path):
         assert config.graceful_shutdown_wait_loop_s < config.graceful_shutdown_timeout_s
     # The router holds each request as long as the model does.
     assert deployments["Router"]._deployment_config.graceful_shutdown_timeout_s == system.serving.request_timeout_s
+
+
+def test_a_batching_replica_holds_two_batches_and_its_timeout_covers_them():
+    large = {
+        "source": "a",
+        "profiled_latency_s": 2.0,
+        "default_size": 512,
+        "max_size": 512,
+        "num_inference_steps": 50,
+        "batching": {"engine": "request", "max_batch_size": 4},
+    }
+    args = {
+        "system": {
+            "mode": "vanilla",
+            "models": {"large": large},
+            "limits": {"max_steps": 50},
+            "serving": {"request_timeout_s": 1000},
+        },
+        "check_resources": False,
+    }
+    system = config_from_dict(args["system"], "system")
+    assert graceful_shutdown_s(system.models.large, system) == pytest.approx(2.0 * 8 * GRACEFUL_SHUTDOWN_MARGIN)
+    config = _deployments(build_app(args))["LargeModel"]._deployment_config
+    assert config.max_ongoing_requests == 8  # one batch of four running, the next forming
+    unbatched = {**args, "system": {**args["system"], "models": {"large": {**large, "batching": {"engine": "none"}}}}}
+    assert _deployments(build_app(unbatched))["LargeModel"]._deployment_config.max_ongoing_requests == 1
