@@ -4,11 +4,11 @@ Part 1 (closed batches): for each model (the world's SD3-class large, SDXL-class
 a time; request: request-level batches; step: step-level batches) and batch size b, send b requests at once to the
 engine and time them: images per second (median of --repeats, with min and max).
 
-Part 2 (open loop): Poisson arrivals on one model, a mix of misses (txt2img, all T steps) and hits refined at
-k in {5, ..., 30} of 50 (img2img at strength 1 - k/50, whatever the benchmark's T), at rates from idle to past saturation (multiples of the unbatched
-engine's measured capacity), --repeats runs each: mean and p95 latency and throughput per engine, median over runs
-with the spread (min-max). Request-level batches share a call only between requests of one strength; step-level
-batches share every denoising pass.
+Part 2 (open loop): Poisson arrivals on one model, a mix of misses (txt2img, all T steps) and hits refined at k in
+{5, ..., 30} of 50 (img2img at strength 1 - k/50, whatever the benchmark's T), at rates from idle to past saturation
+(multiples of the unbatched engine's measured capacity), --repeats runs each: mean and p95 latency and throughput per
+engine, median over runs with the spread (min-max). Request-level batches share a call only between requests of one
+strength; step-level batches share every denoising pass.
 
     .venv/bin/python benchmarks/batch_bench.py --out benchmarks/results/batch_bench.json
 """
