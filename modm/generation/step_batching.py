@@ -1,0 +1,127 @@
+"""`StepBatchingGenerator`: the `Generator` of one `DiffusionGenerator` whose requests share denoiser passes.
+
+Requests join and leave a running batch at step boundaries (continuous batching): each keeps its own prompt
+embeddings, latents, scheduler copy, guidance and place in its schedule, so misses, refinements at different
+strengths and NIRVANA resumes from different steps run their steps in the same forward passes, and each image
+equals its unbatched generation through `DiffusionGenerator`. The SD3 and SDXL families are replayed
+(`modm.generation.stepwise`); `unsupported(pipe)` says why another pipeline is not, and the caller then batches it
+per request instead.
+
+A caller cancels by cancelling its task: the request leaves the batch at the next step boundary and the call
+returns (CancelledError) once it has left (`run_stoppable`), the others running on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from modm.generation.generator import DiffusionGenerator, GenerationRequest
+from modm.generation.interface import GenerationCounters, Operation, run_stoppable
+from modm.generation.steps import StepControl
+from modm.generation.stepwise import family_class, unsupported_reason
+from modm.generation.stepwise.engine import EngineClosedError, StepEngine
+from modm.generation.stepwise.family import Job
+from modm.policy.requests import InvalidRequestError
+
+__all__ = ["EngineClosedError", "StepBatchingGenerator"]
+
+
+class StepBatchingGenerator:
+    operations = frozenset(Operation)
+
+    def __init__(
+        self,
+        diffusion: DiffusionGenerator,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        on_pass: Callable[[int, float, int], None] | None = None,
+    ):
+        """`on_pass(batch_size, seconds, denoising_steps)` is called after every denoiser pass (one step of
+        `batch_size` requests), e.g. to learn seconds per step at each batch size."""
+        problem = self.unsupported(diffusion.pipe)
+        if problem:
+            raise ValueError(f"the {diffusion.name} model cannot be step-batched: {problem}")
+        self.diffusion = diffusion
+        self.name = diffusion.name
+        self.size_multiple = diffusion.size_multiple
+        self.device_description = f"{diffusion.device}, step-batched up to {max_batch_size}"
+        self.counters = GenerationCounters()
+        self._family = family_class(diffusion.pipe)(diffusion)
+        self._engine = StepEngine(
+            self._family, name=self.name, max_batch_size=max_batch_size, max_wait_s=max_wait_s, on_pass=on_pass
+        )
+
+    @staticmethod
+    def unsupported(pipe) -> str | None:
+        """Why this pipeline's family cannot be step-batched, or None."""
+        return unsupported_reason(pipe)
+
+    def check_operations(self, operations: Iterable[Operation]) -> None:
+        operations = set(operations)
+        if Operation.IMG2IMG in operations:
+            self._family.refine_pipe()  # builds the img2img twin, or raises ModelLoadError
+        if operations & {Operation.SNAPSHOTS, Operation.RESUME}:
+            self.diffusion.check_resumable()
+
+    # ------------------------------------------------------------------------------------------- operations
+    async def txt2img(self, req: GenerationRequest) -> Image.Image:
+        self.diffusion.check_request(req)
+        return await self._run(Operation.TXT2IMG, req)
+
+    async def img2img(self, req: GenerationRequest, image: Image.Image, strength: float) -> Image.Image:
+        self.diffusion.check_request(req)
+        if not 0.0 < strength <= 1.0:
+            raise InvalidRequestError(f"strength={strength} must be in (0, 1]")
+        if not isinstance(image, Image.Image):
+            raise InvalidRequestError(f"img2img needs a PIL image, got {type(image).__name__}")
+        # As DiffusionGenerator.img2img: the pipeline refines an RGB image of the requested size.
+        image = image.convert("RGB")
+        if image.size != (req.width, req.height):
+            image = image.resize((req.width, req.height), Image.Resampling.BICUBIC)
+        return await self._run(Operation.IMG2IMG, req, image=image, strength=float(strength))
+
+    async def txt2img_with_snapshots(
+        self, req: GenerationRequest, snapshot_steps: tuple[int, ...]
+    ) -> tuple[Image.Image, dict[int, torch.Tensor]]:
+        self.diffusion.check_request(req)
+        snapshot_steps = tuple(snapshot_steps)
+        outside = [s for s in snapshot_steps if not 0 < s < req.steps]
+        if outside or not snapshot_steps:
+            raise InvalidRequestError(f"snapshot steps {outside or []} are not inside a {req.steps}-step run")
+        return await self._run(Operation.SNAPSHOTS, req, snapshot_steps=snapshot_steps)
+
+    async def resume(self, req: GenerationRequest, latents: torch.Tensor, steps_done: int) -> Image.Image:
+        self.diffusion.check_request(req)
+        if not 0 < steps_done < req.steps:
+            raise InvalidRequestError(f"cannot resume after step {steps_done} of a {req.steps}-step run")
+        expected = self._family.latent_shape(req.height, req.width)
+        if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected or not latents.is_floating_point():
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise InvalidRequestError(
+                f"latents of shape {shape} are not one {req.width}x{req.height} image's latents {expected}"
+            )
+        return await self._run(Operation.RESUME, req, latents=latents, steps_done=steps_done)
+
+    async def _run(self, operation: Operation, req: GenerationRequest, **inputs):
+        control = StepControl(on_stop=self._engine.wake)
+        future: Future = Future()
+        self._engine.submit(Job(operation, req, control, future, **inputs))
+        return await run_stoppable(asyncio.wrap_future(future), control, self.counters, name=self.name)
+
+    # ------------------------------------------------------------------------------------------- health
+    def check_health(self) -> None:
+        """The engine still runs and the device answers."""
+        if not self._engine.alive():
+            raise RuntimeError(f"the {self.name} model's step-batching engine has stopped")
+        torch.zeros(1, device=self.diffusion.device).add_(1)
+
+    def close(self) -> None:
+        """Stop the engine; requests still in it fail with EngineClosedError, later ones raise it. Safe twice."""
+        self._engine.close()
