@@ -186,7 +186,7 @@ class DiffusionGenerator:
         if len(images) != len(reqs):
             raise ValueError(f"{len(images)} images for {len(reqs)} requests")
         width, height = reqs[0].width, reqs[0].height
-        images = [_sized_rgb(image, width, height) for image in images]
+        images = [sized_rgb(image, width, height) for image in images]
         refine_pipe = self.refine_pipe
         size = {"height": height, "width": width} if self._img2img_takes_size else {}
         common = self._common(reqs)
@@ -337,7 +337,8 @@ def refine_schedule_steps(steps: int, strength: float) -> int:
     return max(steps, math.ceil(1.0 / strength - 1e-9))
 
 
-def _sized_rgb(image: Image.Image, width: int, height: int) -> Image.Image:
+def sized_rgb(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The RGB image of the requested size that img2img refines."""
     image = image.convert("RGB")
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BICUBIC)

@@ -21,8 +21,15 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from modm.generation.generator import DiffusionGenerator, GenerationRequest
+from modm.generation.generator import (
+    DiffusionGenerator,
+    GenerationRequest,
+    check_resume,
+    check_strength,
+    sized_rgb,
+)
 from modm.generation.interface import GenerationCounters, Operation, run_stoppable
+from modm.generation.step_costs import StepCosts
 from modm.generation.steps import StepControl
 from modm.generation.stepwise import family_class, unsupported_reason
 from modm.generation.stepwise.engine import EngineClosedError, StepEngine
@@ -43,8 +50,8 @@ class StepBatchingGenerator:
         max_wait_s: float,
         on_pass: Callable[[int, float, int], None] | None = None,
     ):
-        """`on_pass(batch_size, seconds, denoising_steps)` is called after every denoiser pass (one step of
-        `batch_size` requests), e.g. to learn seconds per step at each batch size."""
+        """Every denoiser pass (one step of `batch_size` requests) is reported to `self.costs` and, when given, to
+        `on_pass(batch_size, seconds, denoising_steps)`."""
         problem = self.unsupported(diffusion.pipe)
         if problem:
             raise ValueError(f"the {diffusion.name} model cannot be step-batched: {problem}")
@@ -53,10 +60,17 @@ class StepBatchingGenerator:
         self.size_multiple = diffusion.size_multiple
         self.device_description = f"{diffusion.device}, step-batched up to {max_batch_size}"
         self.counters = GenerationCounters()
+        self.costs = StepCosts(max_batch_size)
+        self._on_pass = on_pass
         self._family = family_class(diffusion.pipe)(diffusion)
         self._engine = StepEngine(
-            self._family, name=self.name, max_batch_size=max_batch_size, max_wait_s=max_wait_s, on_pass=on_pass
+            self._family, name=self.name, max_batch_size=max_batch_size, max_wait_s=max_wait_s, on_pass=self._observe
         )
+
+    def _observe(self, batch_size: int, seconds: float, steps: int) -> None:
+        self.costs.observe(batch_size, seconds, steps)
+        if self._on_pass is not None:
+            self._on_pass(batch_size, seconds, steps)
 
     @staticmethod
     def unsupported(pipe) -> str | None:
@@ -77,14 +91,10 @@ class StepBatchingGenerator:
 
     async def img2img(self, req: GenerationRequest, image: Image.Image, strength: float) -> Image.Image:
         self.diffusion.check_request(req)
-        if not 0.0 < strength <= 1.0:
-            raise InvalidRequestError(f"strength={strength} must be in (0, 1]")
+        check_strength(strength)
         if not isinstance(image, Image.Image):
             raise InvalidRequestError(f"img2img needs a PIL image, got {type(image).__name__}")
-        # As DiffusionGenerator.img2img: the pipeline refines an RGB image of the requested size.
-        image = image.convert("RGB")
-        if image.size != (req.width, req.height):
-            image = image.resize((req.width, req.height), Image.Resampling.BICUBIC)
+        image = sized_rgb(image, req.width, req.height)
         return await self._run(Operation.IMG2IMG, req, image=image, strength=float(strength))
 
     async def txt2img_with_snapshots(
@@ -99,13 +109,14 @@ class StepBatchingGenerator:
 
     async def resume(self, req: GenerationRequest, latents: torch.Tensor, steps_done: int) -> Image.Image:
         self.diffusion.check_request(req)
-        if not 0 < steps_done < req.steps:
-            raise InvalidRequestError(f"cannot resume after step {steps_done} of a {req.steps}-step run")
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise InvalidRequestError(f"resume needs float latents, got {getattr(latents, 'dtype', type(latents))}")
+        check_resume(latents, steps_done, req.steps)
+        # Its rows join other requests' in one denoiser input: the shape must be exactly one image's.
         expected = self._family.latent_shape(req.height, req.width)
-        if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected or not latents.is_floating_point():
-            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        if tuple(latents.shape) != expected:
             raise InvalidRequestError(
-                f"latents of shape {shape} are not one {req.width}x{req.height} image's latents {expected}"
+                f"latents of shape {tuple(latents.shape)} are not one {req.width}x{req.height} image's {expected}"
             )
         return await self._run(Operation.RESUME, req, latents=latents, steps_done=steps_done)
 

@@ -110,6 +110,8 @@ def test_a_mixed_batch_gives_every_request_its_unbatched_image(models, engine, r
     steps = sum(control.steps_run for control in controls)
     assert generator.counters.as_dict() == {"generations": 8, "interrupted": 0, "denoising_steps": steps}
     assert sum(passes) == steps
+    costs = generator.costs.as_dict()  # what the replica's capacity reads: seconds per image-step by batch size
+    assert set(costs["passes"]) == set(passes) and all(s > 0 for s in costs["seconds_per_image_step"].values())
 
 
 @pytest.mark.parametrize("role", ROLES)
