@@ -8,7 +8,9 @@ equals its unbatched generation through `DiffusionGenerator`. The SD3 and SDXL f
 per request instead.
 
 A caller cancels by cancelling its task: the request leaves the batch at the next step boundary and the call
-returns (CancelledError) once it has left (`run_stoppable`), the others running on.
+returns (CancelledError) once it has left (`run_stoppable`), the others running on. A request is checked before it
+joins, so a bad one fails alone; a pass that fails is run again one request at a time, so that only a request that
+fails by itself gets the error.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ class StepBatchingGenerator:
         if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
             raise InvalidRequestError(f"resume needs float latents, got {getattr(latents, 'dtype', type(latents))}")
         check_resume(latents, steps_done, req.steps)
+        if not torch.isfinite(latents).all():
+            raise InvalidRequestError("latents hold NaN or infinite values")
         # Its rows join other requests' in one denoiser input: the shape must be exactly one image's.
         expected = self._family.latent_shape(req.height, req.width)
         if tuple(latents.shape) != expected:

@@ -191,6 +191,7 @@ def test_bad_requests_fail_alone_with_their_own_error(models, engine, role):
             generator.img2img(good, base, 0.0),
             generator.resume(good, wrong_latents, 2),
             generator.resume(good, torch.zeros(latent_shape(diffusion, 64, 64)), 6),
+            generator.resume(good, torch.full(latent_shape(diffusion, 64, 64), float("nan")), 2),
             generator.txt2img_with_snapshots(good, (6,)),
             return_exceptions=True,
         )
@@ -198,30 +199,57 @@ def test_bad_requests_fail_alone_with_their_own_error(models, engine, role):
     image, *errors = asyncio.run(run())
     assert grey_levels(image, base) <= 1
     assert all(isinstance(error, InvalidRequestError) for error in errors), errors
-    assert "(1, 3, 5, 5)" in str(errors[3]) and "after step 6" in str(errors[4])
+    assert "(1, 3, 5, 5)" in str(errors[3]) and "after step 6" in str(errors[4]) and "NaN" in str(errors[5])
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_a_failing_pass_fails_its_requests_and_the_engine_serves_on(models, engine, role, monkeypatch):
-    diffusion, (generator, _) = models[role], engine
+@pytest.fixture
+def faulty_denoiser(models, request, monkeypatch):
+    """The role's denoiser fails (as a device would) on every input of more rows than `fault.max_rows`."""
+    diffusion = models[request.node.callspec.params["role"]]
     denoiser = getattr(diffusion.pipe, "transformer", None) or diffusion.pipe.unet
-    forward, calls = denoiser.forward, []
+    forward = denoiser.forward
 
-    def fail_once(*args, **kwargs):  # the second pass fails, as a device fault would
-        calls.append(1)
-        if len(calls) == 2:
+    class Fault:
+        max_rows = 2
+
+    def faulty(*args, **kwargs):
+        sample = args[0] if args else kwargs["hidden_states"]  # the UNet's is positional, SD3's a keyword
+        if len(sample) > Fault.max_rows:
             raise RuntimeError("device fault")
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(denoiser, "forward", fail_once)
+    monkeypatch.setattr(denoiser, "forward", faulty)
+    return Fault
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_failing_pass_runs_again_one_request_at_a_time(models, engine, role, faulty_denoiser):
+    diffusion, (generator, passes) = models[role], engine
+    requests = [req(), req("a blue car", seed=2)]  # guided: two rows each, four together
 
     async def run():
-        failed = await asyncio.gather(generator.txt2img(req()), generator.txt2img(req(seed=2)), return_exceptions=True)
-        return failed, await generator.txt2img(req(seed=3))
+        return await asyncio.gather(*[generator.txt2img(r) for r in requests])
+
+    images = asyncio.run(run())
+    assert max(grey_levels(diffusion.txt2img(r), image) for r, image in zip(requests, images)) <= 1
+    assert passes == [1] * 12  # the shared passes failed; none of the requests moved on in them
+
+
+@pytest.mark.parametrize("role", ["large"])
+def test_a_request_that_fails_alone_gets_its_error_and_the_engine_serves_on(models, engine, role, faulty_denoiser):
+    diffusion, (generator, _) = models[role], engine
+    faulty_denoiser.max_rows = 1  # every guided request fails, an unguided one runs
+
+    async def run():
+        return await asyncio.gather(
+            generator.txt2img(req()), generator.txt2img(req(seed=2, guidance=1.0)), return_exceptions=True
+        )
 
     failed, image = asyncio.run(run())
-    assert [str(error) for error in failed] == ["device fault", "device fault"]
-    assert grey_levels(image, diffusion.txt2img(req(seed=3))) <= 1
+    assert isinstance(failed, RuntimeError) and str(failed) == "device fault"
+    assert grey_levels(image, diffusion.txt2img(req(seed=2, guidance=1.0))) <= 1
+    faulty_denoiser.max_rows = 2
+    assert grey_levels(asyncio.run(generator.txt2img(req(seed=3))), diffusion.txt2img(req(seed=3))) <= 1
     generator.check_health()
 
 

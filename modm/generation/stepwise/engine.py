@@ -1,8 +1,8 @@
 """`StepEngine`: one thread that runs the denoising of many requests, joining and leaving at step boundaries.
 
 Each loop: admit waiting requests up to the batch size (when idle, wait up to `max_wait_s` for company), drop the
-stopped ones, run one denoiser pass over the active requests of one batch key (image size; keys take turns), and
-decode and answer the finished ones. Only this thread touches the pipeline: diffusers pipelines are not re-entrant,
+stopped ones, run one denoiser pass over the active requests of one batch key (image size; keys take turns; a pass
+that fails runs again one request at a time), and decode and answer the finished ones. Only this thread touches the pipeline: diffusers pipelines are not re-entrant,
 and each request's start uses the pipeline's own scheduler before it takes its copy.
 """
 
@@ -144,34 +144,56 @@ class StepEngine:
             return None
 
     def _pass(self, active: list[Denoising]) -> list[Denoising]:
-        """One denoiser pass over the requests of the batch key that waited longest; those still running after it."""
+        """One denoising step of the requests of the batch key that waited longest, in one denoiser pass; those
+        still running after it. A pass that fails is run again one request at a time, so that only a request that
+        fails by itself gets the error."""
         first = min(active, key=lambda state: state.last_pass)
         group = [state for state in active if state.batch_key == first.batch_key]
         self._passes += 1
-        started = time.perf_counter()
-        try:
-            self.family.step(group)
-            if self.on_pass is not None and self.family.device.type == "cuda":
-                torch.cuda.synchronize(self.family.device)  # the pass's time, not its launch's
-        except Exception as error:
-            logger.exception("%s model: a denoising pass over %d requests failed", self.name, len(group))
-            for state in group:
-                _fail(state.job, error)
-            return [state for state in active if state not in group]
-        seconds = time.perf_counter() - started
         for state in group:
             state.last_pass = self._passes
-            control = state.job.control
-            control.steps_run += 1
+        error = self._step(group)
+        if error is not None and len(group) > 1:
+            logger.warning(
+                "%s model: a pass over %d requests failed (%r); running them one at a time",
+                self.name,
+                len(group),
+                error,
+            )
+            for state in group:
+                self._step([state])
+        return [state for state in active if not state.job.future.done()]
+
+    def _step(self, states: list[Denoising]) -> Exception | None:
+        """One denoiser pass over `states` and each one's scheduler step; the pass's error, if it failed (and then
+        no request moved on), after failing a request that ran alone. A request whose own step fails fails alone."""
+        started = time.perf_counter()
+        try:
+            predictions = self.family.predict(states)
+        except Exception as error:
+            if len(states) == 1:
+                logger.warning("%s model: a denoising step failed: %r", self.name, error)
+                _fail(states[0].job, error)
+            return error
+        for state, prediction in zip(states, predictions):
+            try:
+                self.family.advance(state, prediction)
+            except Exception as error:
+                logger.warning("%s model: a scheduler step failed: %r", self.name, error)
+                _fail(state.job, error)
+                continue
+            state.job.control.steps_run += 1
             if state.snapshots is not None:
                 done = state.position - 1  # as the pipelines' callback_on_step_end: the index of the step just run
                 state.snapshots(state.pipe, done, state.timesteps[done], {"latents": state.latents})
         if self.on_pass is not None:
+            if self.family.device.type == "cuda":
+                torch.cuda.synchronize(self.family.device)  # the pass's time, not its launch's
             try:
-                self.on_pass(len(group), seconds, 1)
+                self.on_pass(len(states), time.perf_counter() - started, 1)
             except Exception:
                 logger.exception("%s model: on_pass failed", self.name)
-        return active
+        return None
 
     def _leave(self, active: list[Denoising]) -> list[Denoising]:
         """Answer the stopped and the finished requests; the rest keep running."""

@@ -196,20 +196,26 @@ class Family:
         """One denoiser forward on the concatenated rows of several requests (timestep: one per row)."""
         raise NotImplementedError
 
-    def step(self, states: list[Denoising]) -> None:
-        """One denoising step of every request in `states` (same batch key) with one denoiser forward."""
+    def predict(self, states: list[Denoising]) -> list[torch.Tensor]:
+        """One denoiser forward over the rows of every request in `states` (one batch key): each request's
+        prediction, guidance applied. Leaves the requests' latents and schedules as they were."""
         sample = torch.cat([self.model_input(s) for s in states])
         timestep = torch.cat([s.timestep.expand(s.rows) for s in states])
         conditioning = {key: torch.cat([s.conditioning[key] for s in states]) for key in states[0].conditioning}
-        prediction = self.denoise(sample, timestep, conditioning)
-        for state, rows in zip(states, prediction.split([s.rows for s in states])):
+        predictions = []
+        for state, rows in zip(states, self.denoise(sample, timestep, conditioning).split([s.rows for s in states])):
             if state.guided:
                 uncond, cond = rows.chunk(2)
                 rows = uncond + state.guidance_scale * (cond - uncond)
-            state.latents = state.scheduler.step(
-                rows, state.timestep, state.latents, **state.step_kwargs, return_dict=False
-            )[0]
-            state.position += 1
+            predictions.append(rows)
+        return predictions
+
+    def advance(self, state: Denoising, prediction: torch.Tensor) -> None:
+        """The request's own scheduler step with its prediction."""
+        state.latents = state.scheduler.step(
+            prediction, state.timestep, state.latents, **state.step_kwargs, return_dict=False
+        )[0]
+        state.position += 1
 
     # ------------------------------------------------------------------------------------------------ the end
     def decode(self, state: Denoising) -> Image.Image:
