@@ -60,7 +60,7 @@ class StepBatchingGenerator:
         self.diffusion = diffusion
         self.name = diffusion.name
         self.size_multiple = diffusion.size_multiple
-        self.device_description = f"{diffusion.device}, step-batched up to {max_batch_size}"
+        self.device_description = f"{diffusion.device} (step batches of up to {max_batch_size})"
         self.counters = GenerationCounters()
         self.costs = StepCosts(max_batch_size)
         self._on_pass = on_pass
