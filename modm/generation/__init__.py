@@ -17,6 +17,7 @@ from modm.generation.local import LocalGenerator
 from modm.generation.engines import batching_generator, generator_from_spec
 from modm.generation.request_batching import RequestBatchingGenerator
 from modm.generation.service import InMemoryModelMetrics, ModelMetricsSink, ModelService
+from modm.generation.step_batching import StepBatchingGenerator
 from modm.generation.step_costs import StepCosts
 from modm.generation.steps import GenerationInterrupted, StepControl
 
@@ -33,6 +34,7 @@ __all__ = [
     "ModelService",
     "Operation",
     "RequestBatchingGenerator",
+    "StepBatchingGenerator",
     "StepControl",
     "StepCosts",
     "UnsupportedOperationError",
