@@ -2,8 +2,9 @@
 
 Each loop: admit waiting requests up to the batch size (when idle, wait up to `max_wait_s` for company), drop the
 stopped ones, run one denoiser pass over the active requests of one batch key (image size; keys take turns; a pass
-that fails runs again one request at a time), and decode and answer the finished ones. Only this thread touches the pipeline: diffusers pipelines are not re-entrant,
-and each request's start uses the pipeline's own scheduler before it takes its copy.
+that fails runs again one request at a time), and decode and answer the finished ones. Only this thread touches the
+pipeline: diffusers pipelines are not re-entrant, and each request's start uses the pipeline's own scheduler before it
+takes its copy.
 """
 
 from __future__ import annotations
