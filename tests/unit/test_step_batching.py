@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from modm.config import ModelSpec
-from modm.generation import DiffusionGenerator, GenerationRequest, InvalidRequestError
+from modm.config import BatchingConfig, ModelSpec
+from modm.generation import (
+    DiffusionGenerator,
+    GenerationRequest,
+    InvalidRequestError,
+    RequestBatchingGenerator,
+    batching_generator,
+)
 from modm.generation.step_batching import EngineClosedError, StepBatchingGenerator
 from modm.generation.steps import StepControl
 
@@ -277,5 +283,14 @@ def test_only_sd3_and_sdxl_families_with_single_call_steps_are_step_batched(mode
     small = models["small"].pipe
     heun = type(small)(**{**small.components, "scheduler": HeunDiscreteScheduler.from_config(small.scheduler.config)})
     assert "calls the denoiser 2 times per step" in StepBatchingGenerator.unsupported(heun)
+    # The replica's factory runs what cannot be step-batched as request-level batches instead.
+    batching = BatchingConfig(engine="step", max_batch_size=4)
+    spec = models["large"].spec.model_copy(update={"batching": batching})
+    picked = [
+        batching_generator(DiffusionGenerator(pipe, spec, "large"), spec) for pipe in (models["large"].pipe, flux)
+    ]
+    assert [type(generator) for generator in picked] == [StepBatchingGenerator, RequestBatchingGenerator]
+    for generator in picked:
+        generator.close()
     with pytest.raises(ValueError, match="cannot be step-batched"):
         StepBatchingGenerator(DiffusionGenerator(flux, models["large"].spec, "large"), max_batch_size=2, max_wait_s=0.0)
