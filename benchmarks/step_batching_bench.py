@@ -2,12 +2,12 @@
 
 For each model (the tiny zoo of deployments/configs/local-tiny.yaml, the trained world of deployments/configs/
 local.yaml) and batch size b, `b` requests start together on a `StepBatchingGenerator` with room for exactly b, so
-every pass runs all of them; `on_pass` times each pass (one denoising step of b images, guidance included). The
-table gives the median pass (with min and max over all passes of all repeats), seconds per step per image and the
-per-image speed-up over b = 1, next to the unbatched pipeline's own step cost
-(`DiffusionGenerator.measure_step_cost_s`). `max_grey_levels` is the largest pixel difference between each image
-of one mixed batch (misses, refinements at two strengths, resumes from two steps where the model resumes) and its
-unbatched generation.
+every pass runs all of them; `on_pass` times each pass (one denoising step of b images, guidance included; the first
+pass of a batch also carries its text encoding and the previous batch's decoding). The table gives the median pass
+(with min and max over all passes of all repeats), seconds per step per image and the per-image speed-up over b = 1,
+next to the unbatched pipeline's own step cost (`DiffusionGenerator.measure_step_cost_s`). `max_grey_levels` is the
+largest pixel difference between each image of one mixed batch (misses, refinements at two strengths, resumes from two
+steps where the model resumes) and its unbatched generation.
 
     .venv/bin/python benchmarks/step_batching_bench.py --out benchmarks/results/step_batching.json
 """

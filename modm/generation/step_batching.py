@@ -53,7 +53,8 @@ class StepBatchingGenerator:
         on_pass: Callable[[int, float, int], None] | None = None,
     ):
         """Every denoiser pass (one step of `batch_size` requests) is reported to `self.costs` and, when given, to
-        `on_pass(batch_size, seconds, denoising_steps)`."""
+        `on_pass(batch_size, seconds, denoising_steps)`; a pass's seconds include the requests' starts (text and
+        image encoding) and decodes since the previous one, so that they add up to what the requests cost."""
         problem = self.unsupported(diffusion.pipe)
         if problem:
             raise ValueError(f"the {diffusion.name} model cannot be step-batched: {problem}")

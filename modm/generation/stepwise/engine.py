@@ -52,6 +52,9 @@ class StepEngine:
         self._changed = threading.Condition()
         self._closed = False
         self._passes = 0
+        # Seconds of request starts (text and image encoding) and decodes since the last reported pass: added to
+        # it, so that the passes' seconds add up to what the requests cost, as a whole pipeline call's do.
+        self._unreported_s = 0.0
         self._thread = threading.Thread(target=self._serve, name=f"step-batching-{name}", daemon=True)
         self._thread.start()
 
@@ -137,12 +140,15 @@ class StepEngine:
         if job.control.should_stop():
             _fail(job, job.control.interrupted())
             return None
+        started = time.perf_counter()
         try:
             return self.family.start(job)
         except Exception as error:  # this request alone fails: its input, or its share of the device
             logger.warning("%s model: a %s request failed to start: %r", self.name, job.operation.value, error)
             _fail(job, error)
             return None
+        finally:
+            self._unreported_s += time.perf_counter() - started
 
     def _pass(self, active: list[Denoising]) -> list[Denoising]:
         """One denoising step of the requests of the batch key that waited longest, in one denoiser pass; those
@@ -191,7 +197,8 @@ class StepEngine:
             if self.family.device.type == "cuda":
                 torch.cuda.synchronize(self.family.device)  # the pass's time, not its launch's
             try:
-                self.on_pass(len(states), time.perf_counter() - started, 1)
+                self.on_pass(len(states), time.perf_counter() - started + self._unreported_s, 1)
+                self._unreported_s = 0.0
             except Exception:
                 logger.exception("%s model: on_pass failed", self.name)
         return None
@@ -204,12 +211,15 @@ class StepEngine:
             if job.control.should_stop():
                 _fail(job, job.control.interrupted())
             elif state.done:
+                started = time.perf_counter()
                 try:
                     image = self.family.decode(state)
                 except Exception as error:
                     logger.warning("%s model: decoding failed: %r", self.name, error)
                     _fail(job, error)
                     continue
+                finally:
+                    self._unreported_s += time.perf_counter() - started
                 result = (image, state.snapshots.latents) if job.operation is Operation.SNAPSHOTS else image
                 _resolve(job, result)
             else:
