@@ -145,8 +145,12 @@ class RequestBatchingGenerator:
         member = _Member(operation, (operation, *key), request, payload, loop.create_future(), self._clock())
         self._queue.append(member)
         self.counters.generations += 1
-        if self._dispatcher is None or self._dispatcher.done():
-            self._arrival = asyncio.Event()  # bound to this loop: tests run several
+        dispatcher = self._dispatcher
+        if dispatcher is None or dispatcher.done() or dispatcher.get_loop() is not loop:
+            # Also when the loop that ran the last dispatcher has gone (one asyncio.run after another): its waiting
+            # requests went with it.
+            self._queue = [m for m in self._queue if m.future.get_loop() is loop]
+            self._arrival = asyncio.Event()
             self._dispatcher = loop.create_task(self._dispatch())
         self._arrival.set()
         try:
