@@ -10,8 +10,9 @@ from tools.local_cluster import wait_healthy
 pytestmark = pytest.mark.ray
 
 
-# The session app's model replicas batch, so every HTTP test also goes through a batching engine.
+# The session app's model replicas batch, so every HTTP test also goes through both batching engines.
 BATCHING = {"engine": "request", "max_batch_size": 4, "max_wait_ms": 20}
+STEP_BATCHING = {**BATCHING, "engine": "step"}
 
 
 def system_config(zoo, cache_dir) -> dict:
@@ -20,7 +21,7 @@ def system_config(zoo, cache_dir) -> dict:
         "mode": "modm",
         "models": {
             "large": {"source": str(zoo.large), **model, "batching": BATCHING},
-            "small": {"source": str(zoo.small), "guidance_scale": 7.5, **model, "batching": BATCHING},
+            "small": {"source": str(zoo.small), "guidance_scale": 7.5, **model, "batching": STEP_BATCHING},
         },
         "embedder": {"kind": "minilm", "device": "cpu"},
         "cache": {"directory": str(cache_dir), "admission": "cache-all"},

@@ -28,15 +28,6 @@ ROLES = ["large", "small"]  # SD3 (flow matching), SDXL (Euler, scaled model inp
 LONG_RUN = {"large": 12, "small": 60}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and two threads crawl on a busy two-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def models(tiny_zoo):
     spec = {"device": "cpu", "default_size": 64, "max_size": 128, "max_sequence_length": 1}  # 1 T5 token: quicker
