@@ -34,6 +34,7 @@ from modm.config import (
     resolve_relative_paths,
 )
 from modm.embedding import embedding_dim
+from modm.parallel import ParallelMethod
 from modm.policy import NIRVANA_K_CHOICES
 from modm.policy.api_keys import ApiKeyRing
 from modm.roles import ModelRole
@@ -157,6 +158,8 @@ def graceful_shutdown_s(spec: ModelSpec, system: SystemConfig) -> float:
 def model_max_ongoing(spec: ModelSpec) -> int:
     """Requests a model replica holds at once: one without batching; with it, a running batch and the next one
     forming behind it (more would only queue inside the replica, where the router cannot see or re-route them)."""
+    if spec.parallel.method is not ParallelMethod.NONE:
+        return 1  # a parallel group runs one request at a time on all its ranks (it does not batch)
     return 2 * spec.batching.max_batch_size if spec.batching.batches else 1
 
 

@@ -42,6 +42,8 @@ def _start_generator(spec: ModelSpec, role: str) -> Generator:
     if spec.parallel.method is ParallelMethod.NONE:
         return generator_from_spec(spec, role)
     # One model on several devices: this replica holds no weights, it drives one rank actor per device.
+    if spec.batching.batches:
+        logger.warning("%s model: a %s group does not batch; batching ignored", role, spec.parallel.method.value)
     from deployments.actor_group import ActorGroupGenerator
 
     return ActorGroupGenerator.start(spec, role, **_rank_placement(spec))
