@@ -91,6 +91,7 @@ def closed_batches(args, role: str, diffusion: DiffusionGenerator, source: Image
                 seconds = asyncio.run(run())
                 if repeat:
                     rates.append(b / seconds)
+            generator.close()  # the step engine's thread
             row = {"model": role, "engine": engine, "batch_size": b, "images_per_s": spread(rates)}
             rows.append(row)
             print(
@@ -157,6 +158,7 @@ def sweep(args, role: str, diffusion: DiffusionGenerator, source: Image.Image, e
                 )
                 for r in range(args.repeats)
             ]
+            generator.close()
             point = {
                 "model": role,
                 "engine": engine,
