@@ -26,6 +26,27 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
+# What each request is split into: e2e = ingress + embed + retrieve + model call; overhead = e2e - model compute.
+METRICS = ("e2e_s", "overhead_s", "routing_s", "embed_s", "retrieve_s", "model_call_s", "ingress_s")
+
+
+def stages(e2e_s: float, timings_s: dict[str, float], compute_s: float) -> dict[str, float]:
+    """One request's stages from the router's own timings (the response's modm.timings_s): embed (the embedder's
+    round trip), retrieve (cache query, and the hit's image fetch), model call less the model's in-process compute
+    (the handle hop, queueing, PNG encode/decode in the replica), and ingress (everything else: HTTP client ->
+    proxy -> Router and back, body validation, base64 and JSON of the answer)."""
+    embed, retrieve, generate = (timings_s.get(key, 0.0) for key in ("embed", "retrieve", "generate"))
+    return {
+        "e2e_s": e2e_s,
+        "overhead_s": e2e_s - compute_s,
+        "routing_s": embed + retrieve,
+        "embed_s": embed,
+        "retrieve_s": retrieve,
+        "model_call_s": generate - compute_s,
+        "ingress_s": e2e_s - embed - retrieve - generate,
+    }
+
+
 def in_process_compute_s(zoo: Path, size: int, runs: int = 20) -> dict[str, float]:
     import torch
     from PIL import Image
@@ -98,7 +119,7 @@ def main() -> None:
             "large": {"source": str(args.zoo / "large"), **model},
             "small": {"source": str(args.zoo / "small"), **model},
         },
-        "embedder": {"kind": "minilm", "device": "cpu"},
+        "embedder": {"kind": "minilm", "device": "cpu", "dtype": "bfloat16"},
         "cache": {"directory": str(Path(".modm/bench-overhead-cache").resolve())},
         "policy": {"k_table": "minilm-text"},
         "monitor": {"gpu_budget": 3},
@@ -132,21 +153,13 @@ def main() -> None:
             r = client.post("/v1/images/generations", json=body, headers={"X-Tenant-Id": tenant})
             e2e = time.perf_counter() - t
             info = r.json()["modm"]
-            model = info["model"]
-            rows[kind].append(
-                {
-                    "e2e_s": e2e,
-                    "overhead_s": e2e - compute[model],
-                    "routing_s": info["timings_s"].get("embed", 0) + info["timings_s"].get("retrieve", 0),
-                    "hit": info["hit"],
-                }
-            )
+            rows[kind].append({**stages(e2e, info["timings_s"], compute[info["model"]]), "hit": info["hit"]})
     memory = ray_memory_mb()
     ray.shutdown()
 
     table = []
     for kind, items in rows.items():
-        for metric in ("e2e_s", "overhead_s", "routing_s"):
+        for metric in METRICS:
             values = [x[metric] for x in items]
             table.append(
                 {
@@ -162,6 +175,7 @@ def main() -> None:
         "compute_s": compute,
         "table": table,
         "memory_pss_mb": memory,
+        "load_average_after": os.getloadavg(),
         "hit_fraction_of_hit_requests": sum(x["hit"] for x in rows["hit"]) / max(1, len(rows["hit"])),
     }
     print(f"cold start: ray.init {cold['ray_init_s']:.1f}s, serve.run -> healthy {cold['deploy_to_healthy_s']:.1f}s")
@@ -169,9 +183,9 @@ def main() -> None:
         f"model compute (1 step, {args.size}px, in-process median): large {compute['large'] * 1e3:.1f} ms, "
         f"small {compute['small'] * 1e3:.1f} ms"
     )
-    print(f"{'requests':<8} {'metric':<11} {'n':>4} {'p50 ms':>8} {'p95 ms':>8}")
+    print(f"{'requests':<8} {'metric':<12} {'n':>4} {'p50 ms':>8} {'p95 ms':>8}")
     for row in table:
-        print(f"{row['requests']:<8} {row['metric']:<11} {row['n']:>4} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f}")
+        print(f"{row['requests']:<8} {row['metric']:<12} {row['n']:>4} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f}")
     print(f"Ray processes PSS: {memory['total_mb']:.0f} MB")
     args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
 

@@ -21,8 +21,6 @@ GRACEFUL_SHUTDOWN_WAIT_LOOP_S = _env_float("MODM_GRACEFUL_SHUTDOWN_WAIT_LOOP_S",
 # How often model replicas report the monitor's replica target to Serve's autoscaler, and its look-back.
 AUTOSCALING_METRICS_INTERVAL_S = _env_float("MODM_AUTOSCALING_METRICS_INTERVAL_S", 1.0)
 AUTOSCALING_LOOK_BACK_S = _env_float("MODM_AUTOSCALING_LOOK_BACK_S", 2.0)
-EMBED_BATCH_WAIT_S = _env_float("MODM_EMBED_BATCH_WAIT_S", 0.005)
-EMBED_MAX_BATCH = int(os.environ.get("MODM_EMBED_MAX_BATCH", 32))
 
 # Metric name of the replica target that model replicas report to the autoscaling policy.
 TARGET_REPLICAS_METRIC = "modm_target_replicas"

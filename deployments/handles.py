@@ -23,7 +23,9 @@ __all__ = ["HandleProxy"]
 
 class HandleProxy:
     def __init__(self, handle: DeploymentHandle):
-        self._handle = handle
+        # Serve's gRPC transport between replicas instead of Ray actor calls and the object store: a hop costs about
+        # a third as much on a local cluster (benchmarks/serve_hop_floor.py), and the replies here are small.
+        self._handle = handle.options(_by_reference=False)
 
     def __getattr__(self, name: str):
         method = getattr(self._handle, name)

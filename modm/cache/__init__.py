@@ -24,7 +24,7 @@ from modm.cache.errors import (
 )
 from modm.cache.image_cache import CacheStats, ImageCache, NamespaceStats
 from modm.cache.index import IndexKind
-from modm.cache.records import CacheEntry, Match, NewEntry
+from modm.cache.records import CacheEntry, Lookup, Match, NewEntry
 from modm.cache.warm import (
     WarmReport,
     prompt_for_image,
@@ -43,6 +43,7 @@ __all__ = [
     "EntryNotFoundError",
     "ImageCache",
     "IndexKind",
+    "Lookup",
     "Match",
     "NamespaceStats",
     "NewEntry",

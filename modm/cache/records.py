@@ -12,6 +12,7 @@ from modm.cache.constants import EMBEDDING_NORM_TOLERANCE
 __all__ = [
     "PNG_SIGNATURE",
     "CacheEntry",
+    "Lookup",
     "Match",
     "NewEntry",
     "check_embedding",
@@ -44,6 +45,15 @@ class Match:
     entry_id: int
     score: float
     entry: CacheEntry
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A query's best match (None: nothing in scope) and, when the match scores at least the score the caller
+    asked for, the entry's image with it (None below that score, or when the entry was evicted since the query)."""
+
+    match: Match | None
+    png: bytes | None = None
 
 
 @dataclass(frozen=True)

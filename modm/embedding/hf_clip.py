@@ -30,6 +30,7 @@ class HfClipEmbedder(_CacheKeys):
         device: torch.device,
         batch_size: int = 32,
         retrieval: Retrieval = Retrieval.TEXT_TO_IMAGE,
+        dtype: torch.dtype = torch.float32,
     ):
         from transformers import CLIPModel, CLIPProcessor
 
@@ -38,8 +39,8 @@ class HfClipEmbedder(_CacheKeys):
             raise FileNotFoundError(
                 f"hf_clip model {str(path)!r}: no config.json there (a CLIPModel save_pretrained directory is expected)"
             )
-        # float32 whatever the stored dtype (the world CLIP is stored in fp16 to keep the repository small).
-        self.model = CLIPModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        # `dtype` whatever the stored one (the world CLIP is stored in fp16 to keep the repository small).
+        self.model = CLIPModel.from_pretrained(path, dtype=dtype).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(path)
         self.context_length = int(self.model.config.text_config.max_position_embeddings)
         self.device = device
@@ -69,7 +70,7 @@ class HfClipEmbedder(_CacheKeys):
         def embed(chunk):
             pixels = self.processor.image_processor([im.convert("RGB") for im in chunk], return_tensors="pt")[
                 "pixel_values"
-            ].to(self.device)
+            ].to(self.device, self.model.dtype)
             return l2_normalise(_pooled(self.model.get_image_features(pixel_values=pixels)))
 
         return embed_in_batches(images, self.batch_size, self.dim, embed)

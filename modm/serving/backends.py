@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from modm.cache.records import Match
+from modm.cache.records import Lookup
 from modm.roles import ModelRole
 from modm.serving.response_store import StoredImage
 
@@ -41,10 +41,9 @@ class TextEmbedder(Protocol):
 
 
 class ImageCacheBackend(Protocol):
-    async def query(self, embedding: np.ndarray, namespaces: list[str]) -> Match | None: ...
-
-    async def fetch_png(self, entry_id: int) -> bytes | None:
-        """The entry's image, or None when it was evicted since the query that found it."""
+    async def lookup(self, embedding: np.ndarray, namespaces: list[str], min_score: float) -> Lookup:
+        """The best match in `namespaces` and, when it scores at least `min_score`, its image (None when the entry
+        was evicted since the query found it)."""
 
     async def png_in_scope(self, entry_id: int, namespaces: list[str]) -> bytes | None:
         """The entry's image if it is live and in one of `namespaces`, else None (unknown and foreign look alike)."""

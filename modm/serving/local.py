@@ -38,7 +38,7 @@ class LocalBackends:
         if config.mode is SystemMode.VANILLA:
             return
         embedder = build_embedder(config.embedder)
-        self.backends.embedder = EmbedderService(embedder)
+        self.backends.embedder = EmbedderService(embedder, max_batch=config.embedder.batch_size)
         if config.mode is SystemMode.MODM:
             self.image_cache = ImageCache(config.cache, embedder.dim)
             self.backends.cache = ImageCacheService(self.image_cache)

@@ -11,24 +11,28 @@ import numpy as np
 
 from modm.cache import EntryNotFoundError, ImageCache
 from modm.cache.latent_cache import LatentCache
-from modm.cache.records import Match
+from modm.cache.records import Lookup, Match
 from modm.config import CacheConfig
 from modm.embedding import Embedder
 from modm.images import decode_png
 from modm.policy import NIRVANA_K_CHOICES, KTable
+from modm.serving.coalescing import Coalescer
 
 __all__ = ["EmbedderService", "ImageCacheService", "LatentCacheService"]
 
 
 class EmbedderService:
-    def __init__(self, embedder: Embedder):
+    def __init__(self, embedder: Embedder, max_batch: int = 32):
+        """`max_batch`: the most prompts one forward pass takes; concurrent calls share passes (`Coalescer`)."""
         self.embedder = embedder
+        self._prompts = Coalescer(self.embed_texts, max_batch)
 
     async def embed_text(self, prompt: str) -> np.ndarray:
-        return (await self.embed_texts([prompt]))[0]
+        """One prompt's (dim,) float32 embedding; the prompts of concurrent calls go through one forward pass."""
+        return await self._prompts.submit(prompt)
 
     async def embed_texts(self, prompts: Sequence[str]) -> list[np.ndarray]:
-        """One forward pass for several prompts (the Serve deployment batches concurrent calls into this)."""
+        """One forward pass for several prompts."""
         return list(await asyncio.to_thread(self.embedder.embed_text, list(prompts)))
 
     async def embed_for_cache(self, png: bytes, prompt: str) -> np.ndarray:
@@ -47,6 +51,13 @@ class ImageCacheService:
 
     async def query(self, embedding: np.ndarray, namespaces: list[str]) -> Match | None:
         return self.cache.query(embedding, namespaces)
+
+    async def lookup(self, embedding: np.ndarray, namespaces: list[str], min_score: float) -> Lookup:
+        """The best match, with its image when it scores at least `min_score` (a hit): a hit costs one call."""
+        match = await self.query(embedding, namespaces)
+        if match is None or match.score < min_score:
+            return Lookup(match)
+        return Lookup(match, await self.fetch_png(match.entry_id))
 
     async def get_png(self, entry_id: int) -> bytes:
         return self.cache.get_png(entry_id)

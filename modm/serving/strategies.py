@@ -131,18 +131,19 @@ class ModmStrategy(ModeStrategy[CachedImage]):
         query = await embedder.embed_text(job.prompt)
         t1 = self.backends.clock.monotonic()
         job.timings_s["embed"] = t1 - t0
-        match = await cache.query(query, list(job.scope.read))
+        # One call: a match at or over the hit threshold comes with its image.
+        found = await self.call(lambda: cache.lookup(query, list(job.scope.read), self.k_table.hit_threshold), "cache")
+        match = found.match
         decision = self.k_table.decide(None if match is None else match.score)
         retrieved = CachedImage(decision)
         if decision.hit:
-            # The entry may be evicted between the query and this fetch (FIFO at capacity): then it is a miss.
-            png = await self.call(lambda: cache.fetch_png(match.entry_id), "cache")
-            if png is None:
+            # The entry may be evicted between the query and the fetch of its image (FIFO at capacity): a miss.
+            if found.png is None:
                 logger.info("cache entry %s was evicted before its image was fetched; serving a miss", match.entry_id)
                 self.counters["evicted_before_fetch"] += 1
                 retrieved = CachedImage(RetrievalDecision.miss(decision.score))
             else:
-                retrieved = CachedImage(decision, entry_id=match.entry_id, png=png)
+                retrieved = CachedImage(decision, entry_id=match.entry_id, png=found.png)
         job.timings_s["retrieve"] = self.backends.clock.monotonic() - t1
         return retrieved
 

@@ -97,3 +97,14 @@ def test_a_hit_refines_the_fetched_image(tmp_path):
         decision, _, pools = _serve(ImageCacheService(cache), tmp_path)
         expected = cache.get_png(decision.entry_id)
     assert decision.hit and pools[ModelRole.SMALL].calls == [("refine", expected)]
+
+
+def test_a_lookup_brings_the_image_only_for_a_match_at_or_over_min_score(tmp_path):
+    with ImageCache(make_config(tmp_path / "c", capacity=4), DIM) as cache:
+        service = ImageCacheService(cache)
+        entry = add_seeded(cache, 1)
+        hit = asyncio.run(service.lookup(unit_vector(1), ["alice"], min_score=0.99))
+        assert hit.match.entry_id == entry.id and hit.png == cache.get_png(entry.id)
+        below = asyncio.run(service.lookup(unit_vector(1), ["alice"], min_score=1.01))
+        assert below.match.entry_id == entry.id and below.png is None
+        assert asyncio.run(service.lookup(unit_vector(1), ["nobody"], min_score=0.0)).match is None

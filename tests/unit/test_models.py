@@ -147,6 +147,15 @@ def test_minilm_ranks_a_paraphrase_above_an_unrelated_prompt(minilm):
         minilm.embed_images([Image.new("RGB", (8, 8))])
 
 
+def test_minilm_in_bfloat16_keeps_similarities_within_its_documented_bound(minilm):
+    prompts = ["a cute cat sitting on a sofa", "a kitten lying on a couch", "a spaceship orbiting jupiter", "x"]
+    half = build_embedder(EmbedderConfig(kind="minilm", device="cpu", dtype="bfloat16"))
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    full, low = minilm.embed_text(prompts), half.embed_text(prompts)
+    assert low.dtype == np.float32 and np.allclose(np.linalg.norm(low, axis=1), 1.0, atol=1e-5)
+    assert np.abs(low @ low.T - full @ full.T).max() < 0.003  # EmbedderConfig.dtype's description
+
+
 def test_generation_leaves_global_rng_alone(large):
     torch.manual_seed(123)
     expected = torch.rand(1)

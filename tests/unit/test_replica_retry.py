@@ -42,6 +42,10 @@ class ScriptedHandle:
     def generate(self):
         return self
 
+    def options(self, **options):
+        self.options_set = options  # the proxy asks for Serve's gRPC transport
+        return self
+
     def remote(self, *args):
         self.responses.append(Response(self.outcomes[len(self.responses)]))
         return self.responses[-1]
