@@ -116,6 +116,19 @@ def test_shipped_serve_configs_are_valid(name):
         assert args.options_for("LargeModel")["num_gpus"] == 1 and cfg.policy.k_table[-1].min_score == 0.25
 
 
+def test_the_light_deployments_run_on_the_replica_loop_and_keep_the_callers_runtime_env():
+    from deployments.app import SAME_LOOP_ENV, AppArgs
+
+    mine = {"env_vars": {"MY_FLAG": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}, "pip": ["x"]}
+    args = AppArgs.model_validate({"config": "unused.yaml", "actor_options": {"Router": {"runtime_env": mine}}})
+    router = args.options_for("Router")["runtime_env"]
+    assert router["pip"] == ["x"] and router["env_vars"]["MY_FLAG"] == "1"
+    assert router["env_vars"]["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "1"  # the caller's value wins
+    assert args.options_for("Embedder")["runtime_env"] == {"env_vars": SAME_LOOP_ENV}
+    assert "runtime_env" not in args.options_for("LargeModel")  # model replicas keep Serve's defaults
+    assert mine["env_vars"] == {"MY_FLAG": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}  # not modified
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
