@@ -4,9 +4,10 @@ read against what Serve itself costs.
 
 Deploys a trivial FastAPI ingress and a trivial `Echo` deployment on a fresh local Ray and times, one request at a
 time: GET /zero (HTTP in and out, no hop), GET /hops/{n} (n sequential handle calls to Echo with a few bytes) and
-GET /bytes (one call carrying PNG-sized bytes each way). The per-hop cost is the slope over n.
+GET /bytes (one call carrying PNG-sized bytes each way). The per-hop cost is the slope over n. --app-transport
+deploys them as the app runs its light deployments (deployments/app.py, deployments/handles.py).
 
-    .venv/bin/python benchmarks/serve_hop_floor.py --requests 200 --out hop_floor.json
+    .venv/bin/python benchmarks/serve_hop_floor.py --requests 200 --out hop_floor.json [--app-transport]
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class Echo:
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, echo):
-        self.echo = echo
+    def __init__(self, echo, grpc: bool):
+        self.echo = echo.options(_by_reference=False) if grpc else echo
 
     @app.get("/zero")
     async def zero(self) -> dict:
@@ -68,6 +69,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("hop_floor.json"))
+    parser.add_argument(
+        "--app-transport",
+        action="store_true",
+        help="as the app's light deployments run: handles over gRPC, code and routing on the replica's main loop",
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -78,7 +84,13 @@ def main() -> None:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(Ingress.bind(Echo.bind()), name="floor", route_prefix="/", blocking=False)
+    echo, ingress = Echo, Ingress
+    if args.app_transport:
+        from deployments.app import SAME_LOOP_ENV
+
+        same_loop = {"num_cpus": 0.1, "runtime_env": {"env_vars": SAME_LOOP_ENV}}
+        echo, ingress = Echo.options(ray_actor_options=same_loop), Ingress.options(ray_actor_options=same_loop)
+    serve.run(ingress.bind(echo.bind(), args.app_transport), name="floor", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -96,7 +108,7 @@ def main() -> None:
     ray.shutdown()
     result["per_hop_ms"] = (result["http_3_hops_ms"] - result["http_1_hops_ms"]) / 2
     result["load_average"] = os.getloadavg()
-    result["env"] = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
+    result["app_transport"] = args.app_transport
     for key, value in result.items():
         print(f"{key:<20} {value:.2f}" if isinstance(value, float) else f"{key:<20} {value}")
     args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
