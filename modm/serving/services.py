@@ -32,7 +32,8 @@ class EmbedderService:
         return await self._prompts.submit(prompt)
 
     async def embed_texts(self, prompts: Sequence[str]) -> list[np.ndarray]:
-        """One forward pass for several prompts."""
+        """One forward pass for several prompts, in a worker thread: the loop takes the next calls meanwhile (they
+        form the next batch), which a pass run on the loop would hold back and split into small batches."""
         return list(await asyncio.to_thread(self.embedder.embed_text, list(prompts)))
 
     async def embed_for_cache(self, png: bytes, prompt: str) -> np.ndarray:

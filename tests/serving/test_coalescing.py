@@ -105,3 +105,35 @@ def test_a_batch_call_that_returns_the_wrong_count_fails_its_calls_with_a_reason
 def test_max_batch_must_be_positive():
     with pytest.raises(ValueError, match="max_batch"):
         Coalescer(Doubler(), max_batch=0)
+
+
+class ThreadRecordingEmbedder:
+    dim = 2
+
+    def __init__(self):
+        self.passes: list[tuple[list[str], int]] = []
+
+    def embed_text(self, prompts):
+        import threading
+
+        import numpy as np
+
+        self.passes.append((list(prompts), threading.get_ident()))
+        return np.ones((len(prompts), self.dim), np.float32)
+
+
+def test_the_embedder_service_shares_a_pass_among_concurrent_prompts_off_the_loop():
+    import threading
+
+    from modm.serving.services import EmbedderService
+
+    embedder = ThreadRecordingEmbedder()
+    service = EmbedderService(embedder, max_batch=8)
+
+    async def scenario():
+        return await asyncio.gather(*[service.embed_text(p) for p in ("a", "b", "c")])
+
+    vectors = asyncio.run(scenario())
+    assert [v.shape for v in vectors] == [(2,)] * 3
+    assert [prompts for prompts, _ in embedder.passes] == [["a", "b", "c"]]  # arrived together: one pass
+    assert all(thread != threading.get_ident() for _, thread in embedder.passes)  # the loop stays free
