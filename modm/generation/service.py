@@ -149,6 +149,7 @@ class ModelService:
             "max_size": self.spec.max_size,
             "num_inference_steps": self.spec.num_inference_steps,
             "operations": sorted(op.value for op in self.generator.operations),
+            "max_batch_size": self.generator.costs.max_batch_size,  # 1: the replica runs one request at a time
         }
 
     async def capacity(self) -> dict:

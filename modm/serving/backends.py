@@ -67,6 +67,12 @@ class LatentCacheBackend(Protocol):
     async def stats(self) -> dict: ...
 
 
+# How often a router reads a batching pool's measured batch costs (`ModelPool.capacity`), and how long a reader
+# waits for a busy replica's answer (the call queues behind generations like any other) before keeping its last view.
+CAPACITY_POLL_S = 5.0
+CAPACITY_POLL_TIMEOUT_S = 2.0
+
+
 class ModelPool(Protocol):
     """One model's replicas (one, in process). Method names and signatures of `modm.generation.ModelService`."""
 

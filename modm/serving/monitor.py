@@ -5,6 +5,7 @@ model deployments, whose autoscaling policy enacts them)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -20,7 +21,7 @@ from modm.policy import (
     WindowStats,
 )
 from modm.roles import ModelRole
-from modm.serving.backends import Clock, ModelPool, SystemClock
+from modm.serving.backends import CAPACITY_POLL_TIMEOUT_S, Clock, ModelPool, SystemClock
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class MonitorService:
         self.allocation: Allocation = self.monitor.current
         self.throughput: Throughput | None = None
         self._profiled_s: dict[ModelRole, float] = {}  # batch-1 seconds per full generation, measured once
+        self._batches: dict[ModelRole, bool] = {}  # whether the pool's replicas batch (their info, read once)
         self._window = WindowCounter()
         self._window_started = self.clock.monotonic()
         self.history: list[dict] = []
@@ -140,12 +142,15 @@ class MonitorService:
 
     async def _per_min(self, role: ModelRole) -> float:
         pool = self.pools[role]
-        try:
-            costs = await pool.capacity()
-            measured = BatchCapacity.from_costs(costs).generations_per_min(int(costs["num_inference_steps"]))
-        except Exception as err:  # a pool that cannot say: its profile
-            logger.debug("monitor: capacity of the %s model not read: %r", role.value, err)
-            measured = None
+        if role not in self._batches:
+            self._batches[role] = (await pool.info()).get("max_batch_size", 1) > 1
+        measured = None
+        if self._batches[role]:  # a pool that runs one request at a time: its profile is its capacity
+            try:
+                costs = await asyncio.wait_for(pool.capacity(), CAPACITY_POLL_TIMEOUT_S)
+                measured = BatchCapacity.from_costs(costs).generations_per_min(int(costs["num_inference_steps"]))
+            except Exception as err:  # a busy or unreachable pool: its profile
+                logger.debug("monitor: capacity of the %s model not read: %r", role.value, err)
         if measured is not None:
             return measured
         if role not in self._profiled_s:

@@ -36,7 +36,7 @@ from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain
 from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
 from modm.policy.tenancy import cache_scope
 from modm.roles import ModelRole
-from modm.serving.backends import Backends
+from modm.serving.backends import CAPACITY_POLL_S, CAPACITY_POLL_TIMEOUT_S, Backends
 from modm.serving.calls import BackgroundWork, retry_if_replica_lost
 from modm.serving.errors import (
     ModelFailed,
@@ -508,8 +508,8 @@ class RequestPipeline:
                 logger.exception("monitor report failed")
 
     async def _profile_pools(self) -> None:
-        """The batch-1 latency once (unless the config gives it), then the batch costs the pools measure while
-        they serve, every report interval."""
+        """The batch-1 latency once (unless the config gives it), then, of the pools that batch, the batch costs
+        they measure while serving."""
         for role in self.roles:
             if self.latency_s[role] is not None:
                 continue
@@ -517,15 +517,22 @@ class RequestPipeline:
                 self.latency_s[role] = await self.backends.models[role].profile()
             except Exception:
                 logger.exception("profiling the %s model failed; its requests skip admission control", role.value)
+        if not self._batching_roles():
+            return  # one request at a time: the profile is the capacity, and a poll would queue behind generations
         while True:
             await self.refresh_capacity()
-            await self.clock.sleep(self.config.serving.stats_report_interval_s)
+            await self.clock.sleep(CAPACITY_POLL_S)
+
+    def _batching_roles(self) -> list[ModelRole]:
+        return [role for role in self.roles if self.model_info.get(role, {}).get("max_batch_size", 1) > 1]
 
     async def refresh_capacity(self) -> None:
-        """Ask each pool (one of its replicas) what its batches cost now."""
-        for role in self.roles:
+        """Ask each batching pool (one of its replicas) what its batches cost now. A poll waits for a free slot on
+        the replica like any call; a busy pool keeps its last view."""
+        for role in self._batching_roles():
             try:
-                self.capacity[role] = BatchCapacity.from_costs(await self.backends.models[role].capacity())
+                costs = await asyncio.wait_for(self.backends.models[role].capacity(), CAPACITY_POLL_TIMEOUT_S)
+                self.capacity[role] = BatchCapacity.from_costs(costs)
             except Exception as err:  # keep the last view; admission control works without it
                 logger.debug("capacity of the %s model not read: %r", role.value, err)
 

@@ -68,16 +68,18 @@ class FakePool:
         self.gate: asyncio.Event | None = None
         self.cancelled = 0
         self.started = 0
+        self.capacity_calls = 0
         # What StepCosts.as_dict() reports: nothing measured until a test sets a batching replica's costs.
         self.costs: dict = {"max_batch_size": 1, "mean_batch_size": None, "seconds_per_image_step": {}, "passes": {}}
 
     async def info(self) -> dict:
-        return self._info
+        return {**self._info, "max_batch_size": self.costs["max_batch_size"]}
 
     async def profile(self) -> float:
         return self.profile_s
 
     async def capacity(self) -> dict:
+        self.capacity_calls += 1
         return {**self.costs, "num_inference_steps": self._info["num_inference_steps"]}
 
     async def _run(self, call: tuple, seed: int) -> bytes:

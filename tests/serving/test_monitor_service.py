@@ -99,6 +99,7 @@ def test_throughput_is_what_the_pools_measure_at_the_batch_sizes_they_run():
     applied = []
     monitor, clock = service(applied)
     large, small = monitor.pools[ModelRole.LARGE], monitor.pools[ModelRole.SMALL]
+    large.costs = {"max_batch_size": 4, "mean_batch_size": None, "seconds_per_image_step": {}}  # nothing run yet
     monitor.report(counts(60, 30))
     clock.now = 60.0
     run(monitor.step())

@@ -146,6 +146,19 @@ def test_admission_control_counts_the_batches_a_batching_pool_measured():
     assert len(h.large.calls) == 8
 
 
+def test_a_pool_that_does_not_batch_is_never_asked_for_its_capacity():
+    """Its profile is its capacity; a poll would wait in the replica's queue behind a generation."""
+    h = vanilla(models={"large": {"source": "fake/large", "profiled_latency_s": 1.0}})
+
+    async def scenario():
+        await started(h)
+        await h.pipeline.generate(ImageRequest("x"))
+        await asyncio.sleep(0.05)
+
+    run(scenario())
+    assert h.large.capacity_calls == 0 and h.pipeline.capacity[ModelRole.LARGE] is None
+
+
 def test_a_pool_without_a_profile_is_profiled_then_admission_control_applies():
     h = vanilla(backpressure={"max_expected_latency_s": 1.5})
     h.large.profile_s = 1.0
