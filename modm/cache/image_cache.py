@@ -19,6 +19,7 @@ import numpy as np
 
 from modm.cache.constants import HNSW_HYSTERESIS_FRACTION, TOMBSTONE_REBUILD_FRACTION
 from modm.cache.errors import CacheClosedError, CacheCorruptError, EntryNotFoundError
+from modm.cache.group_commit import GroupCommit
 from modm.cache.index import HnswBuild, IndexKind, NamespaceIndex
 from modm.cache.journal import StoredRows, recover, write_rows
 from modm.cache.layout import CacheLayout, DirectoryLock, atomic_write_bytes
@@ -124,6 +125,7 @@ class ImageCache:
         self._builder: ThreadPoolExecutor | None = None  # started on the first background build
         self._building: set[str] = set()  # namespaces with a build in flight
         self._stop_builds = threading.Event()
+        self._group_commit: GroupCommit[NewEntry, CacheEntry] = GroupCommit(self.add_many)
 
         self._layout = CacheLayout(config.directory)
         self._layout.open_or_create(dim)
@@ -164,7 +166,9 @@ class ImageCache:
         item = NewEntry(
             png_bytes=png_bytes, embedding=embedding, prompt=prompt, tenant=tenant, source_model=source_model, k=k
         )
-        return self.add_many([item])[0]
+        # Concurrent admitters (the CacheIndex replica's worker threads) share commits: one journal segment and
+        # one fsync for all the admissions that arrived while the previous commit ran.
+        return self._group_commit.submit(item)
 
     def add_many(self, items: Sequence[NewEntry]) -> list[CacheEntry]:
         """Admit several images with one commit (one journal segment). All are checked before any is written."""
