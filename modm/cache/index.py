@@ -1,8 +1,9 @@
 """One tenant namespace's vector index: exact inner product when small, HNSW when large.
 
-faiss's HNSW cannot remove vectors, so evictions there become tombstones: a bitmap over HNSW positions that an
-IDSelector consults at search time (evicted nodes still route the graph walk, they are just never returned), and
-the graph is rebuilt from the live vectors once tombstones pass a fraction of it.
+Evictions become tombstones in both: a bitmap over index positions that an IDSelector consults at search time
+(faiss's HNSW cannot remove vectors; evicted nodes still route the graph walk, they are just never returned; faiss's
+flat remove_ids would shift every later row, O(n) per FIFO eviction), and the index is rebuilt from the live vectors
+once tombstones pass a fraction of it: a copy for the exact table, a new graph for HNSW.
 
 Building an HNSW graph takes seconds to minutes (100k x 768 floats: tens of seconds), so a NamespaceIndex can
 defer those builds to its owner: `capture_hnsw_build()` under the owner's lock, `HnswBuild.run()` outside it
@@ -19,13 +20,13 @@ from enum import Enum
 import faiss
 import numpy as np
 
-__all__ = ["HnswBuild", "HnswGraph", "HnswParams", "IndexKind", "NamespaceIndex"]
+__all__ = ["FlatTable", "HnswBuild", "HnswGraph", "HnswParams", "IndexKind", "MaskedIndex", "NamespaceIndex"]
 
 HNSW_BUILD_CHUNK = 4096  # vectors added per faiss call during a build; a stop request is honoured between chunks
 
 
 class IndexKind(str, Enum):
-    FLAT = "flat"  # IndexFlatIP under IndexIDMap2: exact, removes in place
+    FLAT = "flat"  # IndexFlatIP over positions: exact, tombstones + cheap rebuild
     HNSW = "hnsw"  # IndexHNSWFlat (inner product): approximate, tombstones + rebuild
 
 
@@ -36,14 +37,13 @@ class HnswParams:
     ef_construction: int
 
 
-class HnswGraph:
-    """IndexHNSWFlat over positions 0..n-1, with a position -> entry id table and a bitmap of live positions
-    that the search-time IDSelector reads (updated in place, so removing is O(1))."""
+class MaskedIndex:
+    """A faiss index over positions 0..n-1, with a position -> entry id table and a bitmap of live positions that
+    the search-time IDSelector reads (updated in place, so removing is O(1))."""
 
-    def __init__(self, dim: int, params: HnswParams):
-        self._index = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
-        self._index.hnsw.efConstruction = params.ef_construction
-        self._ef_search = params.ef_search
+    def __init__(self, index, search_params: Callable[[], "faiss.SearchParameters"]):
+        self._index = index
+        self._new_search_params = search_params
         self._position_ids = np.empty(0, dtype=np.int64)
         self._live_bits = np.empty(0, dtype=np.uint8)
         self._position_of: dict[int, int] = {}
@@ -65,9 +65,8 @@ class HnswGraph:
             live_bits[: self._live_bits.size] = self._live_bits
             self._position_ids, self._live_bits = position_ids, live_bits
             self._selector = faiss.IDSelectorBitmap(self._live_bits.size, faiss.swig_ptr(self._live_bits))
-            self._search_params = faiss.SearchParametersHNSW()
+            self._search_params = self._new_search_params()
             self._search_params.sel = self._selector
-            self._search_params.efSearch = self._ef_search
         positions = np.arange(start, end)
         self._position_ids[start:end] = entry_ids
         self._position_of.update(zip(entry_ids.tolist(), positions.tolist()))
@@ -84,6 +83,31 @@ class HnswGraph:
         positions = positions[:, 0]
         ids = np.where(positions >= 0, self._position_ids[np.maximum(positions, 0)], -1)
         return scores[:, 0], ids
+
+
+class HnswGraph(MaskedIndex):
+    """IndexHNSWFlat (inner product) over positions; evicted nodes still route the graph walk, they are just never
+    returned."""
+
+    def __init__(self, dim: int, params: HnswParams):
+        index = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params.ef_construction
+
+        def search_params() -> faiss.SearchParametersHNSW:
+            out = faiss.SearchParametersHNSW()
+            out.efSearch = params.ef_search
+            return out
+
+        super().__init__(index, search_params)
+
+
+class FlatTable(MaskedIndex):
+    """Exact inner-product search (IndexFlatIP) over positions. Removing only clears a bit (faiss's own
+    remove_ids shifts every later row: O(n) per eviction); the owner rebuilds the table from its live vectors
+    once tombstones pass a fraction of it, so FIFO eviction costs O(1) amortised."""
+
+    def __init__(self, dim: int):
+        super().__init__(faiss.IndexFlatIP(dim), faiss.SearchParameters)
 
 
 @dataclass
@@ -145,7 +169,7 @@ class NamespaceIndex:
         self._defer = defer_hnsw_builds
         self._vectors: dict[int, np.ndarray] = {}  # live id -> (dim,) float32, in admission order
         self._graph: HnswGraph | None = None  # the HNSW index, when kind is HNSW
-        self._flat = self._new_flat()  # the exact index, when kind is FLAT
+        self._flat: FlatTable | None = FlatTable(dim)  # the exact index, when kind is FLAT
         self.hnsw_builds = 0  # graphs installed (switches and tombstone rebuilds)
 
     # ----------------------------------------------------------------------------------------------- reading
@@ -180,8 +204,7 @@ class NamespaceIndex:
             return np.full(n, -np.inf, dtype=np.float32), np.full(n, -1, dtype=np.int64)
         if self._graph is not None:
             return self._graph.search(queries)
-        scores, ids = self._flat.search(queries, 1)
-        return scores[:, 0], ids[:, 0]
+        return self._flat.search(queries)
 
     # ----------------------------------------------------------------------------------------------- writing
     def add(self, entry_ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -193,14 +216,16 @@ class NamespaceIndex:
         if self._graph is not None:
             self._graph.append(entry_ids, vectors)
         elif not (self.hnsw_build_due and not self._defer):  # about to be rebuilt with these vectors anyway
-            self._flat.add_with_ids(vectors, entry_ids)
+            self._flat.append(entry_ids, vectors)
         self._build_if_due()
 
     def remove(self, entry_ids: list[int]) -> None:
         for entry_id in entry_ids:
             del self._vectors[entry_id]  # KeyError for an unknown id: a bug in the caller
         if self._graph is None:
-            self._flat.remove_ids(np.asarray(entry_ids, dtype=np.int64))
+            self._flat.remove(entry_ids)
+            if self._flat.tombstones > self._rebuild_fraction * self._flat.ntotal:
+                self._switch_to_flat()  # a copy of the live vectors, amortised over the evictions since the last
         elif len(self._vectors) < self._hnsw_exit_entries:
             self._switch_to_flat()  # cheap: a copy of the live vectors
         else:
@@ -239,12 +264,9 @@ class NamespaceIndex:
 
     def _switch_to_flat(self) -> None:
         self._graph = None
-        self._flat = self._new_flat()
+        self._flat = FlatTable(self.dim)
         if self._vectors:
-            self._flat.add_with_ids(
-                np.stack(list(self._vectors.values())),
+            self._flat.append(
                 np.fromiter(self._vectors, dtype=np.int64, count=len(self._vectors)),
+                np.stack(list(self._vectors.values())),
             )
-
-    def _new_flat(self) -> faiss.IndexIDMap2:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))

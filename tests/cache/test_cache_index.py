@@ -221,3 +221,27 @@ def test_background_tombstone_rebuilds_keep_results_exact_for_live_entries(open_
     assert stats.tombstones <= 0.25 * (60 + stats.tombstones)
     found = cache.query_batch(_near_duplicate_queries(range(140, 200)), [["alice"]] * 60)
     assert [m.entry_id for m in found] == list(range(140, 200))
+
+
+def test_exact_search_evicts_in_place_and_sheds_its_tombstones():
+    """FIFO eviction from the exact index clears a bit (O(1)); the table is rebuilt from the live vectors once
+    tombstones pass the fraction, and evicted entries are never returned meanwhile."""
+    index = NamespaceIndex(
+        DIM,
+        hnsw_min_entries=10_000,
+        hnsw_exit_entries=0,
+        hnsw_m=8,
+        hnsw_ef_search=16,
+        hnsw_ef_construction=16,
+        tombstone_rebuild_fraction=0.5,
+    )
+    ids = np.arange(100, 120, dtype=np.int64)
+    index.add(ids, np.stack([unit_vector(int(i)) for i in ids]))
+    for evicted in range(100, 109):  # 9 of 20: below the fraction, still tombstones in the table
+        index.remove([evicted])
+        assert index.search(unit_vector(evicted)[None])[1][0] not in range(100, evicted + 1)
+    assert index._flat.tombstones == 9 and index._flat.ntotal == 20
+    index.remove([109, 110])  # 11 of 20: rebuilt from the 9 live vectors
+    assert index._flat.tombstones == 0 and index._flat.ntotal == 9 and len(index) == 9
+    for live in range(111, 120):
+        assert index.search(unit_vector(live)[None])[1].tolist() == [live]
