@@ -126,8 +126,9 @@ def test_batching_replicas_report_what_their_batches_cost(client):
         if view and view["seconds_per_image_step"]:
             break
         time.sleep(0.3)
-    assert view["max_batch_size"] == 4 and 1 <= view["mean_batch_size"] <= 2
-    assert all(int(b) in (1, 2) and s > 0 for b, s in view["seconds_per_image_step"].items())
+    # The replica's passes over the whole session (other tests' requests too), each of 1..max_batch_size requests.
+    assert view["max_batch_size"] == 4 and 1 <= view["mean_batch_size"] <= 4
+    assert all(1 <= int(b) <= 4 and s > 0 for b, s in view["seconds_per_image_step"].items())
 
 
 def test_metrics_reach_the_ray_metrics_endpoint(client, ray_cluster, metrics_port):

@@ -146,6 +146,7 @@ def test_info_names_the_generators_size_rule_and_operations():
         "max_size": 128,
         "num_inference_steps": 5,
         "operations": ["img2img", "resume", "txt2img", "txt2img_with_snapshots"],
+        "max_batch_size": 1,
     }
 
 
