@@ -53,6 +53,19 @@ def _same_image(image: Image.Image, reference: np.ndarray) -> bool:
     return np.abs(np.asarray(image, dtype=np.int16) - reference).max() <= 1
 
 
+def _wait_until_dead(actor, timeout_s: float = 30.0) -> None:
+    from ray.exceptions import RayActorError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=5)
+        except RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the killed actor still answered after {timeout_s}s")
+
+
 def test_actor_group_serves_exact_distrifusion_and_notices_a_dead_worker(ray_cluster, model_spec):
     cfg = ParallelConfig(method="distrifusion", world_size=2, warmup_steps=STEPS, timeout_s=60)
     group = ParallelActorGroup(cfg, model_spec, cpus_per_rank=1, start_timeout_s=150, request_timeout_s=60)
@@ -65,6 +78,7 @@ def test_actor_group_serves_exact_distrifusion_and_notices_a_dead_worker(ray_clu
             group.generate(replace(REQUEST, width=48, height=48))
         group.check_health()
         ray.kill(group.workers[1])
+        _wait_until_dead(group.workers[1])  # ray.kill returns before the actor is gone; a ping may still answer
         with pytest.raises(ActorGroupUnhealthy, match="rank 1 of 2"):
             group.check_health()
         # A dead rank breaks the process group for good: no more work is sent to the survivor.
