@@ -19,6 +19,25 @@ import pytest  # noqa: E402
 from tools.local_cluster import free_port  # noqa: E402
 
 
+# Test directories whose tiny models run on one torch thread: two threads per process oversubscribe the machine's two
+# shared cores badly (a tiny 6-step generation goes from ~0.5 s to over 5 s, a tiny training step from ~0.06 s to over
+# 1 s, under load).
+ONE_TORCH_THREAD_DIRS = frozenset({"unit", "multistage", "quality"})
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread(request):
+    if request.path.parent.name not in ONE_TORCH_THREAD_DIRS:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("MODM_RUN_GPU") == "1":
         return

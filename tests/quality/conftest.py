@@ -17,14 +17,6 @@ from modm.quality import InceptionConfig, InceptionFeatureExtractor
 TINY_CLIP_IMAGE_SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def open_clip_dir(tmp_path_factory) -> Path:
     """A tiny random open_clip CLIP in open_clip's local-dir format (the zoo's own factory)."""
