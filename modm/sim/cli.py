@@ -4,6 +4,7 @@
                --from-run DIR replays a recorded loadgen run's workload and prints simulated vs measured
     reproduce  MoDM's throughput, SLO-vs-rate and increasing-load experiments, next to the paper's numbers
     scale      the simulator's own cost: 10k requests on 16 GPUs, 1M requests on 1000 GPUs
+    index-plan the cache index tier's capacity plan: reader replicas needed at N GPUs and MoDM's rates
     profile    fit a latency-profile JSON to a measured loadgen run (the server's per-request timings)
 
 Each prints tables and, with --out, writes JSON and the load generator's run directories and plots.
@@ -21,6 +22,8 @@ from modm.config.schema import Admission, MonitorConfig, MonitorMode, PolicyConf
 from modm.sim.calibrate import profile_from_records
 from modm.sim.config import DEFAULT_PARAMETRIC_K_MIX, ParametricHitConfig, SimConfig
 from modm.sim.embeddings import load_or_embed
+from modm.sim.index_plan import format_index_plan, plan_index_tier, rows_as_dicts
+from modm.sim.index_tier import IndexTierConfig
 from modm.sim.profiles import resolve_profile
 from modm.sim.reproduce import (
     ExperimentSetup,
@@ -62,6 +65,13 @@ def _rates(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"rates must be comma-separated numbers, got {text!r}") from None
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster and policy")
     g.add_argument("--window-s", type=float, default=None, help="monitor window (default: MoDM's 180 s)")
@@ -86,6 +96,22 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help=f"parametric k weights, e.g. {','.join(f'{k}:{v}' for k, v in DEFAULT_PARAMETRIC_K_MIX.items())}",
     )
     g.add_argument("--seed", type=int, default=42)
+    i = p.add_argument_group("cache index tier (modelled when --index-lookup-ms is given)")
+    i.add_argument("--index-readers", type=int, default=1, help="CacheIndex replicas serving lookups")
+    i.add_argument("--index-lookup-ms", type=float, default=None, help="a reader replica's busy ms per lookup")
+    i.add_argument("--index-admission-ms", type=float, default=0.0, help="the writer's ms per admitted entry")
+    i.add_argument("--index-commit-ms", type=float, default=0.0, help="the writer's ms per group commit (fsync)")
+
+
+def _index_tier(args) -> IndexTierConfig | None:
+    if args.index_lookup_ms is None:
+        return None
+    return IndexTierConfig(
+        readers=args.index_readers,
+        lookup_s=args.index_lookup_ms / 1000.0,
+        admission_s=args.index_admission_ms / 1000.0,
+        commit_s=args.index_commit_ms / 1000.0,
+    )
 
 
 def _add_workload_options(p: argparse.ArgumentParser, *, default_n: int) -> None:
@@ -137,6 +163,7 @@ def _base_config(
         nirvana_capacity_prompts=args.nirvana_capacity,
         parametric=parametric,
         seed=args.seed,
+        index_tier=_index_tier(args),
     )
 
 
@@ -332,6 +359,29 @@ def _cmd_scale(args) -> int:
     return 0
 
 
+def _cmd_index_plan(args) -> int:
+    base = _base_config(args)
+    tier = _index_tier(args)
+    if tier is None:
+        raise ValueError("index-plan needs --index-lookup-ms (a reader replica's measured ms per lookup)")
+    rows = plan_index_tier(
+        base,
+        {name: resolve_profile(name) for name in args.profiles},
+        args.gpus_list,
+        args.readers_list,
+        args.speedups,
+        tier,
+        n_requests=args.requests,
+        load_fraction=args.load_fraction,
+        max_utilisation=args.max_utilisation,
+    )
+    print(format_index_plan(rows, tier, args.max_utilisation))
+    if args.out is not None:
+        payload = {"tier": tier.model_dump(), "max_utilisation": args.max_utilisation, "rows": rows_as_dicts(rows)}
+        print(f"wrote {write_json(args.out / 'index_plan.json', payload)}")
+    return 0
+
+
 def _cmd_profile(args) -> int:
     stored = load_run(args.from_run)
     profile = profile_from_records(stored.records, total_steps=args.total_steps, gpu=args.gpu)
@@ -417,13 +467,26 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_cmd_reproduce)
 
     scale = sub.add_parser("scale", help="the simulator's cost at cluster scale (parametric hits)")
-    scale.add_argument("--requests-list", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 1_000_000])
-    scale.add_argument("--gpus-list", type=lambda s: [int(x) for x in s.split(",")], default=[16, 1000])
+    scale.add_argument("--requests-list", type=_ints, default=[10_000, 1_000_000])
+    scale.add_argument("--gpus-list", type=_ints, default=[16, 1000])
     scale.add_argument("--systems", nargs="+", choices=[m.value for m in SystemMode], default=["modm"])
     scale.add_argument("--profile", default="mi210")
     _add_model_options(scale)
     scale.add_argument("--out", type=Path, default=None)
     scale.set_defaults(func=_cmd_scale)
+    plan = sub.add_parser("index-plan", help="the cache index tier's capacity plan at N GPUs (parametric hits)")
+    plan.add_argument("--profiles", nargs="+", default=["mi210", "a40"], help="built-in names or profile JSON files")
+    plan.add_argument("--gpus-list", type=_ints, default=[16, 100, 1000])
+    plan.add_argument("--readers-list", type=_ints, default=[1, 2, 4])
+    plan.add_argument("--speedups", type=_rates, default=[1.0, 10.0], help="what-ifs: generation times divided by each")
+    plan.add_argument("--requests", type=int, default=20_000, help="requests per simulated run")
+    plan.add_argument(
+        "--load-fraction", type=float, default=0.9, help="offered rate as a fraction of the GPUs' saturation rate"
+    )
+    plan.add_argument("--max-utilisation", type=float, default=0.5, help="reader utilisation the plan allows")
+    _add_model_options(plan)
+    plan.add_argument("--out", type=Path, default=None)
+    plan.set_defaults(func=_cmd_index_plan)
     prof = sub.add_parser("profile", help="fit a latency profile to a measured loadgen run (low load)")
     prof.add_argument("--from-run", type=Path, required=True, help="a loadgen run directory")
     prof.add_argument("--gpu", default="measured", help="label of the hardware")

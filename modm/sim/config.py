@@ -8,6 +8,7 @@ from modm.config.schema import Admission, MonitorConfig, PolicyConfig, SystemMod
 from modm.constants import DEFAULT_CACHE_CAPACITY
 from modm.policy.tables import MINILM_TEXT_TABLE
 from modm.roles import ModelRole
+from modm.sim.index_tier import IndexTierConfig
 from modm.sim.profiles import BUILTIN_PROFILES, LatencyProfile
 
 __all__ = ["DEFAULT_PARAMETRIC_K_MIX", "ParametricHitConfig", "SimConfig"]
@@ -58,6 +59,11 @@ class SimConfig(_Strict):
         default=None, ge=1, description="Large replicas before the first window; None = n_gpus - min_small."
     )
     seed: int = Field(default=42, ge=0, description="Seed of the parametric hit model.")
+    index_tier: IndexTierConfig | None = Field(
+        default=None,
+        description="The cache index tier's replicas and service times; None: retrieval and admission cost nothing "
+        "beyond profile.router_s.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "SimConfig":

@@ -22,6 +22,7 @@ from modm.workload.runs import write_run_files
 
 if TYPE_CHECKING:
     from modm.sim.config import SimConfig
+    from modm.sim.index_tier import IndexTierReport
     from modm.sim.workload import Workload
 
 __all__ = ["FastMetrics", "MonitorDecision", "SimResult", "WorkerSwitch"]
@@ -81,6 +82,7 @@ class SimResult:
     switches: list[WorkerSwitch]
     events: int
     wall_s: float
+    index_tier: IndexTierReport | None = None  # when the config models the cache index tier
 
     @property
     def name(self) -> str:
@@ -197,6 +199,7 @@ class SimResult:
                     "config": self.config.model_dump(mode="json"),
                     "monitor_decisions": [asdict(d) for d in self.monitor_decisions],
                     "switches": [asdict(s) for s in self.switches],
+                    "index_tier": None if self.index_tier is None else asdict(self.index_tier),
                 },
                 indent=1,
             )

@@ -1,7 +1,8 @@
 """The discrete-event simulator: GPU workers, the router's queues, the monitor's windows, one event heap.
 
 Time only advances through events: a request arrives (retrieval decides hit/miss and k with the run's hit model),
-becomes ready after the router's overhead, is sent to a model pool by the live router rule
+becomes ready after its lookup in the cache index tier, if modelled (modm/sim/index_tier.py), and the router's
+overhead, is sent to a model pool by the live router rule
 (`modm.policy.routing.route`: misses to large; hits to small, or in quality mode to an idle large replica), waits in
 that pool's FIFO queue, occupies a worker of the pool for profile.service_s(model, k), and its completion may admit
 its output to the cache.
@@ -32,7 +33,9 @@ from modm.policy import GlobalMonitor, KTable, RetrievalDecision, WindowCounter
 from modm.policy.routing import PoolState, route
 from modm.roles import ModelRole
 from modm.sim.config import SimConfig
+from modm.cache import should_admit
 from modm.sim.hits import FifoImageCache, HitModel, NoCache, ParametricHits, check_embeddings
+from modm.sim.index_tier import IndexTier
 from modm.sim.nirvana import NirvanaLatentCache
 from modm.sim.results import MonitorDecision, SimResult, WorkerSwitch
 from modm.sim.workload import Workload
@@ -153,6 +156,9 @@ class Simulator:
         self.stats: list[StatsSample] = []
         self.decisions_log: list[MonitorDecision] = []
         self.switches: list[WorkerSwitch] = []
+        # MoDM's image-cache index tier (NIRVANA's latent cache is another deployment, not modelled here).
+        modm = config.system is SystemMode.MODM
+        self.index_tier = IndexTier(config.index_tier) if config.index_tier is not None and modm else None
 
     # ------------------------------------------------------------------------------------------------ events
     def _push(self, t: float, kind: _Event, payload: int) -> None:
@@ -181,6 +187,7 @@ class Simulator:
             switches=self.switches,
             events=self.events,
             wall_s=wall_s,
+            index_tier=None if self.index_tier is None else self.index_tier.report(),
         )
 
     def _loop(self) -> None:
@@ -242,8 +249,10 @@ class Simulator:
         for counter in (self._window, self._totals):  # arrival and decision happen at once here
             counter.arrived()
             counter.decided(decision.hit, decision.k)
-        if self.profile.router_s > 0:
-            self._push(self.now + self.profile.router_s, _Event.READY, request)
+        ready_s = self.now if self.index_tier is None else self.index_tier.lookup(self.now)
+        ready_s += self.profile.router_s
+        if ready_s > self.now:
+            self._push(ready_s, _Event.READY, request)
         else:
             self._enqueue(request)
 
@@ -281,7 +290,13 @@ class Simulator:
         self.completions[request] += 1
         role = self.loaded[worker]
         self.in_flight[role] -= 1
-        self.hits.complete(request, self._decisions.pop(request), from_large_model=role is ModelRole.LARGE)
+        decision = self._decisions.pop(request)
+        from_large = role is ModelRole.LARGE
+        self.hits.complete(request, decision, from_large_model=from_large)
+        if self.index_tier is not None and should_admit(
+            self.config.admission, from_large_model=from_large, refined=decision.hit
+        ):
+            self.index_tier.admit(self.now)
         self._become_available(worker)
 
     # ----------------------------------------------------------------------------------------------- workers
