@@ -28,3 +28,7 @@ HNSW_HYSTERESIS_FRACTION = _env("MODM_CACHE_HNSW_HYSTERESIS_FRACTION", 0.1)
 EMBEDDING_NORM_TOLERANCE = _env("MODM_CACHE_EMBEDDING_NORM_TOLERANCE", 1e-2)
 # Images embedded per embed_fn call when warming the cache from a folder.
 WARM_BATCH_SIZE = _env("MODM_CACHE_WARM_BATCH_SIZE", 32, int)
+# A journal snapshot is written once the journal holds this fraction of the live entries (and compact_every).
+JOURNAL_COMPACTION_FRACTION = _env("MODM_CACHE_JOURNAL_COMPACTION_FRACTION", 0.25)
+# Threads that write (and fsync) the PNGs of one group commit in parallel.
+PNG_WRITE_THREADS = _env("MODM_CACHE_PNG_WRITE_THREADS", 8, int)

@@ -79,7 +79,13 @@ def write_rows(path: Path, rows: StoredRows, dim: int, *, durable: bool = True) 
         _META_EVICTED_BELOW: str(rows.evicted_below),
     }
     table = pa.Table.from_arrays(columns, schema=entry_schema(dim).with_metadata(metadata))
-    atomic_write(path, lambda f: pq.write_table(table, f), durable=durable)
+    # Embeddings do not compress and prompts are few per segment; dictionaries and statistics cost more CPU than
+    # a small segment's whole write (0.39 ms -> 0.13 ms for 8 rows), and recovery reads every row anyway.
+    atomic_write(
+        path,
+        lambda f: pq.write_table(table, f, compression="none", use_dictionary=False, write_statistics=False),
+        durable=durable,
+    )
 
 
 def read_rows(path: Path, dim: int) -> StoredRows:

@@ -170,11 +170,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, durable: bool = True) -> None:
+def atomic_write(
+    path: Path, write: Callable[[BinaryIO], None], *, durable: bool = True, sync_directory: bool = True
+) -> None:
     """Write `path` through `write(file)` so that it appears complete or not at all.
 
     The tmp-then-rename alone survives the death of the process; `durable` adds the fsyncs that make it survive
-    a power loss or kernel crash too (several milliseconds per write on a busy disk).
+    a power loss or kernel crash too (several milliseconds per write on a busy disk). A caller writing several
+    files into one directory may pass `sync_directory=False` and fsync the directory once after them all.
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
@@ -187,12 +190,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, durable: bool
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if durable:
+    if durable and sync_directory:
         fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    atomic_write(path, lambda f: f.write(data), durable=durable)
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True, sync_directory: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(data), durable=durable, sync_directory=sync_directory)
 
 
 def _matching(directory: Path, pattern: re.Pattern, key: Callable) -> list:

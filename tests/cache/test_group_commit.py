@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from cache_testkit import make_config, tiny_png, unit_vector
+from cache_testkit import DIM, add_seeded, add_seeded_batch, make_config, tiny_png, unit_vector
 
 from modm.cache import ImageCache
 from modm.cache.group_commit import GroupCommit
@@ -104,3 +104,41 @@ def test_a_bad_admission_among_concurrent_ones_fails_alone(tmp_path):
     errors = [i for i, f in enumerate(futures) if f.exception() is not None]
     assert errors == [5] and len(cache) == 11
     cache.close()
+
+
+def test_a_snapshot_waits_for_a_fraction_of_the_live_entries(tmp_path):
+    """At scale a snapshot rewrites every live entry, so it is due only once the journal holds a fraction of them
+    (JOURNAL_COMPACTION_FRACTION, 0.25), not after every `compact_every` admissions."""
+    with ImageCache(make_config(tmp_path, capacity=40, compact_every=4), DIM) as cache:
+        add_seeded_batch(cache, range(40))  # 40 pending >= max(4, 0.25 * 40): one snapshot
+        assert cache.stats().compactions == 1
+        for seed in range(100, 109):
+            add_seeded(cache, seed)
+        assert cache.stats().compactions == 1  # 9 admissions < 10 = 0.25 * 40
+        add_seeded(cache, 109)
+        assert cache.stats().compactions == 2
+
+
+def test_a_failed_png_write_in_a_group_commit_leaves_no_file_and_no_entry(tmp_path, monkeypatch):
+    import modm.cache.image_cache as image_cache
+
+    real_write = image_cache.atomic_write_bytes
+    calls = []
+
+    def failing_second_write(path, data, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_write(path, data, **kwargs)
+
+    with ImageCache(make_config(tmp_path), DIM) as cache:
+        monkeypatch.setattr(image_cache, "atomic_write_bytes", failing_second_write)
+        with pytest.raises(OSError, match="disk full"):
+            add_seeded_batch(cache, range(4))  # PNGs are written in parallel; one fails
+        assert not list((tmp_path / "images").glob("*.png"))
+        assert cache.stats().entries == 0
+        monkeypatch.setattr(image_cache, "atomic_write_bytes", real_write)
+        add_seeded_batch(cache, range(4))
+        assert cache.stats().entries == 4
+    with ImageCache(make_config(tmp_path), DIM) as reopened:
+        assert reopened.stats().entries == 4
