@@ -115,9 +115,10 @@ def test_a_reader_killed_under_load_fails_no_request_and_hits_go_on(readers_app,
         seed = client.post(f"{url}/v1/images/generations", json={"prompt": "seed image", "size": "64x64", "steps": 4})
         assert seed.status_code == 200, seed.text
     png = __import__("base64").b64decode(seed.json()["data"][0]["b64_json"])
+    entry_ids = []
     for prompt in SUBJECTS:  # each subject's own prompt is its query: a sure hit while the entry is there
         key = embedder.embed_for_cache.remote(png, prompt).result(timeout_s=60)
-        writer.add.remote(png, key, prompt, namespace, "large", 0).result(timeout_s=60)
+        entry_ids.append(writer.add.remote(png, key, prompt, namespace, "large", 0).result(timeout_s=60))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # both readers (the handle picks either) have followed the admissions
         if all(readers.cached_prompts.remote(namespace).result(timeout_s=30) == sorted(SUBJECTS) for _ in range(6)):
@@ -142,8 +143,28 @@ def test_a_reader_killed_under_load_fails_no_request_and_hits_go_on(readers_app,
                     outcome["after_kill"] = killed_at[0] is not None
                     outcomes.append(outcome)
 
+    reads = {"sent": 0, "ok": 0, "failed": []}
+    generating = threading.Event()
+    generating.set()
+
+    def read_loop() -> None:
+        """GET /v1/cache/{id}: only the readers' work, so reads are in flight on the replica when it is killed."""
+        with httpx.Client(timeout=90) as client:
+            while generating.is_set():
+                entry_id = entry_ids[reads["sent"] % len(entry_ids)]
+                reads["sent"] += 1
+                try:
+                    response = client.get(f"{url}/v1/cache/{entry_id}", headers={"X-Tenant-Id": TENANT})
+                    if response.status_code == 200 and response.content == png:
+                        reads["ok"] += 1
+                    else:
+                        reads["failed"].append(response.status_code)
+                except httpx.HTTPError as err:
+                    reads["failed"].append(type(err).__name__)
+
     threads = [threading.Thread(target=client_loop, args=(w,)) for w in range(CLIENTS)]
-    for thread in threads:
+    reader_thread = threading.Thread(target=read_loop)
+    for thread in [*threads, reader_thread]:
         thread.start()
     while len(outcomes) < KILL_AFTER and any(t.is_alive() for t in threads):
         time.sleep(0.02)
@@ -153,6 +174,8 @@ def test_a_reader_killed_under_load_fails_no_request_and_hits_go_on(readers_app,
         killed_at[0] = time.monotonic()
     for thread in threads:
         thread.join(timeout=300)
+    generating.clear()
+    reader_thread.join(timeout=120)
     stats = httpx.get(f"{url}/v1/stats", timeout=30).json()["cache"]
 
     after = [o for o in outcomes if o["after_kill"]]
@@ -164,11 +187,15 @@ def test_a_reader_killed_under_load_fails_no_request_and_hits_go_on(readers_app,
         "after_kill": len(after),
         "hits_after_kill": sum(o.get("hit") is True for o in after),
         "failed": [o for o in outcomes if o["status"] != 200],
+        "image_reads": reads["sent"],
+        "image_reads_ok": reads["ok"],
+        "image_reads_failed": reads["failed"],
         "reader_retries": stats["reader_retries"],
         "writer_fallbacks": stats["writer_fallbacks"],
     }
     print(f"\nREADER KILL COUNTS: {json.dumps(counts)}")
     record_property("fault_counts", json.dumps({"cache_reader_killed": counts}))
     assert counts["answered"] == REQUESTS and not counts["failed"], counts
+    assert reads["ok"] == reads["sent"] > 0, counts
     assert counts["hits"] == REQUESTS, counts  # every lookup answered, by a live reader (or the writer)
     assert counts["hits_after_kill"] >= REQUESTS - KILL_AFTER - CLIENTS, counts
