@@ -2,7 +2,8 @@
 
 `args` (validated by AppArgs): the system config (a YAML path or inline), per-deployment Ray actor options, and
 whether to check the cluster's resources first. The builder binds the deployments MODE_DEPLOYMENTS names for the
-config's mode: LargeModel, SmallModel, Embedder, CacheIndex, Monitor and the Router ingress in modm mode; LargeModel
+config's mode: LargeModel, SmallModel, Embedder, CacheIndex (and CacheReader when cache.read_replicas > 0), Monitor
+and the Router ingress in modm mode; LargeModel
 and the Router in vanilla mode; LargeModel, Embedder, LatentCache and the Router in nirvana mode; and in every mode
 the ResponseStore of images answered as URLs. Each build generates the key that signs those URLs and hands it to
 every Router replica (a redeploy invalidates the links of the previous one, as their images are gone too).
@@ -45,6 +46,7 @@ DEPLOYMENT_NAMES = (
     "Router",
     "Embedder",
     "CacheIndex",
+    "CacheReader",
     "LargeModel",
     "SmallModel",
     "Monitor",
@@ -52,10 +54,20 @@ DEPLOYMENT_NAMES = (
     "ResponseStore",
 )
 # Which deployments each mode runs, in binding order (each after the deployments it calls; the Router ingress last).
-# LatentCache: NIRVANA's cache of intermediate latents; ResponseStore: the images answered as URLs. The builder
-# binds exactly these.
+# LatentCache: NIRVANA's cache of intermediate latents; ResponseStore: the images answered as URLs; CacheReader: the
+# image cache's reader replicas, bound only when cache.read_replicas > 0 (`deployment_names`). The builder binds
+# exactly these.
 MODE_DEPLOYMENTS = {
-    SystemMode.MODM: ("LargeModel", "SmallModel", "Embedder", "CacheIndex", "Monitor", "ResponseStore", "Router"),
+    SystemMode.MODM: (
+        "LargeModel",
+        "SmallModel",
+        "Embedder",
+        "CacheIndex",
+        "CacheReader",
+        "Monitor",
+        "ResponseStore",
+        "Router",
+    ),
     SystemMode.VANILLA: ("LargeModel", "ResponseStore", "Router"),
     SystemMode.NIRVANA: ("LargeModel", "Embedder", "LatentCache", "ResponseStore", "Router"),
 }
@@ -68,6 +80,7 @@ MAX_ONGOING = {
     "Router": 512,
     "Embedder": 64,
     "CacheIndex": 256,
+    "CacheReader": 256,
     "LargeModel": 1,
     "SmallModel": 1,
     "Monitor": 64,
@@ -78,6 +91,7 @@ DEFAULT_ACTOR_OPTIONS = {
     "Router": {"num_cpus": 0.25},
     "Embedder": {"num_cpus": 1},
     "CacheIndex": {"num_cpus": 0.5},
+    "CacheReader": {"num_cpus": 0.5},
     "LargeModel": {"num_cpus": 1},
     "SmallModel": {"num_cpus": 1},
     "Monitor": {"num_cpus": 0.1},
@@ -91,7 +105,7 @@ DEFAULT_ACTOR_OPTIONS = {
 # never block their loop (their work runs in threads), so they run both on the main loop, as Serve's
 # throughput-optimized mode does: about 1.5 ms less per hop here (benchmarks/serve_hop_floor.py).
 SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
-SAME_LOOP_DEPLOYMENTS = ("Router", "Embedder", "CacheIndex")
+SAME_LOOP_DEPLOYMENTS = ("Router", "Embedder", "CacheIndex", "CacheReader")
 
 
 class AppArgs(BaseModel):
@@ -238,9 +252,18 @@ def replica_resources(options: dict, spec) -> dict:
     return {**options, device_key: options.get(device_key, 0) + spec.parallel.world_size}
 
 
+def deployment_names(system: SystemConfig) -> tuple[str, ...]:
+    """The deployments the builder binds for `system`, in binding order (MODE_DEPLOYMENTS, CacheReader only when
+    cache.read_replicas > 0)."""
+    return tuple(
+        name for name in MODE_DEPLOYMENTS[system.mode] if name != "CacheReader" or system.cache.read_replicas > 0
+    )
+
+
 def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
-    """Peak logical resources: N model replicas (the widest of the two models) plus one of everything else."""
-    names = MODE_DEPLOYMENTS[system.mode]
+    """Peak logical resources: N model replicas (the widest of the two models), cache.read_replicas CacheReaders,
+    plus one of everything else."""
+    names = deployment_names(system)
     need: dict[str, float] = {}
 
     def add(options: dict, times: int) -> None:
@@ -251,7 +274,7 @@ def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
 
     for name in names:
         if name not in ("LargeModel", "SmallModel"):
-            add(args.options_for(name), 1)
+            add(args.options_for(name), system.cache.read_replicas if name == "CacheReader" else 1)
     large, small = (
         replica_resources(args.options_for(name), spec)
         for name, spec in (("LargeModel", system.models.large), ("SmallModel", system.models.small))
@@ -344,7 +367,7 @@ def build_app(args: dict) -> serve.Application:
 
 def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
     """Bind the mode's deployments (MODE_DEPLOYMENTS) in order, each with the handles it calls; the Router last."""
-    from deployments.cache_index import CacheIndexServer
+    from deployments.cache_index import CacheIndexServer, CacheReaderServer
     from deployments.embedder import EmbedderServer
     from deployments.latent_cache import LatentCacheServer
     from deployments.model import ModelServer
@@ -385,6 +408,11 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
         "CacheIndex": lambda: _deployment(CacheIndexServer, "CacheIndex", parsed, num_replicas=1).bind(
             system.cache.model_dump(mode="json"), dim
         ),
+        # Readers follow the CacheIndex's directory, so they must see it: one node, or the directory on storage that
+        # every node mounts at the same path (README, "Read replicas").
+        "CacheReader": lambda: _deployment(
+            CacheReaderServer, "CacheReader", parsed, num_replicas=system.cache.read_replicas
+        ).bind(system.cache.model_dump(mode="json"), dim),
         "LatentCache": lambda: _deployment(LatentCacheServer, "LatentCache", parsed, num_replicas=1).bind(
             system.cache.model_dump(mode="json"), dim, system.policy.total_steps
         ),
@@ -402,12 +430,21 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
             bound["LargeModel"],
             bound.get("SmallModel"),
             bound.get("Embedder"),
-            bound.get("CacheIndex", bound.get("LatentCache")),
+            _cache_argument(bound),
             bound.get("Monitor"),
             store=bound["ResponseStore"],
             signing_key=secrets.token_hex(32),
         ),
     }
-    for name in MODE_DEPLOYMENTS[system.mode]:
+    for name in deployment_names(system):
         bound[name] = binders[name]()
     return bound["Router"]
+
+
+def _cache_argument(bound: dict[str, serve.Application]):
+    """The Router's cache: the CacheIndex alone, or it and its readers (lookups to the readers, admissions to it)."""
+    if "CacheReader" in bound:
+        from deployments.cache_index import CacheHandles
+
+        return CacheHandles(writer=bound["CacheIndex"], readers=bound["CacheReader"])
+    return bound.get("CacheIndex", bound.get("LatentCache"))

@@ -13,6 +13,7 @@ from fastapi import Header, Query, Request, Response
 from ray import serve
 
 from deployments.api import IMAGE_REQUEST_ERRORS, error_responses
+from deployments.cache_index import cache_backend
 from deployments.handles import HandleProxy
 from deployments.ingress import api, body_schema, multipart_schema, read_form, read_json_body, validate_form
 from deployments.metrics import RouterMetrics
@@ -49,9 +50,10 @@ class Router:
             models[ModelRole.SMALL] = HandleProxy(small)
         backends = Backends(
             models=models,
+            cache=None if cache is None else cache_backend(cache),  # a handle, or CacheHandles (readers + writer)
             **{
                 name: HandleProxy(handle)
-                for name, handle in (("embedder", embedder), ("cache", cache), ("monitor", monitor), ("store", store))
+                for name, handle in (("embedder", embedder), ("monitor", monitor), ("store", store))
                 if handle is not None
             },
         )

@@ -9,6 +9,9 @@ Evictions are FIFO, so the evicted entries are always the oldest ones; every seg
 lowest id still live after it (`evicted_below`), and recovery keeps only ids at or above the highest such mark.
 An eviction's PNG is deleted only after the segment recording it is committed, so a committed entry within
 capacity is never lost, and an evicted entry never comes back when the next run raises the capacity.
+
+Readers that follow a writer (modm.cache.follower) use `read_committed`, which changes nothing; a file the writer
+deletes between a reader's listing and its read raises FileVanishedError, and the reader lists again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,18 @@ from modm.cache.errors import CacheCorruptError
 from modm.cache.layout import CacheLayout, atomic_write
 from modm.cache.records import CacheEntry
 
-__all__ = ["RecoveredCache", "StoredRows", "entry_schema", "read_rows", "recover", "write_rows"]
+__all__ = [
+    "CommittedRows",
+    "FileVanishedError",
+    "RecoveredCache",
+    "StoredRows",
+    "entry_schema",
+    "read_committed",
+    "read_marks",
+    "read_rows",
+    "recover",
+    "write_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +48,11 @@ _META_FORMAT_VERSION = b"modm.format_version"
 _META_DIM = b"modm.dim"
 _META_NEXT_ID = b"modm.next_id"
 _META_EVICTED_BELOW = b"modm.evicted_below"
+
+
+class FileVanishedError(CacheCorruptError):
+    """A listed file was gone when it was read: under a writer's lock only a hand removal does this; to a reader
+    following a live writer it means a compaction superseded the file (list again)."""
 
 
 def entry_schema(dim: int) -> pa.Schema:
@@ -92,6 +111,8 @@ def read_rows(path: Path, dim: int) -> StoredRows:
     """Read and check one segment or snapshot; CacheCorruptError names the file on any problem."""
     try:
         table = pq.read_table(path)
+    except FileNotFoundError:
+        raise FileVanishedError(path, "the file was removed before it could be read") from None
     except (OSError, pa.ArrowException, ValueError) as err:
         raise CacheCorruptError(path, f"unreadable parquet file: {err}") from None
     expected = entry_schema(dim)
@@ -130,6 +151,34 @@ def read_rows(path: Path, dim: int) -> StoredRows:
     return StoredRows(entries=entries, vectors=vectors, next_id=next_id, evicted_below=evicted_below)
 
 
+def read_marks(path: Path) -> tuple[int, int]:
+    """(next_id, evicted_below) of a segment or snapshot, from its footer alone (no rows read)."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        raise FileVanishedError(path, "the file was removed before it could be read") from None
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise CacheCorruptError(path, f"unreadable parquet footer: {err}") from None
+    try:
+        return int(metadata[_META_NEXT_ID]), int(metadata[_META_EVICTED_BELOW])
+    except (KeyError, ValueError):
+        raise CacheCorruptError(path, "missing or malformed modm metadata in the parquet footer") from None
+
+
+@dataclass
+class CommittedRows:
+    """What a cache directory's newest snapshot and the segments after it hold, before the FIFO watermark."""
+
+    entries: list[CacheEntry]  # oldest first; entries below evicted_below are still in
+    vectors: np.ndarray  # (len(entries), dim)
+    next_id: int
+    evicted_below: int
+    snapshot_next_id: int | None  # the newest snapshot's, None without one
+    snapshot_path: Path | None
+    pending_segments: int  # segments read after the snapshot
+    superseded: list[Path]  # older snapshots, folded segments, and a torn newest segment
+
+
 @dataclass
 class RecoveredCache:
     """The committed state of a cache directory, with FIFO capacity applied."""
@@ -143,19 +192,20 @@ class RecoveredCache:
     removed_files: list[Path] = field(default_factory=list)
 
 
-def recover(layout: CacheLayout, dim: int, capacity: int) -> RecoveredCache:
-    """Read the newest snapshot plus the segments after it, apply the FIFO watermark and capacity, and remove
-    what no committed entry owns (stray .tmp files, orphan PNGs, superseded segments and snapshots).
+def read_committed(layout: CacheLayout, dim: int) -> CommittedRows:
+    """Read the newest snapshot plus the segments after it, changing nothing.
 
-    Everything is read and checked before anything is deleted, so a CacheCorruptError leaves the directory as
-    it was. A torn newest segment (possible only if the filesystem broke the fsync/rename contract) is treated
-    as never committed; a torn segment followed by good ones, or a torn snapshot, is corruption.
+    A torn newest segment (possible only if the filesystem broke the fsync/rename contract) is treated as never
+    committed; a torn segment followed by good ones, or a torn snapshot, is corruption (CacheCorruptError).
     """
-    to_delete: list[Path] = list(layout.list_tmp_files())
+    superseded: list[Path] = []
     entries: list[CacheEntry] = []
     vector_parts: list[np.ndarray] = []
-    next_id, evicted_below = 0, 0
+    next_id, evicted_below, snapshot_next_id, snapshot_path = 0, 0, None, None
 
+    # Segments are listed before snapshots: a segment missing from this listing was deleted by a compaction that
+    # had already written the snapshot which holds it, so a reader following a live writer misses nothing.
+    segments = layout.list_segments()
     snapshots = layout.list_snapshots()
     if snapshots:
         snapshot_next_id, snapshot_path = snapshots[-1]
@@ -165,20 +215,21 @@ def recover(layout: CacheLayout, dim: int, capacity: int) -> RecoveredCache:
         entries.extend(rows.entries)
         vector_parts.append(rows.vectors)
         next_id, evicted_below = rows.next_id, rows.evicted_below
-        to_delete.extend(path for _, path in snapshots[:-1])
+        superseded.extend(path for _, path in snapshots[:-1])
 
-    segments = layout.list_segments()
     pending = 0
     for position, ((first_id, last_id), path) in enumerate(segments):
         if last_id < next_id:
-            to_delete.append(path)  # already folded into the snapshot
+            superseded.append(path)  # already folded into the snapshot
             continue
         try:
             rows = read_rows(path, dim)
+        except FileVanishedError:
+            raise
         except CacheCorruptError:
             if position == len(segments) - 1:
                 logger.warning("cache: ignoring torn newest journal segment %s (never committed)", path)
-                to_delete.append(path)
+                superseded.append(path)
                 break
             raise
         ids = [e.id for e in rows.entries]
@@ -189,8 +240,31 @@ def recover(layout: CacheLayout, dim: int, capacity: int) -> RecoveredCache:
         next_id = last_id + 1
         evicted_below = max(evicted_below, rows.evicted_below)
         pending += 1
+    return CommittedRows(
+        entries=entries,
+        vectors=np.concatenate(vector_parts) if vector_parts else np.empty((0, dim), dtype=np.float32),
+        next_id=next_id,
+        evicted_below=evicted_below,
+        snapshot_next_id=snapshot_next_id,
+        snapshot_path=snapshot_path,
+        pending_segments=pending,
+        superseded=superseded,
+    )
 
-    vectors = np.concatenate(vector_parts) if vector_parts else np.empty((0, dim), dtype=np.float32)
+
+def recover(layout: CacheLayout, dim: int, capacity: int) -> RecoveredCache:
+    """The committed state (`read_committed`) with the FIFO watermark and capacity applied; then remove what no
+    committed entry owns (stray .tmp files, orphan PNGs, superseded segments and snapshots).
+
+    Everything is read and checked before anything is deleted, so a CacheCorruptError leaves the directory as
+    it was.
+    """
+    to_delete: list[Path] = list(layout.list_tmp_files())
+    committed = read_committed(layout, dim)
+    to_delete.extend(committed.superseded)
+    entries, vectors = committed.entries, committed.vectors
+    next_id, evicted_below, pending = committed.next_id, committed.evicted_below, committed.pending_segments
+
     # FIFO watermark, then capacity (which may have shrunk since the files were written).
     keep = [i for i, e in enumerate(entries) if e.id >= evicted_below]
     changed = len(keep) != len(entries)

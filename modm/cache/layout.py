@@ -109,6 +109,21 @@ class CacheLayout:
         for directory in self.subdirectories:
             directory.mkdir(exist_ok=True)
 
+    def check_existing(self, dim: int) -> None:
+        """Check, changing nothing, that a cache of this format and `dim` is here (how a reader opens it).
+
+        FileNotFoundError while no writer has created it yet; CacheCorruptError for a foreign, corrupt or
+        mismatched directory (CacheDimensionError for another embedding size).
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise CacheCorruptError(self.root, "the cache directory is not a directory")
+        if not self.manifest.exists():
+            raise FileNotFoundError(
+                f"{self.root}: no modm image cache here (no {MANIFEST_FILE}); a reader follows a directory that "
+                "its writer (the CacheIndex) has created, on storage both can see"
+            )
+        self._check_manifest(dim)
+
     def _check_manifest(self, dim: int) -> None:
         try:
             manifest = json.loads(self.manifest.read_bytes())

@@ -300,6 +300,17 @@ class CacheConfig(_Strict):
         "model when the app starts (prompts already cached "
         "are skipped).",
     )
+    read_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="CacheReader replicas that serve lookups by following the CacheIndex's journal (0: the "
+        "CacheIndex serves them itself). Readers must see the cache directory: one node, or shared storage.",
+    )
+    follow_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often a reader applies the CacheIndex's new journal segments (its lag is about this).",
+    )
 
 
 class MonitorConfig(_Strict):

@@ -5,11 +5,13 @@ services with the backend protocols' methods. The Serve deployments are these sa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
 from modm.cache import EntryNotFoundError, ImageCache
+from modm.cache.follower import CacheFollower
 from modm.cache.latent_cache import LatentCache
 from modm.cache.records import Lookup, Match
 from modm.config import CacheConfig
@@ -18,7 +20,7 @@ from modm.images import decode_png
 from modm.policy import NIRVANA_K_CHOICES, KTable
 from modm.serving.coalescing import Coalescer
 
-__all__ = ["EmbedderService", "ImageCacheService", "LatentCacheService"]
+__all__ = ["CacheReaderService", "EmbedderService", "ImageCacheReadService", "ImageCacheService", "LatentCacheService"]
 
 
 class EmbedderService:
@@ -44,10 +46,11 @@ class EmbedderService:
         return {"dim": self.embedder.dim, "retrieval": self.embedder.retrieval.value}
 
 
-class ImageCacheService:
-    """MoDM's persistent image cache (one owner: it holds the directory lock)."""
+class ImageCacheReadService:
+    """Lookups in MoDM's persistent image cache: over the writer's own ImageCache, or over a CacheFollower of it
+    (a reader replica)."""
 
-    def __init__(self, cache: ImageCache):
+    def __init__(self, cache: ImageCache | CacheFollower):
         self.cache = cache
 
     async def query(self, embedding: np.ndarray, namespaces: list[str]) -> Match | None:
@@ -79,16 +82,23 @@ class ImageCacheService:
         except EntryNotFoundError:
             return None
 
+    async def cached_prompts(self, namespace: str) -> list[str]:
+        """The prompts of the entries in `namespace` (the warm-up skips them)."""
+        return sorted({e.prompt for e in self.cache.entries() if e.tenant == namespace})
+
+
+class ImageCacheService(ImageCacheReadService):
+    """MoDM's persistent image cache, served by its one owner (it holds the directory lock): lookups and
+    admissions."""
+
+    cache: ImageCache
+
     async def add(self, png: bytes, embedding: np.ndarray, prompt: str, tenant: str, source_model: str, k: int) -> int:
         # The write is fsync'd; keep it off the event loop so queries stay fast meanwhile.
         entry = await asyncio.to_thread(
             self.cache.add, png, embedding, prompt=prompt, tenant=tenant, source_model=source_model, k=k
         )
         return entry.id
-
-    async def cached_prompts(self, namespace: str) -> list[str]:
-        """The prompts of the entries in `namespace` (the warm-up skips them)."""
-        return sorted({e.prompt for e in self.cache.entries() if e.tenant == namespace})
 
     async def stats(self) -> dict:
         stats = self.cache.stats()
@@ -98,6 +108,19 @@ class ImageCacheService:
             "evictions": stats.evictions,
             "queries": stats.queries,
         }
+
+
+class CacheReaderService(ImageCacheReadService):
+    """A reader replica of the image cache: lookups from a CacheFollower of the writer's directory (admissions go
+    to the writer)."""
+
+    cache: CacheFollower
+
+    async def stats(self) -> dict:
+        """The follower's view and lag (`modm.cache.follower.FollowerStats`)."""
+        stats = dataclasses.asdict(self.cache.stats())
+        del stats["directory"]
+        return stats
 
 
 class LatentCacheService:
