@@ -158,9 +158,9 @@ class IvfTable(MaskedIndex):
     the vectors it will hold); later admissions go to their nearest list. Evicted vectors stay in their lists
     until the owner rebuilds (and retrains, following the drift of what is cached)."""
 
-    def __init__(self, train: np.ndarray, params: IvfParams, gpu: GpuPlacement | None = None):
+    def __init__(self, train: np.ndarray, nlist: int, params: IvfParams, gpu: GpuPlacement | None = None):
         dim = train.shape[1]
-        self.nlist = params.lists_for(len(train))
+        self.nlist = nlist
         self._quantizer = faiss.IndexFlatIP(dim)  # referenced here: the IVF index does not own it
         index = faiss.IndexIVFFlat(self._quantizer, dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.niter = params.kmeans_iters
@@ -219,9 +219,9 @@ class IndexBuild:
             index = HnswGraph(self.dim, self.spec.hnsw)
         else:
             n, ivf = len(self.ids), self.spec.ivf
-            sample_size = min(n, ivf.train_per_list * ivf.lists_for(n))
-            sample = np.random.default_rng(n).choice(n, sample_size, replace=False)
-            index = IvfTable(np.stack([self.vectors[i] for i in np.sort(sample)]), ivf, self.spec.gpu)
+            nlist = ivf.lists_for(n)
+            sample = np.random.default_rng(n).choice(n, min(n, ivf.train_per_list * nlist), replace=False)
+            index = IvfTable(np.stack([self.vectors[i] for i in np.sort(sample)]), nlist, ivf, self.spec.gpu)
         for start in range(0, len(self.ids), INDEX_BUILD_CHUNK):
             if should_stop():
                 return None
