@@ -7,9 +7,9 @@ returned entry whose exact score ties the exact top-1 within 1e-6 counts as that
 
 Query sets (embeddings are prepared once and kept under --work, as .npy):
   random   768-d random unit vectors; queries are gallery vectors plus noise (cosine --query-cosine to their source)
-  minilm   384-d all-MiniLM-L6-v2 text->text over the real DiffusionDB prompts of --prompts and word-level edits
-           of them (swaps, drops, insertions): the gallery is the unique prompts and edits of each, queries are
-           other edits; sized by what embeds in a few minutes on this CPU (--minilm-edits)
+  minilm   384-d all-MiniLM-L6-v2 text->text over the real DiffusionDB prompts of --prompts: the gallery is the
+           unique prompts (and --minilm-edits edited variants of each), queries are word-level edits of them
+           (swaps, drops, insertions); sized by what embeds on this CPU (9,798 prompts: ~10 min on a loaded core)
   world    64-d world CLIP (modm/world/weights/clip) text->image: the gallery is rendered world images, queries
            are paraphrase captions from the world's reserved query templates
 
@@ -194,12 +194,18 @@ def ivf_bytes(index) -> int:
 
 def hnsw_bytes(index) -> int:
     h = index.hnsw
-    return flat_bytes(index.storage) + 4 * h.neighbors.size() + 8 * h.offsets.size() + 4 * h.levels.size()
+    return (
+        flat_bytes(faiss.downcast_index(index.storage))
+        + 4 * h.neighbors.size()
+        + 8 * h.offsets.size()
+        + 4 * h.levels.size()
+    )
 
 
-def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector) -> list[Built]:
+def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector):
+    """Yields each candidate as soon as it is built (IVF first; HNSW, the slowest to build, last)."""
     n, dim = x.shape
-    out = [
+    yield from [
         Built(
             "flat",
             "IndexFlatIP",
@@ -225,7 +231,7 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector) ->
     ivf.add_core(n, faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
     build = f"nlist={nlist} train={len(sample)} niter={args.kmeans_iters}"
     sweeps = [(f"nprobe={p}", ivf_params(p, selector)) for p in args.nprobe]
-    out.append(
+    yield (
         Built(
             "ivf_flat", build, ivf, train_s + assign_s + time.perf_counter() - t0, ivf_bytes(ivf), sweeps, (quantizer,)
         )
@@ -242,7 +248,7 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector) ->
         for k in args.k_factor
     ]
     sq_bytes = ivf_bytes(sq) + flat_bytes(exact)
-    out.append(
+    yield (
         Built(
             "ivf_sq8+refine",
             build,
@@ -255,7 +261,7 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector) ->
     )
 
     if n <= args.hnsw_max_size:
-        for kind in ("flat", "sq8"):
+        for kind in args.hnsw_kinds:
             t0 = time.perf_counter()
             if kind == "flat":
                 hnsw = faiss.IndexHNSWFlat(dim, args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -269,7 +275,7 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector) ->
             build = f"M={args.hnsw_m} efConstruction={args.ef_construction}"
             if kind == "flat":
                 sweeps = [(f"efSearch={e}", hnsw_params(e, selector)) for e in args.ef_search]
-                out.append(Built("hnsw_flat", build, hnsw, build_s, hnsw_bytes(hnsw), sweeps))
+                yield (Built("hnsw_flat", build, hnsw, build_s, hnsw_bytes(hnsw), sweeps))
             else:
                 refine = faiss.IndexRefine(hnsw, exact)
                 sweeps = [
@@ -278,8 +284,7 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector) ->
                     for k in args.k_factor
                 ]
                 mem = hnsw_bytes(hnsw) + flat_bytes(exact)
-                out.append(Built("hnsw_sq8+refine", build, refine, build_s, mem, sweeps, (hnsw,)))
-    return out
+                yield (Built("hnsw_sq8+refine", build, refine, build_s, mem, sweeps, (hnsw,)))
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -316,7 +321,7 @@ def load(work: Path, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(gallery[:size]), np.load(work / f"{name}_queries.npy")
 
 
-def measure(work: Path, name: str, size: int, args) -> list[dict]:
+def measure(work: Path, name: str, size: int, args, on_row) -> list[dict]:
     x, queries = load(work, name, size)
     faiss.omp_set_num_threads(args.build_threads)
     exact = faiss.IndexFlatIP(x.shape[1])
@@ -324,10 +329,9 @@ def measure(work: Path, name: str, size: int, args) -> list[dict]:
     exact_scores, exact_ids = exact.search(queries, 1)
     exact_scores, exact_ids = exact_scores[:, 0], exact_ids[:, 0]
     selector, bits = all_live_selector(size)
-    candidates = build_candidates(x, exact, args, selector)
-    faiss.omp_set_num_threads(1)
     rows = []
-    for c in candidates:
+    for c in build_candidates(x, exact, args, selector):
+        faiss.omp_set_num_threads(1)
         print(f"  built {c.name} ({c.build}) in {c.build_s:.1f} s", flush=True)
         for text, params in c.sweeps:
             timed = queries[: args.flat_queries] if c.name == "flat" else queries
@@ -354,6 +358,8 @@ def measure(work: Path, name: str, size: int, args) -> list[dict]:
                 f"recall@1 {row['recall_at_1']:.3f}  load {load_before:.1f}",
                 flush=True,
             )
+        faiss.omp_set_num_threads(args.build_threads)
+        on_row(rows)
     rows.append(
         {
             "set": name,
@@ -376,11 +382,12 @@ def main() -> None:
     parser.add_argument("--flat-queries", type=int, default=200, help="Queries timed for exact search.")
     parser.add_argument("--query-cosine", type=float, default=0.9)
     parser.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS)
-    parser.add_argument("--minilm-edits", type=int, default=3, help="Edited variants of each prompt in the gallery.")
+    parser.add_argument("--minilm-edits", type=int, default=0, help="Edited variants of each prompt in the gallery.")
     parser.add_argument("--world-images", type=int, default=1_000_000)
     parser.add_argument("--nprobe", nargs="+", type=int, default=[8, 16, 32, 64])
     parser.add_argument("--k-factor", nargs="+", type=float, default=[4, 16])
     parser.add_argument("--ef-search", nargs="+", type=int, default=[32, 64, 128])
+    parser.add_argument("--hnsw-kinds", nargs="*", default=["flat"], choices=["flat", "sq8"])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--hnsw-max-size", type=int, default=100_000, help="HNSW is built only up to this size.")
@@ -401,28 +408,32 @@ def main() -> None:
             prepare[name]()
     if args.prepare:
         return
-    rows = []
+    rows: list[dict] = []
+
+    def write(more: list[dict]) -> None:  # after every candidate, so a long run leaves its rows so far
+        info = {
+            name: json.loads((args.work / f"{name}_info.json").read_text())
+            for name in args.sets
+            if (args.work / f"{name}_info.json").exists()
+        }
+        result = {
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "faiss": faiss.__version__},
+            "notes": "one query at a time, one faiss thread, with an all-live IDSelectorBitmap; shared, loaded "
+            "machine (load_avg_1m before/after each row); builds on --build-threads threads",
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "prepared": info,
+            "rows": rows + more,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+
     for name in args.sets:
         available = prepared_size(args.work, name)
         sizes = sorted({min(size, available) for size in args.sizes})
         for size in sizes:
             print(f"{name} at {size} entries (load {os.getloadavg()})", flush=True)
-            rows += measure(args.work, name, size, args)
-    info = {
-        name: json.loads((args.work / f"{name}_info.json").read_text())
-        for name in args.sets
-        if (args.work / f"{name}_info.json").exists()
-    }
-    result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "faiss": faiss.__version__},
-        "notes": "one query at a time, one faiss thread, with an all-live IDSelectorBitmap; shared, loaded machine "
-        "(load_avg_1m before/after each row); builds on --build-threads threads",
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "prepared": info,
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+            rows += measure(args.work, name, size, args, write)
+            write([])
     print(f"wrote {args.out}")
 
 
