@@ -227,16 +227,16 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector):
     t0 = time.perf_counter()
     assign = np.concatenate([quantizer.assign(x[s : s + CHUNK], 1)[:, 0] for s in range(0, n, CHUNK)])
     assign_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ivf.add_core(n, faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
     build = f"nlist={nlist} train={len(sample)} niter={args.kmeans_iters}"
-    sweeps = [(f"nprobe={p}", ivf_params(p, selector)) for p in args.nprobe]
-    yield (
-        Built(
-            "ivf_flat", build, ivf, train_s + assign_s + time.perf_counter() - t0, ivf_bytes(ivf), sweeps, (quantizer,)
-        )
-    )
-
+    if "flat" in args.ivf_kinds:
+        t0 = time.perf_counter()
+        ivf.add_core(n, faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
+        sweeps = [(f"nprobe={p}", ivf_params(p, selector)) for p in args.nprobe]
+        build_s = train_s + assign_s + time.perf_counter() - t0
+        yield Built("ivf_flat", build, ivf, build_s, ivf_bytes(ivf), sweeps, (quantizer,))
+    del ivf  # its lists (n x dim floats) before the next candidate's
+    if "sq8" not in args.ivf_kinds:
+        return
     t0 = time.perf_counter()
     sq = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
     sq.train(sample)  # the quantizer is trained already: only the SQ ranges
@@ -288,17 +288,18 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector):
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def time_queries(index, queries: np.ndarray, params) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def time_queries(index, queries: np.ndarray, params) -> tuple[np.ndarray, np.ndarray, list[float], list[float]]:
     ids = np.empty(len(queries), dtype=np.int64)
     scores = np.empty(len(queries), dtype=np.float32)
-    seconds = []
+    seconds, cpu_seconds = [], []
     for i in range(len(queries)):
         q = queries[i : i + 1]
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         d, label = index.search(q, 1, params=params)
         seconds.append(time.perf_counter() - t0)
+        cpu_seconds.append(time.thread_time() - c0)  # one faiss thread: the search runs on this thread
         ids[i], scores[i] = label[0, 0], d[0, 0]
-    return ids, scores, seconds
+    return ids, scores, seconds, cpu_seconds
 
 
 def recall_at_1(ids: np.ndarray, x: np.ndarray, queries: np.ndarray, exact_ids: np.ndarray, exact_scores) -> float:
@@ -336,7 +337,7 @@ def measure(work: Path, name: str, size: int, args, on_row) -> list[dict]:
         for text, params in c.sweeps:
             timed = queries[: args.flat_queries] if c.name == "flat" else queries
             load_before = os.getloadavg()[0]
-            ids, _, seconds = time_queries(c.index, timed, params)
+            ids, _, seconds, cpu_seconds = time_queries(c.index, timed, params)
             row = {
                 "set": name,
                 "dim": int(x.shape[1]),
@@ -346,6 +347,8 @@ def measure(work: Path, name: str, size: int, args, on_row) -> list[dict]:
                 "search": text,
                 "p50_ms": 1e3 * float(np.percentile(seconds, 50)),
                 "p99_ms": 1e3 * float(np.percentile(seconds, 99)),
+                "cpu_p50_ms": 1e3 * float(np.percentile(cpu_seconds, 50)),
+                "cpu_p99_ms": 1e3 * float(np.percentile(cpu_seconds, 99)),
                 "recall_at_1": recall_at_1(ids, x, timed, exact_ids[: len(timed)], exact_scores[: len(timed)]),
                 "queries": len(timed),
                 "memory_mb": c.memory_bytes / 2**20,
@@ -355,6 +358,7 @@ def measure(work: Path, name: str, size: int, args, on_row) -> list[dict]:
             rows.append(row)
             print(
                 f"  {name:6} {size:>8} {c.name:16} {text:24} p50 {row['p50_ms']:7.3f} p99 {row['p99_ms']:7.3f} "
+                f"cpu p50 {row['cpu_p50_ms']:7.3f} "
                 f"recall@1 {row['recall_at_1']:.3f}  load {load_before:.1f}",
                 flush=True,
             )
@@ -369,6 +373,36 @@ def measure(work: Path, name: str, size: int, args, on_row) -> list[dict]:
     )
     del bits
     return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| set | entries | index | build | search | p50 ms | p99 ms | CPU p50 ms | recall@1 | memory MB | build s "
+        "| load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "index" not in r:
+            continue
+        lines.append(
+            f"| {r['set']} | {r['entries']:,} | {r['index']} | {r['build']} | {r['search']} | {r['p50_ms']:.3f} | "
+            f"{r['p99_ms']:.3f} | {r['cpu_p50_ms']:.3f} | {r['recall_at_1']:.3f} | {r['memory_mb']:.0f} | "
+            f"{r['build_s']:.1f} | {r['load_avg_1m'][0]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    runs = [json.loads(p.read_text()) for p in paths]
+    merged = {
+        "machine": runs[0]["machine"],
+        "notes": runs[0]["notes"],
+        "runs": [{"file": p.name, "args": r["args"], "prepared": r["prepared"]} for p, r in zip(paths, runs)],
+        "rows": [row for r in runs for row in r["rows"]],
+    }
+    out.write_text(json.dumps(merged, indent=1))
+    print(markdown_table(merged["rows"]))
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -387,6 +421,7 @@ def main() -> None:
     parser.add_argument("--nprobe", nargs="+", type=int, default=[8, 16, 32, 64])
     parser.add_argument("--k-factor", nargs="+", type=float, default=[4, 16])
     parser.add_argument("--ef-search", nargs="+", type=int, default=[32, 64, 128])
+    parser.add_argument("--ivf-kinds", nargs="*", default=["flat", "sq8"], choices=["flat", "sq8"])
     parser.add_argument("--hnsw-kinds", nargs="*", default=["flat"], choices=["flat", "sq8"])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=40)
@@ -394,7 +429,13 @@ def main() -> None:
     parser.add_argument("--kmeans-iters", type=int, default=10)
     parser.add_argument("--train-per-list", type=int, default=32, help="k-means training vectors per IVF list.")
     parser.add_argument("--build-threads", type=int, default=1)
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, help="Merge these result files (runs of single sets or sizes) into --out."
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
 
     args.work.mkdir(parents=True, exist_ok=True)
     prepare = {
@@ -419,7 +460,9 @@ def main() -> None:
         result = {
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "faiss": faiss.__version__},
             "notes": "one query at a time, one faiss thread, with an all-live IDSelectorBitmap; shared, loaded "
-            "machine (load_avg_1m before/after each row); builds on --build-threads threads",
+            "machine (load_avg_1m before/after each row): p50_ms/p99_ms are wall time under that load, "
+            "cpu_p50_ms/cpu_p99_ms the search thread's CPU time (what an idle core would take, less cache "
+            "contention); builds on --build-threads threads",
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "prepared": info,
             "rows": rows + more,
