@@ -43,6 +43,9 @@ __all__ = [
 
 INDEX_BUILD_CHUNK = 4096  # vectors added per faiss call during a build; a stop request is honoured between chunks
 IVF_MIN_TRAIN_PER_LIST = 39  # faiss's k-means warns below 39 training points per centroid
+# An IVF index is retrained once its namespace wants this many times its lists (nlist ~ sqrt(n): 4x the entries),
+# so a namespace that grows keeps short lists; each retrain costs O(n) and n has quadrupled since: O(1) amortised.
+IVF_GROWTH = 2
 
 
 class IndexKind(str, Enum):
@@ -299,9 +302,12 @@ class NamespaceIndex:
 
     @property
     def build_due(self) -> bool:
-        """A switch to the approximate index, or a rebuild of one with too many tombstones, is due."""
+        """A switch to the approximate index, or a rebuild of one with too many tombstones (or, for IVF, too few
+        lists for today's size), is due."""
         if self._large is None:
             return len(self._vectors) >= self._hnsw_min_entries
+        if isinstance(self._large, IvfTable) and self._spec.ivf.lists_for(len(self)) >= IVF_GROWTH * self._large.nlist:
+            return True  # lists trained for a quarter of today's size are each 4x longer than they should be
         return self._large.tombstones > self._rebuild_fraction * self._large.ntotal
 
     def vector(self, entry_id: int) -> np.ndarray:

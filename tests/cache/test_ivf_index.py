@@ -70,3 +70,30 @@ def test_bad_ivf_settings_are_refused():
             tombstone_rebuild_fraction=0.25,
             ivf_nprobe=0,
         )
+
+
+def test_a_growing_namespace_retrains_its_lists():
+    rng = np.random.default_rng(1)
+    dim = 8
+    index = NamespaceIndex(
+        dim,
+        hnsw_min_entries=100,
+        hnsw_exit_entries=90,
+        hnsw_m=8,
+        hnsw_ef_search=16,
+        hnsw_ef_construction=16,
+        tombstone_rebuild_fraction=0.25,
+        large_kind=IndexKind.IVF,
+        ivf_nprobe=1,
+    )
+    x = rng.standard_normal((1000, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    nlists = []
+    for start in range(0, 1000, 50):
+        index.add(np.arange(start, start + 50, dtype=np.int64), x[start : start + 50])
+        nlists.append(index._large.nlist if index.kind is IndexKind.IVF else 0)
+    # built at 100 entries with 2 lists (39 training points a list); retrained when the size asks for twice as many
+    assert sorted(set(nlists) - {0}) == [2, 5, 10, 20]  # at 100, 200, 400 and 800 entries
+    assert index.builds == 4
+    _, ids = index.search(x[:50])
+    assert (ids == np.arange(50)).mean() > 0.5  # nprobe 1: approximate, but its own vector is usually found
