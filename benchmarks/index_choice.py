@@ -158,7 +158,8 @@ def all_live_selector(n: int) -> tuple[faiss.IDSelectorBitmap, np.ndarray]:
 
 
 def with_selector(params, selector):
-    params.sel = selector
+    if selector is not None:
+        params.sel = selector
     return params
 
 
@@ -189,7 +190,8 @@ def ivf_bytes(index) -> int:
     lists = index.invlists
     entries = sum(lists.list_size(i) for i in range(index.nlist))
     quantizer = faiss.downcast_index(index.quantizer)
-    return entries * (index.code_size + 8) + quantizer.ntotal * quantizer.code_size
+    quantizer_bytes = hnsw_bytes(quantizer) if isinstance(quantizer, faiss.IndexHNSW) else flat_bytes(quantizer)
+    return entries * (index.code_size + 8) + quantizer_bytes
 
 
 def hnsw_bytes(index) -> int:
@@ -259,6 +261,26 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector):
             (quantizer, sq),
         )
     )
+    del refine, sq
+    if "sq8_hnswq" not in args.ivf_kinds:
+        return
+    # The same lists, found through an HNSW graph over the centroids instead of a scan of all of them.
+    t0 = time.perf_counter()
+    graph = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    graph.add(quantizer.reconstruct_n(0, nlist))
+    sq = faiss.IndexIVFScalarQuantizer(graph, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    sq.train(sample)  # the graph holds the trained centroids: only the SQ ranges
+    sq.add_core(n, faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
+    refine = faiss.IndexRefine(sq, exact)
+    sweeps = []
+    for p in args.nprobe:
+        for k in args.k_factor:
+            base = ivf_params(p, selector)
+            base.quantizer_params = hnsw_params(max(2 * p, 64), None)
+            sweeps.append((f"nprobe={p} k_factor={k} quantizer efSearch={max(2 * p, 64)}", refine_params(k, base)))
+    mem = ivf_bytes(sq) + flat_bytes(exact)
+    build_s = train_s + assign_s + time.perf_counter() - t0
+    yield Built("ivf_hnswq_sq8+refine", build, refine, build_s, mem, sweeps, (graph, sq))
 
     if n <= args.hnsw_max_size:
         for kind in args.hnsw_kinds:
@@ -421,7 +443,13 @@ def main() -> None:
     parser.add_argument("--nprobe", nargs="+", type=int, default=[8, 16, 32, 64])
     parser.add_argument("--k-factor", nargs="+", type=float, default=[4, 16])
     parser.add_argument("--ef-search", nargs="+", type=int, default=[32, 64, 128])
-    parser.add_argument("--ivf-kinds", nargs="*", default=["flat", "sq8"], choices=["flat", "sq8"])
+    parser.add_argument(
+        "--ivf-kinds",
+        nargs="*",
+        default=["flat", "sq8"],
+        choices=["flat", "sq8", "sq8_hnswq"],
+        help="sq8_hnswq needs sq8",
+    )
     parser.add_argument("--hnsw-kinds", nargs="*", default=["flat"], choices=["flat", "sq8"])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=40)
