@@ -123,6 +123,7 @@ class ImageCache:
             large_kind=IndexKind(config.large_index.value),
             ivf_nprobe=config.ivf_nprobe,
             ivf_nlist=config.ivf_nlist,
+            ivf_refine_k_factor=config.ivf_refine_k_factor,
             gpu=gpu_placement(config.device),  # refuses 'cuda' here, at startup, when faiss has no GPU
         )
         self._lock = threading.RLock()  # guards every field below

@@ -16,6 +16,7 @@ from modm.constants import (
     DEFAULT_HNSW_M,
     DEFAULT_HNSW_MIN_ENTRIES,
     DEFAULT_IVF_NPROBE,
+    DEFAULT_IVF_REFINE_K_FACTOR,
     DEFAULT_LARGE_INDEX,
     DEFAULT_MONITOR_WINDOW_S,
     DEFAULT_TOTAL_STEPS,
@@ -299,10 +300,17 @@ class CacheConfig(_Strict):
     )
     large_index: LargeIndex = Field(
         default=LargeIndex(DEFAULT_LARGE_INDEX),
-        description="A large namespace's approximate index: 'ivf' (IVF-Flat, measured in benchmarks/index_choice.py) "
+        description="A large namespace's approximate index: 'ivf' (IVF-SQ8 with an exact re-rank, chosen by "
+        "benchmarks/index_choice.py) "
         "or 'hnsw'.",
     )
     ivf_nprobe: int = Field(default=DEFAULT_IVF_NPROBE, ge=1, le=65_536, description="IVF lists probed per query.")
+    ivf_refine_k_factor: float = Field(
+        default=DEFAULT_IVF_REFINE_K_FACTOR,
+        ge=1,
+        le=1024,
+        description="IVF-SQ8 candidates re-ranked by exact inner product, per result (CPU; a GPU scans exactly).",
+    )
     ivf_nlist: int = Field(
         default=0,
         ge=0,

@@ -56,7 +56,8 @@ def test_ivf_probes_a_few_lists_and_finds_near_duplicates():
 
 
 def test_bad_ivf_settings_are_refused():
-    for bad in ({"ivf_nprobe": 0}, {"ivf_nlist": -1}, {"large_index": "flat"}, {"large_index": "ivf_pq"}):
+    bad_settings = ({"ivf_nprobe": 0}, {"ivf_nlist": -1}, {"ivf_refine_k_factor": 0.5}, {"large_index": "flat"})
+    for bad in bad_settings:
         with pytest.raises(ValidationError):
             CacheConfig(**bad)
     with pytest.raises(ValueError, match="ivf_nprobe"):
