@@ -12,6 +12,7 @@ Query sets (embeddings are prepared once and kept under --work, as .npy):
            (swaps, drops, insertions); sized by what embeds on this CPU (9,798 prompts: ~10 min on a loaded core)
   world    64-d world CLIP (modm/world/weights/clip) text->image: the gallery is rendered world images, queries
            are paraphrase captions from the world's reserved query templates
+  world_heldout  the same gallery, queried by captions of held-out scenes (needs world prepared first)
 
     nice -n 15 .venv/bin/python benchmarks/index_choice.py --prepare          # embeddings only
     nice -n 15 .venv/bin/python benchmarks/index_choice.py                    # the table, writes the JSON
@@ -99,6 +100,36 @@ def prepare_minilm(work: Path, prompts_path: Path, edits: int, queries: int, see
         info["embed_s"] = time.perf_counter() - start
         info_path.write_text(json.dumps(info))
     np.save(work / "minilm_queries.npy", embedder.embed_text(query_texts))
+
+
+def world_text_queries(work: Path, queries: int, seed: int, name: str, split: str, pool: int) -> None:
+    """Paraphrase captions of world scenes `split`:0..pool, embedded by the world CLIP's text tower."""
+    import torch
+    from transformers import CLIPModel, CLIPTokenizerFast
+
+    from modm.world.world import Split, World
+
+    clip_dir = REPO / "modm/world/weights/clip"
+    model = CLIPModel.from_pretrained(clip_dir, dtype=torch.float32).eval()
+    tokenizer = CLIPTokenizerFast.from_pretrained(clip_dir)
+    world = World(seed=0)
+    rng = np.random.default_rng(seed)
+    texts = [world.query(int(i), Split(split)).text for i in rng.choice(pool, queries, replace=False)]
+    with torch.inference_mode():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=40, return_tensors="pt")
+        out = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = out if isinstance(out, torch.Tensor) else out.pooler_output
+    np.save(work / f"{name}_queries.npy", unit_rows(out.float().numpy()))
+
+
+def prepare_world_heldout(work: Path, queries: int, seed: int) -> None:
+    """The world gallery, queried by captions of held-out scenes (a shape-colour pair no gallery image shows):
+    weaker best matches than paraphrases of gallery scenes."""
+    world_text_queries(work, queries, seed, "world_heldout", "heldout", 10_000)
+    for suffix in ("gallery.npy", "info.json"):
+        link = work / f"world_heldout_{suffix}"
+        if not link.exists():
+            link.symlink_to(work / f"world_{suffix}")
 
 
 def prepare_world(work: Path, size: int, queries: int, seed: int) -> None:
@@ -218,7 +249,7 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector):
         )
     ]
     # IVF: one trained coarse quantizer, shared by IVF-Flat and IVF-SQ8; assignments computed once.
-    nlist = nlist_for(n)
+    nlist = args.nlist or nlist_for(n)
     t0 = time.perf_counter()
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -454,6 +485,7 @@ def main() -> None:
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--hnsw-max-size", type=int, default=100_000, help="HNSW is built only up to this size.")
+    parser.add_argument("--nlist", type=int, default=0, help="IVF lists; 0: a power of two near 4 sqrt(n).")
     parser.add_argument("--kmeans-iters", type=int, default=10)
     parser.add_argument("--train-per-list", type=int, default=32, help="k-means training vectors per IVF list.")
     parser.add_argument("--build-threads", type=int, default=1)
@@ -470,6 +502,7 @@ def main() -> None:
         "random": lambda: prepare_random(args.work, max(args.sizes), 768, args.queries, args.query_cosine, 0),
         "minilm": lambda: prepare_minilm(args.work, args.prompts, args.minilm_edits, args.queries, 0),
         "world": lambda: prepare_world(args.work, args.world_images, args.queries, 0),
+        "world_heldout": lambda: prepare_world_heldout(args.work, args.queries, 0),
     }
     for name in args.sets:
         if not (args.work / f"{name}_queries.npy").exists():
