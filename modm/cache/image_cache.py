@@ -26,8 +26,7 @@ from modm.cache.constants import (
 )
 from modm.cache.errors import CacheClosedError, CacheCorruptError, EntryNotFoundError
 from modm.cache.group_commit import GroupCommit
-from modm.cache.gpu_index import gpu_placement
-from modm.cache.index import IndexBuild, IndexKind, NamespaceIndex
+from modm.cache.index import IndexBuild, IndexKind, NamespaceIndex, namespace_index_options
 from modm.cache.journal import StoredRows, recover, write_rows
 from modm.cache.layout import CacheLayout, DirectoryLock, atomic_write_bytes, fsync_dir
 from modm.cache.records import (
@@ -113,18 +112,8 @@ class ImageCache:
         self.dim = dim
         self._clock = clock
         self._durable = durable
-        self._index_options = dict(
-            hnsw_min_entries=config.hnsw_min_entries,
-            hnsw_exit_entries=math.floor(config.hnsw_min_entries * (1.0 - hnsw_hysteresis_fraction)),
-            hnsw_m=config.hnsw_m,
-            hnsw_ef_search=config.hnsw_ef_search,
-            hnsw_ef_construction=config.hnsw_ef_construction,
-            tombstone_rebuild_fraction=tombstone_rebuild_fraction,
-            large_kind=IndexKind(config.large_index.value),
-            ivf_nprobe=config.ivf_nprobe,
-            ivf_nlist=config.ivf_nlist,
-            ivf_refine_k_factor=config.ivf_refine_k_factor,
-            gpu=gpu_placement(config.device),  # refuses 'cuda' here, at startup, when faiss has no GPU
+        self._index_options = namespace_index_options(  # refuses device 'cuda' here when faiss has no GPU
+            config, tombstone_rebuild_fraction=tombstone_rebuild_fraction, hysteresis_fraction=hnsw_hysteresis_fraction
         )
         self._lock = threading.RLock()  # guards every field below
         self._compaction_lock = threading.Lock()  # one snapshot write at a time, outside self._lock

@@ -28,7 +28,8 @@ from enum import Enum
 import faiss
 import numpy as np
 
-from modm.cache.gpu_index import GpuPlacement, filtered_top1
+from modm.cache.gpu_index import GpuPlacement, filtered_top1, gpu_placement
+from modm.config import CacheConfig
 from modm.constants import DEFAULT_IVF_NPROBE, DEFAULT_IVF_REFINE_K_FACTOR, DEFAULT_LARGE_INDEX
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "LargeIndexSpec",
     "MaskedIndex",
     "NamespaceIndex",
+    "namespace_index_options",
 ]
 
 INDEX_BUILD_CHUNK = 4096  # vectors added per faiss call during a build; a stop request is honoured between chunks
@@ -411,3 +413,23 @@ class NamespaceIndex:
                 np.fromiter(self._vectors, dtype=np.int64, count=len(self._vectors)),
                 np.stack(list(self._vectors.values())),
             )
+
+
+def namespace_index_options(
+    config: CacheConfig, *, tombstone_rebuild_fraction: float, hysteresis_fraction: float
+) -> dict:
+    """NamespaceIndex keyword arguments for a cache `config` (the writer's and its followers' alike), its device
+    resolved here: 'cuda' without faiss GPU support raises at once."""
+    return dict(
+        hnsw_min_entries=config.hnsw_min_entries,
+        hnsw_exit_entries=math.floor(config.hnsw_min_entries * (1.0 - hysteresis_fraction)),
+        hnsw_m=config.hnsw_m,
+        hnsw_ef_search=config.hnsw_ef_search,
+        hnsw_ef_construction=config.hnsw_ef_construction,
+        tombstone_rebuild_fraction=tombstone_rebuild_fraction,
+        large_kind=IndexKind(config.large_index.value),
+        ivf_nprobe=config.ivf_nprobe,
+        ivf_nlist=config.ivf_nlist,
+        ivf_refine_k_factor=config.ivf_refine_k_factor,
+        gpu=gpu_placement(config.device),
+    )
