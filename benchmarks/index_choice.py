@@ -16,6 +16,12 @@ Query sets (embeddings are prepared once and kept under --work, as .npy):
 
     nice -n 15 .venv/bin/python benchmarks/index_choice.py --prepare          # embeddings only
     nice -n 15 .venv/bin/python benchmarks/index_choice.py                    # the table, writes the JSON
+
+The committed benchmarks/results/index_choice.json merges runs of one set each (--merge; the "runs" field lists
+each run's arguments): random at 100k and at 1M (--build-threads 2), random at 100k with --ivf-kinds sq8
+sq8_hnswq --hnsw-kinds sq8 --nprobe 32 64 128 (stopped before its HNSW-SQ8 build) and with --nlist 256, minilm
+(--hnsw-kinds flat sq8), world prepared to 204,800 images (--hnsw-max-size 300000 --hnsw-kinds flat sq8) and
+world_heldout.
     .venv/bin/python benchmarks/index_choice.py --sizes 5000 --sets random --world-images 5000 --queries 100 \
         --work /tmp/ic_smoke --out /tmp/ic_smoke.json                          # smoke run
 """
