@@ -19,7 +19,9 @@ Query sets (embeddings are prepared once and kept under --work, as .npy):
 
 The committed benchmarks/results/index_choice.json merges runs of one set each (--merge; the "runs" field lists
 each run's arguments): random at 100k and at 1M (--build-threads 2), random at 100k with --ivf-kinds sq8
-sq8_hnswq --hnsw-kinds sq8 --nprobe 32 64 128 (stopped before its HNSW-SQ8 build) and with --nlist 256, minilm
+sq8_hnswq --hnsw-kinds sq8 --nprobe 32 64 128 (stopped before its HNSW-SQ8 build), with --nlist 256 and with
+--ivf-kinds sq8 --nprobe 40 48 56 64, random at 1M with --ivf-kinds sq8 --nprobe 96 128 and (at load 3-5)
+--nprobe 48 64 80 96, minilm
 (--hnsw-kinds flat sq8), world prepared to 204,800 images (--hnsw-max-size 300000 --hnsw-kinds flat sq8) and
 world_heldout.
     .venv/bin/python benchmarks/index_choice.py --sizes 5000 --sets random --world-images 5000 --queries 100 \

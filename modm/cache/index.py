@@ -3,10 +3,10 @@
 The large-namespace kind was chosen by measurement (benchmarks/index_choice.py, table in
 benchmarks/results/index_choice.json): IVF with 8-bit scalar-quantised lists and an exact re-rank of the best
 candidates (faiss IndexRefine) reached recall@1 >= 0.99 on every query set at 100k entries (random 768-d
-near-duplicates, MiniLM prompts, world CLIP text->image) at the lowest CPU time per query, and 0.98 on the random
-768-d set at 1M (nprobe 64 of 4,096 lists, 2.0 ms); HNSW (M 32) found only 0.74-0.98 of the random 768-d
-near-duplicates' top-1 (efSearch 32-128, 1-3 ms), less than IVF on the 64-d text->image set, and takes minutes to
-build where IVF takes seconds.
+near-duplicates, MiniLM prompts, world CLIP text->image) at the lowest CPU time per query (0.49 ms at nprobe 48 on
+the random 768-d set), and 0.992 on that set at 1M with nprobe 80 of 4,096 lists (2.8 ms); HNSW (M 32) found only
+0.74-0.98 of the random 768-d near-duplicates' top-1 (efSearch 32-128, 1-3 ms), less than IVF on the 64-d
+text->image set, and takes minutes to build where IVF takes seconds.
 
 Evictions become tombstones in every kind: a bitmap over index positions that an IDSelector consults at search time
 (faiss's HNSW cannot remove vectors; evicted nodes still route the graph walk, they are just never returned; faiss's
