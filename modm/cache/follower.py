@@ -22,7 +22,6 @@ by the refresh that makes them due, so that replica's queries wait for the build
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -34,7 +33,7 @@ import numpy as np
 
 from modm.cache.constants import HNSW_HYSTERESIS_FRACTION, TOMBSTONE_REBUILD_FRACTION
 from modm.cache.errors import CacheClosedError, CacheCorruptError, EntryNotFoundError
-from modm.cache.index import NamespaceIndex
+from modm.cache.index import NamespaceIndex, namespace_index_options
 from modm.cache.journal import FileVanishedError, StoredRows, read_committed, read_marks, read_rows
 from modm.cache.layout import CacheLayout
 from modm.cache.records import CacheEntry, Match, check_embedding, check_embeddings, check_namespaces
@@ -105,13 +104,8 @@ class CacheFollower:
         self.dim = dim
         self._clock = clock
         # The construction ImageCache uses, so that a follower answers as the writer would.
-        self._index_options = dict(
-            hnsw_min_entries=config.hnsw_min_entries,
-            hnsw_exit_entries=math.floor(config.hnsw_min_entries * (1.0 - HNSW_HYSTERESIS_FRACTION)),
-            hnsw_m=config.hnsw_m,
-            hnsw_ef_search=config.hnsw_ef_search,
-            hnsw_ef_construction=config.hnsw_ef_construction,
-            tombstone_rebuild_fraction=TOMBSTONE_REBUILD_FRACTION,
+        self._index_options = namespace_index_options(
+            config, tombstone_rebuild_fraction=TOMBSTONE_REBUILD_FRACTION, hysteresis_fraction=HNSW_HYSTERESIS_FRACTION
         )
         self._layout = CacheLayout(config.directory)
         self._lock = threading.RLock()  # guards the view and the counters

@@ -26,7 +26,7 @@ from modm.cache.constants import (
 )
 from modm.cache.errors import CacheClosedError, CacheCorruptError, EntryNotFoundError
 from modm.cache.group_commit import GroupCommit
-from modm.cache.index import HnswBuild, IndexKind, NamespaceIndex
+from modm.cache.index import IndexBuild, IndexKind, NamespaceIndex, namespace_index_options
 from modm.cache.journal import StoredRows, recover, write_rows
 from modm.cache.layout import CacheLayout, DirectoryLock, atomic_write_bytes, fsync_dir
 from modm.cache.records import (
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 class NamespaceStats:
     entries: int
     index_kind: IndexKind
-    tombstones: int  # evicted vectors still in an HNSW graph (always 0 for exact search)
+    tombstones: int  # evicted vectors still in an approximate index (always 0 for exact search)
     hnsw_builds: int
 
 
@@ -64,7 +64,7 @@ class CacheStats:
     next_id: int
     namespaces: dict[str, NamespaceStats]
     pending_segments: int  # journal segments not yet folded into a snapshot
-    index_builds_running: int  # HNSW graphs being built in the background
+    index_builds_running: int  # approximate indexes being built in the background
     # Counters since this ImageCache was opened.
     admissions: int
     evictions: int
@@ -83,11 +83,11 @@ class ImageCache:
     Every admission is fsynced before `add` returns (`durable=True`). `durable=False` keeps the cache consistent
     when the process dies but not across a power loss; it is for tests and scratch caches.
 
-    HNSW graphs (a namespace reaching `hnsw_min_entries`, or a rebuild to shed tombstones) are built on a
-    background thread while the current index keeps answering (`background_index_builds=True`), so neither
-    queries nor admissions stall for the build; `wait_for_index_builds()` waits for them. With False they are
+    Approximate indexes (IVF or HNSW: a namespace reaching `hnsw_min_entries`, or a rebuild to shed tombstones)
+    are built on a background thread while the current index keeps answering (`background_index_builds=True`), so
+    neither queries nor admissions stall for the build; `wait_for_index_builds()` waits for them. With False they are
     built inline, inside the call that made them due. Opening works the same way: with background builds a
-    large cache opens in seconds and answers with exact search until its HNSW graphs are ready.
+    large cache opens in seconds and answers with exact search until its approximate indexes are ready.
 
     `durable`, `background_index_builds`, `tombstone_rebuild_fraction` and `hnsw_hysteresis_fraction` are
     candidates for CacheConfig fields.
@@ -112,13 +112,8 @@ class ImageCache:
         self.dim = dim
         self._clock = clock
         self._durable = durable
-        self._index_options = dict(
-            hnsw_min_entries=config.hnsw_min_entries,
-            hnsw_exit_entries=math.floor(config.hnsw_min_entries * (1.0 - hnsw_hysteresis_fraction)),
-            hnsw_m=config.hnsw_m,
-            hnsw_ef_search=config.hnsw_ef_search,
-            hnsw_ef_construction=config.hnsw_ef_construction,
-            tombstone_rebuild_fraction=tombstone_rebuild_fraction,
+        self._index_options = namespace_index_options(  # refuses device 'cuda' here when faiss has no GPU
+            config, tombstone_rebuild_fraction=tombstone_rebuild_fraction, hysteresis_fraction=hnsw_hysteresis_fraction
         )
         self._lock = threading.RLock()  # guards every field below
         self._compaction_lock = threading.Lock()  # one snapshot write at a time, outside self._lock
@@ -144,7 +139,7 @@ class ImageCache:
             self._next_id = recovered.next_id
             self._evicted_below = recovered.evicted_below
             self._pending_segments = recovered.pending_segments
-            self._insert(recovered.entries, recovered.vectors, defer_hnsw_builds=self._background_builds)
+            self._insert(recovered.entries, recovered.vectors, defer_builds=self._background_builds)
             if recovered.changed or recovered.pending_segments:
                 self.compact()
             with self._lock:
@@ -231,7 +226,7 @@ class ImageCache:
                 # for a moment (that moment could cross hnsw_min_entries and start a needless HNSW build).
                 evict_existing = min(overflow, len(self._entries))
                 touched = self._evict_oldest(evict_existing)
-                touched |= self._insert(entries, vectors, defer_hnsw_builds=self._background_builds)
+                touched |= self._insert(entries, vectors, defer_builds=self._background_builds)
                 touched |= self._evict_oldest(overflow - evict_existing)  # a batch larger than the capacity
                 self._evicted_below = evicted_below
                 self._schedule_index_builds(touched)
@@ -377,7 +372,7 @@ class ImageCache:
                     entries=len(index),
                     index_kind=index.kind,
                     tombstones=index.tombstones,
-                    hnsw_builds=index.hnsw_builds,
+                    hnsw_builds=index.builds,
                 )
                 for name, index in self._indexes.items()
             }
@@ -458,7 +453,7 @@ class ImageCache:
                         self._directory_lock.release()
 
     def wait_for_index_builds(self, timeout_s: float | None = None) -> bool:
-        """Block until no background HNSW build is running (including builds those builds made due).
+        """Block until no background index build is running (including builds those builds made due).
         Returns False if `timeout_s` passed first."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -476,7 +471,7 @@ class ImageCache:
         self.close()
 
     # ------------------------------------------------------------------------------------------------ memory
-    def _insert(self, entries: Sequence[CacheEntry], vectors: np.ndarray, *, defer_hnsw_builds: bool) -> set[str]:
+    def _insert(self, entries: Sequence[CacheEntry], vectors: np.ndarray, *, defer_builds: bool) -> set[str]:
         """Add entries to the FIFO order and their namespaces' indexes; returns the namespaces touched."""
         by_tenant: dict[str, list[int]] = {}
         for row, entry in enumerate(entries):
@@ -486,7 +481,7 @@ class ImageCache:
             index = self._indexes.get(tenant)
             if index is None:
                 index = self._indexes[tenant] = NamespaceIndex(
-                    self.dim, defer_hnsw_builds=defer_hnsw_builds, **self._index_options
+                    self.dim, defer_builds=defer_builds, **self._index_options
                 )
             ids = np.array([entries[r].id for r in rows], dtype=np.int64)
             index.add(ids, np.ascontiguousarray(vectors[rows], dtype=np.float32))
@@ -515,39 +510,39 @@ class ImageCache:
 
     # ------------------------------------------------------------------------------------- background builds
     def _schedule_index_builds(self, tenants: set[str]) -> None:
-        """Start a background HNSW build for each of `tenants` that needs one and has none running."""
+        """Start a background index build for each of `tenants` that needs one and has none running."""
         if not self._background_builds or self._stop_builds.is_set():
             return
         for tenant in sorted(tenants - self._building):
             index = self._indexes.get(tenant)
-            if index is None or not index.hnsw_build_due:
+            if index is None or not index.build_due:
                 continue
             if self._builder is None:
                 self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modm-cache-index")
             try:
-                self._builder.submit(self._run_index_build, tenant, index, index.capture_hnsw_build())
+                self._builder.submit(self._run_index_build, tenant, index, index.capture_build())
             except RuntimeError:  # close() shut the executor down between the check above and here
                 return
             self._building.add(tenant)
 
-    def _run_index_build(self, tenant: str, index: NamespaceIndex, build: HnswBuild) -> None:
+    def _run_index_build(self, tenant: str, index: NamespaceIndex, build: IndexBuild) -> None:
         started = time.perf_counter()
         try:
-            graph = build.run(self._stop_builds.is_set)  # no lock held: queries and admissions go on
+            large_index = build.run(self._stop_builds.is_set)  # no lock held: queries and admissions go on
         except Exception:
-            logger.exception("cache: HNSW build for namespace %r failed; it keeps its current index", tenant)
-            graph = None
+            logger.exception("cache: index build for namespace %r failed; it keeps its current index", tenant)
+            large_index = None
         with self._lock:
             self._building.discard(tenant)
-            if graph is None or self._closed or self._indexes.get(tenant) is not index:
+            if large_index is None or self._closed or self._indexes.get(tenant) is not index:
                 return  # stopped, failed, or the namespace emptied meanwhile
             try:
-                installed = index.install(build, graph)
+                installed = index.install(build, large_index)
             except Exception:
-                logger.exception("cache: installing the HNSW graph of namespace %r failed", tenant)
+                logger.exception("cache: installing the approximate index of namespace %r failed", tenant)
                 return
             logger.info(
-                "cache: HNSW graph of %d vectors for namespace %r built in %.1f s (%s)",
+                "cache: approximate index of %d vectors for namespace %r built in %.1f s (%s)",
                 len(build.ids),
                 tenant,
                 time.perf_counter() - started,

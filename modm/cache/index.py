@@ -1,18 +1,27 @@
-"""One tenant namespace's vector index: exact inner product when small, HNSW when large.
+"""One tenant namespace's vector index: exact inner product when small, IVF (or HNSW) when large.
 
-Evictions become tombstones in both: a bitmap over index positions that an IDSelector consults at search time
+The large-namespace kind was chosen by measurement (benchmarks/index_choice.py, table in
+benchmarks/results/index_choice.json): IVF with 8-bit scalar-quantised lists and an exact re-rank of the best
+candidates (faiss IndexRefine) reached recall@1 >= 0.99 on every query set at 100k entries (random 768-d
+near-duplicates, MiniLM prompts, world CLIP text->image) at the lowest CPU time per query (0.49 ms at nprobe 48 on
+the random 768-d set), and 0.992 on that set at 1M with nprobe 80 of 4,096 lists (2.8 ms); HNSW (M 32) found only
+0.74-0.98 of the random 768-d near-duplicates' top-1 (efSearch 32-128, 1-3 ms), less than IVF on the 64-d
+text->image set, and takes minutes to build where IVF takes seconds.
+
+Evictions become tombstones in every kind: a bitmap over index positions that an IDSelector consults at search time
 (faiss's HNSW cannot remove vectors; evicted nodes still route the graph walk, they are just never returned; faiss's
-flat remove_ids would shift every later row, O(n) per FIFO eviction), and the index is rebuilt from the live vectors
-once tombstones pass a fraction of it: a copy for the exact table, a new graph for HNSW.
+flat and IVF remove_ids cost O(n) or O(list) per FIFO eviction), and the index is rebuilt from the live vectors once
+tombstones pass a fraction of it: a copy for the exact table, retrained lists for IVF, a new graph for HNSW.
 
-Building an HNSW graph takes seconds to minutes (100k x 768 floats: tens of seconds), so a NamespaceIndex can
-defer those builds to its owner: `capture_hnsw_build()` under the owner's lock, `HnswBuild.run()` outside it
-(faiss releases the GIL) while the current index keeps serving, then `install()` under the lock again, which
-replays the admissions and evictions that happened meanwhile.
+Building an approximate index takes seconds to minutes (100k x 768 floats: k-means and assignment for IVF, tens of
+seconds for an HNSW graph), so a NamespaceIndex can defer those builds to its owner: `capture_build()` under the
+owner's lock, `IndexBuild.run()` outside it (faiss releases the GIL) while the current index keeps serving, then
+`install()` under the lock again, which replays the admissions and evictions that happened meanwhile.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -20,13 +29,34 @@ from enum import Enum
 import faiss
 import numpy as np
 
-__all__ = ["FlatTable", "HnswBuild", "HnswGraph", "HnswParams", "IndexKind", "MaskedIndex", "NamespaceIndex"]
+from modm.cache.gpu_index import GpuPlacement, filtered_top1, gpu_placement
+from modm.config import CacheConfig
+from modm.constants import DEFAULT_IVF_NPROBE, DEFAULT_IVF_REFINE_K_FACTOR, DEFAULT_LARGE_INDEX
 
-HNSW_BUILD_CHUNK = 4096  # vectors added per faiss call during a build; a stop request is honoured between chunks
+__all__ = [
+    "FlatTable",
+    "HnswGraph",
+    "HnswParams",
+    "IndexBuild",
+    "IndexKind",
+    "IvfParams",
+    "IvfTable",
+    "LargeIndexSpec",
+    "MaskedIndex",
+    "NamespaceIndex",
+    "namespace_index_options",
+]
+
+INDEX_BUILD_CHUNK = 4096  # vectors added per faiss call during a build; a stop request is honoured between chunks
+IVF_MIN_TRAIN_PER_LIST = 39  # faiss's k-means warns below 39 training points per centroid
+# An IVF index is retrained once its namespace wants this many times its lists (nlist ~ sqrt(n): 4x the entries),
+# so a namespace that grows keeps short lists; each retrain costs O(n) and n has quadrupled since: O(1) amortised.
+IVF_GROWTH = 2
 
 
 class IndexKind(str, Enum):
     FLAT = "flat"  # IndexFlatIP over positions: exact, tombstones + cheap rebuild
+    IVF = "ivf"  # IVF-SQ8 + exact re-rank (inner product): probes nprobe of nlist lists; tombstones + rebuild
     HNSW = "hnsw"  # IndexHNSWFlat (inner product): approximate, tombstones + rebuild
 
 
@@ -37,12 +67,34 @@ class HnswParams:
     ef_construction: int
 
 
+@dataclass(frozen=True)
+class IvfParams:
+    nprobe: int
+    nlist: int = 0  # 0: chosen from the namespace's size at each build (`lists_for`)
+    refine_k_factor: float = DEFAULT_IVF_REFINE_K_FACTOR  # candidates re-ranked exactly, per result
+    kmeans_iters: int = 10
+    train_per_list: int = 32  # k-means training vectors per list (a sample of the live vectors)
+
+    def lists_for(self, n: int) -> int:
+        """nlist for n vectors: a power of two near 4 sqrt(n) (1,024 at 100k, 4,096 at 1M) unless set, and never
+        more than n / IVF_MIN_TRAIN_PER_LIST, so that each k-means centroid has points to learn from."""
+        wanted = self.nlist or 1 << max(0, round(math.log2(4 * math.sqrt(max(n, 1)))))
+        return max(1, min(wanted, n // IVF_MIN_TRAIN_PER_LIST))
+
+
 class MaskedIndex:
     """A faiss index over positions 0..n-1, with a position -> entry id table and a bitmap of live positions that
-    the search-time IDSelector reads (updated in place, so removing is O(1))."""
+    the search-time IDSelector reads (updated in place, so removing is O(1)). On a GPU, whose indexes take no
+    selector, the search asks for a few candidates and filters them with the same bitmap (gpu_index)."""
 
-    def __init__(self, index, search_params: Callable[[], "faiss.SearchParameters"]):
-        self._index = index
+    def __init__(
+        self,
+        index,
+        search_params: Callable[[faiss.IDSelector], faiss.SearchParameters],
+        gpu: GpuPlacement | None = None,
+    ):
+        self._index = index if gpu is None else gpu.to_gpu(index)
+        self._on_gpu = gpu is not None
         self._new_search_params = search_params
         self._position_ids = np.empty(0, dtype=np.int64)
         self._live_bits = np.empty(0, dtype=np.uint8)
@@ -65,8 +117,7 @@ class MaskedIndex:
             live_bits[: self._live_bits.size] = self._live_bits
             self._position_ids, self._live_bits = position_ids, live_bits
             self._selector = faiss.IDSelectorBitmap(self._live_bits.size, faiss.swig_ptr(self._live_bits))
-            self._search_params = self._new_search_params()
-            self._search_params.sel = self._selector
+            self._search_params = self._new_search_params(self._selector)
         positions = np.arange(start, end)
         self._position_ids[start:end] = entry_ids
         self._position_of.update(zip(entry_ids.tolist(), positions.tolist()))
@@ -78,24 +129,76 @@ class MaskedIndex:
             self._live_bits[position >> 3] &= np.uint8(~(1 << (position & 7)) & 0xFF)
         self.tombstones += len(entry_ids)
 
+    def _is_live(self, positions: np.ndarray) -> np.ndarray:
+        return (self._live_bits[positions >> 3] >> (positions & 7).astype(np.uint8)) & 1 == 1
+
     def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, positions = self._index.search(queries, 1, params=self._search_params)
-        positions = positions[:, 0]
+        if self._on_gpu:
+            scores, positions = filtered_top1(self._index.search, queries, self._is_live, self._index.ntotal)
+        else:
+            scores, positions = self._index.search(queries, 1, params=self._search_params)
+            scores, positions = scores[:, 0], positions[:, 0]
         ids = np.where(positions >= 0, self._position_ids[np.maximum(positions, 0)], -1)
-        return scores[:, 0], ids
+        return scores, ids
+
+
+def _with_selector(params: faiss.SearchParameters, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    params.sel = selector
+    return params
 
 
 class HnswGraph(MaskedIndex):
     """IndexHNSWFlat (inner product) over positions; evicted nodes still route the graph walk, they are just never
-    returned."""
+    returned. Always on the CPU (faiss has no GPU HNSW)."""
 
     def __init__(self, dim: int, params: HnswParams):
         index = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params.ef_construction
 
-        def search_params() -> faiss.SearchParametersHNSW:
+        def search_params(selector: faiss.IDSelector) -> faiss.SearchParametersHNSW:
             out = faiss.SearchParametersHNSW()
             out.efSearch = params.ef_search
+            return _with_selector(out, selector)
+
+        super().__init__(index, search_params)
+
+
+class IvfTable(MaskedIndex):
+    """IVF over positions, its coarse quantizer trained by k-means on `train` (a sample of the vectors it will
+    hold); later admissions go to their nearest list. Evicted vectors stay in their lists until the owner rebuilds
+    (and retrains, following the drift of what is cached).
+
+    On the CPU the lists hold 8-bit scalar-quantised codes (a quarter of the bytes to scan per probed list) and
+    faiss's IndexRefine re-ranks the best `refine_k_factor` candidates by exact inner product, so the top-1 and its
+    score are exact whenever it is among them. On a GPU, IndexIVFFlat (GpuIndexIVFFlat): exact scores in the
+    probed lists, no re-rank needed at GPU memory bandwidth.
+    """
+
+    def __init__(self, train: np.ndarray, nlist: int, params: IvfParams, gpu: GpuPlacement | None = None):
+        dim = train.shape[1]
+        self.nlist = nlist
+        self._quantizer = faiss.IndexFlatIP(dim)  # referenced here: the IVF index does not own it
+        if gpu is None:
+            self._lists = faiss.IndexIVFScalarQuantizer(
+                self._quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
+        else:
+            self._lists = faiss.IndexIVFFlat(self._quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        self._lists.cp.niter = params.kmeans_iters
+        self._lists.train(np.ascontiguousarray(train))
+        self._lists.nprobe = params.nprobe  # what a GPU copy probes (it takes no search parameters)
+        if gpu is not None:
+            super().__init__(self._lists, lambda selector: None, gpu)
+            return
+        self._exact = faiss.IndexFlatIP(dim)
+        index = faiss.IndexRefine(self._lists, self._exact)  # adds go to both; neither is owned
+
+        def search_params(selector: faiss.IDSelector) -> faiss.IndexRefineSearchParameters:
+            lists = faiss.SearchParametersIVF()
+            lists.nprobe = params.nprobe
+            out = faiss.IndexRefineSearchParameters()
+            out.k_factor = params.refine_k_factor
+            out.base_index_params = _with_selector(lists, selector)  # IndexRefine passes only these to the lists
             return out
 
         super().__init__(index, search_params)
@@ -106,31 +209,54 @@ class FlatTable(MaskedIndex):
     remove_ids shifts every later row: O(n) per eviction); the owner rebuilds the table from its live vectors
     once tombstones pass a fraction of it, so FIFO eviction costs O(1) amortised."""
 
-    def __init__(self, dim: int):
-        super().__init__(faiss.IndexFlatIP(dim), faiss.SearchParameters)
+    def __init__(self, dim: int, gpu: GpuPlacement | None = None):
+        super().__init__(
+            faiss.IndexFlatIP(dim), lambda selector: _with_selector(faiss.SearchParameters(), selector), gpu
+        )
+
+
+@dataclass(frozen=True)
+class LargeIndexSpec:
+    """What a namespace at or above the approximate-search threshold is indexed with."""
+
+    kind: IndexKind  # IVF or HNSW
+    hnsw: HnswParams
+    ivf: IvfParams
+    gpu: GpuPlacement | None = None  # IVF only: HNSW stays on the CPU
+
+    def __post_init__(self):
+        if self.kind is IndexKind.FLAT:
+            raise ValueError("the large-namespace index must be approximate (ivf or hnsw), got flat")
 
 
 @dataclass
-class HnswBuild:
-    """The live vectors of a namespace at one moment, to be turned into an HnswGraph without holding a lock.
+class IndexBuild:
+    """The live vectors of a namespace at one moment, to be indexed without holding a lock.
 
     `vectors` are references to the index's own arrays, which are never modified after admission.
     """
 
     dim: int
-    params: HnswParams
+    spec: LargeIndexSpec
     ids: list[int]
     vectors: list[np.ndarray]
 
-    def run(self, should_stop: Callable[[], bool] = lambda: False) -> HnswGraph | None:
-        """Build the graph; None if `should_stop()` turned true between chunks."""
-        graph = HnswGraph(self.dim, self.params)
-        for start in range(0, len(self.ids), HNSW_BUILD_CHUNK):
+    def run(self, should_stop: Callable[[], bool] = lambda: False) -> MaskedIndex | None:
+        """Build the index (train an IVF's lists on a sample, then add in chunks); None if `should_stop()` turned
+        true between chunks."""
+        if self.spec.kind is IndexKind.HNSW:
+            index = HnswGraph(self.dim, self.spec.hnsw)
+        else:
+            n, ivf = len(self.ids), self.spec.ivf
+            nlist = ivf.lists_for(n)
+            sample = np.random.default_rng(n).choice(n, min(n, ivf.train_per_list * nlist), replace=False)
+            index = IvfTable(np.stack([self.vectors[i] for i in np.sort(sample)]), nlist, ivf, self.spec.gpu)
+        for start in range(0, len(self.ids), INDEX_BUILD_CHUNK):
             if should_stop():
                 return None
-            chunk = slice(start, start + HNSW_BUILD_CHUNK)
-            graph.append(np.asarray(self.ids[chunk], dtype=np.int64), np.stack(self.vectors[chunk]))
-        return graph
+            chunk = slice(start, start + INDEX_BUILD_CHUNK)
+            index.append(np.asarray(self.ids[chunk], dtype=np.int64), np.stack(self.vectors[chunk]))
+        return index
 
 
 class NamespaceIndex:
@@ -138,9 +264,10 @@ class NamespaceIndex:
 
     Holds its own reference to each live vector (in admission order) so that it can rebuild or switch kind, and
     so that the cache can write snapshots without asking faiss to reconstruct. Exact search is used below
-    `hnsw_min_entries` and HNSW from there on, until the namespace shrinks below `hnsw_exit_entries`. With
-    `defer_hnsw_builds`, HNSW graphs are built only through capture_hnsw_build/install; meanwhile the current
-    index (exact, or HNSW with more tombstones) keeps answering correctly.
+    `hnsw_min_entries` and the approximate `large_kind` (IVF or HNSW) from there on, until the namespace shrinks
+    below `hnsw_exit_entries`. With `defer_builds`, approximate indexes are built only through capture_build/
+    install; meanwhile the current index (exact, or approximate with more tombstones) keeps answering correctly.
+    Given `gpu`, the exact and IVF indexes live on that GPU (HNSW stays on the CPU).
     """
 
     def __init__(
@@ -153,7 +280,12 @@ class NamespaceIndex:
         hnsw_ef_search: int,
         hnsw_ef_construction: int,
         tombstone_rebuild_fraction: float,
-        defer_hnsw_builds: bool = False,
+        large_kind: IndexKind | str = DEFAULT_LARGE_INDEX,
+        ivf_nprobe: int = DEFAULT_IVF_NPROBE,
+        ivf_nlist: int = 0,
+        ivf_refine_k_factor: float = DEFAULT_IVF_REFINE_K_FACTOR,
+        gpu: GpuPlacement | None = None,
+        defer_builds: bool = False,
     ):
         if not 0 <= hnsw_exit_entries <= hnsw_min_entries:
             raise ValueError(
@@ -161,16 +293,27 @@ class NamespaceIndex:
             )
         if not 0.0 < tombstone_rebuild_fraction <= 1.0:
             raise ValueError(f"tombstone_rebuild_fraction must be in (0, 1], got {tombstone_rebuild_fraction}")
+        if ivf_nprobe < 1 or ivf_nlist < 0 or ivf_refine_k_factor < 1:
+            raise ValueError(
+                f"ivf_nprobe and ivf_refine_k_factor must be >= 1 and ivf_nlist >= 0, got {ivf_nprobe}, "
+                f"{ivf_refine_k_factor} and {ivf_nlist}"
+            )
         self.dim = dim
         self._hnsw_min_entries = hnsw_min_entries
         self._hnsw_exit_entries = hnsw_exit_entries
-        self._params = HnswParams(m=hnsw_m, ef_search=hnsw_ef_search, ef_construction=hnsw_ef_construction)
+        self._spec = LargeIndexSpec(
+            kind=IndexKind(large_kind),
+            hnsw=HnswParams(m=hnsw_m, ef_search=hnsw_ef_search, ef_construction=hnsw_ef_construction),
+            ivf=IvfParams(nprobe=ivf_nprobe, nlist=ivf_nlist, refine_k_factor=ivf_refine_k_factor),
+            gpu=gpu,
+        )
+        self._gpu = gpu
         self._rebuild_fraction = tombstone_rebuild_fraction
-        self._defer = defer_hnsw_builds
+        self._defer = defer_builds
         self._vectors: dict[int, np.ndarray] = {}  # live id -> (dim,) float32, in admission order
-        self._graph: HnswGraph | None = None  # the HNSW index, when kind is HNSW
-        self._flat: FlatTable | None = FlatTable(dim)  # the exact index, when kind is FLAT
-        self.hnsw_builds = 0  # graphs installed (switches and tombstone rebuilds)
+        self._large: MaskedIndex | None = None  # the approximate index, when kind is not FLAT
+        self._flat: FlatTable | None = FlatTable(dim, gpu)  # the exact index, when kind is FLAT
+        self.builds = 0  # approximate indexes installed (switches and tombstone rebuilds)
 
     # ----------------------------------------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -181,18 +324,21 @@ class NamespaceIndex:
 
     @property
     def kind(self) -> IndexKind:
-        return IndexKind.FLAT if self._graph is None else IndexKind.HNSW
+        return IndexKind.FLAT if self._large is None else self._spec.kind
 
     @property
     def tombstones(self) -> int:
-        return 0 if self._graph is None else self._graph.tombstones
+        return 0 if self._large is None else self._large.tombstones
 
     @property
-    def hnsw_build_due(self) -> bool:
-        """A switch to HNSW, or a rebuild of a graph with too many tombstones, is due."""
-        if self._graph is None:
+    def build_due(self) -> bool:
+        """A switch to the approximate index, or a rebuild of one with too many tombstones (or, for IVF, too few
+        lists for today's size), is due."""
+        if self._large is None:
             return len(self._vectors) >= self._hnsw_min_entries
-        return self._graph.tombstones > self._rebuild_fraction * self._graph.ntotal
+        if isinstance(self._large, IvfTable) and self._spec.ivf.lists_for(len(self)) >= IVF_GROWTH * self._large.nlist:
+            return True  # lists trained for a quarter of today's size are each 4x longer than they should be
+        return self._large.tombstones > self._rebuild_fraction * self._large.ntotal
 
     def vector(self, entry_id: int) -> np.ndarray:
         return self._vectors[entry_id]
@@ -202,8 +348,8 @@ class NamespaceIndex:
         n = queries.shape[0]
         if not self._vectors:
             return np.full(n, -np.inf, dtype=np.float32), np.full(n, -1, dtype=np.int64)
-        if self._graph is not None:
-            return self._graph.search(queries)
+        if self._large is not None:
+            return self._large.search(queries)
         return self._flat.search(queries)
 
     # ----------------------------------------------------------------------------------------------- writing
@@ -213,35 +359,33 @@ class NamespaceIndex:
             if entry_id in self._vectors:
                 raise ValueError(f"entry id {entry_id} is already in the index")
             self._vectors[entry_id] = vector.copy()
-        if self._graph is not None:
-            self._graph.append(entry_ids, vectors)
-        elif not (self.hnsw_build_due and not self._defer):  # about to be rebuilt with these vectors anyway
+        if self._large is not None:
+            self._large.append(entry_ids, vectors)
+        elif not (self.build_due and not self._defer):  # about to be rebuilt with these vectors anyway
             self._flat.append(entry_ids, vectors)
         self._build_if_due()
 
     def remove(self, entry_ids: list[int]) -> None:
         for entry_id in entry_ids:
             del self._vectors[entry_id]  # KeyError for an unknown id: a bug in the caller
-        if self._graph is None:
+        if self._large is None:
             self._flat.remove(entry_ids)
             if self._flat.tombstones > self._rebuild_fraction * self._flat.ntotal:
                 self._switch_to_flat()  # a copy of the live vectors, amortised over the evictions since the last
         elif len(self._vectors) < self._hnsw_exit_entries:
             self._switch_to_flat()  # cheap: a copy of the live vectors
         else:
-            self._graph.remove(entry_ids)
+            self._large.remove(entry_ids)
             self._build_if_due()
 
     # ------------------------------------------------------------------------------------------------ builds
-    def capture_hnsw_build(self) -> HnswBuild:
-        return HnswBuild(
-            dim=self.dim, params=self._params, ids=list(self._vectors), vectors=list(self._vectors.values())
-        )
+    def capture_build(self) -> IndexBuild:
+        return IndexBuild(dim=self.dim, spec=self._spec, ids=list(self._vectors), vectors=list(self._vectors.values()))
 
-    def install(self, build: HnswBuild, graph: HnswGraph) -> bool:
-        """Swap in `graph` (built from `build`), replaying admissions and evictions since the capture.
+    def install(self, build: IndexBuild, index: MaskedIndex) -> bool:
+        """Swap in `index` (built from `build`), replaying admissions and evictions since the capture.
 
-        False (and nothing changes) if the namespace has meanwhile shrunk below the HNSW exit size.
+        False (and nothing changes) if the namespace has meanwhile shrunk below the exit size.
         """
         if len(self._vectors) < self._hnsw_exit_entries:
             return False
@@ -249,24 +393,44 @@ class NamespaceIndex:
         added = [entry_id for entry_id in self._vectors if entry_id not in captured]
         removed = [entry_id for entry_id in build.ids if entry_id not in self._vectors]
         if added:
-            graph.append(np.asarray(added, dtype=np.int64), np.stack([self._vectors[i] for i in added]))
+            index.append(np.asarray(added, dtype=np.int64), np.stack([self._vectors[i] for i in added]))
         if removed:
-            graph.remove(removed)
-        self._graph, self._flat = graph, None
-        self.hnsw_builds += 1
+            index.remove(removed)
+        self._large, self._flat = index, None
+        self.builds += 1
         return True
 
     def _build_if_due(self) -> None:
-        if self._defer or not self.hnsw_build_due:
+        if self._defer or not self.build_due:
             return
-        build = self.capture_hnsw_build()
+        build = self.capture_build()
         self.install(build, build.run())
 
     def _switch_to_flat(self) -> None:
-        self._graph = None
-        self._flat = FlatTable(self.dim)
+        self._large = None
+        self._flat = FlatTable(self.dim, self._gpu)
         if self._vectors:
             self._flat.append(
                 np.fromiter(self._vectors, dtype=np.int64, count=len(self._vectors)),
                 np.stack(list(self._vectors.values())),
             )
+
+
+def namespace_index_options(
+    config: CacheConfig, *, tombstone_rebuild_fraction: float, hysteresis_fraction: float
+) -> dict:
+    """NamespaceIndex keyword arguments for a cache `config` (the writer's and its followers' alike), its device
+    resolved here: 'cuda' without faiss GPU support raises at once."""
+    return dict(
+        hnsw_min_entries=config.hnsw_min_entries,
+        hnsw_exit_entries=math.floor(config.hnsw_min_entries * (1.0 - hysteresis_fraction)),
+        hnsw_m=config.hnsw_m,
+        hnsw_ef_search=config.hnsw_ef_search,
+        hnsw_ef_construction=config.hnsw_ef_construction,
+        tombstone_rebuild_fraction=tombstone_rebuild_fraction,
+        large_kind=IndexKind(config.large_index.value),
+        ivf_nprobe=config.ivf_nprobe,
+        ivf_nlist=config.ivf_nlist,
+        ivf_refine_k_factor=config.ivf_refine_k_factor,
+        gpu=gpu_placement(config.device),
+    )

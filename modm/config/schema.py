@@ -15,6 +15,9 @@ from modm.constants import (
     DEFAULT_HNSW_EF_SEARCH,
     DEFAULT_HNSW_M,
     DEFAULT_HNSW_MIN_ENTRIES,
+    DEFAULT_IVF_NPROBE,
+    DEFAULT_IVF_REFINE_K_FACTOR,
+    DEFAULT_LARGE_INDEX,
     DEFAULT_MONITOR_WINDOW_S,
     DEFAULT_TOTAL_STEPS,
     MAX_PROMPT_CHARS,
@@ -281,6 +284,11 @@ class WarmConfig(_Strict):
     limit: int | None = Field(default=None, gt=0, description="Use only the first N prompts.")
 
 
+class LargeIndex(str, Enum):
+    IVF = "ivf"
+    HNSW = "hnsw"
+
+
 class CacheConfig(_Strict):
     directory: str = Field(default=".modm/cache", description="Where images, embeddings and metadata persist.")
     capacity: int = Field(default=DEFAULT_CACHE_CAPACITY, gt=0, description="Entries kept; FIFO eviction beyond.")
@@ -288,7 +296,36 @@ class CacheConfig(_Strict):
     hnsw_min_entries: int = Field(
         default=DEFAULT_HNSW_MIN_ENTRIES,
         gt=0,
-        description="Exact inner-product search below this size, HNSW at or above it.",
+        description="Exact inner-product search below this size, the approximate `large_index` at or above it.",
+    )
+    large_index: LargeIndex = Field(
+        default=LargeIndex(DEFAULT_LARGE_INDEX),
+        description="A large namespace's approximate index: 'ivf' (IVF-SQ8 with an exact re-rank, chosen by "
+        "benchmarks/index_choice.py) "
+        "or 'hnsw'.",
+    )
+    ivf_nprobe: int = Field(
+        default=DEFAULT_IVF_NPROBE,
+        ge=1,
+        le=65_536,
+        description="IVF lists probed per query (the default is measured at 100k entries; 1M wants about 80).",
+    )
+    ivf_refine_k_factor: float = Field(
+        default=DEFAULT_IVF_REFINE_K_FACTOR,
+        ge=1,
+        le=1024,
+        description="IVF-SQ8 candidates re-ranked by exact inner product, per result (CPU; a GPU scans exactly).",
+    )
+    ivf_nlist: int = Field(
+        default=0,
+        ge=0,
+        le=1 << 20,
+        description="IVF lists; 0 chooses about 4 sqrt(n) at each build (1,024 at 100k entries, 4,096 at 1M).",
+    )
+    device: Device = Field(
+        default="auto",
+        description="Where the exact and IVF indexes live: 'cpu', 'cuda' / 'cuda:N' (faiss-gpu; refused at startup "
+        "when faiss has no GPU support) or 'auto' (a GPU when faiss sees one). HNSW stays on the CPU.",
     )
     hnsw_m: int = Field(default=DEFAULT_HNSW_M, ge=4, le=256, description="HNSW graph degree.")
     hnsw_ef_search: int = Field(default=DEFAULT_HNSW_EF_SEARCH, ge=1, description="HNSW search breadth.")
