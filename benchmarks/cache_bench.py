@@ -1,4 +1,4 @@
-"""Benchmark of modm.cache.ImageCache: query latency with exact (Flat) vs HNSW search, recall of HNSW against
+"""Benchmark of modm.cache.ImageCache: query latency with exact (Flat), IVF and HNSW search, recall against
 exact on near-duplicate queries, open (recovery + index build) time, and admission throughput.
 
 Prints a table and writes JSON. Embeddings are random unit vectors; queries are near-duplicates (cosine
@@ -51,11 +51,14 @@ def png_of_side(side: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def config(directory: Path, capacity: int, hnsw: bool, args, compact_every: int | None = None) -> CacheConfig:
+def config(directory: Path, capacity: int, kind: IndexKind, args, compact_every: int | None = None) -> CacheConfig:
+    """Exact search throughout (FLAT), or `kind` as the large-namespace index from the first entry."""
+    exact = kind is IndexKind.FLAT
     return CacheConfig(
         directory=str(directory),
         capacity=capacity,
-        hnsw_min_entries=1 if hnsw else capacity + 1,
+        hnsw_min_entries=capacity + 1 if exact else 1,
+        large_index="hnsw" if exact else kind.value,
         hnsw_m=args.hnsw_m,
         hnsw_ef_search=args.ef_search,
         hnsw_ef_construction=args.ef_construction,
@@ -117,7 +120,7 @@ def bench_size(size: int, args, root: Path) -> list[dict]:
     start = time.perf_counter()
     # One snapshot at the end of the fill, not one per batch.
     with ImageCache(
-        config(directory, size, hnsw=False, args=args, compact_every=size + 1), args.dim, durable=False
+        config(directory, size, IndexKind.FLAT, args=args, compact_every=size + 1), args.dim, durable=False
     ) as cache:
         for first in range(0, size, FILL_BATCH):
             cache.add_many(
@@ -138,11 +141,9 @@ def bench_size(size: int, args, root: Path) -> list[dict]:
     queries = near_duplicates(rng, vectors[picked], args.query_cosine)
 
     rows, exact_ids = [], None
-    for kind in (IndexKind.FLAT, IndexKind.HNSW):
+    for kind in args.kinds:
         start = time.perf_counter()
-        cache = ImageCache(
-            config(directory, size, hnsw=kind is IndexKind.HNSW, args=args), args.dim, durable=args.durable
-        )
+        cache = ImageCache(config(directory, size, kind, args=args), args.dim, durable=args.durable)
         open_s = time.perf_counter() - start  # recovery; HNSW graphs build in the background from here
         cache.wait_for_index_builds()
         ready_s = time.perf_counter() - start
@@ -159,7 +160,7 @@ def bench_size(size: int, args, root: Path) -> list[dict]:
         row["compact_s"] = time.perf_counter() - start
         # At capacity: each add evicts.
         row.update(time_adds(cache, rng, args.adds, png_of_side(args.png_side), args.admitters))
-        row["hnsw_builds_during_adds"] = cache.stats().namespaces["bench"].hnsw_builds - (kind is IndexKind.HNSW)
+        row["index_builds_during_adds"] = cache.stats().namespaces["bench"].hnsw_builds - (kind is not IndexKind.FLAT)
         cache.close()
         rows.append(row)
         print_row(row, args.batch)
@@ -188,6 +189,13 @@ def main() -> None:
     parser.add_argument("--adds", type=int, default=200, help="Timed admissions per size and index kind.")
     parser.add_argument("--admitters", type=int, default=1, help="Concurrent threads making the timed adds.")
     parser.add_argument("--png-side", type=int, default=256, help="Side of the random PNG the timed adds write.")
+    parser.add_argument(
+        "--kinds",
+        type=IndexKind,
+        nargs="+",
+        default=[IndexKind.FLAT, IndexKind.IVF, IndexKind.HNSW],
+        help="Index kinds to measure (flat = exact search throughout).",
+    )
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--ef-construction", type=int, default=40)
