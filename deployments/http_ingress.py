@@ -16,7 +16,8 @@ The OpenAI Images API (modm.serving.images_api): generations, edits, images answ
 import base64
 import logging
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import Header, Query, Request, Response
 from ray import serve
@@ -33,6 +34,7 @@ from modm.serving.images_api import EditBody, GenerationBody, ImageData, ImagesR
 from modm.serving.request import DeliveredImage
 
 logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 EDIT_FILES = {
     "image": "The image to edit: PNG, JPEG or WebP, opaque, no side over the model's max_size (also as image[]).",
@@ -48,6 +50,21 @@ class RouterUnavailable(RequestRefused):
     status, kind = 503, "overloaded"
 
 
+async def redriven_once(call: Callable[[], Awaitable[T]], count: Callable[[str], None]) -> T:
+    """`call()`, once more if the Router replica that took it was lost (Serve routes the second call to a live
+    replica), counting "redriven"; a 503 with Retry-After, counting "router_unavailable", if that one is lost too or
+    no replica is up."""
+    try:
+        return await retry_if_replica_lost(call, "Router", on_retry=lambda: count("redriven"))
+    except (ReplicaLost, DeploymentUnavailableError) as err:
+        count("router_unavailable")
+        logger.warning("no Router replica answered (%s): 503", type(err).__name__)
+        raise RouterUnavailable(
+            f"the request's router was lost and no other took it; retry in {ROUTER_RETRY_AFTER_S}s",
+            retry_after_s=ROUTER_RETRY_AFTER_S,
+        ) from None
+
+
 # Decorated here, not in the builder: serve.ingress rewrites `api`'s routes, and every replica re-imports this module
 # (the app object is not pickled by value), so the rewrite must happen at import time.
 @serve.ingress(api)
@@ -59,25 +76,16 @@ class Ingress:
         self.counts: Counter[str] = Counter()  # this replica's re-drives, in /v1/stats
 
     async def _route(self, method: str, *args: Any) -> Any:
-        """`method` on a Router replica; once more on another if that one died; its refusal raised."""
+        """`method` on a Router replica (re-driven once if that one died); its refusal raised."""
         call = getattr(self.router, method)
-        try:
-            result = await retry_if_replica_lost(lambda: call(*args), "Router", on_retry=self._redriven)
-        except (ReplicaLost, DeploymentUnavailableError) as err:
-            self.counts["router_unavailable"] += 1
-            self.metrics.router_unavailable()
-            logger.warning("no Router replica answered %s (%s): 503", method, type(err).__name__)
-            raise RouterUnavailable(
-                f"the request's router was lost and no other took it; retry in {ROUTER_RETRY_AFTER_S}s",
-                retry_after_s=ROUTER_RETRY_AFTER_S,
-            ) from None
+        result = await redriven_once(lambda: call(*args), self._count)
         if isinstance(result, RequestRefused):
             raise result
         return result
 
-    def _redriven(self) -> None:
-        self.counts["redriven"] += 1
-        self.metrics.redriven()
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self.metrics.router_lost(outcome)
 
     @api.post(
         "/v1/images/generations",

@@ -16,7 +16,6 @@ class LoadBoardServer:
     async def report(self, router_id: str, in_flight: dict[str, int], ttl_s: float) -> dict[str, int]:
         return self.board.report(router_id, in_flight, ttl_s, time.monotonic())
 
-    async def totals(self) -> dict:
-        """Requests in flight per pool over every live Router, and how many Routers report."""
-        now = time.monotonic()
-        return {"in_flight": self.board.totals(now), "routers": self.board.routers(now)}
+    async def by_router(self) -> dict[str, dict[str, int]]:
+        """Each live Router's requests in flight per pool, by its Serve replica id (operators, tests)."""
+        return self.board.by_router(time.monotonic())

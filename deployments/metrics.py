@@ -76,15 +76,13 @@ class IngressMetrics:
         self.router_redrives = metrics.Counter(
             "modm_router_redrives_total",
             "Requests whose Router replica was lost mid-request, by outcome: redriven (sent once more, to another "
-            "replica) or unavailable (no replica took it either: 503 with Retry-After).",
+            "replica) or router_unavailable (no replica took it either: 503 with Retry-After).",
             tag_keys=("mode", "outcome"),
         )
 
-    def redriven(self) -> None:
-        self.router_redrives.inc(tags={"mode": self.mode, "outcome": "redriven"})
-
-    def router_unavailable(self) -> None:
-        self.router_redrives.inc(tags={"mode": self.mode, "outcome": "unavailable"})
+    def router_lost(self, outcome: str) -> None:
+        """`outcome`: "redriven" or "router_unavailable"."""
+        self.router_redrives.inc(tags={"mode": self.mode, "outcome": outcome})
 
 
 class MonitorMetrics:

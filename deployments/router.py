@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from ray import serve
+
 from deployments.cache_index import cache_backend
 from deployments.handles import HandleProxy
 from deployments.metrics import RouterMetrics
@@ -65,6 +67,7 @@ class Router:
             backends,
             metrics=RouterMetrics(config.mode.value),
             signing_key=None if signing_key is None else bytes.fromhex(signing_key),
+            router_id=serve.get_replica_context().replica_id.unique_id,
         )
         await self.pipeline.start()  # runs cache.warm: the app is not RUNNING until the cache is warm
 

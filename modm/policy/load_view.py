@@ -72,7 +72,7 @@ class LoadBoard:
                     out[pool] = out.get(pool, 0) + n
         return out
 
-    def routers(self, now: float) -> int:
-        """Routers whose report has not expired."""
+    def by_router(self, now: float) -> dict[str, dict[str, int]]:
+        """Each live router's last report."""
         self.totals(now)
-        return len(self._reports)
+        return {router_id: dict(counts) for router_id, (_, counts) in self._reports.items()}

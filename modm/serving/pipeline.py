@@ -83,9 +83,11 @@ class RequestPipeline:
         *,
         metrics: ServingMetrics | None = None,
         signing_key: bytes | None = None,
+        router_id: str | None = None,
     ):
         """`signing_key` signs the links of URL answers; every pipeline whose links must open on the others (the
-        Router replicas of one app) shares one. None: a fresh key, for a pipeline alone in its process."""
+        Router replicas of one app) shares one. None: a fresh key, for a pipeline alone in its process.
+        `router_id` names this pipeline on the load board (the Serve replica's id); None: a fresh one."""
         self.config, self.mode, self.backends = config, config.mode, backends
         self._check_backends()
         self.clock = backends.clock
@@ -98,7 +100,7 @@ class RequestPipeline:
         # This router's requests in flight per pool (exact), and the other routers' as the load board last summed
         # them (None: alone, or not heard yet); routing and admission control see their sum (modm.policy.load_view).
         self.in_flight = dict.fromkeys(self.roles, 0)
-        self.router_id = uuid.uuid4().hex
+        self.router_id = router_id or uuid.uuid4().hex
         self.peer_load: PeerLoad | None = None
         # Replicas per pool, as the monitor last said (a pool's one in-process instance counts as one).
         two_pools = ModelRole.SMALL in backends.models

@@ -11,7 +11,7 @@ def test_the_board_answers_each_router_the_sums_of_the_others():
     assert board.report("b", {"large": 2}, ttl_s=1.0, now=0.1) == {"large": 3, "small": 1}
     assert board.report("a", {"large": 0, "small": 4}, ttl_s=1.0, now=0.2) == {"large": 2}
     assert board.totals(now=0.3) == {"large": 2, "small": 4}
-    assert board.routers(now=0.3) == 2
+    assert board.by_router(now=0.3) == {"a": {"large": 0, "small": 4}, "b": {"large": 2}}
 
 
 def test_a_router_that_stops_reporting_drops_out_when_its_report_expires():
@@ -19,7 +19,7 @@ def test_a_router_that_stops_reporting_drops_out_when_its_report_expires():
     board.report("dead", {"large": 5}, ttl_s=1.0, now=0.0)
     assert board.report("alive", {"large": 1}, ttl_s=1.0, now=0.9) == {"large": 5}
     assert board.report("alive", {"large": 1}, ttl_s=1.0, now=1.1) == {}  # "dead" expired at 1.0
-    assert board.totals(now=1.2) == {"large": 1} and board.routers(now=1.2) == 1
+    assert board.totals(now=1.2) == {"large": 1} and list(board.by_router(now=1.2)) == ["alive"]
 
 
 @pytest.mark.parametrize(
