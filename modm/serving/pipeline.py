@@ -534,11 +534,15 @@ class RequestPipeline:
         self.peer_load = PeerLoad(in_flight=others, at=self.clock.monotonic())
 
     async def _report_load_forever(self) -> None:
+        failing = False
         while True:
             try:
                 await self.report_load()
+                failing = False
             except Exception as err:  # the view falls back to this router's own counts once the last one ages
-                logger.warning("load board report failed: %r", err)
+                if not failing:  # once per outage, not every interval
+                    logger.warning("load board report failed (%r); routing by this router's own counts", err)
+                failing = True
             await self.clock.sleep(self.config.serving.load_report_interval_s)
 
     async def _report_forever(self) -> None:
