@@ -36,8 +36,8 @@ def test_the_builder_binds_readers_only_when_asked():
 
     def router_cache(read_replicas: int):
         system = {**SYSTEM, "cache": {"read_replicas": read_replicas}}
-        app = build_app({"system": system, "check_resources": False})
-        return app._bound_deployment.init_args[4], AppArgs(system=system)
+        router = build_app({"system": system, "check_resources": False})._bound_deployment.init_args[0]  # Ingress's
+        return router._bound_deployment.init_args[4], AppArgs(system=system)
 
     alone, args = router_cache(0)
     assert alone._bound_deployment.name == "CacheIndex"
