@@ -3,8 +3,8 @@
 Deploys the local config with 1-step models on a fresh local Ray, measures the time from `serve.run` to the first
 healthy answer, then sends requests one at a time (misses: a fresh tenant each; hits: the same prompt again) and
 splits each end-to-end latency into model compute (measured in-process on the same tiny models) and system
-overhead (HTTP proxy + router + embedder + cache index + handle hops); each request's compute is timed right after
-it, so that both see the machine's load of the moment. Memory is the PSS of all Ray processes.
+overhead (HTTP proxy + Ingress + Router + embedder + cache index + handle hops); each request's compute is timed
+right after it, so that both see the machine's load of the moment. Memory is the PSS of all Ray processes.
 
     .venv/bin/python benchmarks/serve_overhead.py --requests 100 --out overhead.json
 """
@@ -49,7 +49,7 @@ def stages(e2e_s: float, timings_s: dict[str, float], compute_s: float) -> dict[
     """One request's stages from the router's own timings (the response's modm.timings_s): embed (the embedder's
     round trip), retrieve (cache query, and the hit's image fetch), model call less the model's in-process compute
     (the handle hop, queueing, PNG encode/decode in the replica), and ingress (everything else: HTTP client ->
-    proxy -> Router and back, body validation, base64 and JSON of the answer)."""
+    proxy -> Ingress -> Router and back, body validation, base64 and JSON of the answer)."""
     embed, retrieve, generate = (timings_s.get(key, 0.0) for key in ("embed", "retrieve", "generate"))
     return {
         "e2e_s": e2e_s,

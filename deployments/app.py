@@ -3,10 +3,11 @@
 `args` (validated by AppArgs): the system config (a YAML path or inline), per-deployment Ray actor options, and
 whether to check the cluster's resources first. The builder binds the deployments MODE_DEPLOYMENTS names for the
 config's mode: LargeModel, SmallModel, Embedder, CacheIndex (and CacheReader when cache.read_replicas > 0), Monitor
-and the Router ingress in modm mode; LargeModel
-and the Router in vanilla mode; LargeModel, Embedder, LatentCache and the Router in nirvana mode; and in every mode
-the ResponseStore of images answered as URLs. Each build generates the key that signs those URLs and hands it to
-every Router replica (a redeploy invalidates the links of the previous one, as their images are gone too).
+and the Router in modm mode; LargeModel and the Router in vanilla mode; LargeModel, Embedder, LatentCache and the
+Router in nirvana mode; and in every mode the ResponseStore of images answered as URLs and the HTTP Ingress in front
+of the Routers (with more than one Router, also the LoadBoard where they share their load). Each build generates the
+key that signs those URLs and hands it to every Router replica (a redeploy invalidates the links of the previous
+one, as their images are gone too).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from modm.roles import ModelRole
 logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAMES = (
+    "Ingress",
     "Router",
+    "LoadBoard",
     "Embedder",
     "CacheIndex",
     "CacheReader",
@@ -53,10 +56,10 @@ DEPLOYMENT_NAMES = (
     "LatentCache",
     "ResponseStore",
 )
-# Which deployments each mode runs, in binding order (each after the deployments it calls; the Router ingress last).
+# Which deployments each mode runs, in binding order (each after the deployments it calls; the HTTP Ingress last).
 # LatentCache: NIRVANA's cache of intermediate latents; ResponseStore: the images answered as URLs; CacheReader: the
-# image cache's reader replicas, bound only when cache.read_replicas > 0 (`deployment_names`). The builder binds
-# exactly these.
+# image cache's reader replicas, bound only when cache.read_replicas > 0; LoadBoard: where several Routers share their
+# load, bound only when serving.router_replicas > 1 (`deployment_names`). The builder binds exactly these.
 MODE_DEPLOYMENTS = {
     SystemMode.MODM: (
         "LargeModel",
@@ -66,10 +69,12 @@ MODE_DEPLOYMENTS = {
         "CacheReader",
         "Monitor",
         "ResponseStore",
+        "LoadBoard",
         "Router",
+        "Ingress",
     ),
-    SystemMode.VANILLA: ("LargeModel", "ResponseStore", "Router"),
-    SystemMode.NIRVANA: ("LargeModel", "Embedder", "LatentCache", "ResponseStore", "Router"),
+    SystemMode.VANILLA: ("LargeModel", "ResponseStore", "LoadBoard", "Router", "Ingress"),
+    SystemMode.NIRVANA: ("LargeModel", "Embedder", "LatentCache", "ResponseStore", "LoadBoard", "Router", "Ingress"),
 }
 MODEL_DEPLOYMENTS = {ModelRole.LARGE: "LargeModel", ModelRole.SMALL: "SmallModel"}
 ACTOR_OPTION_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
@@ -77,7 +82,9 @@ ACTOR_OPTION_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator
 # Per-replica concurrency: a model replica runs one generation at a time (one GPU) unless it batches
 # (model_max_ongoing); the others are light.
 MAX_ONGOING = {
+    "Ingress": 1024,
     "Router": 512,
+    "LoadBoard": 256,
     "Embedder": 64,
     "CacheIndex": 256,
     "CacheReader": 256,
@@ -88,7 +95,11 @@ MAX_ONGOING = {
     "ResponseStore": 256,
 }
 DEFAULT_ACTOR_OPTIONS = {
-    "Router": {"num_cpus": 0.25},
+    # Logical shares: the Ingress only parses and forwards, the Router awaits other deployments, and an app runs
+    # several of each, so a test cluster of a few CPUs still holds the apps it runs at once.
+    "Ingress": {"num_cpus": 0.05},
+    "Router": {"num_cpus": 0.1},
+    "LoadBoard": {"num_cpus": 0.05},
     "Embedder": {"num_cpus": 1},
     "CacheIndex": {"num_cpus": 0.5},
     "CacheReader": {"num_cpus": 0.5},
@@ -105,7 +116,7 @@ DEFAULT_ACTOR_OPTIONS = {
 # never block their loop (their work runs in threads), so they run both on the main loop, as Serve's
 # throughput-optimized mode does: about 1.5 ms less per hop here (benchmarks/serve_hop_floor.py).
 SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
-SAME_LOOP_DEPLOYMENTS = ("Router", "Embedder", "CacheIndex", "CacheReader")
+SAME_LOOP_DEPLOYMENTS = ("Ingress", "Router", "LoadBoard", "Embedder", "CacheIndex", "CacheReader")
 
 
 class AppArgs(BaseModel):
@@ -254,15 +265,23 @@ def replica_resources(options: dict, spec) -> dict:
 
 def deployment_names(system: SystemConfig) -> tuple[str, ...]:
     """The deployments the builder binds for `system`, in binding order (MODE_DEPLOYMENTS, CacheReader only when
-    cache.read_replicas > 0)."""
-    return tuple(
-        name for name in MODE_DEPLOYMENTS[system.mode] if name != "CacheReader" or system.cache.read_replicas > 0
-    )
+    cache.read_replicas > 0, LoadBoard only with several Routers: one Router's own counts are the cluster's)."""
+    return tuple(name for name in MODE_DEPLOYMENTS[system.mode] if replicas_of(system, name) > 0)
+
+
+def replicas_of(system: SystemConfig, name: str) -> int:
+    """Fixed replica counts of the deployments that are not model pools (0: not bound)."""
+    return {
+        "CacheReader": system.cache.read_replicas,
+        "LoadBoard": int(system.serving.router_replicas > 1),
+        "Router": system.serving.router_replicas,
+        "Ingress": system.serving.ingress_replicas,
+    }.get(name, 1)
 
 
 def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
-    """Peak logical resources: N model replicas (the widest of the two models), cache.read_replicas CacheReaders,
-    plus one of everything else."""
+    """Peak logical resources: N model replicas (the widest of the two models), the fixed replicas of the others
+    (`replicas_of`: cache.read_replicas CacheReaders, the Routers and Ingresses, one of everything else)."""
     names = deployment_names(system)
     need: dict[str, float] = {}
 
@@ -274,7 +293,7 @@ def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
 
     for name in names:
         if name not in ("LargeModel", "SmallModel"):
-            add(args.options_for(name), system.cache.read_replicas if name == "CacheReader" else 1)
+            add(args.options_for(name), replicas_of(system, name))
     large, small = (
         replica_resources(args.options_for(name), spec)
         for name, spec in (("LargeModel", system.models.large), ("SmallModel", system.models.small))
@@ -366,10 +385,12 @@ def build_app(args: dict) -> serve.Application:
 
 
 def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
-    """Bind the mode's deployments (MODE_DEPLOYMENTS) in order, each with the handles it calls; the Router last."""
+    """Bind the app's deployments (deployment_names) in order, each with the handles it calls; the Ingress last."""
     from deployments.cache_index import CacheIndexServer, CacheReaderServer
     from deployments.embedder import EmbedderServer
+    from deployments.http_ingress import Ingress
     from deployments.latent_cache import LatentCacheServer
+    from deployments.load_board import LoadBoardServer
     from deployments.model import ModelServer
     from deployments.monitor import MonitorServer
     from deployments.response_store import ResponseStoreServer
@@ -422,9 +443,14 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
         "ResponseStore": lambda: _deployment(ResponseStoreServer, "ResponseStore", parsed, num_replicas=1).bind(
             system.serving.model_dump(mode="json")
         ),
-        # A stopping Router replica finishes the requests it holds; none outlives request_timeout_s.
+        "LoadBoard": lambda: _deployment(LoadBoardServer, "LoadBoard", parsed, num_replicas=1).bind(),
+        # A stopping Router or Ingress replica finishes the requests it holds; none outlives request_timeout_s.
         "Router": lambda: _deployment(
-            Router, "Router", parsed, graceful_shutdown_timeout_s=system.serving.request_timeout_s
+            Router,
+            "Router",
+            parsed,
+            num_replicas=system.serving.router_replicas,
+            graceful_shutdown_timeout_s=system.serving.request_timeout_s,
         ).bind(
             system.model_dump(mode="json"),
             bound["LargeModel"],
@@ -433,12 +459,20 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
             _cache_argument(bound),
             bound.get("Monitor"),
             store=bound["ResponseStore"],
+            load_board=bound.get("LoadBoard"),
             signing_key=secrets.token_hex(32),
         ),
+        "Ingress": lambda: _deployment(
+            Ingress,
+            "Ingress",
+            parsed,
+            num_replicas=system.serving.ingress_replicas,
+            graceful_shutdown_timeout_s=system.serving.request_timeout_s,
+        ).bind(bound["Router"], system.limits.model_dump(mode="json"), system.mode.value),
     }
     for name in deployment_names(system):
         bound[name] = binders[name]()
-    return bound["Router"]
+    return bound["Ingress"]
 
 
 def _cache_argument(bound: dict[str, serve.Application]):

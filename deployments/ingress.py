@@ -1,6 +1,6 @@
-"""The ingress's HTTP plumbing: the FastAPI app the Router serves, one JSON error shape for every refusal (the
-pipeline's, FastAPI's validation errors, Starlette's 404/405), and reading a JSON or multipart body under a size
-limit."""
+"""The HTTP plumbing of the Ingress (deployments/http_ingress.py): the FastAPI app it serves, one JSON error shape
+for every refusal (the pipeline's, FastAPI's validation errors, Starlette's 404/405), and reading a JSON or multipart
+body under a size limit."""
 
 from __future__ import annotations
 

@@ -68,6 +68,23 @@ class RouterMetrics:
         self.admissions_dropped.inc(tags={"mode": self.mode})
 
 
+class IngressMetrics:
+    """What the Ingress does when a Router replica is lost under a request."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.router_redrives = metrics.Counter(
+            "modm_router_redrives_total",
+            "Requests whose Router replica was lost mid-request, by outcome: redriven (sent once more, to another "
+            "replica) or router_unavailable (no replica took it either: 503 with Retry-After).",
+            tag_keys=("mode", "outcome"),
+        )
+
+    def router_lost(self, outcome: str) -> None:
+        """`outcome`: "redriven" or "router_unavailable"."""
+        self.router_redrives.inc(tags={"mode": self.mode, "outcome": outcome})
+
+
 class MonitorMetrics:
     """modm.serving.monitor.MonitorMetricsSink."""
 

@@ -393,6 +393,24 @@ class ServingConfig(_Strict):
     stats_report_interval_s: float = Field(
         default=1.0, gt=0, description="How often the router sends its counters to the monitor."
     )
+    router_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Replicas of the Router (the request pipeline). With more than one they share one view of the "
+        "pools' load through the LoadBoard deployment, and losing one re-drives its requests on another.",
+    )
+    ingress_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Replicas of the Ingress, the stateless HTTP front that calls the Routers and re-drives a "
+        "request whose Router was lost.",
+    )
+    load_report_interval_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="How often each Router reports its requests in flight per pool to the LoadBoard (with more "
+        "than one Router); routing and admission control see the other Routers' load this late at most.",
+    )
     max_pending_admissions: int = Field(
         default=64,
         gt=0,

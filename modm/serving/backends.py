@@ -24,6 +24,7 @@ __all__ = [
     "Clock",
     "ImageCacheBackend",
     "LatentCacheBackend",
+    "LoadBoardLink",
     "ModelPool",
     "MonitorLink",
     "ResponseStoreBackend",
@@ -108,6 +109,13 @@ class MonitorLink(Protocol):
     async def get_allocation(self) -> dict: ...
 
 
+class LoadBoardLink(Protocol):
+    """Where several routers share their requests in flight per pool (modm.policy.load_view.LoadBoard)."""
+
+    async def report(self, router_id: str, in_flight: dict[str, int], ttl_s: float) -> dict[str, int]:
+        """Record this router's counts; answers the sums of the other live routers'."""
+
+
 class ResponseStoreBackend(Protocol):
     """Where images answered as URLs wait for their links (modm.serving.response_store.ResponseStore)."""
 
@@ -142,11 +150,13 @@ class SystemClock:
 class Backends:
     """Everything a pipeline calls. `models` holds the large pool, and the small one in MoDM mode; `cache` is the
     image cache (MoDM) or the latent cache (NIRVANA); vanilla needs neither it nor the embedder. `store` keeps the
-    images answered as URLs (without it, response_format "url" is refused)."""
+    images answered as URLs (without it, response_format "url" is refused). `load_board`: with several routers,
+    where they share their load (without it, a router sees only its own requests)."""
 
     models: dict[ModelRole, ModelPool]
     embedder: TextEmbedder | None = None
     cache: ImageCacheBackend | LatentCacheBackend | None = None
     monitor: MonitorLink | None = None
     store: ResponseStoreBackend | None = None
+    load_board: LoadBoardLink | None = None
     clock: Clock = field(default_factory=SystemClock)

@@ -33,6 +33,7 @@ from modm.images import UploadError, png_bytes, read_upload
 from modm.policy import BatchCapacity, PoolState, RetrievalDecision, WindowCounter, route
 from modm.policy.api_keys import ApiKeyRing
 from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain
+from modm.policy.load_view import PeerLoad, pool_in_flight
 from modm.policy.requests import InvalidRequestError, check_dimensions, check_request_limits
 from modm.policy.tenancy import cache_scope
 from modm.roles import ModelRole
@@ -69,6 +70,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RequestPipeline"]
 
+# A router's load report counts on the board for this many report intervals, and the others' sums it got back are
+# trusted as long: a missed report or two is absorbed, a dead router's requests stop counting within a second or so.
+LOAD_REPORT_TTL_INTERVALS = 4
+
 
 class RequestPipeline:
     def __init__(
@@ -78,9 +83,11 @@ class RequestPipeline:
         *,
         metrics: ServingMetrics | None = None,
         signing_key: bytes | None = None,
+        router_id: str | None = None,
     ):
         """`signing_key` signs the links of URL answers; every pipeline whose links must open on the others (the
-        Router replicas of one app) shares one. None: a fresh key, for a pipeline alone in its process."""
+        Router replicas of one app) shares one. None: a fresh key, for a pipeline alone in its process.
+        `router_id` names this pipeline on the load board (the Serve replica's id); None: a fresh one."""
         self.config, self.mode, self.backends = config, config.mode, backends
         self._check_backends()
         self.clock = backends.clock
@@ -90,7 +97,11 @@ class RequestPipeline:
         self.roles = tuple(backends.models)
         self.totals: Counter[str] = Counter()
         self.k_mix: Counter[int] = Counter()
+        # This router's requests in flight per pool (exact), and the other routers' as the load board last summed
+        # them (None: alone, or not heard yet); routing and admission control see their sum (modm.policy.load_view).
         self.in_flight = dict.fromkeys(self.roles, 0)
+        self.router_id = router_id or uuid.uuid4().hex
+        self.peer_load: PeerLoad | None = None
         # Replicas per pool, as the monitor last said (a pool's one in-process instance counts as one).
         two_pools = ModelRole.SMALL in backends.models
         self.allocation = {
@@ -138,6 +149,8 @@ class RequestPipeline:
         self._tasks.append(loop.create_task(self._profile_pools()))
         if self.backends.monitor is not None:
             self._tasks.append(loop.create_task(self._report_forever()))
+        if self.backends.load_board is not None:
+            self._tasks.append(loop.create_task(self._report_load_forever()))
         self.warm_report = await warm_cache(self.config, self.backends)
 
     async def close(self) -> None:
@@ -389,8 +402,13 @@ class RequestPipeline:
         self.totals["retries"] += 1
 
     # ------------------------------------------------------------------------------------------ load and counts
+    def cluster_in_flight(self, role: ModelRole) -> int:
+        """Requests in flight on the pool over every router: this one's now plus the others' last reported."""
+        max_age_s = LOAD_REPORT_TTL_INTERVALS * self.config.serving.load_report_interval_s
+        return pool_in_flight(self.in_flight[role], self.peer_load, role.value, self.clock.monotonic(), max_age_s)
+
     def _pool_state(self, role: ModelRole) -> PoolState:
-        return PoolState(replicas=self.allocation[role], in_flight=self.in_flight[role])
+        return PoolState(replicas=self.allocation[role], in_flight=self.cluster_in_flight(role))
 
     def _pool_load(self, role: ModelRole) -> PoolLoad | None:
         latency = self.latency_s[role]
@@ -401,7 +419,7 @@ class RequestPipeline:
         # A full batch's latency as measured at that size (or the nearest size run); unmeasured: no batching gain.
         full = None if capacity is None else capacity.batch_latency_s(max_batch, self.total_steps[role])
         return PoolLoad(
-            in_flight=self.in_flight[role],
+            in_flight=self.cluster_in_flight(role),
             replicas=max(1, self.allocation[role]),
             latency_s=latency,
             max_batch=max_batch,
@@ -466,7 +484,15 @@ class RequestPipeline:
             "evicted_before_fetch": self.totals["evicted_before_fetch"],
             "k_mix": {str(k): n for k, n in sorted(self.k_mix.items())},
             "served_by": {role.value: self.totals[f"served_{role.value}"] for role in ModelRole},
-            "queue_depths": {role.value: self.in_flight.get(role, 0) for role in ModelRole},
+            # Over every router (this one's own count in `router`).
+            "queue_depths": {
+                role.value: self.cluster_in_flight(role) if role in self.in_flight else 0 for role in ModelRole
+            },
+            "router": {
+                "id": self.router_id,
+                "in_flight": {role.value: n for role, n in self.in_flight.items()},
+                "peers_heard": self.peer_load is not None,
+            },
             "allocation": {role.value: n for role, n in self.allocation.items()},
             "pending_admissions": len(self.background),
             "warm": self.warm_report,
@@ -498,6 +524,26 @@ class RequestPipeline:
         await monitor.report(self.window.take().as_dict())
         allocation = await monitor.get_allocation()
         self.allocation = {ModelRole.LARGE: allocation["large"], ModelRole.SMALL: allocation["small"]}
+
+    async def report_load(self) -> None:
+        """Send this router's requests in flight per pool to the load board; take the other routers' sums."""
+        ttl_s = LOAD_REPORT_TTL_INTERVALS * self.config.serving.load_report_interval_s
+        others = await self.backends.load_board.report(
+            self.router_id, {role.value: n for role, n in self.in_flight.items()}, ttl_s
+        )
+        self.peer_load = PeerLoad(in_flight=others, at=self.clock.monotonic())
+
+    async def _report_load_forever(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.report_load()
+                failing = False
+            except Exception as err:  # the view falls back to this router's own counts once the last one ages
+                if not failing:  # once per outage, not every interval
+                    logger.warning("load board report failed (%r); routing by this router's own counts", err)
+                failing = True
+            await self.clock.sleep(self.config.serving.load_report_interval_s)
 
     async def _report_forever(self) -> None:
         while True:

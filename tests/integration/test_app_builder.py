@@ -15,7 +15,15 @@ def test_required_resources_count_the_gpu_budget_once():
     )
     need = required_resources(args.system_config(), args)
     assert need["GPU"] == pytest.approx(4 * 1 + 0.5)
-    assert need["CPU"] == pytest.approx(4 * 1 + 0.25 + 1 + 0.5 + 0.1 + 0.1)  # ... Monitor, ResponseStore
+    # N model replicas, Router, Embedder, CacheIndex, Monitor, ResponseStore, Ingress
+    assert need["CPU"] == pytest.approx(4 * 1 + 0.1 + 1 + 0.5 + 0.1 + 0.1 + 0.05)
+
+
+def test_required_resources_count_every_router_and_ingress_replica_and_the_load_board():
+    system = {**SYSTEM, "serving": {"router_replicas": 3, "ingress_replicas": 2}}
+    args = AppArgs(system=system)
+    need = required_resources(args.system_config(), args)
+    assert need["CPU"] == pytest.approx(4 * 1 + 3 * 0.1 + 1 + 0.5 + 0.1 + 0.1 + 2 * 0.05 + 0.05)
 
 
 def test_model_replica_bounds_follow_the_budget():

@@ -36,8 +36,8 @@ def test_the_builder_binds_readers_only_when_asked():
 
     def router_cache(read_replicas: int):
         system = {**SYSTEM, "cache": {"read_replicas": read_replicas}}
-        app = build_app({"system": system, "check_resources": False})
-        return app._bound_deployment.init_args[4], AppArgs(system=system)
+        router = build_app({"system": system, "check_resources": False})._bound_deployment.init_args[0]  # Ingress's
+        return router._bound_deployment.init_args[4], AppArgs(system=system)
 
     alone, args = router_cache(0)
     assert alone._bound_deployment.name == "CacheIndex"
@@ -57,6 +57,7 @@ def readers_app(serve_app, tiny_zoo, tmp_path):
     from ray import serve
 
     from deployments.cache_index import CacheHandles, CacheIndexServer, CacheReaderServer
+    from deployments.http_ingress import Ingress
     from deployments.router import Router
 
     model = {"device": "cpu", "num_inference_steps": 4, "default_size": 64, "max_size": 128}
@@ -92,7 +93,8 @@ def readers_app(serve_app, tiny_zoo, tmp_path):
         store=session["ResponseStore"],
         signing_key=secrets.token_hex(32),
     )
-    serve.run(router, name=APP, route_prefix=PREFIX, blocking=False)
+    ingress = light(Ingress, "Ingress").bind(router, args.system_config().limits.model_dump(mode="json"), "modm")
+    serve.run(ingress, name=APP, route_prefix=PREFIX, blocking=False)
     url = f"{serve_app}{PREFIX}"
     from tools.local_cluster import wait_healthy
 

@@ -27,7 +27,7 @@ def make_config(mode: str = "modm", cache_dir: Path | None = None, **sections):
 class Harness:
     """A pipeline over fakes (and a real on-disk image cache in MoDM mode), driven on one event loop."""
 
-    def __init__(self, config, *, embedder=None, cache=None, monitor=None, pools=None):
+    def __init__(self, config, *, embedder=None, cache=None, monitor=None, pools=None, load_board=None):
         self.config = config
         self.pools = pools or {ModelRole.LARGE: FakePool()}
         if config.mode.value == "modm" and ModelRole.SMALL not in self.pools:
@@ -38,7 +38,7 @@ class Harness:
         self.metrics = RecordingMetrics()
         self.pipeline = RequestPipeline(
             config,
-            Backends(models=self.pools, embedder=embedder, cache=cache, monitor=monitor),
+            Backends(models=self.pools, embedder=embedder, cache=cache, monitor=monitor, load_board=load_board),
             metrics=self.metrics,
         )
 
