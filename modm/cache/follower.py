@@ -36,7 +36,8 @@ from modm.cache.errors import CacheClosedError, CacheCorruptError, EntryNotFound
 from modm.cache.index import NamespaceIndex, namespace_index_options
 from modm.cache.journal import FileVanishedError, StoredRows, read_committed, read_marks, read_rows
 from modm.cache.layout import CacheLayout
-from modm.cache.records import CacheEntry, Match, check_embedding, check_embeddings, check_namespaces
+from modm.cache.scoped_search import check_scoped_queries, search_scoped
+from modm.cache.records import CacheEntry, Match, check_embedding
 from modm.config.schema import CacheConfig
 
 __all__ = ["CacheFollower", "FollowerStats"]
@@ -139,26 +140,10 @@ class CacheFollower:
 
     def query_batch(self, embeddings: np.ndarray, namespaces: Sequence[Sequence[str]]) -> list[Match | None]:
         """Top-1 for each row of (n, dim) `embeddings`, row i searching only the tenants in `namespaces[i]`."""
-        queries = check_embeddings(embeddings, self.dim)
-        if isinstance(namespaces, str) or len(namespaces) != len(queries):
-            raise ValueError(
-                f"namespaces must hold one sequence of tenant names per query row "
-                f"({len(queries)}), got {namespaces!r:.80}"
-            )
-        scopes = [check_namespaces(scope) for scope in namespaces]
-        best_scores = np.full(len(queries), -np.inf, dtype=np.float32)
-        best_ids = np.full(len(queries), -1, dtype=np.int64)
+        queries, scopes = check_scoped_queries(embeddings, namespaces, self.dim)
         with self._lock:
             self._check_open()
-            for namespace in dict.fromkeys(ns for scope in scopes for ns in scope):
-                index = self._indexes.get(namespace)
-                if index is None:
-                    continue
-                rows = np.array([i for i, scope in enumerate(scopes) if namespace in scope])
-                scores, ids = index.search(queries[rows])
-                better = (ids >= 0) & (scores > best_scores[rows])
-                best_scores[rows[better]] = scores[better]
-                best_ids[rows[better]] = ids[better]
+            best_scores, best_ids = search_scoped(self._indexes, queries, scopes)
             matches = [
                 Match(entry_id=int(i), score=float(s), entry=self._entries[int(i)]) if i >= 0 else None
                 for s, i in zip(best_scores, best_ids)

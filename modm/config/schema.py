@@ -330,7 +330,12 @@ class CacheConfig(_Strict):
     hnsw_m: int = Field(default=DEFAULT_HNSW_M, ge=4, le=256, description="HNSW graph degree.")
     hnsw_ef_search: int = Field(default=DEFAULT_HNSW_EF_SEARCH, ge=1, description="HNSW search breadth.")
     hnsw_ef_construction: int = Field(default=DEFAULT_HNSW_EF_CONSTRUCTION, ge=1, description="HNSW build breadth.")
-    compact_every: int = Field(default=256, gt=0, description="Admissions between snapshot compactions of the journal.")
+    compact_every: int = Field(
+        default=256,
+        gt=0,
+        description="Admissions in the journal before a snapshot is due; at scale a snapshot also waits until the "
+        "journal holds a quarter of the live entries (a snapshot rewrites them all).",
+    )
     warm: WarmConfig | None = Field(
         default=None,
         description="Fill the cache from these prompts with the large "
