@@ -82,9 +82,11 @@ def _app_args(system, actor_options) -> dict:
 
 
 def _one_large(system):
-    """vanilla/nirvana run gpu_budget large replicas: one is enough here."""
+    """vanilla/nirvana run gpu_budget large replicas: one is enough here, and one Router and Ingress (the own-mode
+    twin runs the shipped config's Routers and Ingresses; tests/integration/test_routers.py tests several)."""
     data = system.model_dump(mode="json")
     data["monitor"].update(gpu_budget=1, min_small=0)
+    data["serving"].update(router_replicas=1, ingress_replicas=1)
     return config_from_dict(data, "twin")
 
 
