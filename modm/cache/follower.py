@@ -36,7 +36,7 @@ from modm.cache.errors import CacheClosedError, CacheCorruptError, EntryNotFound
 from modm.cache.index import NamespaceIndex, namespace_index_options
 from modm.cache.journal import FileVanishedError, StoredRows, read_committed, read_marks, read_rows
 from modm.cache.layout import CacheLayout
-from modm.cache.scoped_search import check_scoped_queries, search_scoped
+from modm.cache.scoped_search import check_scoped_queries, scoped_matches
 from modm.cache.records import CacheEntry, Match, check_embedding
 from modm.config.schema import CacheConfig
 
@@ -143,11 +143,7 @@ class CacheFollower:
         queries, scopes = check_scoped_queries(embeddings, namespaces, self.dim)
         with self._lock:
             self._check_open()
-            best_scores, best_ids = search_scoped(self._indexes, queries, scopes)
-            matches = [
-                Match(entry_id=int(i), score=float(s), entry=self._entries[int(i)]) if i >= 0 else None
-                for s, i in zip(best_scores, best_ids)
-            ]
+            matches = scoped_matches(self._indexes, self._entries, queries, scopes)
             self._queries += len(matches)
             self._matches += sum(m is not None for m in matches)
         return matches

@@ -29,7 +29,7 @@ from modm.cache.group_commit import GroupCommit
 from modm.cache.index import IndexBuild, IndexKind, NamespaceIndex, namespace_index_options
 from modm.cache.journal import StoredRows, recover, write_rows
 from modm.cache.layout import CacheLayout, DirectoryLock, atomic_write_bytes, fsync_dir
-from modm.cache.scoped_search import check_scoped_queries, search_scoped
+from modm.cache.scoped_search import check_scoped_queries, scoped_matches
 from modm.cache.records import (
     CacheEntry,
     Match,
@@ -297,11 +297,7 @@ class ImageCache:
         queries, scopes = check_scoped_queries(embeddings, namespaces, self.dim)
         with self._lock:
             self._check_open()
-            best_scores, best_ids = search_scoped(self._indexes, queries, scopes)
-            matches = [
-                Match(entry_id=int(i), score=float(s), entry=self._entries[int(i)]) if i >= 0 else None
-                for s, i in zip(best_scores, best_ids)
-            ]
+            matches = scoped_matches(self._indexes, self._entries, queries, scopes)
             self._queries += len(matches)
             self._matches += sum(m is not None for m in matches)
         return matches

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from modm.cache.index import NamespaceIndex
-from modm.cache.records import check_embeddings, check_namespaces
+from modm.cache.records import CacheEntry, Match, check_embeddings, check_namespaces
 
-__all__ = ["check_scoped_queries", "search_scoped"]
+__all__ = ["check_scoped_queries", "scoped_matches", "search_scoped"]
 
 
 def check_scoped_queries(
@@ -42,3 +42,17 @@ def search_scoped(
         best_scores[rows[better]] = scores[better]
         best_ids[rows[better]] = ids[better]
     return best_scores, best_ids
+
+
+def scoped_matches(
+    indexes: Mapping[str, NamespaceIndex],
+    entries: Mapping[int, CacheEntry],
+    queries: np.ndarray,
+    scopes: Sequence[Sequence[str]],
+) -> list[Match | None]:
+    """`search_scoped` as one Match (or None) per row, its entry looked up in `entries`."""
+    best_scores, best_ids = search_scoped(indexes, queries, scopes)
+    return [
+        Match(entry_id=int(i), score=float(s), entry=entries[int(i)]) if i >= 0 else None
+        for s, i in zip(best_scores, best_ids)
+    ]
