@@ -34,10 +34,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q -ra --timeout=900 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --timeout=900 -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not ray" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -n 2 -m "not ray" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -38,7 +38,13 @@ def single_torch_thread(request):
     torch.set_num_threads(previous)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
+    # Under `pytest -n 2 --dist loadgroup` (make test) every test on the session's Ray cluster runs in one worker,
+    # so one cluster starts and its apps do not compete with a second cluster's; the other tests balance over both.
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
     if os.environ.get("MODM_RUN_GPU") == "1":
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; set MODM_RUN_GPU=1 on a GPU machine")
