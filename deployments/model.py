@@ -2,8 +2,8 @@
 
 Requests and answers are bytes (PNG) and plain numbers, never tensors. The replica runs its model on one device
 (`LocalGenerator`) or, with `parallel: {method, world_size}`, on a group of rank actors (`ActorGroupGenerator`);
-the service does the same over either. What stays here is Ray's: the ranks' placement, the global monitor's replica
-target reported to Serve's autoscaler (see deployments/autoscaling.py), health checks and shutdown.
+the service does the same over either. What stays here is Ray's: the ranks' placement, health checks and shutdown
+(the global monitor's replica target reaches Serve's autoscaler without the replicas, deployments/autoscaling.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import numpy as np
 import ray
 import torch
 
-from deployments.constants import TARGET_REPLICAS_METRIC
 from deployments.metrics import ModelMetrics
 from modm.config import ModelSpec
 from modm.generation import Generator, ModelService, generator_from_spec
@@ -62,7 +61,6 @@ class ModelServer:
         except Exception:
             self.generator.close()  # a model that cannot serve its role: release its ranks before Serve retries
             raise
-        self._target_replicas: int | None = None
         logger.info("%s model ready: %s on %s", role, self.spec.source, self.generator.device_description)
 
     async def generate(self, prompt: str, width: int, height: int, steps: int, seed: int) -> bytes:
@@ -104,12 +102,6 @@ class ModelServer:
         group = getattr(self.generator, "group", None)  # an ActorGroupGenerator's
         ranks = [] if group is None else ray.get([w.__ray_call__.remote(pg_id) for w in group.workers])
         return {"replica": ray.get_runtime_context().get_placement_group_id(), "ranks": ranks}
-
-    def set_target_replicas(self, n: int) -> None:
-        self._target_replicas = int(n)
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return {} if self._target_replicas is None else {TARGET_REPLICAS_METRIC: float(self._target_replicas)}
 
     def check_health(self) -> None:
         self.generator.check_health()  # a dead rank raises: Serve then restarts this replica

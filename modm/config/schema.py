@@ -603,6 +603,15 @@ class SystemConfig(_Strict):
             raise ValueError("models.small_tiers: list the best small model as models.small first")
         if self.mode is SystemMode.MODM and self.models.small is None:
             raise ValueError("mode 'modm' needs models.small (the model that refines cache hits)")
+        if self.models.small_tiers:
+            named = [("models.small", self.models.small)]
+            named += [(f"models.small_tiers[{i}]", spec) for i, spec in enumerate(self.models.small_tiers)]
+            for field, spec in named:
+                if spec is not None and spec.profiled_latency_s is None:
+                    raise ValueError(
+                        f"{field}.profiled_latency_s: with small_tiers the monitor weighs each small model while it "
+                        "may have no replica to profile; give its seconds per full generation (default size, steps)"
+                    )
         if self.models.small_tiers and self.mode is not SystemMode.MODM:
             raise ValueError(f"models.small_tiers: mode {self.mode.value!r} refines no hits; tiers need 'modm'")
         small = [("models.small", self.models.small)] if self.models.small is not None else []

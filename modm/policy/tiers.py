@@ -39,8 +39,8 @@ def budget_share(stats: WindowStats, large_per_min: float, small_per_min: float,
 @dataclass(frozen=True)
 class TierDecision:
     tier: str  # the small model that refines hits from now on
-    shares: Mapping[str, float]  # budget_share of each tier in this window
-    fits: bool  # the chosen tier's share is within headroom
+    shares: Mapping[str, float]  # budget_share of each tier in this window (empty before the first window)
+    fits: bool | None  # the chosen tier's share is within headroom (None before the first window)
     switched: bool  # the tier changed in this window
 
     def as_dict(self) -> dict:
@@ -107,10 +107,23 @@ class TierPolicy:
 class TieredAllocation:
     allocation: Allocation  # large / small split; `small` replicas all run `decision.tier`
     decision: TierDecision
+    tiers: tuple[str, ...]  # every tier, best quality first
+
+    @property
+    def large(self) -> int:
+        return self.allocation.large
+
+    @property
+    def small(self) -> int:
+        return self.allocation.small
+
+    @property
+    def tier(self) -> str:
+        return self.decision.tier
 
     def replicas(self) -> dict[str, int]:
         """Replica target per small tier: the chosen one gets the small share, the others none."""
-        return {t: self.allocation.small if t == self.decision.tier else 0 for t in self.decision.shares}
+        return {t: self.allocation.small if t == self.decision.tier else 0 for t in self.tiers}
 
 
 @dataclass
@@ -131,7 +144,13 @@ class TieredMonitor:
     def tier(self) -> str:
         return self.policy.tier
 
+    @property
+    def current(self) -> TieredAllocation:
+        """The allocation before any window: the initial split, the best tier."""
+        decision = TierDecision(self.tier, {}, fits=None, switched=False)
+        return TieredAllocation(self.monitor.current, decision, self.policy.tiers)
+
     def step(self, stats: WindowStats, large_per_min: float, tier_per_min: Mapping[str, float]) -> TieredAllocation:
         decision = self.policy.choose(stats, large_per_min, tier_per_min, self.config.gpu_budget)
         allocation = self.monitor.step(stats, Throughput(large_per_min, tier_per_min[decision.tier]))
-        return TieredAllocation(allocation, decision)
+        return TieredAllocation(allocation, decision, self.policy.tiers)

@@ -12,6 +12,7 @@ from modm.roles import small_tier_name
 # MI210 (MoDM's multinode code: SD3.5-Large 91.5 s, SDXL 16.5 s) and SANA-1.6B at SDXL x 1.2/6.5 (SANA's table).
 P_LARGE, P_SDXL, P_SANA = 60 / 91.5, 60 / 16.5, 60 / (16.5 * 1.2 / 6.5)
 TIERS = {"small": P_SDXL, "small2": P_SANA}
+TIER2 = {"source": "S2", "profiled_latency_s": 1.0}
 K_MIX = {5: 0.30, 10: 0.25, 15: 0.20, 25: 0.15, 30: 0.10}  # F_refine = 0.725
 
 
@@ -99,12 +100,20 @@ def test_tiered_monitor_splits_with_the_chosen_tiers_throughput(mode):
 
 def test_tier_names_and_the_models_config():
     assert [small_tier_name(i) for i in range(3)] == ["small", "small2", "small3"]
-    models = ModelsConfig(large={"source": "L"}, small={"source": "S1"}, small_tiers=[{"source": "S2"}])
+    models = ModelsConfig(
+        large={"source": "L"}, small={"source": "S1"}, small_tiers=[{"source": "S2", "profiled_latency_s": 1.0}]
+    )
     assert {name: spec.source for name, spec in models.tiers().items()} == {"small": "S1", "small2": "S2"}
     with pytest.raises(ValueError, match="models.small first"):
-        SystemConfig(mode="modm", models={"large": {"source": "L"}, "small_tiers": [{"source": "S2"}]})
+        SystemConfig(mode="modm", models={"large": {"source": "L"}, "small_tiers": [TIER2]})
     with pytest.raises(ValueError, match="tiers need 'modm'"):
         SystemConfig(
             mode="vanilla",
-            models={"large": {"source": "L"}, "small": {"source": "S"}, "small_tiers": [{"source": "S2"}]},
+            models={
+                "large": {"source": "L"},
+                "small": {"source": "S", "profiled_latency_s": 2.0},
+                "small_tiers": [TIER2],
+            },
         )
+    with pytest.raises(ValueError, match=r"models.small.profiled_latency_s"):
+        SystemConfig(mode="modm", models={"large": {"source": "L"}, "small": {"source": "S"}, "small_tiers": [TIER2]})
