@@ -350,7 +350,7 @@ def check_cluster(need: dict[str, float]) -> None:
 def _deployment(cls, name: str, args: AppArgs, **options):
     opts = {
         **DEFAULT_DEPLOYMENT_OPTIONS,
-        "max_ongoing_requests": MAX_ONGOING[name],
+        "max_ongoing_requests": MAX_ONGOING[_defaults_of(name)],
         "ray_actor_options": args.options_for(name),
         **options,
     }
@@ -449,7 +449,8 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
         ).bind(spec.model_dump(mode="json"), role.value, snapshot_steps=snapshots)
 
     bound: dict[str, serve.Application] = {}
-    later_tiers = [tier_deployment_name(t) for t in list(tier_specs)[1:]]
+    # Bound only in modm mode (deployment_names), like SmallModel.
+    later_tiers = [tier_deployment_name(t) for t in list(tier_specs)[1:]] if system.mode is SystemMode.MODM else []
     binders = {
         "LargeModel": lambda: model(ModelRole.LARGE),
         **{tier_deployment_name(t): (lambda t=t: model(ModelRole.SMALL, t)) for t in tier_specs},

@@ -542,7 +542,8 @@ class ModelsConfig(_Strict):
         default_factory=list,
         description="Cheaper small models after `small`, best quality first (MoDM: SDXL, then SANA-1.6B). The "
         "monitor moves hits to the best one that can carry them within monitor.gpu_budget; each runs as its own "
-        "deployment. Tier names: 'small', then 'small2', 'small3', ... (modm.roles.small_tier_name).",
+        "deployment. Tier names: 'small', then 'small2', 'small3', ... (modm.roles.small_tier_name). Not used by "
+        "vanilla or nirvana, like models.small.",
     )
 
     def tiers(self) -> dict[str, ModelSpec]:
@@ -612,8 +613,6 @@ class SystemConfig(_Strict):
                         f"{field}.profiled_latency_s: with small_tiers the monitor weighs each small model while it "
                         "may have no replica to profile; give its seconds per full generation (default size, steps)"
                     )
-        if self.models.small_tiers and self.mode is not SystemMode.MODM:
-            raise ValueError(f"models.small_tiers: mode {self.mode.value!r} refines no hits; tiers need 'modm'")
         small = [("models.small", self.models.small)] if self.models.small is not None else []
         small += [(f"models.small_tiers[{i}]", spec) for i, spec in enumerate(self.models.small_tiers)]
         for field, spec in small:

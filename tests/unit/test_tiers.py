@@ -106,14 +106,10 @@ def test_tier_names_and_the_models_config():
     assert {name: spec.source for name, spec in models.tiers().items()} == {"small": "S1", "small2": "S2"}
     with pytest.raises(ValueError, match="models.small first"):
         SystemConfig(mode="modm", models={"large": {"source": "L"}, "small_tiers": [TIER2]})
-    with pytest.raises(ValueError, match="tiers need 'modm'"):
-        SystemConfig(
-            mode="vanilla",
-            models={
-                "large": {"source": "L"},
-                "small": {"source": "S", "profiled_latency_s": 2.0},
-                "small_tiers": [TIER2],
-            },
-        )
+    vanilla = SystemConfig(
+        mode="vanilla",
+        models={"large": {"source": "L"}, "small": {"source": "S", "profiled_latency_s": 2.0}, "small_tiers": [TIER2]},
+    )
+    assert list(vanilla.models.tiers()) == ["small", "small2"]  # kept, unused, like models.small
     with pytest.raises(ValueError, match=r"models.small.profiled_latency_s"):
         SystemConfig(mode="modm", models={"large": {"source": "L"}, "small": {"source": "S"}, "small_tiers": [TIER2]})
