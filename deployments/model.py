@@ -17,6 +17,7 @@ import torch
 from deployments.metrics import ModelMetrics
 from modm.config import ModelSpec
 from modm.generation import Generator, ModelService, generator_from_spec
+from modm.generation.usage import EnergyMeter, ReplicaUsage
 from modm.parallel import ParallelMethod
 
 logger = logging.getLogger("ray.serve")
@@ -61,25 +62,32 @@ class ModelServer:
         except Exception:
             self.generator.close()  # a model that cannot serve its role: release its ranks before Serve retries
             raise
+        # Busy seconds, images and (with NVML) joules, for the cost per image. A parallel group's description names
+        # its ranks' devices, not one 'cuda:N': no energy counter for it here.
+        self.usage = ReplicaUsage(EnergyMeter.for_device(self.generator.device_description))
         logger.info("%s model ready: %s on %s", role, self.spec.source, self.generator.device_description)
 
     async def generate(self, prompt: str, width: int, height: int, steps: int, seed: int) -> bytes:
-        return await self.service.generate(prompt, width, height, steps, seed)
+        with self.usage.computing():
+            return await self.service.generate(prompt, width, height, steps, seed)
 
     async def refine(
         self, prompt: str, png: bytes, strength: float, width: int, height: int, steps: int, seed: int
     ) -> bytes:
-        return await self.service.refine(prompt, png, strength, width, height, steps, seed)
+        with self.usage.computing():
+            return await self.service.refine(prompt, png, strength, width, height, steps, seed)
 
     async def generate_with_snapshots(
         self, prompt: str, width: int, height: int, steps: int, seed: int
     ) -> tuple[bytes, dict[int, np.ndarray]]:
-        return await self.service.generate_with_snapshots(prompt, width, height, steps, seed)
+        with self.usage.computing():
+            return await self.service.generate_with_snapshots(prompt, width, height, steps, seed)
 
     async def resume(
         self, prompt: str, latents: np.ndarray, steps_done: int, width: int, height: int, steps: int, seed: int
     ) -> bytes:
-        return await self.service.resume(prompt, latents, steps_done, width, height, steps, seed)
+        with self.usage.computing():
+            return await self.service.resume(prompt, latents, steps_done, width, height, steps, seed)
 
     async def profile(self) -> float:
         return await self.service.profile()
@@ -92,6 +100,10 @@ class ModelServer:
 
     def stats(self) -> dict:
         return self.service.stats()
+
+    def usage_stats(self) -> dict:
+        """This replica's busy and up seconds, images and joules (None without NVML): the cost per image."""
+        return self.usage.as_dict()
 
     def placement(self) -> dict:
         """Placement-group ids of this replica and of its rank actors (None outside a placement group)."""
