@@ -253,18 +253,21 @@ def model_usage(app: str, system: dict) -> list[dict]:
 
 
 def cost_per_image(summary, budget: int, usage: list[dict]) -> dict:
-    """GPU-seconds per served image: provisioned (the budget's replicas over the makespan; the monitor only moves
-    them between models) and busy (the model replicas' compute, of the replicas alive at the end: one the monitor
-    removed mid-run took its counts with it); joules per image where every replica has an NVML counter."""
+    """GPU-seconds per image: provisioned (the budget's replicas over the makespan, per served image; the monitor only
+    moves them between models) and busy (the model replicas' compute per image they computed, of the replicas alive
+    at the end: one the monitor removed mid-run took its counts with it); joules per computed image (the GPU's whole
+    draw, idle included) where every replica has an NVML counter."""
     images = summary.n_ok
     if not images or summary.makespan_s is None:
         return {"images": images, "provisioned_gpu_s": None, "busy_gpu_s": None, "joules": None}
     energy = [u["energy_j"] for u in usage]
-    joules = sum(energy) / images if energy and None not in energy else None
+    computed = max(1, sum(u["images"] for u in usage))
+    joules = sum(energy) / computed if energy and None not in energy else None
     return {
         "images": images,
         "provisioned_gpu_s": budget * summary.makespan_s / images,
-        "busy_gpu_s": sum(u["busy_s"] for u in usage) / images,
+        # Over the images those replicas computed (warm-up and reference requests included).
+        "busy_gpu_s": sum(u["busy_s"] for u in usage) / computed,
         "busy_from": f"{len(usage)} model replicas alive at the end",
         "joules": joules,
     }
