@@ -2,7 +2,8 @@
 
 `args` (validated by AppArgs): the system config (a YAML path or inline), per-deployment Ray actor options, and
 whether to check the cluster's resources first. The builder binds the deployments MODE_DEPLOYMENTS names for the
-config's mode: LargeModel, SmallModel, Embedder, CacheIndex (and CacheReader when cache.read_replicas > 0), Monitor
+config's mode: LargeModel, SmallModel (and SmallModel2, ... per models.small_tiers entry), Embedder, CacheIndex
+(and CacheReader when cache.read_replicas > 0), Monitor
 and the Router in modm mode; LargeModel and the Router in vanilla mode; LargeModel, Embedder, LatentCache and the
 Router in nirvana mode; and in every mode the ResponseStore of images answered as URLs and the HTTP Ingress in front
 of the Routers (with more than one Router, also the LoadBoard where they share their load). Each build generates the
@@ -13,6 +14,7 @@ one, as their images are gone too).
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,9 @@ MODE_DEPLOYMENTS = {
     SystemMode.NIRVANA: ("LargeModel", "Embedder", "LatentCache", "ResponseStore", "LoadBoard", "Router", "Ingress"),
 }
 MODEL_DEPLOYMENTS = {ModelRole.LARGE: "LargeModel", ModelRole.SMALL: "SmallModel"}
+# Each small-model tier after the first is a deployment of its own, named like its tier (small2 -> SmallModel2),
+# with SmallModel's defaults.
+TIER_DEPLOYMENT = re.compile(r"SmallModel([2-9]|[1-9][0-9]+)")
 ACTOR_OPTION_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
 
 # Per-replica concurrency: a model replica runs one generation at a time (one GPU) unless it batches
@@ -138,7 +143,7 @@ class AppArgs(BaseModel):
         if (self.config is None) == (self.system is None):
             raise ValueError("give exactly one of 'config' (a YAML path) or 'system' (inline)")
         for name, options in self.actor_options.items():
-            if name not in DEPLOYMENT_NAMES:
+            if name not in DEPLOYMENT_NAMES and not TIER_DEPLOYMENT.fullmatch(name):
                 raise ValueError(f"actor_options: unknown deployment {name!r}; choose from {DEPLOYMENT_NAMES}")
             unknown = set(options) - ACTOR_OPTION_KEYS
             if unknown:
@@ -149,7 +154,7 @@ class AppArgs(BaseModel):
         return load_config(self.config) if self.config else config_from_dict(self.system, "args.system")
 
     def options_for(self, name: str) -> dict[str, Any]:
-        options = {**DEFAULT_ACTOR_OPTIONS[name], **self.actor_options.get(name, {})}
+        options = {**DEFAULT_ACTOR_OPTIONS[_defaults_of(name)], **self.actor_options.get(name, {})}
         if name in SAME_LOOP_DEPLOYMENTS:  # the caller's own runtime_env and env_vars kept, and winning
             runtime_env = dict(options.get("runtime_env") or {})
             runtime_env["env_vars"] = {**SAME_LOOP_ENV, **runtime_env.get("env_vars", {})}
@@ -157,10 +162,26 @@ class AppArgs(BaseModel):
         return options
 
 
+def _defaults_of(name: str) -> str:
+    return "SmallModel" if TIER_DEPLOYMENT.fullmatch(name) else name
+
+
+def tier_deployment_name(tier: str) -> str:
+    """The deployment of small-model tier `tier`: small -> SmallModel, small2 -> SmallModel2, ..."""
+    return MODEL_DEPLOYMENTS[ModelRole.SMALL] + tier[len(ModelRole.SMALL.value) :]
+
+
 def model_autoscaling(system: SystemConfig, role: str) -> dict:
-    """Replica bounds of a model deployment within the GPU budget N; the monitor's target drives the count."""
+    """Replica bounds of a model deployment within the GPU budget N; the monitor's target drives the count. `role`:
+    'large' or a small-model tier. With several tiers every small one may go to zero replicas (a tier not chosen);
+    the first starts with min_small, the others with none."""
     n, min_small = system.monitor.gpu_budget, system.monitor.min_small
-    low, high, initial = (1, n - min_small, n - min_small) if role == "large" else (min_small, n - 1, min_small)
+    tiered = len(system.models.tiers()) > 1
+    if role == ModelRole.LARGE.value:
+        low, high, initial = 1, n - min_small, n - min_small
+    else:
+        initial = min_small if role == ModelRole.SMALL.value else 0
+        low, high = (0 if tiered else min_small), n - 1
     return {
         "min_replicas": low,
         "max_replicas": high,
@@ -266,7 +287,13 @@ def replica_resources(options: dict, spec) -> dict:
 def deployment_names(system: SystemConfig) -> tuple[str, ...]:
     """The deployments the builder binds for `system`, in binding order (MODE_DEPLOYMENTS, CacheReader only when
     cache.read_replicas > 0, LoadBoard only with several Routers: one Router's own counts are the cluster's)."""
-    return tuple(name for name in MODE_DEPLOYMENTS[system.mode] if replicas_of(system, name) > 0)
+    names = []
+    for name in MODE_DEPLOYMENTS[system.mode]:
+        if name == "SmallModel":  # one deployment per small-model tier
+            names += [tier_deployment_name(tier) for tier in system.models.tiers()]
+        elif replicas_of(system, name) > 0:
+            names.append(name)
+    return tuple(names)
 
 
 def replicas_of(system: SystemConfig, name: str) -> int:
@@ -283,6 +310,7 @@ def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
     """Peak logical resources: N model replicas (the widest of the two models), the fixed replicas of the others
     (`replicas_of`: cache.read_replicas CacheReaders, the Routers and Ingresses, one of everything else)."""
     names = deployment_names(system)
+    tiers = {tier_deployment_name(t): spec for t, spec in system.models.tiers().items()}
     need: dict[str, float] = {}
 
     def add(options: dict, times: int) -> None:
@@ -292,14 +320,11 @@ def required_resources(system: SystemConfig, args: AppArgs) -> dict[str, float]:
             need[key] = need.get(key, 0.0) + float(value) * times
 
     for name in names:
-        if name not in ("LargeModel", "SmallModel"):
+        if name != "LargeModel" and name not in tiers:
             add(args.options_for(name), replicas_of(system, name))
-    large, small = (
-        replica_resources(args.options_for(name), spec)
-        for name, spec in (("LargeModel", system.models.large), ("SmallModel", system.models.small))
-    )
+    models = {"LargeModel": system.models.large, **(tiers if system.mode is SystemMode.MODM else {})}
     widest = max(
-        (large, small) if system.mode is SystemMode.MODM else (large,),
+        (replica_resources(args.options_for(name), spec) for name, spec in models.items()),
         key=lambda o: (o.get("num_gpus", 0), o.get("num_cpus", 0)),
     )
     add(widest, system.monitor.gpu_budget)
@@ -325,7 +350,7 @@ def check_cluster(need: dict[str, float]) -> None:
 def _deployment(cls, name: str, args: AppArgs, **options):
     opts = {
         **DEFAULT_DEPLOYMENT_OPTIONS,
-        "max_ongoing_requests": MAX_ONGOING[name],
+        "max_ongoing_requests": MAX_ONGOING[_defaults_of(name)],
         "ray_actor_options": args.options_for(name),
         **options,
     }
@@ -340,18 +365,21 @@ def _check_capabilities(system) -> None:
     from modm.generation.capabilities import CapabilityError, check_spec_capabilities, model_needs
     from modm.models.loading import ModelLoadError
 
-    for role in ("large", "small"):
-        spec = getattr(system.models, role)
-        if spec is None or (role == "small" and system.mode is not SystemMode.MODM):
+    specs = [("large", "models.large", system.models.large)]
+    if system.mode is SystemMode.MODM:
+        specs += [("small", "models.small", system.models.small)]
+        specs += [("small", f"models.small_tiers[{i}]", spec) for i, spec in enumerate(system.models.small_tiers)]
+    for role, field, spec in specs:
+        if spec is None:
             continue
         try:
-            check_spec_capabilities(spec, model_needs(system.mode, role, spec), field=f"models.{role}")
+            check_spec_capabilities(spec, model_needs(system.mode, role, spec), field=field)
         except CapabilityError as err:
             raise ConfigError(str(err)) from None
         except (ModelLoadError, OSError, ValueError) as err:
             logger.warning(
-                "models.%s: configs of %r not readable at build time (%s); its replica checks it",
-                role,
+                "%s: configs of %r not readable at build time (%s); its replica checks it",
+                field,
                 spec.source,
                 err,
             )
@@ -367,11 +395,6 @@ def build_app(args: dict) -> serve.Application:
         raise
     except ValueError as err:  # pydantic ValidationError is a ValueError
         raise ValueError(f"invalid app args: {err}") from None
-    if system.mode is SystemMode.MODM and system.monitor.min_small < 1:
-        raise ValueError(
-            "monitor.min_small must be at least 1 in the Serve app: a deployment at zero replicas "
-            "has no replica to report the monitor's target"
-        )
     system = _checked_warm(system)
     _check_capabilities(system)
     if parsed.check_resources:
@@ -400,10 +423,16 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
     queue_bound = {"max_queued_requests": system.backpressure.max_queued_requests or -1}
     dim = embedding_dim(system.embedder) if system.mode is not SystemMode.VANILLA else 0
 
-    def model(role: ModelRole) -> serve.Application:
-        name, spec = MODEL_DEPLOYMENTS[role], getattr(system.models, role.value)
+    tier_specs = system.models.tiers()
+
+    def model(role: ModelRole, tier: str | None = None) -> serve.Application:
+        """The large model's deployment, or small-model tier `tier`'s."""
+        if tier is None:
+            name, spec = MODEL_DEPLOYMENTS[role], system.models.large
+        else:
+            name, spec = tier_deployment_name(tier), tier_specs[tier]
         replicas = (
-            {"autoscaling_config": model_autoscaling(system, role.value)}
+            {"autoscaling_config": model_autoscaling(system, tier or role.value)}
             if system.mode is SystemMode.MODM
             else {"num_replicas": system.monitor.gpu_budget}
         )
@@ -420,9 +449,11 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
         ).bind(spec.model_dump(mode="json"), role.value, snapshot_steps=snapshots)
 
     bound: dict[str, serve.Application] = {}
+    # Bound only in modm mode (deployment_names), like SmallModel.
+    later_tiers = [tier_deployment_name(t) for t in list(tier_specs)[1:]] if system.mode is SystemMode.MODM else []
     binders = {
         "LargeModel": lambda: model(ModelRole.LARGE),
-        "SmallModel": lambda: model(ModelRole.SMALL),
+        **{tier_deployment_name(t): (lambda t=t: model(ModelRole.SMALL, t)) for t in tier_specs},
         "Embedder": lambda: _deployment(EmbedderServer, "Embedder", parsed).bind(
             system.embedder.model_dump(mode="json")
         ),
@@ -438,7 +469,14 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
             system.cache.model_dump(mode="json"), dim, system.policy.total_steps
         ),
         "Monitor": lambda: _deployment(MonitorServer, "Monitor", parsed, num_replicas=1).bind(
-            system.monitor.model_dump(mode="json"), system.policy.total_steps, bound["LargeModel"], bound["SmallModel"]
+            system.monitor.model_dump(mode="json"),
+            system.policy.total_steps,
+            bound["LargeModel"],
+            bound["SmallModel"],
+            small_tiers=tuple(bound[name] for name in later_tiers),
+            deployment_names={"large": "LargeModel", **{t: tier_deployment_name(t) for t in tier_specs}},
+            # With tiers, a small model may have no replica to profile: its configured latency (required then).
+            profiled_s={t: spec.profiled_latency_s for t, spec in tier_specs.items()} if later_tiers else None,
         ),
         "ResponseStore": lambda: _deployment(ResponseStoreServer, "ResponseStore", parsed, num_replicas=1).bind(
             system.serving.model_dump(mode="json")
@@ -461,6 +499,7 @@ def _bind(system: SystemConfig, parsed: AppArgs) -> serve.Application:
             store=bound["ResponseStore"],
             load_board=bound.get("LoadBoard"),
             signing_key=secrets.token_hex(32),
+            small_tiers=tuple(bound[name] for name in later_tiers),
         ),
         "Ingress": lambda: _deployment(
             Ingress,

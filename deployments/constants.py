@@ -18,12 +18,10 @@ GRACEFUL_SHUTDOWN_TIMEOUT_S = _env_float("MODM_GRACEFUL_SHUTDOWN_TIMEOUT_S", 20.
 GRACEFUL_SHUTDOWN_MARGIN = _env_float("MODM_GRACEFUL_SHUTDOWN_MARGIN", 1.5)
 # How often a stopping replica re-checks its ongoing requests (Serve's default is 2 s).
 GRACEFUL_SHUTDOWN_WAIT_LOOP_S = _env_float("MODM_GRACEFUL_SHUTDOWN_WAIT_LOOP_S", 1.0)
-# How often model replicas report the monitor's replica target to Serve's autoscaler, and its look-back.
+# Serve's autoscaling metrics interval and look-back for the model deployments (whose replica count the monitor's
+# published target sets, deployments/autoscaling.py).
 AUTOSCALING_METRICS_INTERVAL_S = _env_float("MODM_AUTOSCALING_METRICS_INTERVAL_S", 1.0)
 AUTOSCALING_LOOK_BACK_S = _env_float("MODM_AUTOSCALING_LOOK_BACK_S", 2.0)
-
-# Metric name of the replica target that model replicas report to the autoscaling policy.
-TARGET_REPLICAS_METRIC = "modm_target_replicas"
 
 DEFAULT_DEPLOYMENT_OPTIONS = {
     "health_check_period_s": HEALTH_CHECK_PERIOD_S,

@@ -95,6 +95,17 @@ class MonitorMetrics:
         self.target = metrics.Gauge("modm_allocation_target_large", "Algorithm 1 target for large replicas.")
         self.window_rate = metrics.Gauge("modm_window_request_rate_per_min", "R over the last monitor window.")
         self.window_hit_rate = metrics.Gauge("modm_window_hit_rate", "H over the last monitor window.")
+        self.tier_replicas = metrics.Gauge(
+            "modm_tier_replicas", "Replicas the monitor assigns per small-model tier.", tag_keys=("tier",)
+        )
+        self.tier_chosen = metrics.Gauge(
+            "modm_tier_chosen", "1 for the small-model tier that refines hits, 0 for the others.", tag_keys=("tier",)
+        )
+        self.tier_share = metrics.Gauge(
+            "modm_tier_budget_share",
+            "Share of the GPU budget the last window's misses and hits would need with each small-model tier.",
+            tag_keys=("tier",),
+        )
 
     def window(self, request_rate: float, hit_rate: float) -> None:
         self.window_rate.set(request_rate)
@@ -104,6 +115,13 @@ class MonitorMetrics:
         self.replicas.set(large, tags={"model": "large"})
         self.replicas.set(small, tags={"model": "small"})
         self.target.set(target)
+
+    def tier(self, replicas: dict[str, int], chosen: str, shares: dict[str, float]) -> None:
+        for name, n in replicas.items():
+            self.tier_replicas.set(n, tags={"tier": name})
+            self.tier_chosen.set(1.0 if name == chosen else 0.0, tags={"tier": name})
+        for name, share in shares.items():  # none before the first window
+            self.tier_share.set(share, tags={"tier": name})
 
 
 BATCH_SIZE_BUCKETS = [1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5]  # upper bounds: batches of 1, 2, 3-4, 5-8, ...

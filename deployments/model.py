@@ -2,8 +2,8 @@
 
 Requests and answers are bytes (PNG) and plain numbers, never tensors. The replica runs its model on one device
 (`LocalGenerator`) or, with `parallel: {method, world_size}`, on a group of rank actors (`ActorGroupGenerator`);
-the service does the same over either. What stays here is Ray's: the ranks' placement, the global monitor's replica
-target reported to Serve's autoscaler (see deployments/autoscaling.py), health checks and shutdown.
+the service does the same over either. What stays here is Ray's: the ranks' placement, health checks and shutdown
+(the global monitor's replica target reaches Serve's autoscaler without the replicas, deployments/autoscaling.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import ray
 import torch
 
-from deployments.constants import TARGET_REPLICAS_METRIC
 from deployments.metrics import ModelMetrics
 from modm.config import ModelSpec
 from modm.generation import Generator, ModelService, generator_from_spec
+from modm.generation.usage import EnergyMeter, ReplicaUsage
 from modm.parallel import ParallelMethod
 
 logger = logging.getLogger("ray.serve")
@@ -62,26 +62,32 @@ class ModelServer:
         except Exception:
             self.generator.close()  # a model that cannot serve its role: release its ranks before Serve retries
             raise
-        self._target_replicas: int | None = None
+        # Busy seconds, images and (with NVML) joules, for the cost per image. A parallel group's description names
+        # its ranks' devices, not one 'cuda:N': no energy counter for it here.
+        self.usage = ReplicaUsage(EnergyMeter.for_device(self.generator.device_description))
         logger.info("%s model ready: %s on %s", role, self.spec.source, self.generator.device_description)
 
     async def generate(self, prompt: str, width: int, height: int, steps: int, seed: int) -> bytes:
-        return await self.service.generate(prompt, width, height, steps, seed)
+        with self.usage.computing():
+            return await self.service.generate(prompt, width, height, steps, seed)
 
     async def refine(
         self, prompt: str, png: bytes, strength: float, width: int, height: int, steps: int, seed: int
     ) -> bytes:
-        return await self.service.refine(prompt, png, strength, width, height, steps, seed)
+        with self.usage.computing():
+            return await self.service.refine(prompt, png, strength, width, height, steps, seed)
 
     async def generate_with_snapshots(
         self, prompt: str, width: int, height: int, steps: int, seed: int
     ) -> tuple[bytes, dict[int, np.ndarray]]:
-        return await self.service.generate_with_snapshots(prompt, width, height, steps, seed)
+        with self.usage.computing():
+            return await self.service.generate_with_snapshots(prompt, width, height, steps, seed)
 
     async def resume(
         self, prompt: str, latents: np.ndarray, steps_done: int, width: int, height: int, steps: int, seed: int
     ) -> bytes:
-        return await self.service.resume(prompt, latents, steps_done, width, height, steps, seed)
+        with self.usage.computing():
+            return await self.service.resume(prompt, latents, steps_done, width, height, steps, seed)
 
     async def profile(self) -> float:
         return await self.service.profile()
@@ -95,6 +101,10 @@ class ModelServer:
     def stats(self) -> dict:
         return self.service.stats()
 
+    def usage_stats(self) -> dict:
+        """This replica's busy and up seconds, images and joules (None without NVML): the cost per image."""
+        return self.usage.as_dict()
+
     def placement(self) -> dict:
         """Placement-group ids of this replica and of its rank actors (None outside a placement group)."""
 
@@ -104,12 +114,6 @@ class ModelServer:
         group = getattr(self.generator, "group", None)  # an ActorGroupGenerator's
         ranks = [] if group is None else ray.get([w.__ray_call__.remote(pg_id) for w in group.workers])
         return {"replica": ray.get_runtime_context().get_placement_group_id(), "ranks": ranks}
-
-    def set_target_replicas(self, n: int) -> None:
-        self._target_replicas = int(n)
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return {} if self._target_replicas is None else {TARGET_REPLICAS_METRIC: float(self._target_replicas)}
 
     def check_health(self) -> None:
         self.generator.check_health()  # a dead rank raises: Serve then restarts this replica

@@ -20,12 +20,13 @@ from deployments.cache_index import cache_backend
 from deployments.handles import HandleProxy
 from deployments.metrics import RouterMetrics
 from modm.config import SystemConfig
-from modm.roles import ModelRole
+from modm.roles import ModelRole, small_tier_name
 from modm.serving import Backends, RequestPipeline
 from modm.serving.errors import RequestRefused
 from modm.serving.images_api import EditBody, GenerationBody, ModelCard, ModelList
 from modm.serving.request import DeliveredImage, ServedImages
 from modm.serving.response_store import StoredImage
+from modm.serving.tiers import TieredPool
 
 T = TypeVar("T")
 # What an image request comes back as: its metadata (the images themselves not repeated) and the delivered images.
@@ -51,10 +52,16 @@ class Router:
         store=None,
         load_board=None,
         signing_key: str | None = None,
+        small_tiers: tuple = (),
     ):
+        """`small_tiers`: with models.small_tiers, the handles of the tiers after `small` (small2, ...); hits then go
+        to the tier the monitor chose (modm.serving.tiers)."""
         config = SystemConfig.model_validate(system)
         models = {ModelRole.LARGE: HandleProxy(large)}
-        if small is not None:
+        if small is not None and small_tiers:
+            handles = [small, *small_tiers]
+            models[ModelRole.SMALL] = TieredPool({small_tier_name(i): HandleProxy(h) for i, h in enumerate(handles)})
+        elif small is not None:
             models[ModelRole.SMALL] = HandleProxy(small)
         services = {"embedder": embedder, "monitor": monitor, "store": store, "load_board": load_board}
         backends = Backends(

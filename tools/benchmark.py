@@ -191,6 +191,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
                 reference_url=url if reference_s is None else None,
             )
             artifacts = run(config)
+            usage = model_usage(name, variants[name])
             if args.sweep_rates:
                 sweeps[name] = slo_sweep(args, config, reference_s or artifacts.reference_latency_s, name)
         finally:
@@ -198,7 +199,11 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
         reference_s = reference_s or artifacts.reference_latency_s
         write_run(args.out / name, artifacts)
         summaries.append(artifacts.summary)
-        runs[name] = {"summary": artifacts.summary.model_dump(mode="json"), "wall_s": time.monotonic() - started}
+        runs[name] = {
+            "summary": artifacts.summary.model_dump(mode="json"),
+            "wall_s": time.monotonic() - started,
+            "cost_per_image": cost_per_image(artifacts.summary, variants[name]["monitor"]["gpu_budget"], usage),
+        }
         print(f"{name}: done in {time.monotonic() - started:.0f}s", flush=True)
 
     comparison = compare_runs(summaries, baseline=REFERENCE_SYSTEM)
@@ -208,6 +213,14 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
         f"SLO reference {reference_s:.2f}s (vanilla, one request at a time)\n"
     )
     print(format_comparison(comparison))
+    print("\ncost per served image (GPU-seconds; busy from the model replicas alive at the end; joules with NVML):")
+    for name, entry in runs.items():
+        cost = entry["cost_per_image"]
+        if cost["provisioned_gpu_s"] is None:
+            print(f"  {name:<8} no images")
+            continue
+        joules = "-" if cost["joules"] is None else f"{cost['joules']:.0f} J"
+        print(f"  {name:<8} provisioned {cost['provisioned_gpu_s']:7.2f}  busy {cost['busy_gpu_s']:7.2f}  {joules}")
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "reference_latency_s": reference_s,
@@ -222,6 +235,42 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     (args.out / "benchmark.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"\nwrote {args.out / 'benchmark.json'} and per-system records/plots under {args.out}")
     return result
+
+
+def model_usage(app: str, system: dict) -> list[dict]:
+    """Every live model replica's busy seconds, images and joules (deployments/model.py usage_stats)."""
+    from ray import serve
+
+    from deployments.app import deployment_names
+    from modm.config import config_from_dict
+
+    names = [n for n in deployment_names(config_from_dict(system)) if n.startswith(("LargeModel", "SmallModel"))]
+    usage = []
+    for name in names:
+        handle = serve.get_deployment_handle(name, app_name=app)
+        usage += handle.broadcast("usage_stats").results()
+    return usage
+
+
+def cost_per_image(summary, budget: int, usage: list[dict]) -> dict:
+    """GPU-seconds per image: provisioned (the budget's replicas over the makespan, per served image; the monitor only
+    moves them between models) and busy (the model replicas' compute per image they computed, of the replicas alive
+    at the end: one the monitor removed mid-run took its counts with it); joules per computed image (the GPU's whole
+    draw, idle included) where every replica has an NVML counter."""
+    images = summary.n_ok
+    if not images or summary.makespan_s is None:
+        return {"images": images, "provisioned_gpu_s": None, "busy_gpu_s": None, "joules": None}
+    energy = [u["energy_j"] for u in usage]
+    computed = max(1, sum(u["images"] for u in usage))
+    joules = sum(energy) / computed if energy and None not in energy else None
+    return {
+        "images": images,
+        "provisioned_gpu_s": budget * summary.makespan_s / images,
+        # Over the images those replicas computed (warm-up and reference requests included).
+        "busy_gpu_s": sum(u["busy_s"] for u in usage) / computed,
+        "busy_from": f"{len(usage)} model replicas alive at the end",
+        "joules": joules,
+    }
 
 
 def slo_sweep(args: argparse.Namespace, measured, reference_s: float, name: str) -> list:

@@ -113,10 +113,11 @@ def _looks_local(path: str) -> bool:
 def local_paths(system: SystemConfig) -> dict[str, str]:
     """Every path of the system config that a pod reads or writes, by field name."""
     paths = {"cache.directory": system.cache.directory}
-    for role in ("large", "small"):
-        spec = getattr(system.models, role)
+    models = [("models.large", system.models.large), ("models.small", system.models.small)]
+    models += [(f"models.small_tiers[{i}]", spec) for i, spec in enumerate(system.models.small_tiers)]
+    for field, spec in models:
         if spec is not None and _looks_local(spec.source):
-            paths[f"models.{role}.source"] = spec.source
+            paths[f"{field}.source"] = spec.source
     model = system.embedder.model or ""
     model = model.removeprefix("local-dir:")
     if _looks_local(model):

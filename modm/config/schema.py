@@ -22,6 +22,7 @@ from modm.constants import (
     DEFAULT_TOTAL_STEPS,
     MAX_PROMPT_CHARS,
 )
+from modm.roles import small_tier_name
 from modm.policy.tables import KRule, MODM_CLIP_TABLE, NAMED_K_TABLES, NIRVANA_K_CHOICES, NIRVANA_TABLE
 
 
@@ -367,6 +368,19 @@ class MonitorConfig(_Strict):
         default=0.9, gt=0, le=1.0, description="Quality mode keeps this fraction of the spare capacity for hits."
     )
     min_small: int = Field(default=1, ge=0, description="Small replicas kept even when the split says fewer.")
+    tier_hysteresis: float = Field(
+        default=0.15,
+        ge=0.0,
+        lt=1.0,
+        description="With models.small_tiers: a move back to a better small model waits until its share of the "
+        "budget is at most headroom minus this (modm.policy.tiers).",
+    )
+    tier_upgrade_windows: int = Field(
+        default=3,
+        ge=1,
+        description="Windows in a row that a better small model must fit (with the hysteresis) before the move back: "
+        "one window's R and H are noisy (about 15% at 60 requests), and each move reloads replicas.",
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> "MonitorConfig":
@@ -524,6 +538,18 @@ class BackpressureConfig(_Strict):
 class ModelsConfig(_Strict):
     large: ModelSpec = Field(description="Serves misses with full generations (SD3.5-Large, FLUX.1-dev).")
     small: ModelSpec | None = Field(default=None, description="Refines hits (SDXL, SANA). Not used by vanilla.")
+    small_tiers: list[ModelSpec] = Field(
+        default_factory=list,
+        description="Cheaper small models after `small`, best quality first (MoDM: SDXL, then SANA-1.6B). The "
+        "monitor moves hits to the best one that can carry them within monitor.gpu_budget; each runs as its own "
+        "deployment. Tier names: 'small', then 'small2', 'small3', ... (modm.roles.small_tier_name). Not used by "
+        "vanilla or nirvana, like models.small.",
+    )
+
+    def tiers(self) -> dict[str, ModelSpec]:
+        """The small models by tier name, best quality first (empty without models.small)."""
+        specs = ([self.small] if self.small is not None else []) + list(self.small_tiers)
+        return {small_tier_name(i): spec for i, spec in enumerate(specs)}
 
 
 class SystemConfig(_Strict):
@@ -574,13 +600,27 @@ class SystemConfig(_Strict):
                     f"mode 'nirvana' keeps {len(NIRVANA_K_CHOICES)} latents per prompt: "
                     f"cache.capacity={self.cache.capacity} holds none"
                 )
+        if self.models.small_tiers and self.models.small is None:
+            raise ValueError("models.small_tiers: list the best small model as models.small first")
         if self.mode is SystemMode.MODM and self.models.small is None:
             raise ValueError("mode 'modm' needs models.small (the model that refines cache hits)")
-        if self.models.small is not None and self.models.small.parallel.method is not ParallelMethod.NONE:
-            raise ValueError(
-                "models.small.parallel: parallel inference serves full generations; the small model "
-                "refines cache hits (img2img), which it does not run"
-            )
+        if self.models.small_tiers:
+            named = [("models.small", self.models.small)]
+            named += [(f"models.small_tiers[{i}]", spec) for i, spec in enumerate(self.models.small_tiers)]
+            for field, spec in named:
+                if spec is not None and spec.profiled_latency_s is None:
+                    raise ValueError(
+                        f"{field}.profiled_latency_s: with small_tiers the monitor weighs each small model while it "
+                        "may have no replica to profile; give its seconds per full generation (default size, steps)"
+                    )
+        small = [("models.small", self.models.small)] if self.models.small is not None else []
+        small += [(f"models.small_tiers[{i}]", spec) for i, spec in enumerate(self.models.small_tiers)]
+        for field, spec in small:
+            if spec.parallel.method is not ParallelMethod.NONE:
+                raise ValueError(
+                    f"{field}.parallel: parallel inference serves full generations; a small model "
+                    "refines cache hits (img2img), which it does not run"
+                )
         if (
             self.mode is SystemMode.MODM
             and self.monitor.mode is MonitorMode.QUALITY

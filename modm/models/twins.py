@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from modm.config.schema import EmbedderKind, ModelSpec, SystemConfig, SystemMode
+from modm.roles import small_tier_name
 from modm.models.architectures import (
     Architecture,
     Component,
@@ -487,8 +488,11 @@ class Twin:
 def _override_reason(field: str) -> str:
     if field in TWIN_OVERRIDES:
         return TWIN_OVERRIDES[field]
+    parts = field.split(".")
+    if parts[:2] == ["models", "small_tiers"] and len(parts) > 2 and parts[2].isdigit():
+        parts = parts[:2] + parts[3:]  # a small-model tier: the same overrides as any model
     generic = (
-        ".".join(part if i != 1 else "*" for i, part in enumerate(field.split(".")))
+        ".".join(part if i != 1 else "*" for i, part in enumerate(parts))
         if field.startswith(("models.", "actor_options."))
         else field
     )
@@ -515,25 +519,29 @@ def build_twin(
         node = data
         keys = path.split(".")
         for key in keys[:-1]:
-            node = node[key]
+            node = node[int(key)] if isinstance(node, list) else node[key]
         overrides[path] = (node.get(keys[-1]), value)
         node[keys[-1]] = value
 
     model_dirs: dict[str, Path] = {}
-    for role in ("large", "small"):
-        spec = getattr(system.models, role)
+    # (name in model_dirs, config path): the large model, the small one, each further small-model tier.
+    models = [("large", "models.large", system.models.large), ("small", "models.small", system.models.small)]
+    models += [
+        (small_tier_name(i + 1), f"models.small_tiers.{i}", spec) for i, spec in enumerate(system.models.small_tiers)
+    ]
+    for name, path, spec in models:
         if spec is None:
             continue
-        arch = _check_source(spec, f"models.{role}")
+        arch = _check_source(spec, path)
         out = root / _slug(f"{arch.repo_id}@{spec.variant or 'default'}")
         if not _is_current(out):
             build_pipeline_twin(arch, out, variant=spec.variant)
-        model_dirs[role] = out
-        override(f"models.{role}.source", str(out))
-        override(f"models.{role}.device", device)
+        model_dirs[name] = out
+        override(f"{path}.source", str(out))
+        override(f"{path}.device", device)
         if spec.max_size != 2 * TWIN_SIDE or spec.default_size != TWIN_SIDE:
-            override(f"models.{role}.default_size", TWIN_SIDE)
-            override(f"models.{role}.max_size", 2 * TWIN_SIDE)
+            override(f"{path}.default_size", TWIN_SIDE)
+            override(f"{path}.max_size", 2 * TWIN_SIDE)
     if with_embedder and system.embedder.kind is EmbedderKind.OPEN_CLIP:
         model = system.embedder.model or "ViT-L-14"
         if model.startswith("local-dir:"):

@@ -62,6 +62,7 @@ from modm.serving.request import (
     ServedImages,
 )
 from modm.serving.response_store import StoredImage
+from modm.serving.tiers import TieredPool
 from modm.serving.strategies import Retrieved, strategy_for
 from modm.serving.tenants import TenantResolver
 from modm.serving.warm import warm_cache
@@ -108,6 +109,8 @@ class RequestPipeline:
             ModelRole.LARGE: 1 if two_pools else config.monitor.gpu_budget,
             ModelRole.SMALL: 1 if two_pools else 0,
         }
+        # The monitor's last answer: its allocation, the small-model tier and the inputs of both (in /v1/stats).
+        self.monitor_view: dict | None = None
         # The monitor's R, H and P(k), counted at arrival and decision (modm.policy.window), since the last report.
         self.window = WindowCounter()
         self.background = BackgroundWork(config.serving.max_pending_admissions, self.metrics.admission_dropped)
@@ -494,6 +497,9 @@ class RequestPipeline:
                 "peers_heard": self.peer_load is not None,
             },
             "allocation": {role.value: n for role, n in self.allocation.items()},
+            "monitor": self.monitor_view,
+            "tier": self._tier(),
+            "tier_switches": self.totals["tier_switches"],
             "pending_admissions": len(self.background),
             "warm": self.warm_report,
             # What a replica of each pool measured of its batches (the last view the router read).
@@ -524,6 +530,31 @@ class RequestPipeline:
         await monitor.report(self.window.take().as_dict())
         allocation = await monitor.get_allocation()
         self.allocation = {ModelRole.LARGE: allocation["large"], ModelRole.SMALL: allocation["small"]}
+        self.monitor_view = {key: value for key, value in allocation.items() if key != "history"}
+        tier = allocation.get("tier")
+        if tier is not None:
+            self._use_tier(tier)
+
+    def _tier(self) -> str | None:
+        """The small-model tier hits go to (None without a small model)."""
+        pool = self.backends.models.get(ModelRole.SMALL)
+        if pool is None:
+            return None
+        return pool.tier if isinstance(pool, TieredPool) else ModelRole.SMALL.value
+
+    def _use_tier(self, tier: str) -> None:
+        """Hits go to small-model tier `tier` from now on: its pool, and admission control on its configured
+        latency (models.small_tiers need profiled_latency_s, so a tier just scaled up needs no profiling)."""
+        pool = self.backends.models.get(ModelRole.SMALL)
+        if not isinstance(pool, TieredPool) or pool.tier == tier:
+            return
+        spec = self.config.models.tiers()[tier]
+        pool.tier = tier
+        self.latency_s[ModelRole.SMALL] = spec.profiled_latency_s
+        self.total_steps[ModelRole.SMALL] = spec.num_inference_steps
+        self.capacity[ModelRole.SMALL] = None  # the previous tier's batch costs
+        self.totals["tier_switches"] += 1
+        logger.info("small-model tier: %s (%s)", tier, spec.source)
 
     async def report_load(self) -> None:
         """Send this router's requests in flight per pool to the load board; take the other routers' sums."""

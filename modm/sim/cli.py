@@ -3,6 +3,8 @@
     run        one simulated run of a workload (a loadgen trace, or synthetic with --parametric-hit-rate);
                --from-run DIR replays a recorded loadgen run's workload and prints simulated vs measured
     reproduce  MoDM's throughput, SLO-vs-rate and increasing-load experiments, next to the paper's numbers
+    tiers      MoDM's increasing load (Fig. 10) with two small-model tiers (SDXL, then SANA-1.6B), the switch
+               predicted by the tier policy first; GPU-seconds per image per system
     scale      the simulator's own cost: 10k requests on 16 GPUs, 1M requests on 1000 GPUs
     index-plan the cache index tier's capacity plan: reader replicas needed at N GPUs and MoDM's rates
     profile    fit a latency-profile JSON to a measured loadgen run (the server's per-request timings)
@@ -36,6 +38,7 @@ from modm.sim.reproduce import (
     write_json,
 )
 from modm.sim.simulator import simulate
+from modm.sim.tier_ramp import format_prediction, format_tier_ramp, run_tier_ramp
 from modm.sim.workload import WorkloadFactory, synthetic_workload, workload_from_run
 from modm.workload.compare import compare_runs, format_comparison
 from modm.workload.config import ArrivalConfig, ArrivalKind, SessionConfig, TraceConfig
@@ -318,6 +321,27 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _cmd_tiers(args) -> int:
+    base = _base_config(args, n_gpus=args.gpus, profile=resolve_profile(args.profile), mode=MonitorMode(args.mode))
+    if base.parametric is None:
+        base = base.model_copy(update={"parametric": ParametricHitConfig()})
+    source = WorkloadFactory(None, seed=args.seed, default_requests=args.requests)
+    result = run_tier_ramp(
+        base,
+        source,
+        max_rate=args.max_rate,
+        n_requests=args.requests,
+        mode=MonitorMode(args.mode),
+        out_dir=args.out,
+        on_prediction=lambda p: print(format_prediction(p), flush=True),
+    )
+    print(format_tier_ramp(result))
+    print(f"simulated in {result.wall_s:.1f} s of wall time")
+    if args.json is not None:
+        print(f"wrote {write_json(args.json, result.as_dict())}")
+    return 0
+
+
 def _cmd_scale(args) -> int:
     base = _base_config(args)
     if base.parametric is None:
@@ -466,6 +490,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=None)
     rep.set_defaults(func=_cmd_reproduce)
 
+    tiers = sub.add_parser("tiers", help="MoDM's increasing load with two small-model tiers (parametric hits)")
+    tiers.add_argument("--profile", default="mi210-sana", help="a profile with small_tiers (built-in mi210-sana)")
+    tiers.add_argument("--gpus", type=int, default=16)
+    tiers.add_argument("--mode", choices=[m.value for m in MonitorMode], default=MonitorMode.QUALITY.value)
+    tiers.add_argument("--max-rate", type=float, default=26.0, help="the ramp's top, req/min (Fig. 10's: 26)")
+    tiers.add_argument("--requests", type=int, default=3000)
+    _add_model_options(tiers)
+    tiers.add_argument("--json", type=Path, default=None, help="write the result JSON here")
+    tiers.add_argument("--out", type=Path, default=None, help="write each system's run directory under here")
+    tiers.set_defaults(func=_cmd_tiers)
     scale = sub.add_parser("scale", help="the simulator's cost at cluster scale (parametric hits)")
     scale.add_argument("--requests-list", type=_ints, default=[10_000, 1_000_000])
     scale.add_argument("--gpus-list", type=_ints, default=[16, 1000])

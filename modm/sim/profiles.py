@@ -28,13 +28,31 @@ from modm.sim.constants import (
     DEFAULT_SMALL_LOAD_S,
     MI210_LARGE_S,
     MI210_SMALL_S,
+    SANA_TO_SDXL_LATENCY,
 )
 
-__all__ = ["BUILTIN_PROFILES", "LatencyProfile", "resolve_profile"]
+__all__ = ["BUILTIN_PROFILES", "LatencyProfile", "TierLatency", "resolve_profile"]
 
 
 def _default_load_s() -> dict[ModelRole, float]:
     return {ModelRole.LARGE: DEFAULT_LARGE_LOAD_S, ModelRole.SMALL: DEFAULT_SMALL_LOAD_S}
+
+
+class TierLatency(BaseModel):
+    """A cheaper small model (an overload tier, modm.policy.tiers) on the same GPU."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    full_generation_s: float = Field(gt=0, description="Seconds for one full T-step generation on one GPU.")
+    fixed_s: float = Field(default=0.0, ge=0, description="Seconds that do not scale with steps.")
+    load_s: float = Field(default=DEFAULT_SMALL_LOAD_S, ge=0, description="Seconds to switch a GPU to this model.")
+    source: str = Field(default="", description="Where the latency comes from.")
+
+    @model_validator(mode="after")
+    def _fixed_within(self) -> "TierLatency":
+        if self.fixed_s > self.full_generation_s:
+            raise ValueError(f"fixed_s={self.fixed_s} exceeds full_generation_s={self.full_generation_s}")
+        return self
 
 
 class LatencyProfile(BaseModel):
@@ -56,9 +74,18 @@ class LatencyProfile(BaseModel):
         default=0.0, ge=0.0, description="Seconds per request before dispatch (embedding, retrieval), off-GPU."
     )
     source: str = Field(default="", description="Where the numbers come from.")
+    small_tiers: dict[str, TierLatency] = Field(
+        default_factory=dict,
+        description="Cheaper small models after the small one, best quality first, by tier name (the live "
+        "config's 'small2', 'small3', ...): the monitor moves hits to them under load.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "LatencyProfile":
+        if self.small_tiers and not self.has(ModelRole.SMALL):
+            raise ValueError(f"profile {self.gpu!r}: small_tiers need a 'small' latency first")
+        if ModelRole.SMALL.value in self.small_tiers:
+            raise ValueError(f"profile {self.gpu!r}: 'small' is the first tier; name the others otherwise")
         if ModelRole.LARGE not in self.full_generation_s:
             raise ValueError(f"profile {self.gpu!r}: full_generation_s needs a 'large' entry")
         for name, table in (
@@ -98,6 +125,32 @@ class LatencyProfile(BaseModel):
     def switch_s(self, role: ModelRole) -> float:
         return self.load_s.get(role, 0.0)
 
+    def tier_names(self) -> list[str]:
+        """The small models best quality first: 'small' (full_generation_s[small]), then small_tiers."""
+        return [ModelRole.SMALL.value, *self.small_tiers] if self.has(ModelRole.SMALL) else []
+
+    def tier_service_s(self, tier: str, k: int, total_steps: int) -> float:
+        """GPU seconds for a hit that skips k of total_steps steps on small tier `tier`."""
+        if tier == ModelRole.SMALL.value:
+            return self.service_s(ModelRole.SMALL, k, total_steps)
+        latency = self._tier(tier)
+        return latency.fixed_s + (1.0 - k / total_steps) * (latency.full_generation_s - latency.fixed_s)
+
+    def tier_switch_s(self, tier: str) -> float:
+        return self.switch_s(ModelRole.SMALL) if tier == ModelRole.SMALL.value else self._tier(tier).load_s
+
+    def tier_per_min(self) -> dict[str, float]:
+        """Full generations per minute per GPU of each small tier (the tier policy's P_t)."""
+        full = {ModelRole.SMALL.value: self.full_s(ModelRole.SMALL)} if self.has(ModelRole.SMALL) else {}
+        full.update({name: t.full_generation_s for name, t in self.small_tiers.items()})
+        return {name: 60.0 / seconds for name, seconds in full.items()}
+
+    def _tier(self, tier: str) -> TierLatency:
+        try:
+            return self.small_tiers[tier]
+        except KeyError:
+            raise ValueError(f"profile {self.gpu!r} has no small tier {tier!r}") from None
+
     def throughput(self) -> Throughput:
         """Full generations per minute per GPU, the monitor's P_large and P_small."""
         return Throughput.from_latencies(self.full_s(ModelRole.LARGE), self.full_s(ModelRole.SMALL))
@@ -108,6 +161,21 @@ BUILTIN_PROFILES: dict[str, LatencyProfile] = {
         gpu="MI210",
         full_generation_s={ModelRole.LARGE: MI210_LARGE_S, ModelRole.SMALL: MI210_SMALL_S},
         source="MoDM multinode code: SD3.5-Large 91.5 s, SDXL 16.5 s (50 steps, 1024x1024); load times assumed",
+    ),
+    # MI210 with SANA-1.6B as the second tier (MoDM's Fig. 10 pair). SANA's time is SDXL's MI210 time scaled by
+    # SANA's published ratio at 1024x1024, batch 1, A100: 1.2 s vs SDXL 6.5 s (SANA paper Table 7, the README
+    # "Performance" table of NVlabs/Sana); not fitted to MoDM's figure.
+    "mi210-sana": LatencyProfile(
+        gpu="MI210",
+        full_generation_s={ModelRole.LARGE: MI210_LARGE_S, ModelRole.SMALL: MI210_SMALL_S},
+        small_tiers={
+            "small2": TierLatency(
+                full_generation_s=MI210_SMALL_S * SANA_TO_SDXL_LATENCY,
+                source="SANA-1.6B: SDXL's MI210 16.5 s x 1.2/6.5 (SANA Table 7, A100 1024px batch-1 latencies)",
+            )
+        },
+        source="MoDM multinode code: SD3.5-Large 91.5 s, SDXL 16.5 s; SANA-1.6B by SANA's latency ratio to SDXL; "
+        "load times assumed",
     ),
     "a40": LatencyProfile(
         gpu="A40",

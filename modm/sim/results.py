@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FastMetrics", "MonitorDecision", "SimResult", "WorkerSwitch"]
 
-_ROLE_NAMES = ("large", "small")
-
 
 @dataclass(frozen=True)
 class MonitorDecision:
@@ -40,6 +38,8 @@ class MonitorDecision:
     large: int  # the PID-smoothed allocation
     small: int
     feasible: bool
+    tier: str | None = None  # the small tier chosen for the next window (modm.policy.tiers)
+    tier_shares: dict[str, float] | None = None  # each tier's share of the GPU budget in this window
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class SimResult:
     hit: np.ndarray
     k: np.ndarray
     score: np.ndarray
-    served_by: np.ndarray  # 0 large, 1 small, -1 never served
+    served_by: np.ndarray  # 0 large, 1 + i the i-th small tier (1: small), -1 never served
     worker: np.ndarray  # the GPU worker that served it, -1 never served
     completions: np.ndarray  # times each request completed (1 in a correct run)
     stats: list[StatsSample]
@@ -92,8 +92,41 @@ class SimResult:
     def events_per_s(self) -> float:
         return self.events / self.wall_s if self.wall_s > 0 else float("inf")
 
+    @property
+    def model_names(self) -> list[str]:
+        """served_by's codes by name: the large model, then the small tiers."""
+        return ["large", *self.config.profile.tier_names()]
+
+    def served_per_model(self) -> dict[str, int]:
+        codes = self.served_by[self.completions > 0]
+        return {name: int(np.sum(codes == code)) for code, name in enumerate(self.model_names)}
+
+    def gpu_seconds_per_image(self) -> dict[str, float | int | None]:
+        """Cost per served image over the whole run: busy (model compute: each request's start to end on its GPU)
+        and provisioned (every GPU held from the first arrival to the last completion), in GPU-seconds."""
+        served = self.completions > 0
+        images = int(served.sum())
+        if not images:
+            return {
+                "images": 0,
+                "busy_gpu_s": 0.0,
+                "provisioned_gpu_s": 0.0,
+                "busy_per_image": None,
+                "provisioned_per_image": None,
+            }
+        busy = float(np.sum(self.end_s[served] - self.start_s[served]))
+        provisioned = self.config.n_gpus * float(np.nanmax(self.end_s) - np.nanmin(self.arrival_s))
+        return {
+            "images": images,
+            "busy_gpu_s": busy,
+            "provisioned_gpu_s": provisioned,
+            "busy_per_image": busy / images,
+            "provisioned_per_image": provisioned / images,
+        }
+
     def to_records(self) -> list[RequestRecord]:
         trace = self.workload.trace
+        names = self.model_names
         mode = self.config.system.value
         records = []
         for i in range(self.workload.n_requests):
@@ -117,7 +150,7 @@ class SimResult:
                     hit=hit if done else None,
                     score=_opt(self.score[i]),
                     k=int(self.k[i]) if hit else None,
-                    model=_ROLE_NAMES[self.served_by[i]] if done else None,
+                    model=names[self.served_by[i]] if done else None,
                     mode=mode,
                     timings_json=json.dumps(
                         {
@@ -199,6 +232,8 @@ class SimResult:
                     "config": self.config.model_dump(mode="json"),
                     "monitor_decisions": [asdict(d) for d in self.monitor_decisions],
                     "switches": [asdict(s) for s in self.switches],
+                    "served_per_model": self.served_per_model(),
+                    "gpu_seconds_per_image": self.gpu_seconds_per_image(),
                     "index_tier": None if self.index_tier is None else asdict(self.index_tier),
                 },
                 indent=1,

@@ -29,7 +29,8 @@ import faiss
 import numpy as np
 
 from modm.config.schema import SystemMode
-from modm.policy import GlobalMonitor, KTable, RetrievalDecision, WindowCounter
+from modm.policy import KTable, RetrievalDecision, WindowCounter
+from modm.policy.tiers import TieredMonitor
 from modm.policy.routing import PoolState, route
 from modm.roles import ModelRole
 from modm.sim.config import SimConfig
@@ -43,7 +44,7 @@ from modm.workload.records import StatsSample
 
 __all__ = ["Simulator", "build_hit_model", "simulate"]
 
-_ROLE_CODE = {ModelRole.LARGE: 0, ModelRole.SMALL: 1}
+LARGE_CODE = 0  # served_by: 0 the large model, 1 + i the i-th small tier (1: 'small')
 
 
 class _Event(IntEnum):
@@ -127,15 +128,23 @@ class Simulator:
         self.completions = np.zeros(n, dtype=np.int32)
         self._decisions: dict[int, RetrievalDecision] = {}  # requests in the system
         # Per worker.
-        self.monitor: GlobalMonitor | None = None
+        # MoDM: the tier policy (modm.policy.tiers) then Algorithm 1; one tier ('small') unless the profile has more.
+        self.monitor: TieredMonitor | None = None
+        self.tiers = self.profile.tier_names()
         if config.system is SystemMode.MODM:
-            self.monitor = GlobalMonitor(config.monitor_config(), initial_large=config.monitor_initial_large)
-            n_large = self.monitor.current.large
+            self.monitor = TieredMonitor(
+                config.monitor_config(), self.tiers, initial_large=config.monitor_initial_large
+            )
+            n_large = self.monitor.monitor.current.large
         else:
             n_large = g
+        self.tier = self.tiers[0] if self.tiers else None  # the small tier that refines hits now
         self.assigned = [ModelRole.LARGE if w < n_large else ModelRole.SMALL for w in range(g)]
         self.loaded = list(self.assigned)  # models are loaded before time 0
         self.loading: list[ModelRole | None] = [None] * g  # the model a switching worker is loading
+        # The small tier a worker holds (or is loading); None on large workers.
+        self.loaded_tier: list[str | None] = [self.tier if r is ModelRole.SMALL else None for r in self.assigned]
+        self.loading_tier: list[str | None] = [None] * g
         self.state = [_State.IDLE] * g
         self.idle: dict[ModelRole, list[int]] = {
             role: [w for w in reversed(range(g)) if self.loaded[w] is role] for role in ModelRole
@@ -279,9 +288,14 @@ class Simulator:
         role = self.loaded[worker]
         self.state[worker] = _State.BUSY
         self.start_s[request] = self.now
-        self.served_by[request] = _ROLE_CODE[role]
         self.worker[request] = worker
-        service = self.profile.service_s(role, int(self.k[request]), self.total_steps)
+        if role is ModelRole.LARGE:
+            self.served_by[request] = LARGE_CODE
+            service = self.profile.service_s(role, int(self.k[request]), self.total_steps)
+        else:
+            tier = self.loaded_tier[worker]
+            self.served_by[request] = 1 + self.tiers.index(tier)
+            service = self.profile.tier_service_s(tier, int(self.k[request]), self.total_steps)
         self._push(self.now + service, _Event.COMPLETE, worker * self.workload.n_requests + request)
 
     def _complete(self, worker_request: int) -> None:
@@ -300,29 +314,33 @@ class Simulator:
         self._become_available(worker)
 
     # ----------------------------------------------------------------------------------------------- workers
+    def _holds_target(self, worker: int) -> bool:
+        target = self.assigned[worker]
+        return self.loaded[worker] is target and (target is ModelRole.LARGE or self.loaded_tier[worker] == self.tier)
+
     def _become_available(self, worker: int) -> None:
         target = self.assigned[worker]
-        if self.loaded[worker] is target:
+        if self._holds_target(worker):
             self.state[worker] = _State.IDLE
             self.idle[target].append(worker)
             return
         self.state[worker] = _State.SWITCHING
         self.loading[worker] = target
-        self.switches.append(WorkerSwitch(t_s=self.now, worker=worker, to_model=target.value))
-        self._push(self.now + self.profile.switch_s(target), _Event.SWITCHED, worker)
+        self.loading_tier[worker] = None if target is ModelRole.LARGE else self.tier
+        model = target.value if target is ModelRole.LARGE else self.tier
+        switch_s = self.profile.switch_s(target) if target is ModelRole.LARGE else self.profile.tier_switch_s(model)
+        self.switches.append(WorkerSwitch(t_s=self.now, worker=worker, to_model=model))
+        self._push(self.now + switch_s, _Event.SWITCHED, worker)
 
     def _switched(self, worker: int) -> None:
-        self.loaded[worker] = self.loading[worker]
-        self.loading[worker] = None
-        self._become_available(worker)  # idle, or switch again if the allocation moved meanwhile
+        self.loaded[worker], self.loaded_tier[worker] = self.loading[worker], self.loading_tier[worker]
+        self.loading[worker] = self.loading_tier[worker] = None
+        self._become_available(worker)  # idle, or switch again if the allocation or the tier moved meanwhile
 
     def _reassign(self, n_large: int) -> None:
-        for worker, current in enumerate(self.assigned):
-            target = ModelRole.LARGE if worker < n_large else ModelRole.SMALL
-            if target is current:
-                continue
-            self.assigned[worker] = target
-            if self.state[worker] is _State.IDLE:
+        for worker in range(self.config.n_gpus):
+            self.assigned[worker] = ModelRole.LARGE if worker < n_large else ModelRole.SMALL
+            if self.state[worker] is _State.IDLE and not self._holds_target(worker):
                 self.idle[self.loaded[worker]].remove(worker)
                 self._become_available(worker)
         self.n_assigned = {ModelRole.LARGE: n_large, ModelRole.SMALL: self.config.n_gpus - n_large}
@@ -340,7 +358,8 @@ class Simulator:
         window_k = self._window.peek().k_counts
         if self.monitor is not None and act:
             stats = self._window.close(self.config.monitor.window_s, self.total_steps)
-            allocation = self.monitor.step(stats, self.profile.throughput())
+            tiered = self.monitor.step(stats, self.profile.throughput().large_per_min, self.profile.tier_per_min())
+            allocation, self.tier = tiered.allocation, tiered.decision.tier
             self.decisions_log.append(
                 MonitorDecision(
                     t_s=self.now,
@@ -351,6 +370,8 @@ class Simulator:
                     large=allocation.large,
                     small=allocation.small,
                     feasible=allocation.feasible,
+                    tier=tiered.decision.tier,
+                    tier_shares=dict(tiered.decision.shares),
                 )
             )
             self._reassign(allocation.large)

@@ -67,6 +67,9 @@ def test_benchmark_runs_every_baseline_and_writes_both_tables(
     for name in rows:
         assert result["runs"][name]["summary"]["n_ok"] == 4
     assert rows["vanilla"]["hit_rate"] == 0
+    for name in rows:  # GPU-seconds per image; no NVML on a CPU: joules absent, not 0
+        cost = result["runs"][name]["cost_per_image"]
+        assert cost["busy_gpu_s"] > 0 and cost["provisioned_gpu_s"] > 0 and cost["joules"] is None
     saved = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     assert saved["comparison"]["baseline"] == "vanilla"
     sweep = {(p["system"], p["rate_per_min"]): p for p in saved["slo_sweep"]["points"]}
