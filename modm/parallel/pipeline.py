@@ -66,14 +66,14 @@ def parallelize_denoiser(
     `timesteps` returns the scheduler's current timesteps (AsyncDiff stride 2 runs components one step ahead).
     """
     method = ctx.config.method
+    if method is ParallelMethod.NONE:
+        return _Unchanged()
     if ctx.config.is_context_parallel:
         return ContextParallelDenoiser(model, ctx)
     if not isinstance(model, (UNet2DConditionModel, SD3Transformer2DModel)):
         raise UnsupportedModelError(
             f"parallel inference supports UNet2DConditionModel and SD3Transformer2DModel, got {type(model).__name__}"
         )
-    if method is ParallelMethod.NONE:
-        return _Unchanged()
     if method is ParallelMethod.NAIVE_PATCH:
         return wrap_naive_patch(model, ctx)
     if method is ParallelMethod.DISTRIFUSION:
