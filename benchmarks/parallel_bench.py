@@ -1,5 +1,5 @@
-"""Benchmark: 1 vs 2 ranks (one torch thread each, gloo on CPU) for DistriFusion, its naive-patch baseline and
-AsyncDiff.
+"""Benchmark: 1 vs 2 ranks (one torch thread each, gloo on CPU) for DistriFusion, its naive-patch baseline,
+AsyncDiff and Ulysses context parallelism.
 
 The model is a randomly initialised ~52M-parameter SD-style UNet2DConditionModel at 512 px (64x64 latent) inside a
 stock diffusers StableDiffusionPipeline with classifier-free guidance, so the denoiser dominates and the work is
@@ -7,6 +7,13 @@ compute bound. Each configuration runs in fresh processes: one untimed call (all
 then `--repeats` timed calls; the best time is reported. PSNR compares the decoded image with the single-device
 image of the same seed (data range 1; infinite = identical). Besides wall time, the busiest rank's CPU time is
 reported: on a shared machine it shows what the split costs per rank when every rank has a core to itself.
+
+Ulysses (diffusers' context parallelism) needs a transformer with a context-parallel plan, so its row runs a
+randomly initialised ~25M-parameter FluxTransformer2DModel (width 256, 2 double + 4 single blocks, 64 text tokens)
+in a stock FluxPipeline at the same size and steps, against `single_flux`, the same pipeline on one rank; PSNR and
+max_abs compare its decoded image with that one. Ring attention has no CPU backend in diffusers 0.42.1 and is not
+benchmarked here. On CPU over gloo these numbers check correctness and communication overhead only: an all-to-all
+over loopback TCP costs far more, relative to the compute, than NVLink does.
 
     .venv/bin/python benchmarks/parallel_bench.py --steps 8 --json benchmarks/results/parallel_bench.json
 
@@ -29,14 +36,18 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-# Each entry: (row label, world size, ParallelConfig overrides). warmup_steps is filled from the CLI.
+# Each entry: (row label, world size, ParallelConfig overrides, model). warmup_steps is filled from the CLI.
 CONFIGS = {
-    "single": (1, dict(method="none")),
-    "distrifusion": (2, dict(method="distrifusion")),
-    "distrifusion_cfg_split": (2, dict(method="distrifusion", cfg_split=True)),
-    "naive_patch": (2, dict(method="naive_patch")),
-    "asyncdiff": (2, dict(method="asyncdiff", model_n=2, stride=1)),
+    "single": (1, dict(method="none"), "sd"),
+    "distrifusion": (2, dict(method="distrifusion"), "sd"),
+    "distrifusion_cfg_split": (2, dict(method="distrifusion", cfg_split=True), "sd"),
+    "naive_patch": (2, dict(method="naive_patch"), "sd"),
+    "asyncdiff": (2, dict(method="asyncdiff", model_n=2, stride=1), "sd"),
+    "single_flux": (1, dict(method="none"), "flux"),
+    "ulysses": (2, dict(method="ulysses"), "flux"),
 }
+BASELINES = {"sd": "single", "flux": "single_flux"}
+FLUX_TEXT_TOKENS = 64
 
 
 @dataclass
@@ -124,7 +135,88 @@ def build_pipeline(tokenizer_dir: str):
     return pipe
 
 
-def _rank_main(rank: int, world_size: int, port: int, overrides: dict, args: dict, tokenizer_dir: str, results):
+def build_flux_pipeline(tokenizer_dir: str):
+    """FLUX-style pipeline: ~25M-parameter FluxTransformer2DModel, 2-layer CLIP and T5 encoders, 16-channel VAE."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    from modm.models.twins import build_t5_tokenizer
+
+    t5_tokenizer = build_t5_tokenizer(FLUX_TEXT_TOKENS)
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=2,
+        num_single_layers=4,
+        attention_head_dim=64,
+        num_attention_heads=4,
+        joint_attention_dim=128,
+        pooled_projection_dim=128,
+        axes_dims_rope=(8, 28, 28),
+        guidance_embeds=True,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=128,
+            intermediate_size=256,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            projection_dim=128,
+        )
+    )
+    torch.manual_seed(0)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(vocab_size=len(t5_tokenizer), d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4)
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        sample_size=512,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
+    tokenizer = CLIPTokenizer(
+        os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"), model_max_length=77
+    )
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _decode(pipe, latents: torch.Tensor, size: int) -> np.ndarray:
+    vae = pipe.vae
+    with torch.no_grad():
+        if hasattr(pipe, "_unpack_latents"):  # FLUX returns packed 2x2 latent patches
+            latents = pipe._unpack_latents(latents, size, size, pipe.vae_scale_factor)
+            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        else:
+            latents = latents / vae.config.scaling_factor
+        image = vae.decode(latents).sample
+    return ((image.clamp(-1, 1) + 1) / 2).numpy()
+
+
+def _rank_main(
+    rank: int, world_size: int, port: int, overrides: dict, model: str, args: dict, tokenizer_dir: str, results
+):
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     import torch.distributed as dist
@@ -133,7 +225,9 @@ def _rank_main(rank: int, world_size: int, port: int, overrides: dict, args: dic
 
     cfg = ParallelConfig(world_size=world_size, warmup_steps=args["warmup_steps"], **overrides)
     ctx = init_parallel(cfg, rank=rank, world_size=world_size, init_method=f"tcp://127.0.0.1:{port}", timeout_s=1800)
-    pipe = ParallelPipeline(build_pipeline(tokenizer_dir), ctx)
+    build = build_flux_pipeline if model == "flux" else build_pipeline
+    pipe = ParallelPipeline(build(tokenizer_dir), ctx)
+    extra = dict(guidance_scale=3.5, max_sequence_length=FLUX_TEXT_TOKENS) if model == "flux" else {}
     call = dict(
         prompt="a watercolor lighthouse at dawn",
         num_inference_steps=args["steps"],
@@ -142,6 +236,7 @@ def _rank_main(rank: int, world_size: int, port: int, overrides: dict, args: dic
         guidance_scale=5.0,
         output_type="latent",
     )
+    call.update(extra)
     pipe(**call, generator=torch.Generator().manual_seed(1))  # untimed: allocation, profiling, caches
     walls, cpus = [], []
     for _ in range(args["repeats"]):
@@ -151,26 +246,21 @@ def _rank_main(rank: int, world_size: int, port: int, overrides: dict, args: dic
         latents = pipe(**call, generator=torch.Generator().manual_seed(args["seed"])).images
         walls.append(time.perf_counter() - start)
         cpus.append(time.process_time() - start_cpu)  # all threads of this rank, gloo's included
-    image = None
-    if rank == 0:
-        with torch.no_grad():
-            vae = pipe.pipe.vae
-            image = vae.decode(latents / vae.config.scaling_factor).sample
-        image = ((image.clamp(-1, 1) + 1) / 2).numpy()
+    image = _decode(pipe.pipe, latents, args["size"]) if rank == 0 else None
     results.put((rank, min(walls), min(cpus), image))
     ctx.destroy()
 
 
 def run_config(name: str, args: dict, tokenizer_dir: str) -> tuple[float, float, np.ndarray]:
     """(wall seconds of rank 0, largest CPU seconds of any rank, rank 0's decoded image)."""
-    world_size, overrides = CONFIGS[name]
+    world_size, overrides, model = CONFIGS[name]
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     procs = [
-        ctx.Process(target=_rank_main, args=(r, world_size, port, overrides, args, tokenizer_dir, results))
+        ctx.Process(target=_rank_main, args=(r, world_size, port, overrides, model, args, tokenizer_dir, results))
         for r in range(world_size)
     ]
     for p in procs:
@@ -203,7 +293,8 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per configuration (best is kept)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=list(CONFIGS)[1:], choices=list(CONFIGS)[1:])
+    methods = [name for name in CONFIGS if name not in BASELINES.values()]
+    parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--timeout-s", type=float, default=3600)
     parser.add_argument("--json", default="benchmarks/results/parallel_bench.json", help="where to write the rows")
     opts = parser.parse_args()
@@ -221,9 +312,14 @@ def main() -> None:
     tokenizer_dir = tempfile.mkdtemp(prefix="modm-bench-tok-")
     write_clip_bpe_files(tokenizer_dir)
     load_before = os.getloadavg()
-    base_seconds, base_cpu, base_image = run_config("single", args, tokenizer_dir)
-    rows = [Row("single", 1, opts.size, opts.steps, opts.warmup_steps, base_seconds, 1.0, base_cpu, 1.0, math.inf, 0.0)]
+    rows, baselines = [], {}
+    for model in dict.fromkeys(CONFIGS[name][2] for name in opts.methods):
+        label = BASELINES[model]
+        baselines[model] = run_config(label, args, tokenizer_dir)
+        seconds, cpu, _ = baselines[model]
+        rows.append(Row(label, 1, opts.size, opts.steps, opts.warmup_steps, seconds, 1.0, cpu, 1.0, math.inf, 0.0))
     for name in opts.methods:
+        base_seconds, base_cpu, base_image = baselines[CONFIGS[name][2]]
         seconds, cpu, image = run_config(name, args, tokenizer_dir)
         rows.append(
             Row(

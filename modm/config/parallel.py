@@ -34,6 +34,10 @@ class ParallelMethod(str, Enum):
     DISTRIFUSION = "distrifusion"  # displaced patch parallelism: rows split, stale neighbour activations
     NAIVE_PATCH = "naive_patch"  # baseline: rows split, no exchange between patches (visible seams)
     ASYNCDIFF = "asyncdiff"  # model split into components that run one step stale, in parallel
+    # Context parallelism through diffusers' `enable_parallelism` (transformers with a `_cp_plan`, e.g. FLUX): the
+    # token sequence is split across ranks and attention is exact.
+    ULYSSES = "ulysses"  # all-to-all swaps sequence shards for head shards around each attention (any device)
+    RING = "ring"  # key/value shards circulate; needs a CUDA attention backend returning the log-sum-exp
     NONE = "none"  # one device, the unmodified model
 
 
@@ -114,9 +118,18 @@ class ParallelConfig(BaseModel):
                 raise ParallelConfigError(
                     "asyncdiff needs warmup_steps >= 1: the last warm-up step allocates the component caches"
                 )
+        if self.is_context_parallel:
+            if w < 2:
+                raise ParallelConfigError(f"{m.value} splits the token sequence across ranks: world_size >= 2, got {w}")
+            if self.cfg_split:
+                raise ParallelConfigError(f"cfg_split is not supported with {m.value} (every rank holds both halves)")
         if m in (ParallelMethod.DISTRIFUSION, ParallelMethod.NAIVE_PATCH) and self.cfg_split and w % 2:
             raise ParallelConfigError(f"cfg_split needs an even world_size (two CFG halves), got {w}")
         return self
+
+    @property
+    def is_context_parallel(self) -> bool:
+        return self.method in (ParallelMethod.ULYSSES, ParallelMethod.RING)
 
     @property
     def is_patch_method(self) -> bool:

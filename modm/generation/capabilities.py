@@ -114,6 +114,10 @@ def parallel_problem(denoiser_class: type | None, method: ParallelMethod) -> str
     """Why this denoiser cannot run `method` across devices, or None."""
     if method is ParallelMethod.NONE:
         return None
+    if method in (ParallelMethod.ULYSSES, ParallelMethod.RING):
+        from modm.parallel.context_parallel import context_parallel_problem
+
+        return context_parallel_problem(denoiser_class, method)
     name = getattr(denoiser_class, "__name__", "no unet or transformer")
     if name not in PARALLEL_DENOISERS:
         return (

@@ -11,7 +11,14 @@ in a process that already formed the default group (Ray actors, torchrun scripts
 
 from modm.parallel.config import GroupNormMode, ParallelConfig, ParallelMethod
 from modm.parallel.context import ParallelContext, backend_for_device, init_parallel
-from modm.parallel.errors import ParallelConfigError, PatchSplitError, RendezvousError, UnsupportedModelError
+from modm.parallel.context_parallel import ContextParallelDenoiser
+from modm.parallel.errors import (
+    ParallelConfigError,
+    PatchSplitError,
+    RendezvousError,
+    SequenceSplitError,
+    UnsupportedModelError,
+)
 from modm.parallel.partition import balanced_contiguous_split, check_patch_divisible, rank_layout, row_range
 from modm.parallel.pipeline import ParallelDenoiser, ParallelPipeline, parallelize_denoiser
 
@@ -27,6 +34,8 @@ __all__ = [
     "parallelize_denoiser",
     "ParallelConfigError",
     "PatchSplitError",
+    "SequenceSplitError",
+    "ContextParallelDenoiser",
     "UnsupportedModelError",
     "RendezvousError",
     "balanced_contiguous_split",

@@ -3,7 +3,13 @@ the ordinary way; rendezvous failures are `RuntimeError`s because they are about
 
 from __future__ import annotations
 
-__all__ = ["ParallelConfigError", "PatchSplitError", "UnsupportedModelError", "RendezvousError"]
+__all__ = [
+    "ParallelConfigError",
+    "PatchSplitError",
+    "SequenceSplitError",
+    "UnsupportedModelError",
+    "RendezvousError",
+]
 
 
 from modm.config.parallel import ParallelConfigError  # noqa: E402 -- defined with the config it validates
@@ -11,6 +17,10 @@ from modm.config.parallel import ParallelConfigError  # noqa: E402 -- defined wi
 
 class PatchSplitError(ValueError):
     """The latent cannot be cut into equal row stripes at every resolution level of the model."""
+
+
+class SequenceSplitError(ValueError):
+    """A token sequence that context parallelism cannot cut into one equal shard per rank."""
 
 
 class UnsupportedModelError(ValueError):

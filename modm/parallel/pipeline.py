@@ -19,6 +19,7 @@ from modm.generation.steps import GenerationInterrupted, StepControl
 from modm.parallel.asyncdiff import AsyncDiffModel
 from modm.parallel.config import ParallelMethod
 from modm.parallel.context import ParallelContext
+from modm.parallel.context_parallel import ContextParallelDenoiser
 from modm.parallel.distrifusion import wrap_naive_patch, wrap_sd3_transformer, wrap_unet
 from modm.parallel.errors import ParallelConfigError, UnsupportedModelError
 
@@ -59,17 +60,20 @@ class _Unchanged:
 def parallelize_denoiser(
     model: nn.Module, ctx: ParallelContext, timesteps: Callable[[], torch.Tensor] | None = None
 ) -> ParallelDenoiser:
-    """Attach `ctx.config.method` to a UNet2DConditionModel or SD3Transformer2DModel, in place.
+    """Attach `ctx.config.method` to the denoiser, in place: the patch methods and AsyncDiff take a
+    UNet2DConditionModel or SD3Transformer2DModel, ulysses and ring a transformer with a diffusers `_cp_plan` (FLUX).
 
     `timesteps` returns the scheduler's current timesteps (AsyncDiff stride 2 runs components one step ahead).
     """
     method = ctx.config.method
+    if method is ParallelMethod.NONE:
+        return _Unchanged()
+    if ctx.config.is_context_parallel:
+        return ContextParallelDenoiser(model, ctx)
     if not isinstance(model, (UNet2DConditionModel, SD3Transformer2DModel)):
         raise UnsupportedModelError(
             f"parallel inference supports UNet2DConditionModel and SD3Transformer2DModel, got {type(model).__name__}"
         )
-    if method is ParallelMethod.NONE:
-        return _Unchanged()
     if method is ParallelMethod.NAIVE_PATCH:
         return wrap_naive_patch(model, ctx)
     if method is ParallelMethod.DISTRIFUSION:
@@ -80,7 +84,8 @@ def parallelize_denoiser(
 
 
 class ParallelPipeline:
-    """A diffusers text-to-image pipeline (SD, SDXL, SD3) whose denoiser runs on all ranks of `ctx`.
+    """A diffusers text-to-image pipeline (SD, SDXL, SD3; FLUX with ulysses or ring) whose denoiser runs on all
+    ranks of `ctx`.
 
     Call it exactly like the pipeline. With more than one rank, pass a seeded `generator` (or `latents`) so all ranks
     start from the same noise.
