@@ -13,7 +13,7 @@ is still biased upwards by the finite sample (see `modm.world.eval`): rows of on
 other, not with `world_eval.json`'s 1,000-sample FIDs. Thresholds found on 32x32 world models say nothing about
 1024^2 models; the shipped GPU configs leave feature caches off.
 
-    nice -n 15 .venv/bin/python benchmarks/feature_cache_bench.py --samples 80 \
+    nice -n 15 .venv/bin/python benchmarks/feature_cache_bench.py --samples 100 \
         --out benchmarks/results/feature_cache_bench.json
 """
 
@@ -90,7 +90,7 @@ def run_row(role: str, feature_cache: dict | None, *, samples: int, steps: int, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=80, help="evaluation prompts per row (FID needs > 64)")
+    parser.add_argument("--samples", type=int, default=100, help="evaluation prompts per row (FID needs > 64)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per image")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="rows whose 'model:setting' label contains one of these")
@@ -116,34 +116,43 @@ def main() -> int:
 
     started = time.perf_counter()
     rows = []
+
+    def write() -> None:
+        """The table so far (after every row: a run cut short keeps what it measured)."""
+        for row in rows:
+            plain = next((r for r in rows if r["model"] == row["model"] and r["feature_cache"] is None), None)
+            row["speedup_vs_none"] = plain["seconds_per_image"] / row["seconds_per_image"] if plain else None
+        if not args.out:
+            return
+        body = {
+            "command": "benchmarks/feature_cache_bench.py "
+            + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
+            "samples": args.samples,
+            "steps": args.steps,
+            "threads": args.threads,
+            "image_size": 32,
+            "real_images_for_fid": REAL_IMAGES_MIN,
+            "load_average_start_now": [load_at_start, os.getloadavg()],
+            "wall_seconds": time.perf_counter() - started,
+            "rows": rows,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+
     for role, feature_cache in ROWS:
         name = f"{role}:{label(feature_cache)}"
         if args.only and not any(part in name for part in args.only):
             continue
         row = run_row(role, feature_cache, samples=args.samples, steps=args.steps, evaluate=evaluate)
         rows.append(row)
+        write()
         print(
-            f"{name:70s} {row['seconds_per_image']:.3f} s/img  skipped {row['skipped_fraction']:.2f}  "
-            f"judge all {row['judge_all']:.3f}  FID {row['fid'] if row['fid'] is None else round(row['fid'], 1)}",
+            f"{name:70s} {row['seconds_per_image']:.3f} s/img  x{row['speedup_vs_none'] or 0:.2f}  skipped "
+            f"{row['skipped_fraction']:.2f}  judge all {row['judge_all']:.3f}  FID "
+            f"{row['fid'] if row['fid'] is None else round(row['fid'], 1)}  load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-    for row in rows:
-        plain = next((r for r in rows if r["model"] == row["model"] and r["feature_cache"] is None), None)
-        row["speedup_vs_none"] = plain["seconds_per_image"] / row["seconds_per_image"] if plain else None
-    body = {
-        "command": "benchmarks/feature_cache_bench.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
-        "samples": args.samples,
-        "steps": args.steps,
-        "threads": args.threads,
-        "image_size": 32,
-        "real_images_for_fid": REAL_IMAGES_MIN,
-        "load_average_start_end": [load_at_start, os.getloadavg()],
-        "wall_seconds": time.perf_counter() - started,
-        "rows": rows,
-    }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
     return 0
 
