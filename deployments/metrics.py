@@ -145,6 +145,17 @@ class ModelMetrics:
             boundaries=BATCH_SIZE_BUCKETS,
             tag_keys=("model",),
         )
+        self.feature_cache_calls = metrics.Counter(
+            "modm_model_feature_cache_calls_total",
+            "Calls of the modules a feature cache hooks (blocks or attention), by whether diffusers' hook computed "
+            "or skipped them.",
+            tag_keys=("model", "kind", "outcome"),
+        )
+
+    def feature_cache(self, kind: str, skipped: int, total: int) -> None:
+        for outcome, calls in (("skipped", skipped), ("computed", total - skipped)):
+            if calls:
+                self.feature_cache_calls.inc(calls, tags={"model": self.role, "kind": kind, "outcome": outcome})
 
     def observe(self, task: str, seconds: float) -> None:
         self.compute.observe(seconds, tags={"model": self.role, "task": task})

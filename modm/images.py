@@ -9,7 +9,7 @@ from enum import Enum
 
 from PIL import Image
 
-__all__ = ["ImageFormat", "UploadError", "decode_png", "encode_as", "png_bytes", "read_upload"]
+__all__ = ["ImageFormat", "UploadError", "decode_png", "encode_as", "png_bytes", "png_text", "read_upload"]
 
 
 class ImageFormat(str, Enum):
@@ -34,11 +34,25 @@ class UploadError(ValueError):
     """An uploaded image that cannot be edited; the message says why."""
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    """`image` as RGB PNG bytes."""
+def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """`image` as RGB PNG bytes, with `text` as PNG text chunks (read back with `png_text`)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if text:
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG")
+    image.convert("RGB").save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def png_text(data: bytes, key: str) -> str | None:
+    """The PNG text chunk `key` of `data` (written by `png_bytes`), or None; the pixels are not decoded."""
+    with Image.open(io.BytesIO(data)) as image:
+        value = image.info.get(key)
+    return value if isinstance(value, str) else None
 
 
 def decode_png(data: bytes) -> Image.Image:

@@ -31,8 +31,18 @@ from modm.workload.runs import RECORDS_FILE
 from tools.local_cluster import free_port, wait_healthy
 from tools.serve_configs import tiny_config_path
 
-SYSTEMS = ("vanilla", "modm-throughput", "modm-quality", "nirvana")
+SYSTEMS = ("vanilla", "vanilla-accelerated", "modm-throughput", "modm-accelerated", "modm-quality", "nirvana")
 REFERENCE_SYSTEM = "vanilla"  # the large model alone: the throughput baseline and the FID reference
+# The "-accelerated" systems add what vLLM-Omni or SGLang Diffusion would give a user: a feature cache on each model
+# and step-level batching. The kinds are the ones each model class takes (SD3-class large: block caches; SDXL-class
+# small: pyramid attention broadcast). The settings are provisional: first_block 0.2 skipped 44% of the world large
+# model's blocks (1.26x per image) in a 6-prompt speed run, PAB's skip range 2 is diffusers' own fallback; their
+# judge accuracy is not measured yet (benchmarks/feature_cache_bench.py gives it; README, Feature caches).
+ACCELERATED_FEATURE_CACHES = {
+    "large": {"kind": "first_block", "threshold": 0.2},
+    "small": {"kind": "pyramid_attention_broadcast", "spatial_attention_block_skip_range": 2},
+}
+ACCELERATED_BATCHING = {"engine": "step", "max_batch_size": 4, "max_wait_ms": 5.0}
 
 
 def system_variants(
@@ -44,26 +54,37 @@ def system_variants(
     work: Path,
     names: tuple[str, ...] = SYSTEMS,
     batching: dict | None = None,
+    feature_caches: dict[str, dict] | None = None,
+    accelerated_batching: dict | None = None,
 ) -> dict[str, dict]:
     """The same models, steps, batching engine and replica budget for every system; only mode and monitor objective
-    differ."""
+    differ, and the "-accelerated" systems add `feature_caches` (per role; default ACCELERATED_FEATURE_CACHES) and
+    `accelerated_batching` (default ACCELERATED_BATCHING)."""
+    feature_caches = ACCELERATED_FEATURE_CACHES if feature_caches is None else feature_caches
+    accelerated_batching = ACCELERATED_BATCHING if accelerated_batching is None else accelerated_batching
     variants = {}
     for name in names:
         system = json.loads(json.dumps(base))
+        accelerated = name.endswith("-accelerated")
         for role in ("large", "small"):
             system["models"][role].update(num_inference_steps=steps, default_size=size)
-            if batching is not None:
-                system["models"][role]["batching"] = dict(batching)
+            engine = accelerated_batching if accelerated else batching
+            if engine is not None:
+                system["models"][role]["batching"] = dict(engine)
+            if accelerated and feature_caches.get(role) is not None:
+                system["models"][role]["feature_cache"] = dict(feature_caches[role])
         system["monitor"].update(gpu_budget=budget, window_s=window_s)
         system["cache"]["directory"] = str((work / name / "cache").resolve())
-        if name in ("vanilla", "nirvana"):  # the large model alone, with NIRVANA's latent cache or none
-            system["mode"] = name
+        mode = name.removesuffix("-accelerated")
+        if mode in ("vanilla", "nirvana"):  # the large model alone, with NIRVANA's latent cache or none
+            system["mode"] = mode
             system["models"].pop("small")
             system["monitor"]["min_small"] = 0
-            if name == "nirvana":
+            if mode == "nirvana":
                 system["policy"] = {"total_steps": steps}  # its own k table; T must exceed its last snapshot
         else:
-            system["monitor"]["mode"] = name.split("-", 1)[1]
+            # modm-accelerated: the throughput objective, as the system it accelerates (modm-throughput)
+            system["monitor"]["mode"] = "throughput" if accelerated else mode.split("-", 1)[1]
         config_from_dict(system, name)  # fail before deploying anything
         variants[name] = system
     return variants
@@ -90,7 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="the batching engine of every system's model replicas (models.<role>.batching.engine)",
     )
-    parser.add_argument("--max-batch-size", type=int, default=4, help="with --batching: requests per batch")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=4, help="with --batching and the -accelerated systems: requests per batch"
+    )
+    parser.add_argument(
+        "--feature-cache-large",
+        type=json.loads,
+        default=ACCELERATED_FEATURE_CACHES["large"],
+        help="JSON models.large.feature_cache of the -accelerated systems",
+    )
+    parser.add_argument(
+        "--feature-cache-small",
+        type=json.loads,
+        default=ACCELERATED_FEATURE_CACHES["small"],
+        help="JSON models.small.feature_cache of modm-accelerated",
+    )
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="with --batching: wait for company")
     parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
@@ -160,8 +195,22 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
         if args.batching == "none"
         else {"engine": args.batching, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms}
     )
+    accelerated_batching = {
+        **ACCELERATED_BATCHING,
+        "max_batch_size": args.max_batch_size,
+        "max_wait_ms": args.max_wait_ms,
+    }
     variants = system_variants(
-        base, args.budget, args.steps, args.size, args.window_s, args.out, tuple(chosen), batching=batching
+        base,
+        args.budget,
+        args.steps,
+        args.size,
+        args.window_s,
+        args.out,
+        tuple(chosen),
+        batching=batching,
+        feature_caches={"large": args.feature_cache_large, "small": args.feature_cache_small},
+        accelerated_batching=accelerated_batching,
     )
 
     summaries, reference_s, runs, sweeps = [], None, {}, {}

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from modm.config.feature_cache import FeatureCacheConfig
 from modm.config.parallel import ParallelConfig, ParallelMethod
 from modm.constants import (
     DEFAULT_CACHE_CAPACITY,
@@ -154,6 +155,12 @@ class ModelSpec(_Strict):
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig,
         description="Batching of this model's requests inside each replica (none, request-level or step-level).",
+    )
+    feature_cache: FeatureCacheConfig | None = Field(
+        default=None,
+        description="A diffusers feature-cache hook that skips work inside each denoising step ({kind: first_block "
+        "| taylorseer | pyramid_attention_broadcast, ...} with diffusers' parameter names); none by default. "
+        "Requests of a feature-cached model each run their own denoiser passes (per-request cache state).",
     )
     quality_steps: dict[ImageQuality, Annotated[int, Field(gt=0, le=1000)]] = Field(
         default_factory=dict,

@@ -1,9 +1,9 @@
 """What a loaded model can do for the mode and role it is configured for, decided before serving starts.
 
-A config whose model cannot refine (MoDM's small model), resume part-way (NIRVANA's large model) or run the requested
-parallel method must be refused at build time naming the field and the reason, never answered with a 503 at the
-first request. Each `*_problem` function is pure (classes, a scheduler object and numbers in, a reason or None out);
-`check_model_capabilities` combines them for one model and raises `CapabilityError`.
+A config whose model cannot refine (MoDM's small model), resume part-way (NIRVANA's large model), run the requested
+parallel method or take its feature cache must be refused at build time naming the field and the reason, never
+answered with a 503 at the first request. Each `*_problem` function is pure (classes, a scheduler object and numbers
+in, a reason or None out); `check_model_capabilities` combines them for one model and raises `CapabilityError`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import inspect
 from pathlib import Path
 from dataclasses import dataclass
 
+from modm.config.feature_cache import FeatureCacheKind
 from modm.config.loader import ConfigError
 from modm.config.parallel import ParallelMethod
 from modm.config.schema import ModelSpec, SystemMode
@@ -24,6 +25,7 @@ __all__ = [
     "PipelineClasses",
     "check_model_capabilities",
     "check_spec_capabilities",
+    "feature_cache_kind_problem",
     "model_needs",
     "parallel_problem",
     "pipeline_classes",
@@ -51,6 +53,7 @@ class ModelNeeds:
     resume: bool = False  # stop and resume part-way (NIRVANA's large model)
     parallel: ParallelMethod = ParallelMethod.NONE
     steps: int = 50  # denoising steps of a full generation (the spec's num_inference_steps)
+    feature_cache: FeatureCacheKind | None = None  # the diffusers feature-cache hook it runs with
 
 
 def model_needs(mode: SystemMode, role: str, spec: ModelSpec) -> ModelNeeds:
@@ -60,6 +63,7 @@ def model_needs(mode: SystemMode, role: str, spec: ModelSpec) -> ModelNeeds:
         resume=mode is SystemMode.NIRVANA and role == "large",
         parallel=spec.parallel.method,
         steps=spec.num_inference_steps,
+        feature_cache=None if spec.feature_cache is None else spec.feature_cache.kind,
     )
 
 
@@ -127,6 +131,20 @@ def parallel_problem(denoiser_class: type | None, method: ParallelMethod) -> str
     return None
 
 
+def feature_cache_kind_problem(denoiser_class: type | None, needs: ModelNeeds) -> str | None:
+    """Why this denoiser cannot run `needs.feature_cache` (with its parallel method), or None."""
+    if needs.feature_cache is None:
+        return None
+    if needs.parallel is not ParallelMethod.NONE:
+        return (
+            f"a feature cache does not combine with parallel.method {needs.parallel.value} (the parallel denoiser "
+            "wrappers replace the modules diffusers' hooks attach to); set parallel.method: none or drop it"
+        )
+    from modm.generation.feature_cache import feature_cache_problem
+
+    return feature_cache_problem(getattr(denoiser_class, "__name__", None), needs.feature_cache)
+
+
 def steps_problem(pipe_class: type, steps: int) -> str | None:
     """Why the pipeline cannot run `steps` denoising steps, or None. SANA-Sprint's pipelines run exactly 2 while
     `intermediate_timesteps` is set, and it is set by default."""
@@ -160,9 +178,13 @@ def check_model_capabilities(pipe, needs: ModelNeeds, *, field: str) -> None:
         if problem:
             raise CapabilityError(f"{field}.source", problem)
     denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
-    problem = parallel_problem(type(denoiser) if denoiser is not None else None, needs.parallel)
+    denoiser_class = type(denoiser) if denoiser is not None else None
+    problem = parallel_problem(denoiser_class, needs.parallel)
     if problem:
         raise CapabilityError(f"{field}.parallel.method", problem)
+    problem = feature_cache_kind_problem(denoiser_class, needs)
+    if problem:
+        raise CapabilityError(f"{field}.feature_cache.kind", problem)
 
 
 @dataclass(frozen=True)
@@ -227,3 +249,6 @@ def check_spec_capabilities(spec: ModelSpec, needs: ModelNeeds, *, field: str) -
     problem = parallel_problem(classes.denoiser, needs.parallel)
     if problem:
         raise CapabilityError(f"{field}.parallel.method", problem)
+    problem = feature_cache_kind_problem(classes.denoiser, needs)
+    if problem:
+        raise CapabilityError(f"{field}.feature_cache.kind", problem)

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +37,15 @@ class GenerationRequest:
     guidance_scale: float | None = None  # None: the model spec's default
 
 
+def denoiser_of(pipe) -> torch.nn.Module | None:
+    """The pipeline's denoiser: its transformer, or its U-Net."""
+    return getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+
+
 def size_multiple(pipe) -> int:
     """Pixels per latent patch: image sides must be a multiple of this for the denoiser."""
     vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
-    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    denoiser = denoiser_of(pipe)
     config = getattr(denoiser, "config", None)
     patch = getattr(config, "patch_size", None)
     if patch is None:  # U-Nets downsample once per block but the last
@@ -96,6 +102,32 @@ class DiffusionGenerator:
         self.size_multiple = size_multiple(pipe) * row_stripes
         self._txt2img_kwargs = spec_call_kwargs(pipe, spec)
         self._refine_pipe = None
+        self.feature_cache = None  # modm.generation.feature_cache.FeatureCache, when the spec names one
+        if spec.feature_cache is not None:
+            from modm.generation.feature_cache import FeatureCache
+
+            self.feature_cache = FeatureCache(denoiser_of(pipe), spec.feature_cache)
+
+    @contextmanager
+    def _cached(self):
+        """One request's pipeline call with the feature cache (if any) on that request's own state; its skip counts
+        go into each image's `info` (`feature_cache.FEATURE_CACHE_INFO_KEY`). Yields a list to put the output in."""
+        if self.feature_cache is None:
+            yield []
+            return
+        from modm.config.feature_cache import FEATURE_CACHE_INFO_KEY
+
+        state = self.feature_cache.new_request()
+        output: list = []
+        with self.feature_cache.serving(state):
+            yield output
+        for image in output[0].images:
+            image.info[FEATURE_CACHE_INFO_KEY] = state.counts.as_dict()
+
+    def _one_request_per_call(self, reqs: Sequence[GenerationRequest]) -> bool:
+        """A feature-cached model runs each request in a call of its own: diffusers' hooks decide skip or compute
+        once per forward for the whole batch, so a batched request's image would depend on its batch mates."""
+        return self.feature_cache is not None and len(reqs) > 1
 
     @property
     def refine_pipe(self):
@@ -155,14 +187,19 @@ class DiffusionGenerator:
     def txt2img_batch(self, reqs: Sequence[GenerationRequest], control: StepControl | None = None) -> list[Image.Image]:
         """`txt2img` of compatible requests (same `batch_key`) in one pipeline call."""
         self._check_batch(reqs)
-        out = self.pipe(
-            height=reqs[0].height,
-            width=reqs[0].width,
-            **self._common(reqs),
-            **self._txt2img_kwargs,
-            **_step_callback(self.pipe, control),
-        )
-        return list(out.images)
+        if self._one_request_per_call(reqs):
+            return [self.txt2img_batch([req], control)[0] for req in reqs]
+        with self._cached() as output:
+            output.append(
+                self.pipe(
+                    height=reqs[0].height,
+                    width=reqs[0].width,
+                    **self._common(reqs),
+                    **self._txt2img_kwargs,
+                    **_step_callback(self.pipe, control),
+                )
+            )
+        return list(output[0].images)
 
     @torch.inference_mode()
     def img2img(
@@ -185,6 +222,8 @@ class DiffusionGenerator:
         check_strength(strength)
         if len(images) != len(reqs):
             raise ValueError(f"{len(images)} images for {len(reqs)} requests")
+        if self._one_request_per_call(reqs):
+            return [self.img2img_batch([req], [image], strength, control)[0] for req, image in zip(reqs, images)]
         width, height = reqs[0].width, reqs[0].height
         images = [sized_rgb(image, width, height) for image in images]
         refine_pipe = self.refine_pipe
@@ -193,15 +232,18 @@ class DiffusionGenerator:
         # img2img runs int(steps * strength) steps; with few steps that can round to zero, which diffusers cannot
         # run. Refine with at least one step by stretching the schedule just enough.
         common["num_inference_steps"] = refine_schedule_steps(reqs[0].steps, strength)
-        out = refine_pipe(
-            image=images,
-            strength=strength,
-            **size,
-            **common,
-            **self._img2img_kwargs,
-            **_step_callback(refine_pipe, control),
-        )
-        return list(out.images)
+        with self._cached() as output:
+            output.append(
+                refine_pipe(
+                    image=images,
+                    strength=strength,
+                    **size,
+                    **common,
+                    **self._img2img_kwargs,
+                    **_step_callback(refine_pipe, control),
+                )
+            )
+        return list(output[0].images)
 
     def check_capabilities(self, needs) -> None:
         """Refuse (CapabilityError naming `models.<name>.<field>`) a model that cannot do what `needs` asks
@@ -236,20 +278,26 @@ class DiffusionGenerator:
         outside = [s for s in snapshot_steps if not 0 < s < steps]
         if outside:
             raise InvalidRequestError(f"snapshot steps {outside} are not inside a {steps}-step run")
+        if self._one_request_per_call(reqs):
+            return [self.txt2img_with_snapshots_batch([req], snapshot_steps, control)[0] for req in reqs]
         snapshots = LatentSnapshots(snapshot_steps)
 
         def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
             snapshots(pipe, step, timestep, callback_kwargs)
             return {} if control is None else control.on_step_end(pipe, step, timestep, callback_kwargs)
 
-        out = self.pipe(
-            height=reqs[0].height,
-            width=reqs[0].width,
-            **self._common(reqs),
-            **self._txt2img_kwargs,
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-        )
+        with self._cached() as output:
+            output.append(
+                self.pipe(
+                    height=reqs[0].height,
+                    width=reqs[0].width,
+                    **self._common(reqs),
+                    **self._txt2img_kwargs,
+                    callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                )
+            )
+        out = output[0]
         return [
             (image, {done: latents[i : i + 1].clone() for done, latents in snapshots.latents.items()})
             for i, image in enumerate(out.images)
@@ -277,16 +325,20 @@ class DiffusionGenerator:
             raise ValueError(f"{len(latents)} latents for {len(reqs)} requests")
         for one in latents:
             check_resume(one, steps_done, reqs[0].steps)
-        with schedule_from_step(self.pipe.scheduler, steps_done):
-            out = self.pipe(
-                height=reqs[0].height,
-                width=reqs[0].width,
-                latents=torch.cat([one.to(self.device, self.pipe.dtype) for one in latents]),
-                **self._common(reqs),
-                **self._txt2img_kwargs,
-                **_step_callback(self.pipe, control),
+        if self._one_request_per_call(reqs):
+            return [self.resume_batch([req], [one], steps_done, control)[0] for req, one in zip(reqs, latents)]
+        with schedule_from_step(self.pipe.scheduler, steps_done), self._cached() as output:
+            output.append(
+                self.pipe(
+                    height=reqs[0].height,
+                    width=reqs[0].width,
+                    latents=torch.cat([one.to(self.device, self.pipe.dtype) for one in latents]),
+                    **self._common(reqs),
+                    **self._txt2img_kwargs,
+                    **_step_callback(self.pipe, control),
+                )
             )
-        return list(out.images)
+        return list(output[0].images)
 
     @torch.inference_mode()
     def measure_step_cost_s(self, size: int, *, steps: tuple[int, int] = (2, 12), repeats: int = 3) -> float:

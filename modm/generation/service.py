@@ -8,6 +8,7 @@ arguments; model compute time goes to an injected `ModelMetricsSink` (Prometheus
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import defaultdict
@@ -16,6 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from modm.config.feature_cache import FEATURE_CACHE_INFO_KEY
 from modm.config.schema import ModelSpec
 from modm.generation.generator import GenerationRequest
 from modm.generation.interface import Generator, Operation
@@ -38,6 +40,9 @@ class ModelMetricsSink(Protocol):
         """One pass of the model ran `size` requests together."""
         ...
 
+    # Optional: `feature_cache(kind, skipped, total)`, one feature-cached generation's hooked-module calls that
+    # diffusers' hook skipped, of `total` (a sink without it does not count them).
+
 
 class InMemoryModelMetrics:
     """Counts and total seconds per task, and passes per batch size, in this process (bounded)."""
@@ -46,6 +51,11 @@ class InMemoryModelMetrics:
         self.count: dict[str, int] = defaultdict(int)
         self.seconds: dict[str, float] = defaultdict(float)
         self.batch_sizes: dict[int, int] = defaultdict(int)
+        self.feature_cache_calls: dict[str, int] = defaultdict(int)  # "skipped" and "total", over all generations
+
+    def feature_cache(self, kind: str, skipped: int, total: int) -> None:
+        self.feature_cache_calls["skipped"] += skipped
+        self.feature_cache_calls["total"] += total
 
     def batch(self, size: int) -> None:
         self.batch_sizes[size] += 1
@@ -92,7 +102,7 @@ class ModelService:
         start = time.perf_counter()
         image = await self.generator.txt2img(GenerationRequest(prompt, width, height, steps, seed))
         self.metrics.observe("generate", time.perf_counter() - start)
-        return png_bytes(image)
+        return self._png(image)
 
     async def refine(
         self, prompt: str, png: bytes, strength: float, width: int, height: int, steps: int, seed: int
@@ -102,7 +112,7 @@ class ModelService:
         request = GenerationRequest(prompt, width, height, steps, seed)
         image = await self.generator.img2img(request, decode_png(png), strength)
         self.metrics.observe("refine", time.perf_counter() - start)
-        return png_bytes(image)
+        return self._png(image)
 
     async def generate_with_snapshots(
         self, prompt: str, width: int, height: int, steps: int, seed: int
@@ -112,7 +122,7 @@ class ModelService:
         request = GenerationRequest(prompt, width, height, steps, seed)
         image, latents = await self.generator.txt2img_with_snapshots(request, self.snapshot_steps)
         self.metrics.observe("generate", time.perf_counter() - start)
-        return png_bytes(image), {k: v.to(torch.float16).numpy() for k, v in latents.items()}
+        return self._png(image), {k: v.to(torch.float16).numpy() for k, v in latents.items()}
 
     async def resume(
         self, prompt: str, latents: np.ndarray, steps_done: int, width: int, height: int, steps: int, seed: int
@@ -122,7 +132,18 @@ class ModelService:
         request = GenerationRequest(prompt, width, height, steps, seed)
         image = await self.generator.resume(request, torch.from_numpy(np.asarray(latents)), steps_done)
         self.metrics.observe("resume", time.perf_counter() - start)
-        return png_bytes(image)
+        return self._png(image)
+
+    def _png(self, image) -> bytes:
+        """The answer's PNG; a feature-cached generation's skip counts go into its metrics and, as a text chunk
+        (`FEATURE_CACHE_INFO_KEY`), into the PNG, from which the request pipeline copies them into its decision."""
+        counts = image.info.get(FEATURE_CACHE_INFO_KEY)
+        if counts is None:
+            return png_bytes(image)
+        record = getattr(self.metrics, "feature_cache", None)
+        if record is not None:
+            record(counts["kind"], counts["skipped"], counts["total"])
+        return png_bytes(image, {FEATURE_CACHE_INFO_KEY: json.dumps(counts)})
 
     async def profile(self) -> float:
         """Seconds per full generation at the spec's default size and steps (MoDM profiles P = 60 / latency);

@@ -19,6 +19,7 @@ background admissions, timeouts — lives here.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import uuid
@@ -27,9 +28,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from modm.config import SystemConfig, SystemMode
+from modm.config.feature_cache import FEATURE_CACHE_INFO_KEY
 from modm.config.parallel import ParallelMethod
 from modm.config.schema import ImageQuality, ModelSpec
-from modm.images import UploadError, png_bytes, read_upload
+from modm.images import UploadError, png_bytes, png_text, read_upload
 from modm.policy import BatchCapacity, PoolState, RetrievalDecision, WindowCounter, route
 from modm.policy.api_keys import ApiKeyRing
 from modm.policy.backpressure import PoolLoad, admit, seconds_to_drain
@@ -298,6 +300,9 @@ class RequestPipeline:
         return Decision(request_id=job.request_id, mode=self.mode.value, model=role, timings_s=job.timings_s, **outcome)
 
     def _served(self, job: Job, images: list[bytes], decision: Decision) -> ServedImages:
+        skipped = feature_cache_counts(images)
+        if skipped is not None:
+            decision = decision.model_copy(update={"feature_cache": skipped})
         return ServedImages(
             images=images, decision=decision, created=int(self.clock.wall()), width=job.width, height=job.height
         )
@@ -621,6 +626,20 @@ def _capacity_view(capacity: BatchCapacity | None) -> dict | None:
         "max_batch_size": capacity.max_batch_size,
         "mean_batch_size": capacity.mean_batch_size,
         "seconds_per_image_step": {str(b): s for b, s in sorted(capacity.seconds_per_image_step.items())},
+    }
+
+
+def feature_cache_counts(images: list[bytes]) -> dict | None:
+    """The feature-cache skip counts the model wrote into the images' PNGs (`ModelService._png`), summed; None
+    when it wrote none."""
+    found = [json.loads(text) for png in images if (text := png_text(png, FEATURE_CACHE_INFO_KEY)) is not None]
+    if not found:
+        return None
+    return {
+        "kind": found[0]["kind"],
+        "unit": found[0]["unit"],
+        "skipped": sum(one["skipped"] for one in found),
+        "total": sum(one["total"] for one in found),
     }
 
 

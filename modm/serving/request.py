@@ -113,6 +113,9 @@ class Decision(BaseModel):
     operation: Literal["generation", "edit"] = "generation"
     # MoDM: the cache entry a hit was refined from (GET /v1/cache/{entry_id} serves its image); None otherwise.
     entry_id: int | None = None
+    # A feature-cached model's hooked-module calls for this request's images: {kind, unit, skipped, total}
+    # (summed over its n images); None when the model runs no feature cache.
+    feature_cache: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from modm.config.feature_cache import FEATURE_CACHE_INFO_KEY
 from modm.generation.interface import Operation
 from modm.generation.stepwise.family import Denoising, Family, Job
 
@@ -155,7 +156,10 @@ class StepEngine:
         still running after it. A pass that fails is run again one request at a time, so that only a request that
         fails by itself gets the error."""
         first = min(active, key=lambda state: state.last_pass)
-        group = [state for state in active if state.batch_key == first.batch_key]
+        if self.family.one_request_per_pass:
+            group = [first]
+        else:
+            group = [state for state in active if state.batch_key == first.batch_key]
         self._passes += 1
         for state in group:
             state.last_pass = self._passes
@@ -220,6 +224,8 @@ class StepEngine:
                     continue
                 finally:
                     self._unreported_s += time.perf_counter() - started
+                if state.feature_cache is not None:
+                    image.info[FEATURE_CACHE_INFO_KEY] = state.feature_cache.counts.as_dict()
                 result = (image, state.snapshots.latents) if job.operation is Operation.SNAPSHOTS else image
                 _resolve(job, result)
             else:

@@ -57,6 +57,7 @@ class Denoising:
     step_kwargs: dict = field(default_factory=dict)
     snapshots: LatentSnapshots | None = None
     position: int = 0  # steps of `timesteps` done
+    feature_cache: Any = None  # its own feature_cache.RequestCacheState, when the model has a feature cache
     last_pass: int = -1  # the engine's number of the last pass it was in (round robin between image sizes)
 
     @property
@@ -159,7 +160,9 @@ class Family:
             if self.txt2img_begin_index is not None:
                 scheduler.set_begin_index(self.txt2img_begin_index)
         snapshots = LatentSnapshots(job.snapshot_steps) if job.operation is Operation.SNAPSHOTS else None
+        cache = self.diffusion.feature_cache
         return Denoising(
+            feature_cache=None if cache is None else cache.new_request(),
             job=job,
             pipe=pipe,
             latents=latents,
@@ -196,14 +199,28 @@ class Family:
         """One denoiser forward on the concatenated rows of several requests (timestep: one per row)."""
         raise NotImplementedError
 
+    @property
+    def one_request_per_pass(self) -> bool:
+        """A feature-cached model's requests each get passes of their own (see `modm.generation.feature_cache`)."""
+        return self.diffusion.feature_cache is not None
+
     def predict(self, states: list[Denoising]) -> list[torch.Tensor]:
         """One denoiser forward over the rows of every request in `states` (one batch key): each request's
-        prediction, guidance applied. Leaves the requests' latents and schedules as they were."""
+        prediction, guidance applied. Leaves the requests' latents and schedules as they were. With a feature
+        cache, `states` is one request, whose own cache state the forward runs on."""
         sample = torch.cat([self.model_input(s) for s in states])
         timestep = torch.cat([s.timestep.expand(s.rows) for s in states])
         conditioning = {key: torch.cat([s.conditioning[key] for s in states]) for key in states[0].conditioning}
+        cache = self.diffusion.feature_cache
+        if cache is None:
+            output = self.denoise(sample, timestep, conditioning)
+        else:
+            if len(states) != 1:
+                raise ValueError(f"a feature-cached model denoises one request per pass, got {len(states)}")
+            with cache.serving(states[0].feature_cache):
+                output = self.denoise(sample, timestep, conditioning)
         predictions = []
-        for state, rows in zip(states, self.denoise(sample, timestep, conditioning).split([s.rows for s in states])):
+        for state, rows in zip(states, output.split([s.rows for s in states])):
             if state.guided:
                 uncond, cond = rows.chunk(2)
                 rows = uncond + state.guidance_scale * (cond - uncond)
