@@ -48,8 +48,14 @@ def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
     return buffer.getvalue()
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def png_text(data: bytes, key: str) -> str | None:
-    """The PNG text chunk `key` of `data` (written by `png_bytes`), or None; the pixels are not decoded."""
+    """The PNG text chunk `key` of `data` (written by `png_bytes`), or None (also for bytes that are not a PNG: the
+    chunk is optional information, never a reason to fail a request); the pixels are not decoded."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
     with Image.open(io.BytesIO(data)) as image:
         value = image.info.get(key)
     return value if isinstance(value, str) else None

@@ -174,6 +174,7 @@ def test_unknown_routes_and_methods_get_a_json_reason(client, method, path):
     check(client.request(method, path))
 
 
+@pytest.mark.xdist_group("ray")  # on the worker whose tests filled SENT (this one needs no cluster itself)
 def test_print_counts():
     """Last in the module: the totals for issue 7's closing note (pytest -s)."""
     print(f"\nadversarial requests: {sum(SENT.values())} sent, by status {dict(sorted(SENT.items()))}")
