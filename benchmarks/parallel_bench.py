@@ -65,9 +65,27 @@ class Row:
     max_abs_vs_single: float
 
 
+def _small_vae(latent_channels: int, **factors):
+    """The benchmark pipelines' VAE (8x downsampling, few channels); seeded by the caller."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        sample_size=512,
+        **factors,
+    )
+
+
 def build_pipeline(tokenizer_dir: str):
     """SD-style pipeline: 52M-parameter UNet, 2-layer CLIP text encoder, 8x VAE; seeded, so identical per rank."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
@@ -84,17 +102,7 @@ def build_pipeline(tokenizer_dir: str):
         norm_num_groups=32,
     )
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16, 32, 32, 32),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=8,
-        sample_size=512,
-    )
+    vae = _small_vae(latent_channels=4)
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -137,7 +145,7 @@ def build_pipeline(tokenizer_dir: str):
 
 def build_flux_pipeline(tokenizer_dir: str):
     """FLUX-style pipeline: ~25M-parameter FluxTransformer2DModel, 2-layer CLIP and T5 encoders, 16-channel VAE."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
     from modm.models.twins import build_t5_tokenizer
@@ -173,19 +181,7 @@ def build_flux_pipeline(tokenizer_dir: str):
         T5Config(vocab_size=len(t5_tokenizer), d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4)
     )
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        block_out_channels=(16, 32, 32, 32),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=8,
-        sample_size=512,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
-    )
+    vae = _small_vae(latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611)  # FLUX's factors
     tokenizer = CLIPTokenizer(
         os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"), model_max_length=77
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modm.cache.constants import EMBEDDING_NORM_TOLERANCE
+from modm.images import PNG_SIGNATURE
 
 __all__ = [
     "PNG_SIGNATURE",
@@ -22,8 +23,6 @@ __all__ = [
     "check_png",
     "check_text",
 ]
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
