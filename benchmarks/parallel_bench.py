@@ -83,10 +83,35 @@ def _small_vae(latent_channels: int, **factors):
     )
 
 
+def _clip_text_encoder(hidden: int, **config):
+    """A 2-layer CLIP text tower of width `hidden` on CLIP's vocabulary; seeded by the caller."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            **config,
+        )
+    )
+
+
+def _clip_tokenizer(tokenizer_dir: str):
+    """CLIP's BPE tokenizer from the files the parent wrote once (every rank only reads them)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(
+        os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"), model_max_length=77
+    )
+
+
 def build_pipeline(tokenizer_dir: str):
     """SD-style pipeline: 52M-parameter UNet, 2-layer CLIP text encoder, 8x VAE; seeded, so identical per rank."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -104,19 +129,7 @@ def build_pipeline(tokenizer_dir: str):
     torch.manual_seed(0)
     vae = _small_vae(latent_channels=4)
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            vocab_size=49408,
-            hidden_size=256,
-            intermediate_size=512,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-        )
-    )
+    text_encoder = _clip_text_encoder(256, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -125,10 +138,7 @@ def build_pipeline(tokenizer_dir: str):
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    # The BPE files were written once by the parent; every rank only reads them.
-    tokenizer = CLIPTokenizer(
-        os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"), model_max_length=77
-    )
+    tokenizer = _clip_tokenizer(tokenizer_dir)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -146,7 +156,7 @@ def build_pipeline(tokenizer_dir: str):
 def build_flux_pipeline(tokenizer_dir: str):
     """FLUX-style pipeline: ~25M-parameter FluxTransformer2DModel, 2-layer CLIP and T5 encoders, 16-channel VAE."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     from modm.models.twins import build_t5_tokenizer
 
@@ -165,26 +175,14 @@ def build_flux_pipeline(tokenizer_dir: str):
         guidance_embeds=True,
     )
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=128,
-            intermediate_size=256,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            projection_dim=128,
-        )
-    )
+    text_encoder = _clip_text_encoder(128, projection_dim=128)
     torch.manual_seed(0)
     text_encoder_2 = T5EncoderModel(
         T5Config(vocab_size=len(t5_tokenizer), d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4)
     )
     torch.manual_seed(0)
     vae = _small_vae(latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611)  # FLUX's factors
-    tokenizer = CLIPTokenizer(
-        os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"), model_max_length=77
-    )
+    tokenizer = _clip_tokenizer(tokenizer_dir)
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,
