@@ -98,6 +98,9 @@ class RequestPipeline:
         self.metrics = metrics or NoMetrics()
         self.tenants = TenantResolver(ApiKeyRing.from_config(config.auth))
         self.roles = tuple(backends.models)
+        # Only then do the images carry skip counts: without a feature cache the hot path reads no PNG chunks.
+        models = (config.models.large, *config.models.tiers().values())
+        self._feature_cached = any(spec.feature_cache for spec in models)
         self.totals: Counter[str] = Counter()
         self.k_mix: Counter[int] = Counter()
         # This router's requests in flight per pool (exact), and the other routers' as the load board last summed
@@ -300,7 +303,7 @@ class RequestPipeline:
         return Decision(request_id=job.request_id, mode=self.mode.value, model=role, timings_s=job.timings_s, **outcome)
 
     def _served(self, job: Job, images: list[bytes], decision: Decision) -> ServedImages:
-        skipped = feature_cache_counts(images)
+        skipped = feature_cache_counts(images) if self._feature_cached else None
         if skipped is not None:
             decision = decision.model_copy(update={"feature_cache": skipped})
         return ServedImages(
