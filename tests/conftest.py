@@ -42,6 +42,8 @@ def single_torch_thread(request):
 def pytest_collection_modifyitems(config, items):
     # Under `pytest -n 2 --dist loadgroup` (make test) every test on the session's Ray cluster runs in one worker,
     # so one cluster starts and its apps do not compete with a second cluster's; the other tests balance over both.
+    # (Two groups on two clusters were tried: on 2 cores their replica start-ups, which are CPU-bound, starved each
+    # other and a parallel rank's replacement missed its 180 s deadline.)
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("ray"))

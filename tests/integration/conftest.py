@@ -33,17 +33,25 @@ def system_config(zoo, cache_dir) -> dict:
 
 
 @pytest.fixture(scope="session")
-def serve_app(ray_cluster, http_port, tiny_zoo, tmp_path_factory):
+def serve_http(ray_cluster, http_port) -> str:
+    """Serve's HTTP proxy on the session cluster, without any app: the tests that deploy only their own apps use
+    this, not `serve_app`, so they run on a second cluster (tests/conftest.py) without starting the session app."""
+    from ray import serve
+
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port, "request_timeout_s": 300})
+    return f"http://127.0.0.1:{http_port}"
+
+
+@pytest.fixture(scope="session")
+def serve_app(serve_http, tiny_zoo, tmp_path_factory):
     from ray import serve
 
     from deployments.app import build_app
 
-    port = http_port
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
     app = build_app({"system": system_config(tiny_zoo, tmp_path_factory.mktemp("cache"))})
     started = time.perf_counter()
     serve.run(app, name="modm", route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
+    url = serve_http
     try:
         wait_healthy(url, timeout_s=240)
     except TimeoutError as err:

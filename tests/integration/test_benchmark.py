@@ -8,9 +8,7 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
-def test_benchmark_runs_every_baseline_and_writes_both_tables(
-    ray_cluster, serve_app, http_port, tiny_zoo, tmp_path, capsys
-):
+def test_benchmark_runs_every_baseline_and_writes_both_tables(serve_http, http_port, tiny_zoo, tmp_path, capsys):
     from tools.benchmark import build_parser, run_benchmark
 
     trace = tmp_path / "prompts.tsv"

@@ -73,14 +73,6 @@ def twin_root(tmp_path_factory):
     return tmp_path_factory.mktemp("twins")
 
 
-@pytest.fixture(scope="session")
-def serve_http(ray_cluster, http_port):
-    from ray import serve
-
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port, "request_timeout_s": 300})
-    return f"http://127.0.0.1:{http_port}"
-
-
 def _app_args(system, actor_options) -> dict:
     return {"system": system.model_dump(mode="json"), "actor_options": actor_options}
 

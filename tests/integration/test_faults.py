@@ -12,6 +12,7 @@ Replica actors are found through Ray's GCS actor table (`ray._private.state.acto
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from PIL import Image
+
+from tests.integration.serve_load import drive, running_replicas
 
 pytestmark = pytest.mark.ray
 
@@ -190,9 +193,20 @@ def wait_replaced(app: str, deployment: str, dead_actor_id: str, running: int, k
 def test_a_model_replica_killed_under_load_loses_no_request(serve_app, record_property):
     import ray
 
+    # Another replica must keep serving meanwhile: the monitor gives LargeModel 2 of the 3 replicas under misses,
+    # whatever split the tests before left (hits move replicas to SmallModel).
+    warm = drive(
+        serve_app,
+        itertools.repeat("a lantern festival over a river"),
+        (f"it-faults-warm-{i}" for i in itertools.count()),
+        until=lambda: (
+            running_replicas("LargeModel", APP) >= 2 and deployment_status(APP, "LargeModel").status.value == "HEALTHY"
+        ),
+        timeout_s=150,
+    )
     before = deployment_status(APP, "LargeModel")
     running = before.replica_states.get("RUNNING", 0)
-    assert before.status.value == "HEALTHY" and running >= 2, before  # another replica keeps serving meanwhile
+    assert before.status.value == "HEALTHY" and running >= 2, (before, warm)
 
     # A fresh tenant per request is a guaranteed cache miss, so every request goes to LargeModel.
     load = HttpLoad(
