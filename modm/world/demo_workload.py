@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from modm.world.captions import TemplateSet, caption_scene
-from modm.world.scene import COLOUR_NAMES, POSITIONS, SIZES, Scene, Split, sample_scene
+from modm.world.captions import Caption, TemplateSet, caption_scene
+from modm.world.scene import COLOUR_NAMES, COLOURS, POSITIONS, SIZES, Scene, Split, sample_scene
 
 REPHRASE = 0.5
 VARY = 0.3
@@ -32,7 +32,10 @@ def vary_scene(scene: Scene, rng: np.random.Generator) -> Scene:
     attribute = ("colour", "size", "position")[int(rng.integers(3 if scene.count == 1 else 2))]
     choices = {"colour": COLOUR_NAMES, "size": SIZES, "position": POSITIONS}[attribute]
     others = [v for v in choices if v != getattr(obj, attribute)]
-    changed = dataclasses.replace(obj, **{attribute: others[int(rng.integers(len(others)))]})
+    value = others[int(rng.integers(len(others)))]
+    # A new colour is rendered in that colour's own hue (the jittered rgb belongs to the old one).
+    rendering = {"rgb": tuple(COLOURS[value])} if attribute == "colour" else {}
+    changed = dataclasses.replace(obj, **{attribute: value}, **rendering)
     if changed.is_heldout:  # the demo stays on trained pairs
         return scene
     objects = list(scene.objects)
@@ -42,11 +45,14 @@ def vary_scene(scene: Scene, rng: np.random.Generator) -> Scene:
 
 def world_demo_workload(users: int = USERS, requests: int = REQUESTS, seed: int = SEED) -> list[tuple[str, str]]:
     """(user, prompt) rows in arrival order."""
-    return [(user, prompt) for user, _, prompt in world_demo_requests(users, requests, seed)]
+    return [(user, caption.text) for user, _, caption in world_demo_requests(users, requests, seed)]
 
 
-def world_demo_requests(users: int = USERS, requests: int = REQUESTS, seed: int = SEED) -> list[tuple[str, Scene, str]]:
-    """(user, scene, prompt) in arrival order: the prompt is a caption of the scene."""
+def world_demo_requests(
+    users: int = USERS, requests: int = REQUESTS, seed: int = SEED
+) -> list[tuple[str, Scene, Caption]]:
+    """(user, scene, caption) in arrival order: the prompt is the caption's text; its `mentions` are the attributes
+    a judge of the served image checks."""
     if users < 1 or requests < 1:
         raise ValueError(f"users and requests must be >= 1, got users={users}, requests={requests}")
     rng = np.random.default_rng(seed)
@@ -60,7 +66,7 @@ def world_demo_requests(users: int = USERS, requests: int = REQUESTS, seed: int 
         elif draw >= REPHRASE:
             scenes[user] = vary_scene(scenes[user], rng)
         template_set = TemplateSet.QUERY if rng.random() < 0.3 else TemplateSet.GALLERY
-        rows.append((user, scenes[user], caption_scene(scenes[user], rng, template_set).text))
+        rows.append((user, scenes[user], caption_scene(scenes[user], rng, template_set)))
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modm.demo import demo_workload_path, read_workload
@@ -45,7 +46,7 @@ def test_users_rephrase_and_vary_their_previous_prompt():
     follow_ups = len(rows) - 3
     assert abs(same / follow_ups - REPHRASE) < 0.1  # the same scene, captioned anew
     assert abs(one_change / follow_ups - VARY) < 0.1  # one attribute of one object changed
-    assert len({p for _, _, p in rows}) > 0.7 * len(rows)  # rephrasings, not repeats
+    assert len({caption.text for _, _, caption in rows}) > 0.7 * len(rows)  # rephrasings, not repeats
 
 
 def test_bad_sizes_are_refused():
@@ -60,3 +61,15 @@ def test_the_world_config_gets_the_world_workload():
 
     assert demo_workload_path(load_config(default_config_path())).name == "world_demo_prompts.tsv"
     assert demo_workload_path(load_config(tiny_config_path())).name == "demo_prompts.tsv"
+
+
+def test_a_varied_colour_is_rendered_in_the_new_colour():
+    from modm.world.cli import COMMITTED_WORLD
+    from modm.world.judge import Judge, score_image
+    from modm.world.world import World
+
+    rows = world_demo_requests(users=4, requests=70, seed=5)
+    world = World(seed=0)
+    readings = Judge.load(COMMITTED_WORLD / "judge").read(np.stack([world.render(scene) for _, scene, _ in rows]))
+    colours = [score_image(r, scene, caption.mentions)["colour"] for r, (_, scene, caption) in zip(readings, rows)]
+    assert all(colours), f"{colours.count(False)} of {len(rows)} ground-truth renders show another colour"
