@@ -1,0 +1,44 @@
+"""Judging served images against the world trace's prompts (modm.world.served), with the committed world."""
+
+import pytest
+from PIL import Image
+
+from modm.world.cli import COMMITTED_WORLD
+from modm.world.demo_workload import world_demo_requests
+from modm.world.served import ServedJudge, trace_truth
+from modm.world.world import World
+
+
+@pytest.fixture(scope="module")
+def served_judge():
+    return ServedJudge(COMMITTED_WORLD, real_images=100)
+
+
+def test_the_renderers_images_score_high_and_a_shuffle_scores_low(served_judge):
+    rows = world_demo_requests(users=4, requests=70, seed=5)
+    truth = trace_truth(rows)
+    world = World(seed=0)
+    images = [Image.fromarray(world.render(scene)) for _, scene, _ in rows]
+    prompts = [caption.text for _, _, caption in rows]
+
+    right = served_judge.evaluate("renderer", images, prompts, truth)
+    assert right.samples == 70 and right.judge["shape_colour"] > 0.8, right.judge
+    # 70 images: more than the judge's 64 feature dimensions, so FID is reported.
+    assert right.fid is not None and right.fid_note == "" and right.clip_score > 0
+
+    wrong = served_judge.evaluate("shifted", images[7:] + images[:7], prompts, truth)
+    assert wrong.judge["shape_colour"] < right.judge["shape_colour"] - 0.4, (wrong.judge, right.judge)
+
+
+def test_few_images_say_why_fid_is_missing_and_foreign_prompts_are_refused(served_judge):
+    rows = world_demo_requests(users=2, requests=5, seed=1)
+    truth = trace_truth(rows)
+    world = World(seed=0)
+    images = [Image.fromarray(world.render(scene)) for _, scene, _ in rows]
+    prompts = [caption.text for _, _, caption in rows]
+    few = served_judge.evaluate("few", images, prompts, truth)
+    assert few.fid is None and "FID needs more than" in few.fid_note
+    with pytest.raises(ValueError, match="not captions of the trace"):
+        served_judge.evaluate("foreign", images, ["a photo of a cat", *prompts[1:]], truth)
+    with pytest.raises(ValueError, match="4 images for 5 prompts"):
+        served_judge.evaluate("short", images[:4], prompts, truth)
