@@ -2,7 +2,7 @@
 
 POST /v1/images/generations ``{"prompt", "n", "size", "response_format", "seed", "steps"}`` with optional
 ``X-Tenant-Id`` and ``Authorization: Bearer`` headers; 200 returns ``{"created", "data": [{"b64_json"}], "modm":
-{hit, score, k, model, mode, timings_s, request_id, entry_id}}``; GET /v1/cache/{entry_id} returns a cached
+{hit, score, k, model, tier, mode, timings_s, request_id, entry_id}}``; GET /v1/cache/{entry_id} returns a cached
 image (PNG); errors return ``{"error": {"message", "type"}}``.
 """
 
@@ -122,6 +122,7 @@ def _fill_from_response(record: RequestRecord, response: httpx.Response) -> str 
         record.score = _opt(modm.get("score"), float)
         record.k = _opt(modm.get("k"), int)
         record.model = _opt(modm.get("model"), str)
+        record.tier = _opt(modm.get("tier"), str)
         record.mode = _opt(modm.get("mode"), str)
         record.entry_id = _opt(modm.get("entry_id"), int)
         if modm.get("timings_s") is not None:

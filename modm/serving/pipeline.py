@@ -64,7 +64,7 @@ from modm.serving.request import (
     ServedImages,
 )
 from modm.serving.response_store import StoredImage
-from modm.serving.tiers import TieredPool
+from modm.serving.tiers import TieredPool, routed_pool
 from modm.serving.strategies import Retrieved, strategy_for
 from modm.serving.tenants import TenantResolver
 from modm.serving.warm import warm_cache
@@ -253,6 +253,7 @@ class RequestPipeline:
         decision = retrieved.decision
         self.window.decided(decision.hit, decision.k)  # H and P(k) at decision time, before generation
         role = self._route(decision)
+        job.tier = self._tier() if role is ModelRole.SMALL else None
         label = _decision_label(decision)
         self._check_admission(role, label, decision.k)
         images = await self._render(
@@ -300,7 +301,14 @@ class RequestPipeline:
         return list(images)
 
     def _decision(self, job: Job, role: ModelRole, **outcome) -> Decision:
-        return Decision(request_id=job.request_id, mode=self.mode.value, model=role, timings_s=job.timings_s, **outcome)
+        return Decision(
+            request_id=job.request_id,
+            mode=self.mode.value,
+            model=role,
+            tier=job.tier,
+            timings_s=job.timings_s,
+            **outcome,
+        )
 
     def _served(self, job: Job, images: list[bytes], decision: Decision) -> ServedImages:
         skipped = feature_cache_counts(images) if self._feature_cached else None
@@ -347,7 +355,8 @@ class RequestPipeline:
         start = self.clock.monotonic()
         k = round((1.0 - strength) * job.steps)  # the steps refinement skips, as a hit's k
         self._check_admission(role, "edit", k)
-        pool = self.backends.models[role]
+        job.tier = self._tier() if role is ModelRole.SMALL else None
+        pool = routed_pool(self.backends.models[role], job.tier)
 
         def refine(seed: int) -> Awaitable[bytes]:
             return self._call(

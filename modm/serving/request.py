@@ -94,6 +94,9 @@ class Job:
     tenant: str
     scope: CacheScope
     timings_s: dict[str, float] = field(default_factory=dict)
+    # The small-model tier the request was routed to (None on the large model): it runs there, whatever the tier
+    # chosen by the time its turn comes.
+    tier: str | None = None
 
 
 class Decision(BaseModel):
@@ -109,6 +112,8 @@ class Decision(BaseModel):
     strength: float
     model: ModelRole
     timings_s: dict[str, float]
+    # The small model that served it: its tier (small, small2, ... in models.small_tiers order); None on the large.
+    tier: str | None = None
     # "edit": an uploaded image refined at `strength` (k = the steps that refinement skips); never cached.
     operation: Literal["generation", "edit"] = "generation"
     # MoDM: the cache entry a hit was refined from (GET /v1/cache/{entry_id} serves its image); None otherwise.

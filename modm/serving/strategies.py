@@ -28,6 +28,7 @@ from modm.roles import ModelRole
 from modm.serving.backends import Backends
 from modm.serving.calls import BackgroundWork, Call
 from modm.serving.request import Job
+from modm.serving.tiers import routed_pool
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class ModeStrategy(ABC, Generic[R]):
         return None
 
     def _generate(self, role: ModelRole, job: Job, seed: int) -> Awaitable[bytes]:
-        pool = self.backends.models[role]
+        pool = routed_pool(self.backends.models[role], job.tier)
         return self.call(
             lambda: pool.generate(job.prompt, job.width, job.height, job.steps, seed), f"{role.value} model"
         )
@@ -153,7 +154,7 @@ class ModmStrategy(ModeStrategy[CachedImage]):
     async def render(self, job: Job, retrieved: CachedImage, role: ModelRole, seed: int) -> bytes:
         if not retrieved.decision.hit:
             return await self._generate(role, job, seed)
-        pool, strength = self.backends.models[role], retrieved.decision.strength
+        pool, strength = routed_pool(self.backends.models[role], job.tier), retrieved.decision.strength
         return await self.call(
             lambda: pool.refine(job.prompt, retrieved.png, strength, job.width, job.height, job.steps, seed),
             f"{role.value} model",

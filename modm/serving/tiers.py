@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from modm.serving.backends import ModelPool
 
-__all__ = ["TieredPool"]
+__all__ = ["TieredPool", "routed_pool"]
 
 
 class TieredPool:
@@ -33,3 +33,11 @@ class TieredPool:
         if name.startswith("_") or name == "pools":
             raise AttributeError(name)
         return getattr(self.pools[self._tier], name)  # looked up per call: the tier chosen now
+
+
+def routed_pool(pool: ModelPool, tier: str | None) -> ModelPool:
+    """The pool a request routed to small-model tier `tier` runs on: that tier's own, so a switch while the request
+    waits for its turn does not move it and its answer names the model that served it; `pool` itself without tiers."""
+    if isinstance(pool, TieredPool) and tier is not None:
+        return pool.pools[tier]
+    return pool

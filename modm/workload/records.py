@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 _METADATA_KEY = b"loadgen.run"
-_LATER_COLUMNS = {"path", "entry_id"}
+_LATER_COLUMNS = {"path", "entry_id", "tier"}
 
 
 class Outcome(str, Enum):
@@ -68,6 +68,7 @@ class RequestRecord:
     timings_json: str | None = None  # the server's modm.timings_s, as JSON text
     path: str | None = None  # the kept image (ClientConfig.image_dir), relative to the records file once written
     entry_id: int | None = None  # MoDM hit: the cache entry it was refined from (GET /v1/cache/{entry_id})
+    tier: str | None = None  # the small-model tier that served it (small, small2, ...); None on the large model
 
 
 RECORD_SCHEMA = pa.schema(
@@ -97,6 +98,7 @@ RECORD_SCHEMA = pa.schema(
         ("timings_json", pa.string()),
         ("path", pa.string()),
         ("entry_id", pa.int64()),
+        ("tier", pa.string()),
     ]
 )  # same names and order as RequestRecord's fields (tests/loadgen check it)
 

@@ -12,7 +12,7 @@ from modm.roles import ModelRole
 from modm.serving import ImageRequest
 from modm.serving.monitor import MonitorService
 from modm.serving.services import ImageCacheService
-from modm.serving.tiers import TieredPool
+from modm.serving.tiers import TieredPool, routed_pool
 
 VECTORS = {"a cat": vector_at(1.0), "a cat, painted": vector_at(0.96), "a cat, sketch": vector_at(0.85)}
 
@@ -47,20 +47,28 @@ def test_hits_are_refined_by_the_tier_the_monitor_chose(tmp_path):
         pools={ModelRole.LARGE: FakePool(), ModelRole.SMALL: TieredPool({"small": sdxl, "small2": sana})},
     )
 
+    served = []
+
     async def scenario():
         await h.pipeline.start()
-        await h.pipeline.generate(ImageRequest("a cat", seed=7))
+        served.append(await h.pipeline.generate(ImageRequest("a cat", seed=7)))
         await h.pipeline.drain_admissions()
-        await h.pipeline.generate(ImageRequest("a cat, painted", seed=8))
+        served.append(await h.pipeline.generate(ImageRequest("a cat, painted", seed=8)))
         monitor.allocation = {"large": 1, "small": 1, "tier": "small2", "tiers": {"budget_share": {"small": 1.2}}}
         await h.pipeline.report_window()
-        await h.pipeline.generate(ImageRequest("a cat, sketch", seed=9))
+        served.append(await h.pipeline.generate(ImageRequest("a cat, sketch", seed=9)))
         return await h.pipeline.stats()
 
     try:
         stats = run(scenario())
     finally:
         cache.close()
+    # Each answer names the model that served it: the large model (no tier), then each hit's tier.
+    assert [(s.decision.model, s.decision.tier) for s in served] == [
+        (ModelRole.LARGE, None),
+        (ModelRole.SMALL, "small"),
+        (ModelRole.SMALL, "small2"),
+    ]
     assert [c[:2] for c in sdxl.calls if c[0] == "refine"] == [("refine", "a cat, painted")]
     assert [c[:2] for c in sana.calls if c[0] == "refine"] == [("refine", "a cat, sketch")]
     assert stats["tier"] == "small2" and stats["tier_switches"] == 1
@@ -68,9 +76,13 @@ def test_hits_are_refined_by_the_tier_the_monitor_chose(tmp_path):
     assert h.pipeline.latency_s[ModelRole.SMALL] == 0.5  # admission control on the new tier's latency
 
 
-def test_a_tiered_pool_refuses_an_unknown_tier():
-    pool = TieredPool({"small": FakePool(), "small2": FakePool()})
+def test_a_tiered_pool_refuses_an_unknown_tier_and_a_routed_request_keeps_its_tier():
+    sdxl, sana = FakePool(), FakePool()
+    pool = TieredPool({"small": sdxl, "small2": sana})
     assert pool.tier == "small"
+    routed_to = pool.tier
+    pool.tier = "small2"  # the monitor switched while the request waited
+    assert routed_pool(pool, routed_to) is sdxl and routed_pool(pool, None) is pool and routed_pool(sana, "x") is sana
     with pytest.raises(ValueError, match="unknown small-model tier"):
         pool.tier = "small3"
 
