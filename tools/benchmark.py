@@ -11,6 +11,14 @@ reference is the standalone large-model latency, measured on the vanilla app one
 table scores the images each system served (after warm-up): CLIPScore, Inception Score, and FID against vanilla's
 images of the same prompts, as MoDM reports it. With the tiny zoo's random weights those numbers only show that
 the pipeline works; give real CLIP/Inception weights (--clip-model, --inception-weights) for meaningful ones.
+
+With --world DIR the systems serve the trained world's models instead (modm/world/system.yaml: the SD3-class large,
+the SDXL-class small, the world CLIP retrieving text->image) on a world trace written from the world demo
+workload's locality model (users rephrasing and varying their scenes), and the quality table is the world's: judge
+accuracy against the scene each prompt named, the second CLIP's CLIPScore, FID on judge features against real world
+images, and each system's judge points against vanilla's (modm.world.served):
+
+    python -m tools.benchmark --world modm/world/weights --requests 100 --warm-up 20 --out runs/bench-world
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from modm.config import config_from_dict
-from modm.demo import ensure_zoo
+from modm.demo import default_config_path, ensure_zoo
 from modm.policy import NIRVANA_K_CHOICES
 from modm.workload.runs import RECORDS_FILE
 from tools.local_cluster import free_port, wait_healthy
@@ -35,11 +43,12 @@ SYSTEMS = ("vanilla", "vanilla-accelerated", "modm-throughput", "modm-accelerate
 REFERENCE_SYSTEM = "vanilla"  # the large model alone: the throughput baseline and the FID reference
 # The "-accelerated" systems add what vLLM-Omni or SGLang Diffusion would give a user: a feature cache on each model
 # and step-level batching. The kinds are the ones each model class takes (SD3-class large: block caches; SDXL-class
-# small: pyramid attention broadcast). The settings are provisional: first_block 0.2 skipped 44% of the world large
-# model's blocks (1.26x per image) in a 6-prompt speed run, PAB's skip range 2 is diffusers' own fallback; their
-# judge accuracy is not measured yet (benchmarks/feature_cache_bench.py gives it; README, Feature caches).
+# small: pyramid attention broadcast), the settings the ones that kept quality in the 100-prompt world table
+# (benchmarks/results/feature_cache_bench.json; README, Feature caches): TaylorSeer every 5 steps, 1.18x per image
+# at FID 400 against 409 without a cache (first_block 0.2 was faster, 1.53x, but FID rose to 442); PAB skip range 2,
+# 1.43x at FID 911 against 910.
 ACCELERATED_FEATURE_CACHES = {
-    "large": {"kind": "first_block", "threshold": 0.2},
+    "large": {"kind": "taylorseer", "cache_interval": 5},
     "small": {"kind": "pyramid_attention_broadcast", "spatial_attention_block_skip_range": 2},
 }
 ACCELERATED_BATCHING = {"engine": "step", "max_batch_size": 4, "max_wait_ms": 5.0}
@@ -82,6 +91,8 @@ def system_variants(
             system["monitor"]["min_small"] = 0
             if mode == "nirvana":
                 system["policy"] = {"total_steps": steps}  # its own k table; T must exceed its last snapshot
+                if system["embedder"].get("retrieval") == "text-image":  # a CLIP: NIRVANA matches prompt to prompt
+                    system["embedder"]["retrieval"] = "text-text"
         else:
             # modm-accelerated: the throughput objective, as the system it accelerates (modm-throughput)
             system["monitor"]["mode"] = "throughput" if accelerated else mode.split("-", 1)[1]
@@ -92,12 +103,21 @@ def system_variants(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trace", type=Path, required=True, help="prompt list (TSV/CSV/text) or DiffusionDB parquet")
+    parser.add_argument("--trace", type=Path, help="prompt list (TSV/CSV/text) or DiffusionDB parquet")
+    parser.add_argument(
+        "--world",
+        type=Path,
+        default=None,
+        help="serve the trained world's models (e.g. modm/world/weights) on a world trace, with the world's quality "
+        "table; replaces --trace and --zoo",
+    )
+    parser.add_argument("--world-users", type=int, default=8, help="with --world: users of the world trace")
+    parser.add_argument("--world-seed", type=int, default=0, help="with --world: seed of the world trace")
     parser.add_argument("--requests", type=int, default=150, help="measured requests per system")
     parser.add_argument("--warm-up", type=int, default=30, help="requests sent first, left out of the report")
     parser.add_argument("--budget", type=int, default=3, help="model replicas (GPUs) every system gets")
     parser.add_argument("--concurrency", type=int, default=4, help="closed-loop clients")
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=None, help="image side (default 64; the world's 32 with --world)")
     parser.add_argument("--steps", type=int, default=50, help="T")
     parser.add_argument("--window-s", type=float, default=10.0, help="monitor window (short runs need short ones)")
     parser.add_argument(
@@ -183,13 +203,11 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
             f"nirvana caches latents after steps {list(NIRVANA_K_CHOICES)}: use --steps above "
             f"{max(NIRVANA_K_CHOICES)} or leave nirvana out of --systems"
         )
+    if (args.trace is None) == (args.world is None):
+        raise ValueError("give --trace (the tiny zoo's models) or --world (the world's models and trace), not both")
     chosen.sort(key=lambda s: s != REFERENCE_SYSTEM)  # vanilla first: it measures the SLO reference latency
-    serve_config = yaml.safe_load(tiny_config_path().read_text(encoding="utf-8"))
-    base = serve_config["applications"][0]["args"]["system"]
-    ensure_zoo(config_from_dict(base), args.zoo)
-    base["models"]["large"]["source"] = str((args.zoo / "large").resolve())
-    base["models"]["small"]["source"] = str((args.zoo / "small").resolve())
     shutil.rmtree(args.out, ignore_errors=True)
+    base, truth = base_system(args)
     batching = (
         None
         if args.batching == "none"
@@ -223,7 +241,8 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
             config = RunConfig(
                 name=name,
                 trace=TraceConfig(path=args.trace, n_requests=args.requests, warm_up=args.warm_up),
-                sessions=SessionConfig(),
+                # A world trace has its users' locality already (and its prompts must stay the captions judged).
+                sessions=None if truth is not None else SessionConfig(),
                 arrival=ArrivalConfig(kind=ArrivalKind.CLOSED_LOOP, concurrency=args.concurrency),
                 client=ClientConfig(
                     url=url,
@@ -257,7 +276,8 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
 
     comparison = compare_runs(summaries, baseline=REFERENCE_SYSTEM)
     print(
-        f"\nworkload: {args.trace.name}, {args.requests} measured requests (+{args.warm_up} warm-up), sessions; "
+        f"\nworkload: {args.trace.name}, {args.requests} measured requests (+{args.warm_up} warm-up), "
+        f"{'world users' if truth is not None else 'sessions'}; "
         f"budget {args.budget} model replicas; {args.size}px, T={args.steps}; closed loop x{args.concurrency}; "
         f"SLO reference {reference_s:.2f}s (vanilla, one request at a time)\n"
     )
@@ -279,11 +299,40 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     if sweeps:
         result["slo_sweep"] = sweep_table(args, sweeps)
     if args.quality:
-        result["quality"] = quality_table(args, chosen)
+        result["quality"] = quality_table(args, chosen) if truth is None else world_quality_table(args, chosen, truth)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"\nwrote {args.out / 'benchmark.json'} and per-system records/plots under {args.out}")
     return result
+
+
+def base_system(args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """The system every variant starts from, and with --world what each prompt of the world trace asked for (the
+    trace is written to OUT/world_trace.tsv and becomes args.trace)."""
+    if args.world is None:
+        args.size = args.size or 64
+        serve_config = yaml.safe_load(tiny_config_path().read_text(encoding="utf-8"))
+        base = serve_config["applications"][0]["args"]["system"]
+        ensure_zoo(config_from_dict(base), args.zoo)
+        for role in ("large", "small"):
+            base["models"][role]["source"] = str((args.zoo / role).resolve())
+        return base, None
+    from modm.world.demo_workload import world_demo_requests, write_tsv
+    from modm.world.format import validate_world_dir
+    from modm.world.served import trace_truth
+
+    world = args.world.resolve()
+    manifest = validate_world_dir(world, ("clip", "large", "small", "judge", "clip_score"))
+    args.size = args.size or manifest.image_size
+    base = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
+    for role in ("large", "small"):
+        base["models"][role]["source"] = str(world / manifest.components[role].path)
+    base["embedder"]["model"] = str(world / manifest.components["clip"].path)
+    rows_needed = args.warm_up + args.requests + (args.sweep_requests * len(args.sweep_rates or ()))
+    rows = world_demo_requests(args.world_users, rows_needed, args.world_seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.trace = write_tsv(args.out / "world_trace.tsv", [(user, caption.text) for user, _, caption in rows])
+    return base, trace_truth(rows)
 
 
 def model_usage(app: str, system: dict) -> list[dict]:
@@ -418,6 +467,57 @@ def quality_table(args: argparse.Namespace, systems: list[str]) -> dict:
         "inception": inception.extractor_id,
         "rows": [asdict(row) for row in rows],
     }
+
+
+def world_quality_table(args: argparse.Namespace, systems: list[str], truth: dict) -> dict:
+    """The world's judge on the images each system served (after warm-up), overall and on its hits, with each
+    system's judge points against vanilla's (the goal: within 3 points)."""
+    from modm.quality import load_image_set, load_rgb
+    from modm.world.served import ServedJudge
+
+    judge = ServedJudge(args.world)
+    rows = []
+    for name in systems:
+        entries = load_image_set(args.out / name / RECORDS_FILE)
+        images, prompts = [load_rgb(e.path) for e in entries], [e.prompt for e in entries]
+        overall = judge.evaluate(name, images, prompts, truth)
+        hits = [i for i, e in enumerate(entries) if e.hit]
+        on_hits = judge.evaluate(name, [images[i] for i in hits], [prompts[i] for i in hits], truth) if hits else None
+        rows.append(
+            {
+                "system": name,
+                "n": overall.samples,
+                "judge": overall.judge,
+                "clip_score": overall.clip_score,
+                "fid_vs_real": overall.fid,
+                "fid_note": overall.fid_note,
+                "hits": len(hits),
+                "judge_on_hits": on_hits.judge if on_hits else None,
+            }
+        )
+    reference = next(row for row in rows if row["system"] == REFERENCE_SYSTEM)
+    for row in rows:
+        row["judge_points_vs_vanilla"] = {
+            key: 100 * (row["judge"][key] - reference["judge"][key]) for key in ("all", "shape_colour", "colour")
+        }
+    print(
+        "\nquality in the world (judge accuracy against the scene each prompt named; CLIPScore of the second CLIP; "
+        "FID on judge features against real world images)\n"
+    )
+    header = (
+        f"{'system':<20}{'n':>5}{'all':>7}{'shp+col':>8}{'colour':>7}{'pts vs van':>11}{'hits':>6}"
+        f"{'col@hit':>8}{'CLIP':>7}{'FID':>8}"
+    )
+    print(header + "\n" + "-" * len(header))
+    for row in rows:
+        judge, hits = row["judge"], row["judge_on_hits"]
+        fid = "-" if row["fid_vs_real"] is None else f"{row['fid_vs_real']:.0f}"
+        print(
+            f"{row['system']:<20}{row['n']:>5}{judge['all']:>7.3f}{judge['shape_colour']:>8.3f}{judge['colour']:>7.3f}"
+            f"{row['judge_points_vs_vanilla']['shape_colour']:>+11.1f}{row['hits']:>6}"
+            f"{'-' if hits is None else format(hits['colour'], '.3f'):>8}{row['clip_score']:>7.1f}{fid:>8}"
+        )
+    return {"reference": REFERENCE_SYSTEM, "kind": "world", "world": str(args.world), "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,3 +33,19 @@ def test_accelerated_systems_add_feature_caches_and_batching_and_nothing_else(tm
         and "small" not in variants["vanilla-accelerated"]["models"]
     )
     assert variants["modm-accelerated"]["monitor"]["mode"] == "throughput"
+
+
+def test_the_world_benchmark_serves_the_world_models_on_a_judged_world_trace(tmp_path: Path):
+    from modm.world.cli import COMMITTED_WORLD
+    from tools.benchmark import base_system, build_parser
+
+    args = build_parser().parse_args(["--world", str(COMMITTED_WORLD), "--requests", "12", "--warm-up", "3"])
+    args.out = tmp_path / "bench"
+    base, truth = base_system(args)
+    assert args.size == 32  # the world's image size
+    assert base["models"]["large"]["source"] == str(COMMITTED_WORLD.resolve() / "large")
+    assert base["embedder"] == {**base["embedder"], "kind": "hf_clip", "retrieval": "text-image"}
+    prompts = args.trace.read_text(encoding="utf-8").splitlines()[1:]
+    assert len(prompts) == 15 and all(line.split("\t", 1)[1] in truth for line in prompts)
+    for name, system in system_variants(base, 3, 50, args.size, 5.0, tmp_path).items():
+        config_from_dict(system, name)
