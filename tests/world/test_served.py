@@ -14,12 +14,16 @@ def served_judge():
     return ServedJudge(COMMITTED_WORLD, real_images=100)
 
 
-def test_the_renderers_images_score_high_and_a_shuffle_scores_low(served_judge):
-    rows = world_demo_requests(users=4, requests=70, seed=5)
-    truth = trace_truth(rows)
+def rendered_trace(users: int, requests: int, seed: int):
+    """A world trace's truth, its scenes rendered by the world itself, and its prompts."""
+    rows = world_demo_requests(users=users, requests=requests, seed=seed)
     world = World(seed=0)
     images = [Image.fromarray(world.render(scene)) for _, scene, _ in rows]
-    prompts = [caption.text for _, _, caption in rows]
+    return trace_truth(rows), images, [caption.text for _, _, caption in rows]
+
+
+def test_the_renderers_images_score_high_and_a_shuffle_scores_low(served_judge):
+    truth, images, prompts = rendered_trace(4, 70, 5)
 
     right = served_judge.evaluate("renderer", images, prompts, truth)
     assert right.samples == 70 and right.judge["shape_colour"] > 0.8, right.judge
@@ -31,11 +35,7 @@ def test_the_renderers_images_score_high_and_a_shuffle_scores_low(served_judge):
 
 
 def test_few_images_say_why_fid_is_missing_and_foreign_prompts_are_refused(served_judge):
-    rows = world_demo_requests(users=2, requests=5, seed=1)
-    truth = trace_truth(rows)
-    world = World(seed=0)
-    images = [Image.fromarray(world.render(scene)) for _, scene, _ in rows]
-    prompts = [caption.text for _, _, caption in rows]
+    truth, images, prompts = rendered_trace(2, 5, 1)
     few = served_judge.evaluate("few", images, prompts, truth)
     assert few.fid is None and "FID needs more than" in few.fid_note
     with pytest.raises(ValueError, match="not captions of the trace"):
