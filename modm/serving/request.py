@@ -94,8 +94,7 @@ class Job:
     tenant: str
     scope: CacheScope
     timings_s: dict[str, float] = field(default_factory=dict)
-    # The small-model tier the request was routed to (None on the large model): it runs there, whatever the tier
-    # chosen by the time its turn comes.
+    # The small-model tier the request was routed to (None on the large model): its calls go to that tier's pool.
     tier: str | None = None
 
 

@@ -36,8 +36,8 @@ class TieredPool:
 
 
 def routed_pool(pool: ModelPool, tier: str | None) -> ModelPool:
-    """The pool a request routed to small-model tier `tier` runs on: that tier's own, so a switch while the request
-    waits for its turn does not move it and its answer names the model that served it; `pool` itself without tiers."""
+    """The pool a request routed to small-model tier `tier` runs on: that tier's own, picked once at routing (retries
+    included), so its answer names the model that served it; `pool` itself without tiers."""
     if isinstance(pool, TieredPool) and tier is not None:
         return pool.pools[tier]
     return pool
