@@ -13,8 +13,10 @@ import logging
 import numpy as np
 import ray
 import torch
+from ray import serve
 
 from deployments.metrics import ModelMetrics
+from deployments.usage_log import record_departed
 from modm.config import ModelSpec
 from modm.generation import Generator, ModelService, generator_from_spec
 from modm.generation.usage import EnergyMeter, ReplicaUsage
@@ -119,8 +121,16 @@ class ModelServer:
         self.generator.check_health()  # a dead rank raises: Serve then restarts this replica
 
     def __del__(self):
-        """Serve calls this when it stops the replica: the rank actors go with it (and so does the placement group,
-        which Serve removes)."""
+        """Serve calls this when it stops the replica: its usage is kept (deployments/usage_log.py), and the rank
+        actors go with it (and so does the placement group, which Serve removes)."""
+        usage = getattr(self, "usage", None)
+        if usage is not None:
+            try:
+                context = serve.get_replica_context()
+                record_departed(context.app_name, context.deployment, context.replica_id.unique_id, usage.as_dict())
+            except Exception as err:  # the cluster is going away too: nothing left to report to
+                logger.info("usage of this replica not kept: %r", err)
+            self.usage = None
         generator = getattr(self, "generator", None)
         if generator is not None:
             generator.close()

@@ -188,6 +188,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     from ray import serve
 
     from deployments.app import build_app
+    from deployments.usage_log import forget_departed
     from loadgen import ClientConfig, RunConfig, run
     from loadgen.runner import write_run
     from modm.workload.compare import compare_runs, format_comparison
@@ -234,6 +235,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     summaries, reference_s, runs, sweeps = [], None, {}, {}
     for name in chosen:
         started = time.monotonic()
+        forget_departed(name)  # an earlier run of this name's stopped replicas
         serve.run(build_app({"system": variants[name]}), name=name, route_prefix=f"/{name}", blocking=False)
         url = f"http://127.0.0.1:{port}/{name}"
         try:
@@ -282,7 +284,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
         f"SLO reference {reference_s:.2f}s (vanilla, one request at a time)\n"
     )
     print(format_comparison(comparison))
-    print("\ncost per served image (GPU-seconds; busy from the model replicas alive at the end; joules with NVML):")
+    print("\ncost per served image (GPU-seconds; busy over live and stopped model replicas; joules with NVML):")
     for name, entry in runs.items():
         cost = entry["cost_per_image"]
         if cost["provisioned_gpu_s"] is None:
@@ -336,10 +338,12 @@ def base_system(args: argparse.Namespace) -> tuple[dict, dict | None]:
 
 
 def model_usage(app: str, system: dict) -> list[dict]:
-    """Every live model replica's busy seconds, images and joules (deployments/model.py usage_stats)."""
+    """Busy seconds, images and joules of every model replica of the run: the live ones (deployments/model.py
+    usage_stats) and those the monitor stopped mid-run (deployments/usage_log.py)."""
     from ray import serve
 
     from deployments.app import deployment_names
+    from deployments.usage_log import departed_usage
     from modm.config import config_from_dict
 
     names = [n for n in deployment_names(config_from_dict(system)) if n.startswith(("LargeModel", "SmallModel"))]
@@ -347,14 +351,14 @@ def model_usage(app: str, system: dict) -> list[dict]:
     for name in names:
         handle = serve.get_deployment_handle(name, app_name=app)
         usage += handle.broadcast("usage_stats").results()
-    return usage
+    return usage + departed_usage(app, names)
 
 
 def cost_per_image(summary, budget: int, usage: list[dict]) -> dict:
     """GPU-seconds per image: provisioned (the budget's replicas over the makespan, per served image; the monitor only
-    moves them between models) and busy (the model replicas' compute per image they computed, of the replicas alive
-    at the end: one the monitor removed mid-run took its counts with it); joules per computed image (the GPU's whole
-    draw, idle included) where every replica has an NVML counter."""
+    moves them between models) and busy (the model replicas' compute per image they computed, live ones and those
+    the monitor stopped mid-run); joules per computed image (the GPU's whole draw, idle included) where every
+    replica has an NVML counter."""
     images = summary.n_ok
     if not images or summary.makespan_s is None:
         return {"images": images, "provisioned_gpu_s": None, "busy_gpu_s": None, "joules": None}
@@ -366,7 +370,7 @@ def cost_per_image(summary, budget: int, usage: list[dict]) -> dict:
         "provisioned_gpu_s": budget * summary.makespan_s / images,
         # Over the images those replicas computed (warm-up and reference requests included).
         "busy_gpu_s": sum(u["busy_s"] for u in usage) / computed,
-        "busy_from": f"{len(usage)} model replicas alive at the end",
+        "busy_from": f"{len(usage)} model replicas (live and stopped)",
         "joules": joules,
     }
 

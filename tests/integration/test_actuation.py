@@ -3,9 +3,11 @@ a move loses no generation: no request fails and the router retries none (a repl
 in-flight work within its graceful-shutdown timeout, which covers a generation)."""
 
 import itertools
+import time
 
 import pytest
 
+from deployments.usage_log import departed_usage
 from tests.integration.serve_load import drive
 from tests.integration.serve_load import running_replicas as replicas
 
@@ -41,6 +43,12 @@ def test_hit_heavy_then_miss_heavy_load_moves_the_split(serve_app, client):
     stats = client.get("/v1/stats").json()
     assert hits["reached"], (hits, stats, replicas("LargeModel"), replicas("SmallModel"))
     assert hits["failed"] == [] and no_new_failures(stats), (hits, stats, before)
+    # The LargeModel replica the monitor stopped kept its usage for the cost per image (deployments/usage_log.py).
+    deadline = time.monotonic() + 90
+    while not departed_usage("modm", ["LargeModel"]) and time.monotonic() < deadline:
+        time.sleep(1)
+    departed = departed_usage("modm", ["LargeModel"])
+    assert departed and all(u["busy_s"] >= 0 and u["up_s"] > 0 for u in departed), departed
 
     misses = drive(
         serve_app,
