@@ -65,24 +65,6 @@ class Row:
     max_abs_vs_single: float
 
 
-def _small_vae(latent_channels: int, **factors):
-    """The benchmark pipelines' VAE (8x downsampling, few channels); seeded by the caller."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=latent_channels,
-        block_out_channels=(16, 32, 32, 32),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=8,
-        sample_size=512,
-        **factors,
-    )
-
-
 def _clip_text_encoder(hidden: int, **config):
     """A 2-layer CLIP text tower of width `hidden` on CLIP's vocabulary; seeded by the caller."""
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -113,6 +95,8 @@ def build_pipeline(tokenizer_dir: str):
     """SD-style pipeline: 52M-parameter UNet, 2-layer CLIP text encoder, 8x VAE; seeded, so identical per rank."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
+    from modm.models.tiny_zoo import tiny_vae
+
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=64,
@@ -127,7 +111,7 @@ def build_pipeline(tokenizer_dir: str):
         norm_num_groups=32,
     )
     torch.manual_seed(0)
-    vae = _small_vae(latent_channels=4)
+    vae = tiny_vae(4, sample_size=512)
     torch.manual_seed(0)
     text_encoder = _clip_text_encoder(256, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
     scheduler = DDIMScheduler(
@@ -158,6 +142,7 @@ def build_flux_pipeline(tokenizer_dir: str):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
+    from modm.models.tiny_zoo import tiny_vae
     from modm.models.twins import build_t5_tokenizer
 
     t5_tokenizer = build_t5_tokenizer(FLUX_TEXT_TOKENS)
@@ -181,7 +166,7 @@ def build_flux_pipeline(tokenizer_dir: str):
         T5Config(vocab_size=len(t5_tokenizer), d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4)
     )
     torch.manual_seed(0)
-    vae = _small_vae(latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611)  # FLUX's factors
+    vae = tiny_vae(16, sample_size=512, shift_factor=0.1159, scaling_factor=0.3611)  # FLUX's factors
     tokenizer = _clip_tokenizer(tokenizer_dir)
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),

@@ -66,9 +66,28 @@ def _clip_text_config(projection_dim: int | None, hidden: int = 32):
     )
 
 
+def tiny_vae(latent_channels: int, sample_size: int = 256, **options):
+    """The zoo's VAE shape (8x downsampling, few channels), shared by both pipelines and benchmarks/parallel_bench.py;
+    `options`: AutoencoderKL's other arguments (factors, quant convs). Seeded by the caller."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        sample_size=sample_size,
+        **options,
+    )
+
+
 def large_components(tokenizer) -> dict:
     """SD3-style: SD3Transformer2DModel + FlowMatchEulerDiscreteScheduler + two CLIP encoders (no T5), 8x VAE."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(ZOO_SEED)
@@ -86,16 +105,8 @@ def large_components(tokenizer) -> dict:
         pos_embed_max_size=96,
     )
     torch.manual_seed(ZOO_SEED)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        block_out_channels=(16, 32, 32, 32),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=8,
-        sample_size=256,
+    vae = tiny_vae(
+        16,
         use_quant_conv=False,
         use_post_quant_conv=False,
         shift_factor=0.0609,
@@ -121,7 +132,7 @@ def large_components(tokenizer) -> dict:
 
 def small_components(tokenizer) -> dict:
     """SDXL-style: UNet2DConditionModel with text_time embeddings, two CLIP encoders, 8x VAE, Euler scheduler."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(ZOO_SEED)
@@ -144,19 +155,7 @@ def small_components(tokenizer) -> dict:
         projection_class_embeddings_input_dim=6 * 8 + 32,
     )
     torch.manual_seed(ZOO_SEED)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16, 32, 32, 32),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=8,
-        sample_size=256,
-        scaling_factor=0.13025,
-        force_upcast=False,  # fp32 already: no per-call upcast
-    )
+    vae = tiny_vae(4, scaling_factor=0.13025, force_upcast=False)  # fp32 already: no per-call upcast
     torch.manual_seed(ZOO_SEED)
     text_encoder = CLIPTextModel(_clip_text_config(projection_dim=None))
     torch.manual_seed(ZOO_SEED + 1)
