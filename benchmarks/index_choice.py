@@ -23,7 +23,9 @@ sq8_hnswq --hnsw-kinds sq8 --nprobe 32 64 128 (stopped before its HNSW-SQ8 build
 --ivf-kinds sq8 --nprobe 40 48 56 64, random at 1M with --ivf-kinds sq8 --nprobe 96 128 and (at load 3-5)
 --nprobe 48 64 80 96, minilm
 (--hnsw-kinds flat sq8), world prepared to 204,800 images (--hnsw-max-size 300000 --hnsw-kinds flat sq8) and
-world_heldout.
+world_heldout; then IVF with 4-bit PQ fast-scan codes, random at 100k and 1M (--ivf-kinds pq4fs --hnsw-kinds
+--nprobe 32 48 64 96 128 --k-factor 4 8 --build-threads 2) and minilm (--ivf-kinds pq4fs sq8 --hnsw-kinds), added
+with --merge benchmarks/results/index_choice.json RUN.json.
     .venv/bin/python benchmarks/index_choice.py --sizes 5000 --sets random --world-images 5000 --queries 100 \
         --work /tmp/ic_smoke --out /tmp/ic_smoke.json                          # smoke run
 """
@@ -45,6 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPTS = Path("/work/shared/data/diffusiondb_prompts_10k.tsv")
 CHUNK = 65_536
+PQ_DIMS_PER_CODE = 4  # pq4fs: dims per 4-bit sub-quantizer code (768-d: 192 codes, 96 bytes a vector)
 
 
 # ------------------------------------------------------------------------------------------------ query sets
@@ -276,6 +279,27 @@ def build_candidates(x: np.ndarray, exact: faiss.IndexFlatIP, args, selector):
         build_s = train_s + assign_s + time.perf_counter() - t0
         yield Built("ivf_flat", build, ivf, build_s, ivf_bytes(ivf), sweeps, (quantizer,))
     del ivf  # its lists (n x dim floats) before the next candidate's
+    if "pq4fs" in args.ivf_kinds and dim % PQ_DIMS_PER_CODE == 0:
+        # 4-bit product-quantised codes of PQ_DIMS_PER_CODE dims each, scanned with SIMD lookup tables (faiss's
+        # fast-scan): an eighth of SQ8's bytes per probed vector; the exact re-rank repairs the coarser scores.
+        t0 = time.perf_counter()
+        pq = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, dim // PQ_DIMS_PER_CODE, 4, faiss.METRIC_INNER_PRODUCT)
+        pq.train(sample)  # the quantizer is trained already: only the PQ codebooks (of residuals)
+        for s in range(0, n, CHUNK):
+            pq.add(x[s : s + CHUNK])
+        refine = faiss.IndexRefine(pq, exact)
+        sweeps = [
+            (f"nprobe={p} k_factor={k}", refine_params(k, ivf_params(p, selector)))
+            for p in args.nprobe
+            for k in args.k_factor
+        ]
+        build = f"nlist={nlist} M={dim // PQ_DIMS_PER_CODE}x4bit train={len(sample)} niter={args.kmeans_iters}"
+        build_s = train_s + time.perf_counter() - t0
+        yield Built(
+            "ivf_pq4fs+refine", build, refine, build_s, ivf_bytes(pq) + flat_bytes(exact), sweeps, (quantizer, pq)
+        )
+        del refine, pq
+        build = f"nlist={nlist} train={len(sample)} niter={args.kmeans_iters}"
     if "sq8" not in args.ivf_kinds:
         return
     t0 = time.perf_counter()
@@ -454,11 +478,17 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def merge(paths: list[Path], out: Path) -> None:
+    """One file of the runs' rows; a file that is itself a merge (it has "runs") brings its runs and rows as they
+    are, so that a new run can be added to the committed table."""
     runs = [json.loads(p.read_text()) for p in paths]
+    listed = [
+        r["runs"] if "runs" in r else [{"file": p.name, "args": r["args"], "prepared": r["prepared"]}]
+        for p, r in zip(paths, runs)
+    ]
     merged = {
         "machine": runs[0]["machine"],
         "notes": runs[0]["notes"],
-        "runs": [{"file": p.name, "args": r["args"], "prepared": r["prepared"]} for p, r in zip(paths, runs)],
+        "runs": [run for entries in listed for run in entries],
         "rows": [row for r in runs for row in r["rows"]],
     }
     out.write_text(json.dumps(merged, indent=1))
@@ -485,8 +515,8 @@ def main() -> None:
     parser.add_argument(
         "--ivf-kinds",
         nargs="*",
-        default=["flat", "sq8"],
-        choices=["flat", "sq8", "sq8_hnswq"],
+        default=["flat", "pq4fs", "sq8"],
+        choices=["flat", "pq4fs", "sq8", "sq8_hnswq"],
         help="sq8_hnswq needs sq8",
     )
     parser.add_argument("--hnsw-kinds", nargs="*", default=["flat"], choices=["flat", "sq8"])

@@ -13,11 +13,10 @@ DEFAULT_CACHE_CAPACITY = _env("MODM_DEFAULT_CACHE_CAPACITY", 10_000, int)
 # Approximate search from this many entries of a namespace: exact search at 768-d costs ~1 ms per 10k entries.
 DEFAULT_HNSW_MIN_ENTRIES = _env("MODM_DEFAULT_HNSW_MIN_ENTRIES", 10_000, int)
 DEFAULT_LARGE_INDEX = "ivf"  # the approximate kind (ivf or hnsw): benchmarks/results/index_choice.json
-DEFAULT_IVF_REFINE_K_FACTOR = 4.0  # IVF-SQ8 candidates re-ranked exactly per result (16 measured no better)
-# Lists probed of nlist (~4 sqrt(n)): at 100k entries (1,024 lists) the fewest with recall@1 >= 0.99 on every
-# measured query set (random 768-d near-duplicates: 48 gives 0.995 at 0.49 ms, 40 gives 0.988; MiniLM prompts and
-# world CLIP text->image pass at 32). A 1M namespace (4,096 lists) needs 80 for 0.992 (2.8 ms; 48: 0.970, 1.6 ms).
-DEFAULT_IVF_NPROBE = 48
+DEFAULT_IVF_REFINE_K_FACTOR = 4.0  # IVF candidates re-ranked exactly per result (8 and 16 measured no better)
+# Lists probed: 0 chooses 1.5 sqrt(nlist) (modm.cache.index.IvfParams.probes_for): 48 of the 1,024 lists of 100k
+# entries, 96 of the 4,096 of 1M, the fewest with recall@1 >= 0.99 at each (benchmarks/results/index_choice.json).
+DEFAULT_IVF_NPROBE = 0
 DEFAULT_HNSW_M = 32
 DEFAULT_HNSW_EF_SEARCH = 64  # recall@1 ~0.9 on near-duplicates (feasibility study)
 DEFAULT_HNSW_EF_CONSTRUCTION = 40

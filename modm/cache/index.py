@@ -1,12 +1,13 @@
 """One tenant namespace's vector index: exact inner product when small, IVF (or HNSW) when large.
 
 The large-namespace kind was chosen by measurement (benchmarks/index_choice.py, table in
-benchmarks/results/index_choice.json): IVF with 8-bit scalar-quantised lists and an exact re-rank of the best
-candidates (faiss IndexRefine) reached recall@1 >= 0.99 on every query set at 100k entries (random 768-d
-near-duplicates, MiniLM prompts, world CLIP text->image) at the lowest CPU time per query (0.49 ms at nprobe 48 on
-the random 768-d set), and 0.992 on that set at 1M with nprobe 80 of 4,096 lists (2.8 ms); HNSW (M 32) found only
-0.74-0.98 of the random 768-d near-duplicates' top-1 (efSearch 32-128, 1-3 ms), less than IVF on the 64-d
-text->image set, and takes minutes to build where IVF takes seconds.
+benchmarks/results/index_choice.json): IVF whose lists hold 4-bit product-quantised codes scanned with SIMD lookup
+tables (faiss's fast-scan), with an exact re-rank of the best candidates (faiss IndexRefine), reached recall@1 >=
+0.99 on the random 768-d near-duplicates at 0.16 ms (100k entries, nprobe 48 of 1,024 lists) and 1.1 ms (1M,
+nprobe 96 of 4,096): a quarter to a half of 8-bit scalar-quantised lists' time (0.48 ms and 2.8 ms at the same
+recall), since a probed vector is 96 bytes instead of 768. HNSW (M 32) found only 0.74-0.98 of the random 768-d
+near-duplicates' top-1 (efSearch 32-128, 1-3 ms), less than IVF on the 64-d text->image set, and takes minutes to
+build where IVF takes seconds.
 
 Evictions become tombstones in every kind: a bitmap over index positions that an IDSelector consults at search time
 (faiss's HNSW cannot remove vectors; evicted nodes still route the graph walk, they are just never returned; faiss's
@@ -52,11 +53,22 @@ IVF_MIN_TRAIN_PER_LIST = 39  # faiss's k-means warns below 39 training points pe
 # An IVF index is retrained once its namespace wants this many times its lists (nlist ~ sqrt(n): 4x the entries),
 # so a namespace that grows keeps short lists; each retrain costs O(n) and n has quadrupled since: O(1) amortised.
 IVF_GROWTH = 2
+# The lists' codes: one 4-bit product-quantiser code per this many dimensions (768-d: 192 codes, 96 bytes a vector),
+# from PQ_MIN_DIM dimensions on. Below it (or where PQ_DIMS_PER_CODE does not divide the dimension), 8-bit scalar
+# codes: few bytes already (64-d: 64), and 4-bit codes of a low-dimensional space are too coarse to keep the exact
+# top-1 among the re-ranked candidates where neighbours crowd (measured on 16-d clusters: recall@1 0.2).
+PQ_DIMS_PER_CODE = 4
+PQ_MIN_DIM = 256
+# nprobe = this * sqrt(nlist), at least IVF_MIN_PROBES, unless set: the fewest probes with recall@1 >= 0.99 on
+# random 768-d near-duplicates at both measured sizes (48 of 1,024 lists at 100k: 0.995; 96 of 4,096 at 1M: 0.996;
+# 80: 0.993; 64: 0.986). A small namespace's few lists are all probed (cheap, and exact but for quantisation).
+IVF_PROBES_PER_SQRT_LIST = 1.5
+IVF_MIN_PROBES = 48
 
 
 class IndexKind(str, Enum):
     FLAT = "flat"  # IndexFlatIP over positions: exact, tombstones + cheap rebuild
-    IVF = "ivf"  # IVF-SQ8 + exact re-rank (inner product): probes nprobe of nlist lists; tombstones + rebuild
+    IVF = "ivf"  # IVF-PQ fast-scan + exact re-rank (inner product): probes nprobe of nlist lists; tombstones + rebuild
     HNSW = "hnsw"  # IndexHNSWFlat (inner product): approximate, tombstones + rebuild
 
 
@@ -69,7 +81,7 @@ class HnswParams:
 
 @dataclass(frozen=True)
 class IvfParams:
-    nprobe: int
+    nprobe: int = 0  # 0: chosen from the lists' count (`probes_for`)
     nlist: int = 0  # 0: chosen from the namespace's size at each build (`lists_for`)
     refine_k_factor: float = DEFAULT_IVF_REFINE_K_FACTOR  # candidates re-ranked exactly, per result
     kmeans_iters: int = 10
@@ -80,6 +92,11 @@ class IvfParams:
         more than n / IVF_MIN_TRAIN_PER_LIST, so that each k-means centroid has points to learn from."""
         wanted = self.nlist or 1 << max(0, round(math.log2(4 * math.sqrt(max(n, 1)))))
         return max(1, min(wanted, n // IVF_MIN_TRAIN_PER_LIST))
+
+    def probes_for(self, nlist: int) -> int:
+        """nprobe for nlist lists unless set: 1.5 sqrt(nlist), at least 48 (48 of 1,024, 96 of 4,096)."""
+        wanted = self.nprobe or max(IVF_MIN_PROBES, round(IVF_PROBES_PER_SQRT_LIST * math.sqrt(nlist)))
+        return max(1, min(nlist, wanted))
 
 
 class MaskedIndex:
@@ -168,25 +185,29 @@ class IvfTable(MaskedIndex):
     hold); later admissions go to their nearest list. Evicted vectors stay in their lists until the owner rebuilds
     (and retrains, following the drift of what is cached).
 
-    On the CPU the lists hold 8-bit scalar-quantised codes (a quarter of the bytes to scan per probed list) and
-    faiss's IndexRefine re-ranks the best `refine_k_factor` candidates by exact inner product, so the top-1 and its
-    score are exact whenever it is among them. On a GPU, IndexIVFFlat (GpuIndexIVFFlat): exact scores in the
+    On the CPU the lists hold 4-bit product-quantised codes, one per PQ_DIMS_PER_CODE dimensions, scanned in SIMD
+    registers (IndexIVFPQFastScan: a thirty-second of the float bytes per probed vector; 8-bit scalar codes below
+    PQ_MIN_DIM dimensions), and faiss's IndexRefine
+    re-ranks the best `refine_k_factor` candidates by exact inner product, so the top-1 and its score are exact
+    whenever it is among them. On a GPU, IndexIVFFlat (GpuIndexIVFFlat): exact scores in the
     probed lists, no re-rank needed at GPU memory bandwidth.
     """
 
     def __init__(self, train: np.ndarray, nlist: int, params: IvfParams, gpu: GpuPlacement | None = None):
         dim = train.shape[1]
         self.nlist = nlist
+        self.nprobe = params.probes_for(nlist)
         self._quantizer = faiss.IndexFlatIP(dim)  # referenced here: the IVF index does not own it
-        if gpu is None:
-            self._lists = faiss.IndexIVFScalarQuantizer(
-                self._quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-            )
+        ip = faiss.METRIC_INNER_PRODUCT
+        if gpu is not None:
+            self._lists = faiss.IndexIVFFlat(self._quantizer, dim, nlist, ip)
+        elif dim >= PQ_MIN_DIM and dim % PQ_DIMS_PER_CODE == 0:
+            self._lists = faiss.IndexIVFPQFastScan(self._quantizer, dim, nlist, dim // PQ_DIMS_PER_CODE, 4, ip)
         else:
-            self._lists = faiss.IndexIVFFlat(self._quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            self._lists = faiss.IndexIVFScalarQuantizer(self._quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
         self._lists.cp.niter = params.kmeans_iters
         self._lists.train(np.ascontiguousarray(train))
-        self._lists.nprobe = params.nprobe  # what a GPU copy probes (it takes no search parameters)
+        self._lists.nprobe = self.nprobe  # what a GPU copy probes (it takes no search parameters)
         if gpu is not None:
             super().__init__(self._lists, lambda selector: None, gpu)
             return
@@ -195,7 +216,7 @@ class IvfTable(MaskedIndex):
 
         def search_params(selector: faiss.IDSelector) -> faiss.IndexRefineSearchParameters:
             lists = faiss.SearchParametersIVF()
-            lists.nprobe = params.nprobe
+            lists.nprobe = self.nprobe
             out = faiss.IndexRefineSearchParameters()
             out.k_factor = params.refine_k_factor
             out.base_index_params = _with_selector(lists, selector)  # IndexRefine passes only these to the lists
@@ -293,10 +314,10 @@ class NamespaceIndex:
             )
         if not 0.0 < tombstone_rebuild_fraction <= 1.0:
             raise ValueError(f"tombstone_rebuild_fraction must be in (0, 1], got {tombstone_rebuild_fraction}")
-        if ivf_nprobe < 1 or ivf_nlist < 0 or ivf_refine_k_factor < 1:
+        if ivf_nprobe < 0 or ivf_nlist < 0 or ivf_refine_k_factor < 1:
             raise ValueError(
-                f"ivf_nprobe and ivf_refine_k_factor must be >= 1 and ivf_nlist >= 0, got {ivf_nprobe}, "
-                f"{ivf_refine_k_factor} and {ivf_nlist}"
+                f"ivf_nprobe and ivf_nlist must be >= 0 (0: chosen from the size) and ivf_refine_k_factor >= 1, "
+                f"got {ivf_nprobe}, {ivf_nlist} and {ivf_refine_k_factor}"
             )
         self.dim = dim
         self._hnsw_min_entries = hnsw_min_entries

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from modm.cache import IndexKind
-from modm.cache.index import IvfParams, NamespaceIndex
+from modm.cache.index import IvfParams, IvfTable, NamespaceIndex
 from modm.config import CacheConfig
 
 
@@ -17,6 +18,32 @@ def test_list_count_follows_the_namespace_size():
     assert auto.lists_for(100) == 2  # never fewer than 39 training points per list
     assert auto.lists_for(1) == 1
     assert IvfParams(nprobe=8, nlist=64).lists_for(100_000) == 64
+
+
+def test_probe_count_follows_the_list_count():
+    auto = IvfParams()
+    assert [auto.probes_for(nlist) for nlist in (1024, 4096)] == [48, 96]  # the measured recall@1 >= 0.99 points
+    assert [auto.probes_for(nlist) for nlist in (2, 256)] == [2, 48]  # small namespaces: at least 48, at most all
+    assert IvfParams(nprobe=8).probes_for(4096) == 8
+
+
+@pytest.mark.parametrize(
+    ("dim", "codes"),
+    [(256, faiss.IndexIVFPQFastScan), (64, faiss.IndexIVFScalarQuantizer), (258, faiss.IndexIVFScalarQuantizer)],
+)
+def test_ivf_lists_hold_product_codes_from_256_dimensions(dim, codes):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2000, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    table = IvfTable(x, 16, IvfParams(nprobe=4))
+    assert isinstance(faiss.downcast_index(table._lists), codes)
+    ids = np.arange(2000, dtype=np.int64) + 10_000
+    table.append(ids, x)
+    _, found = table.search(x[:100])
+    assert (found == ids[:100]).mean() >= 0.95  # re-ranked exactly: a vector's own entry wins where it is probed
+    table.remove(ids[:100].tolist())  # tombstones: never returned
+    _, found = table.search(x[:100])
+    assert not np.isin(found, ids[:100]).any()
 
 
 def _clustered(rng, n, dim, centres):
@@ -56,7 +83,7 @@ def test_ivf_probes_a_few_lists_and_finds_near_duplicates():
 
 
 def test_bad_ivf_settings_are_refused():
-    bad_settings = ({"ivf_nprobe": 0}, {"ivf_nlist": -1}, {"ivf_refine_k_factor": 0.5}, {"large_index": "flat"})
+    bad_settings = ({"ivf_nprobe": -1}, {"ivf_nlist": -1}, {"ivf_refine_k_factor": 0.5}, {"large_index": "flat"})
     for bad in bad_settings:
         with pytest.raises(ValidationError):
             CacheConfig(**bad)
@@ -69,7 +96,7 @@ def test_bad_ivf_settings_are_refused():
             hnsw_ef_search=16,
             hnsw_ef_construction=16,
             tombstone_rebuild_fraction=0.25,
-            ivf_nprobe=0,
+            ivf_nprobe=-1,
         )
 
 
