@@ -24,7 +24,8 @@ sq8_hnswq --hnsw-kinds sq8 --nprobe 32 64 128 (stopped before its HNSW-SQ8 build
 --nprobe 48 64 80 96, minilm
 (--hnsw-kinds flat sq8), world prepared to 204,800 images (--hnsw-max-size 300000 --hnsw-kinds flat sq8) and
 world_heldout; then IVF with 4-bit PQ fast-scan codes, random at 100k and 1M (--ivf-kinds pq4fs --hnsw-kinds
---nprobe 32 48 64 96 128 --k-factor 4 8 --build-threads 2) and minilm (--ivf-kinds pq4fs sq8 --hnsw-kinds), added
+--nprobe 32 48 64 96 128 --k-factor 4 8 --build-threads 2) and minilm (--ivf-kinds pq4fs sq8 --hnsw-kinds), and
+world prepared to 1M images (--sizes 1000000 --ivf-kinds sq8 --hnsw-kinds --nprobe 16 32 96 --k-factor 4), added
 with --merge benchmarks/results/index_choice.json RUN.json.
     .venv/bin/python benchmarks/index_choice.py --sizes 5000 --sets random --world-images 5000 --queries 100 \
         --work /tmp/ic_smoke --out /tmp/ic_smoke.json                          # smoke run
