@@ -45,10 +45,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from modm.cache.index import PQ_DIMS_PER_CODE  # pq4fs: the cache's own code width
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPTS = Path("/work/shared/data/diffusiondb_prompts_10k.tsv")
 CHUNK = 65_536
-PQ_DIMS_PER_CODE = 4  # pq4fs: dims per 4-bit sub-quantizer code (768-d: 192 codes, 96 bytes a vector)
 
 
 # ------------------------------------------------------------------------------------------------ query sets

@@ -3,7 +3,7 @@
 The large-namespace kind was chosen by measurement (benchmarks/index_choice.py, table in
 benchmarks/results/index_choice.json): IVF whose lists hold 4-bit product-quantised codes scanned with SIMD lookup
 tables (faiss's fast-scan), with an exact re-rank of the best candidates (faiss IndexRefine), reached recall@1 >=
-0.99 on the random 768-d near-duplicates at 0.16 ms (100k entries, nprobe 48 of 1,024 lists) and 1.1 ms (1M,
+0.99 on the random 768-d near-duplicates at 0.16 ms (100k entries, nprobe 48 of 1,024 lists) and 0.67 ms (1M,
 nprobe 96 of 4,096): a quarter to a half of 8-bit scalar-quantised lists' time (0.48 ms and 2.8 ms at the same
 recall), since a probed vector is 96 bytes instead of 768. HNSW (M 32) found only 0.74-0.98 of the random 768-d
 near-duplicates' top-1 (efSearch 32-128, 1-3 ms), less than IVF on the 64-d text->image set, and takes minutes to
@@ -187,10 +187,9 @@ class IvfTable(MaskedIndex):
 
     On the CPU the lists hold 4-bit product-quantised codes, one per PQ_DIMS_PER_CODE dimensions, scanned in SIMD
     registers (IndexIVFPQFastScan: a thirty-second of the float bytes per probed vector; 8-bit scalar codes below
-    PQ_MIN_DIM dimensions), and faiss's IndexRefine
-    re-ranks the best `refine_k_factor` candidates by exact inner product, so the top-1 and its score are exact
-    whenever it is among them. On a GPU, IndexIVFFlat (GpuIndexIVFFlat): exact scores in the
-    probed lists, no re-rank needed at GPU memory bandwidth.
+    PQ_MIN_DIM dimensions), and faiss's IndexRefine re-ranks the best `refine_k_factor` candidates by exact inner
+    product, so the top-1 and its score are exact whenever it is among them. On a GPU, IndexIVFFlat
+    (GpuIndexIVFFlat): exact scores in the probed lists, no re-rank needed at GPU memory bandwidth.
     """
 
     def __init__(self, train: np.ndarray, nlist: int, params: IvfParams, gpu: GpuPlacement | None = None):
