@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,10 +16,12 @@ from modm.cache.follower import CacheFollower
 from modm.cache.latent_cache import LatentCache
 from modm.cache.records import Lookup, Match
 from modm.config import CacheConfig
-from modm.embedding import Embedder
 from modm.images import decode_png
 from modm.policy import NIRVANA_K_CHOICES, KTable
 from modm.serving.coalescing import Coalescer
+
+if TYPE_CHECKING:  # the embedder's torch is not imported by the processes that only route or index
+    from modm.embedding import Embedder
 
 __all__ = ["CacheReaderService", "EmbedderService", "ImageCacheReadService", "ImageCacheService", "LatentCacheService"]
 
