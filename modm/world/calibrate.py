@@ -7,6 +7,10 @@ images' embeddings, cosine score), and the small model refines that image at eve
 strength 1 - k/T, as the engine serves a hit). The quality Q of an image is the judge's GenEval-style verdict (1 when
 it shows every attribute its prompt names, else 0); Q_full is the verdict on the large model's full T-step image of
 the same query. The samples (score, k, quality, full_quality) are what `modm policy calibrate` fits a table to.
+
+With a `scorer` (the world's second CLIP) a second set of samples grades the same images by CLIPScore, MoDM's own Q
+(its table was fitted with alpha = 0.95 on CLIPScore): a continuous score barely moves when an attribute is wrong,
+so the judge's all-or-nothing verdict is the stricter rule and CLIPScore the paper's.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class CalibrationRun:
     refined_accuracy: dict[int, dict[str, float]]  # per k, over all queries
     scores: list[float]
     relations: list[str]
+    clip_samples: list[QualitySample] | None = None  # Q = CLIPScore of the scorer (when one was given)
+    full_clip_score: float | None = None
+    refined_clip_score: dict[int, float] | None = None
 
 
 def calibration_samples(
@@ -91,9 +98,13 @@ def calibration_samples(
     total_steps: int,
     k_choices: Sequence[int] = K_CHOICES,
     batch_size: int = 16,
+    scorer=None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> CalibrationRun:
-    """Replay the queries' hits at every k; Q is the judge's verdict on `QUALITY_ATTRIBUTE`."""
+    """Replay the queries' hits at every k; Q is the judge's verdict on `QUALITY_ATTRIBUTE` (and, with a `scorer`,
+    its CLIPScore in `clip_samples`)."""
+    from modm.world.eval import clip_scores
+
     if not cache or not queries:
         raise ValueError("calibration needs a non-empty cache and query stream")
     if any(not 0 < k < total_steps for k in k_choices):
@@ -113,8 +124,10 @@ def calibration_samples(
         return [score_image(r, q.scene, q.mentions) for r, q in zip(judge.read(images), queries)]
 
     full_verdicts = verdicts(full)
+    full_clip = clip_scores(scorer, full, prompts) if scorer is not None else None
     samples: list[QualitySample] = []
-    refined_accuracy = {}
+    clip_samples: list[QualitySample] = []
+    refined_accuracy, refined_clip = {}, {}
     for k in k_choices:
         progress(f"small: refinements at k={k}")
         strength = 1.0 - k / total_steps
@@ -125,7 +138,22 @@ def calibration_samples(
             QualitySample(score, k, float(r[QUALITY_ATTRIBUTE]), float(f[QUALITY_ATTRIBUTE]))
             for score, r, f in zip(scores, refined_verdicts, full_verdicts)
         ]
-    return CalibrationRun(samples, accuracy(full_verdicts), refined_accuracy, scores, [q.relation for q in queries])
+        if full_clip is not None:
+            refined_clips = clip_scores(scorer, refined, prompts)
+            refined_clip[k] = float(np.mean(refined_clips))
+            clip_samples += [
+                QualitySample(score, k, float(r), float(f)) for score, r, f in zip(scores, refined_clips, full_clip)
+            ]
+    return CalibrationRun(
+        samples,
+        accuracy(full_verdicts),
+        refined_accuracy,
+        scores,
+        [q.relation for q in queries],
+        clip_samples=clip_samples if full_clip is not None else None,
+        full_clip_score=float(np.mean(full_clip)) if full_clip is not None else None,
+        refined_clip_score=refined_clip if full_clip is not None else None,
+    )
 
 
 def pipeline_refiner(pipe, *, total_steps: int, guidance_scale: float) -> RefineFn:

@@ -143,7 +143,9 @@ def _cmd_calibrate(args) -> int:
         raise ValueError(f"--cached and --queries must be >= 1, got {args.cached} and {args.queries}")
     torch.set_num_threads(args.threads)
     world_dir = Path(args.world)
-    manifest = validate_world_dir(world_dir, ("clip", "judge", "large", args.small))
+    manifest = validate_world_dir(
+        world_dir, ("clip", "judge", "large", args.small) + (("clip_score",) if args.clip_samples_out else ())
+    )
     device = torch.device("cpu")
 
     def pipe(role):
@@ -160,13 +162,24 @@ def _cmd_calibrate(args) -> int:
         embedder=HfClipEmbedder(world_dir / manifest.components["clip"].path, device=device, batch_size=256),
         judge=Judge.load(world_dir / manifest.components["judge"].path, device),
         total_steps=args.total_steps,
+        scorer=(
+            HfClipEmbedder(world_dir / manifest.components["clip_score"].path, device=device, batch_size=256)
+            if args.clip_samples_out
+            else None
+        ),
         progress=print,
     )
     write_quality_samples(args.samples_out, run.samples)
     print(f"wrote {len(run.samples)} samples to {args.samples_out} (fit: modm policy calibrate {args.samples_out})")
-    print(f"large, full {args.total_steps} steps: judge all {run.full_accuracy['all']:.3f}")
+    if run.clip_samples is not None:
+        write_quality_samples(args.clip_samples_out, run.clip_samples)
+        print(f"wrote {len(run.clip_samples)} CLIPScore samples to {args.clip_samples_out}")
+    clip_of = run.refined_clip_score or {}
+    full_clip = f", CLIPScore {run.full_clip_score:.2f}" if run.full_clip_score is not None else ""
+    print(f"large, full {args.total_steps} steps: judge all {run.full_accuracy['all']:.3f}{full_clip}")
     for k, acc in run.refined_accuracy.items():
-        print(f"{args.small} refining the best cached image at k={k}: judge all {acc['all']:.3f}")
+        clip = f", CLIPScore {clip_of[k]:.2f}" if k in clip_of else ""
+        print(f"{args.small} refining the best cached image at k={k}: judge all {acc['all']:.3f}{clip}")
     if args.json:
         body = {
             "world": str(world_dir),
@@ -179,6 +192,9 @@ def _cmd_calibrate(args) -> int:
             "refined_accuracy": {str(k): v for k, v in run.refined_accuracy.items()},
             "score_quantiles": dict(zip(("p10", "p50", "p90"), np.quantile(run.scores, [0.1, 0.5, 0.9]).tolist())),
         }
+        if run.full_clip_score is not None:
+            body["full_clip_score"] = run.full_clip_score
+            body["refined_clip_score"] = {str(k): v for k, v in clip_of.items()}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
@@ -213,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--total-steps", type=int, default=50, help="T")
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--samples-out", required=True, help="CSV or parquet of (score, k, quality, full_quality)")
+    cal.add_argument(
+        "--clip-samples-out",
+        default=None,
+        help="also write samples graded by the second CLIP's CLIPScore (MoDM's own Q) here",
+    )
     cal.add_argument("--json", default=None, help="also write per-k judge accuracy here")
     cal.add_argument("--threads", type=int, default=DEFAULT_BUILD_THREADS)
     cal.set_defaults(func=_cmd_calibrate)

@@ -109,10 +109,15 @@ def _generate(
     return images
 
 
-def clip_score(scorer, images: Sequence[Image.Image], prompts: Sequence[str]) -> float:
-    """Mean 100 * max(cos, 0) between each image and its prompt, in the scorer's embedding space."""
+def clip_scores(scorer, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
+    """Per image, 100 * max(cos, 0) between it and its prompt, in the scorer's embedding space."""
     cos = np.sum(scorer.embed_images(images) * scorer.embed_text(prompts), axis=1)
-    return float(np.mean(100.0 * np.maximum(cos, 0.0)))
+    return 100.0 * np.maximum(cos, 0.0)
+
+
+def clip_score(scorer, images: Sequence[Image.Image], prompts: Sequence[str]) -> float:
+    """Mean CLIPScore of the images against their prompts (`clip_scores`)."""
+    return float(np.mean(clip_scores(scorer, images, prompts)))
 
 
 def fid_on_judge_features(judge: Judge, images, real_features: np.ndarray) -> tuple[float | None, str]:

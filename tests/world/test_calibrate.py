@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -49,8 +50,18 @@ def test_a_refiner_that_returns_the_cached_image_is_right_on_rephrases_and_wrong
         judge=Judge.load(COMMITTED_WORLD / "judge", torch.device("cpu")),
         total_steps=50,
         k_choices=(10, 30),
+        scorer=HfClipEmbedder(COMMITTED_WORLD / "clip_score", device=torch.device("cpu"), batch_size=64),
     )
     assert len(run.samples) == 2 * len(queries)
+    # the same hits graded by the second CLIP's CLIPScore (MoDM's Q): same (score, k) rows, Q in [0, 100]
+    assert [(c.score, c.k) for c in run.clip_samples] == [(s.score, s.k) for s in run.samples]
+    assert all(0 <= c.quality <= 100 and 0 <= c.full_quality <= 100 for c in run.clip_samples)
+    clip_by_relation = {}
+    for sample, relation in zip(run.clip_samples, run.relations * 2):
+        clip_by_relation.setdefault(relation, []).append(sample.quality / max(sample.full_quality, 1e-6))
+    # a rephrase's cached image is its own scene: its CLIPScore is close to the full image's, a new scene's is not
+    assert np.mean(clip_by_relation["rephrase"]) > np.mean(clip_by_relation["new"]) + 0.1
+    assert set(run.refined_clip_score) == {10, 30} and run.full_clip_score > 0
     assert run.full_accuracy["all"] >= 0.9  # the renderer's own image of every query
     by_relation = {}
     for sample, relation in zip(run.samples, run.relations * 2):
