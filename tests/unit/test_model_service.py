@@ -218,4 +218,6 @@ def test_a_cancelled_refinement_on_a_real_pipeline_stops_early(services):
     asyncio.run(cancel_a_long_refinement())
     after = small.stats()
     assert after["generations"] - before["generations"] == 2 and after["interrupted"] - before["interrupted"] == 1
-    assert 1 <= after["denoising_steps"] - before["denoising_steps"] - 2 < 100, (before, after)
+    # it stopped between steps, before the 400th: how many it ran in 0.5 s depends on the machine (115 on an idle
+    # 2-core one), so the bound is the full count, not a guess at the speed
+    assert 1 <= after["denoising_steps"] - before["denoising_steps"] - 2 < 400, (before, after)
