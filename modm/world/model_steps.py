@@ -44,7 +44,7 @@ from modm.world.vae import VaeTrainSpec, pixels, psnr, reconstruct, train_vae
 VAE_SPEC = VaeTrainSpec(latent_channels=8, steps=1200, batch_size=32)
 # Training budgets: the small models train on fewer steps than the large, as SDXL is to SD3.5-Large. The large
 # model learns colour and position first and shape late: at 900 steps of 64 (12,000 images) it drew the right colour
-# at the right place with shape at chance (judge shape+colour 0.105); 4,000 steps on 24,000 images reach 0.78 (the
+# at the right place with shape at chance (judge shape+colour 0.105); 4,000 steps on 24,000 images reach 0.77 (the
 # VAE's reconstructions cap it at 0.90), 35 minutes on the two cores with two torch threads.
 LARGE_TRAIN = DiffusionTrainSpec(steps=4000, batch_size=64, learning_rate=1e-3, warmup_steps=100)
 SMALL_TRAIN = DiffusionTrainSpec(steps=2000, batch_size=64, learning_rate=1e-3, warmup_steps=100)
