@@ -25,6 +25,7 @@ from PIL import Image
 from modm.policy.calibration import QualitySample
 from modm.world.captions import TemplateSet, caption_scene
 from modm.world.demo_workload import REPHRASE, VARY, vary_scene
+from modm.world.eval import clip_scores
 from modm.world.judge import Judge, accuracy, score_image
 from modm.world.scene import Scene, Split, sample_scene
 
@@ -83,8 +84,23 @@ class CalibrationRun:
     scores: list[float]
     relations: list[str]
     clip_samples: list[QualitySample] | None = None  # Q = CLIPScore of the scorer (when one was given)
-    full_clip_score: float | None = None
-    refined_clip_score: dict[int, float] | None = None
+
+    @property
+    def full_clip_score(self) -> float | None:
+        """Mean CLIPScore of the large model's full images (every query once per k, so the mean over samples)."""
+        if not self.clip_samples:
+            return None
+        return float(np.mean([s.full_quality for s in self.clip_samples]))
+
+    @property
+    def refined_clip_score(self) -> dict[int, float] | None:
+        """Per k, the mean CLIPScore of the refinements."""
+        if not self.clip_samples:
+            return None
+        by_k: dict[int, list[float]] = {}
+        for s in self.clip_samples:
+            by_k.setdefault(s.k, []).append(s.quality)
+        return {k: float(np.mean(q)) for k, q in by_k.items()}
 
 
 def calibration_samples(
@@ -103,8 +119,6 @@ def calibration_samples(
 ) -> CalibrationRun:
     """Replay the queries' hits at every k; Q is the judge's verdict on `QUALITY_ATTRIBUTE` (and, with a `scorer`,
     its CLIPScore in `clip_samples`)."""
-    from modm.world.eval import clip_scores
-
     if not cache or not queries:
         raise ValueError("calibration needs a non-empty cache and query stream")
     if any(not 0 < k < total_steps for k in k_choices):
@@ -127,7 +141,7 @@ def calibration_samples(
     full_clip = clip_scores(scorer, full, prompts) if scorer is not None else None
     samples: list[QualitySample] = []
     clip_samples: list[QualitySample] = []
-    refined_accuracy, refined_clip = {}, {}
+    refined_accuracy = {}
     for k in k_choices:
         progress(f"small: refinements at k={k}")
         strength = 1.0 - k / total_steps
@@ -139,10 +153,9 @@ def calibration_samples(
             for score, r, f in zip(scores, refined_verdicts, full_verdicts)
         ]
         if full_clip is not None:
-            refined_clips = clip_scores(scorer, refined, prompts)
-            refined_clip[k] = float(np.mean(refined_clips))
             clip_samples += [
-                QualitySample(score, k, float(r), float(f)) for score, r, f in zip(scores, refined_clips, full_clip)
+                QualitySample(score, k, float(r), float(f))
+                for score, r, f in zip(scores, clip_scores(scorer, refined, prompts), full_clip)
             ]
     return CalibrationRun(
         samples,
@@ -151,8 +164,6 @@ def calibration_samples(
         scores,
         [q.relation for q in queries],
         clip_samples=clip_samples if full_clip is not None else None,
-        full_clip_score=float(np.mean(full_clip)) if full_clip is not None else None,
-        refined_clip_score=refined_clip if full_clip is not None else None,
     )
 
 
