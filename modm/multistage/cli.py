@@ -1,4 +1,5 @@
-"""`modm multistage boundaries | train | export`: stage boundaries, the training-efficiency run, a servable pipeline.
+"""`modm multistage boundaries | train | world-efficiency | export`: stage boundaries, the training-efficiency runs
+(digits, the miniature world), a servable pipeline.
 
 Run as `python -m modm.multistage.cli <command> --help`.
 """
@@ -132,6 +133,38 @@ def _train(args: argparse.Namespace) -> dict:
     return results
 
 
+def _world_efficiency(args: argparse.Namespace) -> dict:
+    import time
+
+    import torch
+
+    from modm.multistage.world_experiment import (
+        WorldEfficiencyConfig,
+        format_world_table,
+        quick_world_config,
+        run_world_efficiency_experiment,
+    )
+
+    torch.set_num_threads(args.threads)
+    config = quick_world_config() if args.quick else WorldEfficiencyConfig()
+    overrides = {
+        "budget_tflops": args.budget_tflops,
+        "num_evals": args.num_evals,
+        "eval_samples": args.eval_samples,
+        "train_images": args.train_images,
+        "guidance_scale": args.guidance_scale,
+        "seed": args.seed,
+    }
+    config = WorldEfficiencyConfig(**{**config.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    started = time.perf_counter()
+    results = run_world_efficiency_experiment(args.world, config)
+    results["wall_s"] = time.perf_counter() - started
+    results["command"] = "modm multistage " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    print(format_world_table(results))
+    print(f"\nwall {results['wall_s']:.0f} s at {args.threads} torch thread(s)")
+    return results
+
+
 def _export(args: argparse.Namespace) -> dict:
     import torch
 
@@ -216,6 +249,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(run=_train)
 
+    w = sub.add_parser(
+        "world-efficiency",
+        help="unified vs multi-stage text-conditioned U-Net in the miniature world for the same training FLOPs",
+    )
+    w.add_argument("--world", type=Path, required=True, help="world directory (e.g. modm/world/weights)")
+    w.add_argument("--budget-tflops", type=float, default=None, help="training budget per model")
+    w.add_argument("--num-evals", type=int, default=None, help="evaluations spread over the budget")
+    w.add_argument("--eval-samples", type=int, default=None, help="world prompts generated per evaluation")
+    w.add_argument("--train-images", type=int, default=None, help="world training images")
+    w.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1: none)")
+    w.add_argument("--seed", type=int, default=None)
+    w.add_argument("--quick", action="store_true", help="tiny models, a few steps (checks the run end to end)")
+    w.add_argument("--threads", type=int, default=1, help="torch threads (the machine's cores are shared)")
+    w.add_argument("--json", type=Path, default=None, help="also write the results here")
+    w.set_defaults(run=_world_efficiency)
+
     e = sub.add_parser("export", help="save a StableDiffusionPipeline whose unet is a MultiStageUNet")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument(
@@ -249,6 +298,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     try:
         results = args.run(args)

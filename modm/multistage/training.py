@@ -4,16 +4,23 @@ Each step draws one stage from a configurable distribution, then a batch of time
 the step runs the shared encoder and a single decoder — the paper's recipe (DPM-Solver: uniform over stages). A
 unified U-Net is the same trainer with a one-stage model. FLOPs are counted with `torch.utils.flop_counter` on one
 forward + backward per stage (they depend only on shapes) and accumulated per step.
+
+With `TrainConfig.ema_decay` set, diffusers' `EMAModel` keeps shadow weights, updated after every optimiser step
+(with its warm-up schedule, so short runs average over a window that grows with the step count), and
+`validation_losses` and `ema_weights()` evaluate with them, as the paper's models are trained and sampled.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -47,6 +54,12 @@ class TrainConfig(BaseModel):
         default=None, description="Relative stage probabilities, low-noise stage first (stage_sampling=weights)."
     )
     seed: int = Field(default=0, description="Seed of batches, stages, timesteps and noise.")
+    ema_decay: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Cap of the EMA decay (diffusers EMAModel with warm-up, power 2/3); None: no EMA.",
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> "TrainConfig":
@@ -143,6 +156,12 @@ class StageSampledTrainer:
             model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self._step_flops = [self._measure_step_flops(k) for k in range(len(self.ranges))]
+        # After the FLOPs probe, which runs a backward pass but no optimiser step, so the shadow starts at the init.
+        self.ema = (
+            EMAModel(model.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
+            if config.ema_decay is not None
+            else None
+        )
         self.total_flops = 0
         self.steps_per_stage = [0] * len(self.ranges)
 
@@ -180,15 +199,31 @@ class StageSampledTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.step(self.model.parameters())
         self.total_flops += self._step_flops[stage]
         self.steps_per_stage[stage] += 1
         return stage, loss.item()
 
+    @contextmanager
+    def ema_weights(self) -> Iterator[MultiStageUNet]:
+        """The model with its EMA weights swapped in (the raw weights without EMA); raw weights restored on exit."""
+        if self.ema is None:
+            yield self.model
+            return
+        self.ema.store(self.model.parameters())
+        self.ema.copy_to(self.model.parameters())
+        try:
+            yield self.model
+        finally:
+            self.ema.restore(self.model.parameters())
+
     @torch.no_grad()
     def validation_losses(self, validation: StageValidationSet) -> list[float]:
-        """Mean ε-MSE on each stage's fixed validation samples."""
+        """Mean ε-MSE on each stage's fixed validation samples (with the EMA weights when EMA is on)."""
         conditions = validation.conditions or [None] * len(validation.images)
-        return [
-            float(self._loss(x, n, t, c))
-            for x, n, t, c in zip(validation.images, validation.noise, validation.timesteps, conditions)
-        ]
+        with self.ema_weights():
+            return [
+                float(self._loss(x, n, t, c))
+                for x, n, t, c in zip(validation.images, validation.noise, validation.timesteps, conditions)
+            ]

@@ -110,3 +110,31 @@ def test_flops_to_reach():
     curve = [{"train_flops": 1, "fid": 9.0}, {"train_flops": 2, "fid": 4.0}, {"train_flops": 3, "fid": 5.0}]
     assert flops_to_reach(curve, 4.5) == 2
     assert flops_to_reach(curve, 1.0) is None
+
+
+def test_ema_weights_differ_from_raw_weights_and_evaluation_restores_the_raw_ones(digits):
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    trainer = StageSampledTrainer(
+        small_unet(), scheduler, digits, TrainConfig(batch_size=16, learning_rate=3e-3, ema_decay=0.999)
+    )
+    for _ in range(5):
+        trainer.step()
+    raw = [p.detach().clone() for p in trainer.model.parameters()]
+    with trainer.ema_weights() as model:
+        swapped = [p.detach().clone() for p in model.parameters()]
+    assert any(not torch.equal(r, s) for r, s in zip(raw, swapped))
+    for r, s in zip(swapped, trainer.ema.shadow_params):
+        torch.testing.assert_close(r, s)
+    validation = make_stage_validation(digits, trainer.ranges, per_stage=8, seed=1)
+    ema_losses = trainer.validation_losses(validation)
+    for before, after in zip(raw, trainer.model.parameters()):
+        assert torch.equal(before, after)  # evaluation swapped the EMA weights back out
+    trainer.ema = None  # the same trainer without EMA evaluates the raw weights: other losses
+    assert trainer.validation_losses(validation) != ema_losses
+
+
+def test_without_ema_decay_there_is_no_ema(digits):
+    trainer = StageSampledTrainer(small_unet(), DDPMScheduler(), digits, TrainConfig(batch_size=4))
+    assert trainer.ema is None
+    with trainer.ema_weights() as model:
+        assert model is trainer.model
