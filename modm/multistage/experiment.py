@@ -18,7 +18,7 @@ from modm.multistage.schedules import DiscreteDDPMSchedule
 from modm.multistage.training import StageSampledTrainer, TrainConfig, make_stage_validation, stage_timestep_ranges
 from modm.multistage.unet import MultiStageUNet
 
-__all__ = ["EfficiencyConfig", "flops_to_reach", "run_efficiency_experiment", "sample_digits"]
+__all__ = ["EfficiencyConfig", "flops_to_reach", "flops_to_reach_metric", "run_efficiency_experiment", "sample_digits"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +55,18 @@ def sample_digits(model: MultiStageUNet, scheduler: DDPMScheduler, num: int, ste
     return torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0
 
 
-def flops_to_reach(curve: list[dict], target_fid: float) -> float | None:
-    """Training FLOPs of the first evaluation whose FID is at or below target_fid (None if never)."""
+def flops_to_reach_metric(curve: list[dict], key: str, target: float, higher_is_better: bool) -> float | None:
+    """Training FLOPs of the first evaluation whose `key` reaches target (None if never)."""
     for point in curve:
-        if point["fid"] <= target_fid:
+        value = point[key]
+        if value is not None and (value >= target if higher_is_better else value <= target):
             return point["train_flops"]
     return None
+
+
+def flops_to_reach(curve: list[dict], target_fid: float) -> float | None:
+    """Training FLOPs of the first evaluation whose FID is at or below target_fid (None if never)."""
+    return flops_to_reach_metric(curve, "fid", target_fid, higher_is_better=False)
 
 
 def _train_and_evaluate(name, model, scheduler, data, config, validation, classifier, reference, save_dir):

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modm.multistage.clustering import ClusteringConfig, NoBoundaryError, optimal_denoiser_boundaries
 from modm.multistage.clustering import uniform_log_snr_boundaries, uniform_t_boundaries
+from modm.multistage.experiment import flops_to_reach_metric
 from modm.multistage.scheduler_steps import model_timestep_boundaries
 from modm.multistage.schedules import BetaSchedule, DiscreteDDPMSchedule
 from modm.multistage.training import StageSampledTrainer, TrainConfig, make_stage_validation, stage_timestep_ranges
@@ -172,15 +173,6 @@ def sample_world_latents(
             eps = eps_uncond + guidance_scale * (eps_text - eps_uncond)
         latents = ddim.step(eps, t, latents).prev_sample
     return latents
-
-
-def flops_to_reach_metric(curve: list[dict], key: str, target: float, higher_is_better: bool) -> float | None:
-    """Training FLOPs of the first evaluation whose `key` reaches target (None if never)."""
-    for point in curve:
-        value = point[key]
-        if value is not None and (value >= target if higher_is_better else value <= target):
-            return point["train_flops"]
-    return None
 
 
 def _boundaries(latents: torch.Tensor, config: WorldEfficiencyConfig, scheduler: DDPMScheduler) -> dict:
