@@ -341,16 +341,18 @@ class DiffusionGenerator:
         return list(output[0].images)
 
     @torch.inference_mode()
-    def measure_step_cost_s(self, size: int, *, steps: tuple[int, int] = (2, 12), repeats: int = 3) -> float:
-        """Seconds per denoising step at size x size (guidance included), from two step counts so that text
-        encoding and set-up cancel; VAE decoding is skipped."""
+    def measure_step_cost_s(
+        self, size: int, *, steps: tuple[int, int] = (2, 12), repeats: int = 3, batch_size: int = 1
+    ) -> float:
+        """Seconds per denoising step of a batch of `batch_size` images at size x size (guidance included), from two
+        step counts so that text encoding and set-up cancel; VAE decoding is skipped."""
 
         def run(n: int) -> float:
             best = float("inf")
             for _ in range(repeats):
                 start = time.perf_counter()
                 self.pipe(
-                    prompt="a dog riding a bike",
+                    prompt=["a dog riding a bike"] * batch_size,
                     height=size,
                     width=size,
                     num_inference_steps=n,

@@ -130,14 +130,18 @@ class RectifiedFlowObjective:
         return F.mse_loss(pred, noise - x0)
 
 
-class EpsilonObjective:
-    """SDXL's: DDPM forward process on its scaled-linear betas, the model predicts the noise; SDXL's micro-
-    conditioning ids fixed to the serving size (original = target = image size, no crop)."""
+class DdpmObjective:
+    """SDXL's: the DDPM forward process on the scheduler's betas, the model predicts what the scheduler's
+    `prediction_type` names (the noise, or v = sqrt(a) noise - sqrt(1 - a) x0); SDXL's micro-conditioning ids fixed
+    to the serving size (original = target = image size, no crop)."""
 
     def __init__(self, scheduler_config, image_size: int):
         from diffusers import DDPMScheduler
 
         self.scheduler = DDPMScheduler.from_config(scheduler_config)
+        self.prediction_type = self.scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type {self.prediction_type!r}: the world trains epsilon or v_prediction")
         self.time_ids = torch.tensor([[image_size, image_size, 0, 0, image_size, image_size]], dtype=torch.float32)
 
     def loss(self, model, x0, embeds, pooled, generator: torch.Generator) -> torch.Tensor:
@@ -152,7 +156,8 @@ class EpsilonObjective:
             return_dict=False,
             added_cond_kwargs={"text_embeds": pooled, "time_ids": self.time_ids.expand(n, -1)},
         )[0]
-        return F.mse_loss(pred, noise)
+        target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+        return F.mse_loss(pred, target)
 
 
 def _lr_at(step: int, spec: DiffusionTrainSpec) -> float:

@@ -45,9 +45,12 @@ def test_committed_models_record_their_training():
     for role in ROLES:
         info = manifest.components[role].info
         assert info["steps"] > 0 and info["train_seconds"] > 0
-    # the small models are the cheaper ones per step
+    # the small models are the cheaper ones per step, alone and at the serving batch
     costs = manifest.components["step_costs"].info
     assert costs["large_step_ms"] > costs["small_step_ms"] > 0
+    assert costs["serving_batch_size"] > 1
+    assert costs["large_step_ms_serving_batch"] > costs["small_step_ms_serving_batch"]
+    assert costs["small_step_ms_serving_batch"] > costs["small2_step_ms_serving_batch"] > 0
 
 
 def test_model_build_steps_run_for_a_few_iterations(tmp_path):
@@ -134,3 +137,56 @@ def test_training_is_deterministic_by_seed():
     (loss_a, a), (loss_b, b) = trained(), trained()
     assert loss_a == loss_b
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_small_schedule_ends_in_pure_noise_where_sdxls_leaks_the_image():
+    """Zero terminal SNR: at the last training step the small models' input holds nothing of the image (SDXL's own
+    schedule still carries its mean colour, which a model then learns to read and cannot find at inference)."""
+    from diffusers import DDPMScheduler
+
+    from modm.world.pipelines import SDXL_SCHEDULER, SMALL_SCHEDULER
+
+    x0 = torch.full((1, 4, 8, 8), 2.0)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    last = torch.tensor([999])
+    ztsnr = DDPMScheduler.from_config(SMALL_SCHEDULER).add_noise(x0, noise, last)
+    sdxl = DDPMScheduler.from_config(SDXL_SCHEDULER).add_noise(x0, noise, last)
+    assert torch.allclose(ztsnr, noise, atol=1e-6)
+    assert (sdxl - noise).mean() > 0.1  # 2 * sqrt(alpha_bar) of the image still there
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddpm_objective_regresses_what_the_scheduler_predicts(prediction_type):
+    from diffusers import DDPMScheduler
+
+    from modm.world.diffusion import DdpmObjective
+    from modm.world.pipelines import SMALL_SCHEDULER
+
+    config = {**SMALL_SCHEDULER, "prediction_type": prediction_type}
+    objective = DdpmObjective(config, image_size=32)
+    seen = {}
+
+    def model(noisy, t, **kwargs):
+        seen["noisy"], seen["t"] = noisy, t
+        assert kwargs["added_cond_kwargs"]["time_ids"].tolist() == [[32, 32, 0, 0, 32, 32]] * 3
+        return (torch.zeros_like(noisy),)
+
+    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    loss = objective.loss(model, x0, torch.zeros(3, 5, 16), torch.zeros(3, 8), torch.Generator().manual_seed(2))
+    # replay the objective's draws: t, then the noise
+    replay = torch.Generator().manual_seed(2)
+    t = torch.randint(0, 1000, (3,), generator=replay)
+    noise = torch.randn(x0.shape, generator=replay)
+    reference = DDPMScheduler.from_config(config)
+    assert torch.equal(seen["t"], t)
+    assert torch.allclose(seen["noisy"], reference.add_noise(x0, noise, t))
+    target = noise if prediction_type == "epsilon" else reference.get_velocity(x0, noise, t)
+    assert torch.isclose(loss, target.pow(2).mean())
+
+
+def test_ddpm_objective_refuses_a_prediction_type_it_does_not_train():
+    from modm.world.diffusion import DdpmObjective
+    from modm.world.pipelines import SMALL_SCHEDULER
+
+    with pytest.raises(ValueError, match="sample"):
+        DdpmObjective({**SMALL_SCHEDULER, "prediction_type": "sample"}, image_size=32)
