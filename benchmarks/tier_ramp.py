@@ -1,7 +1,7 @@
 """The Serve app on the trained world's models switching small-model tiers under a rising request rate (issue 20).
 
 The world system (modm/world/system.yaml: the SD3-class large model, the world CLIP retrieving text->image) with two
-small-model tiers, `small` (the SDXL-class world model, width 32) then `small2` (width 16: 1.7x cheaper per step),
+small-model tiers, `small` (the SDXL-class world model, widths 16/32) then `small2` (8/16: 1.6x cheaper per step),
 on a local Ray cluster, through HTTP. A world trace (users rephrasing and varying their scenes) arrives on MoDM's
 increasing-load schedule (loadgen's RAMP: rate = min + (max - min) * sigmoid), and every --sample-s the script
 records the chosen tier and the monitor's inputs (/v1/stats) and each model deployment's RUNNING replicas
