@@ -3,7 +3,8 @@
 - large: `StableDiffusion3Pipeline` — `SD3Transformer2DModel`, `FlowMatchEulerDiscreteScheduler`, the world CLIP's
   text tower as both CLIP encoders (no T5), the world VAE.
 - small and small2: `StableDiffusionXLPipeline` — `UNet2DConditionModel` with SDXL's text_time embeddings,
-  `EulerDiscreteScheduler` on SDXL's betas, the world CLIP's text tower as both encoders, the same VAE. Their
+  `EulerDiscreteScheduler` on SDXL's betas rescaled to zero terminal SNR with v-prediction (`SMALL_SCHEDULER`), the
+  world CLIP's text tower as both encoders, the same VAE. Their
   img2img twin is `StableDiffusionXLImg2ImgPipeline.from_pipe`.
 
 Both use one text tower twice (concatenated, as SD3/SDXL concatenate their two CLIPs): the second CLIP of the world
