@@ -28,7 +28,6 @@ from modm.world.pipelines import (
     SMALL,
     SMALL2,
     WORLD_IMAGE_SIZE,
-    WORLD_MAX_BATCH_SIZE,
     WORLD_SERVING_THREADS,
     large_pipeline,
     large_transformer,
@@ -169,22 +168,24 @@ def _ddpm(pipe):
 
 def step_costs_step(ctx, out: Path):
     """Seconds per image-step of each pipeline at the serving size, guidance on, with a replica's torch threads, at
-    batch 1 and at the batch the world's configs serve under load (`WORLD_MAX_BATCH_SIZE`). At batch 1 these small
-    models are bound by per-module overhead, so the ratio there understates what a busy replica, whose step batches
-    fill, saves."""
+    batch 1 and at the batch the world's system config serves under load (modm/world/system.yaml's large
+    `max_batch_size`; a test keeps deployments/configs/local.yaml equal to it). At batch 1 these small models are
+    bound by per-module overhead, so the ratio there understates what a busy replica, whose step batches fill, saves."""
+    from modm.config import load_config
     from modm.generation.generator import DiffusionGenerator
     from modm.models.loading import load_pipeline
     from modm.world.build import StepResult
 
-    batch_sizes = (1, WORLD_MAX_BATCH_SIZE)
-    costs: dict[int, dict[str, float]] = {b: {} for b in batch_sizes}
+    serving_batch = load_config(Path(__file__).with_name("system.yaml")).models.large.batching.max_batch_size
+    suffixes = {1: "", serving_batch: "_serving_batch"}  # the keys of each batch size's numbers in step_costs.json
+    costs: dict[int, dict[str, float]] = {b: {} for b in suffixes}
     build_threads = torch.get_num_threads()
     torch.set_num_threads(WORLD_SERVING_THREADS)  # more threads slow these tiny models' many small ops down
     try:
         for role in ("large", "small", "small2"):
             spec = world_model_spec(ctx.component_dir(role), role, device="cpu")
             generator = DiffusionGenerator(load_pipeline(spec), spec, role)
-            for b in batch_sizes:
+            for b in suffixes:
                 step_s = generator.measure_step_cost_s(
                     WORLD_IMAGE_SIZE,
                     steps=(2, 4) if ctx.quick else (2, 12),
@@ -194,17 +195,15 @@ def step_costs_step(ctx, out: Path):
                 costs[b][role] = step_s / b
     finally:
         torch.set_num_threads(build_threads)
-    info: dict[str, float | int] = {"serving_batch_size": WORLD_MAX_BATCH_SIZE, "threads": WORLD_SERVING_THREADS}
-    for b in batch_sizes:
-        suffix = "" if b == 1 else "_serving_batch"
+    info: dict[str, float | int] = {"serving_batch_size": serving_batch, "threads": WORLD_SERVING_THREADS}
+    for b, suffix in suffixes.items():
         for role, seconds in costs[b].items():
             info[f"{role}_step_ms{suffix}"] = round(1000 * seconds, 2)
         for other in ("small", "small2"):
             info[f"large_{other}_ratio{suffix}"] = round(costs[b]["large"] / max(costs[b][other], 1e-9), 2)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_costs.json").write_text(__import__("json").dumps(info, indent=2) + "\n", encoding="utf-8")
-    for b in batch_sizes:
-        suffix = "" if b == 1 else "_serving_batch"
+    for b, suffix in suffixes.items():
         print(
             f"per image-step at {WORLD_IMAGE_SIZE}x{WORLD_IMAGE_SIZE}, batch {b}, guidance on,"
             f" {WORLD_SERVING_THREADS} thread(s): "

@@ -188,13 +188,12 @@ SMALL_SCHEDULER = {
 }
 
 
-def small_pipeline(unet, vae, encoders: TextEncoders, scheduler_config: dict | None = None):
+def small_pipeline(unet, vae, encoders: TextEncoders):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    scheduler = EulerDiscreteScheduler(**(SMALL_SCHEDULER if scheduler_config is None else scheduler_config))
     pipe = StableDiffusionXLPipeline(
         unet=unet,
-        scheduler=scheduler,
+        scheduler=EulerDiscreteScheduler(**SMALL_SCHEDULER),
         vae=vae,
         text_encoder=encoders.plain,
         tokenizer=encoders.tokenizer,
@@ -229,8 +228,6 @@ def _jsonable(value):
 # How the world's models are served (32x32, the guidance they were tuned at).
 WORLD_IMAGE_SIZE = 32
 SERVING = {"large": {"guidance_scale": 4.0}, "small": {"guidance_scale": 4.0}, "small2": {"guidance_scale": 4.0}}
-# The step batch the world's configs serve with (modm/world/system.yaml, deployments/configs/local.yaml).
-WORLD_MAX_BATCH_SIZE = 4
 # Torch threads of a world model replica: the configs give each `num_cpus: 1`, and Ray sets OMP_NUM_THREADS to that.
 WORLD_SERVING_THREADS = 1
 
