@@ -13,6 +13,10 @@ from tests.integration.serve_load import running_replicas as replicas
 
 pytestmark = pytest.mark.ray
 
+# A move waits for a new replica to start (import torch and diffusers, load the pipeline) while the old ones serve:
+# measured up to about 200 s on a loaded 2-core machine, so each phase gets more than that.
+MOVE_TIMEOUT_S = 240  # three phases and the 90 s usage wait stay under pytest's 900 s per-test timeout
+
 
 def test_hit_heavy_then_miss_heavy_load_moves_the_split(serve_app, client):
     same = itertools.repeat("a quiet harbor with fishing boats at dawn")
@@ -24,7 +28,7 @@ def test_hit_heavy_then_miss_heavy_load_moves_the_split(serve_app, client):
         same,
         fresh_tenants,
         until=lambda: replicas("LargeModel") == 2 and replicas("SmallModel") == 1,
-        timeout_s=150,
+        timeout_s=MOVE_TIMEOUT_S,
     )
     assert start["reached"], start
     # The session app's counts are cumulative: earlier tests (a killed replica) may have retried or failed some.
@@ -38,7 +42,7 @@ def test_hit_heavy_then_miss_heavy_load_moves_the_split(serve_app, client):
         same,
         itertools.repeat("it-actuation-hits"),
         until=lambda: replicas("LargeModel") == 1 and replicas("SmallModel") == 2,
-        timeout_s=150,
+        timeout_s=MOVE_TIMEOUT_S,
     )
     stats = client.get("/v1/stats").json()
     assert hits["reached"], (hits, stats, replicas("LargeModel"), replicas("SmallModel"))
@@ -55,7 +59,7 @@ def test_hit_heavy_then_miss_heavy_load_moves_the_split(serve_app, client):
         same,
         fresh_tenants,
         until=lambda: replicas("LargeModel") == 2 and replicas("SmallModel") == 1,
-        timeout_s=150,
+        timeout_s=MOVE_TIMEOUT_S,
     )
     stats = client.get("/v1/stats").json()
     assert misses["reached"], (misses, stats)
