@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch-size", type=int, default=4, help="with --batching and the -accelerated systems: requests per batch"
     )
     parser.add_argument(
+        "--k-table",
+        type=k_table_arg,
+        default=None,
+        help='policy.k_table of every MoDM system, "SCORE:K,..." from the highest score down (e.g. "0.80:30"); '
+        "default: the base config's (the world's modm/world/system.yaml with --world)",
+    )
+    parser.add_argument(
         "--feature-cache-large",
         type=json.loads,
         default=ACCELERATED_FEATURE_CACHES["large"],
@@ -209,6 +216,8 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     chosen.sort(key=lambda s: s != REFERENCE_SYSTEM)  # vanilla first: it measures the SLO reference latency
     shutil.rmtree(args.out, ignore_errors=True)
     base, truth = base_system(args)
+    if args.k_table is not None:
+        base = with_k_table(base, args.k_table)
     batching = (
         None
         if args.batching == "none"
@@ -306,6 +315,27 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     (args.out / "benchmark.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"\nwrote {args.out / 'benchmark.json'} and per-system records/plots under {args.out}")
     return result
+
+
+def k_table_arg(text: str) -> list[dict]:
+    """ "0.80:30,0.70:10" -> [{min_score: 0.8, k: 30}, {min_score: 0.7, k: 10}] (the schema checks the order)."""
+    rules = []
+    for part in text.split(","):
+        score, sep, k = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            rules.append({"min_score": float(score), "k": int(k)})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not SCORE:K (e.g. 0.80:30)") from None
+    return rules
+
+
+def with_k_table(base: dict, rules: list[dict]) -> dict:
+    """`base` serving `rules` as its k table; a table the schema refuses is refused here, before any app is up."""
+    system = {**base, "policy": {**base.get("policy", {}), "k_table": rules}}
+    config_from_dict(system, "--k-table")
+    return system
 
 
 def base_system(args: argparse.Namespace) -> tuple[dict, dict | None]:

@@ -3,12 +3,21 @@ feature cache per model and step batching; the others run no feature cache."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+import pytest
 import yaml
 
-from modm.config import config_from_dict
-from tools.benchmark import ACCELERATED_FEATURE_CACHES, SYSTEMS, system_variants
+from modm.config import ConfigError, config_from_dict
+from tools.benchmark import (
+    ACCELERATED_FEATURE_CACHES,
+    SYSTEMS,
+    build_parser,
+    k_table_arg,
+    system_variants,
+    with_k_table,
+)
 from tools.serve_configs import tiny_config_path
 
 
@@ -37,7 +46,7 @@ def test_accelerated_systems_add_feature_caches_and_batching_and_nothing_else(tm
 
 def test_the_world_benchmark_serves_the_world_models_on_a_judged_world_trace(tmp_path: Path):
     from modm.world.cli import COMMITTED_WORLD
-    from tools.benchmark import base_system, build_parser
+    from tools.benchmark import base_system
 
     args = build_parser().parse_args(["--world", str(COMMITTED_WORLD), "--requests", "12", "--warm-up", "3"])
     args.out = tmp_path / "bench"
@@ -49,3 +58,18 @@ def test_the_world_benchmark_serves_the_world_models_on_a_judged_world_trace(tmp
     assert len(prompts) == 15 and all(line.split("\t", 1)[1] in truth for line in prompts)
     for name, system in system_variants(base, 3, 50, args.size, 5.0, tmp_path).items():
         config_from_dict(system, name)
+
+
+def test_k_table_option_parses_rules_and_refuses_bad_ones():
+    base = yaml.safe_load(tiny_config_path().read_text(encoding="utf-8"))["applications"][0]["args"]["system"]
+    args = build_parser().parse_args(["--world", "w", "--k-table", "0.80:30, 0.7:10"])
+    assert args.k_table == [{"min_score": 0.8, "k": 30}, {"min_score": 0.7, "k": 10}]
+    system = with_k_table(base, args.k_table)
+    assert [(r.min_score, r.k) for r in config_from_dict(system).policy.k_table] == [(0.8, 30), (0.7, 10)]
+    assert base.get("policy", {}).get("k_table") != args.k_table  # the base is left as it was
+    with pytest.raises(argparse.ArgumentTypeError, match="not SCORE:K"):
+        k_table_arg("0.8:thirty")
+    with pytest.raises(SystemExit):  # argparse reports a malformed rule as a usage error
+        build_parser().parse_args(["--world", "w", "--k-table", "0.8-30"])
+    with pytest.raises(ConfigError, match="strictly decrease"):
+        with_k_table(base, [{"min_score": 0.7, "k": 10}, {"min_score": 0.8, "k": 30}])
