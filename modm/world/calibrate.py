@@ -167,6 +167,30 @@ def calibration_samples(
     )
 
 
+def relation_breakdown(run: CalibrationRun) -> dict[str, dict]:
+    """Per relation of query to cache (rephrase / vary / new): the number of queries, the quantiles of their best
+    retrieval score, and the mean Q (the judge's verdict on `QUALITY_ATTRIBUTE`) of the large model's full image and
+    of the refinement at each k. It says which queries a score threshold lets through and what a hit costs them."""
+    queries = len(run.relations)
+    by_k: dict[int, list[QualitySample]] = {}
+    for sample in run.samples:  # k after k, each in query order (calibration_samples)
+        by_k.setdefault(sample.k, []).append(sample)
+    if any(len(rows) != queries for rows in by_k.values()):
+        raise ValueError(f"every k needs one sample per query ({queries}); got {[len(r) for r in by_k.values()]}")
+    out = {}
+    for relation in sorted(set(run.relations)):
+        rows = [i for i, r in enumerate(run.relations) if r == relation]
+        scores = np.asarray(run.scores)[rows]
+        first = next(iter(by_k.values()))
+        out[relation] = {
+            "queries": len(rows),
+            "score_quantiles": dict(zip(("p10", "p50", "p90"), np.quantile(scores, [0.1, 0.5, 0.9]).tolist())),
+            "full_quality": float(np.mean([first[i].full_quality for i in rows])),
+            "refined_quality": {k: float(np.mean([samples[i].quality for i in rows])) for k, samples in by_k.items()},
+        }
+    return out
+
+
 def pipeline_refiner(pipe, *, total_steps: int, guidance_scale: float) -> RefineFn:
     """img2img of a world SDXL-class pipeline as the engine serves a hit: T steps scheduled, the last
     int(T * strength) run from the re-noised cached image; each image's noise from its own seed."""

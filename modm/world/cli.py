@@ -134,7 +134,14 @@ def _cmd_calibrate(args) -> int:
     from modm.embedding.hf_clip import HfClipEmbedder
     from modm.models.loading import load_pipeline
     from modm.quality.calibration import write_quality_samples
-    from modm.world.calibrate import calibration_samples, calibration_stream, pipeline_refiner
+    from modm.world.calibrate import (
+        K_CHOICES,
+        QUALITY_ATTRIBUTE,
+        calibration_samples,
+        calibration_stream,
+        pipeline_refiner,
+        relation_breakdown,
+    )
     from modm.world.format import validate_world_dir
     from modm.world.judge import Judge
     from modm.world.pipelines import SERVING, pipeline_generator, world_model_spec
@@ -151,6 +158,7 @@ def _cmd_calibrate(args) -> int:
     def pipe(role):
         return load_pipeline(world_model_spec(world_dir / manifest.components[role].path, role, device="cpu"))
 
+    k_choices = tuple(args.k) if args.k else K_CHOICES
     cache, queries = calibration_stream(args.cached, args.queries, args.seed)
     run = calibration_samples(
         cache,
@@ -162,6 +170,7 @@ def _cmd_calibrate(args) -> int:
         embedder=HfClipEmbedder(world_dir / manifest.components["clip"].path, device=device, batch_size=256),
         judge=Judge.load(world_dir / manifest.components["judge"].path, device),
         total_steps=args.total_steps,
+        k_choices=k_choices,
         scorer=(
             HfClipEmbedder(world_dir / manifest.components["clip_score"].path, device=device, batch_size=256)
             if args.clip_samples_out
@@ -180,10 +189,20 @@ def _cmd_calibrate(args) -> int:
     for k, acc in run.refined_accuracy.items():
         clip = f", CLIPScore {clip_of[k]:.2f}" if k in clip_of else ""
         print(f"{args.small} refining the best cached image at k={k}: judge all {acc['all']:.3f}{clip}")
+    breakdown = relation_breakdown(run)
+    print(f"per relation of query to cache (judge {QUALITY_ATTRIBUTE} of the full image, then of the hit at each k):")
+    for relation, row in breakdown.items():
+        q = row["score_quantiles"]
+        refined = " ".join(f"k{k} {v:.2f}" for k, v in row["refined_quality"].items())
+        print(
+            f"  {relation:<8} {row['queries']:>4} queries, score p10/p50/p90 {q['p10']:.3f}/{q['p50']:.3f}/"
+            f"{q['p90']:.3f}; full {row['full_quality']:.2f}; {refined}"
+        )
     if args.json:
         body = {
             "world": str(world_dir),
             "small": args.small,
+            "k_choices": list(k_choices),
             "cached": args.cached,
             "queries": args.queries,
             "seed": args.seed,
@@ -191,6 +210,10 @@ def _cmd_calibrate(args) -> int:
             "full_accuracy": run.full_accuracy,
             "refined_accuracy": {str(k): v for k, v in run.refined_accuracy.items()},
             "score_quantiles": dict(zip(("p10", "p50", "p90"), np.quantile(run.scores, [0.1, 0.5, 0.9]).tolist())),
+            "by_relation": {
+                relation: {**row, "refined_quality": {str(k): v for k, v in row["refined_quality"].items()}}
+                for relation, row in breakdown.items()
+            },
         }
         if run.full_clip_score is not None:
             body["full_clip_score"] = run.full_clip_score
@@ -227,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--queries", type=int, default=200, help="related queries (rephrase / vary / new)")
     cal.add_argument("--small", default="small", choices=("small", "small2"), help="the refining model")
     cal.add_argument("--total-steps", type=int, default=50, help="T")
+    cal.add_argument(
+        "--k", type=int, nargs="+", default=None, help="the k to refine at (default: MoDM's 5 10 15 20 25 30)"
+    )
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--samples-out", required=True, help="CSV or parquet of (score, k, quality, full_quality)")
     cal.add_argument(

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from modm.policy import fit_k_table
-from modm.world.calibrate import calibration_samples, calibration_stream
+from modm.world.calibrate import calibration_samples, calibration_stream, relation_breakdown
 from modm.world.cli import COMMITTED_WORLD
 from modm.world.world import World
 
@@ -63,16 +63,15 @@ def test_a_refiner_that_returns_the_cached_image_is_right_on_rephrases_and_wrong
     assert np.mean(clip_by_relation["rephrase"]) > np.mean(clip_by_relation["new"]) + 0.1
     assert set(run.refined_clip_score) == {10, 30} and run.full_clip_score > 0
     assert run.full_accuracy["all"] >= 0.9  # the renderer's own image of every query
-    by_relation = {}
-    for sample, relation in zip(run.samples, run.relations * 2):
-        by_relation.setdefault(relation, []).append(sample.quality)
-    rephrase, vary = (sum(by_relation[r]) / len(by_relation[r]) for r in ("rephrase", "vary"))
+    by_relation = relation_breakdown(run)
+    assert sum(b["queries"] for b in by_relation.values()) == len(queries)
+    rephrase, vary = (by_relation[r]["refined_quality"] for r in ("rephrase", "vary"))
+    assert rephrase.keys() == {10, 30} and rephrase[10] == rephrase[30]  # the refiner ignores k
     # a variation may change an attribute its caption does not name, or retrieve another cached scene it matches
-    assert rephrase >= 0.8 and vary <= rephrase - 0.25
+    assert rephrase[30] >= 0.8 and vary[30] <= rephrase[30] - 0.25
+    assert all(b["full_quality"] >= 0.8 for b in by_relation.values())  # the renderer draws every query right
     # rephrases retrieve with higher scores than new scenes, so a table fits above the new scenes' scores
-    new_scores = [s for s, r in zip(run.scores, run.relations) if r == "new"]
-    rephrase_scores = [s for s, r in zip(run.scores, run.relations) if r == "rephrase"]
-    assert sorted(rephrase_scores)[len(rephrase_scores) // 2] > sorted(new_scores)[len(new_scores) // 2]
+    assert by_relation["rephrase"]["score_quantiles"]["p50"] > by_relation["new"]["score_quantiles"]["p50"]
     table = fit_k_table(run.samples, alpha=0.9, total_steps=50, min_samples=5)
     assert table and all(rule.k in (10, 30) for rule in table)
 
