@@ -177,15 +177,17 @@ def relation_breakdown(run: CalibrationRun) -> dict[str, dict]:
         by_k.setdefault(sample.k, []).append(sample)
     if any(len(rows) != queries for rows in by_k.values()):
         raise ValueError(f"every k needs one sample per query ({queries}); got {[len(r) for r in by_k.values()]}")
+    if not by_k:
+        raise ValueError("a calibration run without samples has nothing to break down")
+    full = next(iter(by_k.values()))  # every k's samples carry the same full_quality per query
     out = {}
     for relation in sorted(set(run.relations)):
         rows = [i for i, r in enumerate(run.relations) if r == relation]
         scores = np.asarray(run.scores)[rows]
-        first = next(iter(by_k.values()))
         out[relation] = {
             "queries": len(rows),
             "score_quantiles": dict(zip(("p10", "p50", "p90"), np.quantile(scores, [0.1, 0.5, 0.9]).tolist())),
-            "full_quality": float(np.mean([first[i].full_quality for i in rows])),
+            "full_quality": float(np.mean([full[i].full_quality for i in rows])),
             "refined_quality": {k: float(np.mean([samples[i].quality for i in rows])) for k, samples in by_k.items()},
         }
     return out
