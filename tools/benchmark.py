@@ -321,10 +321,8 @@ def k_table_arg(text: str) -> list[dict]:
     """ "0.80:30,0.70:10" -> [{min_score: 0.8, k: 30}, {min_score: 0.7, k: 10}] (the schema checks the order)."""
     rules = []
     for part in text.split(","):
-        score, sep, k = part.strip().partition(":")
         try:
-            if not sep:
-                raise ValueError
+            score, k = part.split(":")
             rules.append({"min_score": float(score), "k": int(k)})
         except ValueError:
             raise argparse.ArgumentTypeError(f"{part.strip()!r} is not SCORE:K (e.g. 0.80:30)") from None

@@ -167,6 +167,11 @@ def calibration_samples(
     )
 
 
+def score_quantiles(scores) -> dict[str, float]:
+    """p10 / p50 / p90 of retrieval scores: where a k table's thresholds fall among the queries."""
+    return dict(zip(("p10", "p50", "p90"), np.quantile(np.asarray(scores), [0.1, 0.5, 0.9]).tolist()))
+
+
 def relation_breakdown(run: CalibrationRun) -> dict[str, dict]:
     """Per relation of query to cache (rephrase / vary / new): the number of queries, the quantiles of their best
     retrieval score, and the mean Q (the judge's verdict on `QUALITY_ATTRIBUTE`) of the large model's full image and
@@ -183,10 +188,9 @@ def relation_breakdown(run: CalibrationRun) -> dict[str, dict]:
     out = {}
     for relation in sorted(set(run.relations)):
         rows = [i for i, r in enumerate(run.relations) if r == relation]
-        scores = np.asarray(run.scores)[rows]
         out[relation] = {
             "queries": len(rows),
-            "score_quantiles": dict(zip(("p10", "p50", "p90"), np.quantile(scores, [0.1, 0.5, 0.9]).tolist())),
+            "score_quantiles": score_quantiles(np.asarray(run.scores)[rows]),
             "full_quality": float(np.mean([full[i].full_quality for i in rows])),
             "refined_quality": {k: float(np.mean([samples[i].quality for i in rows])) for k, samples in by_k.items()},
         }

@@ -128,7 +128,6 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    import numpy as np
     import torch
 
     from modm.embedding.hf_clip import HfClipEmbedder
@@ -141,6 +140,7 @@ def _cmd_calibrate(args) -> int:
         calibration_stream,
         pipeline_refiner,
         relation_breakdown,
+        score_quantiles,
     )
     from modm.world.format import validate_world_dir
     from modm.world.judge import Judge
@@ -209,7 +209,7 @@ def _cmd_calibrate(args) -> int:
             "total_steps": args.total_steps,
             "full_accuracy": run.full_accuracy,
             "refined_accuracy": {str(k): v for k, v in run.refined_accuracy.items()},
-            "score_quantiles": dict(zip(("p10", "p50", "p90"), np.quantile(run.scores, [0.1, 0.5, 0.9]).tolist())),
+            "score_quantiles": score_quantiles(run.scores),
             "by_relation": {
                 relation: {**row, "refined_quality": {str(k): v for k, v in row["refined_quality"].items()}}
                 for relation, row in breakdown.items()
