@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +36,8 @@ from modm.cache.errors import CacheClosedError, CacheCorruptError, EntryNotFound
 from modm.cache.index import NamespaceIndex, namespace_index_options
 from modm.cache.journal import FileVanishedError, StoredRows, read_committed, read_marks, read_rows
 from modm.cache.layout import CacheLayout
-from modm.cache.scoped_search import check_scoped_queries, scoped_matches
-from modm.cache.records import CacheEntry, Match, check_embedding
+from modm.cache.scoped_search import ScopedEntryView
+from modm.cache.records import CacheEntry
 from modm.config.schema import CacheConfig
 
 __all__ = ["CacheFollower", "FollowerStats"]
@@ -89,7 +89,7 @@ class _FileIdentity:
         return cls(path.name, status.st_ino, status.st_mtime_ns)
 
 
-class CacheFollower:
+class CacheFollower(ScopedEntryView):
     """A read-only view of the image cache in `config.directory`, kept current by `refresh()` (or by `follow()`,
     a thread that refreshes every `config.follow_interval_s`). All public methods may be called from several
     threads.
@@ -133,21 +133,6 @@ class CacheFollower:
             self._next_id,
         )
 
-    # ------------------------------------------------------------------------------------------------- query
-    def query(self, embedding: np.ndarray, namespaces: Sequence[str]) -> Match | None:
-        """Top-1 entry by inner product among entries whose tenant is in `namespaces`; None if there are none."""
-        return self.query_batch(check_embedding(embedding, self.dim), [namespaces])[0]
-
-    def query_batch(self, embeddings: np.ndarray, namespaces: Sequence[Sequence[str]]) -> list[Match | None]:
-        """Top-1 for each row of (n, dim) `embeddings`, row i searching only the tenants in `namespaces[i]`."""
-        queries, scopes = check_scoped_queries(embeddings, namespaces, self.dim)
-        with self._lock:
-            self._check_open()
-            matches = scoped_matches(self._indexes, self._entries, queries, scopes)
-            self._queries += len(matches)
-            self._matches += sum(m is not None for m in matches)
-        return matches
-
     # ------------------------------------------------------------------------------------------------ access
     def get_png(self, entry_id: int) -> bytes:
         """The PNG of an entry in the view. EntryNotFoundError if it is not in the view, or if the writer has
@@ -165,29 +150,6 @@ class CacheFollower:
                     self._remove([self._entries.pop(entry_id)])
                     self._vanished += 1
             raise EntryNotFoundError(entry_id) from None
-
-    def get_entry(self, entry_id: int) -> CacheEntry:
-        with self._lock:
-            if entry_id not in self._entries:
-                raise EntryNotFoundError(entry_id)
-            return self._entries[entry_id]
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def __contains__(self, entry_id: object) -> bool:
-        with self._lock:
-            return entry_id in self._entries
-
-    def entries(self) -> list[CacheEntry]:
-        """The view's entries, oldest first."""
-        with self._lock:
-            return list(self._entries.values())
-
-    def namespaces(self) -> list[str]:
-        with self._lock:
-            return list(self._indexes)
 
     def stats(self) -> FollowerStats:
         with self._lock:

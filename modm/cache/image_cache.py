@@ -29,10 +29,9 @@ from modm.cache.group_commit import GroupCommit
 from modm.cache.index import IndexBuild, IndexKind, NamespaceIndex, namespace_index_options
 from modm.cache.journal import StoredRows, recover, write_rows
 from modm.cache.layout import CacheLayout, DirectoryLock, atomic_write_bytes, fsync_dir
-from modm.cache.scoped_search import check_scoped_queries, scoped_matches
+from modm.cache.scoped_search import ScopedEntryView
 from modm.cache.records import (
     CacheEntry,
-    Match,
     NewEntry,
     check_embedding,
     check_k,
@@ -72,7 +71,7 @@ class CacheStats:
     compactions: int
 
 
-class ImageCache:
+class ImageCache(ScopedEntryView):
     """A persistent cache of generated images in `config.directory`, searchable by embedding per tenant.
 
     Opening recovers the last committed state (see `modm.cache.journal`); a foreign, corrupt or mismatched
@@ -287,21 +286,6 @@ class ImageCache:
                     return entry_id
         return new_entries[overflow - len(self._entries)].id
 
-    # ------------------------------------------------------------------------------------------------- query
-    def query(self, embedding: np.ndarray, namespaces: Sequence[str]) -> Match | None:
-        """Top-1 entry by inner product among entries whose tenant is in `namespaces`; None if there are none."""
-        return self.query_batch(check_embedding(embedding, self.dim), [namespaces])[0]
-
-    def query_batch(self, embeddings: np.ndarray, namespaces: Sequence[Sequence[str]]) -> list[Match | None]:
-        """Top-1 for each row of (n, dim) `embeddings`, row i searching only the tenants in `namespaces[i]`."""
-        queries, scopes = check_scoped_queries(embeddings, namespaces, self.dim)
-        with self._lock:
-            self._check_open()
-            matches = scoped_matches(self._indexes, self._entries, queries, scopes)
-            self._queries += len(matches)
-            self._matches += sum(m is not None for m in matches)
-        return matches
-
     # ------------------------------------------------------------------------------------------------ access
     def get_png(self, entry_id: int) -> bytes:
         """The PNG bytes of a live entry. EntryNotFoundError if it was evicted since a query returned it: treat
@@ -316,33 +300,10 @@ class ImageCache:
             except FileNotFoundError:
                 raise CacheCorruptError(path, f"the image of live entry {entry_id} was removed") from None
 
-    def get_entry(self, entry_id: int) -> CacheEntry:
-        with self._lock:
-            if entry_id not in self._entries:
-                raise EntryNotFoundError(entry_id)
-            return self._entries[entry_id]
-
     def get_embedding(self, entry_id: int) -> np.ndarray:
         with self._lock:
             entry = self.get_entry(entry_id)
             return self._indexes[entry.tenant].vector(entry_id).copy()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def __contains__(self, entry_id: object) -> bool:
-        with self._lock:
-            return entry_id in self._entries
-
-    def entries(self) -> list[CacheEntry]:
-        """Live entries, oldest first (the order FIFO evicts them in)."""
-        with self._lock:
-            return list(self._entries.values())
-
-    def namespaces(self) -> list[str]:
-        with self._lock:
-            return list(self._indexes)
 
     def stats(self) -> CacheStats:
         with self._lock:

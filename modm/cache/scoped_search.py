@@ -1,16 +1,19 @@
 """Top-1 search where each query row searches only its own tenants' namespaces: the one search of the cache's writer
-(ImageCache) and of its read replicas (CacheFollower)."""
+(ImageCache) and of its read replicas (CacheFollower), and the read side they share (ScopedEntryView)."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from modm.cache.errors import EntryNotFoundError
 from modm.cache.index import NamespaceIndex
-from modm.cache.records import CacheEntry, Match, check_embeddings, check_namespaces
+from modm.cache.records import CacheEntry, Match, check_embedding, check_embeddings, check_namespaces
 
-__all__ = ["check_scoped_queries", "scoped_matches", "search_scoped"]
+__all__ = ["ScopedEntryView", "check_scoped_queries", "scoped_matches", "search_scoped"]
 
 
 def check_scoped_queries(
@@ -56,3 +59,56 @@ def scoped_matches(
         Match(entry_id=int(i), score=float(s), entry=entries[int(i)]) if i >= 0 else None
         for s, i in zip(best_scores, best_ids)
     ]
+
+
+class ScopedEntryView:
+    """The queries and entry lookups of a cache view: entries by id (oldest first) and one index per tenant
+    namespace, guarded by one lock. ImageCache (the writer) and CacheFollower (a reader) keep that state their own
+    way and answer reads the same way through this class; each says in `_check_open` when it is closed."""
+
+    dim: int
+    _lock: threading.RLock
+    _entries: OrderedDict[int, CacheEntry]
+    _indexes: dict[str, NamespaceIndex]
+    _queries: int
+    _matches: int
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def query(self, embedding: np.ndarray, namespaces: Sequence[str]) -> Match | None:
+        """Top-1 entry by inner product among entries whose tenant is in `namespaces`; None if there are none."""
+        return self.query_batch(check_embedding(embedding, self.dim), [namespaces])[0]
+
+    def query_batch(self, embeddings: np.ndarray, namespaces: Sequence[Sequence[str]]) -> list[Match | None]:
+        """Top-1 for each row of (n, dim) `embeddings`, row i searching only the tenants in `namespaces[i]`."""
+        queries, scopes = check_scoped_queries(embeddings, namespaces, self.dim)
+        with self._lock:
+            self._check_open()
+            matches = scoped_matches(self._indexes, self._entries, queries, scopes)
+            self._queries += len(matches)
+            self._matches += sum(m is not None for m in matches)
+        return matches
+
+    def get_entry(self, entry_id: int) -> CacheEntry:
+        with self._lock:
+            if entry_id not in self._entries:
+                raise EntryNotFoundError(entry_id)
+            return self._entries[entry_id]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __contains__(self, entry_id: object) -> bool:
+        with self._lock:
+            return entry_id in self._entries
+
+    def entries(self) -> list[CacheEntry]:
+        """The entries, oldest first (the order FIFO evicts them in)."""
+        with self._lock:
+            return list(self._entries.values())
+
+    def namespaces(self) -> list[str]:
+        with self._lock:
+            return list(self._indexes)
