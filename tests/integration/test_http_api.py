@@ -2,10 +2,11 @@
 
 import base64
 import io
-import time
 
 import pytest
 from PIL import Image
+
+from tests.integration.cache_admissions import settled_entries, wait_entries
 
 pytestmark = pytest.mark.ray
 
@@ -13,34 +14,6 @@ pytestmark = pytest.mark.ray
 def generate(client, prompt, tenant="it-http", **extra):
     body = {"prompt": prompt, "size": "64x64", "steps": 4, "seed": 1, **extra}
     return client.post("/v1/images/generations", json=body, headers={"X-Tenant-Id": tenant})
-
-
-def cache_entries(client) -> int:
-    return client.get("/v1/stats").json()["cache"]["entries"]
-
-
-def settled_entries(client, quiet_s=2.0, timeout_s=30) -> int:
-    """The cache's entry count once earlier tests' background admissions have landed (unchanged for `quiet_s`):
-    the session app is shared, so a count taken while they land would let `wait_admitted` return early."""
-    deadline = time.monotonic() + timeout_s
-    count, since = cache_entries(client), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = cache_entries(client)
-        if now != count:
-            count, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return count
-    raise AssertionError(f"cache admissions never settled (still changing at {count} entries)")
-
-
-def wait_admitted(client, entries, timeout_s=30):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cache_entries(client) >= entries:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"cache never reached {entries} entries")
 
 
 def test_miss_then_hit_on_a_paraphrase(client):
@@ -51,7 +24,7 @@ def test_miss_then_hit_on_a_paraphrase(client):
     assert body["modm"]["hit"] is False and body["modm"]["model"] == "large"
     image = Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"])))
     assert image.size == (64, 64) and image.format == "PNG"
-    wait_admitted(client, before + 1)
+    wait_entries(client, before + 1)
 
     second = generate(client, "an old medieval castle on a hill during sunset")
     assert second.status_code == 200, second.text
@@ -76,7 +49,7 @@ def test_miss_then_hit_on_a_paraphrase(client):
 def test_other_tenants_do_not_see_the_cached_image(client):
     before = settled_entries(client)
     generate(client, "a lighthouse in a storm at night", tenant="it-alice")
-    wait_admitted(client, before + 1)
+    wait_entries(client, before + 1)
     other = generate(client, "a lighthouse in a storm at night", tenant="it-bob")
     assert other.status_code == 200 and other.json()["modm"]["hit"] is False
 

@@ -14,6 +14,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from tests.integration.cache_admissions import settled_entries, wait_entries
 from tools.local_cluster import wait_healthy
 
 pytestmark = pytest.mark.ray
@@ -80,27 +81,6 @@ def generate(http, prompt, tenant, **extra):
     return http.post("/v1/images/generations", json=body, headers=auth(tenant))
 
 
-def settled_entries(http, timeout_s=60):
-    """The cache's entry count once nothing is in flight and no admission is pending: an earlier test's requests
-    (the flood's, a cancelled one's) admit in the background and would otherwise count as this test's entries."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stats = http.get("/v1/stats", headers=auth("alice")).json()
-        if stats["pending_admissions"] == 0 and not any(stats["queue_depths"].values()):
-            return stats["cache"]["entries"]
-        time.sleep(0.2)
-    raise AssertionError("the app never went idle")
-
-
-def wait_entries(http, n, timeout_s=30):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if http.get("/v1/stats", headers=auth("alice")).json()["cache"]["entries"] >= n:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the cache never reached {n} entries")
-
-
 # ------------------------------------------------------------------------------------------------ API keys
 @pytest.mark.parametrize(
     "headers, reason",
@@ -135,16 +115,16 @@ def test_health_stays_open_and_the_key_names_the_tenant(http):
 
 # --------------------------------------------------------------------------------------- tenant isolation
 def test_only_tenants_that_both_opted_in_reuse_each_others_images(http):
-    entries = settled_entries(http)
+    entries = settled_entries(http, auth("alice"))
     prompt = "a wooden sailing ship in a bottle on a shelf"
     assert generate(http, prompt, "alice").json()["modm"]["hit"] is False
-    wait_entries(http, entries + 1)
+    wait_entries(http, entries + 1, auth("alice"))
     assert generate(http, prompt, "bob").json()["modm"]["hit"] is True  # alice and bob opted in
     assert generate(http, prompt, "carol").json()["modm"]["hit"] is False  # carol did not
-    wait_entries(http, entries + 3)  # bob's refinement (to the shared pool) and carol's miss (to hers)
+    wait_entries(http, entries + 3, auth("alice"))  # bob's refinement (to the shared pool) and carol's miss (to hers)
     secret = "carol's private blueprint of a clockwork owl"
     assert generate(http, secret, "carol").json()["modm"]["hit"] is False
-    wait_entries(http, entries + 4)
+    wait_entries(http, entries + 4, auth("alice"))
     assert generate(http, secret, "carol").json()["modm"]["hit"] is True
     # Carol's image is never shared. (Only one opted-in tenant asks: its own miss enters the shared pool, where
     # the other would then find it.)
