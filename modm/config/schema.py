@@ -160,7 +160,9 @@ class ModelSpec(_Strict):
         default=None,
         description="A diffusers feature-cache hook that skips work inside each denoising step ({kind: first_block "
         "| taylorseer | pyramid_attention_broadcast, ...} with diffusers' parameter names); none by default. "
-        "Requests of a feature-cached model each run their own denoiser passes (per-request cache state).",
+        "Each request keeps its own cache state: taylorseer and pyramid_attention_broadcast decide by step alone, "
+        "so a request-level batch shares their passes; first_block requests (and every feature-cached request "
+        "under the step engine) run passes of their own.",
     )
     quality_steps: dict[ImageQuality, Annotated[int, Field(gt=0, le=1000)]] = Field(
         default_factory=dict,

@@ -7,12 +7,19 @@ timestep (PAB's `current_timestep_callback`, read from the denoiser's own `times
 the step-batching engine, which calls the denoiser directly).
 
 Per-request state. diffusers' hooks decide skip or compute once per forward for the whole batch tensor, and keep
-one state per hook (per cache-context name). modm therefore gives every request its own `RequestCacheState` and
-runs a feature-cached model's requests one per denoiser forward: `FeatureCache.serving(state)` installs the
-request's hook states for the forwards inside it and counts, per request, the hooked modules computed and skipped.
-A request's cache decisions thus depend on its own latents only, never on the other requests of its batch; the
-price is that a feature-cached model does not share denoiser passes between requests (request batches run their
-requests one after another; the step engine gives each request a pass of its own).
+one state per hook (per cache-context name). modm therefore gives every request its own `RequestCacheState`:
+`FeatureCache.serving(state)` installs the request's hook states for the forwards inside it and counts, per request,
+the hooked modules computed and skipped. A request's cache decisions never depend on the other requests of its
+batch:
+- TaylorSeer and PAB are *batch-invariant* (`FeatureCache.batch_invariant`): whether a forward computes is a
+  function of the step alone (TaylorSeer: the forward's index in the run; PAB: that and the timestep), and what they
+  cache or extrapolate is per-sample tensors. The requests of one request-level batch run the same schedule (same
+  steps, and strength or resume step: `batch_key`), so they share one state and one denoiser pass each step and
+  every request gets exactly the decisions, counts and (to float rounding) the image it would get alone.
+- The first-block cache compares the whole batch's first-block residual with its threshold, so a feature-cached
+  model of that kind runs its requests one per pipeline call.
+The step engine batches requests at different steps, whose schedules differ: it gives each feature-cached request a
+pass of its own, whatever the kind.
 
 `feature_cache_problem(denoiser class name, kind)` is the build-time check: which kinds reach which denoisers, and
 why not otherwise.
@@ -42,6 +49,7 @@ from diffusers.hooks.hooks import CacheContext, StateManager
 from modm.config.feature_cache import FEATURE_CACHE_INFO_KEY, FeatureCacheConfig, FeatureCacheKind
 
 __all__ = [
+    "BATCH_INVARIANT_KINDS",
     "FEATURE_CACHE_INFO_KEY",
     "FeatureCache",
     "RequestCacheState",
@@ -51,6 +59,8 @@ __all__ = [
 
 
 _BLOCK_CACHES = (FeatureCacheKind.FIRST_BLOCK, FeatureCacheKind.TAYLORSEER)
+# The kinds whose decisions depend on the step only (see the module docstring): a request batch shares their passes.
+BATCH_INVARIANT_KINDS = frozenset({FeatureCacheKind.TAYLORSEER, FeatureCacheKind.PYRAMID_ATTENTION_BROADCAST})
 # The kinds each denoiser class takes, checked on the tiny models of the real classes (tests/unit/test_feature_cache*).
 KINDS_BY_DENOISER: dict[str, tuple[FeatureCacheKind, ...]] = {
     "SD3Transformer2DModel": _BLOCK_CACHES,
@@ -165,6 +175,11 @@ class FeatureCache:
     @property
     def hooked_modules(self) -> int:
         return len(self._hooks)
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether requests that run the same schedule can share one state and one pass per step."""
+        return self.kind in BATCH_INVARIANT_KINDS
 
     def _apply(self, denoiser: torch.nn.Module, spec: FeatureCacheConfig) -> None:
         if spec.kind is FeatureCacheKind.FIRST_BLOCK:

@@ -110,8 +110,10 @@ class DiffusionGenerator:
 
     @contextmanager
     def _cached(self):
-        """One request's pipeline call with the feature cache (if any) on that request's own state; its skip counts
-        go into each image's `info` (`feature_cache.FEATURE_CACHE_INFO_KEY`). Yields a list to put the output in."""
+        """One pipeline call with the feature cache (if any) on a fresh state: one request's, or that of a batch a
+        batch-invariant cache serves (its decisions are the same for every member, so are the counts); the skip
+        counts go into each image's `info` (`feature_cache.FEATURE_CACHE_INFO_KEY`). Yields a list to put the output
+        in."""
         if self.feature_cache is None:
             yield []
             return
@@ -125,9 +127,10 @@ class DiffusionGenerator:
             image.info[FEATURE_CACHE_INFO_KEY] = state.counts.as_dict()
 
     def _one_request_per_call(self, reqs: Sequence[GenerationRequest]) -> bool:
-        """A feature-cached model runs each request in a call of its own: diffusers' hooks decide skip or compute
-        once per forward for the whole batch, so a batched request's image would depend on its batch mates."""
-        return self.feature_cache is not None and len(reqs) > 1
+        """A model whose feature cache is not batch-invariant (the first-block cache) runs each request in a call of
+        its own: its hook decides skip or compute once per forward from the whole batch, so a batched request's
+        image would depend on its batch mates."""
+        return self.feature_cache is not None and not self.feature_cache.batch_invariant and len(reqs) > 1
 
     @property
     def refine_pipe(self):

@@ -82,10 +82,13 @@ class RequestBatchingGenerator:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be non-negative, got {max_wait_s}")
-        if diffusion.feature_cache is not None and max_batch_size > 1:
-            # diffusers' cache hooks decide skip or compute once per forward for the whole batch: a feature-cached
-            # model runs its requests one per pipeline call (modm.generation.feature_cache).
-            logger.info("%s model: feature cache on, so request batches are of one request", diffusion.name)
+        cache = diffusion.feature_cache
+        if cache is not None and not cache.batch_invariant and max_batch_size > 1:
+            # This hook decides skip or compute once per forward from the whole batch: the model runs its requests
+            # one per pipeline call (modm.generation.feature_cache).
+            logger.info(
+                "%s model: %s cache on, so request batches are of one request", diffusion.name, cache.kind.value
+            )
             max_batch_size = 1
         self.diffusion = diffusion
         self.max_batch_size = max_batch_size

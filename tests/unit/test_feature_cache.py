@@ -1,6 +1,6 @@
 """Feature caches through diffusers' hooks: config, build-time refusals, skip counts on the real denoiser classes
 (tiny SD3, FLUX, SDXL, SANA; the trained world's SD3 and SDXL), every path (txt2img, img2img, resume, step
-batching), and per-request state: a request's image is bit-identical alone or batched."""
+batching), and per-request state: a request's decisions are its own, alone or batched."""
 
 from __future__ import annotations
 
@@ -152,13 +152,37 @@ def test_refine_resume_and_snapshots_run_with_the_cache(sd3_first_block):
     assert _counts(refined)["total"] == (STEPS // 2) * generator.feature_cache.hooked_modules
 
 
-def test_a_request_gets_the_same_image_alone_as_in_a_batch(sd3_first_block):
-    generator = sd3_first_block
-    alone = generator.txt2img(GenerationRequest("a blue ball", 16, 16, STEPS, seed=1))
-    batch = [GenerationRequest(prompt, 16, 16, STEPS, seed) for prompt, seed in (("a blue ball", 1), ("noise", 9))]
-    batched = generator.txt2img_batch(batch)
-    assert np.array_equal(_pixels(alone), _pixels(batched[0]))
-    assert _counts(alone) == _counts(batched[0])
+@pytest.mark.parametrize(
+    ("family", "feature_cache", "shares_passes"),
+    [("sd3", FBC, False), ("sd3", TAYLORSEER, True), ("sdxl", PAB, True)],
+    ids=["sd3-first_block", "sd3-taylorseer", "sdxl-pab"],
+)
+def test_a_request_gets_its_own_decisions_in_a_request_batch(
+    family, feature_cache, shares_passes, clip_tokenizer, tiny_zoo
+):
+    """TaylorSeer and PAB decide by step alone: a request batch shares their passes and each request keeps the
+    decisions and the image (within 1 grey level, as any request batch) it gets alone. The first-block cache decides
+    from the whole batch's residual: its requests run one per call, bit-identical to alone."""
+    from modm.generation.request_batching import RequestBatchingGenerator
+
+    pipe, extra = _tiny(family, clip_tokenizer, tiny_zoo)
+    generator = DiffusionGenerator(pipe, _spec(f"tiny-{family}", feature_cache, **extra), "large")
+    assert generator.feature_cache.batch_invariant is shares_passes
+    size = 64 if family == "sdxl" else 16
+    requests = [GenerationRequest(p, size, size, STEPS, seed) for p, seed in (("a blue ball", 1), ("noise", 9))]
+    alone = [generator.txt2img(req) for req in requests]
+    batcher = RequestBatchingGenerator(generator, max_batch_size=4, max_wait_s=0.2)
+
+    async def together():
+        return await asyncio.gather(*(batcher.txt2img(req) for req in requests))
+
+    batched = asyncio.run(together())
+    assert batcher.costs.as_dict()["passes"] == ({2: 1} if shares_passes else {1: 2})
+    for one, among in zip(alone, batched):
+        assert _counts(one) == _counts(among)
+        difference = np.abs(_pixels(one).astype(np.int16) - _pixels(among))
+        assert difference.max() <= (1 if shares_passes else 0)
+    assert generator.txt2img_batch(requests)[1].info[FEATURE_CACHE_INFO_KEY] == _counts(alone[1])  # without a batcher
 
 
 def test_step_batching_keeps_each_request_on_its_own_cache_state(tiny_zoo):
