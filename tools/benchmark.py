@@ -42,16 +42,16 @@ from tools.serve_configs import tiny_config_path
 SYSTEMS = ("vanilla", "vanilla-accelerated", "modm-throughput", "modm-accelerated", "modm-quality", "nirvana")
 REFERENCE_SYSTEM = "vanilla"  # the large model alone: the throughput baseline and the FID reference
 # The "-accelerated" systems add what vLLM-Omni or SGLang Diffusion would give a user: a feature cache on each model
-# and step-level batching. The kinds are the ones each model class takes (SD3-class large: block caches; SDXL-class
-# small: pyramid attention broadcast), the settings the ones that kept quality in the 100-prompt world table
-# (benchmarks/results/feature_cache_bench.json; README, Feature caches): TaylorSeer every 5 steps, 1.18x per image
-# at FID 400 against 409 without a cache (first_block 0.2 was faster, 1.53x, but FID rose to 442); PAB skip range 2,
-# 1.43x at FID 911 against 910.
+# and batching. The kinds are the ones each model class takes (SD3-class large: block caches; SDXL-class small:
+# pyramid attention broadcast), the settings the ones that kept quality in the world's per-kind table
+# (benchmarks/results/feature_cache_bench.json; README, Feature caches): TaylorSeer every 5 steps, PAB skip range 2.
+# Both decide by step alone, so request-level batches share their passes (modm.generation.feature_cache); the step
+# engine would give every feature-cached request a pass of its own.
 ACCELERATED_FEATURE_CACHES = {
     "large": {"kind": "taylorseer", "cache_interval": 5},
     "small": {"kind": "pyramid_attention_broadcast", "spatial_attention_block_skip_range": 2},
 }
-ACCELERATED_BATCHING = {"engine": "step", "max_batch_size": 4, "max_wait_ms": 5.0}
+ACCELERATED_BATCHING = {"engine": "request", "max_batch_size": 4, "max_wait_ms": 5.0}
 
 
 def system_variants(

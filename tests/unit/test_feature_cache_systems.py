@@ -34,7 +34,7 @@ def test_accelerated_systems_add_feature_caches_and_batching_and_nothing_else(tm
             assert spec.num_inference_steps == 30 and spec.default_size == 64
             if name.endswith("-accelerated"):
                 assert spec.feature_cache.model_dump(exclude_unset=True) == ACCELERATED_FEATURE_CACHES[role]
-                assert spec.batching.engine.value == "step"
+                assert spec.batching.engine.value == "request"  # where their passes batch
             else:
                 assert spec.feature_cache is None
     assert (
