@@ -1,9 +1,10 @@
 """Speed and quality of each feature-cache kind and threshold on the trained world's models (issue 17, part 4).
 
-For each row (a model and a `feature_cache` setting, or none) the world's evaluation prompts are generated one request
-at a time through `DiffusionGenerator` (as a feature-cached replica runs them: one request per denoiser forward), at
-the world's serving size (32x32) and `--steps` steps. The table gives seconds per image (text encoding, denoising and
-VAE decoding; the median of per-image times, so a load spike on the shared machine moves it less), the gain over the
+For each row (a model and a `feature_cache` setting, or none) the world's evaluation prompts are generated through
+`DiffusionGenerator`, `--batch-size` requests per pipeline call (as a request-batching replica runs them: TaylorSeer
+and PAB share the batch's denoiser passes, first_block runs its requests one per call), at the world's serving size
+(32x32) and `--steps` steps. The table gives seconds per image (text encoding, denoising and VAE decoding; the median
+of per-call times over the call's images, so a load spike on the shared machine moves it less), the gain over the
 same model without a cache, the fraction of hooked-module calls diffusers' hook skipped (its unit: transformer
 blocks for first_block, attention modules otherwise), judge accuracy (`all`: every attribute right; `shape_colour`)
 and FID on judge features against `REAL_IMAGES_MIN` real world images (`modm.world.eval`).
@@ -49,7 +50,7 @@ def label(feature_cache: dict | None) -> str:
     return ",".join(f"{key}={value}" for key, value in feature_cache.items())
 
 
-def run_row(role: str, feature_cache: dict | None, *, samples: int, steps: int, evaluate) -> dict:
+def run_row(role: str, feature_cache: dict | None, *, samples: int, steps: int, batch_size: int, evaluate) -> dict:
     from modm.config.feature_cache import FEATURE_CACHE_INFO_KEY
     from modm.generation.generator import DiffusionGenerator, GenerationRequest
     from modm.world.pipelines import WORLD_IMAGE_SIZE, world_model_spec
@@ -64,17 +65,20 @@ def run_row(role: str, feature_cache: dict | None, *, samples: int, steps: int, 
     def generate(prompts, seeds):
         nonlocal skipped, total
         images = []
-        for prompt, seed in zip(prompts, seeds):
+        requests = [GenerationRequest(prompt, side, side, steps, int(seed)) for prompt, seed in zip(prompts, seeds)]
+        for start_at in range(0, len(requests), batch_size):
+            batch = requests[start_at : start_at + batch_size]
             start = time.perf_counter()
-            image = diffusion.txt2img(GenerationRequest(prompt, side, side, steps, int(seed)))
-            seconds.append(time.perf_counter() - start)
-            counts = image.info.get(FEATURE_CACHE_INFO_KEY)
-            if counts is not None:
-                skipped, total = skipped + counts["skipped"], total + counts["total"]
-            images.append(image)
+            out = diffusion.txt2img_batch(batch)
+            seconds.append((time.perf_counter() - start) / len(batch))
+            for image in out:
+                counts = image.info.get(FEATURE_CACHE_INFO_KEY)
+                if counts is not None:
+                    skipped, total = skipped + counts["skipped"], total + counts["total"]
+            images.extend(out)
         return images
 
-    diffusion.txt2img(GenerationRequest("a red circle", side, side, steps, 0))  # warm-up
+    diffusion.txt2img_batch([GenerationRequest("a red circle", side, side, steps, i) for i in range(batch_size)])
     result = evaluate(f"{role}:{label(feature_cache)}", generate, samples)
     return {
         "model": role,
@@ -93,6 +97,13 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=100, help="evaluation prompts per row (FID needs > 64)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per image")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="requests per pipeline call, as a request-batching replica runs them (TaylorSeer and PAB share the "
+        "batch's passes; first_block runs them one per call)",
+    )
     parser.add_argument("--only", nargs="*", help="rows whose 'model:setting' label contains one of these")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -130,6 +141,7 @@ def main() -> int:
             "samples": args.samples,
             "steps": args.steps,
             "threads": args.threads,
+            "batch_size": args.batch_size,
             "image_size": 32,
             "real_images_for_fid": REAL_IMAGES_MIN,
             "load_average_start_now": [load_at_start, os.getloadavg()],
@@ -143,7 +155,9 @@ def main() -> int:
         name = f"{role}:{label(feature_cache)}"
         if args.only and not any(part in name for part in args.only):
             continue
-        row = run_row(role, feature_cache, samples=args.samples, steps=args.steps, evaluate=evaluate)
+        row = run_row(
+            role, feature_cache, samples=args.samples, steps=args.steps, batch_size=args.batch_size, evaluate=evaluate
+        )
         rows.append(row)
         write()
         print(
