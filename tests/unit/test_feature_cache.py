@@ -184,6 +184,17 @@ def test_a_request_gets_its_own_decisions_in_a_request_batch(
         assert difference.max() <= (1 if shares_passes else 0)
     assert generator.txt2img_batch(requests)[1].info[FEATURE_CACHE_INFO_KEY] == _counts(alone[1])  # without a batcher
 
+    # Refinements (MoDM's hits) at one strength share a call the same way.
+    refined_alone = [generator.img2img(req, image, 0.5) for req, image in zip(requests, alone)]
+
+    async def refine_together():
+        return await asyncio.gather(*(batcher.img2img(req, image, 0.5) for req, image in zip(requests, alone)))
+
+    for one, among in zip(refined_alone, asyncio.run(refine_together())):
+        assert _counts(one) == _counts(among)
+        assert np.abs(_pixels(one).astype(np.int16) - _pixels(among)).max() <= (1 if shares_passes else 0)
+    assert batcher.costs.as_dict()["passes"] == ({2: 2} if shares_passes else {1: 4})
+
 
 def test_step_batching_keeps_each_request_on_its_own_cache_state(tiny_zoo):
     from modm.generation.step_batching import StepBatchingGenerator
