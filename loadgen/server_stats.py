@@ -18,6 +18,7 @@ def parse_stats(body: dict, t_s: float) -> StatsSample:
     allocation = body.get("allocation") or {}
     k_mix = body.get("k_mix")
     queues = body.get("queue_depths")
+    batching = body.get("batching")
     return StatsSample(
         t_s=t_s,
         requests=_int_or_none(body.get("requests")),
@@ -27,6 +28,7 @@ def parse_stats(body: dict, t_s: float) -> StatsSample:
         small=_int_or_none(allocation.get("small")),
         k_mix_json=None if k_mix is None else json.dumps(k_mix, sort_keys=True),
         queue_depths_json=None if queues is None else json.dumps(queues, sort_keys=True),
+        batching_json=None if not batching else json.dumps(batching, sort_keys=True),
     )
 
 

@@ -35,6 +35,7 @@ import yaml
 from modm.config import config_from_dict
 from modm.demo import default_config_path, ensure_zoo
 from modm.policy import NIRVANA_K_CHOICES
+from modm.workload.records import StatsSample
 from modm.workload.runs import RECORDS_FILE
 from tools.local_cluster import free_port, wait_healthy
 from tools.serve_configs import tiny_config_path
@@ -282,6 +283,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
             "summary": artifacts.summary.model_dump(mode="json"),
             "wall_s": time.monotonic() - started,
             "cost_per_image": cost_per_image(artifacts.summary, variants[name]["monitor"]["gpu_budget"], usage),
+            "batching": last_batching_view(artifacts.result.stats),
         }
         print(f"{name}: done in {time.monotonic() - started:.0f}s", flush=True)
 
@@ -301,6 +303,12 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
             continue
         joules = "-" if cost["joules"] is None else f"{cost['joules']:.0f} J"
         print(f"  {name:<8} provisioned {cost['provisioned_gpu_s']:7.2f}  busy {cost['busy_gpu_s']:7.2f}  {joules}")
+    print("\nmean batch size per model pass (a replica's recent passes, as its last /v1/stats poll reported):")
+    for name, entry in runs.items():
+        views = entry["batching"] or {}
+        means = {role: view.get("mean_batch_size") for role, view in views.items() if view}
+        shown = ", ".join(f"{role} {mean:.2f}" for role, mean in means.items() if mean is not None)
+        print(f"  {name:<8} {shown or 'not batching'}")
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "reference_latency_s": reference_s,
@@ -315,6 +323,15 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     (args.out / "benchmark.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"\nwrote {args.out / 'benchmark.json'} and per-system records/plots under {args.out}")
     return result
+
+
+def last_batching_view(samples: list[StatsSample]) -> dict | None:
+    """What the replicas last reported of their batches (per role: max and mean batch size, seconds per image-step by
+    size), from the run's final /v1/stats poll: whether a system's batching engine formed batches at all."""
+    for sample in reversed(samples):
+        if sample.batching_json is not None:
+            return json.loads(sample.batching_json)
+    return None
 
 
 def k_table_arg(text: str) -> list[dict]:

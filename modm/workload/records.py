@@ -113,6 +113,7 @@ class StatsSample:
     small: int | None = None
     k_mix_json: str | None = None
     queue_depths_json: str | None = None
+    batching_json: str | None = None  # per model role: max and mean batch size, seconds per image-step by size
 
 
 STATS_SCHEMA = pa.schema(
@@ -125,6 +126,7 @@ STATS_SCHEMA = pa.schema(
         ("small", pa.int64()),
         ("k_mix_json", pa.string()),
         ("queue_depths_json", pa.string()),
+        ("batching_json", pa.string()),
     ]
 )
 
@@ -173,4 +175,7 @@ def read_stats(path: str | Path) -> list[StatsSample]:
     path = Path(path)
     if not path.exists():
         return []
-    return [StatsSample(**row) for row in pq.read_table(path).select(STATS_SCHEMA.names).to_pylist()]
+    table = pq.read_table(path)
+    # Files written before a column existed lack it; the sample's default stands in.
+    names = [name for name in STATS_SCHEMA.names if name in table.schema.names]
+    return [StatsSample(**row) for row in table.select(names).to_pylist()]

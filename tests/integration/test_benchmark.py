@@ -78,6 +78,8 @@ def test_benchmark_runs_every_baseline_and_writes_both_tables(serve_http, http_p
     assert (tmp_path / "bench" / "nirvana" / "images").is_dir()
     out = capsys.readouterr().out
     assert "x base" in out and "FID vs vanilla" in out
+    assert "mean batch size per model pass" in out  # none of these systems batches: each says so
+    assert all("batching" in result["runs"][name] for name in rows)
 
     with pytest.raises(ValueError, match="--steps above 25"):
         run_benchmark(

@@ -5,13 +5,24 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pyarrow.parquet as pq
 import pytest
+
+from loadgen.server_stats import parse_stats
 
 from modm.workload.compare import compare_runs, format_comparison
 from modm.workload.records import Outcome, RequestRecord
 from modm.workload.report import format_summary, summarize
 from modm.workload.plots import plot_latency_cdf, plot_slo_vs_rate, plot_timeline
-from modm.workload.records import RECORD_SCHEMA, StatsSample, read_records, read_stats, write_records, write_stats
+from modm.workload.records import (
+    RECORD_SCHEMA,
+    STATS_SCHEMA,
+    StatsSample,
+    read_records,
+    read_stats,
+    write_records,
+    write_stats,
+)
 
 
 def rec(index, arrival, latency, outcome=Outcome.OK, hit=None, k=None, model=None, warm_up=False, error=None):
@@ -109,11 +120,38 @@ def test_records_round_trip_with_metadata(tmp_path, records):
     path = write_records(tmp_path / "r.parquet", records, {"config": {"name": "x"}, "reference_latency_s": 2.0})
     back, metadata = read_records(path)
     assert back == records and metadata["reference_latency_s"] == 2.0
-    samples = [StatsSample(t_s=1.0, requests=3, hits=1, hit_rate=1 / 3, large=1, small=1, k_mix_json='{"5": 1}')]
+    samples = [
+        StatsSample(
+            t_s=1.0,
+            requests=3,
+            hits=1,
+            hit_rate=1 / 3,
+            large=1,
+            small=1,
+            k_mix_json='{"5": 1}',
+            batching_json='{"large": {"max_batch_size": 4, "mean_batch_size": 2.5}}',
+        )
+    ]
     assert read_stats(write_stats(tmp_path / "s.parquet", samples)) == samples
+    # A stats file from before the batching column reads with the column's default.
+    old_columns = [name for name in STATS_SCHEMA.names if name != "batching_json"]
+    pq.write_table(pq.read_table(tmp_path / "s.parquet").select(old_columns), tmp_path / "old.parquet")
+    assert read_stats(tmp_path / "old.parquet") == [dataclasses.replace(samples[0], batching_json=None)]
     (tmp_path / "other.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(ValueError, match="not a records parquet file"):
         read_records(tmp_path / "other.parquet")
+
+
+def test_stats_sample_keeps_the_batching_view_and_tolerates_its_absence():
+    body = {
+        "requests": 7,
+        "allocation": {"large": 2, "small": 1},
+        "batching": {"large": {"max_batch_size": 4, "mean_batch_size": 3.1}, "small": None},
+    }
+    sample = parse_stats(body, 5.0)
+    assert (sample.requests, sample.large, sample.small) == (7, 2, 1)
+    assert json.loads(sample.batching_json) == body["batching"]
+    assert parse_stats({"requests": 1}, 0.0).batching_json is None  # a server that does not report it
 
 
 def test_plots_write_pngs(tmp_path, records):

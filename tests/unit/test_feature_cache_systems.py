@@ -4,17 +4,20 @@ feature cache per model and step batching; the others run no feature cache."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from modm.config import ConfigError, config_from_dict
+from modm.workload.records import StatsSample
 from tools.benchmark import (
     ACCELERATED_FEATURE_CACHES,
     SYSTEMS,
     build_parser,
     k_table_arg,
+    last_batching_view,
     system_variants,
     with_k_table,
 )
@@ -73,3 +76,14 @@ def test_k_table_option_parses_rules_and_refuses_bad_ones():
         build_parser().parse_args(["--world", "w", "--k-table", "0.8-30"])
     with pytest.raises(ConfigError, match="strictly decrease"):
         with_k_table(base, [{"min_score": 0.7, "k": 10}, {"min_score": 0.8, "k": 30}])
+
+
+def test_a_run_reports_the_batching_its_replicas_last_measured():
+    view = {"large": {"max_batch_size": 4, "mean_batch_size": 2.7}, "small": None}
+    samples = [
+        StatsSample(t_s=0.0, batching_json='{"large": {"max_batch_size": 4, "mean_batch_size": 1.0}}'),
+        StatsSample(t_s=2.0, batching_json=json.dumps(view)),
+        StatsSample(t_s=4.0),  # a poll that carried no batching view
+    ]
+    assert last_batching_view(samples) == view
+    assert last_batching_view([StatsSample(t_s=0.0)]) is None and last_batching_view([]) is None
