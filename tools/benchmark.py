@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -154,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=ACCELERATED_FEATURE_CACHES["small"],
         help="JSON models.small.feature_cache of modm-accelerated",
     )
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="with --batching: wait for company")
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=ACCELERATED_BATCHING["max_wait_ms"],
+        help="with --batching and the -accelerated systems: how long a batch waits for company",
+    )
     parser.add_argument("--zoo", type=Path, default=Path(".modm/zoo"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     sweep = parser.add_argument_group("SLO sweep (optional)")
@@ -219,16 +225,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     base, truth = base_system(args)
     if args.k_table is not None:
         base = with_k_table(base, args.k_table)
-    batching = (
-        None
-        if args.batching == "none"
-        else {"engine": args.batching, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms}
-    )
-    accelerated_batching = {
-        **ACCELERATED_BATCHING,
-        "max_batch_size": args.max_batch_size,
-        "max_wait_ms": args.max_wait_ms,
-    }
+    batching, accelerated_batching = batching_args(args)
     variants = system_variants(
         base,
         args.budget,
@@ -283,7 +280,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
             "summary": artifacts.summary.model_dump(mode="json"),
             "wall_s": time.monotonic() - started,
             "cost_per_image": cost_per_image(artifacts.summary, variants[name]["monitor"]["gpu_budget"], usage),
-            "batching": last_batching_view(artifacts.result.stats),
+            "batching": run_batching_view(artifacts.result.stats),
         }
         print(f"{name}: done in {time.monotonic() - started:.0f}s", flush=True)
 
@@ -303,7 +300,7 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
             continue
         joules = "-" if cost["joules"] is None else f"{cost['joules']:.0f} J"
         print(f"  {name:<8} provisioned {cost['provisioned_gpu_s']:7.2f}  busy {cost['busy_gpu_s']:7.2f}  {joules}")
-    print("\nmean batch size per model pass (a replica's recent passes, as its last /v1/stats poll reported):")
+    print("\nmean batch size per model pass (the replicas' moving mean, averaged over the run's /v1/stats polls):")
     for name, entry in runs.items():
         views = entry["batching"] or {}
         means = {role: view.get("mean_batch_size") for role, view in views.items() if view}
@@ -325,13 +322,41 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
     return result
 
 
-def last_batching_view(samples: list[StatsSample]) -> dict | None:
-    """What the replicas last reported of their batches (per role: max and mean batch size, seconds per image-step by
-    size), from the run's final /v1/stats poll: whether a system's batching engine formed batches at all."""
-    for sample in reversed(samples):
-        if sample.batching_json is not None:
-            return json.loads(sample.batching_json)
-    return None
+def batching_args(args: argparse.Namespace) -> tuple[dict | None, dict]:
+    """The plain systems' `models.<role>.batching` (None: the base config's) and the -accelerated systems', from
+    --batching, --max-batch-size and --max-wait-ms."""
+    sizes = {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms}
+    batching = None if args.batching == "none" else {"engine": args.batching, **sizes}
+    return batching, {**ACCELERATED_BATCHING, **sizes}
+
+
+def run_batching_view(samples: list[StatsSample]) -> dict | None:
+    """Per model role, what the replicas reported of their batches over the run: `mean_batch_size`, the mean over
+    the run's /v1/stats polls of the reported moving mean (of a replica's last few passes, so one poll alone reads
+    the run's last passes: at its end, the stragglers' batches of one); `polls`, how many polls carried it; and the
+    last poll's `max_batch_size` and `seconds_per_image_step`. None when no poll carried a batching view."""
+    means: dict[str, list[float]] = {}
+    last: dict[str, dict] = {}
+    for sample in samples:
+        if sample.batching_json is None:
+            continue
+        for role, view in json.loads(sample.batching_json).items():
+            if not view:
+                continue
+            last[role] = view
+            if view.get("mean_batch_size") is not None:
+                means.setdefault(role, []).append(float(view["mean_batch_size"]))
+    if not last:
+        return None
+    return {
+        role: {
+            "max_batch_size": view.get("max_batch_size"),
+            "mean_batch_size": statistics.fmean(means[role]) if role in means else None,
+            "polls": len(means.get(role, [])),
+            "seconds_per_image_step": view.get("seconds_per_image_step", {}),
+        }
+        for role, view in last.items()
+    }
 
 
 def k_table_arg(text: str) -> list[dict]:

@@ -13,11 +13,13 @@ import yaml
 from modm.config import ConfigError, config_from_dict
 from modm.workload.records import StatsSample
 from tools.benchmark import (
+    ACCELERATED_BATCHING,
     ACCELERATED_FEATURE_CACHES,
     SYSTEMS,
+    batching_args,
     build_parser,
     k_table_arg,
-    last_batching_view,
+    run_batching_view,
     system_variants,
     with_k_table,
 )
@@ -78,12 +80,31 @@ def test_k_table_option_parses_rules_and_refuses_bad_ones():
         with_k_table(base, [{"min_score": 0.7, "k": 10}, {"min_score": 0.8, "k": 30}])
 
 
-def test_a_run_reports_the_batching_its_replicas_last_measured():
-    view = {"large": {"max_batch_size": 4, "mean_batch_size": 2.7}, "small": None}
+def test_a_run_reports_the_mean_of_its_polls_batching_not_the_last_one():
     samples = [
-        StatsSample(t_s=0.0, batching_json='{"large": {"max_batch_size": 4, "mean_batch_size": 1.0}}'),
-        StatsSample(t_s=2.0, batching_json=json.dumps(view)),
-        StatsSample(t_s=4.0),  # a poll that carried no batching view
+        StatsSample(t_s=0.0, batching_json='{"large": {"max_batch_size": 4, "mean_batch_size": 3.0}}'),
+        StatsSample(t_s=1.0),  # a poll that carried no batching view
+        StatsSample(t_s=2.0, batching_json='{"large": {"max_batch_size": 4, "mean_batch_size": null}, "small": null}'),
+        StatsSample(
+            t_s=3.0,
+            batching_json=json.dumps(
+                {"large": {"max_batch_size": 4, "mean_batch_size": 1.0, "seconds_per_image_step": {"1": 0.02}}}
+            ),
+        ),
     ]
-    assert last_batching_view(samples) == view
-    assert last_batching_view([StatsSample(t_s=0.0)]) is None and last_batching_view([]) is None
+    # the last poll alone (1.0: the run's stragglers) would hide the batches of 3 the run mostly formed
+    assert run_batching_view(samples) == {
+        "large": {"max_batch_size": 4, "mean_batch_size": 2.0, "polls": 2, "seconds_per_image_step": {"1": 0.02}}
+    }
+    assert run_batching_view([StatsSample(t_s=0.0)]) is None and run_batching_view([]) is None
+
+
+def test_the_batching_options_set_the_plain_and_the_accelerated_engines():
+    plain, accelerated = batching_args(build_parser().parse_args(["--world", "w"]))
+    assert plain is None and accelerated == ACCELERATED_BATCHING  # --batching none: the base config's engines
+    args = build_parser().parse_args(
+        ["--world", "w", "--batching", "step", "--max-wait-ms", "30", "--max-batch-size", "8"]
+    )
+    plain, accelerated = batching_args(args)
+    assert plain == {"engine": "step", "max_batch_size": 8, "max_wait_ms": 30.0}
+    assert accelerated == {"engine": "request", "max_batch_size": 8, "max_wait_ms": 30.0}
