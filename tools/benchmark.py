@@ -325,9 +325,9 @@ def run_benchmark(args: argparse.Namespace, port: int) -> dict:
 def batching_args(args: argparse.Namespace) -> tuple[dict | None, dict]:
     """The plain systems' `models.<role>.batching` (None: the base config's) and the -accelerated systems', from
     --batching, --max-batch-size and --max-wait-ms."""
-    sizes = {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms}
-    batching = None if args.batching == "none" else {"engine": args.batching, **sizes}
-    return batching, {**ACCELERATED_BATCHING, **sizes}
+    limits = {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms}
+    batching = None if args.batching == "none" else {"engine": args.batching, **limits}
+    return batching, {**ACCELERATED_BATCHING, **limits}
 
 
 def run_batching_view(samples: list[StatsSample]) -> dict | None:
