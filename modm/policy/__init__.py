@@ -11,6 +11,8 @@ _HOMES = {
     "BatchCapacity": "capacity",
     "QualitySample": "calibration",
     "fit_k_table": "calibration",
+    "hit_cost": "calibration",
+    "throughput_gain_bound": "calibration",
     "Allocation": "monitor",
     "GlobalMonitor": "monitor",
     "PIDController": "monitor",

@@ -68,3 +68,24 @@ def fit_k_table(
     if not rules:
         raise ValueError(f"no k reaches alpha={alpha} with at least {min_samples} samples")
     return PolicyConfig(total_steps=total_steps, k_table=tuple(rules)).k_table
+
+
+def hit_cost(k: int, total_steps: int, large_small_step_ratio: float) -> float:
+    """A hit's model cost in full large-model generations: the small model runs the T - k steps a hit keeps, each
+    1 / ratio of a large step."""
+    if not 0 <= k < total_steps:
+        raise ValueError(f"k={k} must be in [0, {total_steps})")
+    if not large_small_step_ratio > 0:
+        raise ValueError(f"large_small_step_ratio={large_small_step_ratio} must be > 0")
+    return (1.0 - k / total_steps) / large_small_step_ratio
+
+
+def throughput_gain_bound(hit_rate: float, cost_of_hit: float) -> float:
+    """The model-side throughput gain over serving every request in full with the large model when a fraction
+    `hit_rate` of requests hit at `cost_of_hit` each: 1 / ((1 - h) + h * c). Embedding, retrieval and routing count
+    as free here, so a measured gain lies below it."""
+    if not 0 <= hit_rate <= 1:
+        raise ValueError(f"hit_rate={hit_rate} must be in [0, 1]")
+    if not cost_of_hit > 0:
+        raise ValueError(f"cost_of_hit={cost_of_hit} must be > 0")
+    return 1.0 / ((1.0 - hit_rate) + hit_rate * cost_of_hit)

@@ -11,6 +11,10 @@ the same query. The samples (score, k, quality, full_quality) are what `modm pol
 With a `scorer` (the world's second CLIP) a second set of samples grades the same images by CLIPScore, MoDM's own Q
 (its table was fitted with alpha = 0.95 on CLIPScore): a continuous score barely moves when an attribute is wrong,
 so the judge's all-or-nothing verdict is the stricter rule and CLIPScore the paper's.
+
+The run also grades every cached image against every query, which bounds what any retrieval could do on the
+stream at no quality loss (`preserved_quality_ceiling`): only queries that some cached image already answers can
+hit without a loss, and a hit inherits its cached image's errors.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modm.policy.calibration import QualitySample
+from modm.policy.calibration import QualitySample, hit_cost, throughput_gain_bound
 from modm.world.captions import TemplateSet, caption_scene
 from modm.world.demo_workload import REPHRASE, VARY, vary_scene
 from modm.world.eval import clip_scores
@@ -83,6 +87,8 @@ class CalibrationRun:
     refined_accuracy: dict[int, dict[str, float]]  # per k, over all queries
     scores: list[float]
     relations: list[str]
+    cached_quality: list[float]  # per query, Q of its best-scoring cached image itself, before any refinement
+    servable: list[bool]  # per query, whether any cached image already has Q = 1 (what an oracle retrieval could hit)
     clip_samples: list[QualitySample] | None = None  # Q = CLIPScore of the scorer (when one was given)
 
     @property
@@ -137,6 +143,12 @@ def calibration_samples(
     def verdicts(images):
         return [score_image(r, q.scene, q.mentions) for r, q in zip(judge.read(images), queries)]
 
+    cached_reads = judge.read(cached_images)
+    # (queries, cached) Q of every cached image for every query: the hits no retrieval score could do better than
+    satisfied = np.array(
+        [[score_image(r, q.scene, q.mentions)[QUALITY_ATTRIBUTE] for r in cached_reads] for q in queries], dtype=float
+    )
+
     full_verdicts = verdicts(full)
     full_clip = clip_scores(scorer, full, prompts) if scorer is not None else None
     samples: list[QualitySample] = []
@@ -163,6 +175,8 @@ def calibration_samples(
         refined_accuracy,
         scores,
         [q.relation for q in queries],
+        cached_quality=[float(satisfied[i, j]) for i, j in enumerate(best)],
+        servable=[bool(row.max() >= 1.0) for row in satisfied],
         clip_samples=clip_samples if full_clip is not None else None,
     )
 
@@ -192,9 +206,36 @@ def relation_breakdown(run: CalibrationRun) -> dict[str, dict]:
             "queries": len(rows),
             "score_quantiles": score_quantiles(np.asarray(run.scores)[rows]),
             "full_quality": float(np.mean([full[i].full_quality for i in rows])),
+            "cached_quality": float(np.mean([run.cached_quality[i] for i in rows])),
+            "servable": float(np.mean([run.servable[i] for i in rows])),
             "refined_quality": {k: float(np.mean([samples[i].quality for i in rows])) for k, samples in by_k.items()},
         }
     return out
+
+
+def preserved_quality_ceiling(run: CalibrationRun, *, total_steps: int, large_small_step_ratio: float) -> dict:
+    """What any retrieval could gain at no quality loss on this stream: it may hit only the servable queries (some
+    cached image already right for them), and per k only those its refinement keeps right. Per k: `kept`, the
+    fraction of queries whose retrieved image is right that stay right after the refinement, and `gain_bound`, the
+    model-side throughput bound (`throughput_gain_bound`) of hitting every servable query at that k. Refinement
+    losses and a real retrieval's misses only lower it."""
+    servable = float(np.mean(run.servable))
+    right = [i for i, q in enumerate(run.cached_quality) if q >= 1.0]
+    by_k: dict[int, list[QualitySample]] = {}
+    for sample in run.samples:  # k after k, each in query order (calibration_samples)
+        by_k.setdefault(sample.k, []).append(sample)
+    per_k = {}
+    for k, samples in by_k.items():
+        per_k[k] = {
+            "kept": float(np.mean([samples[i].quality for i in right])) if right else None,
+            "gain_bound": throughput_gain_bound(servable, hit_cost(k, total_steps, large_small_step_ratio)),
+        }
+    return {
+        "servable": servable,
+        "retrieved_right": float(np.mean(run.cached_quality)),
+        "large_small_step_ratio": large_small_step_ratio,
+        "per_k": per_k,
+    }
 
 
 def pipeline_refiner(pipe, *, total_steps: int, guidance_scale: float) -> RefineFn:

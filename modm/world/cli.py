@@ -139,11 +139,13 @@ def _cmd_calibrate(args) -> int:
         calibration_samples,
         calibration_stream,
         pipeline_refiner,
+        preserved_quality_ceiling,
         relation_breakdown,
         score_quantiles,
     )
     from modm.world.format import validate_world_dir
     from modm.world.judge import Judge
+    from modm.world.model_steps import serving_step_ratio
     from modm.world.pipelines import SERVING, pipeline_generator, world_model_spec
 
     if args.cached < 1 or args.queries < 1:
@@ -198,6 +200,15 @@ def _cmd_calibrate(args) -> int:
             f"  {relation:<8} {row['queries']:>4} queries, score p10/p50/p90 {q['p10']:.3f}/{q['p50']:.3f}/"
             f"{q['p90']:.3f}; full {row['full_quality']:.2f}; {refined}"
         )
+    ratio = serving_step_ratio(world_dir, args.small)
+    ceiling = preserved_quality_ceiling(run, total_steps=args.total_steps, large_small_step_ratio=ratio)
+    print(
+        f"at no quality loss: {ceiling['servable']:.2f} of queries have a right cached image (an oracle's hit rate);"
+        f" the best-scoring one is right for {ceiling['retrieved_right']:.2f}; large:{args.small} step cost {ratio}"
+    )
+    for k, row in ceiling["per_k"].items():
+        kept = "-" if row["kept"] is None else f"{row['kept']:.2f}"
+        print(f"  k={k}: a right image stays right after refinement {kept}; throughput bound {row['gain_bound']:.2f}x")
     if args.json:
         body = {
             "world": str(world_dir),
@@ -210,6 +221,7 @@ def _cmd_calibrate(args) -> int:
             "full_accuracy": run.full_accuracy,
             "refined_accuracy": {str(k): v for k, v in run.refined_accuracy.items()},
             "score_quantiles": score_quantiles(run.scores),
+            "preserved_quality_ceiling": {**ceiling, "per_k": {str(k): v for k, v in ceiling["per_k"].items()}},
             "by_relation": {
                 relation: {**row, "refined_quality": {str(k): v for k, v in row["refined_quality"].items()}}
                 for relation, row in breakdown.items()

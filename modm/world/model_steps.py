@@ -8,6 +8,7 @@ at the serving size (batch 1, guidance on) and prints the large:small ratio.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -166,6 +167,18 @@ def _ddpm(pipe):
     return DdpmObjective(pipe.scheduler.config, WORLD_IMAGE_SIZE)
 
 
+STEP_COSTS_FILE = "step_costs.json"
+
+
+def serving_step_ratio(world_dir: Path, small: str = "small") -> float:
+    """The build's measured large:`small` per-step cost at the serving batch size (what a busy replica saves)."""
+    from modm.world.format import validate_world_dir
+
+    manifest = validate_world_dir(world_dir, ("step_costs",))
+    costs = json.loads((world_dir / manifest.components["step_costs"].path / STEP_COSTS_FILE).read_text("utf-8"))
+    return float(costs[f"large_{small}_ratio_serving_batch"])
+
+
 def step_costs_step(ctx, out: Path):
     """Seconds per image-step of each pipeline at the serving size, guidance on, with a replica's torch threads, at
     batch 1 and at the batch the world's system config serves under load (modm/world/system.yaml's large
@@ -202,7 +215,7 @@ def step_costs_step(ctx, out: Path):
         for other in ("small", "small2"):
             info[f"large_{other}_ratio{suffix}"] = round(costs[b]["large"] / max(costs[b][other], 1e-9), 2)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "step_costs.json").write_text(__import__("json").dumps(info, indent=2) + "\n", encoding="utf-8")
+    (out / STEP_COSTS_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     for b, suffix in suffixes.items():
         print(
             f"per image-step at {WORLD_IMAGE_SIZE}x{WORLD_IMAGE_SIZE}, batch {b}, guidance on,"
@@ -211,7 +224,7 @@ def step_costs_step(ctx, out: Path):
             + f"; large:small = {info['large_small_ratio' + suffix]} (target 5.5),"
             f" large:small2 = {info['large_small2_ratio' + suffix]}"
         )
-    return StepResult(files=["step_costs.json"], info=info)
+    return StepResult(files=[STEP_COSTS_FILE], info=info)
 
 
 def model_build_steps():

@@ -56,6 +56,20 @@ class ServedJudge:
         self.scorer = HfClipEmbedder(world_dir / manifest.components["clip_score"].path, device=device, batch_size=256)
         self.real = real_features(World(seed=manifest.seed, image_size=manifest.image_size), self.judge, real_images)
 
+    def servable(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], truth: dict[str, PromptTruth]
+    ) -> list[bool]:
+        """Per request, whether an image served for an earlier one already shows every attribute its prompt names:
+        the hits an oracle retrieval over those images could serve with no loss (a hit inherits its image's errors).
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        readings = self.judge.read(images) if images else []
+        return [
+            any(score_image(readings[j], truth[p].scene, truth[p].mentions)["all"] >= 1.0 for j in range(i))
+            for i, p in enumerate(prompts)
+        ]
+
     def evaluate(
         self, name: str, images: Sequence[Image.Image], prompts: Sequence[str], truth: dict[str, PromptTruth]
     ) -> ModelEval:

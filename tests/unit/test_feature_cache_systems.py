@@ -21,6 +21,7 @@ from tools.benchmark import (
     k_table_arg,
     run_batching_view,
     system_variants,
+    trace_ceiling,
     with_k_table,
 )
 from tools.serve_configs import tiny_config_path
@@ -108,3 +109,17 @@ def test_the_batching_options_set_the_plain_and_the_accelerated_engines():
     plain, accelerated = batching_args(args)
     assert plain == {"engine": "step", "max_batch_size": 8, "max_wait_ms": 30.0}
     assert accelerated == {"engine": "request", "max_batch_size": 8, "max_wait_ms": 30.0}
+
+
+def test_the_trace_ceiling_hits_every_servable_request_at_the_largest_k():
+    from modm.world.cli import COMMITTED_WORLD
+    from modm.world.model_steps import serving_step_ratio
+
+    ratio = serving_step_ratio(COMMITTED_WORLD)
+    args = build_parser().parse_args(["--world", str(COMMITTED_WORLD), "--steps", "50"])
+    ceiling = trace_ceiling(args, [True, False, True, True])
+    assert ceiling["servable"] == 0.75 and ceiling["k"] == 30 and ceiling["large_small_step_ratio"] == ratio
+    assert ceiling["gain_bound"] == pytest.approx(1 / (0.25 + 0.75 * (20 / 50) / ratio))
+    # a shorter schedule scales MoDM's k = 30 of 50 to it; nothing servable means no gain
+    short = trace_ceiling(build_parser().parse_args(["--world", str(COMMITTED_WORLD), "--steps", "20"]), [False])
+    assert short["k"] == 12 and short["gain_bound"] == 1.0

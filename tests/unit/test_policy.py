@@ -12,8 +12,10 @@ from modm.policy import (
     Throughput,
     WindowStats,
     fit_k_table,
+    hit_cost,
     quality_target,
     refine_fraction,
+    throughput_gain_bound,
     throughput_target,
     workloads,
 )
@@ -164,6 +166,21 @@ def test_calibration_bad_input():
         fit_k_table([QualitySample(math.nan, 10, 1, 1)])
     with pytest.raises(ValueError, match="alpha"):
         fit_k_table([QualitySample(0.5, 10, 1, 1)], alpha=1.5)
+
+
+def test_a_hit_costs_the_steps_it_keeps_at_the_small_models_price():
+    assert hit_cost(30, 50, 4.0) == pytest.approx(0.1)  # 20 small steps of a quarter of a large step, of 50
+    assert hit_cost(0, 50, 1.0) == 1.0
+    # all requests hitting at a tenth of a miss gives 10x; none hitting gives 1x; half gives 1 / 0.55
+    assert throughput_gain_bound(1.0, 0.1) == pytest.approx(10.0)
+    assert throughput_gain_bound(0.0, 0.1) == 1.0
+    assert throughput_gain_bound(0.5, 0.1) == pytest.approx(1 / 0.55)
+    for bad in (lambda: hit_cost(50, 50, 4.0), lambda: hit_cost(10, 50, 0.0)):
+        with pytest.raises(ValueError, match="must be"):
+            bad()
+    for bad in (lambda: throughput_gain_bound(1.2, 0.1), lambda: throughput_gain_bound(0.5, 0.0)):
+        with pytest.raises(ValueError, match="must be"):
+            bad()
 
 
 def test_routing_rules():

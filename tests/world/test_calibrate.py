@@ -8,7 +8,12 @@ import torch
 from PIL import Image
 
 from modm.policy import fit_k_table
-from modm.world.calibrate import calibration_samples, calibration_stream, relation_breakdown
+from modm.world.calibrate import (
+    calibration_samples,
+    calibration_stream,
+    preserved_quality_ceiling,
+    relation_breakdown,
+)
 from modm.world.cli import COMMITTED_WORLD
 from modm.world.world import World
 
@@ -72,6 +77,17 @@ def test_a_refiner_that_returns_the_cached_image_is_right_on_rephrases_and_wrong
     assert all(b["full_quality"] >= 0.8 for b in by_relation.values())  # the renderer draws every query right
     # rephrases retrieve with higher scores than new scenes, so a table fits above the new scenes' scores
     assert by_relation["rephrase"]["score_quantiles"]["p50"] > by_relation["new"]["score_quantiles"]["p50"]
+    # every cached image was graded against every query: a rephrase's own scene is cached, so it is servable
+    assert len(run.cached_quality) == len(run.servable) == len(queries)
+    assert by_relation["rephrase"]["servable"] == 1.0
+    assert by_relation["rephrase"]["cached_quality"] == rephrase[30]  # the refiner hands back the cached image
+    ceiling = preserved_quality_ceiling(run, total_steps=50, large_small_step_ratio=4.0)
+    assert ceiling["servable"] == np.mean(run.servable) and ceiling["retrieved_right"] == np.mean(run.cached_quality)
+    assert {k: row["kept"] for k, row in ceiling["per_k"].items()} == {10: 1.0, 30: 1.0}  # nothing is refined away
+    # fewer steps kept at k = 30, so a higher bound: 1 / ((1 - s) + s * (1 - k / 50) / 4)
+    s = ceiling["servable"]
+    assert ceiling["per_k"][30]["gain_bound"] == pytest.approx(1 / ((1 - s) + s * 0.4 / 4))
+    assert ceiling["per_k"][30]["gain_bound"] > ceiling["per_k"][10]["gain_bound"] > 1
     table = fit_k_table(run.samples, alpha=0.9, total_steps=50, min_samples=5)
     assert table and all(rule.k in (10, 30) for rule in table)
 
@@ -89,3 +105,21 @@ def test_bad_k_is_refused():
             total_steps=50,
             k_choices=(50,),
         )
+
+
+def test_the_calibrate_command_writes_the_preserved_quality_ceiling(tmp_path, capsys):
+    """`modm world calibrate` on the committed world, a few steps: the JSON carries the ceiling with the world's
+    measured large:small step cost."""
+    import json
+
+    from modm.world.cli import main
+
+    out = tmp_path / "calibration.json"
+    argv = ["calibrate", "--cached", "4", "--queries", "6", "--k", "1", "2", "--total-steps", "4"]
+    assert main([*argv, "--samples-out", str(tmp_path / "s.csv"), "--json", str(out)]) == 0
+    ceiling = json.loads(out.read_text(encoding="utf-8"))["preserved_quality_ceiling"]
+    costs = json.loads((COMMITTED_WORLD / "step_costs" / "step_costs.json").read_text(encoding="utf-8"))
+    assert ceiling["large_small_step_ratio"] == costs["large_small_ratio_serving_batch"]
+    assert set(ceiling["per_k"]) == {"1", "2"} and 0 <= ceiling["servable"] <= 1
+    assert all(row["gain_bound"] >= 1 for row in ceiling["per_k"].values())
+    assert "an oracle's hit rate" in capsys.readouterr().out

@@ -42,3 +42,18 @@ def test_few_images_say_why_fid_is_missing_and_foreign_prompts_are_refused(serve
         served_judge.evaluate("foreign", images, ["a photo of a cat", *prompts[1:]], truth)
     with pytest.raises(ValueError, match="4 images for 5 prompts"):
         served_judge.evaluate("short", images[:4], prompts, truth)
+
+
+def test_a_request_is_servable_when_an_earlier_image_answers_it(served_judge):
+    """With the renderer's images: a request whose scene was drawn before (a rephrase) is servable; the first
+    request and images that answer nothing never are."""
+    rows = world_demo_requests(users=3, requests=40, seed=2)
+    truth, images, prompts = rendered_trace(3, 40, 2)
+    servable = served_judge.servable(images, prompts, truth)
+    assert len(servable) == 40 and servable[0] is False
+    seen = [any(rows[j][1] == rows[i][1] for j in range(i)) for i in range(40)]
+    assert sum(seen) >= 5 and all(servable[i] for i in range(40) if seen[i])
+    blank = [Image.new("RGB", images[0].size, (128, 128, 128))] * 40
+    assert not any(served_judge.servable(blank, prompts, truth))
+    with pytest.raises(ValueError, match="4 images for 5 prompts"):
+        served_judge.servable(images[:4], prompts[:5], truth)
