@@ -144,7 +144,7 @@ def calibration_samples(
         return [score_image(r, q.scene, q.mentions) for r, q in zip(judge.read(images), queries)]
 
     cached_reads = judge.read(cached_images)
-    # (queries, cached) Q of every cached image for every query: the hits no retrieval score could do better than
+    # (queries, cached): Q of every cached image for every query, as if each were retrieved (an oracle's choices)
     satisfied = np.array(
         [[score_image(r, q.scene, q.mentions)[QUALITY_ATTRIBUTE] for r in cached_reads] for q in queries], dtype=float
     )
@@ -214,11 +214,11 @@ def relation_breakdown(run: CalibrationRun) -> dict[str, dict]:
 
 
 def preserved_quality_ceiling(run: CalibrationRun, *, total_steps: int, large_small_step_ratio: float) -> dict:
-    """What any retrieval could gain at no quality loss on this stream: it may hit only the servable queries (some
-    cached image already right for them), and per k only those its refinement keeps right. Per k: `kept`, the
-    fraction of queries whose retrieved image is right that stay right after the refinement, and `gain_bound`, the
-    model-side throughput bound (`throughput_gain_bound`) of hitting every servable query at that k. Refinement
-    losses and a real retrieval's misses only lower it."""
+    """What any retrieval could gain at no quality loss on this stream: only the servable queries (some cached image
+    already right for them) can hit without a loss. Per k: `gain_bound`, the model-side throughput bound
+    (`throughput_gain_bound`) of hitting every servable query at that k, and `kept`, the fraction of the queries
+    whose retrieved image is right that stay right after the refinement. Refinement losses (1 - kept) and a real
+    retrieval's misses only lower what is reachable."""
     servable = float(np.mean(run.servable))
     right = [i for i, q in enumerate(run.cached_quality) if q >= 1.0]
     by_k: dict[int, list[QualitySample]] = {}

@@ -62,8 +62,7 @@ class ServedJudge:
         """Per request, whether an image served for an earlier one already shows every attribute its prompt names:
         the hits an oracle retrieval over those images could serve with no loss (a hit inherits its image's errors).
         """
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        _check_prompts("servable", images, prompts, truth)
         readings = self.judge.read(images) if images else []
         return [
             any(score_image(readings[j], truth[p].scene, truth[p].mentions)["all"] >= 1.0 for j in range(i))
@@ -74,13 +73,9 @@ class ServedJudge:
         self, name: str, images: Sequence[Image.Image], prompts: Sequence[str], truth: dict[str, PromptTruth]
     ) -> ModelEval:
         """Judge accuracy, CLIPScore and FID of `images`, the answers to `prompts` (each a key of `truth`)."""
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        _check_prompts(name, images, prompts, truth)
         if not images:
             raise ValueError(f"{name}: no images to judge")
-        unknown = sorted({p for p in prompts if p not in truth})
-        if unknown:
-            raise ValueError(f"{name}: {len(unknown)} prompt(s) are not captions of the trace, e.g. {unknown[:3]}")
         readings = self.judge.read(images)
         scores = [score_image(r, truth[p].scene, truth[p].mentions) for r, p in zip(readings, prompts)]
         fid, note = fid_on_judge_features(self.judge, images, self.real)
@@ -93,3 +88,11 @@ class ServedJudge:
             fid=fid,
             fid_note=note,
         )
+
+
+def _check_prompts(name: str, images: Sequence, prompts: Sequence[str], truth: dict[str, PromptTruth]) -> None:
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+    unknown = sorted({p for p in prompts if p not in truth})
+    if unknown:
+        raise ValueError(f"{name}: {len(unknown)} prompt(s) are not captions of the trace, e.g. {unknown[:3]}")

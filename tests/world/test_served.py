@@ -57,3 +57,5 @@ def test_a_request_is_servable_when_an_earlier_image_answers_it(served_judge):
     assert not any(served_judge.servable(blank, prompts, truth))
     with pytest.raises(ValueError, match="4 images for 5 prompts"):
         served_judge.servable(images[:4], prompts[:5], truth)
+    with pytest.raises(ValueError, match="not captions of the trace"):
+        served_judge.servable(images[:2], ["a photo of a cat", prompts[1]], truth)
