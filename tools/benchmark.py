@@ -35,14 +35,13 @@ import yaml
 
 from modm.config import config_from_dict
 from modm.demo import default_config_path, ensure_zoo
-from modm.policy import NIRVANA_K_CHOICES
+from modm.policy import MODM_CLIP_TABLE, MODM_TABLE_TOTAL_STEPS, NIRVANA_K_CHOICES
 from modm.workload.records import StatsSample
 from modm.workload.runs import RECORDS_FILE
 from tools.local_cluster import free_port, wait_healthy
 from tools.serve_configs import tiny_config_path
 
 SYSTEMS = ("vanilla", "vanilla-accelerated", "modm-throughput", "modm-accelerated", "modm-quality", "nirvana")
-MODM_LARGEST_K, MODM_TOTAL_STEPS = 30, 50  # MoDM's table skips at most 30 of 50 steps
 REFERENCE_SYSTEM = "vanilla"  # the large model alone: the throughput baseline and the FID reference
 # The "-accelerated" systems add what vLLM-Omni or SGLang Diffusion would give a user: a feature cache on each model
 # and batching. The kinds are the ones each model class takes (SD3-class large: block caches; SDXL-class small:
@@ -618,7 +617,7 @@ def trace_ceiling(args: argparse.Namespace, servable: list[bool]) -> dict:
     from modm.world.model_steps import serving_step_ratio
 
     ratio = serving_step_ratio(Path(args.world))
-    k = args.steps * MODM_LARGEST_K // MODM_TOTAL_STEPS
+    k = args.steps * max(rule.k for rule in MODM_CLIP_TABLE) // MODM_TABLE_TOTAL_STEPS
     rate = sum(servable) / len(servable) if servable else 0.0
     return {
         "servable": rate,

@@ -35,6 +35,7 @@ _HOMES = {
     "KRule": "tables",
     "MINILM_TEXT_TABLE": "tables",
     "MODM_CLIP_TABLE": "tables",
+    "MODM_TABLE_TOTAL_STEPS": "tables",
     "NAMED_K_TABLES": "tables",
     "NIRVANA_K_CHOICES": "tables",
     "NIRVANA_TABLE": "tables",

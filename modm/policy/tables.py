@@ -12,6 +12,7 @@ __all__ = [
     "KRule",
     "MINILM_TEXT_TABLE",
     "MODM_CLIP_TABLE",
+    "MODM_TABLE_TOTAL_STEPS",
     "NAMED_K_TABLES",
     "NIRVANA_K_CHOICES",
     "NIRVANA_TABLE",
@@ -25,6 +26,7 @@ class KRule(BaseModel):
     k: int = Field(gt=0, description="Denoising steps skipped of T when a hit scores at least min_score.")
 
 
+MODM_TABLE_TOTAL_STEPS = 50  # the T that MoDM's k tables (and the ones below) are written for
 # MoDM's table for CLIP ViT-L/14 text->image cosine (code: serving/*/retrieve_best_image).
 MODM_CLIP_TABLE: tuple[KRule, ...] = (
     KRule(min_score=0.30, k=30),

@@ -103,10 +103,15 @@ class CalibrationRun:
         """Per k, the mean CLIPScore of the refinements."""
         if not self.clip_samples:
             return None
-        by_k: dict[int, list[float]] = {}
-        for s in self.clip_samples:
-            by_k.setdefault(s.k, []).append(s.quality)
-        return {k: float(np.mean(q)) for k, q in by_k.items()}
+        return {k: float(np.mean([s.quality for s in rows])) for k, rows in samples_by_k(self.clip_samples).items()}
+
+
+def samples_by_k(samples: Sequence[QualitySample]) -> dict[int, list[QualitySample]]:
+    """The samples of each k, in their order (calibration_samples writes k after k, each in query order)."""
+    by_k: dict[int, list[QualitySample]] = {}
+    for sample in samples:
+        by_k.setdefault(sample.k, []).append(sample)
+    return by_k
 
 
 def calibration_samples(
@@ -191,9 +196,7 @@ def relation_breakdown(run: CalibrationRun) -> dict[str, dict]:
     retrieval score, and the mean Q (the judge's verdict on `QUALITY_ATTRIBUTE`) of the large model's full image and
     of the refinement at each k. It says which queries a score threshold lets through and what a hit costs them."""
     queries = len(run.relations)
-    by_k: dict[int, list[QualitySample]] = {}
-    for sample in run.samples:  # k after k, each in query order (calibration_samples)
-        by_k.setdefault(sample.k, []).append(sample)
+    by_k = samples_by_k(run.samples)
     if any(len(rows) != queries for rows in by_k.values()):
         raise ValueError(f"every k needs one sample per query ({queries}); got {[len(r) for r in by_k.values()]}")
     if not by_k:
@@ -221,11 +224,8 @@ def preserved_quality_ceiling(run: CalibrationRun, *, total_steps: int, large_sm
     retrieval's misses only lower what is reachable."""
     servable = float(np.mean(run.servable))
     right = [i for i, q in enumerate(run.cached_quality) if q >= 1.0]
-    by_k: dict[int, list[QualitySample]] = {}
-    for sample in run.samples:  # k after k, each in query order (calibration_samples)
-        by_k.setdefault(sample.k, []).append(sample)
     per_k = {}
-    for k, samples in by_k.items():
+    for k, samples in samples_by_k(run.samples).items():
         per_k[k] = {
             "kept": float(np.mean([samples[i].quality for i in right])) if right else None,
             "gain_bound": throughput_gain_bound(servable, hit_cost(k, total_steps, large_small_step_ratio)),

@@ -156,6 +156,7 @@ def _cmd_calibrate(args) -> int:
         world_dir, ("clip", "judge", "large", args.small) + (("clip_score",) if args.clip_samples_out else ())
     )
     device = torch.device("cpu")
+    ratio = serving_step_ratio(world_dir, args.small)  # read before the run, so a world without it fails at once
 
     def pipe(role):
         return load_pipeline(world_model_spec(world_dir / manifest.components[role].path, role, device="cpu"))
@@ -200,7 +201,6 @@ def _cmd_calibrate(args) -> int:
             f"  {relation:<8} {row['queries']:>4} queries, score p10/p50/p90 {q['p10']:.3f}/{q['p50']:.3f}/"
             f"{q['p90']:.3f}; full {row['full_quality']:.2f}; {refined}"
         )
-    ratio = serving_step_ratio(world_dir, args.small)
     ceiling = preserved_quality_ceiling(run, total_steps=args.total_steps, large_small_step_ratio=ratio)
     print(
         f"at no quality loss: {ceiling['servable']:.2f} of queries have a right cached image (an oracle's hit rate);"
